@@ -1,0 +1,40 @@
+# pacsnode — the two commands: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the test suite talks to as real peers (and chromium for the console's browser test)
+APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools pixelmed-apps \
+	default-jre-headless chromium chromium-driver poppler-utils docker-compose
+PYTEST_ARGS ?=
+
+.PHONY: run test venv system-deps lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: venv
+	$(BIN)/pacsnode db upgrade
+	$(BIN)/pacsnode serve
+
+test: system-deps venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check node pipelines models web tests bench
+	$(BIN)/mypy node pipelines models web
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,312 @@
+"""Inference benchmark: the node's pipeline vs the bare model, per model and per ensemble, on CPU.
+
+Cases: a 512x512 radiograph (CR) and a 100-slice 512x512 CT volume, both phantoms written as real
+DICOM files. "bare" is the model alone on an already prepared tensor (for 3D: MONAI's sliding
+window on it); "node" is ``Pipeline.run`` on the DICOM files (decode, VOI, resample, inference,
+inverse mapping, post-processing, measurements, findings). Overhead = node / bare - 1; the target
+is < 10 %, measured on process CPU time (robust to other load on a shared machine), wall time is
+shown too. Peak memory is the RSS peak above the level after the models loaded (sampled, each
+case in a fresh process).
+
+    .venv/bin/python bench/inference.py             # full (several minutes on 2 cores)
+    .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
+
+Models: the demo cards when present (``--models-dir``), else moderately sized benchmark models
+(random weights: speed does not depend on them) written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.card import ModelCard, sha256_file, write_card  # noqa: E402
+from models.registry import ModelRegistry  # noqa: E402
+from pipelines.pipeline import Pipeline  # noqa: E402
+from pipelines.preprocess.decode import decode_series  # noqa: E402
+from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
+from pipelines.result import SourceSeries, StudyInput  # noqa: E402
+from pipelines.spec import PipelineConfig, PreprocessingSpec  # noqa: E402
+
+LESION = {
+    "value": 1, "name": "lesion",
+    "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"},
+    "type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"},
+}
+CLASSES = [{**LESION, "name": "normal"}, {**LESION, "value": 2, "name": "abnormal"}]
+WINDOW_12BIT = {"mode": "window", "center": 2047.5, "width": 4095.0}
+CT_WINDOW = {"mode": "window", "center": 40.0, "width": 400.0}
+
+
+# ---- models ---------------------------------------------------------------------------------
+def _card(folder: Path, **fields: Any) -> None:
+    weights = folder / fields.pop("weights")
+    card = ModelCard.model_validate({
+        "version": "bench", "weights": weights.name, "sha256": sha256_file(weights),
+        "device_uid": "1.2.826.0.1.3680043.10.1359.98.1", **fields,
+    })
+    write_card(card, folder / "card.yaml")
+
+
+def write_bench_models(models_dir: Path) -> dict[str, str]:
+    """Realistically sized networks (random weights) with cards; returns role -> model name."""
+    import timm
+
+    from models.loaders.monai import build_monai_network
+
+    monai_specs: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+        "bench-seg-unet": ("UNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                                    "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
+                                    "num_res_units": 2}, {"dims": 2, "spatial_size": [256, 256],
+                                                          "intensity": WINDOW_12BIT}),
+        "bench-seg-segresnet": ("SegResNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                                              "init_filters": 16}, {"dims": 2, "spatial_size": [256, 256],
+                                                                    "intensity": WINDOW_12BIT}),
+        "bench-seg3d-unet": ("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                      "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
+                                      "num_res_units": 1},
+                             {"dims": 3, "spatial_size": [32, 128, 128], "spacing_mm": [2.5, 1.5, 1.5],
+                              "intensity": CT_WINDOW}),
+    }
+    torch.manual_seed(0)  # random but reproducible weights
+    for name, (arch, args, input_spec) in monai_specs.items():
+        folder = models_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(build_monai_network(arch, args).state_dict(), folder / "model.pt")
+        _card(folder, name=name, task="segmentation", framework="monai", architecture=arch,
+              arguments=args, weights="model.pt", input=input_spec, labels=[LESION])
+    folder = models_dir / "bench-cls-resnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    cls_args: dict[str, Any] = {"num_classes": 2, "in_chans": 1}
+    network = timm.create_model("resnet18", pretrained=False, num_classes=2, in_chans=1)
+    torch.save(network.state_dict(), folder / "model.pt")
+    _card(folder, name="bench-cls-resnet", task="classification", framework="timm",
+          architecture="resnet18", arguments=cls_args, weights="model.pt",
+          input={"dims": 2, "spatial_size": [256, 256], "intensity": {**WINDOW_12BIT, "mean": [0.5],
+                                                                        "std": [0.25]}},
+          labels=CLASSES)
+    return {"seg": "bench-seg-unet", "seg2": "bench-seg-segresnet", "cls": "bench-cls-resnet",
+            "seg3d": "bench-seg3d-unet"}
+
+
+def demo_models(models_dir: Path) -> dict[str, str] | None:
+    from models.card import load_cards
+
+    cards = load_cards(models_dir)
+    roles = {"seg": "demo-seg-unet", "seg2": "demo-seg-segresnet", "cls": "demo-cls-resnet",
+             "seg3d": "demo-seg3d-unet"}
+    return roles if set(roles.values()) <= set(cards) else None
+
+
+# ---- data -----------------------------------------------------------------------------------
+def write_studies(folder: Path, slices: int) -> tuple[StudyInput, StudyInput]:
+    from models.training.phantoms import make_2d_phantom, make_3d_phantom, phantom_to_dicom_series
+
+    rng = np.random.default_rng(0)
+    cr = phantom_to_dicom_series(make_2d_phantom(rng, size=512, lesion_count=2), folder / "cr",
+                                 modality="CR")
+    ct = phantom_to_dicom_series(make_3d_phantom(rng, shape=(slices, 512, 512), lesion_count=2),
+                                 folder / "ct")
+    return _study(cr, "CR"), _study(ct, "CT")
+
+
+def _study(paths: list[Path], modality: str) -> StudyInput:
+    import pydicom
+
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    series = SourceSeries(str(ds.SeriesInstanceUID), modality, str(ds.SOPClassUID), tuple(paths))
+    return StudyInput(str(ds.StudyInstanceUID), (series,))
+
+
+# ---- measuring ------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    seconds: float  # wall time, fastest of the repeats (least disturbed by other load)
+    median: float
+    cpu_seconds: float  # process CPU time (all threads), fastest of the repeats
+    peak_mb: float  # RSS peak above the level after the models were loaded
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    study: str  # "cr" | "ct"
+    dims: int
+    tasks: dict[str, Any]
+    bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d", model name)
+
+
+def pipeline_config(dims: int, tasks: dict[str, Any], modality: str) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": f"bench-{dims}d", "version": "1", "selection": {"dims": dims, "modality": [modality]},
+        "tasks": tasks,
+    })
+
+
+def members(*names: str) -> dict[str, Any]:
+    return {"members": [{"model": n, "device": "cpu"} for n in names], "batch_size": 16}
+
+
+def seg_members(*names: str) -> dict[str, Any]:
+    """Segmentation members with the demo pipelines' post-processing (speckle removal)."""
+    return {**members(*names), "postprocess": {"min_component_pixels": 8}}
+
+
+def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str) -> Callable[[], Any]:
+    """The model alone on the tensor the pipeline would build (prepared outside the timing)."""
+    model = registry.get(name, "cpu")
+    decoded = decode_series(study.series[0])
+    if kind == "3d":
+        from monai.inferers import sliding_window_inference
+
+        volume = prepare_3d(decoded, model.card.input, PreprocessingSpec()).volume
+        roi = tuple(model.card.input.spatial_size)
+
+        def run_3d() -> None:
+            with torch.inference_mode():
+                sliding_window_inference(volume, roi, 2, model.forward, overlap=0.25)
+
+        return run_3d
+    per_frame = kind != "2d-volume"
+    batch = prepare_2d(decoded, model.card.input, PreprocessingSpec(), per_frame=per_frame).batch
+
+    def run_2d() -> None:
+        for start in range(0, batch.shape[0], 16):
+            model.forward(batch[start : start + 16])
+
+    return run_2d
+
+
+def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: int,
+             threads: int) -> Timing:
+    """In a fresh process: load models, then time ``mode`` ("bare" | "node") and sample memory."""
+    if threads:
+        torch.set_num_threads(threads)
+    registry = ModelRegistry(Path(models_dir))
+    if mode == "node":
+        modality = study.series[0].modality
+        pipeline = Pipeline(pipeline_config(case.dims, case.tasks, modality), registry)
+        pipeline.members()  # load the models before the baseline
+
+        def fn() -> Any:
+            return pipeline.run(study)
+    else:
+        calls = [bare_call(registry, study, kind, name) for kind, name in case.bare]
+
+        def fn() -> Any:
+            return [call() for call in calls]
+
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    fn()  # warm-up (counted for memory, not for time)
+    times, cpu_times = [], []
+    for _ in range(repeat):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    stop.set()
+    sampler.join()
+    return Timing(min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20)
+
+
+def in_child(*args: Any) -> Timing:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_case, args)
+
+
+def cases(roles: dict[str, str]) -> list[Case]:
+    seg, seg2, cls, seg3d = roles["seg"], roles["seg2"], roles["cls"], roles["seg3d"]
+    return [
+        Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
+        Case(seg2, "cr", 2, {"segmentation": seg_members(seg2)}, (("2d", seg2),)),
+        Case(cls, "cr", 2, {"classification": members(cls)}, (("2d", cls),)),
+        Case("ensemble seg x2 + cls", "cr", 2,
+             {"segmentation": seg_members(seg, seg2), "classification": members(cls)},
+             (("2d", seg), ("2d", seg2), ("2d", cls))),
+        Case(f"{seg3d} (sliding window)", "ct", 3, {"segmentation": seg_members(seg3d)},
+             (("3d", seg3d),)),
+        Case(f"{cls} (slice-wise)", "ct", 3, {"classification": members(cls)},
+             (("2d-volume", cls),)),
+        Case("ensemble seg3d + cls", "ct", 3,
+             {"segmentation": seg_members(seg3d), "classification": members(cls)},
+             (("3d", seg3d), ("2d-volume", cls))),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models" / "cards")
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--quick", action="store_true", help="20 slices, one repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.slices, args.repeat = 20, 1
+
+    with tempfile.TemporaryDirectory(prefix="pacsnode-bench-") as tmp:
+        work = Path(tmp)
+        roles = demo_models(args.models_dir)
+        models_dir = args.models_dir
+        if roles is None:
+            models_dir = work / "models"
+            roles = write_bench_models(models_dir)
+        cr, ct = write_studies(work, args.slices)
+        studies = {"cr": (cr, "CR 512x512"), "ct": (ct, f"CT {args.slices}x512x512")}
+        rows: list[tuple[str, str, Timing, Timing]] = []
+        for case in cases(roles):
+            study, study_name = studies[case.study]
+            common = (study, str(models_dir), args.repeat, args.threads)
+            bare = in_child(case, "bare", *common)
+            node = in_child(case, "node", *common)
+            rows.append((case.label, study_name, bare, node))
+            print(f"  done: {case.label} on {study_name}", file=sys.stderr, flush=True)
+
+    threads = args.threads or torch.get_num_threads()
+    print(f"\ntorch {torch.__version__}, CPU, {threads} threads; fastest of {args.repeat} runs "
+          f"(wall median in brackets). Overhead = node CPU time / bare CPU time - 1 (CPU time is "
+          f"not inflated by other load on a shared machine). Memory = RSS peak above the "
+          f"loaded-model baseline.")
+    header = (f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
+              f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7}")
+    print(header)
+    print("-" * len(header))
+    for label, study_name, plain, node in rows:
+        cpu = plain.cpu_seconds
+        overhead = node.cpu_seconds / cpu - 1 if cpu else float("nan")
+        print(f"{label:34} {study_name:16} {plain.seconds:7.3f} ({plain.median:6.3f}) "
+              f"{node.seconds:7.3f} ({node.median:6.3f}) {plain.cpu_seconds:8.2f} "
+              f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Receive-speed benchmark: pacsnode vs Orthanc 1.10 vs DCMTK storescp, all fed by DCMTK storescu.
+
+Corpora: (a) CT-like 512x512 16-bit instances (0.5 MB each), (b) 64x64 instances. Senders:
+``storescu`` with ``TCP_NODELAY=1`` exported and with its defaults (Nagle on), over 1 and 4
+concurrent associations. pacsnode runs with durable writes (fsync of file, directory and
+database commit before each success status) in 1 and N receiver processes; Orthanc (SQLite
+index, temp config, free ports) and storescp (``--fork``) write each instance to its own file
+without fsync, as they do by default. Every receiver gets a fresh, empty storage per run. Orthanc and
+storescp also get ``TCP_NODELAY=1`` (pacsnode sets it on its sockets itself); without it DCMTK-based
+receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows that).
+
+    .venv/bin/python bench/ingest.py            # full run (several minutes)
+    .venv/bin/python bench/ingest.py --quick    # small run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from node.config import load_settings  # noqa: E402
+from node.db.engine import Database  # noqa: E402
+from node.ingest.receiver_pool import start_receiver_pool  # noqa: E402
+
+ASSOCIATION_SPLIT = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_corpus(folder: Path, count: int, size: int) -> int:
+    """``count`` CT instances of ``size``x``size`` 16-bit, split in 4 sub-folders; returns bytes."""
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 4096, size=(size, size), dtype=np.uint16).tobytes()
+    total = 0
+    for index in range(count):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID, ds.Modality = "Bench^Patient", "BENCH", "CT"
+        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, index + 1
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        part = folder / f"part{index % ASSOCIATION_SPLIT}"
+        part.mkdir(parents=True, exist_ok=True)
+        path = part / f"{index:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+def wait_for_echo(port: int, aet: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run(["echoscu", "-aec", aet, "127.0.0.1", str(port)],
+                                capture_output=True, check=False)  # fmt: skip
+        if result.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"receiver on port {port} did not answer C-ECHO")
+
+
+@contextlib.contextmanager
+def pacsnode(workdir: Path, processes: int) -> Iterator[tuple[int, str]]:
+    data_dir = workdir / "pacsnode"
+    settings = load_settings(None, environment="test", data_dir=data_dir, dicom_host="127.0.0.1",
+                             dicom_port=free_port(), min_free_disk_mb=0, fsync=True,
+                             log_level="WARNING", receiver_processes=processes)  # fmt: skip
+    data_dir.mkdir(parents=True)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    db.dispose()
+    pool = start_receiver_pool(settings)
+    try:
+        wait_for_echo(pool.port, settings.ae_title)
+        yield pool.port, settings.ae_title
+    finally:
+        pool.stop()
+
+
+RECEIVER_ENV: dict[str, str] = dict(os.environ)
+
+
+@contextlib.contextmanager
+def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+    root = workdir / "orthanc"
+    root.mkdir(parents=True)
+    port = free_port()
+    config = {
+        "Name": "bench", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "HttpServerEnabled": True,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+        "Plugins": [], "StorageCompression": False, "SaveJobs": False, "DicomThreadsCount": 4,
+    }  # fmt: skip
+    (root / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=RECEIVER_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_echo(port, "ORTHANC")
+        yield port, "ORTHANC"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
+    out = workdir / "storescp"
+    out.mkdir(parents=True)
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "--fork", "+xa", "-od", str(out), "-aet", "STORESCP", str(port)],
+                            env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_echo(port, "STORESCP")
+        yield port, "STORESCP"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def send(corpus: Path, port: int, aet: str, associations: int, nodelay: bool) -> float:
+    """Send the corpus with ``associations`` parallel storescu processes; return seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    parts = sorted(corpus.glob("part*"))
+    groups = [parts] if associations == 1 else [[p] for p in parts]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(["storescu", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port), *map(str, group)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        for group in groups
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - started
+    failed = [e.decode()[-300:] for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"storescu failed: {failed[0]}")
+    return elapsed
+
+
+@dataclass(frozen=True)
+class Result:
+    receiver: str
+    scenario: str
+    rate: float
+    mb_s: float
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small corpora, NODELAY sender only")
+    parser.add_argument("--processes", type=int, default=2, help="pacsnode receiver processes (N)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where corpora and storage go")
+    parser.add_argument("--receivers-nagle", action="store_true",
+                        help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
+                             "Nagle on, ~40 ms stall per response); default: TCP_NODELAY=1")  # fmt: skip
+    args = parser.parse_args(argv)
+    RECEIVER_ENV.pop("TCP_NODELAY", None)
+    if not args.receivers_nagle:
+        RECEIVER_ENV["TCP_NODELAY"] = "1"  # pacsnode sets TCP_NODELAY itself; give them the same
+    for tool in ("storescu", "storescp", "echoscu", "Orthanc"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: install dcmtk and orthanc", file=sys.stderr)
+            return 2
+    ct_count, tiny_count = (100, 400) if args.quick else (500, 2000)
+    base = Path(tempfile.mkdtemp(prefix="pacsnode-bench-", dir=args.workdir))
+    try:
+        corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
+        sizes = {"a": write_corpus(corpora["a"], ct_count, 512), "b": write_corpus(corpora["b"], tiny_count, 64)}
+        counts = {"a": ct_count, "b": tiny_count}
+        receivers = {
+            "pacsnode (1 process, durable)": lambda w: pacsnode(w, 1),
+            f"pacsnode ({args.processes} processes, durable)": lambda w: pacsnode(w, args.processes),
+            "Orthanc 1.10 (SQLite)": orthanc,
+            "DCMTK storescp --fork": storescp,
+        }
+        scenarios = [(c, a, True) for c in ("a", "b") for a in (1, 4)]
+        if not args.quick:
+            scenarios += [("a", 1, False), ("a", 4, False)]
+        results: list[Result] = []
+        for corpus, assocs, nodelay in scenarios:
+            label = f"({corpus}) {assocs} assoc{'' if nodelay else ', Nagle on'}"
+            for name, factory in receivers.items():
+                workdir = base / f"run-{len(results)}"
+                with factory(workdir) as (port, aet):
+                    elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
+                shutil.rmtree(workdir, ignore_errors=True)
+                rate, mb_s = counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6
+                results.append(Result(name, label, rate, mb_s))
+                print(f"{label:24s} {name:34s} {rate:8.1f} inst/s {mb_s:7.1f} MB/s", flush=True)
+        print_table(results, counts)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def print_table(results: list[Result], counts: dict[str, int]) -> None:
+    scenarios = list(dict.fromkeys(r.scenario for r in results))
+    orthanc_rate = {r.scenario: r.rate for r in results if r.receiver.startswith("Orthanc")}
+    receivers = "with" if RECEIVER_ENV.get("TCP_NODELAY") else "without"
+    print(f"\ncorpus (a): {counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
+          f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1\n")  # fmt: skip
+    print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
+    print("|---|---|---|---|---|")
+    for scenario in scenarios:
+        for r in (r for r in results if r.scenario == scenario):
+            ratio = r.rate / orthanc_rate[scenario] if orthanc_rate.get(scenario) else float("nan")
+            print(f"| {scenario} | {r.receiver} | {r.rate:.1f} | {r.mb_s:.1f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

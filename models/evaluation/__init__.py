@@ -1,0 +1,1 @@
+"""Scoring of models and ensembles (``pacsnode evaluate``)."""

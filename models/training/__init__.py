@@ -1,0 +1,1 @@
+"""Demo model training on procedural phantoms (``pacsnode train``) and their evaluation."""

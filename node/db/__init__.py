@@ -1,0 +1,1 @@
+"""Persistence: engine and sessions, the ORM classes, repositories (all queries), migrations."""

@@ -1,0 +1,60 @@
+"""The audit trail: one row per state transition or user action, written in the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.db.orm import AuditEvent
+
+
+def record(
+    session: Session,
+    action: str,
+    *,
+    entity_type: str = "",
+    entity_id: str | int = "",
+    from_state: str = "",
+    to_state: str = "",
+    actor: str = "system",
+    detail: str = "",
+) -> AuditEvent:
+    event = AuditEvent(
+        action=action,
+        entity_type=entity_type,
+        entity_id=str(entity_id),
+        from_state=from_state,
+        to_state=to_state,
+        actor=actor,
+        detail=detail[:4000],
+    )
+    session.add(event)
+    return event
+
+
+def query(
+    session: Session,
+    *,
+    entity_type: str | None = None,
+    entity_id: str | int | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    limit: int = 200,
+    offset: int = 0,
+) -> Sequence[AuditEvent]:
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if entity_type:
+        stmt = stmt.where(AuditEvent.entity_type == entity_type)
+    if entity_id is not None:
+        stmt = stmt.where(AuditEvent.entity_id == str(entity_id))
+    if action:
+        stmt = stmt.where(AuditEvent.action == action)
+    if actor:
+        stmt = stmt.where(AuditEvent.actor == actor)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    return session.scalars(stmt.limit(limit).offset(offset)).all()

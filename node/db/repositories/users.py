@@ -1,0 +1,192 @@
+"""Console users, API tokens and password-reset tokens: every query the web layer needs about people.
+
+Secrets never reach the database in clear: passwords are argon2 hashes made by the caller
+(``web.security``), tokens are stored as SHA-256 digests so a leaked database cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from node.db.orm import ApiToken, PasswordResetToken, Review, User, utcnow
+from node.domain import Role
+
+
+class UserExistsError(ValueError):
+    """A username is already taken (usernames are unique, case-insensitively)."""
+
+
+def token_digest(token: str) -> str:
+    """What is stored for a bearer or reset token: its SHA-256 (tokens are long random strings)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def count_users(session: Session) -> int:
+    return int(session.scalar(select(func.count(User.id))) or 0)
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def get_by_username(session: Session, username: str) -> User | None:
+    return session.scalars(
+        select(User).where(func.lower(User.username) == username.strip().lower())
+    ).first()
+
+
+def get_by_email(session: Session, email: str) -> User | None:
+    if not email.strip():
+        return None
+    return session.scalars(
+        select(User).where(func.lower(User.email) == email.strip().lower())
+    ).first()
+
+
+def list_users(session: Session) -> Sequence[User]:
+    return session.scalars(select(User).order_by(User.username)).all()
+
+
+def create_user(
+    session: Session, username: str, password_hash: str, *, role: Role | str, email: str = ""
+) -> User:
+    username = username.strip()
+    if not username or len(username) > 64 or not username.isprintable():
+        raise ValueError("username must be 1-64 printable characters")
+    if get_by_username(session, username) is not None:
+        raise UserExistsError(f"user {username!r} already exists")
+    user = User(
+        username=username, email=email.strip(), password_hash=password_hash, role=Role(role).value
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def record_failed_login(
+    session: Session, user: User, *, max_failures: int, lockout: timedelta, now: datetime
+) -> bool:
+    """Count a failure; lock the account for ``lockout`` once ``max_failures`` is reached.
+
+    Returns True when this failure locked the account.
+    """
+    user.failed_logins += 1
+    if user.failed_logins >= max_failures:
+        user.locked_until = now + lockout
+        user.failed_logins = 0
+        return True
+    return False
+
+
+def record_login(session: Session, user: User, now: datetime) -> None:
+    user.failed_logins = 0
+    user.locked_until = None
+    user.last_login_at = now
+
+
+def is_locked(user: User, now: datetime) -> bool:
+    return user.locked_until is not None and user.locked_until > now
+
+
+# -- password reset ---------------------------------------------------------------------------
+
+
+def create_reset_token(session: Session, user: User, token: str, ttl: timedelta) -> PasswordResetToken:
+    row = PasswordResetToken(
+        user_pk=user.id, token_hash=token_digest(token), expires_at=utcnow() + ttl
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_valid_reset_token(
+    session: Session, token: str, now: datetime
+) -> PasswordResetToken | None:
+    """The unused, unexpired reset token row for ``token``, else None."""
+    row = session.scalars(
+        select(PasswordResetToken).where(PasswordResetToken.token_hash == token_digest(token))
+    ).first()
+    if row is None or row.used_at is not None or row.expires_at <= now:
+        return None
+    return row
+
+
+def consume_reset_token(session: Session, row: PasswordResetToken, now: datetime) -> None:
+    row.used_at = now
+
+
+# -- API tokens -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenOwner:
+    token: ApiToken
+    user: User
+
+
+def create_api_token(
+    session: Session, user: User, name: str, token: str, scopes: Sequence[str]
+) -> ApiToken:
+    row = ApiToken(user_pk=user.id, name=name[:64], token_hash=token_digest(token), scopes=list(scopes))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_api_token(session: Session, token: str) -> TokenOwner | None:
+    """The live token and its active owner, or None (revoked, unknown, owner disabled)."""
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_digest(token))).first()
+    if row is None or row.revoked:
+        return None
+    user = session.get(User, row.user_pk)
+    if user is None or not user.active:
+        return None
+    return TokenOwner(row, user)
+
+
+def list_api_tokens(session: Session) -> Sequence[ApiToken]:
+    return session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+
+
+def revoke_api_token(session: Session, token_id: int) -> ApiToken | None:
+    row = session.get(ApiToken, token_id)
+    if row is not None:
+        row.revoked = True
+    return row
+
+
+# -- per-user figures for the dashboard -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserActivity:
+    username: str
+    role: str
+    active: bool
+    reviews: int
+    last_login_at: datetime | None
+    created_at: datetime
+
+
+def user_activity(session: Session) -> list[UserActivity]:
+    review_counts = dict(
+        session.execute(select(Review.user_pk, func.count(Review.id)).group_by(Review.user_pk)).all()
+    )
+    return [
+        UserActivity(
+            username=u.username,
+            role=u.role,
+            active=u.active,
+            reviews=int(review_counts.get(u.id, 0)),
+            last_login_at=u.last_login_at,
+            created_at=u.created_at,
+        )
+        for u in list_users(session)
+    ]

@@ -1,0 +1,180 @@
+"""Which objects go where, and the review gate: deliveries are planned, held, released, cancelled.
+
+The worker calls :func:`plan_deliveries` in the job's final transaction, so a job that succeeded
+always has its deliveries (no window where results exist but nothing is due). Every state change
+here is audited in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from node.config import DestinationSettings, Settings
+from node.db.orm import Delivery, Job, utcnow
+from node.db.repositories import deliveries as repo
+from node.domain import ArtifactKind, DeliveryState, DestinationKind
+
+SOURCE_DESTINATION_PREFIX = "orthanc-source-"
+
+
+def plan_deliveries(
+    session: Session,
+    job: Job,
+    destinations: Sequence[str],
+    *,
+    held: bool,
+    settings: Settings | None = None,
+) -> list[Delivery]:
+    """One delivery per (artifact of ``job``, destination): HELD when ``held`` else PENDING.
+
+    Idempotent: a (artifact, destination) pair that already has a delivery keeps it, so calling
+    this again (a retried final transaction) never duplicates a send. When ``settings`` is given
+    and the study came from an Orthanc source with ``upload_results``, that Orthanc is added to the
+    destinations. Returns the job's deliveries to the given destinations, in dispatch order."""
+    names = list(dict.fromkeys(destinations))
+    if settings is not None:
+        back = source_return_destination(settings, job.study.source, job.study.peer_host)
+        if back and back not in names:
+            names.append(back)
+    artifacts = sorted(job.artifacts, key=lambda a: ArtifactKind(a.kind).dispatch_rank)
+    existing = {
+        (d.artifact_pk, d.destination_name)
+        for d in repo.for_artifacts(session, [a.id for a in artifacts])
+    }
+    state = DeliveryState.HELD if held else DeliveryState.PENDING
+    now = utcnow()
+    for artifact in artifacts:
+        for name in names:
+            if (artifact.id, name) in existing:
+                continue
+            delivery = Delivery(
+                artifact_pk=artifact.id,
+                destination_name=name,
+                state=state.value,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            session.add(delivery)
+            session.flush()
+            repo.transition(
+                session,
+                delivery,
+                state,
+                action="delivery.planned",
+                detail=f"{artifact.kind} {artifact.sop_instance_uid} -> {name}",
+            )
+            delivery.artifact = artifact
+    session.flush()
+    return [d for d in repo.for_job(session, job.id) if d.destination_name in names]
+
+
+def release_held(session: Session, job: Job, actor: str) -> int:
+    """Review approved: HELD deliveries become due now. Returns how many were released."""
+    now = utcnow()
+    held = repo.for_job(session, job.id, [DeliveryState.HELD])
+    for delivery in held:
+        delivery.next_attempt_at = now
+        repo.transition(
+            session, delivery, DeliveryState.PENDING, action="delivery.released", actor=actor
+        )
+    return len(held)
+
+
+def cancel_held(session: Session, job: Job, actor: str, reason: str) -> int:
+    """Review rejected: HELD deliveries are CANCELLED and will never be sent."""
+    held = repo.for_job(session, job.id, [DeliveryState.HELD])
+    for delivery in held:
+        delivery.last_error = f"review rejected: {reason}"[:2000]
+        repo.transition(
+            session,
+            delivery,
+            DeliveryState.CANCELLED,
+            action="delivery.cancelled",
+            actor=actor,
+            detail=reason,
+        )
+    return len(held)
+
+
+def resend(session: Session, delivery_id: int, actor: str) -> None:
+    """Console "resend": a FAILED delivery gets a fresh set of attempts, due now.
+
+    Raises ``LookupError`` for an unknown id and ``ValueError`` for a delivery that is not FAILED
+    (a held one needs approval, a cancelled one was rejected by a reviewer)."""
+    delivery = repo.get(session, delivery_id)
+    if delivery is None:
+        raise LookupError(f"no delivery {delivery_id}")
+    if delivery.state != DeliveryState.FAILED.value:
+        raise ValueError(
+            f"delivery {delivery_id} is {delivery.state}; only a failed delivery can be resent"
+        )
+    delivery.attempts = 0
+    delivery.next_attempt_at = utcnow()
+    delivery.lease_owner = ""
+    delivery.lease_expires_at = None
+    repo.transition(session, delivery, DeliveryState.PENDING, action="delivery.resent", actor=actor)
+
+
+# -- destinations ------------------------------------------------------------------------------
+def _same_url(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a.rstrip("/")), urlsplit(b.rstrip("/"))
+    return (pa.scheme, pa.hostname, pa.port, pa.path) == (pb.scheme, pb.hostname, pb.port, pb.path)
+
+
+def resolve_sender_destination(settings: Settings, calling_ae: str, peer_host: str) -> str | None:
+    """The configured destination that is the sender of a study ("send back to sender").
+
+    A DICOM destination matches on AE title (a host match wins among several); for a study pulled
+    from Orthanc ``peer_host`` is the Orthanc URL, matched against ORTHANC destinations."""
+    dicom = [
+        d
+        for d in settings.destinations
+        if d.enabled and d.kind is DestinationKind.DICOM and calling_ae and d.ae_title == calling_ae
+    ]
+    if dicom:
+        on_host = [d for d in dicom if d.host == peer_host]
+        return (on_host or dicom)[0].name
+    if peer_host.startswith(("http://", "https://")):
+        for dest in settings.destinations:
+            if (
+                dest.enabled
+                and dest.kind is DestinationKind.ORTHANC
+                and _same_url(dest.url, peer_host)
+            ):
+                return dest.name
+        for index, orthanc in enumerate(settings.orthanc_sources):
+            if orthanc.upload_results and _same_url(orthanc.url, peer_host):
+                return f"{SOURCE_DESTINATION_PREFIX}{index + 1}"  # implicit: the source itself
+    return None
+
+
+def source_return_destination(settings: Settings, source: str, peer_host: str) -> str | None:
+    """For a study pulled from an Orthanc source with ``upload_results``: where results go back."""
+    wanted = any(s.upload_results and _same_url(s.url, peer_host) for s in settings.orthanc_sources)
+    if source != "orthanc" or not wanted:
+        return None
+    return resolve_sender_destination(settings, "", peer_host)
+
+
+def destination_settings(settings: Settings, name: str) -> DestinationSettings | None:
+    """A configured destination, or the implicit one for an Orthanc source's results."""
+    # TODO(web/admin): console overrides of destinations (ConfigOverride rows) are not merged yet.
+    for dest in settings.destinations:
+        if dest.name == name:
+            return dest
+    if name.startswith(SOURCE_DESTINATION_PREFIX):
+        suffix = name.removeprefix(SOURCE_DESTINATION_PREFIX)
+        if suffix.isdigit() and 1 <= int(suffix) <= len(settings.orthanc_sources):
+            source = settings.orthanc_sources[int(suffix) - 1]
+            return DestinationSettings(
+                name=name,
+                kind=DestinationKind.ORTHANC,
+                url=source.url,
+                username=source.username,
+                password=source.password,
+            )
+    return None

@@ -1,0 +1,278 @@
+"""The one persist path for every way an instance comes in (DICOM, import, upload, Orthanc pull).
+
+``persist_instance`` returns only after the bytes *and* the database row are durable, so a
+success status sent to a modality means the instance survives a crash or power cut.
+
+Order of work: parse the header (no pixel decoding; structure checked, see ``header``) → check the
+disk watermark → write the bytes as received to a temp file in the final directory and fsync it →
+hand the instance to the *group committer* → wait. The committer takes everything queued by
+concurrent associations, and in one transaction inserts the rows, renames each temp file to its
+final name, fsyncs the directories, and commits — one commit (and one WAL fsync) per batch instead
+of per instance. The file is in place before the row commits, so a row never points at a missing
+file; a crash in between leaves at most an unreferenced file that the sender's retry overwrites.
+
+Duplicates: an instance whose SOP Instance UID already has a row is acknowledged with SUCCESS and
+``duplicate=True``; the first copy's file and row are kept and no count changes (Orthanc's default,
+``OverwriteInstances: false``). That makes re-sending a study idempotent. Two *different* receiver
+processes racing on the same new UID on PostgreSQL is the one case where the later file may win
+(the row is still single); senders do not do that in practice.
+
+Without a running committer for the database (import, upload, tests) the same batch code runs
+inline in the caller's thread with a batch of one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import threading
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.repositories.instances import NewInstance, upsert_instances
+from node.domain import Association, StoreStatus
+from node.ingest.header import HeaderError, build_file_meta, parse_instance
+from node.ingest.spool import InsufficientSpace, Spool, check_free_space, relative_path
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class PersistOutcome:
+    """What happened to one instance; ``status`` is what the DIMSE handler returns."""
+
+    status: StoreStatus
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    duplicate: bool = False
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StoreStatus.SUCCESS
+
+
+@dataclass
+class _Pending:
+    item: NewInstance
+    temp: Path
+    future: Future[PersistOutcome] | None = None
+
+
+_spools: dict[tuple[str, bool], Spool] = {}
+_spools_lock = threading.Lock()
+_committers: dict[int, GroupCommitter] = {}
+_durable_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def spool_for(settings: Settings) -> Spool:
+    """One Spool per data directory and process, so its directory cache is shared."""
+    key = (str(settings.data_dir), settings.fsync)
+    with _spools_lock:
+        spool = _spools.get(key)
+        if spool is None:
+            spool = _spools[key] = Spool(settings.data_dir, settings.fsync)
+        return spool
+
+
+def _make_sqlite_durable(db: Database, settings: Settings) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL may lose the last commits on power loss; the
+    receiver acknowledges instances only after a commit, so its connections use FULL."""
+    if not (db.sqlite and settings.fsync) or db.engine in _durable_engines:
+        return
+
+    @event.listens_for(db.engine, "connect")
+    def _full_sync(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+    _durable_engines.add(db.engine)
+    db.engine.dispose()  # pooled connections reconnect, so every one gets the pragma
+
+
+def persist_instance(
+    db: Database,
+    settings: Settings,
+    raw: bytes | memoryview,
+    assoc: Association,
+    *,
+    transfer_syntax_uid: str | None = None,
+) -> PersistOutcome:
+    """Store one instance durably and index it; never raises for bad input (see module doc).
+
+    ``raw`` is a Part-10 file, or a bare dataset encoded in ``transfer_syntax_uid`` (a file meta
+    header is then prepended; the dataset bytes are stored exactly as received).
+    """
+    who = f"{assoc.calling_ae or assoc.source}@{assoc.peer_host or 'local'}"
+    try:
+        parsed = parse_instance(raw, transfer_syntax_uid)
+    except HeaderError as exc:
+        log.warning("refused instance from %s: cannot understand: %s", who, exc)
+        return PersistOutcome(StoreStatus.CANNOT_UNDERSTAND, reason=str(exc))
+    header = parsed.header
+    size = len(memoryview(raw).cast("B"))
+    try:
+        check_free_space(settings, size)
+    except InsufficientSpace as exc:
+        log.error("refused instance %s from %s: %s", header.sop_instance_uid, who, exc)
+        return _outcome(header.sop_instance_uid, header.study_instance_uid,
+                        StoreStatus.OUT_OF_RESOURCES, reason=str(exc))  # fmt: skip
+    chunks: list[bytes | memoryview] = [raw]
+    if not parsed.has_file_meta:
+        meta = build_file_meta(header.sop_class_uid, header.sop_instance_uid,
+                               header.transfer_syntax_uid, assoc.calling_ae)  # fmt: skip
+        chunks = [meta, raw]
+    relative = relative_path(header.study_instance_uid, header.series_instance_uid,
+                             header.sop_instance_uid)  # fmt: skip
+    spool = spool_for(settings)
+    try:
+        temp, written = spool.write_temp(relative, chunks)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
+        status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
+        return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
+    pending = _Pending(NewInstance(header, assoc, relative, written), temp)
+    committer = _committers.get(id(db))
+    if committer is not None and committer.running:
+        return committer.submit(pending)
+    _make_sqlite_durable(db, settings)
+    return commit_batch(db, settings, spool, [pending])[0]
+
+
+def _outcome(sop: str, study: str, status: StoreStatus, *, duplicate: bool = False,
+             reason: str = "") -> PersistOutcome:  # fmt: skip
+    return PersistOutcome(status, sop, study, duplicate, reason)
+
+
+def commit_batch(
+    db: Database, settings: Settings, spool: Spool, batch: list[_Pending]
+) -> list[PersistOutcome]:
+    """Insert rows, publish files and commit for a whole batch; on a database error retry each
+    instance alone so one bad row cannot fail its neighbours."""
+    published: list[Path] = []
+    try:
+        with db.write() as session:
+            result = upsert_instances(session, [p.item for p in batch], settings.completion.late_arrival)
+            to_publish = set(result.inserted)
+            flags: list[bool] = []
+            for pending in batch:
+                uid = pending.item.header.sop_instance_uid
+                if uid in to_publish:
+                    to_publish.discard(uid)
+                    published.append(spool.publish(pending.temp, pending.item.path))
+                    flags.append(False)
+                else:
+                    spool.discard(pending.temp)
+                    flags.append(True)
+            spool.sync_dirs(path.parent for path in published)
+    except (SQLAlchemyError, OSError) as exc:
+        for path in published:
+            spool.discard(path)
+        if len(batch) > 1:
+            log.warning("group commit of %d instances failed (%s); retrying one by one", len(batch), exc)
+            return [commit_batch(db, settings, spool, [p])[0] for p in batch]
+        pending = batch[0]
+        spool.discard(pending.temp)
+        header = pending.item.header
+        log.error("cannot record instance %s: %s", header.sop_instance_uid, exc)
+        return [_outcome(header.sop_instance_uid, header.study_instance_uid,
+                         StoreStatus.PROCESSING_FAILURE, reason=f"database error: {exc}")]  # fmt: skip
+    return [
+        _outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
+                 StoreStatus.SUCCESS, duplicate=dup, reason="duplicate: first copy kept" if dup else "")
+        for p, dup in zip(batch, flags, strict=True)
+    ]  # fmt: skip
+
+
+class GroupCommitter:
+    """One thread per process and database that commits what concurrent handlers queued.
+
+    No artificial wait: while one batch commits, the next one accumulates, so a single
+    association pays one commit per instance and N busy associations share commits.
+    """
+
+    def __init__(self, db: Database, settings: Settings, max_batch: int = MAX_BATCH) -> None:
+        self.db = db
+        self.settings = settings
+        self.spool = spool_for(settings)
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pacsnode-group-commit", daemon=True)
+        self.running = False
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> GroupCommitter:
+        _make_sqlite_durable(self.db, self.settings)
+        self.running = True
+        _committers[id(self.db)] = self
+        self._thread.start()
+        return self
+
+    def submit(self, pending: _Pending) -> PersistOutcome:
+        pending.future = Future()
+        self._queue.put(pending)
+        return pending.future.result()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then end the thread."""
+        if _committers.get(id(self.db)) is self:
+            del _committers[id(self.db)]
+        if self.running:
+            self.running = False
+            self._queue.put(None)
+            self._thread.join(timeout)
+        leftovers: list[_Pending] = []
+        while True:  # a handler that raced with stop() still gets its answer
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                leftovers.append(item)
+        if leftovers:
+            self._commit(leftovers)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes = commit_batch(self.db, self.settings, self.spool, batch)
+        except Exception as exc:  # noqa: BLE001 - thread boundary: never leave a handler waiting
+            log.exception("group commit failed unexpectedly")
+            outcomes = [
+                _outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
+                         StoreStatus.PROCESSING_FAILURE, reason=f"internal error: {exc}")
+                for p in batch
+            ]  # fmt: skip
+        self.batches += 1
+        self.committed += len(batch)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            assert pending.future is not None
+            pending.future.set_result(outcome)

@@ -1,0 +1,168 @@
+"""The spool: received bytes on disk, written so that a crash never leaves a half file in place.
+
+Layout: ``<data_dir>/spool/<study>/<series>/<sop>.dcm`` (the path stored in the Instance row is
+relative to the data directory, so the data directory can move). A file is written to a temporary
+name in its final directory, fsynced, and renamed; the directory is fsynced after the rename, so
+once the rename is durable the file is complete. UIDs come from the network: anything that is not
+a plain UID is replaced by a hash so a hostile UID can never escape the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from node.config import Settings
+
+_SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+TEMP_SUFFIX = ".part"
+
+
+class InsufficientSpace(OSError):
+    """Free space is below ``min_free_disk_mb``: refuse instead of filling the disk."""
+
+
+def safe_component(uid: str) -> str:
+    """A file-name-safe stand-in for a UID (the UID itself when it is well formed)."""
+    if _SAFE_NAME.match(uid) and ".." not in uid:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The path stored in the Instance row, relative to the data directory."""
+    return "/".join(
+        ("spool", safe_component(study_uid), safe_component(series_uid), safe_component(sop_uid) + ".dcm")
+    )
+
+
+def check_free_space(settings: Settings, incoming_bytes: int) -> None:
+    """Raise :class:`InsufficientSpace` if storing ``incoming_bytes`` would cross the watermark."""
+    if settings.min_free_disk_mb <= 0:
+        return
+    target = settings.spool_dir if settings.spool_dir.exists() else settings.data_dir
+    stats = os.statvfs(target)
+    free = stats.f_bavail * stats.f_frsize
+    needed = settings.min_free_disk_mb * 1024 * 1024 + incoming_bytes
+    if free < needed:
+        raise InsufficientSpace(
+            f"free space {free // (1024 * 1024)} MB is below min_free_disk_mb="
+            f"{settings.min_free_disk_mb:g} (+{incoming_bytes} bytes incoming)"
+        )
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Writes instance files; remembers which directories exist so the hot path skips mkdir."""
+
+    def __init__(self, data_dir: Path, fsync: bool) -> None:
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _ensure_dir(self, directory: Path) -> None:
+        key = str(directory)
+        if key in self._known_dirs:
+            return
+        with self._lock:
+            created: list[Path] = []
+            probe = directory
+            while not probe.exists():
+                created.append(probe)
+                probe = probe.parent
+            directory.mkdir(parents=True, exist_ok=True)
+            if self.fsync:  # make the new directory entries themselves durable
+                for new_dir in reversed(created):
+                    fsync_dir(new_dir.parent)
+            if len(self._known_dirs) > 100_000:
+                self._known_dirs.clear()
+            self._known_dirs.add(key)
+
+    def write_temp(self, relative: str, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
+        """Write ``chunks`` to a temporary file beside ``relative``; fsync it. Return (temp, size)."""
+        final = self.data_dir / relative
+        self._ensure_dir(final.parent)
+        temp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        size = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    size += written
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+        os.close(fd)
+        return temp, size
+
+    def publish(self, temp: Path, relative: str) -> Path:
+        """Rename a finished temp file to its final name (the caller fsyncs the directory)."""
+        final = self.data_dir / relative
+        os.replace(temp, final)
+        return final
+
+    def sync_dirs(self, directories: Iterable[Path]) -> None:
+        if self.fsync:
+            for directory in set(directories):
+                fsync_dir(directory)
+
+    def discard(self, path: Path) -> None:
+        _unlink_quietly(path)
+
+
+def remove_stale_temp_files(spool_dir: Path, min_age_s: float = 60.0) -> int:
+    """Delete temp files left by a killed process (their PID no longer runs); return how many.
+
+    Such files were never acknowledged (the rename comes before the success status), so the
+    sender resends them; they are only litter.
+    """
+    removed = 0
+    if not spool_dir.exists():
+        return 0
+    now = time.time()
+    for path in spool_dir.rglob(f"*{TEMP_SUFFIX}"):
+        parts = path.name.split(".")
+        try:
+            pid = int(parts[-3])
+            if now - path.stat().st_mtime < min_age_s or _pid_alive(pid):
+                continue
+        except (ValueError, IndexError, OSError):
+            continue
+        _unlink_quietly(path)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,98 @@
+"""Turning a complete study into jobs: one per (study, pipeline, result version).
+
+Called by the completion sweep inside its transaction, so the study's state change, its jobs and
+their audit rows commit together; the unique constraint on (study, pipeline, result version)
+makes a repeated call harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.config import Settings
+from node.db.orm import Job
+from node.db.repositories import audit, studies
+from node.domain import JobState, ReviewState, StudyState
+from node.grouping.routing import PipelineLike, RouteDecision, explain_routes
+
+
+class PlannablePipeline(PipelineLike, Protocol):
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def review_required(self) -> bool: ...
+
+
+@dataclass
+class JobPlanner:
+    """Holds what job creation needs (settings and pipeline definitions), built once per process."""
+
+    settings: Settings
+    pipelines: Mapping[str, PlannablePipeline]
+
+    def route(self, session: Session, study_uid: str) -> RouteDecision | None:
+        facts = studies.study_facts(session, study_uid)
+        return None if facts is None else explain_routes(self.settings, self.pipelines, facts)
+
+    def complete_study(self, session: Session, study_uid: str, reason: str, now: datetime) -> None:
+        study = studies.get_study(session, study_uid)
+        if study is None or study.state != StudyState.RECEIVING.value:
+            return
+        decision = self.route(session, study_uid)
+        assert decision is not None
+        study.state = StudyState.COMPLETE.value
+        study.completed_at = now
+        study.completion_reason = reason[:64]
+        study.complete_requested = False
+        audit.record(
+            session, "study.completed", entity_type="study", entity_id=study_uid,
+            from_state=StudyState.RECEIVING.value, to_state=StudyState.COMPLETE.value,
+            detail=f"{reason}\n{decision.explain()}",
+        )
+        created = 0
+        for name in decision.pipelines:
+            exists = session.scalar(
+                select(Job.id).where(
+                    Job.study_pk == study.id,
+                    Job.pipeline_name == name,
+                    Job.result_version == study.result_version,
+                )
+            )
+            if exists is not None:
+                continue
+            cfg = self.pipelines[name]
+            job = Job(
+                study_pk=study.id,
+                pipeline_name=name,
+                pipeline_version=cfg.version,
+                result_version=study.result_version,
+                destinations=list(decision.destinations),
+                state=JobState.QUEUED.value,
+                review_state=(
+                    ReviewState.PENDING if cfg.review_required else ReviewState.NOT_REQUIRED
+                ).value,
+                max_attempts=self.settings.jobs.max_attempts,
+                next_attempt_at=now,
+            )
+            session.add(job)
+            session.flush()
+            created += 1
+            audit.record(
+                session, "job.created", entity_type="job", entity_id=job.id,
+                to_state=JobState.QUEUED.value,
+                detail=f"study {study_uid} pipeline {name} v{cfg.version} result v{study.result_version}",
+            )
+        if created == 0 and not decision.pipelines:
+            study.state = StudyState.PROCESSED.value
+            audit.record(
+                session, "study.processed", entity_type="study", entity_id=study_uid,
+                from_state=StudyState.COMPLETE.value, to_state=StudyState.PROCESSED.value,
+                detail="no pipeline matched",
+            )

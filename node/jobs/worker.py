@@ -1,0 +1,289 @@
+"""The worker: claim a job, run its pipeline, produce validated DICOM results, plan deliveries.
+
+Inference runs outside any database transaction; a heartbeat thread renews the job's lease
+meanwhile, so a long CT volume is not mistaken for a dead worker. The job's outcome, its artifact
+rows and its deliveries commit in one transaction, and only if this worker still owns the lease.
+A failure is caught here, at the job boundary, and recorded on the job (with its traceback in the
+job log) — one bad study never stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+from pydicom import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.orm import Artifact, Job, utcnow
+from node.db.repositories import studies
+from node.jobs import queue
+from node.jobs.study_input import build_study_input
+from pipelines.result import PipelineResult, StudyInput
+
+log = logging.getLogger(__name__)
+
+
+class RunnablePipeline(Protocol):
+    name: str
+    version: str
+    config: Any  # pipelines.spec.PipelineConfig (outputs: seg_type, omit_empty_frames, overlay, ...)
+
+    def run(self, study: StudyInput) -> PipelineResult: ...
+
+
+class PipelineSource(Protocol):
+    def get(self, name: str) -> RunnablePipeline: ...
+
+
+Producer = Callable[[PipelineResult, Sequence[Dataset], Any, Path], list[Any]]
+DeliveryPlanner = Callable[[Session, Job, Sequence[str], bool], Any]
+
+
+class NonRetryableError(Exception):
+    """Raised (or mapped) for failures a retry cannot fix: wrong input, invalid output."""
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
+
+
+def _non_retryable_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [NonRetryableError]
+    for module, name in (
+        ("pipelines.errors", "PipelineInputError"),
+        ("pipelines.registry", "PipelineInputError"),
+        ("node.results.produce", "ResultValidationError"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+            types.append(getattr(mod, name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
+
+
+def _default_producer() -> Producer:
+    from node.results.produce import produce_results
+
+    return produce_results  # type: ignore[return-value]
+
+
+def _default_delivery_planner() -> DeliveryPlanner:
+    from node.dispatch.planning import plan_deliveries
+
+    def plan(session: Session, job: Job, destinations: Sequence[str], held: bool) -> Any:
+        return plan_deliveries(session, job, destinations, held=held)
+
+    return plan
+
+
+def _output_options(pipeline: RunnablePipeline, result_version: int) -> Any:
+    from node.results.produce import OutputOptions
+
+    outputs = getattr(pipeline.config, "outputs", None)
+    fields = {}
+    for name in ("seg_type", "omit_empty_frames", "overlay", "pdf", "sr", "seg"):
+        if outputs is not None and hasattr(outputs, name):
+            fields[name] = getattr(outputs, name)
+    return OutputOptions(result_version=result_version, **fields)
+
+
+class _LeaseKeeper:
+    """Renews a job's lease every third of its length until stopped."""
+
+    def __init__(self, db: Database, settings: Settings, job_id: int, worker_id: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(db, settings, job_id, worker_id), daemon=True,
+            name=f"lease-{job_id}",
+        )
+        self.lost = False
+
+    def _run(self, db: Database, settings: Settings, job_id: int, worker_id: str) -> None:
+        interval = max(settings.jobs.lease_s / 3, 0.5)
+        while not self._stop.wait(interval):
+            if not queue.renew_lease(db, job_id, worker_id, utcnow(), settings.jobs):
+                self.lost = True
+                return
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        pipelines: PipelineSource,
+        *,
+        worker_id: str | None = None,
+        only_pipelines: Collection[str] | None = None,
+        producer: Producer | None = None,
+        delivery_planner: DeliveryPlanner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.pipelines = pipelines
+        self.worker_id = worker_id or default_worker_id()
+        self.only_pipelines = only_pipelines
+        self._producer = producer
+        self._planner = delivery_planner
+        self.current_job: int | None = None
+
+    # -- loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # noqa: BLE001 - process boundary: log, back off, keep serving
+                log.exception("worker %s: unexpected error outside a job", self.worker_id)
+                worked = False
+            if not worked:
+                stop.wait(self.settings.jobs.poll_interval_s)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        claimed = queue.claim_next(
+            self.db, self.worker_id, utcnow(), self.settings.jobs, self.only_pipelines
+        )
+        if claimed is None:
+            return False
+        self.process(claimed)
+        return True
+
+    # -- one job --------------------------------------------------------------------------
+    def process(self, claimed: queue.ClaimedJob) -> None:
+        self.current_job = claimed.job_id
+        lines: list[str] = [f"{utcnow().isoformat()} attempt {claimed.attempt} by {self.worker_id}"]
+        started = time.perf_counter()
+        try:
+            with _LeaseKeeper(self.db, self.settings, claimed.job_id, self.worker_id) as keeper:
+                produced, result = self._compute(claimed, lines)
+            if keeper.lost:
+                log.warning("job %s: lease lost while running; outcome discarded", claimed.job_id)
+                return
+            lines.append(f"done in {time.perf_counter() - started:.2f} s")
+            self._finish(claimed, produced, result, "\n".join(lines))
+        except Exception as exc:  # noqa: BLE001 - job boundary: every failure is recorded on the job
+            retryable = not isinstance(exc, _non_retryable_types())
+            lines.append(traceback.format_exc())
+            log.warning("job %s failed (%s): %s", claimed.job_id, type(exc).__name__, exc)
+            with self.db.write() as session:
+                job = queue.owned_job(session, claimed.job_id, self.worker_id)
+                if job is not None:
+                    queue.mark_failed(
+                        session, job, self.worker_id, utcnow(), f"{type(exc).__name__}: {exc}",
+                        self.settings.jobs, log="\n".join(lines), retryable=retryable,
+                    )
+        finally:
+            self.current_job = None
+
+    def _compute(
+        self, claimed: queue.ClaimedJob, lines: list[str]
+    ) -> tuple[list[Any], PipelineResult]:
+        with self.db.read() as session:
+            study_input = build_study_input(session, self.settings, claimed.study_uid)
+            instances = {
+                inst.sop_instance_uid: self.settings.data_dir / inst.path
+                for insts in studies.series_instances(session, claimed.study_uid).values()
+                for inst in insts
+            }
+        lines.append(
+            f"input: {len(study_input.series)} series, {sum(len(s.files) for s in study_input.series)} files"
+        )
+        pipeline = self.pipelines.get(claimed.pipeline_name)
+        t0 = time.perf_counter()
+        result = pipeline.run(study_input)
+        lines.append(f"pipeline {pipeline.name} v{pipeline.version}: {time.perf_counter() - t0:.2f} s")
+        for run in result.model_runs:
+            lines.append(
+                f"  model {run.model_name} v{run.model_version} on {run.device_used}"
+                f" (asked {run.device_requested}) {run.seconds:.2f} s"
+                + (f" WARNING {run.fallback_warning}" if run.fallback_warning else "")
+            )
+        for warning in result.warnings:
+            lines.append(f"  warning: {warning}")
+        sources = self._load_sources(result, instances)
+        out_dir = (
+            self.settings.results_dir
+            / claimed.study_uid
+            / claimed.pipeline_name
+            / f"v{claimed.result_version}"
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._save_result(result, out_dir)
+        producer = self._producer or _default_producer()
+        t0 = time.perf_counter()
+        produced = producer(result, sources, _output_options(pipeline, claimed.result_version), out_dir)
+        lines.append(
+            f"results: {', '.join(str(getattr(p, 'kind', '?')) for p in produced)}"
+            f" in {time.perf_counter() - t0:.2f} s"
+        )
+        return produced, result
+
+    @staticmethod
+    def _save_result(result: PipelineResult, out_dir: Path) -> None:
+        try:
+            from node.results.exports import save_result
+        except ImportError:
+            return
+        save_result(result, out_dir)
+
+    @staticmethod
+    def _load_sources(result: PipelineResult, instances: dict[str, Path]) -> list[Dataset]:
+        uids = list(dict.fromkeys(f.sop_instance_uid for f in result.source_frames))
+        missing = [u for u in uids if u not in instances]
+        if missing:
+            raise NonRetryableError(f"result refers to {len(missing)} unknown source instance(s)")
+        return [pydicom.dcmread(instances[u]) for u in uids]
+
+    def _finish(
+        self, claimed: queue.ClaimedJob, produced: list[Any], result: PipelineResult, job_log: str
+    ) -> None:
+        with self.db.write() as session:
+            job = queue.owned_job(session, claimed.job_id, self.worker_id)
+            if job is None:
+                log.warning("job %s: no longer ours at finish; outcome discarded", claimed.job_id)
+                return
+            for obj in produced:
+                existing = session.scalar(
+                    select(Artifact).where(Artifact.sop_instance_uid == obj.sop_instance_uid)
+                )
+                rel = str(Path(obj.path).resolve().relative_to(self.settings.data_dir.resolve()))
+                if existing is None:
+                    session.add(
+                        Artifact(
+                            job_pk=job.id, kind=str(getattr(obj.kind, "value", obj.kind)),
+                            sop_class_uid=obj.sop_class_uid, sop_instance_uid=obj.sop_instance_uid,
+                            series_instance_uid=obj.series_instance_uid, path=rel,
+                            size_bytes=obj.size_bytes, validated=True,
+                        )
+                    )
+                else:
+                    existing.path, existing.size_bytes = rel, obj.size_bytes
+            session.flush()
+            session.refresh(job, attribute_names=["artifacts"])
+            planner = self._planner or _default_delivery_planner()
+            planner(session, job, claimed.destinations, claimed.review_required)
+            queue.mark_succeeded(
+                session, job, self.worker_id, utcnow(), result.summary(), job_log
+            )

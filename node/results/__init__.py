@@ -1,0 +1,1 @@
+"""PipelineResult → standard DICOM (SEG, TID 1500 SR, Encapsulated PDF, overlay), validated."""

@@ -1,0 +1,98 @@
+"""Downloads for the console: findings CSV, mask PNGs + SEG zip, PDFs zip, result JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.result import PipelineResult
+
+CSV_COLUMNS = (
+    "tracking_id",
+    "tracking_uid",
+    "label",
+    "finding_type",
+    "severity",
+    "segment_number",
+    "frames",
+    "area_mm2",
+    "area_pct",
+    "volume_mm3",
+    "mean_intensity",
+    "max_intensity",
+    "intensity_unit",
+    "circularity",
+    "pixel_count",
+    "box_score",
+)
+# Fixed zip timestamps: the same result always zips to the same bytes.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def findings_csv(result: PipelineResult) -> str:
+    """One row per finding, measurements in source units."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for f in result.findings:
+        m = f.measurements
+        writer.writerow(
+            [
+                f.tracking_id,
+                f.tracking_uid,
+                f.label.name,
+                f.label.type.meaning,
+                f.severity.value,
+                "" if f.segment_number is None else f.segment_number,
+                " ".join(str(i) for i in f.frame_indices),
+                m.area_mm2,
+                m.area_pct,
+                m.volume_mm3,
+                m.mean_intensity,
+                m.max_intensity,
+                m.intensity_unit,
+                m.circularity,
+                m.pixel_count,
+                f.box.score if f.box else "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    archive.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def masks_zip(result: PipelineResult, seg_path: Path | None) -> bytes:
+    """A PNG per frame of the label map (pixel value = label value) plus the SEG file."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        if result.segmentation is not None:
+            for index, frame in enumerate(result.segmentation.label_map):
+                png = io.BytesIO()
+                Image.fromarray(frame.astype(np.uint8)).save(png, format="PNG")
+                _add(archive, f"masks/frame_{index + 1:04d}.png", png.getvalue())
+        if seg_path is not None and Path(seg_path).exists():
+            _add(archive, "seg.dcm", Path(seg_path).read_bytes())
+    return buffer.getvalue()
+
+
+def pdfs_zip(paths: Iterable[Path]) -> bytes:
+    """The given files (Encapsulated PDF objects or plain PDFs) in one zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in paths:
+            path = Path(path)
+            _add(archive, path.name, path.read_bytes())
+    return buffer.getvalue()
+
+
+def result_json(result: PipelineResult) -> str:
+    return json.dumps(result.to_json_dict(), indent=1, sort_keys=True)

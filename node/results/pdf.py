@@ -1,0 +1,230 @@
+"""Encapsulated PDF report: reportlab renders it, pydicom wraps it as Encapsulated PDF Storage.
+
+One or two pages: patient/study header, key image with the mask heatmap and boxes, measurements
+table, class-probability chart, severity, models with versions/weights/devices, processing time
+and "Not for diagnostic use". Page content is deterministic (fixed creation time, no random ids)
+so a retry produces identical bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
+from reportlab.graphics.charts.barcharts import HorizontalBarChart
+from reportlab.graphics.shapes import Drawing
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import Image as FlowImage
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from node.domain import ArtifactKind
+from node.results.equipment import MANUFACTURER
+from node.results.overlay import key_frame_index, render_overlay
+from node.results.source import ContentTime
+from node.results.uids import result_uid, series_number
+from pipelines.result import PipelineResult
+
+DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _probability_chart(result: PipelineResult) -> Drawing | None:
+    cls = result.classification
+    if cls is None:
+        return None
+    drawing = Drawing(160 * mm, 12 * mm * len(cls.classes) + 10 * mm)
+    chart = HorizontalBarChart()
+    chart.x, chart.y = 30 * mm, 5 * mm
+    chart.width, chart.height = 120 * mm, 12 * mm * len(cls.classes)
+    chart.data = [[round(p, 4) for p in cls.probabilities]]
+    chart.valueAxis.valueMin, chart.valueAxis.valueMax = 0, 1
+    chart.categoryAxis.categoryNames = list(cls.classes)
+    chart.bars[0].fillColor = colors.HexColor("#c0392b")
+    drawing.add(chart)
+    return drawing
+
+
+def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: ContentTime) -> bytes:
+    """The report as PDF bytes."""
+    styles = getSampleStyleSheet()
+    buffer = io.BytesIO()
+    title = f"AI report: {result.pipeline_name} v{result.pipeline_version}"
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        title=title,
+        author=MANUFACTURER,
+        creator=MANUFACTURER,
+        invariant=1,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=12 * mm,
+    )
+    first = sources[0]
+    story: list[object] = [
+        Paragraph(title, styles["Title"]),
+        Paragraph(f"<b>{DISCLAIMER}</b>", styles["Normal"]),
+        Spacer(1, 3 * mm),
+    ]
+    header = [
+        [
+            "Patient",
+            str(first.get("PatientName", "")),
+            "Patient ID",
+            str(first.get("PatientID", "")),
+        ],
+        [
+            "Birth date",
+            str(first.get("PatientBirthDate", "")),
+            "Sex",
+            str(first.get("PatientSex", "")),
+        ],
+        [
+            "Study date",
+            str(first.get("StudyDate", "")),
+            "Accession",
+            str(first.get("AccessionNumber", "")),
+        ],
+        ["Study", str(first.get("StudyDescription", ""))[:40], "Modality", result.modality],
+    ]
+    story.append(_table(header, head=False))
+    story.append(Spacer(1, 3 * mm))
+    frame = key_frame_index(result)
+    picture = Image.fromarray(render_overlay(result, sources, frame))
+    picture.thumbnail((512, 512))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    png.seek(0)
+    side = 80 * mm
+    ratio = picture.height / picture.width
+    story += [
+        Paragraph(
+            f"Key image (frame {frame + 1} of {len(result.source_frames)})", styles["Heading3"]
+        ),
+        FlowImage(png, width=side, height=side * ratio),
+    ]
+    if result.findings:
+        rows = [["Finding", "Severity", "Area mm²", "Volume mm³", "Mean", "Circularity"]]
+        rows += [
+            [
+                f.tracking_id,
+                f.severity.value,
+                _fmt(f.measurements.area_mm2),
+                _fmt(f.measurements.volume_mm3),
+                _fmt(f.measurements.mean_intensity),
+                _fmt(f.measurements.circularity, 2),
+            ]
+            for f in result.findings
+        ]
+        story += [Paragraph("Measurements", styles["Heading3"]), _table(rows)]
+    else:
+        story.append(Paragraph("No findings.", styles["Heading3"]))
+    chart = _probability_chart(result)
+    if chart is not None and result.classification is not None:
+        cls = result.classification
+        story += [
+            Paragraph(
+                f"Classification: {cls.decision} (confidence {cls.confidence:.2f}, "
+                f"threshold {cls.threshold:.2f})",
+                styles["Heading3"],
+            ),
+            chart,
+        ]
+    severities = [f.severity.value for f in result.findings]
+    story.append(
+        Paragraph(
+            f"Severity: {result.summary()['severity'] or 'none'}"
+            + (f" ({', '.join(severities)})" if severities else ""),
+            styles["Normal"],
+        )
+    )
+    models = [
+        ["Model", "Version", "Task", "Weight", "Weights sha256", "Device (requested → used)", "s"]
+    ]
+    models += [
+        [
+            r.model_name,
+            r.model_version,
+            r.task,
+            f"{r.weight:.2f}",
+            r.weights_sha256[:12],
+            f"{r.device_requested} → {r.device_used}",
+            f"{r.seconds:.2f}",
+        ]
+        for r in result.model_runs
+    ]
+    story += [Paragraph("Models", styles["Heading3"]), _table(models)]
+    for warning in result.warnings:
+        story.append(Paragraph(f"Warning: {warning}", styles["Normal"]))
+    story.append(
+        Paragraph(
+            f"Processing time {result.processing_seconds:.2f} s; created "
+            f"{when.moment.isoformat()}. {DISCLAIMER}",
+            styles["Normal"],
+        )
+    )
+    doc.build(story)
+    return buffer.getvalue()
+
+
+def _table(rows: list[list[str]], head: bool = True) -> Table:
+    table = Table(rows, hAlign="LEFT")
+    style = [("GRID", (0, 0), (-1, -1), 0.25, colors.grey), ("FONTSIZE", (0, 0), (-1, -1), 8)]
+    if head:
+        style.append(("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey))
+    table.setStyle(TableStyle(style))
+    return table
+
+
+def build_pdf(
+    result: PipelineResult, sources: Sequence[Dataset], when: ContentTime, result_version: int
+) -> Dataset:
+    """Encapsulated PDF Storage instance carrying the rendered report."""
+    pdf = render_pdf(result, sources, when)
+    first = sources[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.SOPInstanceUID = result_uid(result, ArtifactKind.PDF, "instance", result_version)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SpecificCharacterSet" in first:
+        ds.SpecificCharacterSet = first.SpecificCharacterSet
+    for keyword in _TYPE2:
+        setattr(ds, keyword, first.get(keyword, ""))
+    ds.StudyInstanceUID = first.StudyInstanceUID
+    ds.SeriesInstanceUID = result_uid(result, ArtifactKind.PDF, "series", result_version)
+    ds.Modality = "DOC"
+    ds.SeriesNumber = series_number(ArtifactKind.PDF)
+    ds.InstanceNumber = 1
+    ds.Manufacturer = MANUFACTURER
+    ds.ConversionType = "SYN"
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = f"AI report {result.pipeline_name} v{result.pipeline_version}"[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.AcquisitionDateTime = when.datetime_str
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf)
+    return ds

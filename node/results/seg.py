@@ -1,0 +1,159 @@
+"""DICOM Segmentation (BINARY or FRACTIONAL) from a PipelineResult, with highdicom.
+
+One segment per label of the model card, with its SNOMED CT category/type, algorithm
+identification and AUTOMATIC algorithm type. Geometry (frame of reference, plane positions, pixel
+measures) comes from the source images, so 2D (CR/DX), single-frame series (CT/MR) and multi-frame
+sources are all handled by highdicom. Only BINARY/FRACTIONAL: Orthanc 1.10 and dciodvfy do not know
+the newer label-map SEG class.
+
+A study where every segment is empty gets *no* SEG (``build_segmentation`` returns ``None``): there
+is nothing to show, and the SR and PDF say "no findings". Segments that are empty while others are
+not are kept (with no frames), so the SEG still lists everything the model looked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from node.domain import ArtifactKind, CodedConcept
+from node.results.equipment import MANUFACTURER, software_versions
+from node.results.uids import result_uid, series_number
+from pipelines.result import LabelSpec, PipelineResult, SegmentationOutput
+
+
+@dataclass(frozen=True)
+class SegOptions:
+    seg_type: str = "BINARY"
+    omit_empty_frames: bool = True
+    result_version: int = 1
+
+
+@dataclass(frozen=True)
+class BuiltSegmentation:
+    dataset: hd.seg.Segmentation
+    segment_numbers: dict[int, int]  # label value -> SEG segment number
+
+
+def coded(concept: CodedConcept) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(concept.value, concept.scheme_designator, concept.meaning)
+
+
+def algorithm_identification(result: PipelineResult) -> hd.AlgorithmIdentificationSequence:
+    """The pipeline as the segmenting algorithm, with its member models as parameters."""
+    parameters = {run.model_name[:60]: run.model_version for run in result.model_runs}
+    return hd.AlgorithmIdentificationSequence(
+        name=result.pipeline_name,
+        family=codes.DCM.ArtificialIntelligence,
+        version=result.pipeline_version or "unknown",
+        source=MANUFACTURER,
+        parameters=parameters or None,
+    )
+
+
+def _segment_description(
+    number: int, label: LabelSpec, algorithm: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    red, green, blue = (min(max(int(c), 0), 255) for c in label.color_rgb)
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label.name[:64],
+        segmented_property_category=coded(label.category),
+        segmented_property_type=coded(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
+    )
+
+
+def expected_frames(sources: Sequence[Dataset]) -> int:
+    """How many mask frames the sources call for (frames of one multi-frame, or slices)."""
+    if len(sources) == 1:
+        return int(sources[0].get("NumberOfFrames", 1) or 1)
+    return len(sources)
+
+
+def _pixel_array(seg: SegmentationOutput, labels: Sequence[LabelSpec], seg_type: str) -> np.ndarray:
+    """(frames, rows, cols, segments): bool for BINARY, float in [0, 1] for FRACTIONAL."""
+    masks = np.stack([seg.label_map == label.value for label in labels], axis=-1)
+    if seg_type == "BINARY":
+        return masks
+    if seg.probabilities is None:
+        return masks.astype(np.float32)
+    order = [i for i, _ in enumerate(seg.labels) if seg.labels[i] in labels]
+    probabilities = np.clip(seg.probabilities[order], 0.0, 1.0).astype(np.float32)
+    return np.moveaxis(probabilities, 0, -1)
+
+
+def build_segmentation(
+    result: PipelineResult, sources: Sequence[Dataset], options: SegOptions
+) -> BuiltSegmentation | None:
+    """The SEG for ``result``; ``None`` when it has no segmentation or every segment is empty."""
+    seg = result.segmentation
+    if seg is None or not seg.labels or not seg.label_map.any():
+        return None
+    seg_type = options.seg_type.upper()
+    if seg_type not in ("BINARY", "FRACTIONAL"):
+        raise ValueError(f"seg_type must be BINARY or FRACTIONAL, not {options.seg_type!r}")
+    frames = expected_frames(sources)
+    if seg.label_map.ndim != 3 or seg.label_map.shape[0] != frames:
+        raise ValueError(
+            f"label map shape {seg.label_map.shape} does not match {frames} source frame(s)"
+        )
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    if seg.label_map.shape[1:] != (rows, columns):
+        raise ValueError(f"label map is {seg.label_map.shape[1:]}, source is {(rows, columns)}")
+    labels = sorted(seg.labels, key=lambda label: label.value)
+    algorithm = algorithm_identification(result)
+    descriptions = [
+        _segment_description(number, label, algorithm)
+        for number, label in enumerate(labels, start=1)
+    ]
+    dataset = hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=_pixel_array(seg, labels, seg_type),
+        segmentation_type=seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=result_uid(result, ArtifactKind.SEG, "series", options.result_version),
+        series_number=series_number(ArtifactKind.SEG),
+        sop_instance_uid=result_uid(result, ArtifactKind.SEG, "instance", options.result_version),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=result.pipeline_name[:64],
+        software_versions=software_versions(result),
+        device_serial_number=result.pipeline_version[:64] or "unknown",
+        omit_empty_frames=options.omit_empty_frames,
+        content_label="AI_SEGMENTATION",
+        content_description=f"{result.pipeline_name} v{result.pipeline_version}"[:64],
+    )
+    if "FrameOfReferenceUID" not in dataset and "PatientOrientation" not in dataset:
+        # General Image: PatientOrientation is type 2C without a frame of reference (CR/DX).
+        dataset.PatientOrientation = sources[0].get("PatientOrientation", "")
+    numbers = {label.value: number for number, label in enumerate(labels, start=1)}
+    return BuiltSegmentation(dataset=dataset, segment_numbers=numbers)
+
+
+def seg_frame_for(
+    dataset: Dataset, segment_number: int, source_sop_uid: str, source_frame: int | None = None
+) -> int | None:
+    """The 1-based SEG frame holding ``segment_number`` for one source image (frame), if any."""
+    for index, item in enumerate(dataset.PerFrameFunctionalGroupsSequence, start=1):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if number != segment_number:
+            continue
+        for derivation in item.get("DerivationImageSequence", []):
+            for ref in derivation.get("SourceImageSequence", []):
+                if ref.ReferencedSOPInstanceUID != source_sop_uid:
+                    continue
+                ref_frames = ref.get("ReferencedFrameNumber")
+                if source_frame is None or ref_frames is None:
+                    return index
+                values = ref_frames if isinstance(ref_frames, list | tuple) else [ref_frames]
+                if any(int(v) == source_frame for v in values):
+                    return index
+    return None

@@ -1,0 +1,137 @@
+"""Make real-world source headers safe to copy into result objects.
+
+Sources come from modalities and PACS of every age: empty SpecificCharacterSet, person names in
+retired forms (more than five components, "Last, First"), missing type-2 attributes. The writers
+copy patient/study attributes from the first source, so they get a cleaned *copy* here; the
+original datasets are never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+from pipelines.result import PipelineResult
+
+# Type-2 patient/study attributes every composite object must carry (may be empty).
+_TYPE2_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+_PERSON_NAME_ATTRIBUTES = ("PatientName", "ReferringPhysicianName", "OperatorsName")
+_VALID_SEX = {"M", "F", "O", ""}
+
+
+def clean_person_name(value: object) -> str:
+    """A PN value in the current form: at most five ``^`` components per group, no padding."""
+    text = str(value or "").strip().strip("\x00")
+    groups = text.split("=")[:3]
+    cleaned = []
+    for group in groups:
+        if "^" not in group and "," in group:  # retired "Last, First" style
+            last, _, first = group.partition(",")
+            group = f"{last.strip()}^{first.strip()}"
+        parts = group.split("^")
+        if len(parts) > 5:
+            parts = [*parts[:4], " ".join(parts[4:])]
+        cleaned.append("^".join(parts).rstrip("^"))
+    return "=".join(cleaned).rstrip("=")
+
+
+def clean_source(source: Dataset) -> Dataset:
+    """A shallow-cleaned copy of one source dataset (pixels shared, header fixed)."""
+    dataset = _element_copy(source)
+    charset = dataset.get("SpecificCharacterSet")
+    if charset is not None and (not charset or all(not str(c).strip() for c in _as_list(charset))):
+        del dataset.SpecificCharacterSet
+    for keyword in _TYPE2_ATTRIBUTES:
+        if keyword not in dataset or dataset[keyword].value is None:
+            setattr(dataset, keyword, "")
+    for keyword in _PERSON_NAME_ATTRIBUTES:
+        if keyword in dataset and dataset[keyword].value:
+            dataset[keyword].value = PersonName(clean_person_name(dataset[keyword].value))
+    if str(dataset.get("PatientSex", "")).upper() not in _VALID_SEX:
+        dataset.PatientSex = "O"
+    for keyword in ("StudyDate", "PatientBirthDate"):
+        if len(str(dataset.get(keyword, ""))) not in (0, 8):
+            setattr(dataset, keyword, "")
+    return dataset
+
+
+def _element_copy(source: Dataset) -> Dataset:
+    """A new dataset with copied top-level elements: edits never reach the caller's dataset,
+    while large values (pixel data bytes, sequences we do not edit) are shared, not duplicated."""
+    dataset = Dataset()
+    for element in source:
+        dataset.add(copy.copy(element))
+    if hasattr(source, "file_meta"):
+        dataset.file_meta = copy.deepcopy(source.file_meta)
+    return dataset
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def clean_sources(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Cleaned copies of every source, in the given order."""
+    if not sources:
+        raise ValueError("no source datasets given: results need the images they describe")
+    cleaned = [clean_source(s) for s in sources]
+    _unify_orientation(cleaned)
+    return cleaned
+
+
+_ORIENTATION_TOLERANCE = 1e-4
+
+
+def _unify_orientation(datasets: list[Dataset]) -> None:
+    """Give every slice the first slice's orientation when they differ only by rounding.
+
+    Scanners write ImageOrientationPatient per slice with float noise in the last digit (the GE
+    sample series does); highdicom compares them exactly and would refuse the series.
+    """
+    orientations = [d.get("ImageOrientationPatient") for d in datasets]
+    if len(datasets) < 2 or any(o is None or len(o) != 6 for o in orientations):
+        return
+    first = [float(v) for v in orientations[0]]
+    for dataset, orientation in zip(datasets, orientations, strict=True):
+        deltas = [abs(float(a) - b) for a, b in zip(orientation, first, strict=True)]
+        if max(deltas) < _ORIENTATION_TOLERANCE:
+            dataset.ImageOrientationPatient = list(orientations[0])
+
+
+@dataclass(frozen=True)
+class ContentTime:
+    """The fixed content date/time of a result (from ``PipelineResult.created_at``)."""
+
+    date: str  # YYYYMMDD
+    time: str  # HHMMSS
+    moment: datetime
+
+    @property
+    def datetime_str(self) -> str:
+        return f"{self.date}{self.time}"
+
+
+def content_time(result: PipelineResult) -> ContentTime:
+    """The result's creation time, so that rebuilding a result yields identical bytes."""
+    moment = datetime.now(UTC)
+    if result.created_at:
+        try:
+            moment = datetime.fromisoformat(result.created_at)
+        except ValueError as exc:
+            raise ValueError(f"created_at is not ISO 8601: {result.created_at!r}") from exc
+    return ContentTime(moment.strftime("%Y%m%d"), moment.strftime("%H%M%S"), moment)

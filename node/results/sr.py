@@ -1,0 +1,356 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) from a PipelineResult, with highdicom.sr.
+
+Observer = the algorithm as a device; procedure reported = the source study's procedure code (or
+one for the modality); image library = the source images. Per finding a measurement group with
+tracking identifier/UID, finding type, measurements referencing the SEG segment, severity and the
+classification result, and, for detection boxes, a SCOORD3D region (SCOORD on projection images).
+A study-level group states the CAD summary ("with"/"without findings") and the class probabilities,
+so a study without findings still gets a report that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from node.domain import ArtifactKind
+from node.results import concepts as c
+from node.results.equipment import MANUFACTURER
+from node.results.geometry import frame_plane
+from node.results.seg import BuiltSegmentation
+from node.results.uids import deterministic_uid, result_uid, series_number
+from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
+
+_log = logging.getLogger(__name__)
+
+Group = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+@dataclass(frozen=True)
+class SrOptions:
+    result_version: int = 1
+    institution_name: str = ""
+
+
+def _observer_device_uid(result: PipelineResult) -> str:
+    if len(result.model_runs) == 1 and result.model_runs[0].device_uid:
+        return result.model_runs[0].device_uid
+    return deterministic_uid(*[result.pipeline_name, "observer-device"])
+
+
+def _observation_context(result: PipelineResult) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_observer_device_uid(result),
+        name=result.pipeline_name[:64],
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{result.pipeline_name} {result.pipeline_version}"[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def procedure_reported(source: Dataset, modality: str) -> hd.sr.CodedConcept:
+    """The source study's procedure code when CID 100 lists it, else one for the modality."""
+    for item in source.get("ProcedureCodeSequence", []):
+        key = (item.get("CodeValue"), item.get("CodingSchemeDesignator"))
+        if key in c.PROCEDURE_CODES and item.get("CodeMeaning"):
+            return hd.sr.CodedConcept(item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning)
+    return c.procedure_for_modality(modality)
+
+
+def _measurements(result: PipelineResult, finding: Finding) -> list[hd.sr.Measurement]:
+    m = finding.measurements
+    items: list[hd.sr.Measurement] = []
+    if m.area_mm2 is not None:
+        items.append(hd.sr.Measurement(name=c.AREA, value=float(m.area_mm2), unit=c.SQUARE_MM))
+    if m.volume_mm3 is not None:
+        items.append(hd.sr.Measurement(name=c.VOLUME, value=float(m.volume_mm3), unit=c.CUBIC_MM))
+    if m.mean_intensity is not None:
+        name, unit = c.intensity_concept(result.modality, m.intensity_unit)
+        items.append(
+            hd.sr.Measurement(
+                name=name, value=float(m.mean_intensity), unit=unit, derivation=c.MEAN
+            )
+        )
+    if m.circularity is not None:
+        items.append(
+            hd.sr.Measurement(name=c.CIRCULARITY, value=float(m.circularity), unit=c.NO_UNITS)
+        )
+    return items
+
+
+def _classification_items(
+    result: PipelineResult,
+) -> tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]]:
+    cls = result.classification
+    if cls is None:
+        return [], []
+    decision = cls.decision
+    evaluation = hd.sr.QualitativeEvaluation(
+        c.CLASSIFICATION_RESULT, c.class_concept(cls, decision)
+    )
+    probability = hd.sr.Measurement(
+        name=c.PROBABILITY,
+        value=float(cls.probabilities[cls.classes.index(decision)]),
+        unit=c.NO_UNITS,
+    )
+    return [evaluation], [probability]
+
+
+def _source_frame_ref(frame: SourceFrame) -> dict[str, object]:
+    return {
+        "referenced_sop_class_uid": frame.sop_class_uid,
+        "referenced_sop_instance_uid": frame.sop_instance_uid,
+        "referenced_frame_numbers": [frame.frame_number] if frame.frame_number else None,
+    }
+
+
+def _source_dataset(
+    sources: Sequence[Dataset], result: PipelineResult, frame_index: int
+) -> Dataset:
+    return sources[0] if len(sources) == 1 else sources[frame_index]
+
+
+def _box_region(
+    box: DetectionBox, result: PipelineResult, sources: Sequence[Dataset]
+) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    """A closed rectangle: SCOORD3D in the frame of reference when the source has one."""
+    frame = result.source_frames[box.frame_index]
+    columns = np.array([box.x0, box.x1, box.x1, box.x0, box.x0], dtype=float)
+    rows = np.array([box.y0, box.y0, box.y1, box.y1, box.y0], dtype=float)
+    plane = frame_plane(_source_dataset(sources, result, box.frame_index), frame.frame_number)
+    if plane is not None:
+        # Box edges are pixel edges; pixel centres sit at integer positions in patient space.
+        points = plane.to_patient(columns - 0.5, rows - 0.5)
+        return hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+            graphic_data=points,
+            frame_of_reference_uid=plane.frame_of_reference_uid,
+        )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.stack([columns, rows], axis=1),
+        source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
+    )
+
+
+def _bbox_as_box(finding: Finding) -> DetectionBox:
+    f0, r0, c0, _f1, r1, c1 = finding.measurements.bbox
+    frame = finding.frame_indices[len(finding.frame_indices) // 2] if finding.frame_indices else f0
+    return DetectionBox(
+        frame, float(c0), float(r0), float(c1 + 1), float(r1 + 1), finding.label, 1.0
+    )
+
+
+def _finding_groups(
+    finding: Finding,
+    result: PipelineResult,
+    sources: Sequence[Dataset],
+    seg: BuiltSegmentation | None,
+) -> list[Group]:
+    tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+    common = {
+        "finding_type": c.coded(finding.label.type),
+        "finding_category": c.coded(finding.label.category),
+        "measurements": _measurements(result, finding),
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(c.SEVERITY, c.SEVERITY_VALUES[finding.severity]),
+            *_classification_items(result)[0],
+        ],
+    }
+    segment_number = (
+        seg.segment_numbers.get(finding.label.value)
+        if seg is not None and finding.segment_number is not None
+        else None
+    )
+    groups: list[Group] = []
+    if segment_number is not None and seg is not None:
+        groups.append(_segment_group(finding, result, seg, segment_number, tracking, common))
+    box = finding.box
+    if box is None and not groups:
+        box = _bbox_as_box(finding)  # no SEG to point at: the finding's bounding box instead
+    if box is not None:
+        box_tracking = tracking
+        if groups:  # one region per group: the box gets its own group and tracking UID
+            box_tracking = hd.sr.TrackingIdentifier(
+                uid=deterministic_uid(*[finding.tracking_uid, "box"]),
+                identifier=f"{finding.tracking_id} box"[:64],
+            )
+        region = _box_region(box, result, sources)
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=box_tracking,
+                referenced_region=region,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return groups
+
+
+def _segment_group(
+    finding: Finding,
+    result: PipelineResult,
+    seg: BuiltSegmentation,
+    segment_number: int,
+    tracking: hd.sr.TrackingIdentifier,
+    common: dict[str, object],
+) -> Group:
+    # ReferencedSegment, not ReferencedSegmentationFrame: the latter writes both a referenced
+    # frame and segment number in one IMAGE item, which PS3.3 C.10.2 (and dciodvfy) forbid.
+    frames = [result.source_frames[i] for i in finding.frame_indices]
+    reference_3d = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.dataset.SOPClassUID,
+        sop_instance_uid=seg.dataset.SOPInstanceUID,
+        segment_number=segment_number,
+        source_images=[hd.sr.SourceImageForSegmentation(**_source_frame_ref(f)) for f in frames]  # type: ignore[arg-type]
+        if frames
+        else None,
+        source_series=None
+        if frames
+        else hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
+    )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=reference_3d,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _summary_uid(result: PipelineResult, part: str) -> str:
+    sources = [result.study_instance_uid, result.pipeline_name, result.pipeline_version, part]
+    return deterministic_uid(*sources)
+
+
+def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Study level: CAD summary (with/without findings), the decision, one group per class."""
+    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+    evaluations, probability = _classification_items(result)
+    groups = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=_summary_uid(result, "summary"), identifier="study summary"
+            ),
+            finding_type=c.FINDING,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(c.CAD_SUMMARY, summary),
+                *evaluations,
+            ],
+            measurements=probability or None,
+        )
+    ]
+    cls = result.classification
+    for name, value in zip(cls.classes, cls.probabilities, strict=True) if cls else ():
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=_summary_uid(result, f"class:{name}"), identifier=f"class {name}"[:64]
+                ),
+                finding_type=c.class_concept(cls, name),
+                measurements=[
+                    hd.sr.Measurement(name=c.PROBABILITY, value=float(value), unit=c.NO_UNITS)
+                ],
+            )
+        )
+    return groups
+
+
+def _library_images(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Sources highdicom can describe in the image library.
+
+    highdicom reads some optional attributes as if they were required (e.g. ImagerPixelSpacing on
+    a CR); such an image is left out of the library rather than failing the whole report.
+    """
+    usable = []
+    for source in sources:
+        try:
+            hd.sr.ImageLibraryEntryDescriptors(source)
+        except (AttributeError, ValueError, TypeError) as exc:
+            _log.warning(
+                "image %s left out of the SR image library: %s", source.get("SOPInstanceUID"), exc
+            )
+            continue
+        usable.append(source)
+    return usable
+
+
+_GEOMETRY_VALUE_TYPES = {"SCOORD", "SCOORD3D", "IMAGE", "COMPOSITE"}
+_FINDING_NAMES = {("121071", "DCM"), ("276214006", "SCT")}  # Finding, Finding category
+
+
+def _template_row_order(report: Dataset) -> None:
+    """Put each measurement group's items in TID 1410/1411/1501 row order.
+
+    highdicom appends the image region / referenced segment after the measurements; the
+    templates (and pixelmed's validator) want context, finding, geometry, then measurements.
+    """
+    for container in report.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for group in container.ContentSequence:
+            items = list(group.ContentSequence)
+
+            def rank(item: Dataset) -> int:
+                if item.RelationshipType == "HAS OBS CONTEXT":
+                    return 0
+                name = item.ConceptNameCodeSequence[0]
+                if (name.CodeValue, name.CodingSchemeDesignator) in _FINDING_NAMES:
+                    return 1
+                return 2 if item.ValueType in _GEOMETRY_VALUE_TYPES else 3
+
+            group.ContentSequence = sorted(items, key=rank)  # stable: keeps order within a rank
+
+
+def build_sr(
+    result: PipelineResult,
+    sources: Sequence[Dataset],
+    seg: BuiltSegmentation | None,
+    options: SrOptions,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report; evidence = the sources and the SEG it cites."""
+    roi_groups: list[Group] = []
+    for finding in result.findings:
+        roi_groups.extend(_finding_groups(finding, result, sources, seg))
+    # TID 1500 lists planar (1410), then volumetric (1411), then plain (1501) groups; validators
+    # match the groups against the rows in that order.
+    planar = [
+        g for g in roi_groups if isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
+    ]
+    volumetric = [
+        g
+        for g in roi_groups
+        if not isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
+    ]
+    groups: list[Group] = [*planar, *volumetric, *_summary_groups(result)]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(result),
+        procedure_reported=procedure_reported(sources[0], result.modality),
+        imaging_measurements=groups,
+        referenced_images=_library_images(sources) or None,
+    )
+    _template_row_order(report[0])
+    evidence = [*sources, *([seg.dataset] if seg is not None else [])]
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=result_uid(result, ArtifactKind.SR, "series", options.result_version),
+        series_number=series_number(ArtifactKind.SR),
+        sop_instance_uid=result_uid(result, ArtifactKind.SR, "instance", options.result_version),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        institution_name=options.institution_name or None,
+    )

@@ -1,0 +1,139 @@
+"""Persist a PipelineResult beside its DICOM objects: result.json + arrays.npz.
+
+The console's review page reloads it; JSON holds everything but arrays (PipelineResult's own
+export plus the fields needed to rebuild it), the compressed npz holds label map/probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.domain import CodedConcept, Severity
+from pipelines.result import (
+    ClassificationOutput,
+    DetectionBox,
+    Finding,
+    LabelSpec,
+    Measurements,
+    ModelRun,
+    PipelineResult,
+    SegmentationOutput,
+    SourceFrame,
+)
+
+RESULT_JSON = "result.json"
+ARRAYS_NPZ = "arrays.npz"
+
+
+def save_result(result: PipelineResult, directory: Path) -> Path:
+    """Write result.json (+ arrays.npz when there is a segmentation); returns the JSON path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = result.to_json_dict()
+    if result.segmentation is not None:
+        arrays = {"label_map": result.segmentation.label_map}
+        if result.segmentation.probabilities is not None:
+            arrays["probabilities"] = result.segmentation.probabilities
+        tmp = directory / (ARRAYS_NPZ + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(directory / ARRAYS_NPZ)
+    path = directory / RESULT_JSON
+    tmp_json = directory / (RESULT_JSON + ".tmp")
+    tmp_json.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp_json.replace(path)
+    return path
+
+
+def _concept(data: dict[str, Any]) -> CodedConcept:
+    return CodedConcept(data["value"], data["scheme_designator"], data["meaning"])
+
+
+def _label(data: dict[str, Any]) -> LabelSpec:
+    return LabelSpec(
+        data["value"],
+        data["name"],
+        _concept(data["category"]),
+        _concept(data["type"]),
+        tuple(data["color_rgb"]),
+    )  # type: ignore[arg-type]
+
+
+def _box(data: dict[str, Any]) -> DetectionBox:
+    return DetectionBox(
+        data["frame_index"],
+        data["x0"],
+        data["y0"],
+        data["x1"],
+        data["y1"],
+        _label(data["label"]),
+        data["score"],
+        dict(data["member_scores"]),
+    )
+
+
+def _finding(data: dict[str, Any]) -> Finding:
+    m = dict(data["measurements"])
+    m["bbox"] = tuple(m["bbox"])
+    return Finding(
+        data["tracking_id"],
+        data["tracking_uid"],
+        _label(data["label"]),
+        Measurements(**m),
+        Severity(data["severity"]),
+        data["segment_number"],
+        tuple(data["frame_indices"]),
+        _box(data["box"]) if data["box"] else None,
+    )
+
+
+def load_result(directory: Path) -> PipelineResult:
+    """Rebuild the PipelineResult written by :func:`save_result`."""
+    directory = Path(directory)
+    data = json.loads((directory / RESULT_JSON).read_text())
+    segmentation = None
+    if data["segmentation"] is not None:
+        with np.load(directory / ARRAYS_NPZ) as arrays:
+            label_map = arrays["label_map"]
+            probabilities = arrays.get("probabilities", None)
+        s = data["segmentation"]
+        segmentation = SegmentationOutput(
+            tuple(_label(lbl) for lbl in s["labels"]),
+            label_map,
+            probabilities,
+            s["member_pixel_counts"],
+        )
+    classification = None
+    if data["classification"] is not None:
+        c = data["classification"]
+        classification = ClassificationOutput(
+            tuple(c["classes"]),
+            tuple(c["probabilities"]),
+            c["threshold"],
+            c["positive_class"],
+            {k: tuple(v) for k, v in c["member_probabilities"].items()},
+            tuple(_concept(code) for code in c["class_codes"]),
+        )
+    spacing = data["pixel_spacing_mm"]
+    return PipelineResult(
+        pipeline_name=data["pipeline_name"],
+        pipeline_version=data["pipeline_version"],
+        study_instance_uid=data["study_instance_uid"],
+        series_instance_uid=data["series_instance_uid"],
+        modality=data["modality"],
+        source_frames=tuple(SourceFrame(**f) for f in data["source_frames"]),
+        pixel_spacing_mm=tuple(spacing) if spacing else None,  # type: ignore[arg-type]
+        slice_thickness_mm=data["slice_thickness_mm"],
+        model_runs=tuple(ModelRun(**r) for r in data["model_runs"]),
+        segmentation=segmentation,
+        classification=classification,
+        detections=tuple(_box(d) for d in data["detections"]),
+        findings=tuple(_finding(f) for f in data["findings"]),
+        processing_seconds=data["processing_seconds"],
+        warnings=tuple(data["warnings"]),
+        review_required=data["review_required"],
+        created_at=data.get("created_at", ""),
+    )

@@ -1,0 +1,155 @@
+"""The gate before dispatch: every object is re-read from its bytes and checked.
+
+A builder returning is not enough: what leaves the node is the encoded file, so each object is
+written to bytes, parsed back (highdicom.seg.segread / highdicom.sr.srread / pydicom) and compared
+with what it was meant to say.
+"""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from node.domain import ArtifactKind
+from pipelines.result import PipelineResult
+
+REQUIRED_COMMON = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ContentDate",
+    "ContentTime",
+    "ContributingEquipmentSequence",
+)
+
+
+class ResultValidationError(ValueError):
+    """An object failed the gate; names the object kind and the reason."""
+
+    def __init__(self, kind: ArtifactKind, reason: str) -> None:
+        super().__init__(f"{kind.value}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _common(kind: ArtifactKind, reread: Dataset, result: PipelineResult) -> None:
+    for keyword in REQUIRED_COMMON:
+        if keyword not in reread:
+            raise ResultValidationError(kind, f"missing {keyword}")
+    if reread.StudyInstanceUID != result.study_instance_uid:
+        raise ResultValidationError(kind, "StudyInstanceUID differs from the source study")
+    purposes = [
+        item.PurposeOfReferenceCodeSequence[0].CodeValue
+        for item in reread.ContributingEquipmentSequence
+        if "PurposeOfReferenceCodeSequence" in item
+    ]
+    if "1630" not in purposes:
+        raise ResultValidationError(kind, "no IHE AIR Processing Algorithm equipment item")
+
+
+def validate_seg(
+    data: bytes, result: PipelineResult, segment_numbers: dict[int, int], seg_type: str
+) -> None:
+    kind = ArtifactKind.SEG
+    try:
+        seg = hd.seg.segread(io.BytesIO(data))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise ResultValidationError(kind, f"unreadable: {exc}") from exc
+    _common(kind, seg, result)
+    if seg.SegmentationType != seg_type:
+        raise ResultValidationError(kind, f"type {seg.SegmentationType}, wanted {seg_type}")
+    assert result.segmentation is not None
+    source_uids = [f.sop_instance_uid for f in result.source_frames]
+    if len(set(source_uids)) == 1:
+        source_uids = [source_uids[0]]
+    for label_value, number in segment_numbers.items():
+        expected = result.segmentation.label_map == label_value
+        if not expected.any():
+            continue
+        if seg_type == "BINARY":
+            got = _segment_mask(seg, number, result)
+            if got.shape != expected.shape or not np.array_equal(got, expected):
+                raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
+    described = {int(d.SegmentNumber) for d in seg.SegmentSequence}
+    if described != set(segment_numbers.values()):
+        raise ResultValidationError(
+            kind, f"segments {described} != {set(segment_numbers.values())}"
+        )
+
+
+def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult) -> np.ndarray:
+    """The segment as (source frames, rows, cols), rebuilt frame by frame from the SEG."""
+    shape = result.segmentation.label_map.shape if result.segmentation is not None else (0, 0, 0)
+    mask = np.zeros(shape, dtype=bool)
+    index = {
+        (f.sop_instance_uid, f.frame_number or None): i for i, f in enumerate(result.source_frames)
+    }
+    pixels = seg.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+            continue
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        frame_number = ref.get("ReferencedFrameNumber")
+        key = (ref.ReferencedSOPInstanceUID, int(frame_number) if frame_number else None)
+        if key not in index:
+            raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} cites unknown source")
+        mask[index[key]] = pixels[frame] > 0
+    return mask
+
+
+def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> None:
+    kind = ArtifactKind.SR
+    try:
+        sr = hd.sr.srread(io.BytesIO(data))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise ResultValidationError(kind, f"unreadable: {exc}") from exc
+    _common(kind, sr, result)
+    groups = (
+        sr.content.get_planar_roi_measurement_groups()
+        + sr.content.get_volumetric_roi_measurement_groups()
+    )
+    tracked = {str(g.tracking_uid) for g in groups}
+    for finding in result.findings:
+        if finding.tracking_uid not in tracked:
+            raise ResultValidationError(kind, f"finding {finding.tracking_id} missing")
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    if seg_uid is not None and seg_uid not in evidence:
+        raise ResultValidationError(kind, "the SEG it cites is not in its evidence")
+
+
+def validate_pdf(data: bytes, result: PipelineResult) -> None:
+    kind = ArtifactKind.PDF
+    reread = pydicom.dcmread(io.BytesIO(data))
+    _common(kind, reread, result)
+    document = bytes(reread.EncapsulatedDocument)
+    if not document.startswith(b"%PDF-") or b"%%EOF" not in document[-64:]:
+        raise ResultValidationError(kind, "encapsulated document is not a complete PDF")
+
+
+def validate_overlay(data: bytes, result: PipelineResult) -> None:
+    kind = ArtifactKind.OVERLAY
+    reread = pydicom.dcmread(io.BytesIO(data))
+    _common(kind, reread, result)
+    if reread.get("BurnedInAnnotation") != "YES":
+        raise ResultValidationError(kind, "BurnedInAnnotation must be YES")
+    pixels = reread.pixel_array
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ResultValidationError(kind, f"expected RGB pixels, got {pixels.shape}")

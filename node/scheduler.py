@@ -1,0 +1,139 @@
+"""The one APScheduler instance: completion sweep, lease expiry, retention, Orthanc polling.
+
+Each periodic job is a plain function of (settings, db, now) defined next to its domain; this
+module only wires them to intervals. Jobs never overlap themselves (``max_instances=1``) and an
+exception in one run is logged and the next run happens as planned.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import func, select
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.orm import Artifact, Delivery, Job, Study, utcnow
+from node.db.repositories import audit
+from node.domain import DeliveryState, StudyState
+from node.grouping import completion
+from node.jobs import queue
+from node.jobs.planning import JobPlanner, PlannablePipeline
+
+log = logging.getLogger(__name__)
+
+
+def completion_sweep(settings: Settings, db: Database, planner: JobPlanner, now: datetime) -> list[str]:
+    with db.write() as session:
+        done = completion.sweep(
+            session, now, settings.completion, settings.expected_series, planner.complete_study
+        )
+    for uid in done:
+        log.info("study %s complete", uid)
+    return done
+
+
+def lease_expiry(settings: Settings, db: Database, now: datetime) -> list[int]:
+    with db.write() as session:
+        expired = queue.expire_leases(session, now, settings.jobs)
+    if expired:
+        log.warning("requeued jobs with expired leases: %s", expired)
+    return expired
+
+
+def _free_mb(settings: Settings) -> float:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(settings.data_dir).free / 2**20
+
+
+def _deletable_studies(db: Database, older_than: datetime | None) -> list[tuple[int, str]]:
+    """Processed studies with nothing left to deliver, oldest first."""
+    with db.read() as session:
+        undelivered = (
+            select(func.count(Delivery.id))
+            .join(Artifact, Artifact.id == Delivery.artifact_pk)
+            .join(Job, Job.id == Artifact.job_pk)
+            .where(
+                Job.study_pk == Study.id,
+                Delivery.state.in_(
+                    [DeliveryState.HELD.value, DeliveryState.PENDING.value,
+                     DeliveryState.IN_PROGRESS.value]
+                ),
+            )
+            .correlate(Study)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(Study.id, Study.study_instance_uid)
+            .where(Study.state == StudyState.PROCESSED.value, undelivered == 0)
+            .order_by(Study.last_received_at)
+        )
+        if older_than is not None:
+            stmt = stmt.where(Study.last_received_at < older_than)
+        return [(pk, uid) for pk, uid in session.execute(stmt).all()]
+
+
+def delete_study(settings: Settings, db: Database, study_pk: int, study_uid: str, why: str) -> None:
+    """Remove a study's rows and files (received instances and results)."""
+    with db.write() as session:
+        study = session.get(Study, study_pk)
+        if study is None:
+            return
+        session.delete(study)
+        audit.record(session, "study.deleted", entity_type="study", entity_id=study_uid, detail=why)
+    for folder in (settings.spool_dir / study_uid, settings.results_dir / study_uid):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def retention(settings: Settings, db: Database, now: datetime) -> list[str]:
+    """Delete delivered studies older than ``retention.days``; more while disk is short."""
+    removed: list[str] = []
+    cutoff = now - timedelta(days=settings.retention.days)
+    for pk, uid in _deletable_studies(db, cutoff):
+        delete_study(settings, db, pk, uid, f"older than {settings.retention.days:g} days")
+        removed.append(uid)
+    watermark = settings.min_free_disk_mb * 2
+    if watermark and _free_mb(settings) < watermark:
+        for pk, uid in _deletable_studies(db, None):
+            if _free_mb(settings) >= watermark:
+                break
+            delete_study(settings, db, pk, uid, f"free disk below {watermark:g} MB")
+            removed.append(uid)
+    return removed
+
+
+def build_scheduler(
+    settings: Settings,
+    db: Database,
+    pipelines: Mapping[str, PlannablePipeline],
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> BackgroundScheduler:
+    planner = JobPlanner(settings, pipelines)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+    scheduler.add_job(
+        lambda: completion_sweep(settings, db, planner, clock()),
+        "interval", seconds=settings.completion.sweep_interval_s, id="completion_sweep", **common,
+    )
+    scheduler.add_job(
+        lambda: lease_expiry(settings, db, clock()),
+        "interval", seconds=max(settings.jobs.lease_s / 10, 1.0), id="lease_expiry", **common,
+    )
+    scheduler.add_job(
+        lambda: retention(settings, db, clock()),
+        "interval", seconds=settings.retention.interval_s, id="retention", **common,
+    )
+    if any(src.poll for src in settings.orthanc_sources):
+        from node.ingest.orthanc_source import poll_changes
+
+        interval = min(src.poll_interval_s for src in settings.orthanc_sources if src.poll)
+        scheduler.add_job(
+            lambda: poll_changes(settings, db), "interval", seconds=interval,
+            id="orthanc_poll", **common,
+        )
+    return scheduler

@@ -1,0 +1,102 @@
+"""Orthanc Python plugin: tell pacsnode when a study is stable (``POST /api/hooks/orthanc``).
+
+Loaded by Orthanc's Python plugin (``"PythonScript"`` in orthanc.json). The change callback runs on
+Orthanc's own thread, so it only puts the study ID on a queue; a daemon thread does the HTTP post,
+with retries and backoff. Nothing heavy ever runs inside Orthanc. If every retry fails, the node's
+polling fallback (``orthanc_sources[].poll``) still finds the study in ``/changes``.
+
+Configuration: environment ``PACSNODE_HOOK_URL`` / ``PACSNODE_HOOK_SECRET`` (docker-compose), else
+the ``"Pacsnode": {"HookUrl": ..., "HookSecret": ..., "OrthancUrl": ...}`` section of orthanc.json.
+``OrthancUrl`` (optional) is how the node reaches this Orthanc, for a node with several sources.
+"""
+
+import json
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import orthanc  # the plugin's own module, only importable inside Orthanc
+
+MAX_TRIES = 8
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+TIMEOUT_S = 10.0
+
+_studies = queue.Queue()
+_stop = threading.Event()
+
+
+def _settings():
+    section = json.loads(orthanc.GetConfiguration()).get("Pacsnode", {})
+    return {
+        "url": os.environ.get("PACSNODE_HOOK_URL") or section.get("HookUrl", ""),
+        "secret": os.environ.get("PACSNODE_HOOK_SECRET") or section.get("HookSecret", ""),
+        "orthanc_url": os.environ.get("PACSNODE_ORTHANC_URL") or section.get("OrthancUrl", ""),
+    }
+
+
+SETTINGS = _settings()
+
+
+def _post(study_id):
+    """One attempt; returns (done, detail). A 4xx answer will not get better by retrying."""
+    body = {"study_id": study_id}
+    if SETTINGS["orthanc_url"]:
+        body["orthanc_url"] = SETTINGS["orthanc_url"]
+    request = urllib.request.Request(
+        SETTINGS["url"],
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "X-Pacsnode-Hook-Secret": SETTINGS["secret"]},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return True, "HTTP %d" % response.status
+    except urllib.error.HTTPError as exc:
+        return 400 <= exc.code < 500, "HTTP %d %s" % (exc.code, exc.read()[:200])
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(exc)
+
+
+def _announce(study_id):
+    for attempt in range(1, MAX_TRIES + 1):
+        done, detail = _post(study_id)
+        if done:
+            if detail.startswith("HTTP 2"):
+                orthanc.LogInfo("pacsnode: announced study %s (%s)" % (study_id, detail))
+            else:
+                orthanc.LogError("pacsnode: hook refused study %s: %s" % (study_id, detail))
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+        orthanc.LogWarning("pacsnode: hook attempt %d for %s failed (%s); retry in %.0fs"
+                           % (attempt, study_id, detail, delay))
+        if _stop.wait(delay):
+            return
+    orthanc.LogError("pacsnode: giving up announcing %s; the node's /changes polling will find it" % study_id)
+
+
+def _worker():
+    while not _stop.is_set():
+        try:
+            study_id = _studies.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        _announce(study_id)
+
+
+def OnChange(change_type, level, resource_id):  # noqa: N802 - Orthanc's callback naming
+    if change_type == orthanc.ChangeType.STABLE_STUDY:
+        _studies.put(resource_id)  # never block Orthanc's thread
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        _stop.set()
+
+
+if SETTINGS["url"]:
+    threading.Thread(target=_worker, name="pacsnode-hook", daemon=True).start()
+    orthanc.RegisterOnChangeCallback(OnChange)
+    orthanc.LogWarning("pacsnode: stable studies will be announced to %s" % SETTINGS["url"])
+else:
+    orthanc.LogWarning("pacsnode: no HookUrl configured; the hook is off")

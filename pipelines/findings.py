@@ -1,0 +1,158 @@
+"""Findings: one per connected component of each segment, plus detection boxes no segment covers.
+
+Tracking UIDs are derived from (study, pipeline, version, tracking id), so re-running the same
+pipeline version on the same study gives the same UIDs: a PACS sees a retry as the same finding,
+not a new one, and SR/SEG written on retry are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from pydicom.uid import generate_uid
+from scipy import ndimage
+
+from pipelines.measurements import measure
+from pipelines.postprocess import connectivity
+from pipelines.result import DetectionBox, Finding, LabelSpec, Measurements
+from pipelines.severity import classify_severity
+from pipelines.spec import SeverityRules
+
+
+def tracking_uid(study_uid: str, pipeline: str, version: str, tracking_id: str) -> str:
+    return str(generate_uid(entropy_srcs=[study_uid, pipeline, version, tracking_id]))
+
+
+@dataclass(frozen=True)
+class FindingContext:
+    """What every finding of one result shares (keeps the builder's signature short)."""
+
+    study_instance_uid: str
+    pipeline_name: str
+    pipeline_version: str
+    values: np.ndarray  # (F, H, W) original units
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_spacing_mm: float | None
+    volumetric: bool
+    intensity_unit: str
+    severity_rules: SeverityRules
+
+    def uid(self, tracking_id: str) -> str:
+        return tracking_uid(
+            self.study_instance_uid, self.pipeline_name, self.pipeline_version, tracking_id
+        )
+
+
+def segment_findings(
+    ctx: FindingContext, label_map: np.ndarray, labels: tuple[LabelSpec, ...]
+) -> list[Finding]:
+    """One finding per component, numbered per label name in (frame, row, col) order."""
+    findings: list[Finding] = []
+    for label in labels:
+        components, count = ndimage.label(label_map == label.value, connectivity(ctx.volumetric))
+        if count == 0:
+            continue
+        slices = ndimage.find_objects(components)
+        order = sorted(range(count), key=lambda i: tuple(s.start for s in slices[i]))
+        for number, index in enumerate(order, start=1):
+            crop = slices[index]
+            # pad the crop by one pixel in-plane so outlines (perimeter) see the background
+            crop = (
+                crop[0],
+                slice(max(crop[1].start - 1, 0), crop[1].stop + 1),
+                slice(max(crop[2].start - 1, 0), crop[2].stop + 1),
+            )
+            component = components[crop] == index + 1
+            m = measure(
+                component, ctx.values[crop], ctx.pixel_spacing_mm, ctx.slice_spacing_mm,
+                ctx.volumetric, ctx.intensity_unit,
+                offset=(crop[0].start, crop[1].start, crop[2].start),
+                image_shape=(label_map.shape[1], label_map.shape[2]),
+            )
+            tracking_id = f"{label.name}-{number}"
+            findings.append(
+                Finding(
+                    tracking_id=tracking_id,
+                    tracking_uid=ctx.uid(tracking_id),
+                    label=label,
+                    measurements=m,
+                    severity=classify_severity(m, ctx.severity_rules),
+                    segment_number=label.value,
+                    frame_indices=tuple(
+                        int(f) + crop[0].start for f in np.flatnonzero(component.any(axis=(1, 2)))
+                    ),
+                )
+            )
+    return findings
+
+
+def _box_pixels(box: DetectionBox, shape: tuple[int, int]) -> tuple[slice, slice]:
+    rows, cols = shape
+    r0, r1 = int(np.floor(box.y0)), int(np.ceil(box.y1))
+    c0, c1 = int(np.floor(box.x0)), int(np.ceil(box.x1))
+    return slice(max(0, r0), min(rows, max(r1, r0 + 1))), slice(max(0, c0), min(cols, max(c1, c0 + 1)))
+
+
+def box_measurements(ctx: FindingContext, box: DetectionBox) -> Measurements:
+    """A box-only finding: its rectangle's area and intensities (no shape: circularity None)."""
+    rows, cols = _box_pixels(box, ctx.values.shape[1:])
+    region = ctx.values[box.frame_index, rows, cols]
+    count = int(region.size)
+    spacing = ctx.pixel_spacing_mm
+    image_pixels = ctx.values.shape[1] * ctx.values.shape[2]
+    return Measurements(
+        area_mm2=float(count * spacing[0] * spacing[1]) if spacing else None,
+        area_pct=100.0 * count / image_pixels,
+        volume_mm3=None,
+        mean_intensity=float(region.mean()),
+        max_intensity=float(region.max()),
+        intensity_unit=ctx.intensity_unit,
+        circularity=None,
+        pixel_count=count,
+        bbox=(box.frame_index, rows.start, cols.start, box.frame_index, rows.stop - 1, cols.stop - 1),
+    )
+
+
+def attach_boxes(
+    ctx: FindingContext,
+    findings: list[Finding],
+    label_map: np.ndarray | None,
+    boxes: tuple[DetectionBox, ...],
+) -> list[Finding]:
+    """Give each segment finding the best box overlapping it; boxes left over become findings."""
+    result = list(findings)
+    claimed: set[int] = set()
+    if label_map is not None:
+        for box_index, box in sorted(enumerate(boxes), key=lambda b: -b[1].score):
+            rows, cols = _box_pixels(box, label_map.shape[1:])
+            for i, finding in enumerate(result):
+                if finding.box is not None or box.frame_index not in finding.frame_indices:
+                    continue
+                f0, r0, c0, f1, r1, c1 = finding.measurements.bbox
+                overlaps = r0 < rows.stop and rows.start <= r1 and c0 < cols.stop and cols.start <= c1
+                if overlaps and (label_map[box.frame_index, rows, cols] == finding.segment_number).any():
+                    result[i] = replace(finding, box=box)
+                    claimed.add(box_index)
+                    break
+    counters: dict[str, int] = {}
+    for box_index, box in enumerate(boxes):
+        if box_index in claimed:
+            continue
+        name = f"{box.label.name}-box"
+        counters[name] = counters.get(name, 0) + 1
+        tracking_id = f"{name}-{counters[name]}"
+        m = box_measurements(ctx, box)
+        result.append(
+            Finding(
+                tracking_id=tracking_id,
+                tracking_uid=ctx.uid(tracking_id),
+                label=box.label,
+                measurements=m,
+                severity=classify_severity(m, ctx.severity_rules),
+                segment_number=None,
+                frame_indices=(box.frame_index,),
+                box=box,
+            )
+        )
+    return result

@@ -1,0 +1,171 @@
+"""Ensemble members: resolved models, concurrent execution per device, and their ``ModelRun``.
+
+Members on the same device run one after the other (they would only fight over it); members on
+different devices run at the same time in threads, so a cuda:0 + cpu ensemble costs about the
+slower member, not the sum. PyTorch releases the GIL inside its kernels, so threads suffice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from pipelines.errors import PipelineModelError
+from pipelines.result import LabelSpec, ModelRun
+from pipelines.spec import MemberSpec
+
+T = TypeVar("T")
+
+
+class LoadedModelLike(Protocol):
+    """``models.loaders.LoadedModel`` as the pipelines use it."""
+
+    card: Any
+    placement: Any
+    sha256: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def detect(self, images: np.ndarray, conf: float | None = None) -> list[list[Any]]: ...
+
+
+class ModelProvider(Protocol):
+    """``models.registry.ModelRegistry`` as the pipelines use it."""
+
+    def get(self, name: str, device: str) -> LoadedModelLike: ...
+
+
+@dataclass(frozen=True)
+class Member:
+    task: str
+    spec: MemberSpec
+    weight: float  # normalised within its task
+    model: LoadedModelLike
+
+    @property
+    def name(self) -> str:
+        return self.spec.model
+
+    @property
+    def device(self) -> str:
+        return str(self.model.placement.used)
+
+
+@dataclass(frozen=True)
+class MemberOutcome(Generic[T]):
+    member: Member
+    value: T
+    seconds: float
+
+
+def resolve_members(
+    task: str,
+    specs: Sequence[MemberSpec],
+    weights: Sequence[float],
+    models: ModelProvider,
+    warnings: list[str] | None = None,
+) -> list[Member]:
+    """Load (or fetch warm) every member; a missing/broken model is a :class:`PipelineModelError`.
+
+    A member whose model is unavailable runs its ``fallback_model`` instead when it names one;
+    the substitution is appended to ``warnings`` so the report says which model really ran.
+    """
+    members: list[Member] = []
+    for spec, weight in zip(specs, weights, strict=True):
+        try:
+            model = models.get(spec.model, spec.device)
+        except (RuntimeError, KeyError, ValueError, OSError) as exc:
+            if spec.fallback_model is None:
+                raise PipelineModelError(f"{task} member {spec.model!r}: {exc}") from exc
+            try:
+                model = models.get(spec.fallback_model, spec.device)
+            except (RuntimeError, KeyError, ValueError, OSError) as fallback_exc:
+                raise PipelineModelError(
+                    f"{task} member {spec.model!r}: {exc}; fallback {spec.fallback_model!r}: "
+                    f"{fallback_exc}"
+                ) from fallback_exc
+            if warnings is not None:
+                warnings.append(f"{spec.model} is not available; ran {spec.fallback_model} instead")
+            spec = spec.model_copy(update={"model": spec.fallback_model})
+        if model.card.task != task:
+            raise PipelineModelError(
+                f"{task} member {spec.model!r} is a {model.card.task} model (see its card)"
+            )
+        members.append(Member(task=task, spec=spec, weight=weight, model=model))
+    return members
+
+
+def run_per_device(
+    members: Sequence[Member], work: Callable[[Member], T]
+) -> list[MemberOutcome[T]]:
+    """``work(member)`` for every member; one thread per device, results in member order."""
+    by_device: dict[str, list[int]] = {}
+    for index, member in enumerate(members):
+        by_device.setdefault(member.device, []).append(index)
+    outcomes: list[MemberOutcome[T] | None] = [None] * len(members)
+
+    def run_group(indices: list[int]) -> None:
+        for index in indices:
+            start = time.perf_counter()
+            value = work(members[index])
+            outcomes[index] = MemberOutcome(members[index], value, time.perf_counter() - start)
+
+    if len(by_device) == 1:
+        run_group(next(iter(by_device.values())))
+    else:
+        with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="member") as pool:
+            for future in [pool.submit(run_group, idx) for idx in by_device.values()]:
+                future.result()  # re-raises a member's error here
+    return [o for o in outcomes if o is not None]
+
+
+def model_run(outcome: MemberOutcome[Any]) -> ModelRun:
+    member, card, placement = outcome.member, outcome.member.model.card, outcome.member.model.placement
+    return ModelRun(
+        task=member.task,
+        model_name=card.name,
+        model_version=str(card.version),
+        framework=str(card.framework),
+        weight=float(member.weight),
+        device_requested=member.spec.device,
+        device_used=str(placement.used),
+        weights_sha256=member.model.sha256,
+        device_uid=str(card.device_uid),
+        seconds=round(outcome.seconds, 4),
+        fallback_warning=placement.warning,
+    )
+
+
+def label_specs(card: Any) -> tuple[LabelSpec, ...]:
+    """The card's labels as result :class:`LabelSpec` (sorted by value)."""
+    out = []
+    for label in sorted(card.labels, key=lambda lab: lab.value):
+        out.append(
+            LabelSpec(
+                value=int(label.value),
+                name=str(label.name),
+                category=label.category.to_domain(),
+                type=label.type.to_domain(),
+                color_rgb=tuple(int(c) for c in label.color),  # type: ignore[arg-type]
+            )
+        )
+    return tuple(out)
+
+
+def same_labels(members: Sequence[Member]) -> tuple[LabelSpec, ...]:
+    """Members of one task must agree on their labels, or averaging them means nothing."""
+    first = label_specs(members[0].model.card)
+    for member in members[1:]:
+        names = [lab.name for lab in label_specs(member.model.card)]
+        if names != [lab.name for lab in first]:
+            raise PipelineModelError(
+                f"ensemble members disagree on labels: {members[0].name} has "
+                f"{[lab.name for lab in first]}, {member.name} has {names}"
+            )
+    return first

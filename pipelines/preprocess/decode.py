@@ -1,0 +1,302 @@
+"""Decode a series' pixels into values in original units, with the geometry to map results back.
+
+Pixel data of every transfer syntax the node accepts is decoded by pydicom's pixel backends
+(pylibjpeg, openjpeg, RLE, GDCM are installed). Grey images get the Modality LUT (rescale), so CT
+values are HU and measurements can report them; colour images (RGB, YBR converted by pydicom,
+PALETTE COLOR through its LUT) are kept as RGB in [0, 1]. The VOI step is separate (:mod:`.voi`)
+because models and measurements need different things from the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+from pipelines.errors import PipelineInputError
+from pipelines.preprocess.geometry import orientation_label, sort_key_along_normal
+from pipelines.result import SourceFrame, SourceSeries
+
+MULTIFRAME_MIN = 2
+
+
+@dataclass(frozen=True)
+class FileWindow:
+    """A VOI window read from a file (first of possibly several), per frame."""
+
+    center: float
+    width: float
+
+
+@dataclass
+class DecodedSeries:
+    """Pixels of one series, frames stacked in source order, with what results need."""
+
+    series_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    values: np.ndarray  # (frames, rows, cols) float32, original units (luminance for colour)
+    rgb: np.ndarray | None  # (frames, rows, cols, 3) float32 in [0, 1] for colour sources
+    photometric: str
+    source_frames: tuple[SourceFrame, ...]
+    file_windows: tuple[FileWindow | None, ...]
+    file_voi_display: np.ndarray | None  # (frames, rows, cols) in [0, 1] from a VOI LUT Sequence
+    pixel_spacing_mm: tuple[float, float] | None  # row, column
+    slice_spacing_mm: float | None
+    slice_thickness_mm: float | None
+    orientation: str | None
+    intensity_unit: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_color(self) -> bool:
+        return self.rgb is not None
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.values.shape[1]), int(self.values.shape[2])
+
+
+@dataclass
+class _Frame:
+    values: np.ndarray
+    rgb: np.ndarray | None
+    source: SourceFrame
+    window: FileWindow | None
+    voi_display: np.ndarray | None
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise PipelineInputError(f"{path.name}: not a readable DICOM file: {exc}") from exc
+
+
+def _first_item(ds: Dataset, *keywords: str) -> Dataset | None:
+    """Walk nested single-item sequences (functional groups) and return the innermost item."""
+    current: Any = ds
+    for keyword in keywords:
+        seq = getattr(current, keyword, None)
+        if not seq:
+            return None
+        current = seq[0]
+    return current
+
+
+def _functional(ds: Dataset, frame_index: int, macro: str) -> Dataset | None:
+    """A functional-group macro for one frame of an enhanced object (per-frame over shared)."""
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    if per_frame and frame_index < len(per_frame):
+        item = _first_item(per_frame[frame_index], macro)
+        if item is not None:
+            return item
+    return _first_item(ds, "SharedFunctionalGroupsSequence", macro)
+
+
+def _positive_pair(value: object) -> tuple[float, float] | None:
+    """A spacing pair only when both values are positive (some files carry ``0\\0``)."""
+    try:
+        row, col = float(value[0]), float(value[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    for source in (ds, _functional(ds, 0, "PixelMeasuresSequence")):
+        if source is not None and "PixelSpacing" in source:
+            pair = _positive_pair(source.PixelSpacing)
+            if pair:
+                return pair
+    if "ImagerPixelSpacing" in ds:
+        pair = _positive_pair(ds.ImagerPixelSpacing)
+        if pair:
+            return pair
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+    if regions and regions[0].get("PhysicalUnitsXDirection") == 3:  # 3 = cm
+        region = regions[0]
+        return _positive_pair(
+            (abs(float(region.PhysicalDeltaY)) * 10.0, abs(float(region.PhysicalDeltaX)) * 10.0)
+        )
+    return None
+
+
+def _window_of(source: Dataset | None) -> FileWindow | None:
+    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
+        return None
+    center, width = source.WindowCenter, source.WindowWidth
+    center = center[0] if isinstance(center, pydicom.multival.MultiValue) else center
+    width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
+    return FileWindow(float(center), float(width)) if float(width) > 0 else None
+
+
+def _rescaled(raw: np.ndarray, ds: Dataset, frame_index: int) -> np.ndarray:
+    """Modality LUT; enhanced objects keep rescale in the Pixel Value Transformation macro."""
+    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
+        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    item = _functional(ds, frame_index, "PixelValueTransformationSequence")
+    if item is not None and "RescaleSlope" in item:
+        slope, intercept = float(item.RescaleSlope), float(item.RescaleIntercept)
+        return (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+    return raw.astype(np.float32)
+
+
+def _voi_lut_display(modality_values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """A VOI LUT Sequence mapped to [0, 1]; None when the file only has a window (or nothing)."""
+    seq = getattr(ds, "VOILUTSequence", None)
+    if not seq:
+        return None
+    from pydicom.pixels import apply_voi
+
+    out = np.asarray(apply_voi(modality_values, ds), dtype=np.float32)
+    bits = int(seq[0].LUTDescriptor[2])
+    return np.clip(out / float(2**bits - 1), 0.0, 1.0)
+
+
+def _color_to_unit(rgb: np.ndarray, ds: Dataset, palette: bool) -> np.ndarray:
+    if palette:
+        descriptor = ds.RedPaletteColorLookupTableDescriptor
+        bits = int(descriptor[2])
+        top = float(2**bits - 1)
+    else:
+        top = float(2 ** int(ds.BitsStored) - 1)
+    return np.clip(rgb.astype(np.float32) / top, 0.0, 1.0)
+
+
+def _frames_of(path: Path) -> list[_Frame]:
+    ds = _read(path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise PipelineInputError(f"{path.name}: the instance has no pixel data")
+    try:
+        pixels = ds.pixel_array
+    except (ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise PipelineInputError(f"{path.name}: cannot decode pixel data ({syntax}): {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    palette = photometric == "PALETTE COLOR"
+    if n_frames == 1:
+        pixels = pixels[np.newaxis, ...]
+    frames: list[_Frame] = []
+    multiframe = n_frames >= MULTIFRAME_MIN
+    for index in range(n_frames):
+        raw = pixels[index]
+        rgb: np.ndarray | None = None
+        voi_display: np.ndarray | None = None
+        if palette or samples == 3:
+            rgb = _color_to_unit(apply_color_lut(raw, ds) if palette else raw, ds, palette)
+            values = (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) * 255.0
+        else:
+            values = _rescaled(raw, ds, index)
+            voi_display = _voi_lut_display(values, ds)
+        window = _window_of(_functional(ds, index, "FrameVOILUTSequence")) or _window_of(ds)
+        plane_pos = _functional(ds, index, "PlanePositionSequence")
+        plane_ori = _functional(ds, index, "PlaneOrientationSequence")
+        position = plane_pos.ImagePositionPatient if plane_pos is not None else None
+        position = position or ds.get("ImagePositionPatient")
+        orient = plane_ori.ImageOrientationPatient if plane_ori is not None else None
+        orient = orient or ds.get("ImageOrientationPatient")
+        frames.append(
+            _Frame(
+                values=values,
+                rgb=rgb,
+                source=SourceFrame(
+                    sop_class_uid=str(ds.SOPClassUID),
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    frame_number=index + 1 if multiframe else None,
+                ),
+                window=window,
+                voi_display=voi_display,
+                position=tuple(float(v) for v in position) if position else None,
+                orientation=tuple(float(v) for v in orient) if orient else None,
+            )
+        )
+    return frames
+
+
+def decode_series(series: SourceSeries, allow_subset: bool = False) -> DecodedSeries:
+    """Decode every file of ``series``; frames with positions are ordered along the normal.
+
+    Raises :class:`PipelineInputError` for files that cannot be read or decoded, or frames of
+    different sizes (they cannot share one label map) — unless ``allow_subset`` (2D pipelines):
+    then the most common size is kept and the result carries a warning naming what was skipped.
+    """
+    if not series.files:
+        raise PipelineInputError(f"series {series.series_instance_uid}: no files")
+    frames: list[_Frame] = []
+    first: Dataset | None = None
+    for path in series.files:
+        frames.extend(_frames_of(Path(path)))
+        if first is None:
+            first = pydicom.dcmread(path, stop_before_pixels=True)
+    assert first is not None
+    warnings: list[str] = []
+    shapes = [f.values.shape for f in frames]
+    if len(set(shapes)) > 1:
+        if not allow_subset:
+            raise PipelineInputError(
+                f"series {series.series_instance_uid}: frames differ in size {sorted(set(shapes))}"
+            )
+        keep = max(set(shapes), key=lambda shape: (shapes.count(shape), -shapes.index(shape)))
+        skipped = len(frames) - shapes.count(keep)
+        frames = [f for f in frames if f.values.shape == keep]
+        warnings.append(
+            f"{skipped} image(s) of another size than {keep[0]}x{keep[1]} were not processed"
+        )
+    orientation = frames[0].orientation
+    if orientation and all(f.position for f in frames) and len(frames) > 1:
+        frames.sort(key=lambda f: sort_key_along_normal(f.position or (), orientation))
+    positions = [f.position for f in frames]
+    slice_spacing = _slice_spacing(positions, orientation, first)
+    colour = frames[0].rgb is not None
+    voi = [f.voi_display for f in frames if f.voi_display is not None]
+    modality = str(first.get("Modality", series.modality) or series.modality)
+    return DecodedSeries(
+        series_instance_uid=series.series_instance_uid,
+        sop_class_uid=str(first.SOPClassUID),
+        modality=modality,
+        values=np.stack([f.values for f in frames]).astype(np.float32, copy=False),
+        rgb=np.stack([f.rgb for f in frames if f.rgb is not None]) if colour else None,
+        photometric=str(first.get("PhotometricInterpretation", "")).upper(),
+        source_frames=tuple(f.source for f in frames),
+        file_windows=tuple(f.window for f in frames),
+        file_voi_display=np.stack(voi) if len(voi) == len(frames) else None,
+        pixel_spacing_mm=_pixel_spacing(first),
+        slice_spacing_mm=slice_spacing,
+        slice_thickness_mm=float(first.SliceThickness) if first.get("SliceThickness") else None,
+        orientation=orientation_label(orientation) if orientation else None,
+        intensity_unit="HU" if modality.upper() == "CT" else "[arb'U]",
+        warnings=tuple(warnings),
+    )
+
+
+def _slice_spacing(
+    positions: list[tuple[float, ...] | None],
+    orientation: tuple[float, ...] | None,
+    ds: Dataset,
+) -> float | None:
+    if orientation and len(positions) > 1 and all(positions):
+        keys = [sort_key_along_normal(p or (), orientation) for p in positions]
+        gaps = np.abs(np.diff(keys))
+        gaps = gaps[gaps > 1e-4]
+        if gaps.size:
+            return float(np.median(gaps))
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        if ds.get(keyword):
+            return float(ds.get(keyword))
+    return None

@@ -1,0 +1,138 @@
+"""Geometry: slice ordering, and the forward/inverse maps between source pixels and model input.
+
+Every forward map has an exact inverse here, because results must land on the source pixels the
+radiologist sees: masks go back by resampling probabilities (then thresholding), boxes by
+un-scaling their corners. 2D images are letterboxed (aspect ratio kept, centred, zero padded) so
+a round lesion stays round for the model and circularity means the same before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+
+OBLIQUE_BELOW = 0.82  # cos(35 degrees)
+
+
+def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:6])
+    return np.cross(row, col)
+
+
+def sort_key_along_normal(position: tuple[float, ...], orientation: tuple[float, ...]) -> float:
+    """Distance of a slice along the stack normal: the order for stacking a volume."""
+    return float(np.dot(np.asarray(position, dtype=float), slice_normal(orientation)))
+
+
+def orientation_label(orientation: tuple[float, ...]) -> str:
+    """The plane whose axis the normal is closest to; OBLIQUE beyond ~35 degrees from every axis.
+
+    Routine acquisitions are tilted a few to ~20 degrees (e.g. along the AC-PC line) and viewers
+    still call them axial, so only a strong tilt counts as oblique.
+    """
+    normal = np.abs(slice_normal(orientation))
+    axis = int(np.argmax(normal))
+    if normal[axis] < OBLIQUE_BELOW:
+        return "OBLIQUE"
+    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Scale (keeping aspect ratio) and centre-pad a (rows, cols) image to the model size."""
+
+    source_shape: tuple[int, int]
+    target_shape: tuple[int, int]
+
+    @property
+    def scale(self) -> float:
+        (h, w), (th, tw) = self.source_shape, self.target_shape
+        return min(th / h, tw / w)
+
+    @property
+    def resized_shape(self) -> tuple[int, int]:
+        h, w = self.source_shape
+        th, tw = self.target_shape
+        return min(th, max(1, round(h * self.scale))), min(tw, max(1, round(w * self.scale)))
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """(top, left) padding in model pixels."""
+        rh, rw = self.resized_shape
+        th, tw = self.target_shape
+        return (th - rh) // 2, (tw - rw) // 2
+
+    def forward(self, images: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """(N, C, rows, cols) source → (N, C, *target_shape); padding is 0."""
+        rh, rw = self.resized_shape
+        th, tw = self.target_shape
+        top, left = self.pad
+        if (rh, rw) != tuple(images.shape[-2:]):
+            kwargs = {"align_corners": False} if mode == "bilinear" else {}
+            images = F.interpolate(images, size=(rh, rw), mode=mode, **kwargs)
+        return F.pad(images, (left, tw - rw - left, top, th - rh - top))
+
+    def inverse(self, maps: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """(N, C, *target_shape) model space → (N, C, rows, cols) source space."""
+        rh, rw = self.resized_shape
+        top, left = self.pad
+        cropped = maps[..., top : top + rh, left : left + rw]
+        if (rh, rw) == self.source_shape:
+            return cropped
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        return F.interpolate(cropped, size=self.source_shape, mode=mode, **kwargs)
+
+    def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """(K, 4) x0, y0, x1, y1 in model pixels → source pixels, clipped to the image."""
+        if boxes.size == 0:
+            return boxes.reshape(0, 4).astype(np.float64)
+        top, left = self.pad
+        (h, w), (rh, rw) = self.source_shape, self.resized_shape
+        sx, sy = rw / w, rh / h
+        out = boxes.astype(np.float64).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - left) / sx
+        out[:, [1, 3]] = (out[:, [1, 3]] - top) / sy
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+        return out
+
+    def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`boxes_to_source` (used by tests and training targets)."""
+        top, left = self.pad
+        (h, w), (rh, rw) = self.source_shape, self.resized_shape
+        out = boxes.astype(np.float64).copy()
+        out[:, [0, 2]] = out[:, [0, 2]] * (rw / w) + left
+        out[:, [1, 3]] = out[:, [1, 3]] * (rh / h) + top
+        return out
+
+
+@dataclass(frozen=True)
+class VolumeResampling:
+    """Resample a (D, H, W) volume from its spacing to a model's target spacing and back."""
+
+    source_shape: tuple[int, int, int]
+    source_spacing: tuple[float, float, float]  # slice, row, column (mm)
+    target_spacing: tuple[float, float, float] | None
+
+    @property
+    def target_shape(self) -> tuple[int, int, int]:
+        if self.target_spacing is None:
+            return self.source_shape
+        return tuple(  # type: ignore[return-value]
+            max(1, round(n * s / t))
+            for n, s, t in zip(self.source_shape, self.source_spacing, self.target_spacing, strict=True)
+        )
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) → resampled (trilinear)."""
+        if self.target_shape == self.source_shape:
+            return volume
+        return F.interpolate(volume, size=self.target_shape, mode="trilinear", align_corners=False)
+
+    def inverse(self, maps: torch.Tensor) -> torch.Tensor:
+        if tuple(maps.shape[-3:]) == self.source_shape:
+            return maps
+        return F.interpolate(maps, size=self.source_shape, mode="trilinear", align_corners=False)

@@ -1,0 +1,127 @@
+"""Model input tensors from a decoded series, exactly as a model card asks, with their inverse maps.
+
+These functions are public on purpose: the inference-parity test and ``bench/inference.py`` run a
+bare model on the very tensor the pipeline builds, so "the pipeline gives what the model gives"
+is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.errors import PipelineInputError
+from pipelines.preprocess.decode import DecodedSeries
+from pipelines.preprocess.geometry import Letterbox, VolumeResampling
+from pipelines.preprocess.intensity import channels_image, normalise_channels
+from pipelines.spec import PreprocessingSpec
+
+
+@dataclass
+class Prepared2D:
+    """Every frame letterboxed to the model size: a batch and its way back."""
+
+    batch: torch.Tensor  # (frames, C, H, W) normalised (card mean/std)
+    unit_images: np.ndarray  # (frames, H, W) or (frames, H, W, 3) in [0, 1], for detectors
+    letterbox: Letterbox
+
+
+@dataclass
+class Prepared3D:
+    """The series as one volume at the model's spacing (sliding-window input)."""
+
+    volume: torch.Tensor  # (1, C, D, H, W) normalised
+    resampling: VolumeResampling
+
+
+def prepare_2d(
+    series: DecodedSeries, card_input: Any, preprocessing: PreprocessingSpec, per_frame: bool = True
+) -> Prepared2D:
+    """Frames → (N, C, H, W) for a 2D model (also used slice-wise on volumes)."""
+    size = tuple(int(s) for s in card_input.spatial_size)
+    if len(size) != 2:
+        raise PipelineInputError(f"a 2D model needs a 2D spatial_size, got {size}")
+    images = channels_image(
+        series, card_input.intensity, preprocessing, int(card_input.channels), per_frame
+    )
+    letterbox = Letterbox(series.shape, (size[0], size[1]))
+    unit = letterbox.forward(torch.from_numpy(images))
+    unit_np = unit.numpy()
+    unit_images = unit_np[:, 0] if unit_np.shape[1] == 1 else unit_np.transpose(0, 2, 3, 1)
+    normalised = normalise_channels(unit_np, card_input.intensity.mean, card_input.intensity.std)
+    return Prepared2D(
+        batch=torch.from_numpy(np.ascontiguousarray(normalised)),
+        unit_images=np.clip(unit_images, 0.0, 1.0),
+        letterbox=letterbox,
+    )
+
+
+def source_spacing(series: DecodedSeries) -> tuple[float, float, float]:
+    row, col = series.pixel_spacing_mm or (1.0, 1.0)
+    return (series.slice_spacing_mm or series.slice_thickness_mm or 1.0, row, col)
+
+
+def prepare_3d(series: DecodedSeries, card_input: Any, preprocessing: PreprocessingSpec) -> Prepared3D:
+    """The volume → (1, C, D, H, W) at the card's spacing (when it names one)."""
+    images = channels_image(
+        series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
+    )
+    volume = torch.from_numpy(np.ascontiguousarray(images.transpose(1, 0, 2, 3)))[None]
+    spacing = card_input.spacing_mm
+    target: tuple[float, float, float] | None = None
+    if spacing:
+        target = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    resampling = VolumeResampling(
+        source_shape=(series.frame_count, *series.shape),
+        source_spacing=source_spacing(series),
+        target_spacing=target,
+    )
+    resampled = resampling.forward(volume).numpy()
+    normalised = normalise_channels(resampled, card_input.intensity.mean, card_input.intensity.std)
+    return Prepared3D(volume=torch.from_numpy(np.ascontiguousarray(normalised)), resampling=resampling)
+
+
+class PreparedInputs:
+    """Per-run cache: members whose cards ask for the same input share one prepared tensor.
+
+    Prepared up front (not in the member threads) so concurrent members never race on it.
+    """
+
+    def __init__(
+        self, series: DecodedSeries, preprocessing: PreprocessingSpec, volumetric: bool
+    ) -> None:
+        self.series = series
+        self.preprocessing = preprocessing
+        self.volumetric = volumetric
+        self._cache: dict[tuple[str, str], Prepared2D | Prepared3D] = {}
+
+    def _key(self, card_input: Any, kind: str) -> tuple[str, str]:
+        return (card_input.model_dump_json(), kind)
+
+    def for_2d(self, card_input: Any) -> Prepared2D:
+        key = self._key(card_input, "2d")
+        if key not in self._cache:
+            self._cache[key] = prepare_2d(
+                self.series, card_input, self.preprocessing, per_frame=not self.volumetric
+            )
+        prepared = self._cache[key]
+        assert isinstance(prepared, Prepared2D)
+        return prepared
+
+    def for_3d(self, card_input: Any) -> Prepared3D:
+        key = self._key(card_input, "3d")
+        if key not in self._cache:
+            self._cache[key] = prepare_3d(self.series, card_input, self.preprocessing)
+        prepared = self._cache[key]
+        assert isinstance(prepared, Prepared3D)
+        return prepared
+
+    def warm(self, cards: list[Any]) -> None:
+        for card in cards:
+            if card.input.dims == 2:
+                self.for_2d(card.input)
+            else:
+                self.for_3d(card.input)

@@ -1,0 +1,260 @@
+"""The typed contract between pipelines and result writers.
+
+A pipeline turns a :class:`StudyInput` into a :class:`PipelineResult`; ``node.results`` turns that into
+DICOM (SEG, SR, PDF, overlay) without knowing anything about models. Masks and boxes are already
+mapped back to the *source* geometry: frame ``i`` of a mask belongs to ``source_frames[i]``.
+
+Arrays stay in memory (NumPy); :meth:`PipelineResult.to_json_dict` gives the JSON export (no
+arrays) and :meth:`PipelineResult.save`/:meth:`load` persist the whole result beside the study.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.domain import CodedConcept, Severity
+
+
+@dataclass(frozen=True)
+class SourceSeries:
+    """One series of a study as the pipeline sees it: header datasets sorted for stacking."""
+
+    series_instance_uid: str
+    modality: str
+    sop_class_uid: str
+    files: tuple[Path, ...]  # sorted (ImagePositionPatient along the normal, else InstanceNumber)
+    series_description: str = ""
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """What a job hands a pipeline: a complete study on disk."""
+
+    study_instance_uid: str
+    series: tuple[SourceSeries, ...]
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """Which source image (and frame, for multi-frame sources) a mask frame or box belongs to."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    frame_number: int | None = None  # 1-based, only for multi-frame sources
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A segmentation/detection/classification label with its SEG/SR codes (from the model card)."""
+
+    value: int  # 1-based segment number / class index + 1
+    name: str
+    category: CodedConcept
+    type: CodedConcept
+    color_rgb: tuple[int, int, int] = (255, 0, 0)
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """Where and how one ensemble member really ran (reported in SR, PDF and the console)."""
+
+    task: str  # segmentation | classification | detection
+    model_name: str
+    model_version: str
+    framework: str
+    weight: float  # normalised ensemble weight
+    device_requested: str
+    device_used: str
+    weights_sha256: str
+    device_uid: str  # IHE AIR Device UID from the model card
+    seconds: float
+    fallback_warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Per finding, in source geometry and original units."""
+
+    area_mm2: float | None
+    area_pct: float | None  # of the image (2D) or of the imaged volume's area per slice
+    volume_mm3: float | None  # 3D only
+    mean_intensity: float | None
+    max_intensity: float | None
+    intensity_unit: str  # "HU" for CT, "[arb'U]" otherwise (UCUM)
+    circularity: float | None  # 4*pi*A/P**2, 1.0 for a disc
+    pixel_count: int
+    bbox: tuple[int, int, int, int, int, int]  # frame0, row0, col0, frame1, row1, col1 (inclusive)
+
+
+@dataclass(frozen=True)
+class DetectionBox:
+    """A fused detection box in source pixel coordinates (column x, row y; inclusive-exclusive)."""
+
+    frame_index: int  # index into PipelineResult.source_frames
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: LabelSpec
+    score: float
+    member_scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lesion/object: a connected component of a segment, or a detection box."""
+
+    tracking_id: str
+    tracking_uid: str
+    label: LabelSpec
+    measurements: Measurements
+    severity: Severity
+    segment_number: int | None  # the SEG segment it belongs to (None: detection only)
+    frame_indices: tuple[int, ...]  # indices into PipelineResult.source_frames
+    box: DetectionBox | None = None
+
+
+@dataclass(frozen=True)
+class ClassificationOutput:
+    classes: tuple[str, ...]
+    probabilities: tuple[float, ...]  # weighted ensemble mean, sums to 1
+    threshold: float  # decision threshold on the positive (last non-normal) class
+    positive_class: str
+    member_probabilities: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    class_codes: tuple[CodedConcept, ...] = ()
+
+    @property
+    def top_class(self) -> str:
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    @property
+    def confidence(self) -> float:
+        return float(max(self.probabilities))
+
+    @property
+    def positive_probability(self) -> float:
+        return float(self.probabilities[self.classes.index(self.positive_class)])
+
+    @property
+    def decision(self) -> str:
+        """The thresholded decision: positive_class if its probability reaches the threshold."""
+        if self.positive_probability >= self.threshold:
+            return self.positive_class
+        others = [c for c in self.classes if c != self.positive_class]
+        return others[0] if len(others) == 1 else self.top_class
+
+
+@dataclass
+class SegmentationOutput:
+    labels: tuple[LabelSpec, ...]
+    label_map: np.ndarray  # (frames, rows, cols) uint8, 0 = background, source geometry
+    probabilities: np.ndarray | None = None  # (labels, frames, rows, cols) float32 ensemble mean
+    member_pixel_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def binary_mask(self, label_value: int) -> np.ndarray:
+        return self.label_map == label_value
+
+
+@dataclass
+class PipelineResult:
+    pipeline_name: str
+    pipeline_version: str
+    study_instance_uid: str
+    series_instance_uid: str  # the source series the results refer to
+    modality: str
+    source_frames: tuple[SourceFrame, ...]
+    pixel_spacing_mm: tuple[float, float] | None  # row, column spacing
+    slice_thickness_mm: float | None
+    model_runs: tuple[ModelRun, ...]
+    segmentation: SegmentationOutput | None = None
+    classification: ClassificationOutput | None = None
+    detections: tuple[DetectionBox, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    processing_seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+    review_required: bool = False
+    # ISO 8601 UTC time the result was made; result writers stamp it as content date/time so a
+    # retry rebuilds byte-identical DICOM objects. Empty: writers fall back to "now".
+    created_at: str = ""
+
+    @property
+    def has_findings(self) -> bool:
+        return bool(self.findings)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The result without arrays, for the JSON export, the database summary and the console."""
+        data: dict[str, Any] = {
+            "pipeline_name": self.pipeline_name,
+            "pipeline_version": self.pipeline_version,
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "modality": self.modality,
+            "source_frames": [asdict(f) for f in self.source_frames],
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "slice_thickness_mm": self.slice_thickness_mm,
+            "model_runs": [asdict(r) for r in self.model_runs],
+            "detections": [asdict(d) for d in self.detections],
+            "findings": [asdict(f) for f in self.findings],
+            "processing_seconds": self.processing_seconds,
+            "warnings": list(self.warnings),
+            "review_required": self.review_required,
+            "created_at": self.created_at,
+            "classification": None,
+            "segmentation": None,
+        }
+        if self.classification is not None:
+            c = self.classification
+            data["classification"] = {
+                **asdict(c),
+                "top_class": c.top_class,
+                "confidence": c.confidence,
+                "decision": c.decision,
+            }
+        if self.segmentation is not None:
+            s = self.segmentation
+            data["segmentation"] = {
+                "labels": [asdict(lbl) for lbl in s.labels],
+                "shape": list(s.label_map.shape),
+                "pixel_counts": {
+                    lbl.name: int((s.label_map == lbl.value).sum()) for lbl in s.labels
+                },
+                "member_pixel_counts": s.member_pixel_counts,
+            }
+        return json.loads(json.dumps(data, default=_json_default))
+
+    def summary(self) -> dict[str, Any]:
+        """Small figures the dashboard charts aggregate (stored on the job row)."""
+        c = self.classification
+        severities = [f.severity.value for f in self.findings]
+        return {
+            "top_class": c.top_class if c else None,
+            "decision": c.decision if c else None,
+            "confidence": c.confidence if c else None,
+            "finding_count": len(self.findings),
+            "severity": max(severities, key=_SEVERITY_ORDER.index) if severities else None,
+            "severities": severities,
+            "devices": {r.model_name: r.device_used for r in self.model_runs},
+            "fallbacks": [r.fallback_warning for r in self.model_runs if r.fallback_warning],
+            "processing_seconds": self.processing_seconds,
+        }
+
+
+_SEVERITY_ORDER = [s.value for s in Severity]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Severity):
+        return value.value
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,1 @@
+"""The three task kinds, each an ensemble of members: segmentation, classification, detection."""

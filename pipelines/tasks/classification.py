@@ -1,0 +1,78 @@
+"""Classification ensembles: class probabilities per member, weighted mean, decision threshold.
+
+A 2D classifier on several frames (a volume's slices, or several radiographs of one series)
+reports the frame most suspicious for the positive class (``volume_aggregation: max``) or the mean
+over frames; 3D classifiers see the whole volume resized to their input size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from pipelines.ensemble import weighted_mean
+from pipelines.errors import PipelineModelError
+from pipelines.members import Member, MemberOutcome, run_per_device
+from pipelines.preprocess.prepare import PreparedInputs
+from pipelines.result import ClassificationOutput
+from pipelines.spec import ClassificationTask
+
+
+def aggregate_frames(probs: np.ndarray, positive_index: int, mode: str) -> np.ndarray:
+    """(frames, K) → (K,): the frame with the highest positive probability, or the mean."""
+    if mode == "mean":
+        return probs.mean(axis=0)
+    return probs[int(np.argmax(probs[:, positive_index]))]
+
+
+def member_probabilities(
+    member: Member, inputs: PreparedInputs, task: ClassificationTask, positive_index: int
+) -> np.ndarray:
+    card_input = member.model.card.input
+    if card_input.dims == 2:
+        prepared = inputs.for_2d(card_input)
+        parts = [
+            member.model.forward(prepared.batch[start : start + task.batch_size]).numpy()
+            for start in range(0, prepared.batch.shape[0], task.batch_size)
+        ]
+        return aggregate_frames(np.concatenate(parts), positive_index, task.volume_aggregation)
+    volume = inputs.for_3d(card_input).volume
+    size = tuple(int(s) for s in card_input.spatial_size)
+    with torch.inference_mode():
+        resized = F.interpolate(volume, size=size, mode="trilinear", align_corners=False)
+    return member.model.forward(resized).numpy()[0]
+
+
+def run_classification(
+    task: ClassificationTask, members: list[Member], inputs: PreparedInputs
+) -> tuple[ClassificationOutput, list[MemberOutcome[np.ndarray]]]:
+    classes = tuple(members[0].model.card.class_names)
+    for member in members[1:]:
+        if tuple(member.model.card.class_names) != classes:
+            raise PipelineModelError(
+                f"classifiers disagree on classes: {members[0].name} {classes}, "
+                f"{member.name} {tuple(member.model.card.class_names)}"
+            )
+    if task.positive_class not in classes:
+        raise PipelineModelError(
+            f"positive_class {task.positive_class!r} is not one of the models' classes {classes}"
+        )
+    positive = classes.index(task.positive_class)
+    outcomes = run_per_device(
+        members, lambda m: member_probabilities(m, inputs, task, positive)
+    )
+    mean = weighted_mean([o.value for o in outcomes], [o.member.weight for o in outcomes])
+    codes = tuple(
+        label.type.to_domain()
+        for label in sorted(members[0].model.card.labels, key=lambda lab: lab.value)
+    )
+    output = ClassificationOutput(
+        classes=classes,
+        probabilities=tuple(float(p) for p in mean),
+        threshold=task.threshold,
+        positive_class=task.positive_class,
+        member_probabilities={o.member.name: tuple(float(p) for p in o.value) for o in outcomes},
+        class_codes=codes,
+    )
+    return output, outcomes

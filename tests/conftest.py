@@ -1,0 +1,119 @@
+"""Shared fixtures: settings on a temporary data dir and a migrated database on each backend.
+
+``db`` is parametrised over SQLite and PostgreSQL (127.0.0.1:5432, database ``test``); each test
+gets its own PostgreSQL schema, dropped afterwards, so tests never see each other's rows. Set
+``PACSNODE_TEST_POSTGRES_URL`` to point elsewhere, or to ``skip`` to run SQLite only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from node.config import Settings, load_settings
+from node.db.engine import Database
+
+POSTGRES_URL = os.environ.get(
+    "PACSNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _postgres_available() -> bool:
+    if POSTGRES_URL == "skip":
+        return False
+    try:
+        eng = create_engine(POSTGRES_URL)
+        with eng.connect() as conn:
+            conn.execute(text("select 1"))
+        eng.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
+
+
+_PG_OK: bool | None = None
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """Create a fresh schema, yield a URL whose search_path points at it, drop it afterwards."""
+    global _PG_OK
+    if _PG_OK is None:
+        _PG_OK = _postgres_available()
+    if not _PG_OK:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not reachable at {POSTGRES_URL}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{data_dir / 'pacsnode.db'}"
+    else:
+        yield from postgres_schema_url()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(data_dir: Path) -> Iterator[Database]:
+    """SQLite only, for tests whose subject is not the database."""
+    database = Database(f"sqlite:///{data_dir / 'pacsnode.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Test settings on a temporary data dir; no listener port is taken until a test starts one."""
+    for key in list(os.environ):
+        if key.startswith("PACSNODE_") and not key.startswith("PACSNODE_TEST_"):
+            monkeypatch.delenv(key)
+    return load_settings(
+        None,
+        environment="test",
+        data_dir=data_dir,
+        dicom_host="127.0.0.1",
+        dicom_port=free_port(),
+        web_port=free_port(),
+        min_free_disk_mb=0,
+    )

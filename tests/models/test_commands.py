@@ -1,0 +1,43 @@
+"""``pacsnode models list`` / ``models check`` output, through the real CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.__main__ import main
+from tests.models.helpers import make_card, tiny_unet_weights
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "models"
+    make_card(folder, "good-seg", tiny_unet_weights(folder / "good-seg" / "model.pt"))
+    swapped = make_card(folder, "swapped-seg", tiny_unet_weights(folder / "swapped-seg" / "model.pt"))
+    tiny_unet_weights(swapped.weights_path, seed=5)
+    (folder / "broken.yaml").write_text("name: broken\nframework: keras\n")
+    for key in [k for k in __import__("os").environ if k.startswith("PACSNODE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PACSNODE_MODELS_DIR", str(folder))
+    monkeypatch.setenv("PACSNODE_DATA_DIR", str(tmp_path / "data"))
+    return folder
+
+
+def test_models_list_shows_sha_device_and_problems(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    good = next(line for line in out.splitlines() if line.startswith("good-seg"))
+    assert "monai" in good and "cpu" in good and good.endswith("ok")
+    swapped = next(line for line in out.splitlines() if line.startswith("swapped-seg"))
+    assert "SHA-256 MISMATCH" in swapped
+    assert "broken.yaml" in out and "INVALID CARD" in out and "framework" in out
+
+
+def test_models_check_loads_and_reports_where(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "OK   good-seg: monai UNet on cpu" in out
+    assert "FAIL swapped-seg" in out and "SHA-256 mismatch" in out
+    assert "1 of 3 model(s) load" in out
+    assert main(["models", "check", "--strict"]) == 1

@@ -1,0 +1,67 @@
+"""Several receiver processes on one port (SO_REUSEPORT) store into one database."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+from sqlalchemy import func, select
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.orm import Instance, Study
+from node.ingest.receiver_pool import start_receiver_pool
+from tests.node.ingest.helpers import acknowledged_problems, write_instances
+
+
+def send_files(port: int, files: list[Path], acknowledged: dict[str, Path], lock: threading.Lock,
+               sops: dict[Path, str]) -> None:  # fmt: skip
+    """One association sending ``files``; records each SOP that got a success status."""
+    ae = AE(ae_title="POOLSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
+    if not assoc.is_established:
+        return
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            if not assoc.is_established:
+                return
+            if status and status.Status == 0x0000:
+                with lock:
+                    acknowledged[sops[path]] = path
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_two_processes_share_the_port(
+    sqlite_db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    files = write_instances(tmp_path / "send", count=40, studies=2)
+    sops = {path: sop for sop, path in files.items()}
+    pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
+    try:
+        assert pool.alive() == 2
+        acknowledged: dict[str, Path] = {}
+        lock = threading.Lock()
+        paths = list(files.values())
+        threads = [threading.Thread(target=send_files, args=(pool.port, paths[i::4], acknowledged, lock, sops))
+                   for i in range(4)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        pool.stop(timeout=10)
+    assert pool.alive() == 0
+    assert len(acknowledged) == 40
+    assert acknowledged_problems(sqlite_db.url, settings.data_dir, acknowledged) == []
+    with sqlite_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 40
+        assert sorted(s.instance_count for s in session.scalars(select(Study))) == [20, 20]

@@ -1,0 +1,163 @@
+"""The worker's job boundary: success commits artifacts + deliveries + state together; failures
+are recorded on the job and retried; a worker that lost its lease cannot overwrite the outcome.
+
+The pipeline and producer here are small stand-ins: the subject is the worker's bookkeeping (the
+real pipelines and writers are tested end to end in tests/e2e)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy import select
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.orm import Artifact, Instance, Job, utcnow
+from node.domain import ArtifactKind
+from node.jobs import queue
+from node.jobs.planning import JobPlanner
+from node.jobs.worker import NonRetryableError, Worker
+from node.scheduler import completion_sweep
+from pipelines.result import PipelineResult, SourceFrame, StudyInput
+from tests.node.jobs.rows import add_study
+from tests.node.jobs.test_queue import PIPES, soon
+
+
+@dataclass
+class Produced:
+    kind: ArtifactKind
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    size_bytes: int
+
+
+@dataclass
+class StubPipeline:
+    name: str = "demo-3d"
+    version: str = "1.2"
+    config: Any = None
+    fail_with: Exception | None = None
+    seen: list[StudyInput] = field(default_factory=list)
+
+    def run(self, study: StudyInput) -> PipelineResult:
+        self.seen.append(study)
+        if self.fail_with is not None:
+            raise self.fail_with
+        series = study.series[0]
+        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        return PipelineResult(
+            pipeline_name=self.name, pipeline_version=self.version,
+            study_instance_uid=study.study_instance_uid,
+            series_instance_uid=series.series_instance_uid, modality=series.modality,
+            source_frames=(SourceFrame(ds.SOPClassUID, ds.SOPInstanceUID, series.series_instance_uid),),
+            pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=None, model_runs=(),
+        )
+
+
+class Pipelines:
+    def __init__(self, pipeline: StubPipeline) -> None:
+        self.pipeline = pipeline
+
+    def get(self, name: str) -> StubPipeline:
+        return self.pipeline
+
+
+def producer(result: PipelineResult, sources: list[Any], options: Any, out_dir: Path) -> list[Produced]:
+    assert len(sources) == 1 and sources[0].SOPInstanceUID == result.source_frames[0].sop_instance_uid
+    path = out_dir / "sr.dcm"
+    path.write_bytes(b"not really an SR")
+    return [Produced(ArtifactKind.SR, path, "1.2.840.10008.5.1.4.1.1.88.34",
+                     f"{result.study_instance_uid}.99", "9.9", path.stat().st_size)]
+
+
+@pytest.fixture
+def study_on_disk(settings: Settings, db: Database) -> str:
+    add_study(db, "1.5", instances=1)
+    with db.write() as s:
+        inst = s.scalar(select(Instance))
+        assert inst is not None
+        src = Path(get_testdata_file("CT_small.dcm"))
+        dest = settings.data_dir / inst.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(src.read_bytes())
+        inst.sop_instance_uid = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
+    completion_sweep(settings, db, JobPlanner(settings, {"demo-3d": PIPES["demo-3d"]}),
+                     utcnow() + timedelta(seconds=60))
+    return "1.5"
+
+
+def make_worker(settings: Settings, db: Database, pipeline: StubPipeline, planned: list[Any]) -> Worker:
+    def plan(session: Any, job: Job, destinations: Any, held: bool) -> None:
+        planned.append((job.id, [a.kind for a in job.artifacts], held))
+
+    worker = Worker(settings, db, Pipelines(pipeline), worker_id="w1", producer=producer,
+                    delivery_planner=plan)
+    return worker
+
+
+def run_one(worker: Worker) -> None:
+    claimed = queue.claim_next(worker.db, worker.worker_id, soon(), worker.settings.jobs)
+    assert claimed is not None
+    worker.process(claimed)
+
+
+def test_success_records_artifacts_deliveries_and_summary(
+    settings: Settings, db: Database, study_on_disk: str
+) -> None:
+    planned: list[Any] = []
+    pipeline = StubPipeline()
+    run_one(make_worker(settings, db, pipeline, planned))
+    assert pipeline.seen[0].series[0].files[0].exists()
+    with db.read() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "succeeded", job.error
+        assert job.summary["finding_count"] == 0 and "attempt 1" in job.log
+        art = s.scalar(select(Artifact))
+        assert art is not None and art.kind == "sr" and art.path.startswith("results/1.5/demo-3d/v1/")
+    assert planned == [(job.id, ["sr"], False)]
+
+
+def test_retryable_failure_requeues_and_keeps_the_traceback(
+    settings: Settings, db: Database, study_on_disk: str
+) -> None:
+    run_one(make_worker(settings, db, StubPipeline(fail_with=RuntimeError("GPU fell over")), []))
+    with db.read() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "queued"
+        assert "GPU fell over" in job.error and "Traceback" in job.log
+
+
+def test_non_retryable_failure_fails_at_once(
+    settings: Settings, db: Database, study_on_disk: str
+) -> None:
+    run_one(make_worker(settings, db, StubPipeline(fail_with=NonRetryableError("no series fits")), []))
+    with db.read() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "failed" and job.attempts == 1
+
+
+def test_worker_that_lost_its_lease_discards_its_outcome(
+    settings: Settings, db: Database, study_on_disk: str
+) -> None:
+    planned: list[Any] = []
+    worker = make_worker(settings, db, StubPipeline(), planned)
+    claimed = queue.claim_next(db, "w1", soon(), settings.jobs)
+    assert claimed is not None
+    with db.write() as s:  # the lease expired and another worker took the job meanwhile
+        job = s.get(Job, claimed.job_id)
+        assert job is not None
+        job.lease_owner = "w2"
+    worker.process(claimed)
+    with db.read() as s:
+        job = s.get(Job, claimed.job_id)
+        assert job is not None and job.state == "running" and job.lease_owner == "w2"
+        assert s.scalar(select(Artifact)) is None
+    assert planned == []

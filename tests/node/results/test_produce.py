@@ -1,0 +1,116 @@
+"""produce_results: every object built, validated, written, deterministic, and safe on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from node.domain import ArtifactKind
+from node.results.produce import (
+    OutputOptions,
+    ProducedObject,
+    ResultValidationError,
+    produce_results,
+)
+from tests.node.results.factories import make_result, synthetic_ct_series
+
+
+def _produce(sources, tmp_path: Path, **kwargs) -> list[ProducedObject]:
+    result = make_result(sources, with_findings=kwargs.pop("with_findings", True))
+    return produce_results(result, sources, OutputOptions(**kwargs), tmp_path / "out")
+
+
+def test_every_source_kind_gives_four_objects_in_dispatch_order(sources, tmp_path: Path) -> None:
+    produced = _produce(sources, tmp_path)
+    assert [p.kind for p in produced] == [
+        ArtifactKind.SEG,
+        ArtifactKind.OVERLAY,
+        ArtifactKind.PDF,
+        ArtifactKind.SR,
+    ]
+    series = {p.series_instance_uid for p in produced}
+    assert len(series) == 4 and str(sources[0].SeriesInstanceUID) not in series
+    for obj in produced:
+        ds = pydicom.dcmread(obj.path)
+        assert obj.size_bytes == obj.path.stat().st_size
+        assert ds.SOPInstanceUID == obj.sop_instance_uid
+        assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
+        assert ds.PatientID == sources[0].get("PatientID", "")
+        assert "demo-lesion v1.0.0" in ds.SeriesDescription
+        purposes = [
+            (
+                i.PurposeOfReferenceCodeSequence[0].CodeValue,
+                i.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator,
+            )
+            for i in ds.ContributingEquipmentSequence
+        ]
+        assert purposes.count(("1630", "99IHE")) == 3  # pipeline + two models
+        device_uids = {i.get("DeviceUID") for i in ds.ContributingEquipmentSequence}
+        assert {"2.25.1111", "2.25.2222"} <= device_uids
+        assert ds.ContentDate == "20240506" and ds.ContentTime == "070809"
+
+
+def test_retry_is_byte_identical_and_new_version_is_new(tmp_path: Path) -> None:
+    sources = synthetic_ct_series()
+    result = make_result(sources)
+    first = produce_results(result, sources, OutputOptions(), tmp_path / "a")
+    again = produce_results(result, sources, OutputOptions(), tmp_path / "b")
+    assert [p.path.read_bytes() for p in first] == [p.path.read_bytes() for p in again]
+    bumped = produce_results(result, sources, OutputOptions(result_version=2), tmp_path / "c")
+    assert not {p.sop_instance_uid for p in first} & {p.sop_instance_uid for p in bumped}
+    runs = tuple(dataclasses.replace(r, model_version="9.9") for r in result.model_runs)
+    new_model = produce_results(
+        dataclasses.replace(result, model_runs=runs), sources, OutputOptions(), tmp_path / "d"
+    )
+    assert not {p.sop_instance_uid for p in first} & {p.sop_instance_uid for p in new_model}
+
+
+def test_no_findings_gives_sr_and_pdf_but_no_seg(tmp_path: Path) -> None:
+    produced = _produce(synthetic_ct_series(), tmp_path, with_findings=False)
+    assert [p.kind for p in produced] == [ArtifactKind.OVERLAY, ArtifactKind.PDF, ArtifactKind.SR]
+    sr = hd.sr.srread(next(p.path for p in produced if p.kind == ArtifactKind.SR))
+    assert "All algorithms succeeded; without findings" in str(sr.ContentSequence)
+
+
+def test_fractional_seg_keeps_probabilities(tmp_path: Path) -> None:
+    produced = _produce(synthetic_ct_series(), tmp_path, seg_type="FRACTIONAL")
+    seg = hd.seg.segread(produced[0].path)
+    assert seg.SegmentationType == "FRACTIONAL"
+    assert np.isclose(seg.pixel_array.max() / float(seg.MaximumFractionalValue), 0.9, atol=0.01)
+
+
+def test_options_switch_objects_off(tmp_path: Path) -> None:
+    produced = _produce(synthetic_ct_series(), tmp_path, overlay=False, pdf=False)
+    assert [p.kind for p in produced] == [ArtifactKind.SEG, ArtifactKind.SR]
+
+
+def test_bad_mask_fails_the_gate_and_writes_nothing(tmp_path: Path) -> None:
+    sources = synthetic_ct_series()
+    result = make_result(sources)
+    assert result.segmentation is not None
+    result.segmentation.label_map = result.segmentation.label_map[:, :10]  # wrong geometry
+    with pytest.raises(ResultValidationError, match="seg") as info:
+        produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert info.value.kind == ArtifactKind.SEG
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_sources_are_not_modified(tmp_path: Path) -> None:
+    sources = synthetic_ct_series(quirks=True)
+    before = [ds.to_json_dict() for ds in sources]
+    _produce(sources, tmp_path)
+    assert [ds.to_json_dict() for ds in sources] == before
+
+
+def test_quirky_headers_are_cleaned_in_outputs(tmp_path: Path) -> None:
+    produced = _produce(synthetic_ct_series(quirks=True), tmp_path)
+    for obj in produced:
+        ds = pydicom.dcmread(obj.path)
+        assert str(ds.PatientName) == "DOE^JANE"
+        assert ds.PatientSex == "O"
+        assert "AccessionNumber" in ds and "StudyID" in ds

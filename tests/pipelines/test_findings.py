@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from node.domain import CodedConcept, Severity
+from pipelines.findings import FindingContext, attach_boxes, segment_findings, tracking_uid
+from pipelines.result import DetectionBox, LabelSpec
+from pipelines.spec import SeverityRules
+
+LESION = LabelSpec(1, "lesion", CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+                   CodedConcept("52988006", "SCT", "Lesion"))
+
+
+def _ctx(values: np.ndarray, volumetric: bool = False) -> FindingContext:
+    return FindingContext("1.2.3", "demo-2d", "1.0.0", values, (0.5, 0.5), 2.0, volumetric, "HU",
+                          SeverityRules())
+
+
+def _box(frame: int, x0: float, y0: float, x1: float, y1: float, score: float = 0.8) -> DetectionBox:
+    return DetectionBox(frame, x0, y0, x1, y1, LESION, score, {"m": score})
+
+
+def test_one_finding_per_component_in_reading_order_with_measurements() -> None:
+    label_map = np.zeros((1, 100, 100), np.uint8)
+    yy, xx = np.mgrid[:100, :100]
+    label_map[0][(yy - 70) ** 2 + (xx - 30) ** 2 <= 100] = 1  # lower disc, r=10
+    label_map[0, 10:20, 60:90] = 1  # upper bar
+    values = np.where(label_map > 0, 50.0, 0.0).astype(np.float32)
+    findings = segment_findings(_ctx(values), label_map, (LESION,))
+    assert [f.tracking_id for f in findings] == ["lesion-1", "lesion-2"]
+    bar, disc = findings
+    assert bar.measurements.bbox == (0, 10, 60, 0, 19, 89)
+    assert bar.measurements.area_mm2 == pytest.approx(300 * 0.25)
+    assert disc.measurements.circularity == pytest.approx(1.0, abs=0.1)
+    assert disc.measurements.mean_intensity == 50.0
+    assert disc.severity is Severity.LOW and bar.severity is not Severity.LOW
+    assert disc.tracking_uid == tracking_uid("1.2.3", "demo-2d", "1.0.0", "lesion-2")
+    assert tracking_uid("1.2.3", "demo-2d", "1.0.1", "lesion-2") != disc.tracking_uid
+
+
+def test_boxes_attach_to_overlapping_findings_or_become_their_own() -> None:
+    label_map = np.zeros((2, 50, 50), np.uint8)
+    label_map[1, 10:20, 10:20] = 1
+    values = np.zeros(label_map.shape, np.float32)
+    ctx = _ctx(values)
+    findings = segment_findings(ctx, label_map, (LESION,))
+    boxes = (_box(1, 8, 8, 22, 22), _box(1, 30, 30, 40, 40, 0.5), _box(0, 8, 8, 22, 22, 0.4))
+    out = attach_boxes(ctx, findings, label_map, boxes)
+    assert out[0].box == boxes[0]
+    box_only = [f for f in out if f.segment_number is None]
+    assert [f.tracking_id for f in box_only] == ["lesion-box-1", "lesion-box-2"]
+    assert box_only[0].measurements.area_mm2 == pytest.approx(100 * 0.25)
+    assert box_only[1].frame_indices == (0,)  # same place, other image: not the segment's box

@@ -1,0 +1,143 @@
+"""The review page over a real MR series and a real SEG; approve/reject/comment; dispatch release."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from node.db.orm import AuditEvent, Delivery, Review
+from node.dispatch.dispatcher import Dispatcher
+from tests.web.conftest import Console, csrf_of
+from tests.web.processed import LESION_SLICES, ProcessedStudy
+
+
+def _png(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)))
+
+
+def test_review_page_shows_result_and_slices(processed: tuple[Console, ProcessedStudy]) -> None:
+    console, study = processed
+    client = console.login("viewer1")
+    page = client.get(f"/review/{study.job_id}")
+    assert page.status_code == 200
+    assert 'id="frame-slider"' in page.text and f'max="{study.frame_count - 1}"' in page.text
+    assert 'id="opacity-slider"' in page.text and "lesion" in page.text and "0.870" in page.text
+    assert "Moderate" in page.text and 'class="det-box"' in page.text
+    assert 'id="approve"' not in page.text  # viewers are read-only
+
+
+def test_frames_and_masks_render_as_png(processed: tuple[Console, ProcessedStudy]) -> None:
+    console, study = processed
+    client = console.login("viewer1")
+    frame = client.get(f"/review/{study.job_id}/frames/{LESION_SLICES[1]}.png")
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/png"
+    pixels = _png(frame.content)
+    assert pixels.shape == (256, 256) and pixels.std() > 10  # a real image, not a blank
+    lesion = _png(client.get(f"/review/{study.job_id}/masks/{LESION_SLICES[1]}.png").content)
+    empty = _png(client.get(f"/review/{study.job_id}/masks/0.png").content)
+    assert lesion.shape == (256, 256, 4)
+    assert (lesion[..., 3] > 0).sum() > 100 and (empty[..., 3] > 0).sum() == 0
+    assert client.get(f"/review/{study.job_id}/frames/{study.frame_count}.png").status_code == 404
+
+
+def test_approve_releases_held_delivery_which_is_then_sent(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    console, study = processed
+    viewer = console.login("viewer1")
+    token = csrf_of(viewer, f"/review/{study.job_id}")
+    assert viewer.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code == 403
+    client = console.login("radiologist1")
+    token = csrf_of(client, f"/review/{study.job_id}")
+    response = client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token})
+    assert response.status_code == 303
+    with console.db.read() as session:
+        assert [d.state for d in session.query(Delivery).all()] == ["pending"]
+        assert [r.decision for r in session.query(Review).all()] == ["approved"]
+        actions = {e.action for e in session.query(AuditEvent).all()}
+        assert {"review.approved", "delivery.released"} <= actions
+    assert Dispatcher(console.settings, console.db).run_once() == 1
+    with console.db.read() as session:
+        assert [d.state for d in session.query(Delivery).all()] == ["delivered"]
+    archive = Path(console.settings.destination("archive").path or "")
+    assert len(list(archive.rglob("*.dcm"))) == 1
+    again = client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token})
+    assert again.status_code == 409
+
+
+def test_reject_needs_a_reason_and_cancels_delivery(processed: tuple[Console, ProcessedStudy]) -> None:
+    console, study = processed
+    client = console.login("radiologist1")
+    token = csrf_of(client, f"/review/{study.job_id}")
+    no_reason = client.post(f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": " "})
+    assert no_reason.status_code == 400 and "reason" in no_reason.text
+    response = client.post(f"/review/{study.job_id}/reject",
+                           data={"csrf_token": token, "reason": "boundary wrong"})
+    assert response.status_code == 303
+    comment = client.post(f"/review/{study.job_id}/comment",
+                          data={"csrf_token": token, "text": "see prior"})
+    assert comment.status_code == 303
+    with console.db.read() as session:
+        assert [d.state for d in session.query(Delivery).all()] == ["cancelled"]
+        assert [(r.decision, r.reason) for r in session.query(Review).order_by(Review.id)] == [
+            ("rejected", "boundary wrong"), ("comment", "see prior")]
+
+
+def test_study_page_and_downloads(processed: tuple[Console, ProcessedStudy]) -> None:
+    console, study = processed
+    client = console.login("viewer1")
+    page = client.get(f"/studies/{study.study_uid}")
+    assert page.status_code == 200 and "demo-mr" in page.text and "archive: held" in page.text
+    seg = client.get("/artifacts/1/download")
+    assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
+    csv = client.get(f"/jobs/{study.job_id}/export/csv")
+    assert csv.status_code == 200 and "lesion-1" in csv.text
+    js = client.get(f"/jobs/{study.job_id}/export/json").json()
+    assert js["classification"]["top_class"] == "lesion"
+    masks = client.get(f"/jobs/{study.job_id}/export/masks")
+    assert masks.status_code == 200 and masks.content[:2] == b"PK"
+    assert client.get(f"/jobs/{study.job_id}/export/nope").status_code == 404
+    with console.db.read() as session:
+        downloads = session.query(AuditEvent).filter_by(action="result.download").count()
+    assert downloads == 4
+
+
+def test_rerun_and_resend(processed: tuple[Console, ProcessedStudy]) -> None:
+    console, study = processed
+    client = console.login("radiologist1")
+    token = csrf_of(client, f"/review/{study.job_id}")
+    held = client.post("/deliveries/1/resend", data={"csrf_token": token})
+    assert held.status_code == 409 and "only a failed delivery" in held.text
+    with console.db.write() as session:
+        session.get(Delivery, 1).state = "failed"  # type: ignore[union-attr]
+    page = client.get(f"/review/{study.job_id}").text
+    assert 'action="/deliveries/1/resend"' in page and 'id="rerun"' in page
+    assert client.post("/deliveries/1/resend", data={"csrf_token": token}).status_code == 303
+    assert client.post(f"/jobs/{study.job_id}/rerun", data={"csrf_token": token}).status_code == 303
+    again = client.post(f"/jobs/{study.job_id}/rerun", data={"csrf_token": token})
+    assert again.status_code == 409
+    with console.db.read() as session:
+        assert session.get(Delivery, 1).state == "pending"  # type: ignore[union-attr]
+        actions = [e.action for e in session.query(AuditEvent).order_by(AuditEvent.id)]
+    assert "delivery.resent" in actions and "job.requeued" in actions
+
+
+def test_approve_and_dispatch_on_both_backends(settings, db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from tests.web.conftest import make_console, with_archive
+    from tests.web.processed import MR_SERIES, build_processed_study
+
+    if not MR_SERIES.is_dir():
+        pytest.skip(f"sample data missing: {MR_SERIES}")
+    full = with_archive(settings, tmp_path / "archive")
+    study = build_processed_study(full, db)
+    console = make_console(full, db)
+    client = console.login("admin1")
+    token = csrf_of(client, f"/review/{study.job_id}")
+    assert client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code == 303
+    assert Dispatcher(full, db).run_once() == 1
+    assert "archive: delivered" in client.get(f"/studies/{study.study_uid}").text

@@ -1,0 +1,213 @@
+"""Request-scoped dependencies as ``Annotated`` aliases: the database session, the caller, roles.
+
+A route declares what it needs in its signature (``session: SessionDep, user: CurrentUser``) and
+never touches cookies or headers itself. The session commits when the route function returns
+(before the response is sent, so a redirect never shows stale data) and rolls back on error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from node.config import Settings
+from node.db.engine import Database
+from node.db.orm import ApiToken, User, utcnow
+from node.db.repositories import users as user_repo
+from node.domain import Role
+from web.security import LoginThrottle, csrf_matches, new_csrf_token, password_fingerprint
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass
+class WebState:
+    """What every request may need, built once by ``create_app`` and kept on ``app.state.web``."""
+
+    settings: Settings
+    db: Database
+    templates: Jinja2Templates
+    throttle: LoginThrottle
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a console user (session cookie) or a machine client (API token)."""
+
+    user_id: int
+    username: str
+    role: Role
+    via: str  # "session" | "token"
+    scopes: tuple[str, ...] = ()
+
+    def has_role(self, *roles: Role) -> bool:
+        return self.role in roles
+
+
+class LoginRequired(Exception):
+    """Raised for an anonymous caller; pages redirect to the login form, the API answers 401."""
+
+
+def web_state(request: Request) -> WebState:
+    state: WebState = request.app.state.web
+    return state
+
+
+StateDep = Annotated[WebState, Depends(web_state)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A read session for safe methods, a committing write session for the others."""
+    db = web_state(request).db
+    factory = db.read if request.method in SAFE_METHODS else db.write
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _principal_from_token(request: Request, header: str) -> Principal:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "Authorization must be 'Bearer <token>'")
+    db = web_state(request).db
+    with db.read() as session:
+        owner = user_repo.find_api_token(session, token.strip())
+        if owner is None:
+            raise HTTPException(401, "invalid or revoked API token")
+        principal = Principal(
+            owner.user.id, owner.user.username, Role(owner.user.role), "token", tuple(owner.token.scopes)
+        )
+        stale = owner.token.last_used_at is None or (
+            utcnow() - owner.token.last_used_at > TOKEN_TOUCH_INTERVAL
+        )
+        token_id = owner.token.id
+    if stale:
+        with db.write() as session:
+            row = session.get(ApiToken, token_id)
+            if row is not None:
+                row.last_used_at = utcnow()
+    return principal
+
+
+def _principal_from_cookie(request: Request) -> Principal | None:
+    state = web_state(request)
+    data = request.session
+    user_id = data.get("uid")
+    if not isinstance(user_id, int):
+        return None
+    now = time.time()
+    seen = data.get("seen", 0)
+    if not isinstance(seen, int | float) or now - seen > state.settings.web.session_idle_minutes * 60:
+        data.clear()
+        return None
+    with state.db.read() as session:
+        user = user_repo.get_user(session, user_id)
+        if user is None or not user.active or data.get("pwv") != password_fingerprint(user.password_hash):
+            data.clear()
+            return None
+        principal = Principal(user.id, user.username, Role(user.role), "session")
+    data["seen"] = int(now)
+    return principal
+
+
+def optional_user(request: Request) -> Principal | None:
+    """The caller if authenticated; cached per request by FastAPI."""
+    header = request.headers.get("authorization")
+    if header:
+        return _principal_from_token(request, header)
+    return _principal_from_cookie(request)
+
+
+OptionalUser = Annotated[Principal | None, Depends(optional_user)]
+
+
+def current_user(user: OptionalUser) -> Principal:
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+# which token scope a role-protected route needs when called with an API token
+_SCOPE_FOR_ROLES: dict[frozenset[Role], str] = {
+    frozenset({Role.ADMIN}): "admin",
+    frozenset({Role.ADMIN, Role.RADIOLOGIST}): "review",
+}
+
+
+def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signatures
+    """``Annotated[Principal, RequireRole(Role.ADMIN)]``: 403 for callers without one of ``roles``."""
+    allowed = frozenset(roles)
+
+    def check(user: CurrentUser) -> Principal:
+        if user.role not in allowed:
+            raise HTTPException(403, f"requires role {' or '.join(sorted(r.value for r in allowed))}")
+        scope = _SCOPE_FOR_ROLES.get(allowed, "read")
+        if user.via == "token" and scope not in user.scopes:
+            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
+        return user
+
+    return Depends(check)
+
+
+def require_scope(scope: str) -> Callable[[CurrentUser], Principal]:
+    """For machine endpoints (the Orthanc hook): a token must carry ``scope``; admins always pass."""
+
+    def check(user: CurrentUser) -> Principal:
+        if user.via == "token" and scope not in user.scopes:
+            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
+        if user.via == "session" and user.role is not Role.ADMIN:
+            raise HTTPException(403, f"requires an API token with the {scope!r} scope")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[Principal, RequireRole(Role.ADMIN)]
+Reviewer = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST)]
+Reader = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST, Role.VIEWER)]
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token, created on first use (anonymous sessions get one for the login)."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = new_csrf_token()
+        request.session["csrf"] = token
+    return token
+
+
+async def verify_csrf(request: Request) -> None:
+    """Router-level guard: every unsafe request from a browser session carries the form's token.
+
+    Bearer-token requests are exempt (no ambient cookie authority to abuse).
+    """
+    if request.method in SAFE_METHODS or request.headers.get("authorization"):
+        return
+    given = request.headers.get("x-csrf-token")
+    if given is None:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            value = form.get("csrf_token")
+            given = value if isinstance(value, str) else None
+    if not csrf_matches(request.session.get("csrf"), given):
+        raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
+
+
+def load_user(session: Session, principal: Principal) -> User:
+    user = user_repo.get_user(session, principal.user_id)
+    if user is None:
+        raise LoginRequired()
+    return user

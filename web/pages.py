@@ -1,0 +1,77 @@
+"""Rendering helpers shared by the console routers: templates with the common context, flashes.
+
+Every page gets the caller, the CSRF token for its forms and one-shot flash messages, so templates
+never reach into the request themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from web.deps import LoginRequired, Principal, csrf_token, optional_user, web_state
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _fmt_dt(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "—"
+
+
+def _fmt_num(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def build_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    templates.env.filters["dt"] = _fmt_dt
+    templates.env.filters["num"] = _fmt_num
+    templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
+    return templates
+
+
+def flash(request: Request, message: str, kind: str = "info") -> None:
+    """Queue a message for the next page this browser renders (survives the POST redirect)."""
+    messages = list(request.session.get("flash", []))
+    messages.append([kind, message[:500]])
+    request.session["flash"] = messages[-5:]
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    user: Principal | None = None,
+) -> HTMLResponse:
+    state = web_state(request)
+    if user is None and "uid" in request.session:
+        try:
+            user = optional_user(request)
+        except (HTTPException, LoginRequired):  # an error page renders even for a bad session
+            user = None
+    messages = request.session.pop("flash", [])
+    full = {
+        "request": request,
+        "user": user,
+        "csrf_token": csrf_token(request),
+        "messages": messages,
+        "settings": state.settings,
+        **(context or {}),
+    }
+    return state.templates.TemplateResponse(request, template, full, status_code=status_code)
+
+
+def redirect(url: str) -> RedirectResponse:
+    """303 so that the browser follows a POST with a GET (post/redirect/get)."""
+    return RedirectResponse(url, status_code=303)

@@ -1,0 +1,281 @@
+"""The JSON API (OpenAPI at ``/docs``): health, models, pipelines, studies, results, jobs, stats.
+
+Machine clients authenticate with ``Authorization: Bearer <token>`` (scope ``read``); a logged-in
+browser session works too. ``/api/health`` is open so that monitors need no credentials; it names
+models and devices but no patient data.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.db.orm import Job, Study
+from node.db.repositories import console
+from web.deps import Reader, SessionDep, StateDep
+from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
+from web.results import review_data
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    task: str
+    framework: str
+    weights_present: bool
+    last_device: str | None
+    classes: list[str]
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str
+    listener: str
+    models_available: bool
+    models: list[ModelInfo]
+
+
+class PipelineInfo(BaseModel):
+    name: str
+    version: str
+    description: str
+    enabled: bool
+    review_required: bool
+    members: dict[str, list[dict[str, Any]]]
+    classes: dict[str, list[str]]
+
+
+class StudyOut(BaseModel):
+    study_instance_uid: str
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    study_date: str
+    study_description: str
+    modalities: str
+    state: str
+    instance_count: int
+    last_received_at: datetime
+
+
+class StudyPage(BaseModel):
+    total: int
+    page: int
+    per_page: int
+    items: list[StudyOut]
+
+
+class JobOut(BaseModel):
+    id: int
+    study_instance_uid: str
+    pipeline_name: str
+    pipeline_version: str
+    result_version: int
+    state: str
+    review_state: str
+    attempts: int
+    error: str
+    duration_s: float | None
+    created_at: datetime
+    finished_at: datetime | None
+    summary: dict[str, Any]
+
+
+class ArtifactOut(BaseModel):
+    id: int
+    kind: str
+    sop_instance_uid: str
+    download_url: str
+    deliveries: dict[str, str]
+
+
+class JobResultOut(BaseModel):
+    job: JobOut
+    artifacts: list[ArtifactOut]
+    result: dict[str, Any]
+
+
+class StudyResultsOut(BaseModel):
+    study: StudyOut
+    jobs: list[JobResultOut]
+
+
+class Bucket(BaseModel):
+    label: str
+    count: int
+
+
+def _buckets(pairs: list[tuple[str, int]]) -> list[Bucket]:
+    return [Bucket(label=label, count=count) for label, count in pairs]
+
+
+class StatsOut(BaseModel):
+    studies_total: int
+    instances_total: int
+    jobs: dict[str, int]
+    median_processing_s: float | None
+    timeline: list[Bucket]
+    class_distribution: list[Bucket]
+    confidence_histogram: list[Bucket]
+    severity_distribution: list[Bucket]
+    processing_time_histogram: list[Bucket]
+
+
+def _study_out(study: Study) -> StudyOut:
+    return StudyOut.model_validate(study, from_attributes=True)
+
+
+def _job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id, study_instance_uid=job.study.study_instance_uid, pipeline_name=job.pipeline_name,
+        pipeline_version=job.pipeline_version, result_version=job.result_version, state=job.state,
+        review_state=job.review_state, attempts=job.attempts, error=job.error,
+        duration_s=job.duration_s, created_at=job.created_at, finished_at=job.finished_at,
+        summary=job.summary or {},
+    )
+
+
+def _listener_state(state: StateDep) -> str:
+    host = state.settings.dicom_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    try:
+        with socket.create_connection((host, state.settings.dicom_port), timeout=0.5):
+            return "listening"
+    except OSError:
+        return "not reachable"
+
+
+def _models(state: StateDep, session: SessionDep) -> tuple[bool, list[ModelInfo]]:
+    try:
+        cards = model_cards(state.settings)
+    except Unavailable:
+        return False, []
+    devices = console.chart_data(session, days=1).devices
+    return True, [
+        ModelInfo(name=name, version=card.version, task=card.task, framework=card.framework,
+                  weights_present=card.weights_path.is_file(), last_device=devices.get(name),
+                  classes=list(card.class_names))
+        for name, card in sorted(cards.items())
+    ]
+
+
+@router.get("/health", response_model=HealthOut)
+def health(session: SessionDep, state: StateDep) -> HealthOut:
+    try:
+        session.execute(text("select 1"))
+        database = "ok"
+    except SQLAlchemyError as exc:
+        database = f"error: {type(exc).__name__}"
+    available, models = _models(state, session)
+    return HealthOut(status="ok" if database == "ok" else "degraded", database=database,
+                     listener=_listener_state(state), models_available=available, models=models)
+
+
+@router.get("/models", response_model=list[ModelInfo])
+def models(session: SessionDep, state: StateDep, user: Reader) -> list[ModelInfo]:
+    available, found = _models(state, session)
+    if not available:
+        raise HTTPException(503, "model cards are not available on this node")
+    return found
+
+
+@router.get("/pipelines", response_model=list[PipelineInfo])
+def pipelines(session: SessionDep, state: StateDep, user: Reader) -> list[PipelineInfo]:
+    try:
+        configs = pipeline_configs(state.settings, session)
+    except Unavailable as exc:
+        raise HTTPException(503, str(exc)) from exc
+    try:
+        cards = model_cards(state.settings)
+    except Unavailable:
+        cards = {}
+    out = []
+    for name, cfg in sorted(configs.items()):
+        members: dict[str, list[dict[str, Any]]] = {}
+        for task_name in ("segmentation", "classification", "detection"):
+            task = getattr(cfg.tasks, task_name, None)
+            if task is not None:
+                members[task_name] = [
+                    {"model": m.model, "weight": w, "device": m.device}
+                    for m, w in zip(task.members, task.normalised_weights(), strict=True)
+                ]
+        out.append(PipelineInfo(name=name, version=cfg.version, description=cfg.description,
+                                enabled=cfg.enabled, review_required=cfg.review_required,
+                                members=members, classes=pipeline_classes(cfg, cards)))
+    return out
+
+
+@router.get("/studies", response_model=StudyPage)
+def studies(
+    session: SessionDep, user: Reader,
+    patient: Annotated[str, Query(max_length=64)] = "",
+    accession: Annotated[str, Query(max_length=64)] = "",
+    date_from: Annotated[str, Query(pattern=r"^\d{0,8}$")] = "",
+    date_to: Annotated[str, Query(pattern=r"^\d{0,8}$")] = "",
+    modality: Annotated[str, Query(max_length=16)] = "",
+    status: Annotated[str, Query(max_length=16)] = "",
+    sort: Annotated[str, Query(pattern="^(received|study_date|patient|accession|state|modality)$")]
+    = "received",
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    page: Annotated[int, Query(ge=1, le=100000)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=200)] = 25,
+) -> StudyPage:
+    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = console.search_studies(session, flt, page=page, per_page=per_page, sort=sort,
+                                    descending=order == "desc")
+    return StudyPage(total=result.total, page=result.page, per_page=result.per_page,
+                     items=[_study_out(s) for s in result.items])
+
+
+@router.get("/studies/{study_uid}/results", response_model=StudyResultsOut)
+def study_results(session: SessionDep, state: StateDep, user: Reader,
+                  study_uid: str) -> StudyResultsOut:
+    study = console.get_study(session, study_uid)
+    if study is None:
+        raise HTTPException(404, f"no study {study_uid}")
+    jobs = []
+    for job in sorted(study.jobs, key=lambda j: j.id):
+        artifacts = [
+            ArtifactOut(id=a.id, kind=a.kind, sop_instance_uid=a.sop_instance_uid,
+                        download_url=f"/artifacts/{a.id}/download",
+                        deliveries={d.destination_name: d.state for d in a.deliveries})
+            for a in job.artifacts
+        ]
+        result = review_data(state.settings, job) if job.state == "succeeded" else {}
+        jobs.append(JobResultOut(job=_job_out(job), artifacts=artifacts, result=result))
+    return StudyResultsOut(study=_study_out(study), jobs=jobs)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def jobs(
+    session: SessionDep, user: Reader,
+    state: Annotated[str, Query(pattern="^(|queued|running|succeeded|failed)$")] = "",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[JobOut]:
+    return [_job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)]
+
+
+@router.get("/stats", response_model=StatsOut)
+def stats(session: SessionDep, user: Reader,
+          days: Annotated[int, Query(ge=1, le=366)] = 14) -> StatsOut:
+    counts = console.dashboard_counts(session)
+    data = console.chart_data(session, days=days)
+    return StatsOut(
+        studies_total=counts.studies_total, instances_total=counts.instances_total,
+        jobs={"queued": counts.jobs_queued, "running": counts.jobs_running,
+              "succeeded": counts.jobs_succeeded, "failed": counts.jobs_failed},
+        median_processing_s=counts.median_processing_s, timeline=_buckets(data.studies_per_day),
+        class_distribution=_buckets(data.class_distribution),
+        confidence_histogram=_buckets(data.confidence_histogram),
+        severity_distribution=_buckets(data.severity_distribution),
+        processing_time_histogram=_buckets(data.processing_time_histogram),
+    )

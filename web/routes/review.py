@@ -1,0 +1,238 @@
+"""The review page (source frames, mask overlay, boxes, findings) and the review actions.
+
+Approving releases the job's held deliveries, rejecting cancels them; both, like comments, re-runs
+and resends, are recorded as a Review row and/or an audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from node.db.orm import Job
+from node.db.repositories import audit, console
+from node.domain import ReviewState
+from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
+from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
+from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
+from web.pages import flash, redirect, render
+from web.results import artifact_file, review_data
+
+router = APIRouter(tags=["console: review"], dependencies=[Depends(verify_csrf)],
+                   include_in_schema=False)
+MAX_FRAMES = 2000
+PNG_HEADERS = {"Cache-Control": "private, max-age=300"}
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    path: str  # relative to data_dir
+    sop_instance_uid: str
+    frame: int  # 0-based within the instance
+
+
+def _job_or_404(session: Session, job_id: int) -> Job:
+    job = console.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(404, f"No job {job_id}")
+    return job
+
+
+def _source_series_uid(session: Session, job: Job, data: dict[str, Any]) -> str | None:
+    uid = data.get("series_instance_uid")
+    if isinstance(uid, str) and uid:
+        return uid
+    study = console.get_study(session, job.study.study_instance_uid)
+    image_series = [s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")]
+    return max(image_series, key=lambda s: s.instance_count).series_instance_uid if image_series else None
+
+
+def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[FrameRef]:
+    uid = _source_series_uid(session, job, data)
+    if uid is None:
+        return []
+    frames: list[FrameRef] = []
+    for inst in console.series_instances(session, uid):
+        for f in range(max(inst.number_of_frames, 1)):
+            frames.append(FrameRef(inst.path, inst.sop_instance_uid, f))
+            if len(frames) >= MAX_FRAMES:
+                return frames
+    return frames
+
+
+@lru_cache(maxsize=16)
+def _seg_cached(path: str, mtime_ns: int) -> SegMasks:
+    return read_seg_masks(Path(path))
+
+
+def _seg_masks(state: StateDep, job: Job) -> SegMasks | None:
+    for artifact in job.artifacts:
+        if artifact.kind == "seg":
+            try:
+                path = artifact_file(state.settings, artifact)
+                return _seg_cached(str(path), path.stat().st_mtime_ns)
+            except (FileNotFoundError, RenderError):
+                return None
+    return None
+
+
+def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    boxes: dict[int, list[dict[str, Any]]] = {}
+    for box in data.get("detections") or []:
+        if isinstance(box, dict) and "frame_index" in box:
+            boxes.setdefault(int(box["frame_index"]), []).append(box)
+    return boxes
+
+
+@router.get("/review/{job_id}")
+def review_page(request: Request, session: SessionDep, state: StateDep, user: Reader,
+                job_id: int) -> Response:
+    job = _job_or_404(session, job_id)
+    data = review_data(state.settings, job)
+    frames = source_frames(session, job, data)
+    masks = _seg_masks(state, job)
+    frame_index = {(f.sop_instance_uid, f.frame): i for i, f in enumerate(frames)}
+    result_frames = data.get("source_frames") or []
+    boxes: list[dict[str, Any]] = []
+    for idx, items in _boxes_by_frame(data).items():
+        if 0 <= idx < len(result_frames):
+            ref = result_frames[idx]
+            frame = (ref.get("frame_number") or 1) - 1
+            shown = frame_index.get((ref.get("sop_instance_uid"), frame))
+            if shown is not None:
+                boxes += [{**b, "shown_frame": shown} for b in items]
+    mask_frames = [
+        i for i, f in enumerate(frames)
+        if masks is not None and (
+            (f.sop_instance_uid, None) in masks.frames or (f.sop_instance_uid, f.frame + 1) in masks.frames
+        )
+    ]
+    start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
+    return render(request, "review.html", {
+        "job": job, "study": job.study, "data": data, "frames": frames, "start": start,
+        "has_mask": masks is not None, "mask_frames": mask_frames, "boxes": boxes,
+        "reviews": console.job_reviews(session, job.id),
+        "segment_labels": masks.segment_labels if masks else {},
+    }, user=user)
+
+
+def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> FrameRef:
+    frames = source_frames(session, job, review_data(state.settings, job))
+    if not 0 <= index < len(frames):
+        raise HTTPException(404, f"frame {index} out of range (0-{len(frames) - 1})")
+    return frames[index]
+
+
+@router.get("/review/{job_id}/frames/{index}.png")
+def frame_png(session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int) -> Response:
+    ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
+    try:
+        png = render_frame_png(state.settings.data_dir / ref.path, ref.frame)
+    except (RenderError, FileNotFoundError) as exc:
+        raise HTTPException(422, f"cannot render this frame: {exc}") from exc
+    return Response(png, media_type="image/png", headers=PNG_HEADERS)
+
+
+@router.get("/review/{job_id}/masks/{index}.png")
+def mask_png(session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int) -> Response:
+    job = _job_or_404(session, job_id)
+    ref = _frame_or_404(session, state, job, index)
+    masks = _seg_masks(state, job)
+    if masks is None:
+        raise HTTPException(404, "this job has no segmentation")
+    plane = masks.frames.get((ref.sop_instance_uid, ref.frame + 1))
+    if plane is None:
+        plane = masks.frames.get((ref.sop_instance_uid, None))
+    png = render_mask_png(plane, (masks.rows, masks.columns), max(masks.segment_labels, default=1))
+    return Response(png, media_type="image/png", headers=PNG_HEADERS)
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, reason: str) -> None:
+    if job.review_state not in (ReviewState.PENDING.value, ReviewState.NOT_REQUIRED.value):
+        raise HTTPException(409, f"this result was already {job.review_state}")
+    if job.state != "succeeded":
+        raise HTTPException(409, f"the job is {job.state}; only finished results can be reviewed")
+    before = job.review_state
+    job.review_state = decision.value
+    console.add_review(session, job, user.user_id, decision.value, reason)
+    audit.record(session, f"review.{decision.value}", entity_type="job", entity_id=job.id,
+                 actor=user.username, from_state=before, to_state=decision.value, detail=reason)
+
+
+@router.post("/review/{job_id}/approve")
+def approve(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+    job = _job_or_404(session, job_id)
+    _decide(session, job, user, ReviewState.APPROVED, "")
+    try:
+        released = release_held(session, job, user.username)
+    except Unavailable as exc:
+        raise HTTPException(503, "Dispatch is not available on this node; nothing was approved.") from exc
+    flash(request, f"Approved; {released} held delivery(ies) released.")
+    return redirect(f"/review/{job_id}")
+
+
+@router.post("/review/{job_id}/reject")
+def reject(request: Request, session: SessionDep, user: Reviewer, job_id: int,
+           reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    if not reason.strip():
+        raise HTTPException(400, "A rejection needs a reason.")
+    job = _job_or_404(session, job_id)
+    _decide(session, job, user, ReviewState.REJECTED, reason.strip())
+    try:
+        cancelled = cancel_held(session, job, user.username, reason.strip())
+    except Unavailable as exc:
+        raise HTTPException(503, "Dispatch is not available on this node; nothing was rejected.") from exc
+    flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
+    return redirect(f"/review/{job_id}")
+
+
+@router.post("/review/{job_id}/comment")
+def comment(request: Request, session: SessionDep, user: Reviewer, job_id: int,
+            text: Annotated[str, Form(min_length=1, max_length=4000)]) -> Response:
+    job = _job_or_404(session, job_id)
+    console.add_review(session, job, user.user_id, "comment", text.strip())
+    audit.record(session, "review.comment", entity_type="job", entity_id=job.id,
+                 actor=user.username, detail=text.strip())
+    flash(request, "Comment saved.")
+    return redirect(f"/review/{job_id}")
+
+
+@router.post("/jobs/{job_id}/rerun")
+def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+    job = _job_or_404(session, job_id)
+    try:
+        queued = requeue_job(session, job.id, user.username)
+    except Unavailable as exc:
+        raise HTTPException(503, "Re-running is not available on this node yet.") from exc
+    if not queued:
+        raise HTTPException(409, f"the job is {job.state}; only a finished job can be re-run")
+    flash(request, "The job was queued again.")
+    return redirect(f"/studies/{job.study.study_instance_uid}")
+
+
+@router.post("/deliveries/{delivery_id}/resend")
+def resend_delivery(request: Request, session: SessionDep, user: Reviewer,
+                    delivery_id: int) -> Response:
+    delivery = console.get_delivery(session, delivery_id)
+    if delivery is None:
+        raise HTTPException(404, f"No delivery {delivery_id}")
+    study_uid = delivery.artifact.job.study.study_instance_uid
+    try:
+        resend(session, delivery_id, user.username)
+    except Unavailable as exc:
+        raise HTTPException(503, "Resending is not available on this node yet.") from exc
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    flash(request, f"Delivery {delivery_id} is due again.")
+    return redirect(f"/studies/{study_uid}")
