@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # APScheduler logs every run of every periodic job at INFO: noise that hides the node's own log.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return int(resolve(_command_key(args))(settings, args) or 0)
 
 

@@ -128,10 +128,11 @@ def build_scheduler(
         lambda: retention(settings, db, clock()),
         "interval", seconds=settings.retention.interval_s, id="retention", **common,
     )
-    if any(src.poll for src in settings.orthanc_sources):
+    if settings.orthanc_sources:
+        # Registered for every source, polled or not: hook-announced pulls that failed wait here.
         from node.ingest.orthanc_source import poll_changes
 
-        interval = min(src.poll_interval_s for src in settings.orthanc_sources if src.poll)
+        interval = min(src.poll_interval_s for src in settings.orthanc_sources)
         scheduler.add_job(
             lambda: poll_changes(settings, db), "interval", seconds=interval,
             id="orthanc_poll", **common,

@@ -134,12 +134,28 @@ def pipeline_classes(cfg: Any, cards: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def result_export(name: str, result_dir: Path) -> Any:
-    """``findings_csv``/``masks_zip``/``pdfs_zip``/``result_json`` from node.results.exports."""
-    return _function("node.results.exports", name)(result_dir)
+    """``findings_csv``/``masks_zip``/``pdfs_zip``/``result_json`` of the result kept in
+    ``result_dir`` (the worker's ``result.json`` + arrays, and the DICOM files beside them)."""
+    from node.results import exports
+
+    if name == "pdfs_zip":
+        pdfs = sorted(result_dir.glob("pdf*.dcm"))
+        if not pdfs:
+            raise FileNotFoundError(result_dir / "pdf.dcm")
+        return exports.pdfs_zip(pdfs)
+    result = load_result(result_dir)
+    if name == "masks_zip":
+        seg = result_dir / "seg.dcm"
+        return exports.masks_zip(result, seg if seg.is_file() else None)
+    if name in ("findings_csv", "result_json"):
+        return getattr(exports, name)(result)
+    raise KeyError(name)
 
 
 def load_result(result_dir: Path) -> Any:
-    return _function("node.results.exports", "load_result")(result_dir)
+    from node.results.store import load_result as load
+
+    return load(result_dir)
 
 
 def import_paths(db: Any, settings: Settings, paths: list[Path]) -> Any:

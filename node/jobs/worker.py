@@ -15,6 +15,8 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import replace
+from datetime import UTC
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,11 +82,11 @@ def _default_producer() -> Producer:
     return produce_results  # type: ignore[return-value]
 
 
-def _default_delivery_planner() -> DeliveryPlanner:
+def _default_delivery_planner(settings: Settings) -> DeliveryPlanner:
     from node.dispatch.planning import plan_deliveries
 
     def plan(session: Session, job: Job, destinations: Sequence[str], held: bool) -> Any:
-        return plan_deliveries(session, job, destinations, held=held)
+        return plan_deliveries(session, job, destinations, held=held, settings=settings)
 
     return plan
 
@@ -202,6 +204,7 @@ class Worker:
     ) -> tuple[list[Any], PipelineResult]:
         with self.db.read() as session:
             study_input = build_study_input(session, self.settings, claimed.study_uid)
+            job_created = session.get(Job, claimed.job_id).created_at  # type: ignore[union-attr]
             instances = {
                 inst.sop_instance_uid: self.settings.data_dir / inst.path
                 for insts in studies.series_instances(session, claimed.study_uid).values()
@@ -212,7 +215,9 @@ class Worker:
         )
         pipeline = self.pipelines.get(claimed.pipeline_name)
         t0 = time.perf_counter()
-        result = pipeline.run(study_input)
+        # The job's creation time, not "now": a retry rebuilds byte-identical objects.
+        created = job_created if job_created.tzinfo else job_created.replace(tzinfo=UTC)
+        result = replace(pipeline.run(study_input), created_at=created.isoformat())
         lines.append(f"pipeline {pipeline.name} v{pipeline.version}: {time.perf_counter() - t0:.2f} s")
         for run in result.model_runs:
             lines.append(
@@ -242,10 +247,8 @@ class Worker:
 
     @staticmethod
     def _save_result(result: PipelineResult, out_dir: Path) -> None:
-        try:
-            from node.results.exports import save_result
-        except ImportError:
-            return
+        from node.results.store import save_result
+
         save_result(result, out_dir)
 
     @staticmethod
@@ -282,7 +285,7 @@ class Worker:
                     existing.path, existing.size_bytes = rel, obj.size_bytes
             session.flush()
             session.refresh(job, attribute_names=["artifacts"])
-            planner = self._planner or _default_delivery_planner()
+            planner = self._planner or _default_delivery_planner(self.settings)
             planner(session, job, claimed.destinations, claimed.review_required)
             queue.mark_succeeded(
                 session, job, self.worker_id, utcnow(), result.summary(), job_log

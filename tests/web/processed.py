@@ -2,14 +2,13 @@
 
 Until the full receive → pipeline → results chain is wired end to end, this builds what that chain
 leaves behind: Study/Series/Instance rows over copies of the shared sample files, a succeeded job
-awaiting review, a highdicom SEG of a lesion on a few slices, a ``result.json`` in the results
-folder and one HELD delivery per artifact to a folder destination.
+awaiting review, a highdicom SEG of a lesion on a few slices, the worker's saved ``PipelineResult`` in the
+results folder and one HELD delivery per artifact to a folder destination.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,20 @@ from highdicom.sr.coding import CodedConcept
 from node.config import Settings
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Instance, Job, Series, Study
+from node.domain import CodedConcept as Code
+from node.domain import Severity
+from node.results.store import save_result
+from pipelines.result import (
+    ClassificationOutput,
+    DetectionBox,
+    Finding,
+    LabelSpec,
+    Measurements,
+    ModelRun,
+    PipelineResult,
+    SegmentationOutput,
+    SourceFrame,
+)
 from tests.conftest import SHARED_DATA
 
 MR_SERIES = SHARED_DATA / "mr-series-ge-adc"
@@ -82,30 +95,34 @@ def _write_seg(datasets: list[pydicom.Dataset], path: Path) -> hd.seg.Segmentati
     return seg
 
 
-def _result_json(study_uid: str, series_uid: str, datasets: list[pydicom.Dataset]) -> dict:
-    frames = [
-        {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-         "series_instance_uid": series_uid, "frame_number": None}
+def _pipeline_result(datasets: list[pydicom.Dataset], mask: np.ndarray) -> PipelineResult:
+    """What the worker would have saved for this study: one lesion, a classification, a box."""
+    frames = tuple(
+        SourceFrame(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
         for ds in datasets
-    ]
-    label = {"value": 1, "name": "lesion", "color_rgb": [255, 0, 0],
-             "category": {"value": "49755003", "scheme_designator": "SCT", "meaning": "x"},
-             "type": {"value": "52988006", "scheme_designator": "SCT", "meaning": "Lesion"}}
-    return {
-        "pipeline_name": "demo-mr", "pipeline_version": "1.0", "study_instance_uid": study_uid,
-        "series_instance_uid": series_uid, "modality": "MR", "source_frames": frames,
-        "model_runs": [{"task": "segmentation", "model_name": "demo-seg", "model_version": "1.0",
-                        "weight": 1.0, "device_used": "cpu", "fallback_warning": None}],
-        "classification": {"classes": ["normal", "lesion"], "probabilities": [0.13, 0.87],
-                           "threshold": 0.5, "positive_class": "lesion", "decision": "lesion",
-                           "top_class": "lesion", "confidence": 0.87},
-        "detections": [{"frame_index": 9, "x0": 120.0, "y0": 100.0, "x1": 160.0, "y1": 135.0,
-                        "label": label, "score": 0.81}],
-        "findings": [{"tracking_id": "lesion-1", "label": label, "severity": "Moderate",
-                      "measurements": {"area_mm2": 812.5, "volume_mm3": 4100.0,
-                                       "mean_intensity": 950.0, "intensity_unit": "[arb'U]"}}],
-        "warnings": [], "processing_seconds": 1.25, "review_required": True,
-    }
+    )
+    label = LabelSpec(1, "lesion", Code("49755003", "SCT", "Morphologically Altered Structure"),
+                      Code("52988006", "SCT", "Lesion"))
+    box = DetectionBox(9, 120.0, 100.0, 160.0, 135.0, label, 0.81)
+    lesion_frames = tuple(int(i) for i in np.flatnonzero(mask.any(axis=(1, 2))))
+    measurements = Measurements(812.5, 1.2, 4100.0, 950.0, 1400.0, "[arb'U]", 0.83,
+                                int(mask.sum()), (8, 90, 120, 11, 140, 170))
+    finding = Finding("lesion-1", "2.25.4242", label, measurements, Severity.MODERATE, 1,
+                      lesion_frames, box)
+    first = datasets[0]
+    return PipelineResult(
+        pipeline_name="demo-mr", pipeline_version="1.0",
+        study_instance_uid=str(first.StudyInstanceUID), series_instance_uid=str(first.SeriesInstanceUID),
+        modality="MR", source_frames=frames,
+        pixel_spacing_mm=tuple(float(v) for v in first.PixelSpacing),  # type: ignore[arg-type]
+        slice_thickness_mm=float(first.get("SliceThickness", 1.0) or 1.0),
+        model_runs=(ModelRun("segmentation", "demo-seg", "1.0", "monai", 1.0, "cpu", "cpu",
+                             "ab" * 32, "2.25.1111", 1.1),),
+        segmentation=SegmentationOutput((label,), mask.astype(np.uint8)),
+        classification=ClassificationOutput(("normal", "lesion"), (0.13, 0.87), 0.5, "lesion"),
+        detections=(box,), findings=(finding,), processing_seconds=1.25, review_required=True,
+        created_at="2026-01-01T00:00:00+00:00",
+    )
 
 
 def build_processed_study(settings: Settings, db: Database, destination: str = "archive") -> ProcessedStudy:
@@ -119,7 +136,7 @@ def build_processed_study(settings: Settings, db: Database, destination: str = "
     results = settings.results_dir / study_uid / "demo-mr" / "v1"
     seg_path = results / "seg.dcm"
     seg = _write_seg(datasets, seg_path)
-    (results / "result.json").write_text(json.dumps(_result_json(study_uid, series_uid, datasets)))
+    save_result(_pipeline_result(datasets, _lesion_mask(datasets)), results)
     with db.write() as session:
         study = Study(
             study_instance_uid=study_uid, patient_id=str(first.get("PatientID", "")),
