@@ -114,12 +114,7 @@ class Node:
 
 
 def _wait_for_signal(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    _remember_signals(stop)
     while not stop.wait(0.5):
         pass
 
@@ -132,6 +127,19 @@ def _run_stages(settings: Settings, stages: tuple[str, ...], worker_id: str | No
     finally:
         node.stop()
     return 0
+
+
+def _remember_signals(stop: threading.Event) -> None:
+    """Handlers that only set ``stop``. Uvicorn captures SIGTERM/SIGINT while it serves and
+    re-raises them on exit; with the default handler still installed that re-raise would kill
+    the process before the other stages are stopped cleanly."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def _serve_web(settings: Settings, db: Database) -> None:
@@ -149,6 +157,7 @@ def _serve_web(settings: Settings, db: Database) -> None:
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Every stage in one process: what ``make run`` starts."""
     node = Node(settings, ALL_STAGES)
+    _remember_signals(node.stop_event)
     node.start()
     log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
     try:
@@ -175,6 +184,7 @@ def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_web(settings: Settings, args: argparse.Namespace) -> int:
+    _remember_signals(threading.Event())
     _serve_web(settings, open_database(settings))
     return 0
 
