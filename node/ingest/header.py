@@ -34,6 +34,10 @@ ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 MAX_NESTING = 32
+# Transfer syntaxes whose data set is deflated (PS3.5 A.5; the JPIP variants A.7/A.9 likewise).
+DEFLATED_SYNTAXES = frozenset(
+    {str(DeflatedExplicitVRLittleEndian), "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
+)
 IMPLEMENTATION_VERSION_NAME = "PACSNODE_01"
 IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID + ".4242"
 
@@ -307,7 +311,7 @@ def parse_instance(raw: bytes | memoryview, transfer_syntax_uid: str | None = No
         else:
             transfer_syntax, offset, has_meta = transfer_syntax_uid, 0, False
         body: memoryview = buf[offset:]
-        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        if transfer_syntax in DEFLATED_SYNTAXES:
             body = memoryview(_inflate(body))
         implicit = transfer_syntax == ImplicitVRLittleEndian
         little = transfer_syntax != ExplicitVRBigEndian

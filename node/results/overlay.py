@@ -118,6 +118,8 @@ def build_overlay(
         referring_physician_name=first.get("ReferringPhysicianName", ""),
         pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
     )
+    if "SpecificCharacterSet" in first:  # names keep the source's encoding (SCImage drops it)
+        overlay.SpecificCharacterSet = first.SpecificCharacterSet
     overlay.BurnedInAnnotation = "YES"
     overlay.Laterality = first.get("Laterality", "")  # General Series type 2C
     overlay.Modality = "OT"

@@ -119,3 +119,14 @@ def test_short_native_pixel_data_is_refused() -> None:
     ds.save_as(out)
     with pytest.raises(HeaderError, match="pixel data has 100 bytes, the image needs 512"):
         parse_instance(out.getvalue())
+
+
+@pytest.mark.parametrize("jpip_deflate", ["1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"])
+def test_jpip_deflate_data_set_is_inflated(jpip_deflate: str) -> None:
+    import zlib
+
+    explicit = dataset_part(make_instance(patient_name="Jpip^Deflate"))  # explicit VR little endian
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    raw = deflater.compress(explicit) + deflater.flush()
+    parsed = parse_instance(raw, jpip_deflate).header
+    assert parsed.patient_name == "Jpip^Deflate" and parsed.sop_instance_uid

@@ -114,3 +114,14 @@ def test_quirky_headers_are_cleaned_in_outputs(tmp_path: Path) -> None:
         assert str(ds.PatientName) == "DOE^JANE"
         assert ds.PatientSex == "O"
         assert "AccessionNumber" in ds and "StudyID" in ds
+
+
+def test_non_ascii_names_survive_in_every_object(tmp_path: Path) -> None:
+    sources = synthetic_ct_series()
+    for ds in sources:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "Müller^Jörg"
+    for obj in _produce(sources, tmp_path):
+        ds = pydicom.dcmread(obj.path)
+        assert ds.SpecificCharacterSet == "ISO_IR 192", obj.kind
+        assert str(ds.PatientName) == "Müller^Jörg", obj.kind
