@@ -21,6 +21,7 @@ from pynetdicom import _config
 from sqlalchemy import func, select
 
 from node.db.engine import Database
+from node.jobs.planning import JobPlanner
 from node.db.orm import Instance, Study
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.node.ingest.helpers import acknowledged_problems, run_dcmtk, write_instances
@@ -99,5 +100,35 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, monkeypatch: pyte
             assert sorted(counts) == [COUNT // STUDIES] * STUDIES
     finally:
         db.dispose()
+    _each_study_gets_exactly_one_job(data_dir)
     leftovers = [p for p in (data_dir / "spool").rglob("*.part")]
     print(f"acknowledged before kill: {killed_at}; temp files left by the kill: {len(leftovers)}")
+
+
+def _each_study_gets_exactly_one_job(data_dir: Path) -> None:
+    """The jobs half: the studies the killed receiver left complete into one job per pipeline,
+    and a second sweep (a restarted scheduler) plans nothing twice."""
+    from datetime import timedelta
+
+    from node.config import load_settings
+    from node.db.orm import Job, utcnow
+    from node.runtime import pipeline_definitions
+    from node.scheduler import completion_sweep
+
+    routed = [{"name": "all-ct", "when": {"modality": ["CT"]}, "pipelines": ["demo-3d"],
+               "destinations": []}]  # fmt: skip
+    settings = load_settings(None, environment="test", data_dir=data_dir, min_free_disk_mb=0,
+                             routing=routed)  # fmt: skip
+    db = Database(settings.effective_database_url)
+    try:
+        planner = JobPlanner(settings, pipeline_definitions(settings))
+        later = utcnow() + timedelta(seconds=settings.completion.quiet_period_s + 1)
+        assert len(completion_sweep(settings, db, planner, later)) == STUDIES
+        assert completion_sweep(settings, db, planner, later + timedelta(seconds=5)) == []
+        with db.read() as session:
+            per_study = session.execute(
+                select(Job.study_pk, func.count()).group_by(Job.study_pk)
+            ).all()
+        assert len(per_study) == STUDIES and all(n == 1 for _, n in per_study), per_study
+    finally:
+        db.dispose()
