@@ -68,6 +68,7 @@ class Node:
                 from node.ingest.scp import start_receiver
 
                 self._receiver = start_receiver(s, self.db)
+                self._spawn("allowlist", self._follow_allowlist)
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
         if "scheduler" in self.stages:
             from node.scheduler import build_scheduler
@@ -85,6 +86,17 @@ class Node:
 
             dispatcher = Dispatcher(s, self.db)
             self._spawn("dispatcher", dispatcher.run)
+
+    def _follow_allowlist(self, stop: threading.Event) -> None:
+        """Apply the AE allowlist an admin edits in the console to new associations."""
+        from node.overrides import REFRESH_S, settings_refresher
+
+        current = settings_refresher(self.settings, self.db)
+        while not stop.wait(REFRESH_S):
+            try:
+                self._receiver.server.allowed_callers = list(current.get().allowed_callers)
+            except Exception:  # noqa: BLE001 - keep the listener on its last allowlist
+                log.warning("could not refresh the AE allowlist", exc_info=True)
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)

@@ -113,11 +113,18 @@ def build_scheduler(
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> BackgroundScheduler:
-    planner = JobPlanner(settings, pipelines)
+    from node.overrides import effective_pipeline_configs, settings_refresher
+
+    current_settings = settings_refresher(settings, db)
+
+    def current_planner() -> JobPlanner:
+        """Routing sees the console's edits: disabled pipelines and destinations are skipped."""
+        return JobPlanner(current_settings.get(), effective_pipeline_configs(pipelines, db))
+
     scheduler = BackgroundScheduler(timezone="UTC")
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
     scheduler.add_job(
-        lambda: completion_sweep(settings, db, planner, clock()),
+        lambda: completion_sweep(settings, db, current_planner(), clock()),
         "interval", seconds=settings.completion.sweep_interval_s, id="completion_sweep", **common,
     )
     scheduler.add_job(

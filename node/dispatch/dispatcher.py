@@ -60,13 +60,21 @@ class Dispatcher:
     """Sends planned deliveries; several dispatchers (processes or threads) may share one database."""
 
     def __init__(self, settings: Settings, db: Database, worker_id: str | None = None) -> None:
-        self.settings = settings
+        from node.overrides import settings_refresher
+
+        self._settings = settings_refresher(settings, db)
         self.db = db
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:dispatch"
         self.rng = random.Random()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._wake = threading.Event()
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration with the console's destination switches applied (re-read every
+        few seconds, so disabling a destination in the console stops sends to it)."""
+        return self._settings.get()  # type: ignore[no-any-return]
 
     # -- entry points -------------------------------------------------------------------------
     def run_once(self, now: datetime | None = None) -> int:

@@ -149,6 +149,7 @@ class Worker:
         self._producer = producer
         self._planner = delivery_planner
         self.current_job: int | None = None
+        self._applied_overrides: dict[str, dict[str, Any]] = {}
 
     # -- loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -213,6 +214,7 @@ class Worker:
         lines.append(
             f"input: {len(study_input.series)} series, {sum(len(s.files) for s in study_input.series)} files"
         )
+        self._apply_console_overrides(claimed.pipeline_name)
         pipeline = self.pipelines.get(claimed.pipeline_name)
         t0 = time.perf_counter()
         # The job's creation time, not "now": a retry rebuilds byte-identical objects.
@@ -244,6 +246,20 @@ class Worker:
             f" in {time.perf_counter() - t0:.2f} s"
         )
         return produced, result
+
+    def _apply_console_overrides(self, name: str) -> None:
+        """Devices, weights and thresholds an admin set in the console, applied before the run
+        (the registry rebuilds the pipeline only when its effective config changed)."""
+        apply = getattr(self.pipelines, "apply_overrides", None)
+        if apply is None:
+            return
+        from node.overrides import pipeline_overrides
+
+        wanted = pipeline_overrides(self.db).get(name, {})
+        if wanted != self._applied_overrides.get(name, {}):
+            apply(name, wanted)
+            self._applied_overrides[name] = wanted
+            log.info("pipeline %s: console overrides applied: %s", name, wanted or "none")
 
     @staticmethod
     def _save_result(result: PipelineResult, out_dir: Path) -> None:

@@ -13,6 +13,8 @@ not are kept (with no frames), so the SEG still lists everything the model looke
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -115,7 +117,7 @@ def build_segmentation(
         for number, label in enumerate(labels, start=1)
     ]
     dataset = hd.seg.Segmentation(
-        source_images=list(sources),
+        source_images=_without_projection_spacing(sources),
         pixel_array=_pixel_array(seg, labels, seg_type),
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
@@ -136,6 +138,22 @@ def build_segmentation(
         dataset.PatientOrientation = sources[0].get("PatientOrientation", "")
     numbers = {label.value: number for number, label in enumerate(labels, start=1)}
     return BuiltSegmentation(dataset=dataset, segment_numbers=numbers)
+
+
+def _without_projection_spacing(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Sources for highdicom, without PixelSpacing where there is no frame of reference.
+
+    A projection radiograph (CR/DX/MG) has no patient coordinate system; given its PixelSpacing,
+    highdicom writes a Pixel Measures item without SliceThickness, which its own ``segread`` (and
+    so our validation gate) then refuses. Real CRs usually carry only ImagerPixelSpacing and get no
+    Pixel Measures at all; we make the same SEG for those that also carry PixelSpacing."""
+    out: list[Dataset] = []
+    for source in sources:
+        if "FrameOfReferenceUID" not in source and "PixelSpacing" in source:
+            source = copy.deepcopy(source)
+            del source.PixelSpacing
+        out.append(source)
+    return out
 
 
 def seg_frame_for(

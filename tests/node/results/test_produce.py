@@ -125,3 +125,18 @@ def test_non_ascii_names_survive_in_every_object(tmp_path: Path) -> None:
         ds = pydicom.dcmread(obj.path)
         assert ds.SpecificCharacterSet == "ISO_IR 192", obj.kind
         assert str(ds.PatientName) == "Müller^Jörg", obj.kind
+
+
+def test_radiograph_with_pixel_spacing_and_no_frame_of_reference(tmp_path: Path) -> None:
+    """A DX/CR that carries PixelSpacing (as the demo phantoms and some modalities write it)
+    still gets a SEG that reads back (highdicom's segread needs SliceThickness otherwise)."""
+    from models.training.dicom_export import write_series
+    from models.training.phantoms import make_2d_phantom
+
+    files = write_series(make_2d_phantom(np.random.default_rng(7), lesion_count=2), tmp_path / "cr",
+                         modality="CR")  # fmt: skip
+    sources = [pydicom.dcmread(f) for f in files]
+    assert "PixelSpacing" in sources[0] and "FrameOfReferenceUID" not in sources[0]
+    produced = _produce(sources, tmp_path)
+    assert [p.kind for p in produced][0] == ArtifactKind.SEG
+    assert hd.seg.segread(produced[0].path).number_of_segments >= 1

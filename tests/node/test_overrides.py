@@ -1,0 +1,71 @@
+"""Console edits reach the running stages: pipelines, destinations and the AE allowlist."""
+
+from __future__ import annotations
+
+from node.config import Settings, load_settings
+from node.db.engine import Database
+from node.db.repositories import console
+from node.dispatch.dispatcher import Dispatcher
+from node.jobs.worker import Worker
+from node.overrides import PIPELINE_OVERRIDE_PREFIX, Refreshing, effective_pipeline_configs
+from node.runtime import pipeline_definitions
+from pipelines.registry import PipelineRegistry
+
+
+def _store(db: Database, key: str, value: dict) -> None:
+    with db.write() as session:
+        console.set_override(session, key, value, "admin")
+
+
+def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
+    settings: Settings, db: Database
+) -> None:
+    base = pipeline_definitions(settings)
+    _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-3d", {"enabled": False})
+    _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", {"tasks.classification.threshold": 0.7})
+    _store(db, PIPELINE_OVERRIDE_PREFIX + "gone", {"enabled": False})  # unknown pipeline: ignored
+    configs = effective_pipeline_configs(base, db)
+    assert configs["demo-3d"].enabled is False and base["demo-3d"].enabled is True
+    assert configs["demo-2d"].tasks.classification.threshold == 0.7
+    _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", {"tasks.classification.no_such_key": 1})
+    assert effective_pipeline_configs(base, db)["demo-2d"] == base["demo-2d"]  # stale: logged, skipped
+
+
+def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
+    settings: Settings, db: Database
+) -> None:
+    registry = PipelineRegistry(settings)
+    worker = Worker(settings, db, registry)
+    edit = {"tasks": {"segmentation": {"members": {"demo-seg-unet": {"device": "cpu", "weight": 0.9}}}}}
+    _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", edit)
+    worker._apply_console_overrides("demo-2d")
+    members = {m.model: m for m in registry.configs()["demo-2d"].tasks.segmentation.members}
+    assert members["demo-seg-unet"].device == "cpu" and members["demo-seg-unet"].weight == 0.9
+    with db.write() as session:  # the admin resets the pipeline: the YAML definition is back
+        console.delete_override(session, PIPELINE_OVERRIDE_PREFIX + "demo-2d")
+    worker._apply_console_overrides("demo-2d")
+    members = {m.model: m for m in registry.configs()["demo-2d"].tasks.segmentation.members}
+    assert members["demo-seg-unet"].device == "auto"
+
+
+def test_dispatcher_sees_a_destination_disabled_in_the_console(tmp_path, db: Database) -> None:
+    settings = load_settings(None, environment="test", data_dir=tmp_path, destinations=[
+        {"name": "archive", "kind": "folder", "path": str(tmp_path / "out")}])  # fmt: skip
+    dispatcher = Dispatcher(settings, db)
+    assert dispatcher.settings.destinations[0].enabled
+    _store(db, console.DESTINATION_OVERRIDE_PREFIX + "archive", {"enabled": False})
+    dispatcher._settings._at = -float("inf")  # skip the refresh interval instead of sleeping
+    assert not dispatcher.settings.destinations[0].enabled
+
+
+def test_refreshing_keeps_the_last_good_value_when_the_database_fails() -> None:
+    calls = iter([1, RuntimeError("database down")])
+
+    def compute() -> int:
+        value = next(calls)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    current = Refreshing(compute, interval_s=0)
+    assert current.get() == 1 and current.get() == 1
