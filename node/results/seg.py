@@ -127,7 +127,7 @@ def build_segmentation(
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.pipeline_name[:64],
-        software_versions=software_versions(result),
+        software_versions=list(software_versions(result)),  # a tuple makes pydicom warn
         device_serial_number=result.pipeline_version[:64] or "unknown",
         omit_empty_frames=options.omit_empty_frames,
         content_label="AI_SEGMENTATION",
@@ -156,15 +156,36 @@ def _without_projection_spacing(sources: Sequence[Dataset]) -> list[Dataset]:
     return out
 
 
+def frame_group_item(dataset: Dataset, frame_item: Dataset, keyword: str) -> Dataset | None:
+    """A functional group macro of one SEG frame: from its per-frame item, else from the shared
+    groups (highdicom moves a macro there when every frame has the same value, e.g. a single
+    segment)."""
+    if keyword in frame_item:
+        return frame_item[keyword].value[0]  # type: ignore[no-any-return]
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared and keyword in shared[0]:
+        return shared[0][keyword].value[0]  # type: ignore[no-any-return]
+    return None
+
+
+def segment_number_of(dataset: Dataset, frame_item: Dataset) -> int:
+    item = frame_group_item(dataset, frame_item, "SegmentIdentificationSequence")
+    if item is None:
+        raise ValueError("SEG frame without a Segment Identification Sequence")
+    return int(item.ReferencedSegmentNumber)
+
+
 def seg_frame_for(
     dataset: Dataset, segment_number: int, source_sop_uid: str, source_frame: int | None = None
 ) -> int | None:
     """The 1-based SEG frame holding ``segment_number`` for one source image (frame), if any."""
     for index, item in enumerate(dataset.PerFrameFunctionalGroupsSequence, start=1):
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        if number != segment_number:
+        if segment_number_of(dataset, item) != segment_number:
             continue
-        for derivation in item.get("DerivationImageSequence", []):
+        derivations = item.get("DerivationImageSequence") or [
+            d for d in [frame_group_item(dataset, item, "DerivationImageSequence")] if d is not None
+        ]
+        for derivation in derivations:
             for ref in derivation.get("SourceImageSequence", []):
                 if ref.ReferencedSOPInstanceUID != source_sop_uid:
                     continue

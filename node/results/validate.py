@@ -15,6 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.domain import ArtifactKind
+from node.results.seg import frame_group_item, segment_number_of
 from pipelines.result import PipelineResult
 
 REQUIRED_COMMON = (
@@ -99,9 +100,12 @@ def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult)
     if pixels.ndim == 2:
         pixels = pixels[None]
     for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+        if segment_number_of(seg, item) != number:
             continue
-        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        derivation = frame_group_item(seg, item, "DerivationImageSequence")
+        if derivation is None:
+            raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} has no derivation")
+        ref = derivation.SourceImageSequence[0]
         frame_number = ref.get("ReferencedFrameNumber")
         key = (ref.ReferencedSOPInstanceUID, int(frame_number) if frame_number else None)
         if key not in index:

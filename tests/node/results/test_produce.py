@@ -140,3 +140,16 @@ def test_radiograph_with_pixel_spacing_and_no_frame_of_reference(tmp_path: Path)
     produced = _produce(sources, tmp_path)
     assert [p.kind for p in produced][0] == ArtifactKind.SEG
     assert hd.seg.segread(produced[0].path).number_of_segments >= 1
+
+
+def test_single_segment_seg_builds_validates_and_is_cited(tmp_path: Path) -> None:
+    """One label: highdicom puts Segment Identification in the shared functional groups."""
+    from node.results.seg import seg_frame_for
+
+    sources = synthetic_ct_series()
+    result = make_result(sources, two_labels=False)
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    seg = pydicom.dcmread(produced[0].path)
+    assert produced[0].kind == ArtifactKind.SEG and len(seg.SegmentSequence) == 1
+    lesion_frame = result.findings[0].frame_indices[0]
+    assert seg_frame_for(seg, 1, result.source_frames[lesion_frame].sop_instance_uid) is not None
