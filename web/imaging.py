@@ -16,6 +16,8 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from node.results.seg import frame_group_item
+
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -109,9 +111,10 @@ def read_seg_masks(path: Path) -> SegMasks:
 
 def _group_item(ds: pydicom.Dataset, group: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
     """A functional group macro from the per-frame item, else from the shared groups."""
-    if keyword in group:
-        return group[keyword].value[0]
-    return ds.SharedFunctionalGroupsSequence[0][keyword].value[0]
+    item = frame_group_item(ds, group, keyword)
+    if item is None:
+        raise KeyError(keyword)
+    return item
 
 
 def _label_maps(ds: pydicom.Dataset, pixels: np.ndarray) -> SegMasks:

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 
 from node.config import ConfigError, DestinationSettings, Settings
 from node.db.orm import Job
-
 from node.overrides import PIPELINE_OVERRIDE_PREFIX
 
 log = logging.getLogger("pacsnode.web.integrations")

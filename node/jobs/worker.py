@@ -15,9 +15,9 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC
-from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 

@@ -14,7 +14,6 @@ not are kept (with no frames), so the SEG still lists everything the model looke
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 
