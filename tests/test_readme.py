@@ -12,6 +12,7 @@ import contextlib
 import enum
 import io
 import json
+import os
 import re
 import shlex
 import types
@@ -20,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from node.__main__ import build_parser
-from node.config import PROJECT_ROOT, Settings
+from node.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 
 README = PROJECT_ROOT / "README.md"
 SHELL_LANGS = {"sh", "bash", "console", "shell"}
@@ -202,6 +204,32 @@ def test_configuration_table_env_vars_and_defaults_match() -> None:
         if not _same_default(doc_default, default):
             wrong.append(f"{key}: default is {default!r}, README says {doc_default!r}")
     assert not wrong, "README settings table is wrong:\n" + "\n".join(wrong)
+
+
+def settings_examples(text: str) -> list[str]:
+    """YAML blocks whose top-level keys are all settings (not model cards or pipelines)."""
+    examples = []
+    for lang, body in code_blocks(text):
+        if lang not in ("yaml", "yml"):
+            continue
+        data = yaml.safe_load(body)
+        if isinstance(data, dict) and data and set(data) <= set(Settings.model_fields):
+            examples.append(body)
+    return examples
+
+
+def test_settings_examples_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("PACSNODE_")]:
+        monkeypatch.delenv(name)
+    examples = settings_examples(readme_text())
+    assert examples, "README has no settings YAML example"
+    for index, body in enumerate(examples):
+        path = tmp_path / f"example{index}.yaml"
+        path.write_text(body, encoding="utf-8")
+        try:
+            load_settings(path)
+        except ConfigError as exc:
+            pytest.fail(f"README settings example {index + 1} is invalid: {exc}\n{body}")
 
 
 def test_expected_settings_cover_nested_sections() -> None:
