@@ -80,7 +80,9 @@ def picture_to_secondary_capture(
         if image.width * image.height > MAX_PICTURE_PIXELS:
             raise UploadError(f"image {number}: {image.width}x{image.height} is too large")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ImportError) as exc:
+        # ImportError: ultralytics patches Image.open process-wide to import an optional HEIF
+        # plugin on unidentified images; an undecodable upload is still the user's error
         raise UploadError(f"image {number}: cannot be decoded ({exc})") from exc
     grey = image.mode in ("L", "I;16", "I", "1", "LA")
     pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)

@@ -30,6 +30,8 @@ def prepare_offline() -> Path:
     """Configure the environment (idempotent); return the ultralytics config directory."""
     global _prepared
     os.environ["YOLO_OFFLINE"] = "1"
+    # ultralytics otherwise pip-installs packages at run time (e.g. pi-heif from its Image.open patch)
+    os.environ["YOLO_AUTOINSTALL"] = "false"
     config_dir = Path(
         os.environ.setdefault(
             "YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / f"pacsnode-ultralytics-{os.getuid()}")

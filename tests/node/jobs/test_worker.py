@@ -120,9 +120,10 @@ def test_success_records_artifacts_deliveries_and_summary(
         job = s.scalar(select(Job))
         assert job is not None and job.state == "succeeded", job.error
         assert job.summary["finding_count"] == 0 and "attempt 1" in job.log
+        job_id = job.id
         art = s.scalar(select(Artifact))
         assert art is not None and art.kind == "sr" and art.path.startswith("results/1.5/demo-3d/v1/")
-    assert planned == [(job.id, ["sr"], False)]
+    assert planned == [(job_id, ["sr"], False)]
 
 
 def test_retryable_failure_requeues_and_keeps_the_traceback(
