@@ -23,7 +23,23 @@ POSTGRES_URL = os.environ.get(
     "PACSNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """../shared/data beside the checkout; PACSNODE_SHARED_DATA or /work/shared/data for clones
+    made elsewhere (e.g. a fresh clone under /tmp)."""
+    candidates = [
+        os.environ.get("PACSNODE_SHARED_DATA", ""),
+        str(PROJECT_ROOT.parent / "shared" / "data"),
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return PROJECT_ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 
 
 def free_port() -> int:

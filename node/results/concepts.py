@@ -26,6 +26,8 @@ PROBABILITY = codes.DCM.Probability
 SEVERITY = codes.SCT.Severity
 FINDING = codes.DCM.Finding
 CAD_SUMMARY = codes.DCM.CADProcessingAndFindingsSummary
+# TID 1500 row 12 (document-level qualitative evaluations); not in pydicom's code dictionary
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
 CIRCULARITY = hd.sr.CodedConcept("circularity", PRIVATE_SCHEME, "Circularity")

@@ -21,6 +21,13 @@ class FramePlane:
     column_direction: np.ndarray  # (3,) direction of increasing row index
     row_spacing: float  # mm between rows
     column_spacing: float  # mm between columns
+    thickness: float = 1.0  # mm along the normal (SliceThickness; 1 mm when the source omits it)
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit vector perpendicular to the plane (row x column direction)."""
+        cross = np.cross(self.row_direction, self.column_direction)
+        return cross / (np.linalg.norm(cross) or 1.0)
 
     def to_patient(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(n, 3) patient coordinates of pixel positions (column, row; pixel centres at .0)."""
@@ -55,10 +62,12 @@ def frame_plane(dataset: Dataset, frame_number: int | None = None) -> FramePlane
         position = position_item.get("ImagePositionPatient")
         orientation = orientation_item.get("ImageOrientationPatient")
         spacing = measures_item.get("PixelSpacing")
+        thickness = measures_item.get("SliceThickness")
     else:
         position = dataset.get("ImagePositionPatient")
         orientation = dataset.get("ImageOrientationPatient")
         spacing = dataset.get("PixelSpacing")
+        thickness = dataset.get("SliceThickness") or dataset.get("SpacingBetweenSlices")
     if not position or not orientation or not spacing:
         return None
     orientation_values = np.array([float(v) for v in orientation])
@@ -69,4 +78,13 @@ def frame_plane(dataset: Dataset, frame_number: int | None = None) -> FramePlane
         column_direction=orientation_values[3:],
         row_spacing=float(spacing[0]),
         column_spacing=float(spacing[1]),
+        thickness=_positive(thickness),
     )
+
+
+def _positive(value: object, default: float = 1.0) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default

@@ -3,9 +3,20 @@
 Observer = the algorithm as a device; procedure reported = the source study's procedure code (or
 one for the modality); image library = the source images. Per finding a measurement group with
 tracking identifier/UID, finding type, measurements referencing the SEG segment, severity and the
-classification result, and, for detection boxes, a SCOORD3D region (SCOORD on projection images).
-A study-level group states the CAD summary ("with"/"without findings") and the class probabilities,
-so a study without findings still gets a report that says so.
+classification result, and the detection boxes as regions on the source images.
+
+One ROI template per report, because validators (pixelmed's DicomSRValidator) check every
+measurement group against each ROI template the report uses:
+
+- planar sources (one frame, or no patient geometry, e.g. CR/DX): TID 1410 groups only; a segment is
+  cited as its SEG frame ("Referenced Segmentation Frame"), a box as an SCOORD polyline;
+- volumes (CT/MR series, enhanced multi-frame): TID 1411 groups only; a segment is cited as a
+  "Referenced Segment", a box as a "Volume Surface" (the box on its slice, one slice thick).
+
+The study-level CAD summary ("with"/"without findings"), the classification decision and the class
+probabilities are TID 1500's document-level "Qualitative Evaluations" when the report has ROI
+groups, and TID 1501 groups when it has none, so a study without findings still gets a report
+that says so.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from node.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
-from node.results.seg import BuiltSegmentation
+from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import deterministic_uid, result_uid, series_number
 from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
 
@@ -124,27 +135,57 @@ def _source_dataset(
     return sources[0] if len(sources) == 1 else sources[frame_index]
 
 
-def _box_region(
-    box: DetectionBox, result: PipelineResult, sources: Sequence[Dataset]
-) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
-    """A closed rectangle: SCOORD3D in the frame of reference when the source has one."""
+def _box_group(
+    box: DetectionBox,
+    tracking: hd.sr.TrackingIdentifier,
+    result: PipelineResult,
+    sources: Sequence[Dataset],
+    common: dict[str, object],
+    planar: bool,
+) -> Group:
+    """A closed rectangle: SCOORD on the source frame (planar), a one-slice volume (3D)."""
     frame = result.source_frames[box.frame_index]
     columns = np.array([box.x0, box.x1, box.x1, box.x0, box.x0], dtype=float)
     rows = np.array([box.y0, box.y0, box.y1, box.y1, box.y0], dtype=float)
-    plane = frame_plane(_source_dataset(sources, result, box.frame_index), frame.frame_number)
+    plane = (
+        None
+        if planar
+        else frame_plane(_source_dataset(sources, result, box.frame_index), frame.frame_number)
+    )
     if plane is not None:
         # Box edges are pixel edges; pixel centres sit at integer positions in patient space.
         points = plane.to_patient(columns - 0.5, rows - 0.5)
-        return hd.sr.ImageRegion3D(
+        half = plane.normal * plane.thickness / 2
+        surface = hd.sr.VolumeSurface(
             graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=points,
+            graphic_data=[points - half, points + half],
             frame_of_reference_uid=plane.frame_of_reference_uid,
+            # TID 1411 row 12: a volume surface cites its source series (row 11 is for segments)
+            source_series=hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
         )
-    return hd.sr.ImageRegion(
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_volume_surface=surface,
+            **common,  # type: ignore[arg-type]
+        )
+    region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.stack([columns, rows], axis=1),
         source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
     )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=region,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def is_planar_report(result: PipelineResult, sources: Sequence[Dataset]) -> bool:
+    """TID 1410 groups for one-frame results and sources without patient geometry."""
+    if len(result.source_frames) <= 1:
+        return True
+    first = result.source_frames[0]
+    return frame_plane(_source_dataset(sources, result, 0), first.frame_number) is None
 
 
 def _bbox_as_box(finding: Finding) -> DetectionBox:
@@ -160,6 +201,7 @@ def _finding_groups(
     result: PipelineResult,
     sources: Sequence[Dataset],
     seg: BuiltSegmentation | None,
+    planar: bool,
 ) -> list[Group]:
     tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
     common = {
@@ -178,7 +220,9 @@ def _finding_groups(
     )
     groups: list[Group] = []
     if segment_number is not None and seg is not None:
-        groups.append(_segment_group(finding, result, seg, segment_number, tracking, common))
+        group = _segment_group(finding, result, seg, segment_number, tracking, common, planar)
+        if group is not None:
+            groups.append(group)
     box = finding.box
     if box is None and not groups:
         box = _bbox_as_box(finding)  # no SEG to point at: the finding's bounding box instead
@@ -189,14 +233,7 @@ def _finding_groups(
                 uid=deterministic_uid(*[finding.tracking_uid, "box"]),
                 identifier=f"{finding.tracking_id} box"[:64],
             )
-        region = _box_region(box, result, sources)
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=box_tracking,
-                referenced_region=region,
-                **common,  # type: ignore[arg-type]
-            )
-        )
+        groups.append(_box_group(box, box_tracking, result, sources, common, planar))
     return groups
 
 
@@ -207,9 +244,10 @@ def _segment_group(
     segment_number: int,
     tracking: hd.sr.TrackingIdentifier,
     common: dict[str, object],
-) -> Group:
-    # ReferencedSegment, not ReferencedSegmentationFrame: the latter writes both a referenced
-    # frame and segment number in one IMAGE item, which PS3.3 C.10.2 (and dciodvfy) forbid.
+    planar: bool,
+) -> Group | None:
+    if planar:
+        return _segment_frame_group(finding, result, seg, segment_number, tracking, common)
     frames = [result.source_frames[i] for i in finding.frame_indices]
     reference_3d = hd.sr.ReferencedSegment(
         sop_class_uid=seg.dataset.SOPClassUID,
@@ -227,6 +265,85 @@ def _segment_group(
         referenced_segment=reference_3d,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _segment_frame_group(
+    finding: Finding,
+    result: PipelineResult,
+    seg: BuiltSegmentation,
+    segment_number: int,
+    tracking: hd.sr.TrackingIdentifier,
+    common: dict[str, object],
+) -> Group | None:
+    """TID 1410: the SEG frame of the segment on the finding's (central) source frame."""
+    indices = finding.frame_indices or (0,)
+    frame = result.source_frames[indices[len(indices) // 2]]
+    seg_frame = seg_frame_for(
+        seg.dataset, segment_number, frame.sop_instance_uid, frame.frame_number
+    )
+    if seg_frame is None:  # empty frames omitted: nothing of this segment on that frame
+        _log.warning("finding %s has no SEG frame to cite", finding.tracking_id)
+        return None
+    reference = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.dataset.SOPClassUID,
+        sop_instance_uid=seg.dataset.SOPInstanceUID,
+        frame_number=seg_frame,
+        segment_number=segment_number,
+        source_image=hd.sr.SourceImageForSegmentation(**_source_frame_ref(frame)),  # type: ignore[arg-type]
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=reference,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _frame_references_without_segment_number(report: Dataset) -> None:
+    """A SEG frame reference cites the frame only.
+
+    highdicom writes both Referenced Frame Number and Referenced Segment Number in a "Referenced
+    Segmentation Frame" item; PS3.3 C.17.3.2.x (and dciodvfy) allow the segment number only when no
+    frame number is given. The frame already identifies the segment.
+    """
+    for container in report.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != "126010":
+            continue
+        for group in container.ContentSequence:
+            for item in group.ContentSequence:
+                name = item.ConceptNameCodeSequence[0].CodeValue
+                if item.ValueType == "IMAGE" and name == "121214":
+                    for ref in item.ReferencedSOPSequence:
+                        if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
+                            del ref.ReferencedSegmentNumber
+
+
+def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: study-level CAD summary, decision and class probabilities."""
+    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+    coded = [(c.CAD_SUMMARY, summary)]
+    if result.classification is not None:
+        decision = c.class_concept(result.classification, result.classification.decision)
+        coded.append((c.CLASSIFICATION_RESULT, decision))
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for name, value in coded
+    ]
+    cls = result.classification
+    for name, value in zip(cls.classes, cls.probabilities, strict=True) if cls else ():
+        items.append(
+            hd.sr.TextContentItem(
+                name=c.PROBABILITY,
+                value=f"{name}: {float(value):.4f}",
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    container = hd.sr.ContainerContentItem(
+        name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def _summary_uid(result: PipelineResult, part: str) -> str:
@@ -320,9 +437,10 @@ def build_sr(
     options: SrOptions,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report; evidence = the sources and the SEG it cites."""
+    planar_report = is_planar_report(result, sources)
     roi_groups: list[Group] = []
     for finding in result.findings:
-        roi_groups.extend(_finding_groups(finding, result, sources, seg))
+        roi_groups.extend(_finding_groups(finding, result, sources, seg, planar_report))
     # TID 1500 lists planar (1410), then volumetric (1411), then plain (1501) groups; validators
     # match the groups against the rows in that order.
     planar = [
@@ -333,7 +451,7 @@ def build_sr(
         for g in roi_groups
         if not isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
     ]
-    groups: list[Group] = [*planar, *volumetric, *_summary_groups(result)]
+    groups: list[Group] = [*planar, *volumetric] if roi_groups else [*_summary_groups(result)]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure_reported(sources[0], result.modality),
@@ -341,6 +459,9 @@ def build_sr(
         referenced_images=_library_images(sources) or None,
     )
     _template_row_order(report[0])
+    _frame_references_without_segment_number(report[0])
+    if roi_groups:
+        report[0].ContentSequence.append(_qualitative_evaluations(result))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,

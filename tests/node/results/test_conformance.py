@@ -75,19 +75,9 @@ def test_dsrdump_no_errors(produced) -> None:
     assert run.returncode == 0 and run.stderr.strip() == "", run.stderr
 
 
-def test_pixelmed_no_tid1500_errors(produced, request: pytest.FixtureRequest) -> None:
+def test_pixelmed_no_tid1500_errors(produced) -> None:
     _need("java")
-    _kind, with_findings, objects = produced
-    if with_findings:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason=(
-                    "pixelmed reports TID 1410/1411 'missing conditional content item' errors on the "
-                    "measurement groups highdicom writes; not yet resolved"
-                ),
-                strict=False,
-            )
-        )
+    _kind, _with_findings, objects = produced
     sr = next(o for o in objects if o.kind == ArtifactKind.SR)
     run = subprocess.run([*PIXELMED, str(sr.path)], capture_output=True, text=True, timeout=180)
     errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]

@@ -48,6 +48,17 @@ def test_seg_round_trip_mask_codes_references(produced) -> None:
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
 
 
+def _qualitative_evaluations(sr: hd.sr.Comprehensive3DSR) -> list[str]:
+    """Meanings and texts in TID 1500's document-level "Qualitative Evaluations" container."""
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
+            return [
+                str(i.ConceptCodeSequence[0].CodeMeaning) if i.ValueType == "CODE" else i.TextValue
+                for i in item.ContentSequence
+            ]
+    return []
+
+
 def test_sr_round_trip_measurements_and_references(produced) -> None:
     _sources, result, objects = produced
     sr = hd.sr.srread(objects[ArtifactKind.SR].path)
@@ -61,8 +72,12 @@ def test_sr_round_trip_measurements_and_references(produced) -> None:
     assert objects[ArtifactKind.SEG].sop_instance_uid in str(group)
     severities = [e.value.meaning for e in group.get_qualitative_evaluations()]
     assert "Moderate" in severities
-    planar = sr.content.get_planar_roi_measurement_groups()
-    assert planar and planar[0].reference_type.value == "111030"  # the detection box region
+    # a volume: one ROI template (TID 1411) for every group; the box is a one-slice volume surface
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    box = groups[next(g for g in groups if "box" in str(groups[g].tracking_identifier))]
+    assert box.reference_type.value == "121231"  # Volume Surface
+    summary = _qualitative_evaluations(sr)
+    assert any(s.endswith("with findings") for s in summary), summary  # the CAD summary
     obs = sr.content.get_observer_contexts()
     assert any(o.observer_type.value == "121007" for o in obs)  # the algorithm as a device
 
@@ -136,6 +151,19 @@ def test_cr_monochrome1_two_dimensional(tmp_path: Path) -> None:
     seg = hd.seg.segread(objects[ArtifactKind.SEG].path)
     assert "FrameOfReferenceUID" not in seg
     sr = hd.sr.srread(objects[ArtifactKind.SR].path)
-    boxes = sr.content.get_planar_roi_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert sr.content.get_volumetric_roi_measurement_groups() == []  # one template: TID 1410
+    boxes = [g for g in groups if g.reference_type.value == "111030"]
     assert boxes and boxes[0].roi.value_type.value == "SCOORD"  # no patient plane: 2D coordinates
+    segments = [g for g in groups if g.reference_type.value == "121214"]
+    assert segments, "segment findings cite their SEG frame"
+    for group in segments:
+        image = next(
+            i for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121214"
+        )
+        ref = image.ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == objects[ArtifactKind.SEG].sop_instance_uid
+        seg_frame = int(ref.ReferencedFrameNumber)
+        assert 1 <= seg_frame <= seg.NumberOfFrames
+        assert "ReferencedSegmentNumber" not in ref  # PS3.3: frame or segment, not both
     _ = mr_series  # MR covered in conformance tests
