@@ -180,7 +180,7 @@ def _box_group(
     )
 
 
-def is_planar_report(result: PipelineResult, sources: Sequence[Dataset]) -> bool:
+def _is_planar_report(result: PipelineResult, sources: Sequence[Dataset]) -> bool:
     """TID 1410 groups for one-frame results and sources without patient geometry."""
     if len(result.source_frames) <= 1:
         return True
@@ -291,6 +291,9 @@ def _segment_frame_group(
         segment_number=segment_number,
         source_image=hd.sr.SourceImageForSegmentation(**_source_frame_ref(frame)),  # type: ignore[arg-type]
     )
+    # highdicom writes both Referenced Frame Number and Referenced Segment Number; PS3.3 (and
+    # dciodvfy) allow the segment number only without a frame number. The frame names the segment.
+    del reference[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_segment=reference,
@@ -298,39 +301,19 @@ def _segment_frame_group(
     )
 
 
-def _frame_references_without_segment_number(report: Dataset) -> None:
-    """A SEG frame reference cites the frame only.
-
-    highdicom writes both Referenced Frame Number and Referenced Segment Number in a "Referenced
-    Segmentation Frame" item; PS3.3 C.17.3.2.x (and dciodvfy) allow the segment number only when no
-    frame number is given. The frame already identifies the segment.
-    """
-    for container in report.ContentSequence:
-        if container.ConceptNameCodeSequence[0].CodeValue != "126010":
-            continue
-        for group in container.ContentSequence:
-            for item in group.ContentSequence:
-                name = item.ConceptNameCodeSequence[0].CodeValue
-                if item.ValueType == "IMAGE" and name == "121214":
-                    for ref in item.ReferencedSOPSequence:
-                        if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
-                            del ref.ReferencedSegmentNumber
-
-
 def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: study-level CAD summary, decision and class probabilities."""
     summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+    cls = result.classification
     coded = [(c.CAD_SUMMARY, summary)]
-    if result.classification is not None:
-        decision = c.class_concept(result.classification, result.classification.decision)
-        coded.append((c.CLASSIFICATION_RESULT, decision))
+    if cls is not None:
+        coded.append((c.CLASSIFICATION_RESULT, c.class_concept(cls, cls.decision)))
     items: list[hd.sr.ContentItem] = [
         hd.sr.CodeContentItem(
             name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )
         for name, value in coded
     ]
-    cls = result.classification
     for name, value in zip(cls.classes, cls.probabilities, strict=True) if cls else ():
         items.append(
             hd.sr.TextContentItem(
@@ -437,7 +420,7 @@ def build_sr(
     options: SrOptions,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report; evidence = the sources and the SEG it cites."""
-    planar_report = is_planar_report(result, sources)
+    planar_report = _is_planar_report(result, sources)
     roi_groups: list[Group] = []
     for finding in result.findings:
         roi_groups.extend(_finding_groups(finding, result, sources, seg, planar_report))
@@ -459,7 +442,6 @@ def build_sr(
         referenced_images=_library_images(sources) or None,
     )
     _template_row_order(report[0])
-    _frame_references_without_segment_number(report[0])
     if roi_groups:
         report[0].ContentSequence.append(_qualitative_evaluations(result))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
