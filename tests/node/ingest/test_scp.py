@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from node.config import CallerAllowEntry, Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
-from node.ingest.header import parse_instance
+from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, parse_instance
 from node.ingest.scp import ReceiverHandle
 from tests.conftest import SHARED_DATA, free_port
 from tests.node.ingest.conftest import StartReceiver
@@ -139,6 +139,21 @@ def test_storescu_transfer_syntaxes_stored_as_sent(
     assert parse_instance(stored.read_bytes()).header.transfer_syntax_uid == expected_ts
 
 
+@pytest.mark.parametrize("max_send_pdu", ["4096", "131072"])
+def test_data_sets_split_over_many_pdus_are_reassembled(
+    max_send_pdu: str, receiver: ReceiverHandle, reference_scp: tuple[int, Path], settings: Settings
+) -> None:
+    """storescu cut to 4 KiB PDUs: a multi-frame MR (~100 KB) arrives in dozens of fragments."""
+    path = get_testdata_file("emri_small.dcm")
+    assert path is not None
+    ref_port, ref_dir = reference_scp
+    assert _storescu(ref_port, "--max-send-pdu", max_send_pdu, path).returncode == 0
+    result = _storescu(receiver.port, "--max-send-pdu", max_send_pdu, path)
+    assert result.returncode == 0, result.stderr
+    ours, reference = _by_sop(stored_files(settings)), _by_sop(sorted(ref_dir.iterdir()))
+    assert ours == reference and len(ours) == 1
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mr-series-ge-adc").is_dir(), reason="../shared/data missing")
 def test_storescu_folder_of_real_mr_series(
     receiver: ReceiverHandle, reference_scp: tuple[int, Path], settings: Settings, sqlite_db: Database
@@ -219,16 +234,16 @@ def test_stop_refuses_new_associations_and_lets_running_ones_finish(
 
 
 def test_accepted_sockets_are_tuned(receiver: ReceiverHandle) -> None:
-    """Nagle off on every accepted socket, and the PDU reader that re-arms TCP_QUICKACK."""
+    """Nagle off on every accepted socket, and an unlimited maximum PDU announced to the sender."""
     ae = AE(ae_title="PROBE")
     ae.requested_contexts = [build_context(Verification)]
     assoc = ae.associate("127.0.0.1", receiver.port, ae_title="PACSNODE")
     try:
         [server_side] = receiver.server.active_associations
-        sock = server_side.dul.socket
-        assert type(sock).__name__ == "_FastSocket"
-        assert sock.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        assert server_side.acceptor.maximum_length == 0  # unlimited PDU size
+        assert server_side.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert assoc.acceptor.maximum_length == 0  # unlimited PDU size, as the A-ASSOCIATE-AC said
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
     finally:
         assoc.release()
 
