@@ -4,8 +4,8 @@ Corpora: (a) CT-like 512x512 16-bit instances (0.5 MB each), (b) 64x64 instances
 ``storescu`` with ``TCP_NODELAY=1`` exported and with its defaults (Nagle on), over 1 and 4
 concurrent associations. pacsnode runs with durable writes (fsync of file, directory and
 database commit before each success status) in 1 and N receiver processes; Orthanc (SQLite
-index, temp config, free ports) and storescp (``--fork``) write each instance to its own file
-without fsync, as they do by default. Every receiver gets a fresh, empty storage per run. Orthanc and
+index, temp config, free ports, ``SyncStorageArea: true`` — its default since 1.7.4, an fsync of
+each stored file) and storescp (``--fork``, no fsync) write each instance to its own file. Every receiver gets a fresh, empty storage per run. Orthanc and
 storescp also get ``TCP_NODELAY=1`` (pacsnode sets it on its sockets itself); without it DCMTK-based
 receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows that).
 
@@ -120,6 +120,7 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
         "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "HttpServerEnabled": True,
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
         "Plugins": [], "StorageCompression": False, "SaveJobs": False, "DicomThreadsCount": 4,
+        "SyncStorageArea": True,
     }  # fmt: skip
     (root / "orthanc.json").write_text(json.dumps(config))
     proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=RECEIVER_ENV,

@@ -5,11 +5,14 @@ success status sent to a modality means the instance survives a crash or power c
 
 Order of work: parse the header (no pixel decoding; structure checked, see ``header``) → check the
 disk watermark → write the bytes as received to a temp file in the final directory and fsync it →
-hand the instance to the *group committer* → wait. The committer takes everything queued by
-concurrent associations, and in one transaction inserts the rows, renames each temp file to its
-final name, fsyncs the directories, and commits — one commit (and one WAL fsync) per batch instead
-of per instance. The file is in place before the row commits, so a row never points at a missing
-file; a crash in between leaves at most an unreferenced file that the sender's retry overwrites.
+give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file)
+and fsync the directory, still in the association's thread → hand the instance to the *group
+committer* → wait. The committer takes everything queued by concurrent associations, and in one
+transaction inserts the rows and commits — one commit (and one WAL fsync) per batch instead of per
+instance. A temp file whose final name was taken (a duplicate, or a crash's leftover) is renamed
+over it by the committer only when its row is new, and discarded for a duplicate. The file is in
+place and durable before the row commits, so a row never points at a missing file; a crash in
+between leaves at most an unreferenced file that the sender's retry replaces.
 
 Duplicates: an instance whose SOP Instance UID already has a row is acknowledged with SUCCESS and
 ``duplicate=True``; the first copy's file and row are kept and no count changes (Orthanc's default,
@@ -33,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.db.engine import Database
+from node.db.orm import Instance
 from node.db.repositories.instances import NewInstance, upsert_instances
 from node.domain import Association, StoreStatus
 from node.ingest.header import HeaderError, build_file_meta, parse_instance
@@ -67,6 +71,7 @@ class _Pending:
     item: NewInstance
     temp: Path
     future: Future[PersistOutcome] | None = None
+    final: Path | None = None  # already under its final name (``Spool.publish_new``)
 
 
 _spools: dict[tuple[str, bool], Spool] = {}
@@ -141,7 +146,14 @@ def persist_instance(
         log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
         status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
         return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
-    pending = _Pending(NewInstance(header, assoc, relative, written), temp)
+    try:  # in this thread, so concurrent associations publish (and fsync directories) in parallel
+        final = spool.publish_new(temp, relative)
+    except OSError as exc:
+        spool.discard(temp)
+        log.error("cannot publish instance %s from %s: %s", header.sop_instance_uid, who, exc)
+        return _outcome(header.sop_instance_uid, header.study_instance_uid,
+                        StoreStatus.PROCESSING_FAILURE, reason=str(exc))  # fmt: skip
+    pending = _Pending(NewInstance(header, assoc, relative, written), temp, final=final)
     committer = _committers.get(id(db))
     if committer is not None and committer.running:
         return committer.submit(pending)
@@ -169,11 +181,15 @@ def commit_batch(
                 uid = pending.item.header.sop_instance_uid
                 if uid in to_publish:
                     to_publish.discard(uid)
-                    published.append(spool.publish(pending.temp, pending.item.path))
+                    if pending.final is None:
+                        published.append(spool.publish(pending.temp, pending.item.path))
                     flags.append(False)
                 else:
-                    spool.discard(pending.temp)
+                    if pending.final is None:
+                        spool.discard(pending.temp)
                     flags.append(True)
+            _discard_linked_duplicates(session, spool, [p for p, dup in zip(batch, flags, strict=True)
+                                                        if dup and p.final is not None])  # fmt: skip
             spool.sync_dirs(path.parent for path in published)
     except (SQLAlchemyError, OSError) as exc:
         for path in published:
@@ -183,6 +199,8 @@ def commit_batch(
             return [commit_batch(db, settings, spool, [p])[0] for p in batch]
         pending = batch[0]
         spool.discard(pending.temp)
+        if pending.final is not None:  # never acknowledged: the sender's retry brings it again
+            spool.discard(pending.final)
         header = pending.item.header
         log.error("cannot record instance %s: %s", header.sop_instance_uid, exc)
         return [_outcome(header.sop_instance_uid, header.study_instance_uid,
@@ -192,6 +210,21 @@ def commit_batch(
                  StoreStatus.SUCCESS, duplicate=dup, reason="duplicate: first copy kept" if dup else "")
         for p, dup in zip(batch, flags, strict=True)
     ]  # fmt: skip
+
+
+def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pending]) -> None:
+    """A duplicate that already got its final name (``publish_new``) found that name free, so the
+    file there is its own. Remove it unless it is where the first copy's row points (then it is
+    the only file for that row: a re-sent instance restoring a lost file, or a same-batch race)."""
+    if not duplicates:
+        return
+    uids = [p.item.header.sop_instance_uid for p in duplicates]
+    rows = session.execute(select(Instance.sop_instance_uid, Instance.path)
+                           .where(Instance.sop_instance_uid.in_(uids)))  # fmt: skip
+    recorded = {uid: path for uid, path in rows}
+    for pending in duplicates:
+        if pending.final is not None and recorded.get(pending.item.header.sop_instance_uid) != pending.item.path:
+            spool.discard(pending.final)
 
 
 class GroupCommitter:

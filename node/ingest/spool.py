@@ -2,14 +2,15 @@
 
 Layout: ``<data_dir>/spool/<study>/<series>/<sop>.dcm`` (the path stored in the Instance row is
 relative to the data directory, so the data directory can move). A file is written to a temporary
-name in its final directory, fsynced, and renamed; the directory is fsynced after the rename, so
-once the rename is durable the file is complete. UIDs come from the network: anything that is not
+name in its final directory and fsynced, then gets its final name (hard link, or rename over a
+leftover); the directory is fsynced after that, so once the name is durable the file is complete. UIDs come from the network: anything that is not
 a plain UID is replaced by a hash so a hostile UID can never escape the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -22,6 +23,7 @@ from node.config import Settings
 
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 TEMP_SUFFIX = ".part"
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 
 
 class InsufficientSpace(OSError):
@@ -119,6 +121,29 @@ class Spool:
         """Rename a finished temp file to its final name (the caller fsyncs the directory)."""
         final = self.data_dir / relative
         os.replace(temp, final)
+        return final
+
+    def publish_new(self, temp: Path, relative: str) -> Path | None:
+        """Give a finished temp file its final name unless that name is taken, and make the name
+        durable (directory fsync). A hard link, not a rename, so an existing file (the first copy
+        of a duplicate) is never replaced here. Returns the final path, or None when the name is
+        taken or the filesystem has no hard links: the committer then decides (``publish``)."""
+        final = self.data_dir / relative
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            if exc.errno in _NO_HARD_LINKS:
+                return None
+            raise
+        try:
+            os.unlink(temp)
+            if self.fsync:
+                fsync_dir(final.parent)
+        except OSError:
+            _unlink_quietly(final)
+            raise
         return final
 
     def sync_dirs(self, directories: Iterable[Path]) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from node.config import Settings
 from node.db.engine import Database
-from node.db.orm import AuditEvent, Series, Study
+from node.db.orm import AuditEvent, Instance, Series, Study
 from node.db.repositories.instances import get_study, instance_path, list_instances
 from node.domain import Association, LateArrivalPolicy, StoreStatus, StudyState
 from node.ingest.persist import GroupCommitter, persist_instance
@@ -63,6 +63,51 @@ def test_duplicate_keeps_first_copy_and_counts(db: Database, settings: Settings)
         row = get_study(session, study)
         assert row is not None and row.instance_count == 1
         assert session.scalars(select(Series)).one().instance_count == 1
+
+
+def test_leftover_file_without_a_row_is_replaced(db: Database, settings: Settings) -> None:
+    """A crash after the file got its name but before the commit leaves a file with no row; the
+    sender was never acknowledged, so its retry must replace that file, not be called a duplicate."""
+    raw = make_instance()
+    first = persist_instance(db, settings, raw, SENDER)
+    [path] = stored_files(settings)
+    with db.write() as session:  # simulate the lost commit: the row is gone, the file stays
+        session.execute(Instance.__table__.delete())
+        session.execute(Series.__table__.delete())
+        session.execute(Study.__table__.delete())
+    path.write_bytes(b"half-written leftover")
+    again = persist_instance(db, settings, raw, SENDER)
+    assert again.ok and not again.duplicate and first.ok
+    assert path.read_bytes() == raw
+    assert not [p for p in settings.spool_dir.rglob("*") if p.name.endswith(".part")]
+
+
+@pytest.mark.parametrize("same_series", [True, False])
+def test_same_instance_from_concurrent_associations_is_stored_once(
+    db: Database, settings: Settings, same_series: bool
+) -> None:
+    """Same SOP Instance UID at once from four senders (same path, or a corrected series UID)."""
+    sop, study, series = generate_uid(), generate_uid(), generate_uid()
+    copies = [make_instance(sop_uid=sop, study_uid=study, series_uid=series if same_series else None,
+                            patient_name=f"Copy^{i}") for i in range(4)]  # fmt: skip
+    committer = GroupCommitter(db, settings).start()
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda raw=raw: results.append(
+        persist_instance(db, settings, raw, SENDER).duplicate)) for raw in copies]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    committer.stop()
+    assert sorted(results) == [False, True, True, True]
+    [path] = stored_files(settings)
+    assert path.read_bytes() in copies
+    with db.read() as session:
+        row = get_study(session, study)
+        assert row is not None and row.instance_count == 1
+        [inst] = list_instances(session, study)
+        assert instance_path(settings, inst) == path  # the row points at the one file kept
+    assert not [p for p in settings.spool_dir.rglob("*") if p.name.endswith(".part")]
 
 
 @pytest.mark.parametrize("state", [StudyState.COMPLETE, StudyState.PROCESSED])

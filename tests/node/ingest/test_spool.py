@@ -25,6 +25,17 @@ def test_write_temp_then_publish(tmp_path: Path) -> None:
     assert final.read_bytes() == b"abcdefg" and not temp.exists()
 
 
+def test_publish_new_links_a_free_name_and_never_replaces_a_taken_one(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=True)
+    rel = relative_path("1.2", "1.2.3", "1.2.3.4")
+    temp, _ = spool.write_temp(rel, [b"first"])
+    assert spool.publish_new(temp, rel) == tmp_path / rel
+    assert (tmp_path / rel).read_bytes() == b"first" and not temp.exists()
+    again, _ = spool.write_temp(rel, [b"second"])
+    assert spool.publish_new(again, rel) is None  # taken: left to the committer
+    assert (tmp_path / rel).read_bytes() == b"first" and again.read_bytes() == b"second"
+
+
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     directory = tmp_path / "spool" / "1.2" / "1.2.3"
     directory.mkdir(parents=True)
