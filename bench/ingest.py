@@ -9,7 +9,7 @@ each stored file) and storescp (``--fork``, no fsync) write each instance to its
 storescp also get ``TCP_NODELAY=1`` (pacsnode sets it on its sockets itself); without it DCMTK-based
 receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows that).
 
-    .venv/bin/python bench/ingest.py            # full run (several minutes)
+    .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
 """
 
@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small corpora, NODELAY sender only")
     parser.add_argument("--processes", type=int, default=2, help="pacsnode receiver processes (N)")
     parser.add_argument("--workdir", type=Path, default=None, help="where corpora and storage go")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver and scenario (median)")
     parser.add_argument("--receivers-nagle", action="store_true",
                         help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
                              "Nagle on, ~40 ms stall per response); default: TCP_NODELAY=1")  # fmt: skip
@@ -211,26 +213,32 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Result] = []
         for corpus, assocs, nodelay in scenarios:
             label = f"({corpus}) {assocs} assoc{'' if nodelay else ', Nagle on'}"
-            for name, factory in receivers.items():
-                workdir = base / f"run-{len(results)}"
-                with factory(workdir) as (port, aet):
-                    elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
-                shutil.rmtree(workdir, ignore_errors=True)
-                rate, mb_s = counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6
-                results.append(Result(name, label, rate, mb_s))
-                print(f"{label:24s} {name:34s} {rate:8.1f} inst/s {mb_s:7.1f} MB/s", flush=True)
-        print_table(results, counts)
+            runs: dict[str, list[float]] = {name: [] for name in receivers}
+            for _ in range(args.repeat):  # receivers interleaved, so a slow spell of the disk hits all
+                for name, factory in receivers.items():
+                    workdir = base / f"run-{len(results)}-{name[:8]}-{len(runs[name])}"
+                    with factory(workdir) as (port, aet):
+                        elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    runs[name].append(elapsed)
+                    rate = counts[corpus] / elapsed
+                    print(f"{label:24s} {name:34s} {rate:8.1f} inst/s", flush=True)
+            for name, times in runs.items():
+                elapsed = statistics.median(times)
+                results.append(Result(name, label, counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6))
+        print_table(results, counts, args.repeat)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
-def print_table(results: list[Result], counts: dict[str, int]) -> None:
+def print_table(results: list[Result], counts: dict[str, int], repeat: int) -> None:
     scenarios = list(dict.fromkeys(r.scenario for r in results))
     orthanc_rate = {r.scenario: r.rate for r in results if r.receiver.startswith("Orthanc")}
     receivers = "with" if RECEIVER_ENV.get("TCP_NODELAY") else "without"
     print(f"\ncorpus (a): {counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
-          f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1\n")  # fmt: skip
+          f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
+          f"median of {repeat} runs\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
     print("|---|---|---|---|---|")
     for scenario in scenarios:
