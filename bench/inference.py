@@ -10,6 +10,7 @@ case in a fresh process).
 
     .venv/bin/python bench/inference.py             # full (several minutes on 2 cores)
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
+    .venv/bin/python bench/inference.py --only "ensemble seg3d"   # the cases so labelled
 
 Models: the demo cards when present (``--models-dir``), else moderately sized benchmark models
 (random weights: speed does not depend on them) written to a temporary folder.
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="20 slices, one repeat")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only the cases whose label contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     if args.quick:
         args.slices, args.repeat = 20, 1
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         studies = {"cr": (cr, "CR 512x512"), "ct": (ct, f"CT {args.slices}x512x512")}
         rows: list[tuple[str, str, Timing, Timing]] = []
         for case in cases(roles):
+            if args.only and not any(text in case.label for text in args.only):
+                continue
             study, study_name = studies[case.study]
             common = (study, str(models_dir), args.repeat, args.threads)
             bare = in_child(case, "bare", *common)

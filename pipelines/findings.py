@@ -7,14 +7,15 @@ not a new one, and SR/SEG written on retry are identical.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from pipelines.measurements import measure
-from pipelines.postprocess import connectivity
+from pipelines.measurements import measure_with_frames
+from pipelines.postprocess import Components, label_components
 from pipelines.result import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.severity import classify_severity
 from pipelines.spec import SeverityRules
@@ -45,16 +46,25 @@ class FindingContext:
 
 
 def segment_findings(
-    ctx: FindingContext, label_map: np.ndarray, labels: tuple[LabelSpec, ...]
+    ctx: FindingContext,
+    label_map: np.ndarray,
+    labels: tuple[LabelSpec, ...],
+    components: Mapping[int, Components] | None = None,
 ) -> list[Finding]:
-    """One finding per component, numbered per label name in (frame, row, col) order."""
+    """One finding per component, numbered per label name in (frame, row, col) order.
+
+    ``components`` (label value → :class:`Components` of ``label_map == value``, as
+    post-processing found them) spares labelling the map again; values it lacks are labelled here.
+    """
     findings: list[Finding] = []
     for label in labels:
-        components, count = ndimage.label(label_map == label.value, connectivity(ctx.volumetric))
-        if count == 0:
+        found = (components or {}).get(label.value)
+        if found is None or found.volumetric != ctx.volumetric:
+            found = label_components(label_map == label.value, ctx.volumetric)
+        if found.count == 0:
             continue
-        slices = ndimage.find_objects(components)
-        order = sorted(range(count), key=lambda i: tuple(s.start for s in slices[i]))
+        slices = ndimage.find_objects(found.labels, max_label=found.count)
+        order = sorted(range(found.count), key=lambda i: tuple(s.start for s in slices[i]))
         for number, index in enumerate(order, start=1):
             crop = slices[index]
             # pad the crop by one pixel in-plane so outlines (perimeter) see the background
@@ -63,10 +73,9 @@ def segment_findings(
                 slice(max(crop[1].start - 1, 0), crop[1].stop + 1),
                 slice(max(crop[2].start - 1, 0), crop[2].stop + 1),
             )
-            component = components[crop] == index + 1
-            m = measure(
-                component, ctx.values[crop], ctx.pixel_spacing_mm, ctx.slice_spacing_mm,
-                ctx.volumetric, ctx.intensity_unit,
+            m, frame_indices = measure_with_frames(
+                found.labels[crop] == index + 1, ctx.values[crop], ctx.pixel_spacing_mm,
+                ctx.slice_spacing_mm, ctx.volumetric, ctx.intensity_unit,
                 offset=(crop[0].start, crop[1].start, crop[2].start),
                 image_shape=(label_map.shape[1], label_map.shape[2]),
             )
@@ -79,9 +88,7 @@ def segment_findings(
                     measurements=m,
                     severity=classify_severity(m, ctx.severity_rules),
                     segment_number=label.value,
-                    frame_indices=tuple(
-                        int(f) + crop[0].start for f in np.flatnonzero(component.any(axis=(1, 2)))
-                    ),
+                    frame_indices=frame_indices,
                 )
             )
     return findings

@@ -16,7 +16,7 @@ import numpy as np
 from pipelines.errors import PipelineInputError
 from pipelines.findings import FindingContext, attach_boxes, segment_findings
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
-from pipelines.postprocess import postprocess_label_map
+from pipelines.postprocess import Components, postprocess_components
 from pipelines.preprocess.decode import DecodedSeries, decode_series
 from pipelines.preprocess.prepare import PreparedInputs, source_spacing
 from pipelines.result import (
@@ -103,11 +103,12 @@ class Pipeline:
         tasks = self.config.tasks
 
         segmentation: SegmentationOutput | None = None
+        components: dict[int, Components] = {}  # kept from post-processing for the findings
         if tasks.segmentation is not None:
             seg = run_segmentation(tasks.segmentation, members.segmentation, inputs)
             runs.extend(model_run(o) for o in seg.outcomes)
             spacing = source_spacing(decoded)
-            label_map = postprocess_label_map(
+            label_map, components = postprocess_components(
                 seg.probabilities,
                 [lab.name for lab in seg.labels],
                 tasks.segmentation.postprocess,
@@ -146,8 +147,11 @@ class Pipeline:
             severity_rules=self.config.severity,
         )
         findings = (
-            segment_findings(ctx, segmentation.label_map, segmentation.labels) if segmentation else []
+            segment_findings(ctx, segmentation.label_map, segmentation.labels, components)
+            if segmentation
+            else []
         )
+        del components
         findings = attach_boxes(
             ctx, findings, segmentation.label_map if segmentation else None, detections
         )

@@ -2,14 +2,25 @@
 
 Components are 3D (26-connected) for volumes and per image (8-connected within a frame) for 2D
 inputs, so two radiographs of one series never merge into one "lesion".
+
+Volumes are large (a 512x512x100 CT is 26 M voxels) and a poor model's output has thousands of
+components, so each step is one pass over the volume, never one pass per component: holes are
+filled by a flood fill of each frame's outside, component sizes come from one ``bincount`` of the
+labels, and the labelling that decided which components stay is handed on (as
+:class:`Components`) so findings need not label the same mask again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
 import numpy as np
 from scipy import ndimage
 
 from pipelines.spec import PostprocessSpec
+
+_CHUNK = 1 << 18  # elements per bincount/lookup pass: small (cache-sized) int64 temporaries
 
 
 def connectivity(volumetric: bool) -> np.ndarray:
@@ -19,6 +30,34 @@ def connectivity(volumetric: bool) -> np.ndarray:
         structure[0] = False
         structure[2] = False
     return structure
+
+
+@dataclass(frozen=True)
+class Components:
+    """The connected components of one label's mask, numbered 1..count in ``ndimage.label`` order.
+
+    ``volumetric`` records the connectivity they were found with (see :func:`connectivity`).
+    """
+
+    labels: np.ndarray  # (F, H, W) unsigned ints, 0 = not this label
+    count: int
+    volumetric: bool
+
+
+def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into uint16 (half the memory of its int32 on a volume), int32 if need be."""
+    structure = connectivity(volumetric)
+    try:
+        labels, count = ndimage.label(mask, structure=structure, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        labels, count = ndimage.label(mask, structure=structure)
+    return labels, int(count)
+
+
+def label_components(mask: np.ndarray, volumetric: bool) -> Components:
+    """Label a (F, H, W) mask with the pipeline's connectivity."""
+    labels, count = _label(mask, volumetric)
+    return Components(labels, count, volumetric)
 
 
 def threshold_labels(
@@ -33,7 +72,8 @@ def threshold_labels(
             f"expected {len(label_names)} label channels, got {probabilities.shape[0]}"
         )
     if len(label_names) == 1:  # the common case, without the argmax pass
-        return (probabilities[0] >= spec.threshold_for(label_names[0])).astype(np.uint8)
+        passing = probabilities[0] >= spec.threshold_for(label_names[0])
+        return passing.view(np.uint8)  # a bool array is 0/1 bytes: no second copy
     thresholds = np.asarray([spec.threshold_for(n) for n in label_names], dtype=np.float32)
     passing = probabilities >= thresholds.reshape((-1,) + (1,) * (probabilities.ndim - 1))
     scored = np.where(passing, probabilities, -1.0)
@@ -42,23 +82,54 @@ def threshold_labels(
     return np.where(any_pass, best + 1, 0).astype(np.uint8)
 
 
-def clean_mask(
-    mask: np.ndarray,
+def fill_holes_per_frame(mask: np.ndarray) -> None:
+    """Fill the holes of each (H, W) frame of a (F, H, W) bool mask, in place.
+
+    The same result as ``ndimage.binary_fill_holes`` on every frame (a hole is background that is
+    not 4-connected to the image border), computed by one flood fill of the outside of the frame's
+    mask bounding box: background outside that box always reaches the border, so only the box
+    (with a one-pixel frame of outside) needs filling.
+    """
+    for index in range(mask.shape[0]):
+        frame = mask[index]
+        rows = np.flatnonzero(frame.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(frame.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        box = frame[r0:r1, c0:c1]
+        canvas = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
+        canvas[1:-1, 1:-1] = box  # 1 = mask, 0 = background, a ring of background around
+        cv2.floodFill(canvas, None, (0, 0), 2, flags=4)  # outside-connected background → 2
+        box |= canvas[1:-1, 1:-1] == 0  # background the fill did not reach: holes
+
+
+def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume)."""
+    flat = labels.reshape(-1)
+    sizes = np.zeros(count + 1, np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        sizes += np.bincount(flat[start : start + _CHUNK], minlength=count + 1)
+    return sizes[1:]
+
+
+def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``table[labels]`` in chunks (bounded index temporaries), keeping ``labels``' shape."""
+    flat = labels.reshape(-1)
+    out = np.empty(flat.size, dtype=table.dtype)
+    for start in range(0, flat.size, _CHUNK):
+        np.take(table, flat[start : start + _CHUNK], out=out[start : start + _CHUNK])
+    return out.reshape(labels.shape)
+
+
+def _kept(
+    sizes: np.ndarray,
     spec: PostprocessSpec,
     volumetric: bool,
     pixel_area_mm2: float | None,
     voxel_volume_mm3: float | None,
 ) -> np.ndarray:
-    """(F, H, W) bool → the same mask after hole filling, minimum-size and keep-largest rules."""
-    mask = mask.astype(bool, copy=True)
-    if spec.fill_holes:
-        for index in range(mask.shape[0]):
-            if mask[index].any():
-                mask[index] = ndimage.binary_fill_holes(mask[index])
-    labels, count = ndimage.label(mask, structure=connectivity(volumetric))
-    if count == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
+    """Which components (by size, 0-based) the minimum-size and count rules keep."""
     keep = sizes >= spec.min_component_pixels
     if volumetric and voxel_volume_mm3 and spec.min_component_mm3 > 0:
         keep &= sizes * voxel_volume_mm3 >= spec.min_component_mm3
@@ -69,8 +140,80 @@ def clean_mask(
         ranked = np.argsort(np.where(keep, sizes, -1), kind="stable")[::-1][:limit]
         keep = np.zeros_like(keep)
         keep[ranked] = True
-    lookup = np.concatenate([[False], keep])
-    return lookup[labels]
+    return keep
+
+
+def _clean(
+    mask: np.ndarray,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+) -> tuple[np.ndarray, Components]:
+    """:func:`clean_mask` on a bool mask it may overwrite, with the kept components."""
+    if spec.fill_holes:
+        fill_holes_per_frame(mask)
+    labels, count = _label(mask, volumetric)
+    if count == 0:
+        return mask, Components(np.zeros(mask.shape, np.uint8), 0, volumetric)
+    keep = _kept(component_sizes(labels, count), spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
+    kept = int(keep.sum())
+    # renumber the kept components 1..kept in their labelling order: exactly the numbers
+    # ndimage.label gives the cleaned mask (removing whole components leaves the others as
+    # they are, and labels are numbered in raster order of each component's first pixel)
+    dtype = np.uint8 if kept < 2**8 else np.uint16 if kept < 2**16 else np.uint32
+    renumber = np.zeros(count + 1, dtype=dtype)
+    renumber[1:][keep] = np.arange(1, kept + 1, dtype=dtype)
+    components = Components(_lookup(renumber, labels), kept, volumetric)
+    del labels
+    if kept < count:
+        mask = components.labels > 0
+    return mask, components
+
+
+def clean_mask(
+    mask: np.ndarray,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+) -> np.ndarray:
+    """(F, H, W) bool → the same mask after hole filling, minimum-size and keep-largest rules."""
+    cleaned, _ = _clean(
+        mask.astype(bool, copy=True), spec, volumetric, pixel_area_mm2, voxel_volume_mm3
+    )
+    return cleaned
+
+
+def postprocess_components(
+    probabilities: np.ndarray,
+    label_names: list[str],
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+) -> tuple[np.ndarray, dict[int, Components]]:
+    """:func:`postprocess_label_map`, and each label value's components in the label map.
+
+    A label's components are returned only where they are exactly those of ``label_map ==
+    value``: when no earlier label claimed any of its cleaned pixels (else the overlap may split
+    a component, and a caller must label the map itself).
+    """
+    raw = threshold_labels(probabilities, label_names, spec)
+    out = np.zeros(raw.shape, dtype=np.uint8)
+    found: dict[int, Components] = {}
+    single = len(label_names) == 1  # then ``raw`` is a fresh 0/1 array _clean may overwrite
+    for value in range(1, len(label_names) + 1):
+        mask = raw.view(bool) if single else raw == value
+        cleaned, components = _clean(mask, spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
+        del mask
+        if value > 1 and (overlap := cleaned & (out != 0)).any():
+            cleaned &= ~overlap  # later labels never overwrite a cleaned earlier one
+        else:
+            found[value] = components
+        del components
+        out += cleaned.view(np.uint8) * np.uint8(value)  # disjoint from ``out``'s labels by now
+    return out, found
 
 
 def postprocess_label_map(
@@ -82,9 +225,7 @@ def postprocess_label_map(
     voxel_volume_mm3: float | None,
 ) -> np.ndarray:
     """Threshold, then clean each label; later labels never overwrite a cleaned earlier one."""
-    raw = threshold_labels(probabilities, label_names, spec)
-    out = np.zeros_like(raw)
-    for value in range(1, len(label_names) + 1):
-        cleaned = clean_mask(raw == value, spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
-        out[cleaned & (out == 0)] = value
-    return out
+    label_map, _ = postprocess_components(
+        probabilities, label_names, spec, volumetric, pixel_area_mm2, voxel_volume_mm3
+    )
+    return label_map

@@ -30,21 +30,27 @@ def dicom_linear_window(values: np.ndarray, center: float, width: float) -> np.n
     """PS3.3 C.11.2.1.2.1 linear VOI function, scaled to [0, 1]."""
     if width <= 1:
         return (values > center - 0.5).astype(np.float32)
-    out = (values - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    out = values - (center - 0.5)  # the one new array; the rest in place (same arithmetic)
+    out /= width - 1
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def simple_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """center ± width/2 → [0, 1], the convention of model cards and training code."""
     low = center - width / 2.0
-    return np.clip((values - low) / width, 0.0, 1.0).astype(np.float32)
+    out = values - low  # the one new array; the rest in place (same arithmetic)
+    out /= width
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
     low, high = np.percentile(values, [lower, upper])
     if high <= low:
         return np.zeros_like(values, dtype=np.float32)
-    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    out = values - low
+    out /= high - low
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

@@ -88,7 +88,7 @@ def run_segmentation(
     def work(member: Member) -> dict[str, int]:
         probs = member_probabilities(member, inputs, task)
         counts = {
-            lab.name: int((probs[i] >= task.postprocess.threshold_for(lab.name)).sum())
+            lab.name: int(np.count_nonzero(probs[i] >= task.postprocess.threshold_for(lab.name)))
             for i, lab in enumerate(labels)
         }
         np.multiply(probs, np.float32(member.weight), out=probs)  # in place: no extra copy

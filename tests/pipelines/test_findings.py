@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,24 @@ def test_boxes_attach_to_overlapping_findings_or_become_their_own() -> None:
     assert [f.tracking_id for f in box_only] == ["lesion-box-1", "lesion-box-2"]
     assert box_only[0].measurements.area_mm2 == pytest.approx(100 * 0.25)
     assert box_only[1].frame_indices == (0,)  # same place, other image: not the segment's box
+
+
+@pytest.mark.parametrize("volumetric", [False, True])
+def test_components_from_post_processing_give_the_same_findings(volumetric: bool) -> None:
+    """Handing on post-processing's labelling changes nothing but the time it takes."""
+    from pipelines.postprocess import postprocess_components
+    from pipelines.spec import PostprocessSpec
+
+    rng = np.random.default_rng(5)
+    second = LabelSpec(2, "other", LESION.category, LESION.type)
+    probs = rng.random((2, 4, 40, 40)).astype(np.float32)
+    label_map, components = postprocess_components(
+        probs, ["lesion", "other"], PostprocessSpec(min_component_pixels=3), volumetric, 0.25, 0.5
+    )
+    values = rng.normal(0.0, 100.0, label_map.shape).astype(np.float32)
+    ctx = _ctx(values, volumetric)
+    handed_on = segment_findings(ctx, label_map, (LESION, second), components)
+    assert handed_on == segment_findings(ctx, label_map, (LESION, second))
+    assert {f.segment_number for f in handed_on} == {1, 2}
+    other_flag = {v: replace(c, volumetric=not volumetric) for v, c in components.items()}
+    assert segment_findings(ctx, label_map, (LESION, second), other_flag) == handed_on

@@ -60,3 +60,79 @@ def test_missing_spacing_reports_no_area() -> None:
     mask = _disc(40, 10)[None]
     m = measure(mask, mask.astype(np.float32), None, None, False, "[arb'U]")
     assert m.area_mm2 is None and m.area_pct is not None and m.circularity is not None
+
+
+def _reference_measure(component: np.ndarray, values: np.ndarray, spacing: tuple[float, float],
+                       slice_mm: float, volumetric: bool, offset: tuple[int, int, int],
+                       image_shape: tuple[int, int]) -> tuple[object, ...]:
+    """The per-pixel way: coordinates of every pixel of the component."""
+    frames, rows, cols = np.nonzero(component)
+    per_frame = np.bincount(frames, minlength=component.shape[0])
+    largest = int(np.argmax(per_frame))
+    inside = values[component]
+    return (
+        float(per_frame[largest] * spacing[0] * spacing[1]),
+        100.0 * per_frame[largest] / (image_shape[0] * image_shape[1]),
+        float(frames.size * spacing[0] * spacing[1] * slice_mm) if volumetric else None,
+        float(inside.mean()), float(inside.max()), circularity(component[largest], spacing),
+        int(frames.size),
+        (int(frames.min()) + offset[0], int(rows.min()) + offset[1], int(cols.min()) + offset[2],
+         int(frames.max()) + offset[0], int(rows.max()) + offset[1], int(cols.max()) + offset[2]),
+    )
+
+
+def test_measure_matches_the_per_pixel_reference_on_random_components() -> None:
+    from pipelines.measurements import measure_with_frames
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        component = rng.random(shape) < rng.uniform(0.05, 0.9)
+        if not component.any():
+            component[tuple(int(rng.integers(0, n)) for n in shape)] = True
+        values = rng.normal(40.0, 200.0, shape).astype(np.float32)
+        volumetric = bool(trial % 2)
+        offset = (int(rng.integers(0, 5)), int(rng.integers(0, 50)), int(rng.integers(0, 50)))
+        m, frames = measure_with_frames(component, values, (0.7, 0.6), 2.5, volumetric, "HU",
+                                        offset=offset, image_shape=(128, 96))
+        got = (m.area_mm2, m.area_pct, m.volume_mm3, m.mean_intensity, m.max_intensity,
+               m.circularity, m.pixel_count, m.bbox)
+        assert got == _reference_measure(component, values, (0.7, 0.6), 2.5, volumetric, offset,
+                                         (128, 96))
+        assert frames == tuple(int(f) + offset[0] for f in np.flatnonzero(component.any(axis=(1, 2))))
+        assert measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU", offset, (128, 96)) == m
+
+
+def test_measuring_an_empty_component_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        measure(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4), np.float32), None, None, False, "HU")
+
+
+def _reference_perimeter(mask2d: np.ndarray, spacing: tuple[float, float]) -> float:
+    """The outline length computed step by step (vstack, diff, norm)."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask2d.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    row_mm, col_mm = spacing
+    total = 0.0
+    for contour in contours:
+        points = contour.reshape(-1, 2).astype(np.float64)
+        if len(points) < 3:
+            total += 2 * ((np.ptp(points[:, 0]) + 1) * col_mm + (np.ptp(points[:, 1]) + 1) * row_mm)
+            continue
+        simplified = cv2.approxPolyDP(contour, 1.0, True).reshape(-1, 2).astype(np.float64)
+        scaled = simplified * np.array([col_mm, row_mm])
+        closed = np.vstack([scaled, scaled[:1]])
+        total += float(np.linalg.norm(np.diff(closed, axis=0), axis=1).sum())
+        total += math.pi * (row_mm + col_mm) / 2.0
+    return total
+
+
+def test_perimeter_matches_the_step_by_step_reference() -> None:
+    from pipelines.measurements import perimeter_mm
+
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        mask = rng.random((int(rng.integers(1, 25)), int(rng.integers(1, 25)))) < rng.uniform(0.1, 0.9)
+        spacing = (float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.2, 2.0)))
+        assert perimeter_mm(mask, spacing) == _reference_perimeter(mask, spacing)

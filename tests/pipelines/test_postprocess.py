@@ -66,3 +66,119 @@ def test_at_most_max_components_are_kept_largest_first() -> None:
 
     labels, count = ndimage.label(out[0])
     assert count == 2 and out.sum() == 18
+
+
+# ---- the fast paths against straightforward references --------------------------------------
+def _reference_clean(mask: np.ndarray, spec: PostprocessSpec, volumetric: bool,
+                     area: float | None, volume: float | None) -> np.ndarray:
+    """Per-frame ndimage.binary_fill_holes, one labelling, full-size lookup (the plain way)."""
+    from scipy import ndimage
+
+    from pipelines.postprocess import connectivity
+
+    mask = mask.copy()
+    if spec.fill_holes:
+        for index in range(mask.shape[0]):
+            mask[index] = ndimage.binary_fill_holes(mask[index])
+    labels, count = ndimage.label(mask, structure=connectivity(volumetric))
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = sizes >= spec.min_component_pixels
+    if volumetric and volume and spec.min_component_mm3 > 0:
+        keep &= sizes * volume >= spec.min_component_mm3
+    if not volumetric and area and spec.min_component_mm2 > 0:
+        keep &= sizes * area >= spec.min_component_mm2
+    limit = 1 if spec.keep_largest else spec.max_components
+    if int(keep.sum()) > limit:
+        ranked = np.argsort(np.where(keep, sizes, -1), kind="stable")[::-1][:limit]
+        keep = np.zeros_like(keep)
+        keep[ranked] = True
+    return np.concatenate([[False], keep])[labels]
+
+
+def _noisy_probabilities(rng: np.random.Generator, labels: int, shape: tuple[int, ...]) -> np.ndarray:
+    from scipy import ndimage
+
+    probs = rng.random((labels, *shape)).astype(np.float32)
+    smooth = (1, 1, int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    probs = ndimage.uniform_filter(probs, size=smooth)
+    return ((probs - probs.min()) / (probs.max() - probs.min() + 1e-6)).astype(np.float32)
+
+
+def test_hole_filling_matches_binary_fill_holes_on_every_frame() -> None:
+    from scipy import ndimage
+
+    from pipelines.postprocess import fill_holes_per_frame
+
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        mask = rng.random((3, int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.2, 0.8)
+        mask[1] = False  # an empty frame
+        expected = np.stack([ndimage.binary_fill_holes(frame) for frame in mask])
+        fill_holes_per_frame(mask)
+        assert np.array_equal(mask, expected)
+    ring = np.zeros((1, 5, 5), bool)
+    ring[0, 1:4, 1:4], ring[0, 2, 2] = True, False  # a hole
+    ring[0, 0, 1:4] = True  # touching the border: still a hole inside
+    diagonal = ring.copy()
+    diagonal[0, 1, 1] = False  # the centre now meets the outside diagonally only: still a hole
+    for mask in (ring, diagonal):
+        expected = ndimage.binary_fill_holes(mask[0])
+        fill_holes_per_frame(mask)
+        assert np.array_equal(mask[0], expected)
+
+
+def test_clean_mask_and_label_map_match_the_plain_computation() -> None:
+    """Random noisy masks (2D stacks and volumes, several labels) give the same label maps, and
+    the components handed on are exactly a fresh labelling of each label in the map."""
+    from scipy import ndimage
+
+    from pipelines.postprocess import connectivity, postprocess_components
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        volumetric = bool(trial % 2)
+        names = ["a", "b", "c"][: int(rng.integers(1, 4))]
+        shape = (int(rng.integers(1, 5)), int(rng.integers(4, 50)), int(rng.integers(4, 50)))
+        probs = _noisy_probabilities(rng, len(names), shape)
+        spec = PostprocessSpec(
+            threshold=float(rng.uniform(0.3, 0.7)),
+            min_component_pixels=int(rng.integers(1, 8)),
+            min_component_mm2=float(rng.choice([0.0, 2.0])),
+            min_component_mm3=float(rng.choice([0.0, 6.0])),
+            fill_holes=bool(rng.integers(0, 2)),
+            keep_largest=bool(rng.integers(0, 4) == 0),
+            max_components=int(rng.integers(1, 30)),
+        )
+        raw = threshold_labels(probs, names, spec)
+        expected = np.zeros_like(raw)
+        for value in range(1, len(names) + 1):
+            mask = raw == value
+            assert np.array_equal(clean_mask(mask, spec, volumetric, 0.5, 1.25),
+                                  _reference_clean(mask, spec, volumetric, 0.5, 1.25))
+            cleaned = _reference_clean(mask, spec, volumetric, 0.5, 1.25)
+            expected[cleaned & (expected == 0)] = value
+        label_map, components = postprocess_components(probs, names, spec, volumetric, 0.5, 1.25)
+        assert np.array_equal(label_map, expected)
+        assert np.array_equal(postprocess_label_map(probs, names, spec, volumetric, 0.5, 1.25), expected)
+        assert 1 in components
+        for value, found in components.items():
+            labels, count = ndimage.label(label_map == value, structure=connectivity(volumetric))
+            assert found.count == count and np.array_equal(found.labels, labels)
+            assert found.volumetric is volumetric
+
+
+def test_more_components_than_uint16_labels() -> None:
+    """90 000 single-pixel components: labelling falls back from uint16 to int32, and keeping
+    them all numbers them in uint32."""
+    from pipelines.postprocess import postprocess_components
+
+    probs = np.zeros((1, 1, 600, 600), np.float32)
+    probs[0, 0, ::2, ::2] = 0.9
+    spec = PostprocessSpec(max_components=100_000)
+    label_map, components = postprocess_components(probs, ["lesion"], spec, False, None, None)
+    assert int(label_map.sum()) == 90_000
+    assert components[1].count == 90_000 and int(components[1].labels.max()) == 90_000
+    few = PostprocessSpec(max_components=3)
+    assert int(postprocess_label_map(probs, ["lesion"], few, False, None, None).sum()) == 3
