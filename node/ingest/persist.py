@@ -30,6 +30,7 @@ import errno
 import logging
 import queue
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from node.ingest.spool import InsufficientSpace, Spool, check_free_space, relati
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
+JOIN_WAIT_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,28 @@ def persist_instance(
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
+    committer = _committers.get(id(db))
+    if committer is None or not committer.running:
+        pending_or_outcome = _write(spool, relative, chunks, header, assoc, who)
+        if isinstance(pending_or_outcome, PersistOutcome):
+            return pending_or_outcome
+        _make_sqlite_durable(db, settings)
+        return commit_batch(db, settings, spool, [pending_or_outcome])[0]
+    committer.writing_started()
+    try:
+        pending_or_outcome = _write(spool, relative, chunks, header, assoc, who)
+    except BaseException:
+        committer.writing_ended()
+        raise
+    if isinstance(pending_or_outcome, PersistOutcome):
+        committer.writing_ended()
+        return pending_or_outcome
+    return committer.submit(pending_or_outcome, ends_writing=True)
+
+
+def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: Any,
+           assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
+    """Write, fsync and name the file; the pending commit, or the failure outcome."""
     try:
         temp, written = spool.write_temp(relative, chunks)
     except OSError as exc:
@@ -153,12 +177,7 @@ def persist_instance(
         log.error("cannot publish instance %s from %s: %s", header.sop_instance_uid, who, exc)
         return _outcome(header.sop_instance_uid, header.study_instance_uid,
                         StoreStatus.PROCESSING_FAILURE, reason=str(exc))  # fmt: skip
-    pending = _Pending(NewInstance(header, assoc, relative, written), temp, final=final)
-    committer = _committers.get(id(db))
-    if committer is not None and committer.running:
-        return committer.submit(pending)
-    _make_sqlite_durable(db, settings)
-    return commit_batch(db, settings, spool, [pending])[0]
+    return _Pending(NewInstance(header, assoc, relative, written), temp, final=final)
 
 
 def _outcome(sop: str, study: str, status: StoreStatus, *, duplicate: bool = False,
@@ -230,8 +249,10 @@ def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pen
 class GroupCommitter:
     """One thread per process and database that commits what concurrent handlers queued.
 
-    No artificial wait: while one batch commits, the next one accumulates, so a single
-    association pays one commit per instance and N busy associations share commits.
+    While one batch commits, the next one accumulates, so a single association pays one commit
+    per instance and N busy associations share commits. The only wait: when a batch is smaller
+    than the number of instances being written at that moment (``writing``), the committer waits
+    up to ``JOIN_WAIT_S`` for them — never when one association is alone.
     """
 
     def __init__(self, db: Database, settings: Settings, max_batch: int = MAX_BATCH) -> None:
@@ -244,6 +265,8 @@ class GroupCommitter:
         self.running = False
         self.batches = 0
         self.committed = 0
+        self.writing = 0  # instances between header check and submit (their files being written)
+        self._writing_lock = threading.Lock()
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
@@ -252,9 +275,19 @@ class GroupCommitter:
         self._thread.start()
         return self
 
-    def submit(self, pending: _Pending) -> PersistOutcome:
+    def writing_started(self) -> None:
+        with self._writing_lock:
+            self.writing += 1
+
+    def writing_ended(self) -> None:
+        with self._writing_lock:
+            self.writing -= 1
+
+    def submit(self, pending: _Pending, *, ends_writing: bool = False) -> PersistOutcome:
         pending.future = Future()
         self._queue.put(pending)
+        if ends_writing:  # after the put, so a committer waiting for this instance gets it
+            self.writing_ended()
         return pending.future.result()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -283,11 +316,20 @@ class GroupCommitter:
             if first is None:
                 break
             batch = [first]
+            deadline = time.monotonic() + JOIN_WAIT_S
             while len(batch) < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    # another association is writing its file right now: a moment's wait lets
+                    # it join this commit instead of paying for the next one alone
+                    remaining = deadline - time.monotonic()
+                    if self.writing <= 0 or remaining <= 0:
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if nxt is None:
                     stopping = True
                     break
