@@ -21,7 +21,6 @@ TAG_MESSAGE_ID_RESPONDED = 0x00000120
 TAG_DATA_SET_TYPE = 0x00000800
 TAG_STATUS = 0x00000900
 TAG_AFFECTED_SOP_INSTANCE = 0x00001000
-TAG_MOVE_ORIGINATOR_AE = 0x00001030
 
 
 class CommandError(ValueError):
@@ -37,7 +36,6 @@ class Command:
     has_data_set: bool
     affected_sop_class: str = ""
     affected_sop_instance: str = ""
-    move_originator_ae: str = ""
 
 
 def _uid(raw: bytes) -> str:
@@ -77,9 +75,6 @@ def parse_command(raw: bytes | bytearray | memoryview) -> Command:
         has_data_set=us(TAG_DATA_SET_TYPE) != NO_DATA_SET if TAG_DATA_SET_TYPE in values else False,
         affected_sop_class=_uid(values.get(TAG_AFFECTED_SOP_CLASS, b"")),
         affected_sop_instance=_uid(values.get(TAG_AFFECTED_SOP_INSTANCE, b"")),
-        move_originator_ae=values.get(TAG_MOVE_ORIGINATOR_AE, b"")
-        .decode("ascii", errors="replace")
-        .strip(),
     )
 
 

@@ -44,7 +44,7 @@ from node.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instances import NewInstance, upsert_instances
-from node.domain import Association, StoreStatus
+from node.domain import Association, InstanceHeader, StoreStatus
 from node.ingest.header import HeaderError, build_file_meta, parse_instance
 from node.ingest.spool import InsufficientSpace, Spool, check_free_space, relative_path
 
@@ -160,7 +160,7 @@ def persist_instance(
     return committer.submit(pending_or_outcome, ends_writing=True)
 
 
-def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: Any,
+def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: InstanceHeader,
            assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
     """Write, fsync and name the file; the pending commit, or the failure outcome."""
     try:
