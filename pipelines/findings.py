@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from pipelines.measurements import measure_with_frames
+from pipelines.measurements import measure
 from pipelines.postprocess import Components, label_components
 from pipelines.result import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.severity import classify_severity
@@ -73,7 +73,7 @@ def segment_findings(
                 slice(max(crop[1].start - 1, 0), crop[1].stop + 1),
                 slice(max(crop[2].start - 1, 0), crop[2].stop + 1),
             )
-            m, frame_indices = measure_with_frames(
+            m, frame_indices = measure(
                 found.labels[crop] == index + 1, ctx.values[crop], ctx.pixel_spacing_mm,
                 ctx.slice_spacing_mm, ctx.volumetric, ctx.intensity_unit,
                 offset=(crop[0].start, crop[1].start, crop[2].start),

@@ -64,27 +64,6 @@ def measure(
     intensity_unit: str,
     offset: tuple[int, int, int] = (0, 0, 0),
     image_shape: tuple[int, int] | None = None,
-) -> Measurements:
-    """Measure one component (F, H, W) bool over ``values`` (F, H, W) in original units.
-
-    ``component``/``values`` may be a crop of the image (for speed with many components):
-    ``offset`` is the crop's corner (frame, row, col) and ``image_shape`` the full (rows, cols).
-    """
-    return measure_with_frames(
-        component, values, pixel_spacing_mm, slice_spacing_mm, volumetric, intensity_unit,
-        offset, image_shape,
-    )[0]
-
-
-def measure_with_frames(
-    component: np.ndarray,
-    values: np.ndarray,
-    pixel_spacing_mm: tuple[float, float] | None,
-    slice_spacing_mm: float | None,
-    volumetric: bool,
-    intensity_unit: str,
-    offset: tuple[int, int, int] = (0, 0, 0),
-    image_shape: tuple[int, int] | None = None,
 ) -> tuple[Measurements, tuple[int, ...]]:
     """:func:`measure`, and the (offset) indices of the frames the component is on.
 

@@ -157,7 +157,7 @@ def persist_instance(
     if isinstance(pending_or_outcome, PersistOutcome):
         committer.writing_ended()
         return pending_or_outcome
-    return committer.submit(pending_or_outcome, ends_writing=True)
+    return committer.submit(pending_or_outcome)
 
 
 def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: InstanceHeader,
@@ -242,7 +242,8 @@ def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pen
                            .where(Instance.sop_instance_uid.in_(uids)))  # fmt: skip
     recorded = {uid: path for uid, path in rows}
     for pending in duplicates:
-        if pending.final is not None and recorded.get(pending.item.header.sop_instance_uid) != pending.item.path:
+        if recorded.get(pending.item.header.sop_instance_uid) != pending.item.path:
+            assert pending.final is not None
             spool.discard(pending.final)
 
 
@@ -283,11 +284,11 @@ class GroupCommitter:
         with self._writing_lock:
             self.writing -= 1
 
-    def submit(self, pending: _Pending, *, ends_writing: bool = False) -> PersistOutcome:
+    def submit(self, pending: _Pending) -> PersistOutcome:
+        """Queue an instance whose ``writing_started`` was called; wait for its outcome."""
         pending.future = Future()
         self._queue.put(pending)
-        if ends_writing:  # after the put, so a committer waiting for this instance gets it
-            self.writing_ended()
+        self.writing_ended()  # after the put, so a committer waiting for this instance gets it
         return pending.future.result()
 
     def stop(self, timeout: float = 30.0) -> None:

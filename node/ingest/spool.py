@@ -3,8 +3,9 @@
 Layout: ``<data_dir>/spool/<study>/<series>/<sop>.dcm`` (the path stored in the Instance row is
 relative to the data directory, so the data directory can move). A file is written to a temporary
 name in its final directory and fsynced, then gets its final name (hard link, or rename over a
-leftover); the directory is fsynced after that, so once the name is durable the file is complete. UIDs come from the network: anything that is not
-a plain UID is replaced by a hash so a hostile UID can never escape the spool.
+leftover); the directory is fsynced after that, so once the name is durable the file is complete.
+UIDs come from the network: anything that is not a plain UID is replaced by a hash so a hostile UID
+can never escape the spool.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def test_disc_area_and_circularity(radius: int) -> None:
     spacing = (0.5, 0.5)
     mask = _disc(4 * radius, radius)[None]
     values = np.where(mask, 60.0, -1000.0).astype(np.float32)
-    m = measure(mask, values, spacing, None, volumetric=False, intensity_unit="HU")
+    m, _ = measure(mask, values, spacing, None, volumetric=False, intensity_unit="HU")
     true_area = math.pi * (radius * 0.5) ** 2
     assert m.area_mm2 == pytest.approx(true_area, rel=0.03)
     assert m.circularity == pytest.approx(1.0, abs=0.06)
@@ -49,7 +49,7 @@ def test_volume_bbox_and_hu_mean_on_a_ct_like_sphere() -> None:
     sphere = (zz - 10) ** 2 * 4 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 64  # r=8 mm, 2 mm slices
     rng = np.random.default_rng(0)
     hu = np.where(sphere, 45.0, -50.0) + rng.normal(0, 5, sphere.shape)
-    m = measure(sphere, hu.astype(np.float32), (1.0, 1.0), 2.0, volumetric=True, intensity_unit="HU")
+    m, _ = measure(sphere, hu.astype(np.float32), (1.0, 1.0), 2.0, volumetric=True, intensity_unit="HU")
     assert m.volume_mm3 == pytest.approx(4 / 3 * math.pi * 8**3, rel=0.05)
     assert m.mean_intensity == pytest.approx(45.0, abs=0.5)
     assert m.bbox == (6, 12, 12, 14, 28, 28)
@@ -58,7 +58,7 @@ def test_volume_bbox_and_hu_mean_on_a_ct_like_sphere() -> None:
 
 def test_missing_spacing_reports_no_area() -> None:
     mask = _disc(40, 10)[None]
-    m = measure(mask, mask.astype(np.float32), None, None, False, "[arb'U]")
+    m, _ = measure(mask, mask.astype(np.float32), None, None, False, "[arb'U]")
     assert m.area_mm2 is None and m.area_pct is not None and m.circularity is not None
 
 
@@ -82,7 +82,6 @@ def _reference_measure(component: np.ndarray, values: np.ndarray, spacing: tuple
 
 
 def test_measure_matches_the_per_pixel_reference_on_random_components() -> None:
-    from pipelines.measurements import measure_with_frames
 
     rng = np.random.default_rng(11)
     for trial in range(40):
@@ -93,14 +92,14 @@ def test_measure_matches_the_per_pixel_reference_on_random_components() -> None:
         values = rng.normal(40.0, 200.0, shape).astype(np.float32)
         volumetric = bool(trial % 2)
         offset = (int(rng.integers(0, 5)), int(rng.integers(0, 50)), int(rng.integers(0, 50)))
-        m, frames = measure_with_frames(component, values, (0.7, 0.6), 2.5, volumetric, "HU",
+        m, frames = measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU",
                                         offset=offset, image_shape=(128, 96))
         got = (m.area_mm2, m.area_pct, m.volume_mm3, m.mean_intensity, m.max_intensity,
                m.circularity, m.pixel_count, m.bbox)
         assert got == _reference_measure(component, values, (0.7, 0.6), 2.5, volumetric, offset,
                                          (128, 96))
         assert frames == tuple(int(f) + offset[0] for f in np.flatnonzero(component.any(axis=(1, 2))))
-        assert measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU", offset, (128, 96)) == m
+        assert measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU", offset, (128, 96))[0] == m
 
 
 def test_measuring_an_empty_component_is_an_error() -> None:
