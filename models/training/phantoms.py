@@ -5,6 +5,11 @@ carries its truth: a label map (0 background, 1 lesion), one box per lesion and 
 (0 normal, 1 abnormal). Lesions vary in size, contrast, shape (ellipse, lobulated, ring-enhancing)
 and count; a share of phantoms has none. Everything derives from the ``numpy.random.Generator``
 passed in, so a seed reproduces a dataset exactly.
+
+3D phantoms have a physical scale: the anatomy fills a fixed field of view and lesion sizes are in
+millimetres, so the same patient at any matrix size has the same lesions in mm. A 3D model trained at
+one voxel spacing then meets the same anatomy after the node resamples any phantom series to that
+spacing (the card's ``spacing_mm``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ SHAPES = ("ellipse", "lobulated", "ring")
 @dataclass(frozen=True)
 class Lesion:
     center: tuple[float, ...]  # (y, x) or (z, y, x) in pixels/voxels
-    radius: float  # mean radius in pixels/voxels
+    radius: float  # mean radius: 2D in pixels, 3D in mm
     contrast: float  # added intensity (2D: fraction of range; 3D: HU)
     shape: str
 
@@ -42,16 +47,23 @@ class Phantom3D:
     mask: np.ndarray  # uint8 (D, H, W) label map
     label: int
     lesions: list[Lesion] = field(default_factory=list)
-    spacing_mm: tuple[float, float, float] = (2.5, 1.0, 1.0)  # (z, y, x)
+    spacing_mm: tuple[float, float, float] = (2.5, 1.0, 1.0)  # (z, y, x): field of view / shape
     boxes: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
     # z0, y0, x0, z1, y1, x1 (exclusive), label
 
 
 def _lesion_profile(
-    grids: tuple[np.ndarray, ...], lesion: Lesion, rng: np.random.Generator
+    grids: tuple[np.ndarray, ...],
+    lesion: Lesion,
+    rng: np.random.Generator,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Soft lesion intensity profile in [0, 1] (1 inside), shaped per ``lesion.shape``."""
-    offsets = [g - c for g, c in zip(grids, lesion.center, strict=True)]
+    """Soft lesion intensity profile in [0, 1] (1 inside), shaped per ``lesion.shape``.
+
+    ``spacing`` (per axis) turns voxel offsets into the radius' unit (mm for 3D phantoms).
+    """
+    scale = spacing or (1.0,) * len(grids)
+    offsets = [(g - c) * s for g, c, s in zip(grids, lesion.center, scale, strict=True)]
     axes = rng.uniform(0.7, 1.3, size=len(grids))
     dist = np.sqrt(sum((o / a) ** 2 for o, a in zip(offsets, axes, strict=True)))
     radius: np.ndarray | float = lesion.radius
@@ -144,14 +156,23 @@ def make_2d_phantom(
     return Phantom2D(image, mask, boxes, int(bool(lesions)), lesions)
 
 
+FIELD_OF_VIEW_3D_MM = (160.0, 320.0, 320.0)  # (z, y, x): an abdomen, whatever the matrix
+LESION_RADIUS_3D_MM = (10.0, 25.0)
+
+
 def make_3d_phantom(
     rng: np.random.Generator,
     shape: tuple[int, int, int] = (64, 128, 128),
     lesion_count: int | None = None,
     p_normal: float = 0.3,
 ) -> Phantom3D:
-    """A CT-like abdomen volume in HU with 0..3 hypo-/hyperdense lesions in a liver-like organ."""
+    """A CT-like abdomen volume in HU with 0..3 hypo-/hyperdense lesions in a liver-like organ.
+
+    The volume spans :data:`FIELD_OF_VIEW_3D_MM` (spacing = field of view / ``shape``) and lesion
+    radii are 10–25 mm, so lesion size in mm does not depend on the matrix size.
+    """
     d, h, w = shape
+    spacing = tuple(f / n for f, n in zip(FIELD_OF_VIEW_3D_MM, shape, strict=True))
     zz, yy, xx = (g.astype(np.float32) for g in np.mgrid[0:d, 0:h, 0:w])
     zn, yn, xn = zz / d, yy / h, xx / w
     vol = np.full(shape, -1000.0, np.float32)
@@ -176,13 +197,13 @@ def make_3d_phantom(
     while len(lesions) < count and attempts < 50 and len(candidates):
         attempts += 1
         c = candidates[int(rng.integers(len(candidates)))]
-        radius = float(rng.uniform(2.5, 8.0) * min(shape) / 64)
-        lo = [max(0, int(v - radius * 1.6)) for v in c]
-        if mask[lo[0]:int(c[0] + radius * 1.6), lo[1]:int(c[1] + radius * 1.6), lo[2]:int(c[2] + radius * 1.6)].any():
+        radius = float(rng.uniform(*LESION_RADIUS_3D_MM))
+        reach = [radius * 1.6 / s for s in spacing]  # keep lesions apart (in voxels per axis)
+        if mask[tuple(slice(max(0, int(v - r)), int(v + r) + 1) for v, r in zip(c, reach, strict=True))].any():
             continue
         sign = -1.0 if rng.random() < 0.6 else 1.0
-        lesion = Lesion(tuple(float(v) for v in c), radius, sign * float(rng.uniform(25, 80)), str(rng.choice(SHAPES)))
-        profile = _lesion_profile((zz, yy, xx), lesion, rng)
+        lesion = Lesion(tuple(float(v) for v in c), radius, sign * float(rng.uniform(30, 90)), str(rng.choice(SHAPES)))
+        profile = _lesion_profile((zz, yy, xx), lesion, rng, spacing)
         vol += lesion.contrast * profile * organ
         region = _inside(profile, lesion.shape) & organ
         idx = np.argwhere(region)
@@ -194,7 +215,8 @@ def make_3d_phantom(
         boxes.append((*(int(v) for v in lo_i), *(int(v) for v in hi_i), 1))  # type: ignore[arg-type]
     vol = ndimage.gaussian_filter(vol, sigma=0.7)
     vol += rng.normal(0, float(rng.uniform(8, 18)), shape).astype(np.float32)
-    return Phantom3D(vol.astype(np.float32), mask, int(bool(lesions)), lesions, boxes=boxes)
+    return Phantom3D(vol.astype(np.float32), mask, int(bool(lesions)), lesions,
+                     spacing_mm=spacing, boxes=boxes)  # type: ignore[arg-type]
 
 
 def phantom_to_dicom_series(*args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
