@@ -1,7 +1,8 @@
 """``pacsnode evaluate``: every demo model and ensemble on held-out phantoms and real MR volumes.
 
 Ensembles combine members exactly like the pipelines do (``pipelines.ensemble.weighted_mean`` over
-probabilities, demo weights from :mod:`models.training.demo_specs`). The real MR volumes (brain,
+probabilities, demo weights from :mod:`models.training.demo_specs`). The 3D pair is scored on
+held-out CT phantoms at its own grid (whole volumes, the roi the cards declare). The real MR volumes (brain,
 breast, prostate from ``../shared/data/labelled-volumes``) are segmented slice-wise by the 2D pair:
 the demo networks never saw MR, so those numbers show the limits of phantom training, nothing more.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.card import write_card
+from models.card import ModelCard, write_card
 from models.evaluation.metrics import classification_scores, detection_scores, segmentation_scores
 from models.loaders import LoadedModel
 from models.registry import ModelRegistry
@@ -27,6 +28,7 @@ from models.training.demo_specs import (
     CLASSIFICATION_WEIGHTS,
     INPUT_SIZE_2D,
     SEGMENTATION_WEIGHTS,
+    VOLUME_SHAPE_3D,
 )
 from models.training.preprocess import apply_intensity
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HELDOUT_2D = 200
 HELDOUT_3D = 6
+HELDOUT_3D_GRID = 48  # volumes for the 3D pair (cheap at its 32x64x64 grid)
 LABELLED_PAIRS = [
     ("brain1_image.nrrd", "brain1_label.nrrd"),
     ("brain2_image.nrrd", "brain2_label.nrrd"),
@@ -65,7 +68,19 @@ def _normalise_all(model: LoadedModel, images: np.ndarray) -> np.ndarray:
 def evaluate_segmentation(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
     data = make_dataset_2d(seed, HELDOUT_2D, INPUT_SIZE_2D)
     probs = {name: _batched_forward(m, _normalise_all(m, data.images)) for name, m in models.items()}
-    truths = list(data.masks)
+    return _segmentation_scores(models, probs, list(data.masks))
+
+
+def evaluate_segmentation_3d(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
+    """The 3D pair on held-out CT phantoms at the cards' grid (whole volume = one roi)."""
+    data = make_dataset_3d(seed + 11, HELDOUT_3D_GRID, VOLUME_SHAPE_3D)  # windowed like the cards say
+    probs = {name: _batched_forward(m, data.volumes, batch=4) for name, m in models.items()}
+    return _segmentation_scores(models, probs, list(data.masks))
+
+
+def _segmentation_scores(models: dict[str, LoadedModel], probs: dict[str, np.ndarray],
+                         truths: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per member (argmax of its probabilities) and for their weighted-mean ensemble."""
     results: dict[str, dict[str, Any]] = {
         name: segmentation_scores(list(p.argmax(1)), truths) for name, p in probs.items()
     }
@@ -153,17 +168,26 @@ def evaluate_detection(models: dict[str, LoadedModel], seed: int) -> dict[str, d
     return results
 
 
+def evaluation_group(card: ModelCard) -> str:
+    """The held-out set a demo model is scored on: its task, with 3D segmentation apart."""
+    return "segmentation_3d" if card.task == "segmentation" and card.input.dims == 3 else card.task
+
+
 def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -> dict[str, Any]:
     """Evaluate every demo model present in ``models_dir``; optionally write metrics into cards."""
     registry = ModelRegistry(models_dir)
-    by_task: dict[str, dict[str, LoadedModel]] = {"segmentation": {}, "classification": {}, "detection": {}}
+    by_task: dict[str, dict[str, LoadedModel]] = {
+        "segmentation": {}, "segmentation_3d": {}, "classification": {}, "detection": {}
+    }
     for name, card in sorted(registry.cards.items()):
-        if name.startswith("demo-") and card.input.dims == 2:
-            by_task[card.task][name] = registry.get(name, "auto")
+        if name.startswith("demo-"):
+            by_task[evaluation_group(card)][name] = registry.get(name, "auto")
     report: dict[str, Any] = {"seed": seed, "models_dir": str(models_dir)}
     if by_task["segmentation"]:
         report["segmentation"] = evaluate_segmentation(by_task["segmentation"], seed)
         report["segmentation_volumes"] = evaluate_volumes_slicewise(by_task["segmentation"], seed)
+    if by_task["segmentation_3d"]:
+        report["segmentation_3d"] = evaluate_segmentation_3d(by_task["segmentation_3d"], seed)
     if by_task["classification"]:
         report["classification"] = evaluate_classification(by_task["classification"], seed)
     if by_task["detection"]:
@@ -180,11 +204,12 @@ def _write_metrics(registry: ModelRegistry, by_task: dict[str, dict[str, LoadedM
             continue
         for name in models:
             card = registry.card(name)
+            kind = "3d" if task == "segmentation_3d" else "2d"
             metrics: dict[str, Any] = {
                 "evaluated": today,
                 "seed": report["seed"],
-                "heldout_phantoms_2d": report[task][name],
-                "ensemble_heldout_phantoms_2d": report[task]["ensemble"],
+                f"heldout_phantoms_{kind}": report[task][name],
+                f"ensemble_heldout_phantoms_{kind}": report[task]["ensemble"],
             }
             if task == "segmentation":
                 metrics.update(report["segmentation_volumes"].get(name, {}))
@@ -194,12 +219,13 @@ def _write_metrics(registry: ModelRegistry, by_task: dict[str, dict[str, LoadedM
 
 
 def primary_metric(task: str) -> str:
-    return {"segmentation": "dice", "classification": "auroc", "detection": "map50"}[task]
+    return {"segmentation": "dice", "segmentation_3d": "dice", "classification": "auroc",
+            "detection": "map50"}[task]
 
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"evaluation on held-out phantoms (seed {report['seed']})"]
-    for task in ("segmentation", "classification", "detection"):
+    for task in ("segmentation", "segmentation_3d", "classification", "detection"):
         if task not in report:
             continue
         lines.append(f"\n{task}:")

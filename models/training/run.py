@@ -17,14 +17,21 @@ import torch
 from models.card import DEMO_DISCLAIMER, ModelCard, write_card
 from models.loaders.monai import build_monai_network
 from models.training.common import device_uid_for, save_state_dict, seed_everything
-from models.training.datasets import Dataset2D, make_dataset_2d
-from models.training.demo_specs import DEMO_MODELS, INPUT_SIZE_2D, YOLO_DEFINITION, DemoModel
+from models.training.datasets import Dataset2D, make_dataset_2d, make_dataset_3d
+from models.training.demo_specs import (
+    DEMO_MODELS,
+    INPUT_SIZE_2D,
+    VOLUME_SHAPE_3D,
+    YOLO_DEFINITION,
+    DemoModel,
+)
 from models.training.loops import train_classifier, train_segmentation
 from models.training.preprocess import apply_intensity
 
 log = logging.getLogger(__name__)
 
 TRAIN_COUNTS = {"full": 256, "quick": 12}
+TRAIN_COUNTS_3D = {"full": 192, "quick": 4}
 VAL_COUNTS = {"full": 64, "quick": 8}
 
 
@@ -44,22 +51,17 @@ def _build_network(model: DemoModel) -> torch.nn.Module:
     return network
 
 
-def train_one(model: DemoModel, out_dir: Path, seed: int, quick: bool) -> ModelCard:
-    """Train ``model`` and write ``out_dir/<name>/{model.pt,card.yaml}``; return the card."""
-    mode = "quick" if quick else "full"
-    rng = seed_everything(seed)
+def _train_2d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int,
+              rng: np.random.Generator) -> tuple[str, list[float], str]:
+    """Train a 2D model on radiograph phantoms; return (weights SHA-256, loss history, data note)."""
     train = make_dataset_2d(seed, TRAIN_COUNTS[mode], INPUT_SIZE_2D)
-    epochs = 1 if quick else model.epochs
-    folder = out_dir / model.name
-    weights = folder / model.weights_file
-    started = time.monotonic()
     history: list[float] = []
     if model.framework == "ultralytics":
         from models.training.detection import train_yolo
 
         val = make_dataset_2d(seed + 1, VAL_COUNTS[mode], INPUT_SIZE_2D)
         sha = train_yolo(YOLO_DEFINITION, train, val, epochs, seed, weights)
-        (folder / YOLO_DEFINITION.name).write_text(YOLO_DEFINITION.read_text())
+        (weights.parent / YOLO_DEFINITION.name).write_text(YOLO_DEFINITION.read_text())
     else:
         network = _build_network(model)
         images = _normalised(train, model)
@@ -68,9 +70,37 @@ def train_one(model: DemoModel, out_dir: Path, seed: int, quick: bool) -> ModelC
         else:
             history = train_classifier(network, images, train.labels, epochs, rng, lr=model.lr, batch_size=model.batch_size, desc=model.name)
         sha = save_state_dict(network, weights)
+    data = (f"procedural 2D radiograph phantoms (models.training.phantoms), {len(train.images)} "
+            f"images at {INPUT_SIZE_2D}x{INPUT_SIZE_2D}, {int(train.labels.sum())} abnormal")
+    return sha, history, data
+
+
+def _train_3d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int,
+              rng: np.random.Generator) -> tuple[str, list[float], str]:
+    """Train a 3D segmentation model on whole CT phantoms at the card's grid (see ``_train_2d``)."""
+    # make_dataset_3d windows with CT_WINDOW, the window the 3D cards declare
+    train = make_dataset_3d(seed, TRAIN_COUNTS_3D[mode], VOLUME_SHAPE_3D)
+    network = _build_network(model)
+    history = train_segmentation(network, train.volumes, train.masks, epochs, rng, lr=model.lr,
+                                 batch_size=model.batch_size, desc=model.name)
+    spacing = "x".join(f"{s:g}" for s in model.input.spacing_mm or ())
+    data = (f"procedural 3D CT phantoms (models.training.phantoms), {len(train.volumes)} volumes at "
+            f"{'x'.join(map(str, VOLUME_SHAPE_3D))} voxels of {spacing} mm, "
+            f"{int(train.labels.sum())} with lesions")
+    return save_state_dict(network, weights), history, data
+
+
+def train_one(model: DemoModel, out_dir: Path, seed: int, quick: bool) -> ModelCard:
+    """Train ``model`` and write ``out_dir/<name>/{model.pt,card.yaml}``; return the card."""
+    mode = "quick" if quick else "full"
+    rng = seed_everything(seed)
+    epochs = 1 if quick else model.epochs
+    folder = out_dir / model.name
+    started = time.monotonic()
+    train = _train_3d if model.input.dims == 3 else _train_2d
+    sha, history, data = train(model, folder / model.weights_file, seed, mode, epochs, rng)
     training: dict[str, Any] = {
-        "data": f"procedural 2D radiograph phantoms (models.training.phantoms), {len(train.images)} "
-                f"images at {INPUT_SIZE_2D}x{INPUT_SIZE_2D}, {int(train.labels.sum())} abnormal",
+        "data": data,
         "seed": seed,
         "epochs": epochs,
         "quick": quick,
