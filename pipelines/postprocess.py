@@ -54,6 +54,25 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
     return labels, int(count)
 
 
+def foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest (frames, rows, columns) box holding every set pixel of a (F, H, W) mask.
+
+    Labelling and relabelling cost grows with the voxels they visit: a trained model's lesions
+    fill a small box of a 26 M voxel CT, and three ``any`` projections find it in a few ms.
+    """
+    frames = np.flatnonzero(mask.any(axis=(1, 2)))
+    if frames.size == 0:
+        return None
+    band = mask[frames[0] : frames[-1] + 1]
+    rows = np.flatnonzero(band.any(axis=(0, 2)))
+    cols = np.flatnonzero(band.any(axis=(0, 1)))
+    return (
+        slice(int(frames[0]), int(frames[-1]) + 1),
+        slice(int(rows[0]), int(rows[-1]) + 1),
+        slice(int(cols[0]), int(cols[-1]) + 1),
+    )
+
+
 def label_components(mask: np.ndarray, volumetric: bool) -> Components:
     """Label a (F, H, W) mask with the pipeline's connectivity."""
     labels, count = _label(mask, volumetric)
@@ -153,9 +172,12 @@ def _clean(
     """:func:`clean_mask` on a bool mask it may overwrite, with the kept components."""
     if spec.fill_holes:
         fill_holes_per_frame(mask)
-    labels, count = _label(mask, volumetric)
-    if count == 0:
+    box = foreground_box(mask)
+    if box is None:
         return mask, Components(np.zeros(mask.shape, np.uint8), 0, volumetric)
+    # label only the box around the foreground: positions keep their raster order inside it, so
+    # the numbering is the one labelling the whole mask gives
+    labels, count = _label(mask[box], volumetric)
     keep = _kept(component_sizes(labels, count), spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
     kept = int(keep.sum())
     # renumber the kept components 1..kept in their labelling order: exactly the numbers
@@ -164,11 +186,12 @@ def _clean(
     dtype = np.uint8 if kept < 2**8 else np.uint16 if kept < 2**16 else np.uint32
     renumber = np.zeros(count + 1, dtype=dtype)
     renumber[1:][keep] = np.arange(1, kept + 1, dtype=dtype)
-    components = Components(_lookup(renumber, labels), kept, volumetric)
+    kept_labels = np.zeros(mask.shape, dtype=dtype)
+    kept_labels[box] = _lookup(renumber, labels)
     del labels
     if kept < count:
-        mask = components.labels > 0
-    return mask, components
+        mask[box] = kept_labels[box] > 0
+    return mask, Components(kept_labels, kept, volumetric)
 
 
 def clean_mask(

@@ -142,6 +142,9 @@ def test_clean_mask_and_label_map_match_the_plain_computation() -> None:
         names = ["a", "b", "c"][: int(rng.integers(1, 4))]
         shape = (int(rng.integers(1, 5)), int(rng.integers(4, 50)), int(rng.integers(4, 50)))
         probs = _noisy_probabilities(rng, len(names), shape)
+        if trial % 4 >= 2:  # foreground in a corner of a larger, empty volume (labelled in a box)
+            before = [int(rng.integers(0, 6)) for _ in range(3)]
+            probs = np.pad(probs, [(0, 0)] + [(b, int(rng.integers(0, 6))) for b in before])
         spec = PostprocessSpec(
             threshold=float(rng.uniform(0.3, 0.7)),
             min_component_pixels=int(rng.integers(1, 8)),
@@ -167,6 +170,15 @@ def test_clean_mask_and_label_map_match_the_plain_computation() -> None:
             labels, count = ndimage.label(label_map == value, structure=connectivity(volumetric))
             assert found.count == count and np.array_equal(found.labels, labels)
             assert found.volumetric is volumetric
+
+
+def test_foreground_box_is_the_tightest_box_around_the_mask() -> None:
+    from pipelines.postprocess import foreground_box
+
+    mask = np.zeros((6, 20, 30), bool)
+    assert foreground_box(mask) is None
+    mask[2, 5, 7] = mask[4, 11, 3] = True
+    assert foreground_box(mask) == (slice(2, 5), slice(5, 12), slice(3, 8))
 
 
 def test_more_components_than_uint16_labels() -> None:
