@@ -12,8 +12,11 @@ case in a fresh process).
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
     .venv/bin/python bench/inference.py --only "ensemble seg3d"   # the cases so labelled
 
-Models: the demo cards when present (``--models-dir``), else moderately sized benchmark models
-(random weights: speed does not depend on them) written to a temporary folder.
+Models: moderately sized benchmark networks (random weights) written to a temporary folder, or
+the cards of ``--models-dir`` (e.g. ``models/cards``: the small demo models). A network's speed
+does not depend on its weights, but the node's does a little: every connected component of the
+mask becomes a measured finding, and random weights give noisy masks (up to the 100 components
+post-processing keeps), so the table shows the findings count.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class Timing:
     median: float
     cpu_seconds: float  # process CPU time (all threads), fastest of the repeats
     peak_mb: float  # RSS peak above the level after the models were loaded
+    findings: int = 0  # node only: findings in the result
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    fn()  # warm-up (counted for memory, not for time)
+    warm = fn()  # warm-up (counted for memory, not for time)
     times, cpu_times = [], []
     for _ in range(repeat):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -233,7 +237,9 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
         cpu_times.append(time.process_time() - cpu_start)
     stop.set()
     sampler.join()
-    return Timing(min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20)
+    findings = len(warm.findings) if mode == "node" else 0
+    return Timing(min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20,
+                  findings)
 
 
 def in_child(*args: Any) -> Timing:
@@ -264,7 +270,8 @@ def cases(roles: dict[str, str]) -> list[Case]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models" / "cards")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="models to time (default: benchmark networks); models/cards: the demo models")
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -277,11 +284,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pacsnode-bench-") as tmp:
         work = Path(tmp)
-        roles = demo_models(args.models_dir)
-        models_dir = args.models_dir
-        if roles is None:
+        if args.models_dir is None:
             models_dir = work / "models"
             roles = write_bench_models(models_dir)
+        else:
+            models_dir = args.models_dir
+            found = demo_models(models_dir)
+            if found is None:
+                parser.error(f"{models_dir} lacks one of the demo models the cases need")
+            roles = found
         cr, ct = write_studies(work, args.slices)
         studies = {"cr": (cr, "CR 512x512"), "ct": (ct, f"CT {args.slices}x512x512")}
         rows: list[tuple[str, str, Timing, Timing]] = []
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
           f"not inflated by other load on a shared machine). Memory = RSS peak above the "
           f"loaded-model baseline.")
     header = (f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
-              f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7}")
+              f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7} "
+              f"{'findings':>8}")
     print(header)
     print("-" * len(header))
     for label, study_name, plain, node in rows:
@@ -309,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         overhead = node.cpu_seconds / cpu - 1 if cpu else float("nan")
         print(f"{label:34} {study_name:16} {plain.seconds:7.3f} ({plain.median:6.3f}) "
               f"{node.seconds:7.3f} ({node.median:6.3f}) {plain.cpu_seconds:8.2f} "
-              f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f}")
+              f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f} "
+              f"{node.findings:8d}")
     return 0
 
 
