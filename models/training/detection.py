@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +24,7 @@ from PIL import Image
 from models.card import IntensitySpec, sha256_file
 from models.loaders.ultralytics_env import prepare_offline
 from models.training.datasets import Dataset2D
-from models.training.demo_specs import RADIOGRAPH_INPUT
 from models.training.preprocess import apply_intensity
-
-# ultralytics trainer settings (overridable per call for experiments)
-TRAIN_ARGS: dict[str, Any] = {
-    "batch": 16, "mosaic": 0.5, "lr0": 0.01, "optimizer": "AdamW", "val": False,
-}
 
 
 def _write_split(root: Path, split: str, data: Dataset2D, intensity: IntensitySpec) -> None:
@@ -51,9 +44,12 @@ def _write_split(root: Path, split: str, data: Dataset2D, intensity: IntensitySp
 
 def train_yolo(
     definition: Path, train: Dataset2D, val: Dataset2D, epochs: int, seed: int, out_file: Path,
-    intensity: IntensitySpec = RADIOGRAPH_INPUT.intensity, **overrides: Any,
+    intensity: IntensitySpec,
 ) -> str:
     """Train from the YAML definition; save a canonical checkpoint; return its SHA-256.
+
+    Training images are normalised with ``intensity`` (the card's), as the pipeline does before
+    inference.
 
     The checkpoint keeps only the (half-precision) model and minimal args, without dates or
     temporary paths, so a seeded retrain reproduces the file.
@@ -62,7 +58,6 @@ def train_yolo(
     from ultralytics import YOLO
 
     size = int(train.images.shape[-1])
-    args = {**TRAIN_ARGS, **overrides}
     with tempfile.TemporaryDirectory(prefix="pacsnode-yolo-") as tmp:
         root = Path(tmp)
         _write_split(root / "data", "train", train, intensity)
@@ -72,14 +67,13 @@ def train_yolo(
             {"path": str(root / "data"), "train": "images/train", "val": "images/val", "names": {0: "lesion"}}
         ))
         model = YOLO(str(definition), task="detect")
-        train_kwargs = dict(
-            data=str(data_yaml), epochs=epochs, imgsz=size, workers=0, device="cpu",
+        model.train(
+            data=str(data_yaml), epochs=epochs, imgsz=size, batch=16, workers=0, device="cpu",
             seed=seed, deterministic=True, plots=False, amp=False, project=str(root / "runs"),
-            name="train", exist_ok=True, verbose=False, patience=0, cache=False,
-            close_mosaic=max(1, epochs // 5), warmup_epochs=min(3, epochs // 4),
+            name="train", exist_ok=True, verbose=False, patience=0, val=False, cache=False,
+            mosaic=0.5, close_mosaic=max(1, epochs // 5), lr0=0.01, warmup_epochs=min(3, epochs // 4),
+            optimizer="AdamW",
         )
-        train_kwargs.update(args)
-        model.train(**train_kwargs)
         weights = root / "runs" / "train" / "weights"
         best = weights / "best.pt" if (weights / "best.pt").exists() else weights / "last.pt"
         ckpt = torch.load(best, map_location="cpu", weights_only=False)

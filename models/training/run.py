@@ -21,7 +21,6 @@ from models.training.datasets import Dataset2D, make_dataset_2d, make_dataset_3d
 from models.training.demo_specs import (
     DEMO_MODELS,
     INPUT_SIZE_2D,
-    VOLUME_SHAPE_3D,
     YOLO_DEFINITION,
     DemoModel,
 )
@@ -60,7 +59,7 @@ def _train_2d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int
         from models.training.detection import train_yolo
 
         val = make_dataset_2d(seed + 1, VAL_COUNTS[mode], INPUT_SIZE_2D)
-        sha = train_yolo(YOLO_DEFINITION, train, val, epochs, seed, weights)
+        sha = train_yolo(YOLO_DEFINITION, train, val, epochs, seed, weights, model.input.intensity)
         (weights.parent / YOLO_DEFINITION.name).write_text(YOLO_DEFINITION.read_text())
     else:
         network = _build_network(model)
@@ -79,13 +78,14 @@ def _train_3d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int
               rng: np.random.Generator) -> tuple[str, list[float], str]:
     """Train a 3D segmentation model on whole CT phantoms at the card's grid (see ``_train_2d``)."""
     # make_dataset_3d windows with CT_WINDOW, the window the 3D cards declare
-    train = make_dataset_3d(seed, TRAIN_COUNTS_3D[mode], VOLUME_SHAPE_3D)
+    shape = tuple(model.input.spatial_size)
+    train = make_dataset_3d(seed, TRAIN_COUNTS_3D[mode], shape)
     network = _build_network(model)
     history = train_segmentation(network, train.volumes, train.masks, epochs, rng, lr=model.lr,
                                  batch_size=model.batch_size, desc=model.name)
     spacing = "x".join(f"{s:g}" for s in model.input.spacing_mm or ())
     data = (f"procedural 3D CT phantoms (models.training.phantoms), {len(train.volumes)} volumes at "
-            f"{'x'.join(map(str, VOLUME_SHAPE_3D))} voxels of {spacing} mm, "
+            f"{'x'.join(map(str, shape))} voxels of {spacing} mm, "
             f"{int(train.labels.sum())} with lesions")
     return save_state_dict(network, weights), history, data
 

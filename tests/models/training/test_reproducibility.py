@@ -12,7 +12,7 @@ from models.training.demo_specs import demo_model
 from models.training.run import train_one
 
 
-@pytest.mark.parametrize("name", ["demo-seg-unet", "demo-cls-resnet"])
+@pytest.mark.parametrize("name", ["demo-seg-unet", "demo-seg3d-unet", "demo-cls-resnet"])
 def test_quick_training_is_reproducible(tmp_path: Path, name: str) -> None:
     model = demo_model(name)
     first = train_one(model, tmp_path / "a", seed=42, quick=True)
