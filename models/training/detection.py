@@ -2,8 +2,8 @@
 
 Recipe (measured on held-out phantoms, ``evaluate_detection`` seed 999, one CPU thread):
 the tiny network is far from converged after 20 epochs (mAP50 0.06); one 96 px epoch of 256
-images costs about 3 s, so the schedule is long instead (100 epochs: mAP50 0.88, 200 epochs:
-0.94, about 10 min). Per-epoch validation is off (``val=False``): ultralytics still validates
+images costs about 1-3 s, so the schedule is long instead (100 epochs: mAP50 0.88, 200 epochs:
+0.96, about 4 min). Per-epoch validation is off (``val=False``): ultralytics still validates
 once after the last epoch and we keep those final weights. Training PNGs get the card's
 intensity normalisation (percentile 0.5-99.5), the same the pipeline applies at inference
 (raw [0, 1] images gave 0.87 vs 0.88 at 100 epochs). Training stays at imgsz 96: the loader
