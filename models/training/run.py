@@ -78,7 +78,8 @@ def _train_3d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int
               rng: np.random.Generator) -> tuple[str, list[float], str]:
     """Train a 3D segmentation model on whole CT phantoms at the card's grid (see ``_train_2d``)."""
     # make_dataset_3d windows with CT_WINDOW, the window the 3D cards declare
-    shape = tuple(model.input.spatial_size)
+    depth, height, width = model.input.spatial_size  # a 3D card's grid
+    shape = (depth, height, width)
     train = make_dataset_3d(seed, TRAIN_COUNTS_3D[mode], shape)
     network = _build_network(model)
     history = train_segmentation(network, train.volumes, train.masks, epochs, rng, lr=model.lr,
