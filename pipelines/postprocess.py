@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cc3d
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from pipelines.spec import PostprocessSpec
 
@@ -45,12 +45,43 @@ class Components:
 
 
 def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
-    """``ndimage.label`` into uint16 (half the memory of its int32 on a volume), int32 if need be."""
-    structure = connectivity(volumetric)
+    """Label a (F, H, W) bool mask: 26-connected in 3D, 8-connected within each frame otherwise.
+
+    cc3d (connected-components-3d) gives the numbers ``ndimage.label`` gives with
+    :func:`connectivity`'s structure (components numbered in raster order of their first pixel;
+    tests check it against scipy), 3-8x faster: on a 26 M voxel CT labelling was the largest
+    single cost of post-processing. Frames of a 2D stack are labelled one by one, numbered on
+    from the previous frame's count, which is that same raster order. They are labelled as
+    one-frame volumes: 26-connectivity within a frame is 8-connectivity, and cc3d's 2D
+    8-connected labelling finds the same components but numbers them differently.
+    """
+    if volumetric:
+        return _cc3d(mask, 26)
+    labels = np.zeros(mask.shape, dtype=np.uint32)
+    count = 0
+    for index in range(mask.shape[0]):
+        frame_labels, frame_count = _cc3d(mask[index : index + 1], 26)  # one frame: 8-connected
+        if frame_count:
+            frame = labels[index : index + 1]
+            frame[...] = frame_labels
+            frame[frame_labels > 0] += np.uint32(count)
+            count += frame_count
+    return labels, count
+
+
+def _cc3d(mask: np.ndarray, connectivity_: int) -> tuple[np.ndarray, int]:
+    """cc3d labels in uint16 where its worst-case estimate allows (half of uint32's memory).
+
+    The mask is made contiguous first: cc3d 4.1.1 mislabelled a strided view (the foreground
+    box of a larger mask) in our tests, and a bool copy of the box costs only a byte per voxel.
+    """
+    mask = np.ascontiguousarray(mask)
     try:
-        labels, count = ndimage.label(mask, structure=structure, output=np.uint16)
-    except RuntimeError:  # more than 65535 components
-        labels, count = ndimage.label(mask, structure=structure)
+        labels, count = cc3d.connected_components(
+            mask, connectivity=connectivity_, return_N=True, out_dtype=np.uint16
+        )
+    except ValueError:  # cc3d's upper bound of the count does not fit 16 bits
+        labels, count = cc3d.connected_components(mask, connectivity=connectivity_, return_N=True)
     return labels, int(count)
 
 
