@@ -91,7 +91,8 @@ def run_segmentation(
             lab.name: int(np.count_nonzero(probs[i] >= task.postprocess.threshold_for(lab.name)))
             for i, lab in enumerate(labels)
         }
-        np.multiply(probs, np.float32(member.weight), out=probs)  # in place: no extra copy
+        if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
+            np.multiply(probs, np.float32(member.weight), out=probs)  # in place: no extra copy
         with lock:
             if accumulator:
                 accumulator[0] += probs

@@ -231,3 +231,23 @@ def test_images_of_another_size_are_skipped_with_a_warning_for_2d() -> None:
     decoded = decode_series(series, allow_subset=True)
     assert decoded.frame_count == 2 and decoded.shape == (64, 64)
     assert "not processed" in decoded.warnings[0]
+
+
+def test_rescale_fast_path_equals_pydicoms_float64_rescale_cast_to_float32() -> None:
+    """The float32 shortcut for slope 1 gives exactly the values of pydicom's float64 rescale."""
+    from pipelines.preprocess.decode import _linear
+
+    rng = np.random.default_rng(4)
+    arrays = [
+        rng.integers(-32768, 32767, (64, 64), dtype=np.int16),
+        rng.integers(0, 65535, (64, 64), dtype=np.uint16),
+        rng.integers(0, 255, (64, 64), dtype=np.uint8),
+        rng.integers(-(2**30), 2**30, (64, 64), dtype=np.int32),  # beyond float32's integers
+    ]
+    rescales = [(1.0, -1024.0), (1.0, 0.0), (1.0, -1024.5), (1.0, 0.1), (2.5, -3.0), (0.00123, 7.0)]
+    for raw in arrays:
+        for slope, intercept in rescales:
+            expected = (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+            out = _linear(raw, slope, intercept)
+            assert out.dtype == np.float32
+            assert np.array_equal(out, expected), (raw.dtype, slope, intercept)
