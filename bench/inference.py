@@ -12,8 +12,10 @@ case in a fresh process).
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
     .venv/bin/python bench/inference.py --only "ensemble seg3d"   # the cases so labelled
 
-Models: moderately sized benchmark networks (random weights) written to a temporary folder, or
-the cards of ``--models-dir`` (e.g. ``models/cards``: the small demo models). A network's speed
+Models: moderately sized benchmark networks (random weights) written to a temporary folder, among
+them one with the network and inference settings of MONAI's model-zoo spleen_ct_segmentation
+bundle (a published model of clinical size), or the cards of ``--models-dir`` (e.g.
+``models/cards``: the small demo models). A network's speed
 does not depend on its weights, but the node's does a little: every connected component of the
 mask becomes a measured finding, and random weights give noisy masks (up to the 100 components
 post-processing keeps), so the table shows the findings count.
@@ -55,6 +57,8 @@ LESION = {
 CLASSES = [{**LESION, "name": "normal"}, {**LESION, "value": 2, "name": "abnormal"}]
 WINDOW_12BIT = {"mode": "window", "center": 2047.5, "width": 4095.0}
 CT_WINDOW = {"mode": "window", "center": 40.0, "width": 400.0}
+SPLEEN_WINDOW = {"mode": "window", "center": 53.5, "width": 221.0}  # the bundle's -57..164 HU
+SPLEEN_WINDOWS = {"sw_batch_size": 4, "sw_overlap": 0.5}  # the bundle's SlidingWindowInferer
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -86,6 +90,13 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
                                       "num_res_units": 1},
                              {"dims": 3, "spatial_size": [32, 128, 128], "spacing_mm": [2.5, 1.5, 1.5],
                               "intensity": CT_WINDOW}),
+        # the network, grid, window and ROI of MONAI's model-zoo spleen_ct_segmentation bundle
+        # (configs/inference.json): a published clinical-size 3D model
+        "bench-seg3d-spleen": ("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                        "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
+                                        "num_res_units": 2, "norm": "batch"},
+                               {"dims": 3, "spatial_size": [96, 96, 96], "spacing_mm": [2.0, 1.5, 1.5],
+                                "intensity": SPLEEN_WINDOW}),
     }
     torch.manual_seed(0)  # random but reproducible weights
     for name, (arch, args, input_spec) in monai_specs.items():
@@ -105,7 +116,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
                                                                         "std": [0.25]}},
           labels=CLASSES)
     return {"seg": "bench-seg-unet", "seg2": "bench-seg-segresnet", "cls": "bench-cls-resnet",
-            "seg3d": "bench-seg3d-unet"}
+            "seg3d": "bench-seg3d-unet", "spleen": "bench-seg3d-spleen"}
 
 
 def demo_models(models_dir: Path) -> dict[str, str] | None:
@@ -154,6 +165,7 @@ class Case:
     dims: int
     tasks: dict[str, Any]
     bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d", model name)
+    windows: tuple[int, float] = (2, 0.25)  # sliding window batch and overlap (node and bare)
 
 
 def pipeline_config(dims: int, tasks: dict[str, Any], modality: str) -> PipelineConfig:
@@ -172,7 +184,8 @@ def seg_members(*names: str) -> dict[str, Any]:
     return {**members(*names), "postprocess": {"min_component_pixels": 8}}
 
 
-def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str) -> Callable[[], Any]:
+def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str,
+              windows: tuple[int, float] = (2, 0.25)) -> Callable[[], Any]:
     """The model alone on the tensor the pipeline would build (prepared outside the timing)."""
     model = registry.get(name, "cpu")
     decoded = decode_series(study.series[0])
@@ -184,7 +197,7 @@ def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str) 
 
         def run_3d() -> None:
             with torch.inference_mode():
-                sliding_window_inference(volume, roi, 2, model.forward, overlap=0.25)
+                sliding_window_inference(volume, roi, windows[0], model.forward, overlap=windows[1])
 
         return run_3d
     per_frame = kind != "2d-volume"
@@ -211,7 +224,7 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
         def fn() -> Any:
             return pipeline.run(study)
     else:
-        calls = [bare_call(registry, study, kind, name) for kind, name in case.bare]
+        calls = [bare_call(registry, study, kind, name, case.windows) for kind, name in case.bare]
 
         def fn() -> Any:
             return [call() for call in calls]
@@ -251,6 +264,19 @@ def in_child(*args: Any) -> Timing:
 
 def cases(roles: dict[str, str]) -> list[Case]:
     seg, seg2, cls, seg3d = roles["seg"], roles["seg2"], roles["cls"], roles["seg3d"]
+    bundle = []
+    if "spleen" in roles:  # benchmark networks only: the demo models have no clinical-size one
+        spleen = roles["spleen"]
+        windows = (SPLEEN_WINDOWS["sw_batch_size"], SPLEEN_WINDOWS["sw_overlap"])
+        bundle = [
+            Case(f"{spleen} (sliding window)", "ct", 3,
+                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS}},
+                 (("3d", spleen),), windows),
+            Case("ensemble spleen + cls", "ct", 3,
+                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS},
+                  "classification": members(cls)},
+                 (("3d", spleen), ("2d-volume", cls)), windows),
+        ]
     return [
         Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
         Case(seg2, "cr", 2, {"segmentation": seg_members(seg2)}, (("2d", seg2),)),
@@ -265,6 +291,7 @@ def cases(roles: dict[str, str]) -> list[Case]:
         Case("ensemble seg3d + cls", "ct", 3,
              {"segmentation": seg_members(seg3d), "classification": members(cls)},
              (("3d", seg3d), ("2d-volume", cls))),
+        *bundle,
     ]
 
 
