@@ -106,15 +106,15 @@ def measure_labels(
     if around is None:
         raise ValueError("cannot measure an empty component (label 1)")
     starts = [axis.start for axis in around]
-    boxes = [
-        None if found is None else tuple(
-            slice(axis.start + start, axis.stop + start) for axis, start in zip(found, starts, strict=True)
-        )
-        for found in ndimage.find_objects(labels[around], max_label=count)
-    ]
-    if any(box is None for box in boxes):
-        missing = next(i for i, box in enumerate(boxes, start=1) if box is None)
+    found = ndimage.find_objects(labels[around], max_label=count)
+    missing = next((i for i, box in enumerate(found, start=1) if box is None), None)
+    if missing is not None:
         raise ValueError(f"cannot measure an empty component (label {missing})")
+    boxes = [
+        tuple(slice(axis.start + start, axis.stop + start) for axis, start in zip(box, starts, strict=True))
+        for box in found
+        if box is not None
+    ]
     # visit only the frames, rows and columns some component touches
     frames_box = slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes))
     rows_box = slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes))

@@ -56,11 +56,11 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
     8-connected labelling finds the same components but numbers them differently.
     """
     if volumetric:
-        return _cc3d(mask, 26)
+        return _cc3d(mask)
     labels = np.zeros(mask.shape, dtype=np.uint32)
     count = 0
     for index in range(mask.shape[0]):
-        frame_labels, frame_count = _cc3d(mask[index : index + 1], 26)  # one frame: 8-connected
+        frame_labels, frame_count = _cc3d(mask[index : index + 1])  # one frame: 8-connected
         if frame_count:
             frame = labels[index : index + 1]
             frame[...] = frame_labels
@@ -69,8 +69,8 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
     return labels, count
 
 
-def _cc3d(mask: np.ndarray, connectivity_: int) -> tuple[np.ndarray, int]:
-    """cc3d labels in uint16 where its worst-case estimate allows (half of uint32's memory).
+def _cc3d(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected cc3d labels, in uint16 where cc3d's worst-case count allows (half of uint32).
 
     The mask is made contiguous first: cc3d 4.1.1 mislabelled a strided view (the foreground
     box of a larger mask) in our tests, and a bool copy of the box costs only a byte per voxel.
@@ -78,10 +78,10 @@ def _cc3d(mask: np.ndarray, connectivity_: int) -> tuple[np.ndarray, int]:
     mask = np.ascontiguousarray(mask)
     try:
         labels, count = cc3d.connected_components(
-            mask, connectivity=connectivity_, return_N=True, out_dtype=np.uint16
+            mask, connectivity=26, return_N=True, out_dtype=np.uint16
         )
     except ValueError:  # cc3d's upper bound of the count does not fit 16 bits
-        labels, count = cc3d.connected_components(mask, connectivity=connectivity_, return_N=True)
+        labels, count = cc3d.connected_components(mask, connectivity=26, return_N=True)
     return labels, int(count)
 
 

@@ -135,7 +135,7 @@ def evaluate_volumes_slicewise(models: dict[str, LoadedModel], seed: int) -> dic
         key = "ct_phantoms_slicewise" if groups == "ct-phantom" else "labelled_mr_slicewise"
         truths = [c[2] for c in subset]
         for n, preds in per_model.items():
-            scores = segmentation_scores(preds, truths)
+            scores: dict[str, Any] = {**segmentation_scores(preds, truths)}
             scores["volumes"] = ", ".join(c[0] for c in subset)
             results.setdefault(n, {})[key] = scores
     return results

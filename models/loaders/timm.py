@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from models.card import ModelCard
@@ -13,7 +15,9 @@ def build_timm_network(card: ModelCard) -> torch.nn.Module:
     """The card's timm architecture, never pretrained (nothing may be downloaded at run time)."""
     import timm
 
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card.arguments.items()}
+    kwargs: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in card.arguments.items()
+    }
     kwargs.setdefault("num_classes", len(card.labels))
     kwargs.setdefault("in_chans", card.input.channels)
     network: torch.nn.Module = timm.create_model(card.architecture, pretrained=False, **kwargs)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -24,7 +26,8 @@ def load_ultralytics(card: ModelCard, placement: DevicePlacement, sha: str) -> L
     if path.suffix not in (".pt", ".yaml", ".yml"):
         raise ModelLoadError(f"model {card.name!r}: ultralytics weights must be .pt or .yaml, got {path.name}")
     yolo = YOLO(str(path), task="detect")
-    yolo.model.to(placement.used).eval()
+    network: Any = yolo.model  # a DetectionModel once built (ultralytics types it str | None)
+    network.to(placement.used).eval()
     size = card.input.spatial_size
     default_conf = float(card.arguments.get("conf", 0.25))
     iou = float(card.arguments.get("iou", 0.5))
@@ -48,7 +51,8 @@ def load_ultralytics(card: ModelCard, placement: DevicePlacement, sha: str) -> L
         )
         out: list[list[RawBox]] = []
         for result in results:
-            boxes = result.boxes
+            found: Any = result  # ultralytics types predictions as Results | Tensor
+            boxes = found.boxes
             xyxy = boxes.xyxy.cpu().numpy()
             cls = boxes.cls.cpu().numpy().astype(int)
             scores = boxes.conf.cpu().numpy()

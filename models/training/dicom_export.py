@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from models.training.phantoms import Phantom2D, Phantom3D
 
@@ -26,7 +26,7 @@ def _base_dataset(sop_class: str, study_uid: str, series_uid: str, modality: str
     now = dt.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = generate_uid()

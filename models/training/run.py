@@ -43,7 +43,9 @@ def _build_network(model: DemoModel) -> torch.nn.Module:
         return build_monai_network(model.architecture, model.arguments)
     import timm
 
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in model.arguments.items()}
+    kwargs: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in model.arguments.items()
+    }
     network: torch.nn.Module = timm.create_model(
         model.architecture, pretrained=False, num_classes=len(model.labels), in_chans=1, **kwargs
     )

@@ -38,9 +38,15 @@ log = logging.getLogger(__name__)
 
 
 class RunnablePipeline(Protocol):
-    name: str
-    version: str
-    config: Any  # pipelines.spec.PipelineConfig (outputs: seg_type, omit_empty_frames, overlay, ...)
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def config(self) -> Any:  # pipelines.spec.PipelineConfig (outputs: seg_type, overlay, ...)
+        ...
 
     def run(self, study: StudyInput) -> PipelineResult: ...
 

@@ -116,7 +116,7 @@ def build_overlay(
         study_date=first.get("StudyDate", "") or None,
         study_time=first.get("StudyTime", "") or None,
         referring_physician_name=first.get("ReferringPhysicianName", ""),
-        pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
     )
     if "SpecificCharacterSet" in first:  # names keep the source's encoding (SCImage drops it)
         overlay.SpecificCharacterSet = first.SpecificCharacterSet

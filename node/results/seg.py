@@ -126,7 +126,8 @@ def build_segmentation(
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.pipeline_name[:64],
-        software_versions=list(software_versions(result)),  # a tuple makes pydicom warn
+        # a list: a tuple makes pydicom warn (highdicom's annotation says tuple[str] | str)
+        software_versions=list(software_versions(result)),  # type: ignore[arg-type]
         device_serial_number=result.pipeline_version[:64] or "unknown",
         omit_empty_frames=options.omit_empty_frames,
         content_label="AI_SEGMENTATION",

@@ -353,6 +353,7 @@ def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualita
     ]
     cls = result.classification
     for name, value in zip(cls.classes, cls.probabilities, strict=True) if cls else ():
+        assert cls is not None
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(

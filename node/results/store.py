@@ -35,7 +35,7 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     data = result.to_json_dict()
     if result.segmentation is not None:
-        arrays = {"label_map": result.segmentation.label_map}
+        arrays: dict[str, Any] = {"label_map": result.segmentation.label_map}
         if result.segmentation.probabilities is not None:
             arrays["probabilities"] = result.segmentation.probabilities
         tmp = directory / (ARRAYS_NPZ + ".tmp.npz")

@@ -8,6 +8,7 @@ with what it was meant to say.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -121,9 +122,10 @@ def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> Non
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise ResultValidationError(kind, f"unreadable: {exc}") from exc
     _common(kind, sr, result)
+    content: Any = sr.content  # a MeasurementReport: highdicom types it as ContentSequence
     groups = (
-        sr.content.get_planar_roi_measurement_groups()
-        + sr.content.get_volumetric_roi_measurement_groups()
+        content.get_planar_roi_measurement_groups()
+        + content.get_volumetric_roi_measurement_groups()
     )
     tracked = {str(g.tracking_uid) for g in groups}
     for finding in result.findings:
