@@ -47,7 +47,7 @@ from pipelines.pipeline import Pipeline  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.result import SourceSeries, StudyInput  # noqa: E402
-from pipelines.spec import PipelineConfig, PreprocessingSpec  # noqa: E402
+from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 
 LESION = {
     "value": 1, "name": "lesion",
@@ -165,7 +165,6 @@ class Case:
     dims: int
     tasks: dict[str, Any]
     bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d", model name)
-    windows: tuple[int, float] = (2, 0.25)  # sliding window batch and overlap (node and bare)
 
 
 def pipeline_config(dims: int, tasks: dict[str, Any], modality: str) -> PipelineConfig:
@@ -185,19 +184,24 @@ def seg_members(*names: str) -> dict[str, Any]:
 
 
 def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str,
-              windows: tuple[int, float] = (2, 0.25)) -> Callable[[], Any]:
-    """The model alone on the tensor the pipeline would build (prepared outside the timing)."""
+              task: SegmentationTask | None) -> Callable[[], Any]:
+    """The model alone on the tensor the pipeline would build (prepared outside the timing).
+
+    3D models get the sliding window of the pipeline's segmentation ``task``.
+    """
     model = registry.get(name, "cpu")
     decoded = decode_series(study.series[0])
     if kind == "3d":
         from monai.inferers import sliding_window_inference
 
+        assert task is not None, "a 3D model runs in a segmentation task"
         volume = prepare_3d(decoded, model.card.input, PreprocessingSpec()).volume
         roi = tuple(model.card.input.spatial_size)
 
         def run_3d() -> None:
             with torch.inference_mode():
-                sliding_window_inference(volume, roi, windows[0], model.forward, overlap=windows[1])
+                sliding_window_inference(volume, roi, task.sw_batch_size, model.forward,
+                                         overlap=task.sw_overlap)
 
         return run_3d
     per_frame = kind != "2d-volume"
@@ -224,7 +228,8 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
         def fn() -> Any:
             return pipeline.run(study)
     else:
-        calls = [bare_call(registry, study, kind, name, case.windows) for kind, name in case.bare]
+        segmentation = pipeline_config(case.dims, case.tasks, study.series[0].modality).tasks.segmentation
+        calls = [bare_call(registry, study, kind, name, segmentation) for kind, name in case.bare]
 
         def fn() -> Any:
             return [call() for call in calls]
@@ -267,15 +272,13 @@ def cases(roles: dict[str, str]) -> list[Case]:
     bundle = []
     if "spleen" in roles:  # benchmark networks only: the demo models have no clinical-size one
         spleen = roles["spleen"]
-        windows = (SPLEEN_WINDOWS["sw_batch_size"], SPLEEN_WINDOWS["sw_overlap"])
         bundle = [
             Case(f"{spleen} (sliding window)", "ct", 3,
-                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS}},
-                 (("3d", spleen),), windows),
+                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS}}, (("3d", spleen),)),
             Case("ensemble spleen + cls", "ct", 3,
                  {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS},
                   "classification": members(cls)},
-                 (("3d", spleen), ("2d-volume", cls)), windows),
+                 (("3d", spleen), ("2d-volume", cls))),
         ]
     return [
         Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
