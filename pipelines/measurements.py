@@ -57,28 +57,6 @@ def _circularity(mask2d: np.ndarray, count: int, spacing: tuple[float, float]) -
     return float(min(1.0, 4.0 * math.pi * area / perimeter**2))
 
 
-def measure(
-    component: np.ndarray,
-    values: np.ndarray,
-    pixel_spacing_mm: tuple[float, float] | None,
-    slice_spacing_mm: float | None,
-    volumetric: bool,
-    intensity_unit: str,
-    offset: tuple[int, int, int] = (0, 0, 0),
-    image_shape: tuple[int, int] | None = None,
-) -> tuple[Measurements, tuple[int, ...]]:
-    """One component's measurements and the (offset) indices of the frames it is on."""
-    if component.shape != values.shape:
-        raise ValueError(f"mask {component.shape} and image {values.shape} differ in shape")
-    if not component.any():
-        raise ValueError("cannot measure an empty component")
-    ((m, frames),) = measure_labels(
-        component.astype(np.uint8), 1, values, pixel_spacing_mm, slice_spacing_mm, volumetric,
-        intensity_unit, offset, image_shape,
-    )
-    return m, frames
-
-
 def measure_labels(
     labels: np.ndarray,
     count: int,
@@ -115,10 +93,7 @@ def measure_labels(
         for box in found
         if box is not None
     ]
-    # visit only the frames, rows and columns some component touches
-    frames_box = slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes))
-    rows_box = slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
-    cols_box = slice(min(b[2].start for b in boxes), max(b[2].stop for b in boxes))
+    frames_box, rows_box, cols_box = around  # visit only what some component touches
     per_frame = np.zeros((count + 1, labels.shape[0]), np.int64)
     sums = np.zeros(count + 1, np.float64)
     maxima = np.full(count + 1, -np.inf)

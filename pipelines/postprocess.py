@@ -49,7 +49,7 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
 
     cc3d (connected-components-3d) gives the numbers ``ndimage.label`` gives with
     :func:`connectivity`'s structure (components numbered in raster order of their first pixel;
-    tests check it against scipy), 3-8x faster: on a 26 M voxel CT labelling was the largest
+    tests check it against scipy), 2.5-8x faster: on a 26 M voxel CT labelling was the largest
     single cost of post-processing. Frames of a 2D stack are labelled one by one, numbered on
     from the previous frame's count, which is that same raster order. They are labelled as
     one-frame volumes: 26-connectivity within a frame is 8-connectivity, and cc3d's 2D

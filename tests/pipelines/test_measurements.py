@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipelines.measurements import circularity, measure
+from pipelines.measurements import circularity, measure_labels
+from pipelines.result import Measurements
+
+
+def measure(component: np.ndarray, values: np.ndarray, *args: Any, **kwargs: Any
+            ) -> tuple[Measurements, tuple[int, ...]]:
+    """One component (a bool mask) measured as label 1 of ``measure_labels`` (same arguments)."""
+    ((m, frames),) = measure_labels(component.astype(np.uint8), 1, values, *args, **kwargs)
+    return m, frames
 
 
 def _disc(n: int, r: float) -> np.ndarray:
@@ -143,7 +152,6 @@ def test_perimeter_matches_the_step_by_step_reference() -> None:
 def test_measuring_all_components_at_once_equals_measuring_each_alone() -> None:
     from scipy import ndimage
 
-    from pipelines.measurements import measure_labels
 
     rng = np.random.default_rng(5)
     for volumetric in (False, True):
@@ -169,7 +177,6 @@ def test_components_far_from_the_origin_keep_their_boxes_and_values() -> None:
     (measurement looks only inside the box around all components)."""
     from scipy import ndimage
 
-    from pipelines.measurements import measure_labels
 
     rng = np.random.default_rng(8)
     mask = ndimage.gaussian_filter(rng.random((4, 30, 30)), (0, 1.5, 1.5)) > 0.55
