@@ -32,9 +32,13 @@ run: venv
 test: system-deps venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+LINTED := core models pipelines node web app tests bench orthanc
+
 lint: venv
-	$(BIN)/ruff check node pipelines models web tests bench
-	$(BIN)/mypy node pipelines models web
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/lint-imports
+	$(BIN)/mypy core models pipelines node web app
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

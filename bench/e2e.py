@@ -57,7 +57,9 @@ def write_study(kind: str, out: Path, seed: int, ct_slices: int, ct_size: int) -
 
     rng = np.random.default_rng(seed)
     if kind == "cr":
-        return write_series(make_2d_phantom(rng, lesion_count=2), out, modality="CR", patient_id=f"B{seed}")
+        return write_series(
+            make_2d_phantom(rng, lesion_count=2), out, modality="CR", patient_id=f"B{seed}"
+        )
     phantom = make_3d_phantom(rng, shape=(ct_slices, ct_size, ct_size), lesion_count=2)
     return write_series(phantom, out, patient_id=f"B{seed}")
 
@@ -73,7 +75,9 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with db.read() as s:
-            study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one_or_none()
+            study = s.scalars(
+                select(Study).where(Study.study_instance_uid == study_uid)
+            ).one_or_none()
             jobs = s.scalars(select(Job).where(Job.study_pk == study.id)).all() if study else []
             if study and jobs and all(j.state in ("succeeded", "failed") for j in jobs):
                 states = s.execute(
@@ -82,7 +86,9 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
                 ).all()  # fmt: skip
                 if states and all(st == "delivered" for st, _ in states):
                     last_rx = s.scalar(
-                        select(func.max(Instance.received_at)).join(Series).where(Series.study_pk == study.id)
+                        select(func.max(Instance.received_at))
+                        .join(Series)
+                        .where(Series.study_pk == study.id)
                     )
                     stored = max(at for _, at in states)
                     completed = study.completed_at or last_rx
@@ -96,7 +102,9 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
                         dispatch_s=(stored - finished).total_seconds(),
                         results=len(states),
                     )
-                if any(st == "failed" for st, _ in states) or any(j.state == "failed" for j in jobs):
+                if any(st == "failed" for st, _ in states) or any(
+                    j.state == "failed" for j in jobs
+                ):
                     raise RuntimeError(f"study {study_uid}: {[j.error for j in jobs]} {states}")
         time.sleep(0.1)
     return None
@@ -104,7 +112,7 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
 
 def dispatch_only(runs: int) -> None:
     """The dispatch stage alone: 4 hand-made results (SEG, overlay, PDF, SR) to Orthanc."""
-    from node.config import load_settings
+    from core.config import load_settings
     from node.dispatch.dispatcher import Dispatcher
     from node.dispatch.planning import plan_deliveries
     from tests.node.dispatch.conftest import add_job_with_artifacts
@@ -122,7 +130,9 @@ def dispatch_only(runs: int) -> None:
             seconds = []
             for run in range(runs + 1):
                 folder = work / f"{kind}{run}"
-                settings = load_settings(None, environment="test", data_dir=folder, destinations=[dest])
+                settings = load_settings(
+                    None, environment="test", data_dir=folder, destinations=[dest]
+                )
                 db = Database(f"sqlite:///{folder / 'db.sqlite'}")
                 db.migrate()
                 job_id = add_job_with_artifacts(db, settings, make_results(folder / "results"))
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct-size", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print the raw timings as JSON too")
-    parser.add_argument("--dispatch-only", action="store_true", help="time the dispatch stage alone")
+    parser.add_argument(
+        "--dispatch-only", action="store_true", help="time the dispatch stage alone"
+    )
     args = parser.parse_args(argv)
     if args.dispatch_only:
         dispatch_only(max(args.runs, 5))
@@ -180,19 +192,28 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [args.only] if args.only else ["cr", "ct"]
         for kind in kinds:
             for run in range(args.runs + 1):  # run 0 warms the models up and is not counted
-                files = write_study(kind, work / f"{kind}{run}", 100 + run, args.ct_slices, args.ct_size)
+                files = write_study(
+                    kind, work / f"{kind}{run}", 100 + run, args.ct_slices, args.ct_size
+                )
                 study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
                 storescu(dicom_port, files)
                 timing = wait_delivered(db, study_uid, args.timeout)
                 if timing is None:
-                    raise TimeoutError(f"{kind} run {run}: results not delivered in {args.timeout}s")
+                    raise TimeoutError(
+                        f"{kind} run {run}: results not delivered in {args.timeout}s"
+                    )
                 label = "warm-up" if run == 0 else f"run {run}"
                 print(f"{kind} {label}: received->stored {timing.received_to_stored_s:.2f}s "
                       f"(quiet {timing.quiet_wait_s:.2f}s, after completion {timing.completion_to_stored_s:.2f}s: "
                       f"job {timing.job_s:.2f}s, dispatch {timing.dispatch_s:.2f}s, {timing.results} objects)",
                       flush=True)  # fmt: skip
                 if run:
-                    timings.append(Timing(kind, *[getattr(timing, f) for f in list(Timing.__dataclass_fields__)[1:]]))
+                    timings.append(
+                        Timing(
+                            kind,
+                            *[getattr(timing, f) for f in list(Timing.__dataclass_fields__)[1:]],
+                        )
+                    )
         db.dispose()
     finally:
         node.terminate()

@@ -50,8 +50,13 @@ from pipelines.result import SourceSeries, StudyInput  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 
 LESION = {
-    "value": 1, "name": "lesion",
-    "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"},
+    "value": 1,
+    "name": "lesion",
+    "category": {
+        "value": "49755003",
+        "scheme": "SCT",
+        "meaning": "Morphologically Altered Structure",
+    },
     "type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"},
 }
 CLASSES = [{**LESION, "name": "normal"}, {**LESION, "value": 2, "name": "abnormal"}]
@@ -64,10 +69,15 @@ SPLEEN_WINDOWS = {"sw_batch_size": 4, "sw_overlap": 0.5}  # the bundle's Sliding
 # ---- models ---------------------------------------------------------------------------------
 def _card(folder: Path, **fields: Any) -> None:
     weights = folder / fields.pop("weights")
-    card = ModelCard.model_validate({
-        "version": "bench", "weights": weights.name, "sha256": sha256_file(weights),
-        "device_uid": "1.2.826.0.1.3680043.10.1359.98.1", **fields,
-    })
+    card = ModelCard.model_validate(
+        {
+            "version": "bench",
+            "weights": weights.name,
+            "sha256": sha256_file(weights),
+            "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
+            **fields,
+        }
+    )
     write_card(card, folder / "card.yaml")
 
 
@@ -78,53 +88,116 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
     from models.loaders.monai import build_monai_network
 
     monai_specs: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-        "bench-seg-unet": ("UNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                                    "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
-                                    "num_res_units": 2}, {"dims": 2, "spatial_size": [256, 256],
-                                                          "intensity": WINDOW_12BIT}),
-        "bench-seg-segresnet": ("SegResNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                                              "init_filters": 16}, {"dims": 2, "spatial_size": [256, 256],
-                                                                    "intensity": WINDOW_12BIT}),
-        "bench-seg3d-unet": ("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                                      "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
-                                      "num_res_units": 1},
-                             {"dims": 3, "spatial_size": [32, 128, 128], "spacing_mm": [2.5, 1.5, 1.5],
-                              "intensity": CT_WINDOW}),
+        "bench-seg-unet": (
+            "UNet",
+            {
+                "spatial_dims": 2,
+                "in_channels": 1,
+                "out_channels": 2,
+                "channels": [16, 32, 64, 128, 256],
+                "strides": [2, 2, 2, 2],
+                "num_res_units": 2,
+            },
+            {"dims": 2, "spatial_size": [256, 256], "intensity": WINDOW_12BIT},
+        ),
+        "bench-seg-segresnet": (
+            "SegResNet",
+            {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_filters": 16},
+            {"dims": 2, "spatial_size": [256, 256], "intensity": WINDOW_12BIT},
+        ),
+        "bench-seg3d-unet": (
+            "UNet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "channels": [16, 32, 64, 128],
+                "strides": [2, 2, 2],
+                "num_res_units": 1,
+            },
+            {
+                "dims": 3,
+                "spatial_size": [32, 128, 128],
+                "spacing_mm": [2.5, 1.5, 1.5],
+                "intensity": CT_WINDOW,
+            },
+        ),
         # the network, grid, window and ROI of MONAI's model-zoo spleen_ct_segmentation bundle
         # (configs/inference.json): a published clinical-size 3D model
-        "bench-seg3d-spleen": ("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                                        "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
-                                        "num_res_units": 2, "norm": "batch"},
-                               {"dims": 3, "spatial_size": [96, 96, 96], "spacing_mm": [2.0, 1.5, 1.5],
-                                "intensity": SPLEEN_WINDOW}),
+        "bench-seg3d-spleen": (
+            "UNet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "channels": [16, 32, 64, 128, 256],
+                "strides": [2, 2, 2, 2],
+                "num_res_units": 2,
+                "norm": "batch",
+            },
+            {
+                "dims": 3,
+                "spatial_size": [96, 96, 96],
+                "spacing_mm": [2.0, 1.5, 1.5],
+                "intensity": SPLEEN_WINDOW,
+            },
+        ),
     }
     torch.manual_seed(0)  # random but reproducible weights
     for name, (arch, args, input_spec) in monai_specs.items():
         folder = models_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(build_monai_network(arch, args).state_dict(), folder / "model.pt")
-        _card(folder, name=name, task="segmentation", framework="monai", architecture=arch,
-              arguments=args, weights="model.pt", input=input_spec, labels=[LESION])
+        _card(
+            folder,
+            name=name,
+            task="segmentation",
+            framework="monai",
+            architecture=arch,
+            arguments=args,
+            weights="model.pt",
+            input=input_spec,
+            labels=[LESION],
+        )
     folder = models_dir / "bench-cls-resnet"
     folder.mkdir(parents=True, exist_ok=True)
     cls_args: dict[str, Any] = {"num_classes": 2, "in_chans": 1}
     network = timm.create_model("resnet18", pretrained=False, num_classes=2, in_chans=1)
     torch.save(network.state_dict(), folder / "model.pt")
-    _card(folder, name="bench-cls-resnet", task="classification", framework="timm",
-          architecture="resnet18", arguments=cls_args, weights="model.pt",
-          input={"dims": 2, "spatial_size": [256, 256], "intensity": {**WINDOW_12BIT, "mean": [0.5],
-                                                                        "std": [0.25]}},
-          labels=CLASSES)
-    return {"seg": "bench-seg-unet", "seg2": "bench-seg-segresnet", "cls": "bench-cls-resnet",
-            "seg3d": "bench-seg3d-unet", "spleen": "bench-seg3d-spleen"}
+    _card(
+        folder,
+        name="bench-cls-resnet",
+        task="classification",
+        framework="timm",
+        architecture="resnet18",
+        arguments=cls_args,
+        weights="model.pt",
+        input={
+            "dims": 2,
+            "spatial_size": [256, 256],
+            "intensity": {**WINDOW_12BIT, "mean": [0.5], "std": [0.25]},
+        },
+        labels=CLASSES,
+    )
+    return {
+        "seg": "bench-seg-unet",
+        "seg2": "bench-seg-segresnet",
+        "cls": "bench-cls-resnet",
+        "seg3d": "bench-seg3d-unet",
+        "spleen": "bench-seg3d-spleen",
+    }
 
 
 def demo_models(models_dir: Path) -> dict[str, str] | None:
     from models.card import load_cards
 
     cards = load_cards(models_dir)
-    roles = {"seg": "demo-seg-unet", "seg2": "demo-seg-segresnet", "cls": "demo-cls-resnet",
-             "seg3d": "demo-seg3d-unet"}
+    roles = {
+        "seg": "demo-seg-unet",
+        "seg2": "demo-seg-segresnet",
+        "cls": "demo-cls-resnet",
+        "seg3d": "demo-seg3d-unet",
+    }
     return roles if set(roles.values()) <= set(cards) else None
 
 
@@ -133,10 +206,12 @@ def write_studies(folder: Path, slices: int) -> tuple[StudyInput, StudyInput]:
     from models.training.phantoms import make_2d_phantom, make_3d_phantom, phantom_to_dicom_series
 
     rng = np.random.default_rng(0)
-    cr = phantom_to_dicom_series(make_2d_phantom(rng, size=512, lesion_count=2), folder / "cr",
-                                 modality="CR")
-    ct = phantom_to_dicom_series(make_3d_phantom(rng, shape=(slices, 512, 512), lesion_count=2),
-                                 folder / "ct")
+    cr = phantom_to_dicom_series(
+        make_2d_phantom(rng, size=512, lesion_count=2), folder / "cr", modality="CR"
+    )
+    ct = phantom_to_dicom_series(
+        make_3d_phantom(rng, shape=(slices, 512, 512), lesion_count=2), folder / "ct"
+    )
     return _study(cr, "CR"), _study(ct, "CT")
 
 
@@ -168,10 +243,14 @@ class Case:
 
 
 def pipeline_config(dims: int, tasks: dict[str, Any], modality: str) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "name": f"bench-{dims}d", "version": "1", "selection": {"dims": dims, "modality": [modality]},
-        "tasks": tasks,
-    })
+    return PipelineConfig.model_validate(
+        {
+            "name": f"bench-{dims}d",
+            "version": "1",
+            "selection": {"dims": dims, "modality": [modality]},
+            "tasks": tasks,
+        }
+    )
 
 
 def members(*names: str) -> dict[str, Any]:
@@ -183,8 +262,9 @@ def seg_members(*names: str) -> dict[str, Any]:
     return {**members(*names), "postprocess": {"min_component_pixels": 8}}
 
 
-def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str,
-              task: SegmentationTask | None) -> Callable[[], Any]:
+def bare_call(
+    registry: ModelRegistry, study: StudyInput, kind: str, name: str, task: SegmentationTask | None
+) -> Callable[[], Any]:
     """The model alone on the tensor the pipeline would build (prepared outside the timing).
 
     3D models get the sliding window of the pipeline's segmentation ``task``.
@@ -200,8 +280,9 @@ def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str,
 
         def run_3d() -> None:
             with torch.inference_mode():
-                sliding_window_inference(volume, roi, task.sw_batch_size, model.forward,
-                                         overlap=task.sw_overlap)
+                sliding_window_inference(
+                    volume, roi, task.sw_batch_size, model.forward, overlap=task.sw_overlap
+                )
 
         return run_3d
     per_frame = kind != "2d-volume"
@@ -214,8 +295,9 @@ def bare_call(registry: ModelRegistry, study: StudyInput, kind: str, name: str,
     return run_2d
 
 
-def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: int,
-             threads: int) -> Timing:
+def run_case(
+    case: Case, mode: str, study: StudyInput, models_dir: str, repeat: int, threads: int
+) -> Timing:
     """In a fresh process: load models, then time ``mode`` ("bare" | "node") and sample memory."""
     if threads:
         torch.set_num_threads(threads)
@@ -228,7 +310,9 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
         def fn() -> Any:
             return pipeline.run(study)
     else:
-        segmentation = pipeline_config(case.dims, case.tasks, study.series[0].modality).tasks.segmentation
+        segmentation = pipeline_config(
+            case.dims, case.tasks, study.series[0].modality
+        ).tasks.segmentation
         calls = [bare_call(registry, study, kind, name, segmentation) for kind, name in case.bare]
 
         def fn() -> Any:
@@ -256,8 +340,9 @@ def run_case(case: Case, mode: str, study: StudyInput, models_dir: str, repeat: 
     stop.set()
     sampler.join()
     findings = len(warm.findings) if mode == "node" else 0
-    return Timing(min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20,
-                  findings)
+    return Timing(
+        min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20, findings
+    )
 
 
 def in_child(*args: Any) -> Timing:
@@ -273,41 +358,75 @@ def cases(roles: dict[str, str]) -> list[Case]:
     if "spleen" in roles:  # benchmark networks only: the demo models have no clinical-size one
         spleen = roles["spleen"]
         bundle = [
-            Case(f"{spleen} (sliding window)", "ct", 3,
-                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS}}, (("3d", spleen),)),
-            Case("ensemble spleen + cls", "ct", 3,
-                 {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS},
-                  "classification": members(cls)},
-                 (("3d", spleen), ("2d-volume", cls))),
+            Case(
+                f"{spleen} (sliding window)",
+                "ct",
+                3,
+                {"segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS}},
+                (("3d", spleen),),
+            ),
+            Case(
+                "ensemble spleen + cls",
+                "ct",
+                3,
+                {
+                    "segmentation": {**seg_members(spleen), **SPLEEN_WINDOWS},
+                    "classification": members(cls),
+                },
+                (("3d", spleen), ("2d-volume", cls)),
+            ),
         ]
     return [
         Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
         Case(seg2, "cr", 2, {"segmentation": seg_members(seg2)}, (("2d", seg2),)),
         Case(cls, "cr", 2, {"classification": members(cls)}, (("2d", cls),)),
-        Case("ensemble seg x2 + cls", "cr", 2,
-             {"segmentation": seg_members(seg, seg2), "classification": members(cls)},
-             (("2d", seg), ("2d", seg2), ("2d", cls))),
-        Case(f"{seg3d} (sliding window)", "ct", 3, {"segmentation": seg_members(seg3d)},
-             (("3d", seg3d),)),
-        Case(f"{cls} (slice-wise)", "ct", 3, {"classification": members(cls)},
-             (("2d-volume", cls),)),
-        Case("ensemble seg3d + cls", "ct", 3,
-             {"segmentation": seg_members(seg3d), "classification": members(cls)},
-             (("3d", seg3d), ("2d-volume", cls))),
+        Case(
+            "ensemble seg x2 + cls",
+            "cr",
+            2,
+            {"segmentation": seg_members(seg, seg2), "classification": members(cls)},
+            (("2d", seg), ("2d", seg2), ("2d", cls)),
+        ),
+        Case(
+            f"{seg3d} (sliding window)",
+            "ct",
+            3,
+            {"segmentation": seg_members(seg3d)},
+            (("3d", seg3d),),
+        ),
+        Case(
+            f"{cls} (slice-wise)", "ct", 3, {"classification": members(cls)}, (("2d-volume", cls),)
+        ),
+        Case(
+            "ensemble seg3d + cls",
+            "ct",
+            3,
+            {"segmentation": seg_members(seg3d), "classification": members(cls)},
+            (("3d", seg3d), ("2d-volume", cls)),
+        ),
         *bundle,
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="models to time (default: benchmark networks); models/cards: the demo models")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="models to time (default: benchmark networks); models/cards: the demo models",
+    )
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="20 slices, one repeat")
-    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="only the cases whose label contains TEXT (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="only the cases whose label contains TEXT (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.slices, args.repeat = 20, 1
@@ -337,22 +456,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done: {case.label} on {study_name}", file=sys.stderr, flush=True)
 
     threads = args.threads or torch.get_num_threads()
-    print(f"\ntorch {torch.__version__}, CPU, {threads} threads; fastest of {args.repeat} runs "
-          f"(wall median in brackets). Overhead = node CPU time / bare CPU time - 1 (CPU time is "
-          f"not inflated by other load on a shared machine). Memory = RSS peak above the "
-          f"loaded-model baseline.")
-    header = (f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
-              f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7} "
-              f"{'findings':>8}")
+    print(
+        f"\ntorch {torch.__version__}, CPU, {threads} threads; fastest of {args.repeat} runs "
+        f"(wall median in brackets). Overhead = node CPU time / bare CPU time - 1 (CPU time is "
+        f"not inflated by other load on a shared machine). Memory = RSS peak above the "
+        f"loaded-model baseline."
+    )
+    header = (
+        f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
+        f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7} "
+        f"{'findings':>8}"
+    )
     print(header)
     print("-" * len(header))
     for label, study_name, plain, node in rows:
         cpu = plain.cpu_seconds
         overhead = node.cpu_seconds / cpu - 1 if cpu else float("nan")
-        print(f"{label:34} {study_name:16} {plain.seconds:7.3f} ({plain.median:6.3f}) "
-              f"{node.seconds:7.3f} ({node.median:6.3f}) {plain.cpu_seconds:8.2f} "
-              f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f} "
-              f"{node.findings:8d}")
+        print(
+            f"{label:34} {study_name:16} {plain.seconds:7.3f} ({plain.median:6.3f}) "
+            f"{node.seconds:7.3f} ({node.median:6.3f}) {plain.cpu_seconds:8.2f} "
+            f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f} "
+            f"{node.findings:8d}"
+        )
     return 0
 
 

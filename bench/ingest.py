@@ -37,7 +37,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from node.config import load_settings  # noqa: E402
+from core.config import load_settings  # noqa: E402
 from node.db.engine import Database  # noqa: E402
 from node.ingest.receiver_pool import start_receiver_pool  # noqa: E402
 
@@ -158,8 +158,12 @@ def send(corpus: Path, port: int, aet: str, associations: int, nodelay: bool) ->
     groups = [parts] if associations == 1 else [[p] for p in parts]
     started = time.perf_counter()
     procs = [
-        subprocess.Popen(["storescu", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port), *map(str, group)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            ["storescu", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port), *map(str, group)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
         for group in groups
     ]
     errors = [p.communicate()[1] for p in procs]
@@ -183,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small corpora, NODELAY sender only")
     parser.add_argument("--processes", type=int, default=2, help="pacsnode receiver processes (N)")
     parser.add_argument("--workdir", type=Path, default=None, help="where corpora and storage go")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver and scenario (median)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per receiver and scenario (median)"
+    )
     parser.add_argument("--receivers-nagle", action="store_true",
                         help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
                              "Nagle on, ~40 ms stall per response); default: TCP_NODELAY=1")  # fmt: skip
@@ -199,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="pacsnode-bench-", dir=args.workdir))
     try:
         corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
-        sizes = {"a": write_corpus(corpora["a"], ct_count, 512), "b": write_corpus(corpora["b"], tiny_count, 64)}
+        sizes = {
+            "a": write_corpus(corpora["a"], ct_count, 512),
+            "b": write_corpus(corpora["b"], tiny_count, 64),
+        }
         counts = {"a": ct_count, "b": tiny_count}
         receivers = {
             "pacsnode (1 process, durable)": lambda w: pacsnode(w, 1),
-            f"pacsnode ({args.processes} processes, durable)": lambda w: pacsnode(w, args.processes),
+            f"pacsnode ({args.processes} processes, durable)": lambda w: pacsnode(
+                w, args.processes
+            ),
             "Orthanc 1.10 (SQLite)": orthanc,
             "DCMTK storescp --fork": storescp,
         }
@@ -214,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         for corpus, assocs, nodelay in scenarios:
             label = f"({corpus}) {assocs} assoc{'' if nodelay else ', Nagle on'}"
             runs: dict[str, list[float]] = {name: [] for name in receivers}
-            for _ in range(args.repeat):  # receivers interleaved, so a slow spell of the disk hits all
+            for _ in range(
+                args.repeat
+            ):  # receivers interleaved, so a slow spell of the disk hits all
                 for name, factory in receivers.items():
                     workdir = base / f"run-{len(results)}-{name[:8]}-{len(runs[name])}"
                     with factory(workdir) as (port, aet):
@@ -225,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{label:24s} {name:34s} {rate:8.1f} inst/s", flush=True)
             for name, times in runs.items():
                 elapsed = statistics.median(times)
-                results.append(Result(name, label, counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6))
+                results.append(
+                    Result(name, label, counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6)
+                )
         print_table(results, counts, args.repeat)
     finally:
         shutil.rmtree(base, ignore_errors=True)

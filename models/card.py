@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from node.domain import CodedConcept
+from core.domain import CodedConcept
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ class InputSpec(_Strict):
     @model_validator(mode="after")
     def _sizes_match_dims(self) -> InputSpec:
         if len(self.spatial_size) != self.dims or any(s < 1 for s in self.spatial_size):
-            raise ValueError(f"spatial_size needs {self.dims} positive sizes, got {self.spatial_size}")
+            raise ValueError(
+                f"spatial_size needs {self.dims} positive sizes, got {self.spatial_size}"
+            )
         if self.spacing_mm is not None and (
             len(self.spacing_mm) != self.dims or any(s <= 0 for s in self.spacing_mm)
         ):
@@ -194,7 +196,8 @@ def read_card(path: Path) -> ModelCard:
         return ModelCard.model_validate({**data, "card_path": path})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'card'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'card'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise ModelLoadError(f"model card {path}: {problems}") from exc
 
@@ -205,7 +208,9 @@ def card_files(models_dir: Path) -> list[Path]:
         return []
     found = [p for p in sorted(models_dir.glob(f"*/{CARD_FILE_NAME}")) if p.is_file()]
     found += [
-        p for p in sorted(models_dir.glob("*.yaml")) + sorted(models_dir.glob("*.yml")) if p.is_file()
+        p
+        for p in sorted(models_dir.glob("*.yaml")) + sorted(models_dir.glob("*.yml"))
+        if p.is_file()
     ]
     return found
 

@@ -54,12 +54,21 @@ class ModelRegistry:
             if model is None:
                 model = load_model(card, device)
                 self._loaded[key] = model
-                log.info("loaded model %s on %s (sha256 %s)", name, model.placement.used, model.sha256[:12])
+                log.info(
+                    "loaded model %s on %s (sha256 %s)",
+                    name,
+                    model.placement.used,
+                    model.sha256[:12],
+                )
         if model.placement.requested != device:
             # same network, different request (e.g. cuda:1 -> cpu): report this request's fallback
             return LoadedModel(
-                model.card, placement, model.sha256, network=model.network,
-                detector=model._detector, outputs_probabilities=model._outputs_probabilities,
+                model.card,
+                placement,
+                model.sha256,
+                network=model.network,
+                detector=model._detector,
+                outputs_probabilities=model._outputs_probabilities,
             )
         return model
 

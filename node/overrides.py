@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from node.config import ConfigError, Settings
+from core.config import ConfigError, Settings
 from node.db.engine import Database
 from node.db.repositories import console
 

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import DeliveryState, StudyState
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
-from node.domain import DeliveryState, StudyState
 from node.grouping import completion
 from node.jobs import queue
 from node.jobs.planning import JobPlanner, PlannablePipeline
@@ -27,7 +27,9 @@ from node.jobs.planning import JobPlanner, PlannablePipeline
 log = logging.getLogger(__name__)
 
 
-def completion_sweep(settings: Settings, db: Database, planner: JobPlanner, now: datetime) -> list[str]:
+def completion_sweep(
+    settings: Settings, db: Database, planner: JobPlanner, now: datetime
+) -> list[str]:
     with db.write() as session:
         done = completion.sweep(
             session, now, settings.completion, settings.expected_series, planner.complete_study
@@ -60,8 +62,11 @@ def _deletable_studies(db: Database, older_than: datetime | None) -> list[tuple[
             .where(
                 Job.study_pk == Study.id,
                 Delivery.state.in_(
-                    [DeliveryState.HELD.value, DeliveryState.PENDING.value,
-                     DeliveryState.IN_PROGRESS.value]
+                    [
+                        DeliveryState.HELD.value,
+                        DeliveryState.PENDING.value,
+                        DeliveryState.IN_PROGRESS.value,
+                    ]
                 ),
             )
             .correlate(Study)
@@ -125,15 +130,24 @@ def build_scheduler(
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
     scheduler.add_job(
         lambda: completion_sweep(settings, db, current_planner(), clock()),
-        "interval", seconds=settings.completion.sweep_interval_s, id="completion_sweep", **common,
+        "interval",
+        seconds=settings.completion.sweep_interval_s,
+        id="completion_sweep",
+        **common,
     )
     scheduler.add_job(
         lambda: lease_expiry(settings, db, clock()),
-        "interval", seconds=max(settings.jobs.lease_s / 10, 1.0), id="lease_expiry", **common,
+        "interval",
+        seconds=max(settings.jobs.lease_s / 10, 1.0),
+        id="lease_expiry",
+        **common,
     )
     scheduler.add_job(
         lambda: retention(settings, db, clock()),
-        "interval", seconds=settings.retention.interval_s, id="retention", **common,
+        "interval",
+        seconds=settings.retention.interval_s,
+        id="retention",
+        **common,
     )
     if settings.orthanc_sources:
         # Registered for every source, polled or not: hook-announced pulls that failed wait here.
@@ -141,7 +155,10 @@ def build_scheduler(
 
         interval = min(src.poll_interval_s for src in settings.orthanc_sources)
         scheduler.add_job(
-            lambda: poll_changes(settings, db), "interval", seconds=interval,
-            id="orthanc_poll", **common,
+            lambda: poll_changes(settings, db),
+            "interval",
+            seconds=interval,
+            id="orthanc_poll",
+            **common,
         )
     return scheduler

@@ -14,7 +14,6 @@ import json
 import os
 import queue
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -54,9 +53,9 @@ def _post(study_id):
     )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return True, "HTTP %d" % response.status
+            return True, f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
-        return 400 <= exc.code < 500, "HTTP %d %s" % (exc.code, exc.read()[:200])
+        return 400 <= exc.code < 500, f"HTTP {exc.code} {exc.read()[:200]!r}"
     except (urllib.error.URLError, OSError) as exc:
         return False, str(exc)
 
@@ -66,16 +65,19 @@ def _announce(study_id):
         done, detail = _post(study_id)
         if done:
             if detail.startswith("HTTP 2"):
-                orthanc.LogInfo("pacsnode: announced study %s (%s)" % (study_id, detail))
+                orthanc.LogInfo(f"pacsnode: announced study {study_id} ({detail})")
             else:
-                orthanc.LogError("pacsnode: hook refused study %s: %s" % (study_id, detail))
+                orthanc.LogError(f"pacsnode: hook refused study {study_id}: {detail}")
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-        orthanc.LogWarning("pacsnode: hook attempt %d for %s failed (%s); retry in %.0fs"
-                           % (attempt, study_id, detail, delay))
+        orthanc.LogWarning(
+            f"pacsnode: hook attempt {attempt} for {study_id} failed ({detail}); retry in {delay:.0f}s"
+        )
         if _stop.wait(delay):
             return
-    orthanc.LogError("pacsnode: giving up announcing %s; the node's /changes polling will find it" % study_id)
+    orthanc.LogError(
+        f"pacsnode: giving up announcing {study_id}; the node's /changes polling will find it"
+    )
 
 
 def _worker():
@@ -97,6 +99,6 @@ def OnChange(change_type, level, resource_id):  # noqa: N802 - Orthanc's callbac
 if SETTINGS["url"]:
     threading.Thread(target=_worker, name="pacsnode-hook", daemon=True).start()
     orthanc.RegisterOnChangeCallback(OnChange)
-    orthanc.LogWarning("pacsnode: stable studies will be announced to %s" % SETTINGS["url"])
+    orthanc.LogWarning(f"pacsnode: stable studies will be announced to {SETTINGS['url']}")
 else:
     orthanc.LogWarning("pacsnode: no HookUrl configured; the hook is off")

@@ -18,7 +18,9 @@ Box = tuple[float, float, float, float, int, float]  # x0, y0, x1, y1, class_ind
 def normalise_weights(weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"ensemble weights must be non-negative with a positive sum, got {list(weights)}")
+        raise ValueError(
+            f"ensemble weights must be non-negative with a positive sum, got {list(weights)}"
+        )
     return w / w.sum()
 
 

@@ -71,8 +71,13 @@ def segment_findings(
         if found.count == 0:
             continue
         measured = measure_labels(
-            found.labels, found.count, ctx.values, ctx.pixel_spacing_mm, ctx.slice_spacing_mm,
-            ctx.volumetric, ctx.intensity_unit,
+            found.labels,
+            found.count,
+            ctx.values,
+            ctx.pixel_spacing_mm,
+            ctx.slice_spacing_mm,
+            ctx.volumetric,
+            ctx.intensity_unit,
         )
         measured.sort(key=lambda item: item[0].bbox[:3])  # (frame, row, col) of the box corner
         for number, (m, frame_indices) in enumerate(measured, start=1):
@@ -95,7 +100,9 @@ def _box_pixels(box: DetectionBox, shape: tuple[int, int]) -> tuple[slice, slice
     rows, cols = shape
     r0, r1 = int(np.floor(box.y0)), int(np.ceil(box.y1))
     c0, c1 = int(np.floor(box.x0)), int(np.ceil(box.x1))
-    return slice(max(0, r0), min(rows, max(r1, r0 + 1))), slice(max(0, c0), min(cols, max(c1, c0 + 1)))
+    return slice(max(0, r0), min(rows, max(r1, r0 + 1))), slice(
+        max(0, c0), min(cols, max(c1, c0 + 1))
+    )
 
 
 def box_measurements(ctx: FindingContext, box: DetectionBox) -> Measurements:
@@ -114,7 +121,14 @@ def box_measurements(ctx: FindingContext, box: DetectionBox) -> Measurements:
         intensity_unit=ctx.intensity_unit,
         circularity=None,
         pixel_count=count,
-        bbox=(box.frame_index, rows.start, cols.start, box.frame_index, rows.stop - 1, cols.stop - 1),
+        bbox=(
+            box.frame_index,
+            rows.start,
+            cols.start,
+            box.frame_index,
+            rows.stop - 1,
+            cols.stop - 1,
+        ),
     )
 
 
@@ -134,8 +148,13 @@ def attach_boxes(
                 if finding.box is not None or box.frame_index not in finding.frame_indices:
                     continue
                 f0, r0, c0, f1, r1, c1 = finding.measurements.bbox
-                overlaps = r0 < rows.stop and rows.start <= r1 and c0 < cols.stop and cols.start <= c1
-                if overlaps and (label_map[box.frame_index, rows, cols] == finding.segment_number).any():
+                overlaps = (
+                    r0 < rows.stop and rows.start <= r1 and c0 < cols.stop and cols.start <= c1
+                )
+                if (
+                    overlaps
+                    and (label_map[box.frame_index, rows, cols] == finding.segment_number).any()
+                ):
                     result[i] = replace(finding, box=box)
                     claimed.add(box_index)
                     break

@@ -31,7 +31,8 @@ def perimeter_mm(mask2d: np.ndarray, spacing: tuple[float, float]) -> float:
         if len(contour) < 3:  # a pixel or a line: the pixel edges are the outline
             points = contour.reshape(-1, 2)
             total += 2 * (
-                (float(np.ptp(points[:, 0])) + 1) * col_mm + (float(np.ptp(points[:, 1])) + 1) * row_mm
+                (float(np.ptp(points[:, 0])) + 1) * col_mm
+                + (float(np.ptp(points[:, 1])) + 1) * row_mm
             )
             continue
         simplified = cv2.approxPolyDP(contour, 1.0, True).reshape(-1, 2)
@@ -89,7 +90,10 @@ def measure_labels(
     if missing is not None:
         raise ValueError(f"cannot measure an empty component (label {missing})")
     boxes = [
-        tuple(slice(axis.start + start, axis.stop + start) for axis, start in zip(box, starts, strict=True))
+        tuple(
+            slice(axis.start + start, axis.stop + start)
+            for axis, start in zip(box, starts, strict=True)
+        )
         for box in found
         if box is not None
     ]
@@ -126,7 +130,8 @@ def measure_labels(
             area_pct=100.0 * largest_count / image_pixels,
             volume_mm3=(
                 float(pixel_count * spacing[0] * spacing[1] * slice_spacing_mm)  # type: ignore[operator]
-                if with_volume else None
+                if with_volume
+                else None
             ),
             mean_intensity=float(sums[index] / pixel_count),
             max_intensity=float(maxima[index]),
@@ -134,8 +139,12 @@ def measure_labels(
             circularity=_circularity(cross_section, largest_count, spacing),
             pixel_count=pixel_count,
             bbox=(
-                box[0].start + offset[0], box[1].start + offset[1], box[2].start + offset[2],
-                box[0].stop - 1 + offset[0], box[1].stop - 1 + offset[1], box[2].stop - 1 + offset[2],
+                box[0].start + offset[0],
+                box[1].start + offset[1],
+                box[2].start + offset[2],
+                box[0].stop - 1 + offset[0],
+                box[1].stop - 1 + offset[1],
+                box[2].stop - 1 + offset[2],
             ),
         )
         frames = tuple(int(f) + offset[0] for f in np.flatnonzero(counts))

@@ -126,7 +126,11 @@ def run_per_device(
 
 
 def model_run(outcome: MemberOutcome[Any]) -> ModelRun:
-    member, card, placement = outcome.member, outcome.member.model.card, outcome.member.model.placement
+    member, card, placement = (
+        outcome.member,
+        outcome.member.model.card,
+        outcome.member.model.placement,
+    )
     return ModelRun(
         task=member.task,
         model_name=card.name,

@@ -87,7 +87,9 @@ class Pipeline:
         series = select_series(study, self.config.selection)
         decoded = decode_series(series, allow_subset=not self.volumetric)
         if self.volumetric and decoded.is_color:
-            raise PipelineInputError(f"series {series.series_instance_uid}: colour volumes are not supported")
+            raise PipelineInputError(
+                f"series {series.series_instance_uid}: colour volumes are not supported"
+            )
         return decoded
 
     def inputs(self, decoded: DecodedSeries) -> PreparedInputs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from node.config import ConfigError, Settings
+from core.config import ConfigError, Settings
 from pipelines.errors import PipelineInputError
 from pipelines.members import ModelProvider
 from pipelines.pipeline import Pipeline
@@ -53,7 +53,9 @@ class PipelineRegistry:
     def get(self, name: str) -> Pipeline:
         """The pipeline called ``name``; KeyError lists the known ones."""
         if name not in self._configs:
-            raise KeyError(f"no pipeline named {name!r} (known: {', '.join(self.names()) or 'none'})")
+            raise KeyError(
+                f"no pipeline named {name!r} (known: {', '.join(self.names()) or 'none'})"
+            )
         models = self.models
         with self._lock:
             pipeline = self._pipelines.get(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from node.domain import CodedConcept, Severity
+from core.domain import CodedConcept, Severity
 
 
 @dataclass(frozen=True)

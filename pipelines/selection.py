@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from node.domain import SeriesFacts
+from core.domain import SeriesFacts
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.geometry import orientation_label
 from pipelines.result import SourceSeries, StudyInput

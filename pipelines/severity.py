@@ -9,7 +9,7 @@ the area then, so a huge finding on an uncalibrated image is not called Low.
 
 from __future__ import annotations
 
-from node.domain import Severity
+from core.domain import Severity
 from pipelines.result import Measurements
 from pipelines.spec import SeverityRules
 

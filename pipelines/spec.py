@@ -2,7 +2,7 @@
 
 This module is deliberately pure (pydantic + PyYAML, no torch): routing and the console import it
 to decide which pipelines a study gets and to show/edit their settings without loading any model.
-A bad definition raises :class:`node.config.ConfigError` naming the file and the dotted key, so the
+A bad definition raises :class:`core.config.ConfigError` naming the file and the dotted key, so the
 admin fixes it from the message alone.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from node.config import ConfigError
-from node.domain import SeriesFacts
+from core.config import ConfigError
+from core.domain import SeriesFacts
 
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+|mps)$")
 
@@ -190,7 +190,9 @@ class TasksSpec(_Strict):
     @model_validator(mode="after")
     def _at_least_one(self) -> TasksSpec:
         if not (self.segmentation or self.classification or self.detection):
-            raise ValueError("a pipeline needs at least one of segmentation/classification/detection")
+            raise ValueError(
+                "a pipeline needs at least one of segmentation/classification/detection"
+            )
         return self
 
     def members(self) -> list[tuple[str, MemberSpec]]:

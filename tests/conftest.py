@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from node.config import Settings, load_settings
+from core.config import Settings, load_settings
 from node.db.engine import Database
 
 POSTGRES_URL = os.environ.get(

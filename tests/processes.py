@@ -14,8 +14,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def node_env(data_dir: Path, database_url: str, dicom_port: int, web_port: int,
-             extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def node_env(
+    data_dir: Path,
+    database_url: str,
+    dicom_port: int,
+    web_port: int,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
     env.update(
         PACSNODE_ENVIRONMENT="test",
@@ -33,7 +38,7 @@ def node_env(data_dir: Path, database_url: str, dicom_port: int, web_port: int,
 
 
 class NodeProcess:
-    """``python -m node <args>`` with its output in a log file; stopped by SIGTERM or killed."""
+    """``python -m app <args>`` with its output in a log file; stopped by SIGTERM or killed."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_dir: Path, name: str) -> None:
         self.args = args
@@ -46,8 +51,11 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", *self.args], env=self.env, cwd=PROJECT_ROOT,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "app", *self.args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         return self
 

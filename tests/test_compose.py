@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from node.__main__ import build_parser
+from app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {
@@ -25,7 +25,15 @@ SECRETS = {
     "PACSNODE_SECRET_KEY": "k" * 40,
     "PACSNODE_HOOK_SECRET": "h" * 40,
 }
-PACSNODE_SERVICES = {"migrate", "receiver", "worker-cpu", "worker-gpu", "dispatcher", "scheduler", "web"}
+PACSNODE_SERVICES = {
+    "migrate",
+    "receiver",
+    "worker-cpu",
+    "worker-gpu",
+    "dispatcher",
+    "scheduler",
+    "web",
+}
 
 
 def _compose_command() -> list[str]:
@@ -72,7 +80,9 @@ def test_only_dicom_and_web_ports_are_published(stack: dict[str, Any]) -> None:
     published = set()
     for service in stack["services"].values():
         for port in service.get("ports", []):
-            published.add(int(port["published"]) if isinstance(port, dict) else int(str(port).split(":")[0]))
+            published.add(
+                int(port["published"]) if isinstance(port, dict) else int(str(port).split(":")[0])
+            )
     assert published == {11112, 8000, 4242, 8042}
 
 

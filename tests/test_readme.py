@@ -1,8 +1,8 @@
 """The README is a runbook: its two commands, its settings table and its CLI lines must stay true.
 
-The settings table is checked against :class:`node.config.Settings` itself (every field, nested
+The settings table is checked against :class:`core.config.Settings` itself (every field, nested
 sections and list items included, with its environment variable and default), and every
-``pacsnode ...`` / ``python -m node ...`` line in a shell code block must parse with the real
+``pacsnode ...`` / ``python -m app ...`` line in a shell code block must parse with the real
 argument parser, so a renamed setting or sub-command fails here instead of misleading an admin.
 """
 
@@ -26,14 +26,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from node.__main__ import build_parser
-from node.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from app.cli import build_parser
+from core.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 
 README = PROJECT_ROOT / "README.md"
 SHELL_LANGS = {"sh", "bash", "console", "shell"}
 NO_ENV = {"—", "-", ""}  # list items have no variable of their own (set the whole list)
 FENCE_RE = re.compile(r"^```([A-Za-z0-9_-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-COMMAND_RE = re.compile(r"(?:^|[\s/])(?:pacsnode|python3? -m node)[ \t]+(.*)$")
+COMMAND_RE = re.compile(r"(?:^|[\s/])(?:pacsnode|python3? -m app)[ \t]+(.*)$")
 
 
 def readme_text() -> str:
@@ -124,7 +124,11 @@ def expected_settings() -> dict[str, tuple[str | None, str]]:
     def walk(model: type[BaseModel], key_prefix: str, env_parts: list[str] | None) -> None:
         for name, field in model.model_fields.items():
             key = key_prefix + name
-            env = (prefix + delimiter.join([*env_parts, name])).upper() if env_parts is not None else None
+            env = (
+                (prefix + delimiter.join([*env_parts, name])).upper()
+                if env_parts is not None
+                else None
+            )
             annotation, optional = _unwrap_optional(field.annotation)
             item = _list_item_model(annotation)
             default = _field_default(field)
@@ -247,7 +251,7 @@ def test_expected_settings_cover_nested_sections() -> None:
 
 
 def command_lines(text: str) -> list[str]:
-    """Argument strings after ``pacsnode`` / ``python -m node`` in the README's shell blocks."""
+    """Argument strings after ``pacsnode`` / ``python -m app`` in the README's shell blocks."""
     found: list[str] = []
     for lang, body in code_blocks(text):
         if lang not in SHELL_LANGS:
@@ -284,6 +288,8 @@ def test_readme_cli_lines_parse(rest: str) -> None:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
             args = build_parser().parse_args(argv)
     except SystemExit as exc:
-        assert exc.code == 0, f"`pacsnode {' '.join(argv)}` is not a valid command: {stderr.getvalue()}"
+        assert exc.code == 0, (
+            f"`pacsnode {' '.join(argv)}` is not a valid command: {stderr.getvalue()}"
+        )
         return
     assert args.command, f"`pacsnode {' '.join(argv)}` names no sub-command"

@@ -17,11 +17,11 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Role
 from node.db.engine import Database
 from node.db.orm import ApiToken, User, utcnow
 from node.db.repositories import users as user_repo
-from node.domain import Role
 from web.security import LoginThrottle, csrf_matches, new_csrf_token, password_fingerprint
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -85,7 +85,11 @@ def _principal_from_token(request: Request, header: str) -> Principal:
         if owner is None:
             raise HTTPException(401, "invalid or revoked API token")
         principal = Principal(
-            owner.user.id, owner.user.username, Role(owner.user.role), "token", tuple(owner.token.scopes)
+            owner.user.id,
+            owner.user.username,
+            Role(owner.user.role),
+            "token",
+            tuple(owner.token.scopes),
         )
         stale = owner.token.last_used_at is None or (
             utcnow() - owner.token.last_used_at > TOKEN_TOUCH_INTERVAL
@@ -107,12 +111,19 @@ def _principal_from_cookie(request: Request) -> Principal | None:
         return None
     now = time.time()
     seen = data.get("seen", 0)
-    if not isinstance(seen, int | float) or now - seen > state.settings.web.session_idle_minutes * 60:
+    if (
+        not isinstance(seen, int | float)
+        or now - seen > state.settings.web.session_idle_minutes * 60
+    ):
         data.clear()
         return None
     with state.db.read() as session:
         user = user_repo.get_user(session, user_id)
-        if user is None or not user.active or data.get("pwv") != password_fingerprint(user.password_hash):
+        if (
+            user is None
+            or not user.active
+            or data.get("pwv") != password_fingerprint(user.password_hash)
+        ):
             data.clear()
             return None
         principal = Principal(user.id, user.username, Role(user.role), "session")
@@ -152,7 +163,9 @@ def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signa
 
     def check(user: CurrentUser) -> Principal:
         if user.role not in allowed:
-            raise HTTPException(403, f"requires role {' or '.join(sorted(r.value for r in allowed))}")
+            raise HTTPException(
+                403, f"requires role {' or '.join(sorted(r.value for r in allowed))}"
+            )
         scope = _SCOPE_FOR_ROLES.get(allowed, "read")
         if user.via == "token" and scope not in user.scopes:
             raise HTTPException(403, f"this API token lacks the {scope!r} scope")

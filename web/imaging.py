@@ -121,7 +121,9 @@ def _label_maps(ds: pydicom.Dataset, pixels: np.ndarray) -> SegMasks:
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
     maps: dict[tuple[str, int | None], np.ndarray] = {}
     for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        segment = int(_group_item(ds, group, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        segment = int(
+            _group_item(ds, group, "SegmentIdentificationSequence").ReferencedSegmentNumber
+        )
         source = _group_item(ds, group, "DerivationImageSequence").SourceImageSequence[0]
         frame_ref = getattr(source, "ReferencedFrameNumber", None)
         key = (str(source.ReferencedSOPInstanceUID), int(frame_ref) if frame_ref else None)

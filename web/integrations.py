@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from node.config import ConfigError, DestinationSettings, Settings
+from core.config import ConfigError, DestinationSettings, Settings
 from node.db.orm import Job
 from node.overrides import PIPELINE_OVERRIDE_PREFIX
 
@@ -63,7 +63,9 @@ def requeue_job(session: Session, job_id: int, actor: str) -> bool:
 
 
 def force_complete(session: Session, study_uid: str, reason: str, now: datetime) -> bool:
-    return bool(_function("node.grouping.completion", "force_complete")(session, study_uid, reason, now))
+    return bool(
+        _function("node.grouping.completion", "force_complete")(session, study_uid, reason, now)
+    )
 
 
 def explain_routes(settings: Settings, session: Session, study_uid: str) -> str:

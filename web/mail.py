@@ -10,7 +10,7 @@ import logging
 import smtplib
 from email.message import EmailMessage
 
-from node.config import SMTPSettings
+from core.config import SMTPSettings
 
 log = logging.getLogger("pacsnode.web.mail")
 
@@ -19,7 +19,9 @@ class MailError(RuntimeError):
     """The relay refused or could not be reached."""
 
 
-def send_mail(smtp: SMTPSettings, to: str, subject: str, body: str, timeout_s: float = 15.0) -> None:
+def send_mail(
+    smtp: SMTPSettings, to: str, subject: str, body: str, timeout_s: float = 15.0
+) -> None:
     message = EmailMessage()
     message["From"] = smtp.sender
     message["To"] = to

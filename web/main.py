@@ -21,11 +21,11 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Role
 from node.db.engine import Database
 from node.db.repositories import audit
 from node.db.repositories import users as user_repo
-from node.domain import Role
 from web.deps import LoginRequired, WebState
 from web.pages import STATIC_DIR, build_templates, redirect, render
 from web.security import LoginThrottle, generate_password, hash_password
@@ -71,7 +71,11 @@ class UploadSizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in UPLOAD_PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in UPLOAD_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
@@ -100,8 +104,9 @@ class UploadSizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         mb = self.max_bytes / (1024 * 1024)
-        response = JSONResponse({"detail": f"upload too large: the limit is {mb:g} MB"},
-                                status_code=413)
+        response = JSONResponse(
+            {"detail": f"upload too large: the limit is {mb:g} MB"}, status_code=413
+        )
         await response(scope, receive, send)
 
 
@@ -112,11 +117,17 @@ def ensure_first_admin(db: Database) -> str | None:
             return None
         password = generate_password()
         user_repo.create_user(session, "admin", hash_password(password), role=Role.ADMIN)
-        audit.record(session, "user.create", entity_type="user", entity_id="admin",
-                     detail="first admin created at first start")
+        audit.record(
+            session,
+            "user.create",
+            entity_type="user",
+            entity_id="admin",
+            detail="first admin created at first start",
+        )
     log.warning(
         "No console users existed: created user 'admin' with password %s "
-        "(shown once; change it after logging in)", password
+        "(shown once; change it after logging in)",
+        password,
     )
     return password
 
@@ -138,8 +149,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if _wants_json(request):
-            return JSONResponse({"detail": "authentication required"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"detail": "authentication required"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         target = request.url.path
         if request.url.query:
             target += "?" + request.url.query
@@ -150,17 +164,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         if _wants_json(request) or exc.status_code < 400:
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                                headers=getattr(exc, "headers", None))
-        return render(request, "error.html", {"status": exc.status_code, "detail": exc.detail},
-                      status_code=exc.status_code)
+            return JSONResponse(
+                {"detail": exc.detail},
+                status_code=exc.status_code,
+                headers=getattr(exc, "headers", None),
+            )
+        return render(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         if _wants_json(request):  # FastAPI's documented HTTPValidationError body
             return await request_validation_exception_handler(request, exc)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
         )
         return render(request, "error.html", {"status": 422, "detail": problems}, status_code=422)
 
@@ -178,7 +200,8 @@ def _install_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> Response:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title="pacsnode API",
+            openapi_url="/openapi.json",
+            title="pacsnode API",
             swagger_js_url="/static-docs/swagger-ui-bundle.js",
             swagger_css_url="/static-docs/swagger-ui.css",
             swagger_favicon_url="/static-docs/favicon.png",

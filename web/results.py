@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from node.config import Settings
+from core.config import Settings
 from node.db.orm import Artifact, Job
 from web.integrations import Unavailable, load_result, result_export
 
@@ -29,7 +29,12 @@ EXPORTS = {
 
 
 def result_dir(settings: Settings, job: Job) -> Path:
-    return settings.results_dir / job.study.study_instance_uid / job.pipeline_name / f"v{job.result_version}"
+    return (
+        settings.results_dir
+        / job.study.study_instance_uid
+        / job.pipeline_name
+        / f"v{job.result_version}"
+    )
 
 
 def artifact_file(settings: Settings, artifact: Artifact) -> Path:
@@ -46,7 +51,9 @@ def review_data(settings: Settings, job: Job) -> dict[str, Any]:
     folder = result_dir(settings, job)
     try:
         result = load_result(folder)
-        data: dict[str, Any] = result.to_json_dict() if hasattr(result, "to_json_dict") else dict(result)
+        data: dict[str, Any] = (
+            result.to_json_dict() if hasattr(result, "to_json_dict") else dict(result)
+        )
         return data
     except (Unavailable, FileNotFoundError, ValueError, KeyError, OSError):
         pass
@@ -79,29 +86,43 @@ def export(settings: Settings, job: Job, which: str) -> tuple[bytes, str, str]:
     except (Unavailable, FileNotFoundError):
         pass
     except TypeError:  # the results stage's exports take other arguments than documented
-        log.warning("node.results.exports.%s has an unexpected signature; using the console's "
-                    "own export", func_name, exc_info=True)
+        log.warning(
+            "node.results.exports.%s has an unexpected signature; using the console's own export",
+            func_name,
+            exc_info=True,
+        )
     if which == "json":
         return json.dumps(review_data(settings, job), indent=2).encode(), media_type, filename
     if which == "csv":
         return _findings_csv(review_data(settings, job)), media_type, filename
     kinds = {"masks": {"seg"}, "pdfs": {"pdf"}}[which]
-    return _zip_artifacts(settings, [a for a in job.artifacts if a.kind in kinds]), media_type, filename
+    return (
+        _zip_artifacts(settings, [a for a in job.artifacts if a.kind in kinds]),
+        media_type,
+        filename,
+    )
 
 
 def _findings_csv(data: dict[str, Any]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["tracking_id", "label", "severity", "area_mm2", "volume_mm3", "mean_intensity",
-                     "score"])
+    writer.writerow(
+        ["tracking_id", "label", "severity", "area_mm2", "volume_mm3", "mean_intensity", "score"]
+    )
     for finding in data.get("findings") or []:
         m = finding.get("measurements") or {}
         box = finding.get("box") or {}
-        writer.writerow([
-            finding.get("tracking_id", ""), (finding.get("label") or {}).get("name", ""),
-            finding.get("severity", ""), m.get("area_mm2", ""), m.get("volume_mm3", ""),
-            m.get("mean_intensity", ""), box.get("score", ""),
-        ])
+        writer.writerow(
+            [
+                finding.get("tracking_id", ""),
+                (finding.get("label") or {}).get("name", ""),
+                finding.get("severity", ""),
+                m.get("area_mm2", ""),
+                m.get("volume_mm3", ""),
+                m.get("mean_intensity", ""),
+                box.get("score", ""),
+            ]
+        )
     return out.getvalue().encode("utf-8")
 
 

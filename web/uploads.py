@@ -34,13 +34,16 @@ class PatientDetails:
     study_description: str = "Manual upload"
 
     def validated(self) -> PatientDetails:
-        for label, value, limit in (("patient name", self.patient_name, 64),
-                                    ("patient ID", self.patient_id, 64),
-                                    ("accession number", self.accession_number, 16),
-                                    ("study description", self.study_description, 64)):
+        for label, value, limit in (
+            ("patient name", self.patient_name, 64),
+            ("patient ID", self.patient_id, 64),
+            ("accession number", self.accession_number, 16),
+            ("study description", self.study_description, 64),
+        ):
             if len(value) > limit or "\\" in value or not value.isprintable():
-                raise UploadError(f"The {label} must be at most {limit} printable characters "
-                                  "without backslash.")
+                raise UploadError(
+                    f"The {label} must be at most {limit} printable characters without backslash."
+                )
         return self
 
 

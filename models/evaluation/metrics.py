@@ -26,8 +26,12 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return 2 * inter / total, inter / union
 
 
-def segmentation_scores(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, float]:
-    pooled = dice_iou(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in truths]))
+def segmentation_scores(
+    preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]
+) -> dict[str, float]:
+    pooled = dice_iou(
+        np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in truths])
+    )
     per_case = [dice_iou(p, t) for p, t in zip(preds, truths, strict=True) if p.any() or t.any()]
     return {
         "dice": round(pooled[0], 4),
@@ -48,7 +52,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
-def classification_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+def classification_scores(
+    scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict[str, float]:
     pred = scores >= threshold
     truth = labels == 1
     tp = int((pred & truth).sum())
@@ -78,7 +84,9 @@ def box_iou(a: BoxT, b: BoxT) -> float:
 
 
 def average_precision(
-    detections: Sequence[Sequence[tuple[BoxT, float]]], truths: Sequence[Sequence[BoxT]], iou_thr: float
+    detections: Sequence[Sequence[tuple[BoxT, float]]],
+    truths: Sequence[Sequence[BoxT]],
+    iou_thr: float,
 ) -> float:
     """COCO 101-point AP for one class; ``detections[i]`` are (box, score) pairs for image i."""
     n_truth = sum(len(t) for t in truths)

@@ -55,7 +55,9 @@ class LoadedModel:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities for a pre-processed batch (see the agreed interface), on the CPU."""
         if self.network is None:
-            raise ModelLoadError(f"model {self.card.name!r} ({self.card.task}) has no forward(); use detect()")
+            raise ModelLoadError(
+                f"model {self.card.name!r} ({self.card.task}) has no forward(); use detect()"
+            )
         expected = self.card.input.dims + 2
         if x.ndim != expected:
             raise ValueError(
@@ -76,9 +78,13 @@ class LoadedModel:
         ``conf`` overrides the card's confidence threshold (evaluation uses a low one for mAP).
         """
         if self._detector is None:
-            raise ModelLoadError(f"model {self.card.name!r} ({self.card.task}) has no detect(); use forward()")
+            raise ModelLoadError(
+                f"model {self.card.name!r} ({self.card.task}) has no detect(); use forward()"
+            )
         if images.ndim not in (3, 4):
-            raise ValueError(f"detect() expects (N,H,W) or (N,H,W,3) images, got shape {images.shape}")
+            raise ValueError(
+                f"detect() expects (N,H,W) or (N,H,W,3) images, got shape {images.shape}"
+            )
         return self._detector(np.asarray(images, dtype=np.float32), conf)
 
 
@@ -90,7 +96,9 @@ def weights_digest(path: Path) -> str:
     """
     if path.is_dir():
         digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for file in sorted(
+            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ):
             digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
         return digest.hexdigest()
     return sha256_file(path)
@@ -132,7 +140,15 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
         return load_torchscript(card, placement, sha)
     except ModelLoadError:
         raise
-    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, OSError, ImportError) as exc:
+    except (
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        OSError,
+        ImportError,
+    ) as exc:
         raise ModelLoadError(
             f"model {card.name!r} ({card.framework} {card.architecture}) failed to load from "
             f"{card.weights_path}: {type(exc).__name__}: {exc}"
@@ -148,6 +164,8 @@ def read_state_dict(path: Path) -> dict[str, Any]:
             if isinstance(inner, dict):
                 payload = inner
                 break
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if not isinstance(payload, dict) or not all(
+        isinstance(v, torch.Tensor) for v in payload.values()
+    ):
         raise ModelLoadError(f"{path} does not hold a state_dict of tensors")
     return {k.removeprefix("module."): v for k, v in payload.items()}

@@ -44,12 +44,19 @@ def _network_from_bundle(bundle: Path, card: ModelCard) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
     config_name = str(card.arguments.get("config_file", ""))
-    candidates = [bundle / config_name] if config_name else [
-        bundle / "configs" / name for name in ("inference.json", "inference.yaml", "inference.yml")
-    ]
+    candidates = (
+        [bundle / config_name]
+        if config_name
+        else [
+            bundle / "configs" / name
+            for name in ("inference.json", "inference.yaml", "inference.yml")
+        ]
+    )
     config = next((c for c in candidates if c.is_file()), None)
     if config is None:
-        raise ModelLoadError(f"MONAI bundle {bundle}: no inference config ({', '.join(map(str, candidates))})")
+        raise ModelLoadError(
+            f"MONAI bundle {bundle}: no inference config ({', '.join(map(str, candidates))})"
+        )
     parser = ConfigParser()
     try:
         parser.read_config(str(config))

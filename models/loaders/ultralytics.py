@@ -24,7 +24,9 @@ def load_ultralytics(card: ModelCard, placement: DevicePlacement, sha: str) -> L
 
     path = card.weights_path
     if path.suffix not in (".pt", ".yaml", ".yml"):
-        raise ModelLoadError(f"model {card.name!r}: ultralytics weights must be .pt or .yaml, got {path.name}")
+        raise ModelLoadError(
+            f"model {card.name!r}: ultralytics weights must be .pt or .yaml, got {path.name}"
+        )
     yolo = YOLO(str(path), task="detect")
     network: Any = yolo.model  # a DetectionModel once built (ultralytics types it str | None)
     network.to(placement.used).eval()
@@ -39,7 +41,9 @@ def load_ultralytics(card: ModelCard, placement: DevicePlacement, sha: str) -> L
         else:
             batch = batch.permute(0, 3, 1, 2)
         if tuple(batch.shape[2:]) != tuple(size):
-            raise ValueError(f"model {card.name!r} expects images of {tuple(size)}, got {tuple(batch.shape[2:])}")
+            raise ValueError(
+                f"model {card.name!r} expects images of {tuple(size)}, got {tuple(batch.shape[2:])}"
+            )
         results = yolo.predict(
             batch.contiguous().clamp(0, 1),
             imgsz=list(size),
@@ -57,8 +61,10 @@ def load_ultralytics(card: ModelCard, placement: DevicePlacement, sha: str) -> L
             cls = boxes.cls.cpu().numpy().astype(int)
             scores = boxes.conf.cpu().numpy()
             out.append(
-                [(float(b[0]), float(b[1]), float(b[2]), float(b[3]), int(c), float(s))
-                 for b, c, s in zip(xyxy, cls, scores, strict=True)]
+                [
+                    (float(b[0]), float(b[1]), float(b[2]), float(b[3]), int(c), float(s))
+                    for b, c, s in zip(xyxy, cls, scores, strict=True)
+                ]
             )
         return out
 

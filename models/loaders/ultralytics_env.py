@@ -34,7 +34,8 @@ def prepare_offline() -> Path:
     os.environ["YOLO_AUTOINSTALL"] = "false"
     config_dir = Path(
         os.environ.setdefault(
-            "YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / f"pacsnode-ultralytics-{os.getuid()}")
+            "YOLO_CONFIG_DIR",
+            str(Path(tempfile.gettempdir()) / f"pacsnode-ultralytics-{os.getuid()}"),
         )
     )
     if _prepared:

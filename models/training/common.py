@@ -49,5 +49,9 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
         tensor = state[name].detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+        digest.update(
+            tensor.numpy().tobytes()
+            if tensor.dtype != torch.bfloat16
+            else tensor.float().numpy().tobytes()
+        )
     return digest.hexdigest()

@@ -23,31 +23,55 @@ YOLO_DEFINITION = Path(__file__).with_name("yolo_tiny.yaml")
 LESION = CardLabel(
     value=1,
     name="lesion",
-    category=CodedConceptModel(value="49755003", scheme="SCT", meaning="Morphologically Altered Structure"),
+    category=CodedConceptModel(
+        value="49755003", scheme="SCT", meaning="Morphologically Altered Structure"
+    ),
     type=CodedConceptModel(value="52988006", scheme="SCT", meaning="Lesion"),
     color=(255, 64, 0),
 )
 FINDING = CodedConceptModel(value="404684003", scheme="SCT", meaning="Clinical finding")
 CLASS_LABELS = [
-    CardLabel(value=1, name="normal", category=FINDING,
-              type=CodedConceptModel(value="17621005", scheme="SCT", meaning="Normal"), color=(0, 200, 0)),
-    CardLabel(value=2, name="abnormal", category=FINDING,
-              type=CodedConceptModel(value="263654008", scheme="SCT", meaning="Abnormal"), color=(255, 0, 0)),
+    CardLabel(
+        value=1,
+        name="normal",
+        category=FINDING,
+        type=CodedConceptModel(value="17621005", scheme="SCT", meaning="Normal"),
+        color=(0, 200, 0),
+    ),
+    CardLabel(
+        value=2,
+        name="abnormal",
+        category=FINDING,
+        type=CodedConceptModel(value="263654008", scheme="SCT", meaning="Abnormal"),
+        color=(255, 0, 0),
+    ),
 ]
 RADIOGRAPH_INPUT = InputSpec(
-    dims=2, channels=1, spatial_size=(INPUT_SIZE_2D, INPUT_SIZE_2D),
+    dims=2,
+    channels=1,
+    spatial_size=(INPUT_SIZE_2D, INPUT_SIZE_2D),
     intensity=IntensitySpec(mode="percentile", lower_percentile=0.5, upper_percentile=99.5),
 )
 CT_INPUT = InputSpec(
-    dims=3, channels=1, spatial_size=VOLUME_SHAPE_3D,
+    dims=3,
+    channels=1,
+    spatial_size=VOLUME_SHAPE_3D,
     spacing_mm=tuple(f / n for f, n in zip(FIELD_OF_VIEW_3D_MM, VOLUME_SHAPE_3D, strict=True)),
     intensity=IntensitySpec(mode="window", center=CT_WINDOW[0], width=CT_WINDOW[1]),
 )
 
-CLASSIFICATION_WEIGHTS = {"demo-cls-densenet": 0.42, "demo-cls-resnet": 0.26, "demo-cls-efficientnet": 0.32}
+CLASSIFICATION_WEIGHTS = {
+    "demo-cls-densenet": 0.42,
+    "demo-cls-resnet": 0.26,
+    "demo-cls-efficientnet": 0.32,
+}
 CLASSIFICATION_THRESHOLD = 0.449
-SEGMENTATION_WEIGHTS = {"demo-seg-unet": 0.5, "demo-seg-segresnet": 0.5,
-                        "demo-seg3d-unet": 0.5, "demo-seg3d-segresnet": 0.5}
+SEGMENTATION_WEIGHTS = {
+    "demo-seg-unet": 0.5,
+    "demo-seg-segresnet": 0.5,
+    "demo-seg3d-unet": 0.5,
+    "demo-seg3d-segresnet": 0.5,
+}
 
 
 @dataclass(frozen=True)
@@ -66,34 +90,119 @@ class DemoModel:
 
 
 DEMO_MODELS: list[DemoModel] = [
-    DemoModel("demo-seg-unet", "segmentation", "monai", "UNet",
-              {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
-               "strides": [2, 2], "num_res_units": 1}, epochs=4, lr=1e-2, batch_size=8),
-    DemoModel("demo-seg-segresnet", "segmentation", "monai", "SegResNet",
-              {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_filters": 8,
-               "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}, epochs=4, lr=1e-2, batch_size=8),
-    DemoModel("demo-cls-densenet", "classification", "timm", "densenet121",
-              {"growth_rate": 8, "block_config": [2, 2, 2, 2]}, epochs=8, labels=CLASS_LABELS),
-    DemoModel("demo-cls-resnet", "classification", "timm", "test_resnet", {}, epochs=8,
-              labels=CLASS_LABELS),
+    DemoModel(
+        "demo-seg-unet",
+        "segmentation",
+        "monai",
+        "UNet",
+        {
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [8, 16, 32],
+            "strides": [2, 2],
+            "num_res_units": 1,
+        },
+        epochs=4,
+        lr=1e-2,
+        batch_size=8,
+    ),
+    DemoModel(
+        "demo-seg-segresnet",
+        "segmentation",
+        "monai",
+        "SegResNet",
+        {
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 2,
+            "init_filters": 8,
+            "blocks_down": [1, 1, 1],
+            "blocks_up": [1, 1],
+        },
+        epochs=4,
+        lr=1e-2,
+        batch_size=8,
+    ),
+    DemoModel(
+        "demo-cls-densenet",
+        "classification",
+        "timm",
+        "densenet121",
+        {"growth_rate": 8, "block_config": [2, 2, 2, 2]},
+        epochs=8,
+        labels=CLASS_LABELS,
+    ),
+    DemoModel(
+        "demo-cls-resnet",
+        "classification",
+        "timm",
+        "test_resnet",
+        {},
+        epochs=8,
+        labels=CLASS_LABELS,
+    ),
     # efficientnet needs a higher rate and longer schedule: at 8 epochs / 3e-3 it stayed near
     # chance on held-out phantoms (AUROC 0.57) and pulled the weighted ensemble below resnet
-    DemoModel("demo-cls-efficientnet", "classification", "timm", "test_efficientnet", {}, epochs=40,
-              lr=1e-2, labels=CLASS_LABELS),
-    DemoModel("demo-det-yolo", "detection", "ultralytics", "yolo11 (scaled down, yolo_tiny.yaml)",
-              {"conf": 0.25, "iou": 0.5}, epochs=200),
+    DemoModel(
+        "demo-cls-efficientnet",
+        "classification",
+        "timm",
+        "test_efficientnet",
+        {},
+        epochs=40,
+        lr=1e-2,
+        labels=CLASS_LABELS,
+    ),
+    DemoModel(
+        "demo-det-yolo",
+        "detection",
+        "ultralytics",
+        "yolo11 (scaled down, yolo_tiny.yaml)",
+        {"conf": 0.25, "iou": 0.5},
+        epochs=200,
+    ),
     # appended, not inserted: each model's training seed is the base seed + 1000 x its position
-    DemoModel("demo-seg3d-unet", "segmentation", "monai", "UNet",
-              {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
-               "strides": [2, 2], "num_res_units": 1}, epochs=30, lr=1e-2, batch_size=4, input=CT_INPUT),
-    DemoModel("demo-seg3d-segresnet", "segmentation", "monai", "SegResNet",
-              # no residual blocks at full resolution: on a CPU those 3D convolutions made a step
-              # 4x slower (4.5 s against 1.2 s for a batch of 4) for a phantom-sized task.
-              # It sits on the "predict background" plateau for longer than the UNet: 20 epochs
-              # gave held-out Dice 0.30, 60 epochs 0.72 (about 15 min on one CPU thread)
-              {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8,
-               "blocks_down": [0, 1, 1], "blocks_up": [1, 0]}, epochs=60, lr=1e-2, batch_size=4,
-              input=CT_INPUT),
+    DemoModel(
+        "demo-seg3d-unet",
+        "segmentation",
+        "monai",
+        "UNet",
+        {
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [8, 16, 32],
+            "strides": [2, 2],
+            "num_res_units": 1,
+        },
+        epochs=30,
+        lr=1e-2,
+        batch_size=4,
+        input=CT_INPUT,
+    ),
+    DemoModel(
+        "demo-seg3d-segresnet",
+        "segmentation",
+        "monai",
+        "SegResNet",
+        # no residual blocks at full resolution: on a CPU those 3D convolutions made a step
+        # 4x slower (4.5 s against 1.2 s for a batch of 4) for a phantom-sized task.
+        # It sits on the "predict background" plateau for longer than the UNet: 20 epochs
+        # gave held-out Dice 0.30, 60 epochs 0.72 (about 15 min on one CPU thread)
+        {
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 2,
+            "init_filters": 8,
+            "blocks_down": [0, 1, 1],
+            "blocks_up": [1, 0],
+        },
+        epochs=60,
+        lr=1e-2,
+        batch_size=4,
+        input=CT_INPUT,
+    ),
 ]
 
 

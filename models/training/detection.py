@@ -43,7 +43,12 @@ def _write_split(root: Path, split: str, data: Dataset2D, intensity: IntensitySp
 
 
 def train_yolo(
-    definition: Path, train: Dataset2D, val: Dataset2D, epochs: int, seed: int, out_file: Path,
+    definition: Path,
+    train: Dataset2D,
+    val: Dataset2D,
+    epochs: int,
+    seed: int,
+    out_file: Path,
     intensity: IntensitySpec,
 ) -> str:
     """Train from the YAML definition; save a canonical checkpoint; return its SHA-256.
@@ -63,15 +68,39 @@ def train_yolo(
         _write_split(root / "data", "train", train, intensity)
         _write_split(root / "data", "val", val, intensity)
         data_yaml = root / "data.yaml"
-        data_yaml.write_text(yaml.safe_dump(
-            {"path": str(root / "data"), "train": "images/train", "val": "images/val", "names": {0: "lesion"}}
-        ))
+        data_yaml.write_text(
+            yaml.safe_dump(
+                {
+                    "path": str(root / "data"),
+                    "train": "images/train",
+                    "val": "images/val",
+                    "names": {0: "lesion"},
+                }
+            )
+        )
         model = YOLO(str(definition), task="detect")
         model.train(
-            data=str(data_yaml), epochs=epochs, imgsz=size, batch=16, workers=0, device="cpu",
-            seed=seed, deterministic=True, plots=False, amp=False, project=str(root / "runs"),
-            name="train", exist_ok=True, verbose=False, patience=0, val=False, cache=False,
-            mosaic=0.5, close_mosaic=max(1, epochs // 5), lr0=0.01, warmup_epochs=min(3, epochs // 4),
+            data=str(data_yaml),
+            epochs=epochs,
+            imgsz=size,
+            batch=16,
+            workers=0,
+            device="cpu",
+            seed=seed,
+            deterministic=True,
+            plots=False,
+            amp=False,
+            project=str(root / "runs"),
+            name="train",
+            exist_ok=True,
+            verbose=False,
+            patience=0,
+            val=False,
+            cache=False,
+            mosaic=0.5,
+            close_mosaic=max(1, epochs // 5),
+            lr0=0.01,
+            warmup_epochs=min(3, epochs // 4),
             optimizer="AdamW",
         )
         weights = root / "runs" / "train" / "weights"

@@ -22,7 +22,9 @@ CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
-def _base_dataset(sop_class: str, study_uid: str, series_uid: str, modality: str, patient_id: str) -> Dataset:
+def _base_dataset(
+    sop_class: str, study_uid: str, series_uid: str, modality: str, patient_id: str
+) -> Dataset:
     now = dt.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -132,4 +134,6 @@ def read_volume(paths: Sequence[Path]) -> np.ndarray:
 
     slices = [pydicom.dcmread(p) for p in paths]
     slices.sort(key=lambda s: -float(s.ImagePositionPatient[2]))
-    return np.stack([s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices])
+    return np.stack(
+        [s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices]
+    )

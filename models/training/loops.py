@@ -7,7 +7,9 @@ import torch
 from tqdm import tqdm
 
 
-def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment(
+    x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips along the last axis (left/right symmetry) and intensity jitter."""
     if rng.random() < 0.5:
         x, y = x.flip(-1), y.flip(-1)
@@ -42,7 +44,7 @@ def train_segmentation(
             order = rng.permutation(len(images))
             losses = []
             for start in range(0, len(order), batch_size):
-                idx = torch.from_numpy(order[start:start + batch_size])
+                idx = torch.from_numpy(order[start : start + batch_size])
                 x, y = _augment(x_all[idx], y_all[idx], rng)
                 optimiser.zero_grad()
                 out = network(x)
@@ -83,7 +85,7 @@ def train_classifier(
             order = rng.permutation(len(images))
             losses = []
             for start in range(0, len(order), batch_size):
-                idx = torch.from_numpy(order[start:start + batch_size])
+                idx = torch.from_numpy(order[start : start + batch_size])
                 x, _ = _augment(x_all[idx], x_all[idx], rng)
                 optimiser.zero_grad()
                 loss = loss_fn(network(x), y_all[idx])

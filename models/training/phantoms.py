@@ -102,7 +102,9 @@ def _radiograph_background(rng: np.random.Generator, size: int) -> tuple[np.ndar
     lungs = np.zeros((size, size), bool)
     for side in (-1, 1):
         lx = cx + side * rng.uniform(0.17, 0.21)
-        lungs |= ((xx - lx) / rng.uniform(0.13, 0.16)) ** 2 + ((yy - 0.5) / rng.uniform(0.28, 0.33)) ** 2 < 1
+        lungs |= ((xx - lx) / rng.uniform(0.13, 0.16)) ** 2 + (
+            (yy - 0.5) / rng.uniform(0.28, 0.33)
+        ) ** 2 < 1
     image[lungs] = 0.2
     spine = np.abs(xx - cx) < 0.045
     image[spine & body] = 0.75
@@ -125,8 +127,10 @@ def make_2d_phantom(
 ) -> Phantom2D:
     """A radiograph-like image with 0..3 lesions in the lung fields (``lesion_count`` forces it)."""
     image, lungs = _radiograph_background(rng, size)
-    count = lesion_count if lesion_count is not None else (
-        0 if rng.random() < p_normal else int(rng.integers(1, 4))
+    count = (
+        lesion_count
+        if lesion_count is not None
+        else (0 if rng.random() < p_normal else int(rng.integers(1, 4)))
     )
     grids = tuple(np.mgrid[0:size, 0:size].astype(np.float32))
     mask = np.zeros((size, size), np.uint8)
@@ -138,9 +142,14 @@ def make_2d_phantom(
         attempts += 1
         cy, cx = candidates[int(rng.integers(len(candidates)))]
         radius = float(rng.uniform(0.025, 0.08) * size)
-        if mask[max(0, int(cy - radius * 1.5)):int(cy + radius * 1.5), max(0, int(cx - radius * 1.5)):int(cx + radius * 1.5)].any():
+        if mask[
+            max(0, int(cy - radius * 1.5)) : int(cy + radius * 1.5),
+            max(0, int(cx - radius * 1.5)) : int(cx + radius * 1.5),
+        ].any():
             continue  # keep lesions apart so each box is one lesion
-        lesion = Lesion((float(cy), float(cx)), radius, float(rng.uniform(0.12, 0.35)), str(rng.choice(SHAPES)))
+        lesion = Lesion(
+            (float(cy), float(cx)), radius, float(rng.uniform(0.12, 0.35)), str(rng.choice(SHAPES))
+        )
         profile = _lesion_profile(grids, lesion, rng)
         image += lesion.contrast * profile
         region = _inside(profile, lesion.shape)
@@ -186,8 +195,10 @@ def make_3d_phantom(
     vol[spine] = 700.0
     kidney = ((xn - 0.68) / 0.06) ** 2 + ((yn - 0.6) / 0.08) ** 2 + ((zn - 0.5) / 0.25) ** 2 < 1
     vol[kidney] = 150.0  # a bright decoy that is not a lesion
-    count = lesion_count if lesion_count is not None else (
-        0 if rng.random() < p_normal else int(rng.integers(1, 4))
+    count = (
+        lesion_count
+        if lesion_count is not None
+        else (0 if rng.random() < p_normal else int(rng.integers(1, 4)))
     )
     mask = np.zeros(shape, np.uint8)
     lesions: list[Lesion] = []
@@ -199,10 +210,17 @@ def make_3d_phantom(
         c = candidates[int(rng.integers(len(candidates)))]
         radius = float(rng.uniform(*LESION_RADIUS_3D_MM))
         reach = [radius * 1.6 / s for s in spacing]  # keep lesions apart (in voxels per axis)
-        if mask[tuple(slice(max(0, int(v - r)), int(v + r) + 1) for v, r in zip(c, reach, strict=True))].any():
+        if mask[
+            tuple(slice(max(0, int(v - r)), int(v + r) + 1) for v, r in zip(c, reach, strict=True))
+        ].any():
             continue
         sign = -1.0 if rng.random() < 0.6 else 1.0
-        lesion = Lesion(tuple(float(v) for v in c), radius, sign * float(rng.uniform(30, 90)), str(rng.choice(SHAPES)))
+        lesion = Lesion(
+            tuple(float(v) for v in c),
+            radius,
+            sign * float(rng.uniform(30, 90)),
+            str(rng.choice(SHAPES)),
+        )
         profile = _lesion_profile((zz, yy, xx), lesion, rng, spacing)
         vol += lesion.contrast * profile * organ
         region = _inside(profile, lesion.shape) & organ
@@ -215,8 +233,14 @@ def make_3d_phantom(
         boxes.append((*(int(v) for v in lo_i), *(int(v) for v in hi_i), 1))  # type: ignore[arg-type]
     vol = ndimage.gaussian_filter(vol, sigma=0.7)
     vol += rng.normal(0, float(rng.uniform(8, 18)), shape).astype(np.float32)
-    return Phantom3D(vol.astype(np.float32), mask, int(bool(lesions)), lesions,
-                     spacing_mm=spacing, boxes=boxes)  # type: ignore[arg-type]
+    return Phantom3D(
+        vol.astype(np.float32),
+        mask,
+        int(bool(lesions)),
+        lesions,
+        spacing_mm=spacing,  # type: ignore[arg-type]
+        boxes=boxes,
+    )
 
 
 def phantom_to_dicom_series(*args: object, **kwargs: object) -> list:  # type: ignore[type-arg]

@@ -52,8 +52,9 @@ def _build_network(model: DemoModel) -> torch.nn.Module:
     return network
 
 
-def _train_2d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int,
-              rng: np.random.Generator) -> tuple[str, list[float], str]:
+def _train_2d(
+    model: DemoModel, weights: Path, seed: int, mode: str, epochs: int, rng: np.random.Generator
+) -> tuple[str, list[float], str]:
     """Train a 2D model on radiograph phantoms; return (weights SHA-256, loss history, data note)."""
     train = make_dataset_2d(seed, TRAIN_COUNTS[mode], INPUT_SIZE_2D)
     history: list[float] = []
@@ -67,29 +68,60 @@ def _train_2d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int
         network = _build_network(model)
         images = _normalised(train, model)
         if model.task == "segmentation":
-            history = train_segmentation(network, images, train.masks, epochs, rng, lr=model.lr, batch_size=model.batch_size, desc=model.name)
+            history = train_segmentation(
+                network,
+                images,
+                train.masks,
+                epochs,
+                rng,
+                lr=model.lr,
+                batch_size=model.batch_size,
+                desc=model.name,
+            )
         else:
-            history = train_classifier(network, images, train.labels, epochs, rng, lr=model.lr, batch_size=model.batch_size, desc=model.name)
+            history = train_classifier(
+                network,
+                images,
+                train.labels,
+                epochs,
+                rng,
+                lr=model.lr,
+                batch_size=model.batch_size,
+                desc=model.name,
+            )
         sha = save_state_dict(network, weights)
-    data = (f"procedural 2D radiograph phantoms (models.training.phantoms), {len(train.images)} "
-            f"images at {INPUT_SIZE_2D}x{INPUT_SIZE_2D}, {int(train.labels.sum())} abnormal")
+    data = (
+        f"procedural 2D radiograph phantoms (models.training.phantoms), {len(train.images)} "
+        f"images at {INPUT_SIZE_2D}x{INPUT_SIZE_2D}, {int(train.labels.sum())} abnormal"
+    )
     return sha, history, data
 
 
-def _train_3d(model: DemoModel, weights: Path, seed: int, mode: str, epochs: int,
-              rng: np.random.Generator) -> tuple[str, list[float], str]:
+def _train_3d(
+    model: DemoModel, weights: Path, seed: int, mode: str, epochs: int, rng: np.random.Generator
+) -> tuple[str, list[float], str]:
     """Train a 3D segmentation model on whole CT phantoms at the card's grid (see ``_train_2d``)."""
     # make_dataset_3d windows with CT_WINDOW, the window the 3D cards declare
     depth, height, width = model.input.spatial_size  # a 3D card's grid
     shape = (depth, height, width)
     train = make_dataset_3d(seed, TRAIN_COUNTS_3D[mode], shape)
     network = _build_network(model)
-    history = train_segmentation(network, train.volumes, train.masks, epochs, rng, lr=model.lr,
-                                 batch_size=model.batch_size, desc=model.name)
+    history = train_segmentation(
+        network,
+        train.volumes,
+        train.masks,
+        epochs,
+        rng,
+        lr=model.lr,
+        batch_size=model.batch_size,
+        desc=model.name,
+    )
     spacing = "x".join(f"{s:g}" for s in model.input.spacing_mm or ())
-    data = (f"procedural 3D CT phantoms (models.training.phantoms), {len(train.volumes)} volumes at "
-            f"{'x'.join(map(str, shape))} voxels of {spacing} mm, "
-            f"{int(train.labels.sum())} with lesions")
+    data = (
+        f"procedural 3D CT phantoms (models.training.phantoms), {len(train.volumes)} volumes at "
+        f"{'x'.join(map(str, shape))} voxels of {spacing} mm, "
+        f"{int(train.labels.sum())} with lesions"
+    )
     return save_state_dict(network, weights), history, data
 
 
@@ -113,17 +145,29 @@ def train_one(model: DemoModel, out_dir: Path, seed: int, quick: bool) -> ModelC
     if history:
         training["final_loss"] = round(history[-1], 4)
     card = ModelCard(
-        name=model.name, version="1.0.0" if not quick else "0.0.0-quick", task=model.task,
-        framework=model.framework, architecture=model.architecture, arguments=model.arguments,
-        weights=Path(model.weights_file), sha256=sha, input=model.input, labels=model.labels,
-        device_uid=device_uid_for(sha), disclaimer=DEMO_DISCLAIMER, training=training, metrics={},
+        name=model.name,
+        version="1.0.0" if not quick else "0.0.0-quick",
+        task=model.task,
+        framework=model.framework,
+        architecture=model.architecture,
+        arguments=model.arguments,
+        weights=Path(model.weights_file),
+        sha256=sha,
+        input=model.input,
+        labels=model.labels,
+        device_uid=device_uid_for(sha),
+        disclaimer=DEMO_DISCLAIMER,
+        training=training,
+        metrics={},
     )
     write_card(card, folder / "card.yaml")
     log.info("trained %s in %.0f s (sha256 %s)", model.name, training["seconds"], sha[:12])
     return card.model_copy(update={"card_path": folder / "card.yaml"})
 
 
-def train_demo_models(out_dir: Path, seed: int, only: str | None = None, quick: bool = False) -> list[ModelCard]:
+def train_demo_models(
+    out_dir: Path, seed: int, only: str | None = None, quick: bool = False
+) -> list[ModelCard]:
     """Train the demo models (optionally one task) into ``out_dir``; one seed offset per model."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cards = []

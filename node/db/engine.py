@@ -18,6 +18,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import Settings
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -111,3 +113,11 @@ def migrate(url: str, engine: Engine | None = None) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         conn.commit()
+
+
+def open_database(settings: Settings) -> Database:
+    """Create the data directory and the database, migrated to the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    return db

@@ -97,7 +97,9 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")
+    series: Mapped[list[Series]] = relationship(
+        back_populates="study", cascade="all, delete-orphan"
+    )
     jobs: Mapped[list[Job]] = relationship(back_populates="study", cascade="all, delete-orphan")
 
 
@@ -167,7 +169,9 @@ class Job(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str] = mapped_column(Text, default="")
     log: Mapped[str] = mapped_column(Text, default="")
-    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # classes, severity, devices
+    summary: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict
+    )  # classes, severity, devices
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     artifacts: Mapped[list[Artifact]] = relationship(

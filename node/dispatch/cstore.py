@@ -30,7 +30,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
 from node.dispatch.targets import PingResult, SendOutcome, failed_all
 
 log = logging.getLogger(__name__)

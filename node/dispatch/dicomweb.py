@@ -16,7 +16,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
 from node.dispatch.targets import PingResult, SendOutcome, failed_all
 
 REFERENCED_SOP_SEQUENCE = "00081199"

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from node.config import DestinationSettings, Settings
+from core.config import DestinationSettings, Settings
+from core.domain import ArtifactKind, DeliveryState
 from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
 from node.dispatch.planning import destination_settings
 from node.dispatch.targets import SendOutcome, sender_for
-from node.domain import ArtifactKind, DeliveryState
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
 from node.dispatch.targets import PingResult, SendOutcome
 
 

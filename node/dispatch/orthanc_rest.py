@@ -13,7 +13,7 @@ from pathlib import Path
 from orthanc_api_client import OrthancApiClient
 from orthanc_api_client import exceptions as orthanc_errors
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
 from node.dispatch.targets import PingResult, SendOutcome, failed_all
 
 

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from node.config import DestinationSettings, Settings
+from core.config import DestinationSettings, Settings
+from core.domain import ArtifactKind, DeliveryState, DestinationKind
 from node.db.orm import Delivery, Job, utcnow
 from node.db.repositories import deliveries as repo
-from node.domain import ArtifactKind, DeliveryState, DestinationKind
 
 SOURCE_DESTINATION_PREFIX = "orthanc-source-"
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from node.config import DestinationSettings
-from node.domain import DestinationKind
+from core.config import DestinationSettings
+from core.domain import DestinationKind
 
 
 @dataclass(frozen=True)

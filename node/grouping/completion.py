@@ -16,23 +16,11 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from node.config import CompletionSettings, ExpectedSeriesRule
-from node.domain import SeriesFacts, StudyState
+from core.config import CompletionSettings, ExpectedSeriesRule
+from core.domain import StudyFacts, StudyState
+from node.db.repositories import audit, studies
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StudyFacts:
-    study_instance_uid: str
-    state: StudyState
-    last_received_at: datetime
-    series: tuple[SeriesFacts, ...]
-    study_description: str = ""
-    calling_ae: str = ""
-    called_ae: str = ""
-    peer_host: str = ""
-    complete_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,7 +33,9 @@ class CompletionDecision:
 def expected_series_met(facts: StudyFacts, rule: ExpectedSeriesRule) -> bool:
     """True when at least ``rule.min_series`` series match the rule's conditions."""
     wanted = {m.upper() for m in rule.modality}
-    pattern = re.compile(rule.series_description_regex, re.I) if rule.series_description_regex else None
+    pattern = (
+        re.compile(rule.series_description_regex, re.I) if rule.series_description_regex else None
+    )
     matching = [
         s
         for s in facts.series
@@ -77,7 +67,9 @@ def decide_completion(
             return CompletionDecision(True, f"expected-series rule {rule.name!r} met")
     idle = (now - facts.last_received_at).total_seconds()
     if idle >= settings.quiet_period_s:
-        return CompletionDecision(True, f"quiet for {idle:.1f} s (>= {settings.quiet_period_s:g} s)")
+        return CompletionDecision(
+            True, f"quiet for {idle:.1f} s (>= {settings.quiet_period_s:g} s)"
+        )
     return CompletionDecision(False, "receiving", wait_s=settings.quiet_period_s - idle)
 
 
@@ -98,8 +90,6 @@ def sweep(
     ``on_complete(session, study_uid, reason, now)`` creates the jobs (node.jobs.planning); it runs
     in the same transaction as the state change, so a crash leaves either both or neither.
     """
-    from node.db.repositories import studies
-
     completed: list[str] = []
     for facts in studies.receiving_study_facts(session):
         decision = decide_completion(facts, now, settings, rules)
@@ -116,8 +106,6 @@ def force_complete(session: Session, study_uid: str, reason: str, now: datetime)
     ``completion.sweep_interval_s``) creates the jobs with the routing it owns, so this works from
     any process — the CLI against a running node included.
     """
-    from node.db.repositories import audit, studies
-
     study = studies.get_study(session, study_uid)
     if study is None:
         return False
@@ -125,6 +113,7 @@ def force_complete(session: Session, study_uid: str, reason: str, now: datetime)
         # already complete or processed: reprocessing is an explicit re-run, not a completion
         return True
     study.complete_requested = True
-    audit.record(session, "study.complete_requested", entity_type="study", entity_id=study_uid,
-                 detail=reason)
+    audit.record(
+        session, "study.complete_requested", entity_type="study", entity_id=study_uid, detail=reason
+    )
     return True

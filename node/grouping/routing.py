@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.config import RoutingCondition, RoutingRule, Settings
-from node.domain import SeriesFacts
-from node.grouping.completion import StudyFacts
+from core.config import RoutingCondition, RoutingRule, Settings
+from core.domain import SeriesFacts, StudyFacts
 
 
 class _Selection(Protocol):
@@ -77,7 +76,9 @@ def _series_reasons(cond: RoutingCondition, series: SeriesFacts) -> list[str] | 
     if cond.series_description_regex:
         if not re.search(cond.series_description_regex, series.series_description, re.I):
             return None
-        reasons.append(f"SeriesDescription {series.series_description!r} ~ /{cond.series_description_regex}/")
+        reasons.append(
+            f"SeriesDescription {series.series_description!r} ~ /{cond.series_description_regex}/"
+        )
     return reasons
 
 
@@ -98,11 +99,16 @@ def rule_verdict(rule: RoutingRule, facts: StudyFacts) -> RuleVerdict:
             return RuleVerdict(
                 rule.name,
                 False,
-                (f"StudyDescription {facts.study_description!r} !~ /{cond.study_description_regex}/",),
+                (
+                    f"StudyDescription {facts.study_description!r} !~ /{cond.study_description_regex}/",
+                ),
             )
         reasons.append(f"StudyDescription ~ /{cond.study_description_regex}/")
     series_level = (
-        cond.modality or cond.sop_class_uid or cond.body_part_examined or cond.series_description_regex
+        cond.modality
+        or cond.sop_class_uid
+        or cond.body_part_examined
+        or cond.series_description_regex
     )
     if series_level:
         for series in facts.series:

@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
-from node.domain import InstanceHeader
+from core.domain import InstanceHeader
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -297,7 +297,9 @@ def _int(value: bytes, vr: str | None, little: bool) -> int | None:
         return None
 
 
-def parse_instance(raw: bytes | memoryview, transfer_syntax_uid: str | None = None) -> ParsedInstance:
+def parse_instance(
+    raw: bytes | memoryview, transfer_syntax_uid: str | None = None
+) -> ParsedInstance:
     """Check the structure of ``raw`` and read its indexed attributes.
 
     ``raw`` is a Part-10 file when ``transfer_syntax_uid`` is None, else a bare dataset encoded in

@@ -7,18 +7,16 @@ counted with the reason; the import never stops on a bad file.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Association, StoreStatus
 from node.db.engine import Database
-from node.domain import Association, StoreStatus
 from node.ingest.persist import persist_instance
 
 log = logging.getLogger(__name__)
@@ -133,17 +131,3 @@ def import_paths(
             report.failed += 1
             _note(report, name, outcome.reason)
     return report
-
-
-def import_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``pacsnode import``: exit 0 when every DICOM file was stored (or was already there)."""
-    db = Database(settings.effective_database_url)
-    try:
-        db.migrate()
-        report = import_paths(db, settings, [Path(p) for p in args.paths])
-    finally:
-        db.dispose()
-    print(report.summary())
-    for line in report.errors[:20]:
-        print(f"  {line}", file=sys.stderr)
-    return 1 if report.failed else 0

@@ -17,12 +17,12 @@ from orthanc_api_client import exceptions as orthanc_errors
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from node.config import OrthancSourceSettings, Settings
+from core.config import OrthancSourceSettings, Settings
+from core.domain import Association
 from node.db.engine import Database
 from node.db.orm import Artifact, OrthancPull, SourceCursor, utcnow
 from node.db.repositories import audit
 from node.dispatch.orthanc_rest import orthanc_client
-from node.domain import Association
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Association, InstanceHeader, StoreStatus
 from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instances import NewInstance, upsert_instances
-from node.domain import Association, InstanceHeader, StoreStatus
 from node.ingest.header import HeaderError, build_file_meta, parse_instance
 from node.ingest.spool import InsufficientSpace, Spool, check_free_space, relative_path
 
@@ -193,7 +193,9 @@ def commit_batch(
     published: list[Path] = []
     try:
         with db.write() as session:
-            result = upsert_instances(session, [p.item for p in batch], settings.completion.late_arrival)
+            result = upsert_instances(
+                session, [p.item for p in batch], settings.completion.late_arrival
+            )
             to_publish = set(result.inserted)
             flags: list[bool] = []
             for pending in batch:
@@ -214,7 +216,9 @@ def commit_batch(
         for path in published:
             spool.discard(path)
         if len(batch) > 1:
-            log.warning("group commit of %d instances failed (%s); retrying one by one", len(batch), exc)
+            log.warning(
+                "group commit of %d instances failed (%s); retrying one by one", len(batch), exc
+            )
             return [commit_batch(db, settings, spool, [p])[0] for p in batch]
         pending = batch[0]
         spool.discard(pending.temp)

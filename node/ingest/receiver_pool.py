@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from node.config import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -70,7 +70,9 @@ class PoolHandle:
         for process in self.processes:
             process.join(timeout)
             if process.is_alive():
-                log.warning("receiver child %s did not stop in %.0f s; killing", process.pid, timeout)
+                log.warning(
+                    "receiver child %s did not stop in %.0f s; killing", process.pid, timeout
+                )
                 process.kill()
                 process.join(5)
         self._reservation.close()

@@ -32,9 +32,9 @@ from typing import Any
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from sqlalchemy.orm import configure_mappers
 
-from node.config import CallerAllowEntry, Settings
+from core.config import CallerAllowEntry, Settings
+from core.domain import Association, StoreStatus
 from node.db.engine import Database
-from node.domain import Association, StoreStatus
 from node.ingest import dimse
 from node.ingest import upper_layer as ul
 from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -138,7 +138,9 @@ class _Association:
         received, flags = 0, socket.MSG_WAITALL if self._waitall else 0
         while received < len(view):
             try:
-                count = self.sock.recv_into(view[received:], min(len(view) - received, _RECV_CHUNK), flags)
+                count = self.sock.recv_into(
+                    view[received:], min(len(view) - received, _RECV_CHUNK), flags
+                )
             except BlockingIOError as exc:  # SO_RCVTIMEO expired
                 raise TimeoutError(f"no data for {self._timeout:g} s") from exc
             if count == 0:
@@ -264,7 +266,9 @@ class _Association:
         command_context = 0
         while True:
             mid_message = command is not None or bool(command_parts)
-            self.set_timeout(settings.dimse_timeout_s if mid_message else settings.network_timeout_s)
+            self.set_timeout(
+                settings.dimse_timeout_s if mid_message else settings.network_timeout_s
+            )
             pdu_type, body = self._read_pdu()
             if pdu_type == ul.A_RELEASE_RQ:
                 self.set_timeout(settings.acse_timeout_s)

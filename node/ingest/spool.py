@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from node.config import Settings
+from core.config import Settings
 
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 TEMP_SUFFIX = ".part"
@@ -41,7 +41,12 @@ def safe_component(uid: str) -> str:
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
     """The path stored in the Instance row, relative to the data directory."""
     return "/".join(
-        ("spool", safe_component(study_uid), safe_component(series_uid), safe_component(sop_uid) + ".dcm")
+        (
+            "spool",
+            safe_component(study_uid),
+            safe_component(series_uid),
+            safe_component(sop_uid) + ".dcm",
+        )
     )
 
 

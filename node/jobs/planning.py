@@ -15,10 +15,10 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import JobState, ReviewState, StudyState
 from node.db.orm import Job
 from node.db.repositories import audit, studies
-from node.domain import JobState, ReviewState, StudyState
 from node.grouping.routing import PipelineLike, RouteDecision, explain_routes
 
 
@@ -52,8 +52,12 @@ class JobPlanner:
         study.completion_reason = reason[:64]
         study.complete_requested = False
         audit.record(
-            session, "study.completed", entity_type="study", entity_id=study_uid,
-            from_state=StudyState.RECEIVING.value, to_state=StudyState.COMPLETE.value,
+            session,
+            "study.completed",
+            entity_type="study",
+            entity_id=study_uid,
+            from_state=StudyState.RECEIVING.value,
+            to_state=StudyState.COMPLETE.value,
             detail=f"{reason}\n{decision.explain()}",
         )
         created = 0
@@ -85,14 +89,21 @@ class JobPlanner:
             session.flush()
             created += 1
             audit.record(
-                session, "job.created", entity_type="job", entity_id=job.id,
+                session,
+                "job.created",
+                entity_type="job",
+                entity_id=job.id,
                 to_state=JobState.QUEUED.value,
                 detail=f"study {study_uid} pipeline {name} v{cfg.version} result v{study.result_version}",
             )
         if created == 0 and not decision.pipelines:
             study.state = StudyState.PROCESSED.value
             audit.record(
-                session, "study.processed", entity_type="study", entity_id=study_uid,
-                from_state=StudyState.COMPLETE.value, to_state=StudyState.PROCESSED.value,
+                session,
+                "study.processed",
+                entity_type="study",
+                entity_id=study_uid,
+                from_state=StudyState.COMPLETE.value,
+                to_state=StudyState.PROCESSED.value,
                 detail="no pipeline matched",
             )

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from node.config import JobSettings
+from core.config import JobSettings
+from core.domain import JobState, StudyState
 from node.db.engine import Database
 from node.db.orm import Job, Study, utcnow
 from node.db.repositories import audit
-from node.domain import JobState, StudyState
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,15 @@ def claim_next(
         job.lease_owner = worker_id
         job.lease_expires_at = now + timedelta(seconds=settings.lease_s)
         job.started_at = now
-        study_uid = session.scalar(
-            select(Study.study_instance_uid).where(Study.id == job.study_pk)
-        )
+        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_pk))
         audit.record(
-            session, "job.claimed", entity_type="job", entity_id=job.id, actor=worker_id,
-            from_state=JobState.QUEUED.value, to_state=JobState.RUNNING.value,
+            session,
+            "job.claimed",
+            entity_type="job",
+            entity_id=job.id,
+            actor=worker_id,
+            from_state=JobState.QUEUED.value,
+            to_state=JobState.RUNNING.value,
             detail=f"attempt {job.attempts}/{job.max_attempts}",
         )
         return ClaimedJob(
@@ -99,7 +102,9 @@ def owned_job(session: Session, job_id: int, worker_id: str) -> Job | None:
     return session.scalar(stmt)
 
 
-def renew_lease(db: Database, job_id: int, worker_id: str, now: datetime, settings: JobSettings) -> bool:
+def renew_lease(
+    db: Database, job_id: int, worker_id: str, now: datetime, settings: JobSettings
+) -> bool:
     with db.write() as session:
         result = session.execute(
             update(Job)
@@ -124,8 +129,13 @@ def mark_succeeded(
     if job.started_at is not None:
         job.duration_s = (now - job.started_at).total_seconds()
     audit.record(
-        session, "job.succeeded", entity_type="job", entity_id=job.id, actor=worker_id,
-        from_state=JobState.RUNNING.value, to_state=JobState.SUCCEEDED.value,
+        session,
+        "job.succeeded",
+        entity_type="job",
+        entity_id=job.id,
+        actor=worker_id,
+        from_state=JobState.RUNNING.value,
+        to_state=JobState.SUCCEEDED.value,
     )
     _update_study_state(session, job.study_pk)
 
@@ -154,8 +164,13 @@ def mark_failed(
         job.finished_at = now
         to_state = JobState.FAILED.value
     audit.record(
-        session, "job.failed" if to_state == "failed" else "job.retry", entity_type="job",
-        entity_id=job.id, actor=worker_id, from_state=JobState.RUNNING.value, to_state=to_state,
+        session,
+        "job.failed" if to_state == "failed" else "job.retry",
+        entity_type="job",
+        entity_id=job.id,
+        actor=worker_id,
+        from_state=JobState.RUNNING.value,
+        to_state=to_state,
         detail=error[-2000:],
     )
     if to_state == JobState.FAILED.value:
@@ -169,8 +184,14 @@ def release(session: Session, job: Job, worker_id: str, reason: str) -> None:
     job.lease_owner = ""
     job.lease_expires_at = None
     audit.record(
-        session, "job.released", entity_type="job", entity_id=job.id, actor=worker_id,
-        from_state=JobState.RUNNING.value, to_state=JobState.QUEUED.value, detail=reason,
+        session,
+        "job.released",
+        entity_type="job",
+        entity_id=job.id,
+        actor=worker_id,
+        from_state=JobState.RUNNING.value,
+        to_state=JobState.QUEUED.value,
+        detail=reason,
     )
 
 
@@ -181,8 +202,12 @@ def expire_leases(session: Session, now: datetime, settings: JobSettings) -> lis
     ).all()
     for job in stale:
         mark_failed(
-            session, job, job.lease_owner or "unknown", now,
-            f"lease expired (worker {job.lease_owner or '?'} presumed dead)", settings,
+            session,
+            job,
+            job.lease_owner or "unknown",
+            now,
+            f"lease expired (worker {job.lease_owner or '?'} presumed dead)",
+            settings,
         )
         job.next_attempt_at = min(job.next_attempt_at, now)  # no backoff: the job did not fail
     return [j.id for j in stale]
@@ -203,8 +228,13 @@ def requeue_job(session: Session, job_id: int, actor: str) -> bool:
     if study is not None and study.state == StudyState.PROCESSED.value:
         study.state = StudyState.COMPLETE.value
     audit.record(
-        session, "job.requeued", entity_type="job", entity_id=job.id, actor=actor,
-        from_state=from_state, to_state=JobState.QUEUED.value,
+        session,
+        "job.requeued",
+        entity_type="job",
+        entity_id=job.id,
+        actor=actor,
+        from_state=from_state,
+        to_state=JobState.QUEUED.value,
     )
     return True
 
@@ -224,8 +254,12 @@ def _update_study_state(session: Session, study_pk: int) -> None:
     if not open_jobs:
         study.state = StudyState.PROCESSED.value
         audit.record(
-            session, "study.processed", entity_type="study", entity_id=study.study_instance_uid,
-            from_state=StudyState.COMPLETE.value, to_state=StudyState.PROCESSED.value,
+            session,
+            "study.processed",
+            entity_type="study",
+            entity_id=study.study_instance_uid,
+            from_state=StudyState.COMPLETE.value,
+            to_state=StudyState.PROCESSED.value,
         )
 
 

@@ -15,7 +15,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session
 
-from node.config import Settings
+from core.config import Settings
 from node.db.orm import Instance
 from node.db.repositories import studies
 from pipelines.result import SourceSeries, StudyInput
@@ -25,8 +25,11 @@ def _position_key(paths: Sequence[Path]) -> list[Path] | None:
     keyed: list[tuple[float, Path]] = []
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
-                "ImagePositionPatient", "ImageOrientationPatient"])
+            ds = pydicom.dcmread(
+                path,
+                stop_before_pixels=True,
+                specific_tags=["ImagePositionPatient", "ImageOrientationPatient"],
+            )
         except (InvalidDicomError, OSError):
             return None
         ipp = getattr(ds, "ImagePositionPatient", None)

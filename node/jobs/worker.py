@@ -26,7 +26,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Artifact, Job, utcnow
 from node.db.repositories import studies
@@ -114,7 +114,9 @@ class _LeaseKeeper:
     def __init__(self, db: Database, settings: Settings, job_id: int, worker_id: str) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(db, settings, job_id, worker_id), daemon=True,
+            target=self._run,
+            args=(db, settings, job_id, worker_id),
+            daemon=True,
             name=f"lease-{job_id}",
         )
         self.lost = False
@@ -200,8 +202,14 @@ class Worker:
                 job = queue.owned_job(session, claimed.job_id, self.worker_id)
                 if job is not None:
                     queue.mark_failed(
-                        session, job, self.worker_id, utcnow(), f"{type(exc).__name__}: {exc}",
-                        self.settings.jobs, log="\n".join(lines), retryable=retryable,
+                        session,
+                        job,
+                        self.worker_id,
+                        utcnow(),
+                        f"{type(exc).__name__}: {exc}",
+                        self.settings.jobs,
+                        log="\n".join(lines),
+                        retryable=retryable,
                     )
         finally:
             self.current_job = None
@@ -226,7 +234,9 @@ class Worker:
         # The job's creation time, not "now": a retry rebuilds byte-identical objects.
         created = job_created if job_created.tzinfo else job_created.replace(tzinfo=UTC)
         result = replace(pipeline.run(study_input), created_at=created.isoformat())
-        lines.append(f"pipeline {pipeline.name} v{pipeline.version}: {time.perf_counter() - t0:.2f} s")
+        lines.append(
+            f"pipeline {pipeline.name} v{pipeline.version}: {time.perf_counter() - t0:.2f} s"
+        )
         for run in result.model_runs:
             lines.append(
                 f"  model {run.model_name} v{run.model_version} on {run.device_used}"
@@ -246,7 +256,9 @@ class Worker:
         self._save_result(result, out_dir)
         producer = self._producer or _default_producer()
         t0 = time.perf_counter()
-        produced = producer(result, sources, _output_options(pipeline, claimed.result_version), out_dir)
+        produced = producer(
+            result, sources, _output_options(pipeline, claimed.result_version), out_dir
+        )
         lines.append(
             f"results: {', '.join(str(getattr(p, 'kind', '?')) for p in produced)}"
             f" in {time.perf_counter() - t0:.2f} s"
@@ -297,10 +309,14 @@ class Worker:
                 if existing is None:
                     session.add(
                         Artifact(
-                            job_pk=job.id, kind=str(getattr(obj.kind, "value", obj.kind)),
-                            sop_class_uid=obj.sop_class_uid, sop_instance_uid=obj.sop_instance_uid,
-                            series_instance_uid=obj.series_instance_uid, path=rel,
-                            size_bytes=obj.size_bytes, validated=True,
+                            job_pk=job.id,
+                            kind=str(getattr(obj.kind, "value", obj.kind)),
+                            sop_class_uid=obj.sop_class_uid,
+                            sop_instance_uid=obj.sop_instance_uid,
+                            series_instance_uid=obj.series_instance_uid,
+                            path=rel,
+                            size_bytes=obj.size_bytes,
+                            validated=True,
                         )
                     )
                 else:
@@ -309,6 +325,4 @@ class Worker:
             session.refresh(job, attribute_names=["artifacts"])
             planner = self._planner or _default_delivery_planner(self.settings)
             planner(session, job, claimed.destinations, claimed.review_required)
-            queue.mark_succeeded(
-                session, job, self.worker_id, utcnow(), result.summary(), job_log
-            )
+            queue.mark_succeeded(session, job, self.worker_id, utcnow(), result.summary(), job_log)

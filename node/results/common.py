@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.equipment import add_algorithm_identification
 from node.results.source import ContentTime
 from node.results.uids import deterministic_uid

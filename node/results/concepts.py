@@ -9,7 +9,7 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.sr.codedict import codes
 
-from node.domain import CodedConcept, Severity
+from core.domain import CodedConcept, Severity
 from pipelines.result import ClassificationOutput
 
 PRIVATE_SCHEME = "99PACSNODE"

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.uids import result_uid, series_number
 from pipelines.result import PipelineResult

@@ -23,7 +23,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image as FlowImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.overlay import key_frame_index, render_overlay
 from node.results.source import ContentTime

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.common import finalise
 from node.results.overlay import build_overlay
 from node.results.pdf import build_pdf

@@ -22,7 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.domain import ArtifactKind, CodedConcept
+from core.domain import ArtifactKind, CodedConcept
 from node.results.equipment import MANUFACTURER, software_versions
 from node.results.uids import result_uid, series_number
 from pipelines.result import LabelSpec, PipelineResult, SegmentationOutput

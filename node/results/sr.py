@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane

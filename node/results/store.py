@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from node.domain import CodedConcept, Severity
+from core.domain import CodedConcept, Severity
 from pipelines.result import (
     ClassificationOutput,
     DetectionBox,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from pipelines.result import PipelineResult
 
 # Series numbers of result series: high enough not to collide with modality series in practice.

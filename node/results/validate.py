@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.seg import frame_group_item, segment_number_of
 from pipelines.result import PipelineResult
 

@@ -210,7 +210,9 @@ def _frames_of(path: Path) -> list[_Frame]:
         pixels = ds.pixel_array
     except (ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise PipelineInputError(f"{path.name}: cannot decode pixel data ({syntax}): {exc}") from exc
+        raise PipelineInputError(
+            f"{path.name}: cannot decode pixel data ({syntax}): {exc}"
+        ) from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))

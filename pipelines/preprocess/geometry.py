@@ -123,7 +123,9 @@ class VolumeResampling:
             return self.source_shape
         return tuple(  # type: ignore[return-value]
             max(1, round(n * s / t))
-            for n, s, t in zip(self.source_shape, self.source_spacing, self.target_spacing, strict=True)
+            for n, s, t in zip(
+                self.source_shape, self.source_spacing, self.target_spacing, strict=True
+            )
         )
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,9 @@ def source_spacing(series: DecodedSeries) -> tuple[float, float, float]:
     return (series.slice_spacing_mm or series.slice_thickness_mm or 1.0, row, col)
 
 
-def prepare_3d(series: DecodedSeries, card_input: Any, preprocessing: PreprocessingSpec) -> Prepared3D:
+def prepare_3d(
+    series: DecodedSeries, card_input: Any, preprocessing: PreprocessingSpec
+) -> Prepared3D:
     """The volume → (1, C, D, H, W) at the card's spacing (when it names one)."""
     images = channels_image(
         series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
@@ -81,7 +83,9 @@ def prepare_3d(series: DecodedSeries, card_input: Any, preprocessing: Preprocess
     )
     resampled = resampling.forward(volume).numpy()
     normalised = normalise_channels(resampled, card_input.intensity.mean, card_input.intensity.std)
-    return Prepared3D(volume=torch.from_numpy(np.ascontiguousarray(normalised)), resampling=resampling)
+    return Prepared3D(
+        volume=torch.from_numpy(np.ascontiguousarray(normalised)), resampling=resampling
+    )
 
 
 class PreparedInputs:

@@ -59,9 +59,7 @@ def run_classification(
             f"positive_class {task.positive_class!r} is not one of the models' classes {classes}"
         )
     positive = classes.index(task.positive_class)
-    outcomes = run_per_device(
-        members, lambda m: member_probabilities(m, inputs, task, positive)
-    )
+    outcomes = run_per_device(members, lambda m: member_probabilities(m, inputs, task, positive))
     mean = weighted_mean([o.value for o in outcomes], [o.member.weight for o in outcomes])
     codes = tuple(
         label.type.to_domain()

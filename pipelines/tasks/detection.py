@@ -59,7 +59,10 @@ def run_detection(
             fused_boxes.append(
                 DetectionBox(
                     frame_index=frame,
-                    x0=fused.x0, y0=fused.y0, x1=fused.x1, y1=fused.y1,
+                    x0=fused.x0,
+                    y0=fused.y0,
+                    x1=fused.x1,
+                    y1=fused.y1,
                     label=labels[fused.class_index],
                     score=fused.score,
                     member_scores={

@@ -25,7 +25,9 @@ from pipelines.spec import SegmentationTask
 @dataclass
 class SegmentationRun:
     labels: tuple[LabelSpec, ...]
-    probabilities: np.ndarray  # (L, F, H, W) ensemble mean of the labels (no background), source grid
+    probabilities: (
+        np.ndarray
+    )  # (L, F, H, W) ensemble mean of the labels (no background), source grid
     member_pixel_counts: dict[str, dict[str, int]]
     outcomes: list[MemberOutcome[dict[str, int]]]
 

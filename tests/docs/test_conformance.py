@@ -19,9 +19,9 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless
 
-from node.config import DestinationSettings, Settings
+from core.config import DestinationSettings, Settings
+from core.domain import DestinationKind
 from node.dispatch import cstore
-from node.domain import DestinationKind
 from node.ingest.scp import SUPPORTED_CONTEXTS
 from node.results.produce import OutputOptions, produce_results
 from tests.node.results.factories import make_result, synthetic_ct_series
@@ -211,7 +211,7 @@ def test_documented_defaults_match_settings() -> None:
         for key, text in documented_settings().items()
         if not _same_value(text, setting_default(key))
     ]
-    assert not wrong, "ae-defaults table disagrees with node/config.py: " + "; ".join(wrong)
+    assert not wrong, "ae-defaults table disagrees with core/config.py: " + "; ".join(wrong)
 
 
 def test_default_ae_title_and_port_match_settings() -> None:

@@ -31,7 +31,7 @@ HOOK_SCRIPT = Path(__file__).resolve().parents[2] / "orthanc" / "pacsnode_hook.p
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-REQUIRED_MODULES = ("node.runtime", "pipelines.registry", "node.results.produce")
+REQUIRED_MODULES = ("app.runtime", "pipelines.registry", "node.results.produce")
 
 
 def require_whole_chain() -> None:

@@ -11,7 +11,13 @@ from models.card import ModelCard, write_card
 from models.loaders import weights_digest
 from models.training.demo_specs import CLASS_LABELS, LESION
 
-TINY_UNET = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}
+TINY_UNET = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+}
 
 
 def make_card(
@@ -29,11 +35,18 @@ def make_card(
     """Write ``folder/<name>/card.yaml`` for ``weights`` and return the card as loaded."""
     labels = CLASS_LABELS if task == "classification" else [LESION]
     card = ModelCard(
-        name=name, version="0.1", task=task, framework=framework, architecture=architecture,  # type: ignore[arg-type]
+        name=name,
+        version="0.1",
+        task=task,
+        framework=framework,
+        architecture=architecture,  # type: ignore[arg-type]
         arguments=arguments if arguments is not None else dict(TINY_UNET),
-        weights=weights, sha256=sha256 or weights_digest(weights),
+        weights=weights,
+        sha256=sha256 or weights_digest(weights),
         input={"dims": 2, "channels": 1, "spatial_size": [size, size]},  # type: ignore[arg-type]
-        labels=labels, device_uid="2.25.1234", disclaimer="test",
+        labels=labels,
+        device_uid="2.25.1234",
+        disclaimer="test",
     )
     path = folder / name / "card.yaml"
     write_card(card, path)

@@ -20,7 +20,9 @@ def _require_cards() -> None:
     cards, _ = scan_cards(CARDS_DIR)
     missing = SHIPPED - set(cards)
     if missing:
-        pytest.skip(f"demo weights not trained yet (run `pacsnode train`): missing {sorted(missing)}")
+        pytest.skip(
+            f"demo weights not trained yet (run `pacsnode train`): missing {sorted(missing)}"
+        )
 
 
 def test_shipped_cards_are_valid_and_verified() -> None:
@@ -32,7 +34,10 @@ def test_shipped_cards_are_valid_and_verified() -> None:
         assert card.disclaimer == DEMO_DISCLAIMER
         assert weights_digest(card.weights_path) == card.sha256
         if card.task != "classification":
-            assert (card.labels[0].category.value, card.labels[0].type.value) == ("49755003", "52988006")
+            assert (card.labels[0].category.value, card.labels[0].type.value) == (
+                "49755003",
+                "52988006",
+            )
         else:
             assert card.class_names == ["normal", "abnormal"]
     uids = [cards[n].device_uid for n in SHIPPED]
@@ -64,8 +69,11 @@ EVALUATORS = {
 def test_ensemble_scores_at_least_as_well_as_its_best_member(group: str) -> None:
     _require_cards()
     registry = ModelRegistry(CARDS_DIR)
-    members = {n: registry.get(n, "cpu") for n, c in registry.cards.items()
-               if evaluation.evaluation_group(c) == group and n in SHIPPED}
+    members = {
+        n: registry.get(n, "cpu")
+        for n, c in registry.cards.items()
+        if evaluation.evaluation_group(c) == group and n in SHIPPED
+    }
     assert len(members) >= 2, members
     scores = EVALUATORS[group](members, 999)
     metric = evaluation.primary_metric(group)
@@ -94,7 +102,9 @@ def test_demo_3d_pipeline_segments_ct_phantom_lesions_with_the_3d_pair(tmp_path:
     from tests.pipelines.conftest import study_from_files
 
     _require_cards()
-    config = load_pipeline_configs(Path(__file__).resolve().parents[2] / "pipelines" / "definitions")["demo-3d"]
+    config = load_pipeline_configs(
+        Path(__file__).resolve().parents[2] / "pipelines" / "definitions"
+    )["demo-3d"]
     pipeline = Pipeline(config, ModelRegistry(CARDS_DIR))
     dice = []
     for seed in (21, 22):  # a matrix the models never trained at: the node resamples to 5 mm

@@ -31,7 +31,11 @@ def test_unavailable_cuda_falls_back_to_cpu_with_warning(tmp_path: Path) -> None
     model = ModelRegistry(tmp_path).get("seg", "cuda:1")
     assert model.placement.requested == "cuda:1"
     assert model.placement.used == "cpu"
-    assert model.placement.warning and "cuda:1" in model.placement.warning and "cpu" in model.placement.warning
+    assert (
+        model.placement.warning
+        and "cuda:1" in model.placement.warning
+        and "cpu" in model.placement.warning
+    )
     out = model.forward(torch.rand(1, 1, 32, 32))
     assert out.device.type == "cpu"
 

@@ -51,9 +51,21 @@ def write_ct_study(out: Path, slices: int = 48) -> Path:
 
 def storescu(port: int, folder: Path) -> None:
     subprocess.run(
-        ["storescu", "-aec", "PACSNODE", "-aet", "MODALITY", "+sd", "+r", "127.0.0.1", str(port),
-         str(folder)],
-        check=True, capture_output=True, timeout=120,
+        [
+            "storescu",
+            "-aec",
+            "PACSNODE",
+            "-aet",
+            "MODALITY",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -75,7 +87,10 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[dict[str, object]]:
     dicom_port = free_port()
     out_dir = tmp_path / "delivered"
     env = node_env(
-        tmp_path / "data", pg_url, dicom_port, free_port(),
+        tmp_path / "data",
+        pg_url,
+        dicom_port,
+        free_port(),
         {
             "PACSNODE_COMPLETION__QUIET_PERIOD_S": "1",
             "PACSNODE_COMPLETION__SWEEP_INTERVAL_S": "0.5",
@@ -83,7 +98,9 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[dict[str, object]]:
             "PACSNODE_JOBS__POLL_INTERVAL_S": "0.2",
             "PACSNODE_DISPATCH__POLL_INTERVAL_S": "0.2",
             "PACSNODE_TORCH_THREADS": "1",
-            "PACSNODE_DESTINATIONS": json.dumps([{"name": "out", "kind": "folder", "path": str(out_dir)}]),
+            "PACSNODE_DESTINATIONS": json.dumps(
+                [{"name": "out", "kind": "folder", "path": str(out_dir)}]
+            ),
         },
     )
     logs = tmp_path / "logs"
@@ -120,10 +137,13 @@ def test_batch_processed_once_each_by_two_workers(cluster: dict[str, object]) ->
         assert len(jobs) == 6 and {j.state for j in jobs} == {"succeeded"}, [j.error for j in jobs]
         claims = s.execute(
             select(AuditEvent.entity_id, func.count(AuditEvent.id))
-            .where(AuditEvent.action == "job.claimed").group_by(AuditEvent.entity_id)
+            .where(AuditEvent.action == "job.claimed")
+            .group_by(AuditEvent.entity_id)
         ).all()
         assert all(n == 1 for _, n in claims), f"a job was claimed twice: {claims}"
-        workers = set(s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "job.succeeded")))
+        workers = set(
+            s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "job.succeeded"))
+        )
         assert workers == {"worker-a", "worker-b"}, f"only {workers} did work"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -157,4 +177,7 @@ def test_killed_worker_job_finishes_on_the_other(cluster: dict[str, object]) -> 
         assert job.state == "succeeded", job.error
         finisher = s.scalar(select(AuditEvent.actor).where(AuditEvent.action == "job.succeeded"))
         assert finisher == survivor
-        assert s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "job.claimed")) == 2
+        assert (
+            s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "job.claimed"))
+            == 2
+        )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from node.config import Settings, load_settings
+from core.config import Settings, load_settings
 from node.db.engine import Database
 from node.db.repositories import console
 from node.dispatch.dispatcher import Dispatcher
 from node.jobs.worker import Worker
 from node.overrides import PIPELINE_OVERRIDE_PREFIX, Refreshing, effective_pipeline_configs
-from node.runtime import pipeline_definitions
 from pipelines.registry import PipelineRegistry
+from pipelines.spec import load_pipeline_configs
 
 
 def _store(db: Database, key: str, value: dict) -> None:
@@ -20,7 +20,7 @@ def _store(db: Database, key: str, value: dict) -> None:
 def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
     settings: Settings, db: Database
 ) -> None:
-    base = pipeline_definitions(settings)
+    base = load_pipeline_configs(settings.pipelines_dir)
     _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-3d", {"enabled": False})
     _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", {"tasks.classification.threshold": 0.7})
     _store(db, PIPELINE_OVERRIDE_PREFIX + "gone", {"enabled": False})  # unknown pipeline: ignored
@@ -28,7 +28,9 @@ def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
     assert configs["demo-3d"].enabled is False and base["demo-3d"].enabled is True
     assert configs["demo-2d"].tasks.classification.threshold == 0.7
     _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", {"tasks.classification.no_such_key": 1})
-    assert effective_pipeline_configs(base, db)["demo-2d"] == base["demo-2d"]  # stale: logged, skipped
+    assert (
+        effective_pipeline_configs(base, db)["demo-2d"] == base["demo-2d"]
+    )  # stale: logged, skipped
 
 
 def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
@@ -36,7 +38,9 @@ def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
 ) -> None:
     registry = PipelineRegistry(settings)
     worker = Worker(settings, db, registry)
-    edit = {"tasks": {"segmentation": {"members": {"demo-seg-unet": {"device": "cpu", "weight": 0.9}}}}}
+    edit = {
+        "tasks": {"segmentation": {"members": {"demo-seg-unet": {"device": "cpu", "weight": 0.9}}}}
+    }
     _store(db, PIPELINE_OVERRIDE_PREFIX + "demo-2d", edit)
     worker._apply_console_overrides("demo-2d")
     members = {m.model: m for m in registry.configs()["demo-2d"].tasks.segmentation.members}

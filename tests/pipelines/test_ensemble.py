@@ -10,8 +10,9 @@ def test_weighted_mean_normalises_weights() -> None:
     a, b = np.full((2, 3), 0.2, np.float32), np.full((2, 3), 0.8, np.float32)
     assert np.allclose(weighted_mean([a, b], [1, 3]), 0.65)
     assert np.allclose(weighted_mean([a, b], [0.25, 0.75]), 0.65)
-    probs = weighted_mean([np.array([0.9, 0.1]), np.array([0.3, 0.7]), np.array([0.5, 0.5])],
-                          [0.42, 0.26, 0.32])
+    probs = weighted_mean(
+        [np.array([0.9, 0.1]), np.array([0.3, 0.7]), np.array([0.5, 0.5])], [0.42, 0.26, 0.32]
+    )
     assert probs.sum() == pytest.approx(1.0)
     assert probs[0] == pytest.approx(0.42 * 0.9 + 0.26 * 0.3 + 0.32 * 0.5)
 

@@ -5,21 +5,28 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from node.domain import CodedConcept, Severity
+from core.domain import CodedConcept, Severity
 from pipelines.findings import FindingContext, attach_boxes, segment_findings, tracking_uid
 from pipelines.result import DetectionBox, LabelSpec
 from pipelines.spec import SeverityRules
 
-LESION = LabelSpec(1, "lesion", CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-                   CodedConcept("52988006", "SCT", "Lesion"))
+LESION = LabelSpec(
+    1,
+    "lesion",
+    CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+    CodedConcept("52988006", "SCT", "Lesion"),
+)
 
 
 def _ctx(values: np.ndarray, volumetric: bool = False) -> FindingContext:
-    return FindingContext("1.2.3", "demo-2d", "1.0.0", values, (0.5, 0.5), 2.0, volumetric, "HU",
-                          SeverityRules())
+    return FindingContext(
+        "1.2.3", "demo-2d", "1.0.0", values, (0.5, 0.5), 2.0, volumetric, "HU", SeverityRules()
+    )
 
 
-def _box(frame: int, x0: float, y0: float, x1: float, y1: float, score: float = 0.8) -> DetectionBox:
+def _box(
+    frame: int, x0: float, y0: float, x1: float, y1: float, score: float = 0.8
+) -> DetectionBox:
     return DetectionBox(frame, x0, y0, x1, y1, LESION, score, {"m": score})
 
 

@@ -10,8 +10,9 @@ from pipelines.measurements import circularity, measure_labels
 from pipelines.result import Measurements
 
 
-def measure(component: np.ndarray, values: np.ndarray, *args: Any, **kwargs: Any
-            ) -> tuple[Measurements, tuple[int, ...]]:
+def measure(
+    component: np.ndarray, values: np.ndarray, *args: Any, **kwargs: Any
+) -> tuple[Measurements, tuple[int, ...]]:
     """One component (a bool mask) measured as label 1 of ``measure_labels`` (same arguments)."""
     ((m, frames),) = measure_labels(component.astype(np.uint8), 1, values, *args, **kwargs)
     return m, frames
@@ -58,7 +59,9 @@ def test_volume_bbox_and_hu_mean_on_a_ct_like_sphere() -> None:
     sphere = (zz - 10) ** 2 * 4 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 64  # r=8 mm, 2 mm slices
     rng = np.random.default_rng(0)
     hu = np.where(sphere, 45.0, -50.0) + rng.normal(0, 5, sphere.shape)
-    m, _ = measure(sphere, hu.astype(np.float32), (1.0, 1.0), 2.0, volumetric=True, intensity_unit="HU")
+    m, _ = measure(
+        sphere, hu.astype(np.float32), (1.0, 1.0), 2.0, volumetric=True, intensity_unit="HU"
+    )
     assert m.volume_mm3 == pytest.approx(4 / 3 * math.pi * 8**3, rel=0.05)
     assert m.mean_intensity == pytest.approx(45.0, abs=0.5)
     assert m.bbox == (6, 12, 12, 14, 28, 28)
@@ -71,9 +74,15 @@ def test_missing_spacing_reports_no_area() -> None:
     assert m.area_mm2 is None and m.area_pct is not None and m.circularity is not None
 
 
-def _reference_measure(component: np.ndarray, values: np.ndarray, spacing: tuple[float, float],
-                       slice_mm: float, volumetric: bool, offset: tuple[int, int, int],
-                       image_shape: tuple[int, int]) -> tuple[object, ...]:
+def _reference_measure(
+    component: np.ndarray,
+    values: np.ndarray,
+    spacing: tuple[float, float],
+    slice_mm: float,
+    volumetric: bool,
+    offset: tuple[int, int, int],
+    image_shape: tuple[int, int],
+) -> tuple[object, ...]:
     """The per-pixel way: coordinates of every pixel of the component."""
     frames, rows, cols = np.nonzero(component)
     per_frame = np.bincount(frames, minlength=component.shape[0])
@@ -83,11 +92,18 @@ def _reference_measure(component: np.ndarray, values: np.ndarray, spacing: tuple
         float(per_frame[largest] * spacing[0] * spacing[1]),
         100.0 * per_frame[largest] / (image_shape[0] * image_shape[1]),
         float(frames.size * spacing[0] * spacing[1] * slice_mm) if volumetric else None,
-        float(inside.astype(np.float64).mean()), float(inside.max()),
+        float(inside.astype(np.float64).mean()),
+        float(inside.max()),
         circularity(component[largest], spacing),
         int(frames.size),
-        (int(frames.min()) + offset[0], int(rows.min()) + offset[1], int(cols.min()) + offset[2],
-         int(frames.max()) + offset[0], int(rows.max()) + offset[1], int(cols.max()) + offset[2]),
+        (
+            int(frames.min()) + offset[0],
+            int(rows.min()) + offset[1],
+            int(cols.min()) + offset[2],
+            int(frames.max()) + offset[0],
+            int(rows.max()) + offset[1],
+            int(cols.max()) + offset[2],
+        ),
     )
 
 
@@ -102,16 +118,36 @@ def test_measure_matches_the_per_pixel_reference_on_random_components() -> None:
         values = rng.normal(40.0, 200.0, shape).astype(np.float32)
         volumetric = bool(trial % 2)
         offset = (int(rng.integers(0, 5)), int(rng.integers(0, 50)), int(rng.integers(0, 50)))
-        m, frames = measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU",
-                                        offset=offset, image_shape=(128, 96))
-        got = (m.area_mm2, m.area_pct, m.volume_mm3, m.mean_intensity, m.max_intensity,
-               m.circularity, m.pixel_count, m.bbox)
+        m, frames = measure(
+            component,
+            values,
+            (0.7, 0.6),
+            2.5,
+            volumetric,
+            "HU",
+            offset=offset,
+            image_shape=(128, 96),
+        )
+        got = (
+            m.area_mm2,
+            m.area_pct,
+            m.volume_mm3,
+            m.mean_intensity,
+            m.max_intensity,
+            m.circularity,
+            m.pixel_count,
+            m.bbox,
+        )
         want = _reference_measure(component, values, (0.7, 0.6), 2.5, volumetric, offset, (128, 96))
         # the mean is summed in float64 (order differs from numpy's pairwise mean: last bits only)
         assert got[3] == pytest.approx(want[3], rel=1e-12, abs=1e-9)
         assert got[:3] + got[4:] == want[:3] + want[4:]
-        assert frames == tuple(int(f) + offset[0] for f in np.flatnonzero(component.any(axis=(1, 2))))
-        assert measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU", offset, (128, 96))[0] == m
+        assert frames == tuple(
+            int(f) + offset[0] for f in np.flatnonzero(component.any(axis=(1, 2)))
+        )
+        assert (
+            measure(component, values, (0.7, 0.6), 2.5, volumetric, "HU", offset, (128, 96))[0] == m
+        )
 
 
 def test_measuring_an_empty_component_is_an_error() -> None:
@@ -123,7 +159,9 @@ def _reference_perimeter(mask2d: np.ndarray, spacing: tuple[float, float]) -> fl
     """The outline length computed step by step (vstack, diff, norm)."""
     import cv2
 
-    contours, _ = cv2.findContours(mask2d.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(
+        mask2d.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
     row_mm, col_mm = spacing
     total = 0.0
     for contour in contours:
@@ -144,14 +182,15 @@ def test_perimeter_matches_the_step_by_step_reference() -> None:
 
     rng = np.random.default_rng(2)
     for _ in range(60):
-        mask = rng.random((int(rng.integers(1, 25)), int(rng.integers(1, 25)))) < rng.uniform(0.1, 0.9)
+        mask = rng.random((int(rng.integers(1, 25)), int(rng.integers(1, 25)))) < rng.uniform(
+            0.1, 0.9
+        )
         spacing = (float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.2, 2.0)))
         assert perimeter_mm(mask, spacing) == _reference_perimeter(mask, spacing)
 
 
 def test_measuring_all_components_at_once_equals_measuring_each_alone() -> None:
     from scipy import ndimage
-
 
     rng = np.random.default_rng(5)
     for volumetric in (False, True):
@@ -160,16 +199,31 @@ def test_measuring_all_components_at_once_equals_measuring_each_alone() -> None:
         labels, count = ndimage.label(mask)
         assert count > 10
         values = rng.normal(40.0, 200.0, shape).astype(np.float32)
-        together = measure_labels(labels.astype(np.uint16), count, values, (0.7, 0.6), 2.5,
-                                  volumetric, "HU")
+        together = measure_labels(
+            labels.astype(np.uint16), count, values, (0.7, 0.6), 2.5, volumetric, "HU"
+        )
         assert len(together) == count
         for index, (m, frames) in enumerate(together, start=1):
-            alone, alone_frames = measure(labels == index, values, (0.7, 0.6), 2.5, volumetric, "HU")
+            alone, alone_frames = measure(
+                labels == index, values, (0.7, 0.6), 2.5, volumetric, "HU"
+            )
             assert frames == alone_frames
             assert m.mean_intensity == pytest.approx(alone.mean_intensity, rel=1e-12)
-            assert (m.pixel_count, m.bbox, m.area_mm2, m.volume_mm3, m.max_intensity, m.circularity) == (
-                alone.pixel_count, alone.bbox, alone.area_mm2, alone.volume_mm3, alone.max_intensity,
-                alone.circularity)
+            assert (
+                m.pixel_count,
+                m.bbox,
+                m.area_mm2,
+                m.volume_mm3,
+                m.max_intensity,
+                m.circularity,
+            ) == (
+                alone.pixel_count,
+                alone.bbox,
+                alone.area_mm2,
+                alone.volume_mm3,
+                alone.max_intensity,
+                alone.circularity,
+            )
 
 
 def test_components_far_from_the_origin_keep_their_boxes_and_values() -> None:
@@ -177,22 +231,34 @@ def test_components_far_from_the_origin_keep_their_boxes_and_values() -> None:
     (measurement looks only inside the box around all components)."""
     from scipy import ndimage
 
-
     rng = np.random.default_rng(8)
     mask = ndimage.gaussian_filter(rng.random((4, 30, 30)), (0, 1.5, 1.5)) > 0.55
     labels, count = ndimage.label(mask)
     values = rng.normal(40.0, 200.0, mask.shape).astype(np.float32)
     pad = ((3, 5), (17, 2), (9, 11))
-    tight = measure_labels(labels.astype(np.uint16), count, values, (0.7, 0.6), 2.5, True, "HU",
-                           image_shape=(49, 50))
-    padded = measure_labels(np.pad(labels, pad).astype(np.uint16), count,
-                            np.pad(values, pad, constant_values=-1000.0), (0.7, 0.6), 2.5, True, "HU")
+    tight = measure_labels(
+        labels.astype(np.uint16), count, values, (0.7, 0.6), 2.5, True, "HU", image_shape=(49, 50)
+    )
+    padded = measure_labels(
+        np.pad(labels, pad).astype(np.uint16),
+        count,
+        np.pad(values, pad, constant_values=-1000.0),
+        (0.7, 0.6),
+        2.5,
+        True,
+        "HU",
+    )
     assert count > 3 and len(padded) == count
     shift = (3, 17, 9, 3, 17, 9)
     for (m, frames), (p, padded_frames) in zip(tight, padded, strict=True):
         assert p.bbox == tuple(a + b for a, b in zip(m.bbox, shift, strict=True))
         assert padded_frames == tuple(f + 3 for f in frames)
         assert (p.pixel_count, p.mean_intensity, p.max_intensity, p.volume_mm3, p.area_pct) == (
-            m.pixel_count, m.mean_intensity, m.max_intensity, m.volume_mm3, m.area_pct)
+            m.pixel_count,
+            m.mean_intensity,
+            m.max_intensity,
+            m.volume_mm3,
+            m.area_pct,
+        )
         # the outline's points differ by the offset: the perimeter sum may differ in the last bit
         assert p.circularity == pytest.approx(m.circularity, rel=1e-12)

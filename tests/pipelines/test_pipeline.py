@@ -23,8 +23,13 @@ PARITY_TOLERANCE = 1e-5
 
 def config(dims: int, tasks: dict[str, Any], modality: list[str], **extra: Any) -> PipelineConfig:
     return PipelineConfig.model_validate(
-        {"name": f"test-{dims}d", "version": "1", "selection": {"dims": dims, "modality": modality},
-         "tasks": tasks, **extra}
+        {
+            "name": f"test-{dims}d",
+            "version": "1",
+            "selection": {"dims": dims, "modality": modality},
+            "tasks": tasks,
+            **extra,
+        }
     )
 
 
@@ -35,11 +40,17 @@ def members(*pairs: tuple[str, float], device: str = "cpu") -> dict[str, Any]:
 def test_2d_pipeline_equals_the_bare_models_on_the_same_tensor(
     model_registry: Any, cr_study: StudyInput
 ) -> None:
-    cfg = config(2, {
-        "segmentation": members(("tiny-seg-unet", 0.3), ("tiny-seg-segresnet", 0.7)),
-        "classification": {**members(("tiny-cls-resnet", 2), ("tiny-cls-efficientnet", 1)),
-                           "threshold": 0.449},
-    }, ["CR"])
+    cfg = config(
+        2,
+        {
+            "segmentation": members(("tiny-seg-unet", 0.3), ("tiny-seg-segresnet", 0.7)),
+            "classification": {
+                **members(("tiny-cls-resnet", 2), ("tiny-cls-efficientnet", 1)),
+                "threshold": 0.449,
+            },
+        },
+        ["CR"],
+    )
     result = Pipeline(cfg, model_registry).run(cr_study)
 
     decoded = decode_series(cr_study.series[0])
@@ -58,9 +69,14 @@ def test_2d_pipeline_equals_the_bare_models_on_the_same_tensor(
     for name in ("tiny-cls-resnet", "tiny-cls-efficientnet"):
         model = model_registry.get(name, "cpu")
         bare = model.forward(prepare_2d(decoded, model.card.input, PreprocessingSpec()).batch)
-        assert np.abs(np.array(cls.member_probabilities[name]) - bare.numpy()[0]).max() <= PARITY_TOLERANCE
-    mean = (2 * np.array(cls.member_probabilities["tiny-cls-resnet"])
-            + np.array(cls.member_probabilities["tiny-cls-efficientnet"])) / 3
+        assert (
+            np.abs(np.array(cls.member_probabilities[name]) - bare.numpy()[0]).max()
+            <= PARITY_TOLERANCE
+        )
+    mean = (
+        2 * np.array(cls.member_probabilities["tiny-cls-resnet"])
+        + np.array(cls.member_probabilities["tiny-cls-efficientnet"])
+    ) / 3
     assert np.allclose(cls.probabilities, mean, atol=1e-6)
     assert cls.threshold == pytest.approx(0.449) and sum(cls.probabilities) == pytest.approx(1.0)
     assert cls.decision == ("abnormal" if cls.positive_probability >= 0.449 else "normal")
@@ -79,9 +95,16 @@ def test_2d_pipeline_equals_the_bare_models_on_the_same_tensor(
 def test_findings_match_the_label_map_and_tracking_uids_are_stable(
     model_registry: Any, cr_study: StudyInput
 ) -> None:
-    cfg = config(2, {"segmentation": {**members(("tiny-seg-unet", 1)),
-                                      "postprocess": {"threshold": 0.3, "fill_holes": False}}},
-                 ["CR"])
+    cfg = config(
+        2,
+        {
+            "segmentation": {
+                **members(("tiny-seg-unet", 1)),
+                "postprocess": {"threshold": 0.3, "fill_holes": False},
+            }
+        },
+        ["CR"],
+    )
     pipeline = Pipeline(cfg, model_registry)
     first, second = pipeline.run(cr_study), pipeline.run(cr_study)
     from scipy import ndimage
@@ -114,28 +137,45 @@ def test_requested_cuda_device_falls_back_to_cpu_and_says_so(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mixed_device_ensemble_on_gpu_and_cpu(model_registry: Any, cr_study: StudyInput) -> None:
-    cfg = config(2, {"segmentation": {"members": [
-        {"model": "tiny-seg-unet", "device": "cuda:0"},
-        {"model": "tiny-seg-segresnet", "device": "cpu"}]}}, ["CR"])
+    cfg = config(
+        2,
+        {
+            "segmentation": {
+                "members": [
+                    {"model": "tiny-seg-unet", "device": "cuda:0"},
+                    {"model": "tiny-seg-segresnet", "device": "cpu"},
+                ]
+            }
+        },
+        ["CR"],
+    )
     result = Pipeline(cfg, model_registry).run(cr_study)
     assert {r.model_name: r.device_used for r in result.model_runs} == {
-        "tiny-seg-unet": "cuda:0", "tiny-seg-segresnet": "cpu"}
+        "tiny-seg-unet": "cuda:0",
+        "tiny-seg-segresnet": "cpu",
+    }
     decoded = decode_series(cr_study.series[0])
     expected = np.zeros_like(result.segmentation.probabilities)
     for name, device in (("tiny-seg-unet", "cuda:0"), ("tiny-seg-segresnet", "cpu")):
         model = model_registry.get(name, device)
         prepared = prepare_2d(decoded, model.card.input, PreprocessingSpec())
-        expected += 0.5 * prepared.letterbox.inverse(model.forward(prepared.batch)).numpy()[:, 1:].transpose(1, 0, 2, 3)
+        expected += 0.5 * prepared.letterbox.inverse(model.forward(prepared.batch)).numpy()[
+            :, 1:
+        ].transpose(1, 0, 2, 3)
     assert np.abs(result.segmentation.probabilities - expected).max() <= 1e-4
 
 
 def test_3d_pipeline_sliding_window_parity_and_geometry(
     model_registry: Any, ct_study: StudyInput
 ) -> None:
-    cfg = config(3, {
-        "segmentation": {**members(("tiny-seg3d-unet", 1)), "sw_overlap": 0.25},
-        "classification": {**members(("tiny-cls-resnet", 1)), "batch_size": 5},
-    }, ["CT"])
+    cfg = config(
+        3,
+        {
+            "segmentation": {**members(("tiny-seg3d-unet", 1)), "sw_overlap": 0.25},
+            "classification": {**members(("tiny-cls-resnet", 1)), "batch_size": 5},
+        },
+        ["CT"],
+    )
     result = Pipeline(cfg, model_registry).run(ct_study)
     decoded = decode_series(ct_study.series[0])
     assert result.segmentation is not None
@@ -145,7 +185,10 @@ def test_3d_pipeline_sliding_window_parity_and_geometry(
     import pydicom
 
     z = [float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in ct_study.series[0].files]
-    uid_z = {str(pydicom.dcmread(p).SOPInstanceUID): zz for p, zz in zip(ct_study.series[0].files, z, strict=True)}
+    uid_z = {
+        str(pydicom.dcmread(p).SOPInstanceUID): zz
+        for p, zz in zip(ct_study.series[0].files, z, strict=True)
+    }
     ordered = [uid_z[f.sop_instance_uid] for f in result.source_frames]
     assert ordered == sorted(ordered)
 
@@ -154,23 +197,39 @@ def test_3d_pipeline_sliding_window_parity_and_geometry(
     model = model_registry.get("tiny-seg3d-unet", "cpu")
     prepared = prepare_3d(decoded, model.card.input, PreprocessingSpec())
     with torch.inference_mode():
-        bare = sliding_window_inference(prepared.volume, (16, 32, 32), 2, model.forward, overlap=0.25)
+        bare = sliding_window_inference(
+            prepared.volume, (16, 32, 32), 2, model.forward, overlap=0.25
+        )
     expected = prepared.resampling.inverse(bare)[0, 1:].numpy()
     assert np.abs(result.segmentation.probabilities - expected).max() <= PARITY_TOLERANCE
 
     cls_model = model_registry.get("tiny-cls-resnet", "cpu")
-    slices = cls_model.forward(prepare_2d(decoded, cls_model.card.input, PreprocessingSpec(), per_frame=False).batch).numpy()
+    slices = cls_model.forward(
+        prepare_2d(decoded, cls_model.card.input, PreprocessingSpec(), per_frame=False).batch
+    ).numpy()
     most_suspicious = slices[int(np.argmax(slices[:, 1]))]
     assert result.classification is not None
-    assert np.abs(np.array(result.classification.probabilities) - most_suspicious).max() <= PARITY_TOLERANCE
+    assert (
+        np.abs(np.array(result.classification.probabilities) - most_suspicious).max()
+        <= PARITY_TOLERANCE
+    )
     for finding in result.findings:
         assert finding.measurements.volume_mm3 is not None
         assert finding.measurements.intensity_unit == "HU"
 
 
 def test_detection_boxes_are_in_source_pixels(model_registry: Any, cr_study: StudyInput) -> None:
-    cfg = config(2, {"detection": {**members(("tiny-det-yolo", 1)), "score_threshold": 0.0,
-                                   "skip_threshold": 0.0}}, ["CR"])
+    cfg = config(
+        2,
+        {
+            "detection": {
+                **members(("tiny-det-yolo", 1)),
+                "score_threshold": 0.0,
+                "skip_threshold": 0.0,
+            }
+        },
+        ["CR"],
+    )
     result = Pipeline(cfg, model_registry).run(cr_study)
     rows, cols = decode_series(cr_study.series[0]).shape
     assert result.detections, "an untrained YOLO at conf 0.001 still proposes boxes"
@@ -221,8 +280,21 @@ def test_members_on_different_devices_run_concurrently_same_device_in_turn() -> 
 def test_missing_model_runs_its_fallback_and_the_result_says_so(
     model_registry: Any, ct_study: StudyInput
 ) -> None:
-    cfg = config(3, {"segmentation": {"members": [
-        {"model": "not-installed-3d", "device": "cpu", "fallback_model": "tiny-seg-unet"}]}}, ["CT"])
+    cfg = config(
+        3,
+        {
+            "segmentation": {
+                "members": [
+                    {
+                        "model": "not-installed-3d",
+                        "device": "cpu",
+                        "fallback_model": "tiny-seg-unet",
+                    }
+                ]
+            }
+        },
+        ["CT"],
+    )
     result = Pipeline(cfg, model_registry).run(ct_study)
     assert [r.model_name for r in result.model_runs] == ["tiny-seg-unet"]
     assert any("not-installed-3d" in w and "tiny-seg-unet" in w for w in result.warnings)

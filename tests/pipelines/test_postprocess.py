@@ -69,8 +69,13 @@ def test_at_most_max_components_are_kept_largest_first() -> None:
 
 
 # ---- the fast paths against straightforward references --------------------------------------
-def _reference_clean(mask: np.ndarray, spec: PostprocessSpec, volumetric: bool,
-                     area: float | None, volume: float | None) -> np.ndarray:
+def _reference_clean(
+    mask: np.ndarray,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    area: float | None,
+    volume: float | None,
+) -> np.ndarray:
     """Per-frame ndimage.binary_fill_holes, one labelling, full-size lookup (the plain way)."""
     from scipy import ndimage
 
@@ -97,7 +102,9 @@ def _reference_clean(mask: np.ndarray, spec: PostprocessSpec, volumetric: bool,
     return np.concatenate([[False], keep])[labels]
 
 
-def _noisy_probabilities(rng: np.random.Generator, labels: int, shape: tuple[int, ...]) -> np.ndarray:
+def _noisy_probabilities(
+    rng: np.random.Generator, labels: int, shape: tuple[int, ...]
+) -> np.ndarray:
     from scipy import ndimage
 
     probs = rng.random((labels, *shape)).astype(np.float32)
@@ -113,7 +120,9 @@ def test_hole_filling_matches_binary_fill_holes_on_every_frame() -> None:
 
     rng = np.random.default_rng(7)
     for _ in range(30):
-        mask = rng.random((3, int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.2, 0.8)
+        mask = rng.random((3, int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(
+            0.2, 0.8
+        )
         mask[1] = False  # an empty frame
         expected = np.stack([ndimage.binary_fill_holes(frame) for frame in mask])
         fill_holes_per_frame(mask)
@@ -158,13 +167,17 @@ def test_clean_mask_and_label_map_match_the_plain_computation() -> None:
         expected = np.zeros_like(raw)
         for value in range(1, len(names) + 1):
             mask = raw == value
-            assert np.array_equal(clean_mask(mask, spec, volumetric, 0.5, 1.25),
-                                  _reference_clean(mask, spec, volumetric, 0.5, 1.25))
+            assert np.array_equal(
+                clean_mask(mask, spec, volumetric, 0.5, 1.25),
+                _reference_clean(mask, spec, volumetric, 0.5, 1.25),
+            )
             cleaned = _reference_clean(mask, spec, volumetric, 0.5, 1.25)
             expected[cleaned & (expected == 0)] = value
         label_map, components = postprocess_components(probs, names, spec, volumetric, 0.5, 1.25)
         assert np.array_equal(label_map, expected)
-        assert np.array_equal(postprocess_label_map(probs, names, spec, volumetric, 0.5, 1.25), expected)
+        assert np.array_equal(
+            postprocess_label_map(probs, names, spec, volumetric, 0.5, 1.25), expected
+        )
         assert 1 in components
         for value, found in components.items():
             labels, count = ndimage.label(label_map == value, structure=connectivity(volumetric))
@@ -206,7 +219,9 @@ def test_labelling_numbers_components_as_ndimage_label_does() -> None:
     rng = np.random.default_rng(11)
     dotted = np.zeros((2, 400, 400), bool)
     dotted[:, ::2, ::2] = True  # 40 000 single pixels per frame, 80 000 in all
-    cases = [rng.random((int(rng.integers(1, 6)), 37, 41)) < rng.uniform(0.2, 0.7) for _ in range(20)]
+    cases = [
+        rng.random((int(rng.integers(1, 6)), 37, 41)) < rng.uniform(0.2, 0.7) for _ in range(20)
+    ]
     # thin volumes: cc3d 4.1.1 raises on some (the reason pyproject keeps it below 4)
     thin = [rng.random(shape) < 0.5 for shape in [(1, 11, 1), (1, 1, 13), (7, 1, 1), (2, 1, 9)] * 5]
     column = np.array([0, 1, 1, 0, 0, 1, 0, 1, 0, 1, 1], bool).reshape(1, 11, 1)

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
-from node.config import ConfigError, Settings
+from core.config import ConfigError, Settings
 from pipelines.registry import PipelineInputError, PipelineRegistry
 from pipelines.result import StudyInput
 
@@ -15,11 +15,21 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 def _definition(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cls.yaml").write_text(yaml.safe_dump({
-        "name": "cls", "version": "2", "selection": {"modality": ["CR", "DX"]},
-        "tasks": {"classification": {"members": [{"model": "tiny-cls-resnet", "device": "cpu"}],
-                                     "threshold": 0.449}},
-    }))
+    (folder / "cls.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "cls",
+                "version": "2",
+                "selection": {"modality": ["CR", "DX"]},
+                "tasks": {
+                    "classification": {
+                        "members": [{"model": "tiny-cls-resnet", "device": "cpu"}],
+                        "threshold": 0.449,
+                    }
+                },
+            }
+        )
+    )
 
 
 def test_registry_runs_a_configured_pipeline_and_applies_overrides(
@@ -34,8 +44,9 @@ def test_registry_runs_a_configured_pipeline_and_applies_overrides(
     result = pipeline.run(cr_study)
     assert result.classification is not None and result.classification.threshold == 0.449
 
-    registry.apply_overrides("cls", {"review_required": True,
-                                     "tasks": {"classification": {"threshold": 0.9}}})
+    registry.apply_overrides(
+        "cls", {"review_required": True, "tasks": {"classification": {"threshold": 0.9}}}
+    )
     again = registry.get("cls").run(cr_study)
     assert again.review_required and again.classification is not None
     assert again.classification.threshold == 0.9
@@ -45,14 +56,16 @@ def test_registry_runs_a_configured_pipeline_and_applies_overrides(
         registry.apply_overrides("nope", {})
 
 
-def test_unknown_model_is_a_clear_error(settings: Settings, tmp_path: Path, model_registry: Any,
-                                        cr_study: StudyInput) -> None:
+def test_unknown_model_is_a_clear_error(
+    settings: Settings, tmp_path: Path, model_registry: Any, cr_study: StudyInput
+) -> None:
     folder = tmp_path / "defs"
     _definition(folder)
     text = (folder / "cls.yaml").read_text().replace("tiny-cls-resnet", "no-such-model")
     (folder / "cls.yaml").write_text(text)
-    registry = PipelineRegistry(settings.model_copy(update={"pipelines_dir": folder}),
-                                models=model_registry)
+    registry = PipelineRegistry(
+        settings.model_copy(update={"pipelines_dir": folder}), models=model_registry
+    )
     from pipelines.errors import PipelineModelError
 
     with pytest.raises(PipelineModelError, match="no-such-model"):
@@ -63,13 +76,21 @@ def test_unknown_model_is_a_clear_error(settings: Settings, tmp_path: Path, mode
 def _demo_cards_present(settings: Settings) -> bool:
     from models.card import load_cards
 
-    needed = {"demo-seg-unet", "demo-seg-segresnet", "demo-cls-densenet", "demo-cls-resnet",
-              "demo-cls-efficientnet", "demo-det-yolo"}
+    needed = {
+        "demo-seg-unet",
+        "demo-seg-segresnet",
+        "demo-cls-densenet",
+        "demo-cls-resnet",
+        "demo-cls-efficientnet",
+        "demo-det-yolo",
+    }
     return needed <= set(load_cards(settings.models_dir))
 
 
 @pytest.mark.slow
-def test_default_demo_2d_pipeline_on_a_phantom_radiograph(settings: Settings, cr_study: StudyInput) -> None:
+def test_default_demo_2d_pipeline_on_a_phantom_radiograph(
+    settings: Settings, cr_study: StudyInput
+) -> None:
     """``make run`` behaviour: the shipped definitions with the shipped demo models."""
     if not _demo_cards_present(settings):
         pytest.skip(f"demo model cards not found in {settings.models_dir} (models not trained yet)")

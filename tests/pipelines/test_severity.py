@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from node.domain import Severity
+from core.domain import Severity
 from pipelines.result import Measurements
 from pipelines.severity import classify_severity
 from pipelines.spec import SeverityRules
 
 
-def _m(area: float | None, circ: float | None, volume: float | None = None, pct: float = 0.1) -> Measurements:
+def _m(
+    area: float | None, circ: float | None, volume: float | None = None, pct: float = 0.1
+) -> Measurements:
     return Measurements(area, pct, volume, 0.0, 0.0, "HU", circ, 10, (0, 0, 0, 0, 0, 0))
 
 
@@ -28,8 +30,9 @@ def test_default_rules(area: float | None, circ: float | None, expected: Severit
 
 
 def test_configured_rules_and_volume_thresholds() -> None:
-    rules = SeverityRules(moderate_area_mm2=10, high_area_mm2=20, moderate_volume_mm3=100,
-                          high_volume_mm3=1000)
+    rules = SeverityRules(
+        moderate_area_mm2=10, high_area_mm2=20, moderate_volume_mm3=100, high_volume_mm3=1000
+    )
     assert classify_severity(_m(15, 0.9), rules) is Severity.MODERATE
     assert classify_severity(_m(15, 0.9, volume=50), rules) is Severity.LOW  # volume decides in 3D
     assert classify_severity(_m(5, 0.9, volume=5000), rules) is Severity.HIGH

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.config import ConfigError
-from node.domain import SeriesFacts
+from core.config import ConfigError
+from core.domain import SeriesFacts
 from pipelines.spec import apply_overrides, load_pipeline_configs
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "pipelines" / "definitions"
@@ -48,13 +48,28 @@ def test_default_definitions_route_radiographs_to_2d_and_volumes_to_3d() -> None
 
 
 def test_selection_conditions(tmp_path: Path) -> None:
-    _write(tmp_path, "p", _minimal(selection={
-        "modality": ["MR"], "image_type": ["ORIGINAL"], "orientation": ["AXIAL"],
-        "series_description_regex": "adc|diffusion", "min_slices": 10,
-    }))
+    _write(
+        tmp_path,
+        "p",
+        _minimal(
+            selection={
+                "modality": ["MR"],
+                "image_type": ["ORIGINAL"],
+                "orientation": ["AXIAL"],
+                "series_description_regex": "adc|diffusion",
+                "min_slices": 10,
+            }
+        ),
+    )
     sel = load_pipeline_configs(tmp_path)["p1"].selection
-    good = SeriesFacts("1", modality="MR", image_type=("ORIGINAL", "PRIMARY"), orientation="AXIAL",
-                       series_description="Apparent Diffusion Coefficient", instance_count=20)
+    good = SeriesFacts(
+        "1",
+        modality="MR",
+        image_type=("ORIGINAL", "PRIMARY"),
+        orientation="AXIAL",
+        series_description="Apparent Diffusion Coefficient",
+        instance_count=20,
+    )
     assert sel.matches(good)
     assert not sel.matches(SeriesFacts(**{**good.__dict__, "instance_count": 5}))
     assert not sel.matches(SeriesFacts(**{**good.__dict__, "orientation": "SAGITTAL"}))
@@ -66,12 +81,20 @@ def test_selection_conditions(tmp_path: Path) -> None:
     ("data", "needle"),
     [
         (_minimal(version=""), "version"),
-        (_minimal(selection={"modality": ["CT"], "series_description_regex": "("}), "series_description_regex"),
+        (
+            _minimal(selection={"modality": ["CT"], "series_description_regex": "("}),
+            "series_description_regex",
+        ),
         (_minimal(tasks={}), "at least one"),
-        (_minimal(tasks={"classification": {"members": [{"model": "m", "device": "gpu7"}]}}),
-         "tasks.classification.members.0.device"),
+        (
+            _minimal(tasks={"classification": {"members": [{"model": "m", "device": "gpu7"}]}}),
+            "tasks.classification.members.0.device",
+        ),
         (_minimal(tasks={"classification": {"members": [{"model": "m", "weight": 0}]}}), "weight"),
-        (_minimal(tasks={"classification": {"members": [{"model": "m"}], "thresold": 0.4}}), "thresold"),
+        (
+            _minimal(tasks={"classification": {"members": [{"model": "m"}], "thresold": 0.4}}),
+            "thresold",
+        ),
     ],
 )
 def test_bad_definition_names_file_and_key(tmp_path: Path, data: dict, needle: str) -> None:
@@ -92,11 +115,18 @@ def test_duplicate_pipeline_names_are_refused(tmp_path: Path) -> None:
 def test_overrides_change_devices_weights_thresholds_and_enabled(tmp_path: Path) -> None:
     _write(tmp_path, "p", _minimal())
     cfg = load_pipeline_configs(tmp_path)["p1"]
-    new = apply_overrides(cfg, {
-        "enabled": False,
-        "tasks": {"classification": {"threshold": 0.7,
-                                     "members": {"m2": {"device": "cuda:1", "weight": 1}}}},
-    })
+    new = apply_overrides(
+        cfg,
+        {
+            "enabled": False,
+            "tasks": {
+                "classification": {
+                    "threshold": 0.7,
+                    "members": {"m2": {"device": "cuda:1", "weight": 1}},
+                }
+            },
+        },
+    )
     assert not new.enabled
     task = new.tasks.classification
     assert task is not None and task.threshold == 0.7

@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from node.config import Settings, load_settings
+from core.config import Settings, load_settings
+from core.domain import Role
 from node.db.engine import Database
 from node.db.repositories import users as user_repo
-from node.domain import Role
 from tests.web.processed import MR_SERIES, ProcessedStudy, build_processed_study
 from web.main import create_app
 from web.security import hash_password
@@ -60,8 +60,10 @@ def csrf_of(client: TestClient, path: str = "/login") -> str:
 
 def login(client: TestClient, username: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
     token = csrf_of(client)
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token, "next": "/"})
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+    )
 
 
 def add_user(db: Database, username: str, role: Role, email: str = "") -> None:
@@ -83,13 +85,19 @@ def console(settings: Settings, sqlite_db: Database) -> Iterator[Console]:
 
 def with_archive(settings: Settings, folder: Path) -> Settings:
     """The test settings plus a folder destination called ``archive``."""
-    return load_settings(None, **{**settings.model_dump(exclude={"destinations"}),
-                                  "destinations": [{"name": "archive", "kind": "folder",
-                                                    "path": str(folder)}]})
+    return load_settings(
+        None,
+        **{
+            **settings.model_dump(exclude={"destinations"}),
+            "destinations": [{"name": "archive", "kind": "folder", "path": str(folder)}],
+        },
+    )
 
 
 @pytest.fixture
-def processed(settings: Settings, sqlite_db: Database, tmp_path: Path) -> tuple[Console, ProcessedStudy]:
+def processed(
+    settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> tuple[Console, ProcessedStudy]:
     """A console over one processed MR study whose SEG awaits review (skips without sample data)."""
     if not MR_SERIES.is_dir():
         pytest.skip(f"sample data missing: {MR_SERIES} (see /work/shared/data/README.md)")

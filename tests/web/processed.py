@@ -18,11 +18,11 @@ import numpy as np
 import pydicom
 from highdicom.sr.coding import CodedConcept
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import CodedConcept as Code
+from core.domain import Severity
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Instance, Job, Series, Study
-from node.domain import CodedConcept as Code
-from node.domain import Severity
 from node.results.store import save_result
 from pipelines.result import (
     ClassificationOutput,
@@ -64,11 +64,15 @@ def _write_seg(datasets: list[pydicom.Dataset], path: Path) -> hd.seg.Segmentati
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="lesion",
-        segmented_property_category=CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_category=CodedConcept(
+            "49755003", "SCT", "Morphologically Altered Structure"
+        ),
         segmented_property_type=CodedConcept("52988006", "SCT", "Lesion"),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="demo-seg", version="1.0", family=CodedConcept("123109", "DCM", "Artificial Intelligence")
+            name="demo-seg",
+            version="1.0",
+            family=CodedConcept("123109", "DCM", "Artificial Intelligence"),
         ),
     )
     # the scanner writes IOP with float jitter between slices; highdicom wants one orientation
@@ -101,31 +105,65 @@ def _pipeline_result(datasets: list[pydicom.Dataset], mask: np.ndarray) -> Pipel
         SourceFrame(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
         for ds in datasets
     )
-    label = LabelSpec(1, "lesion", Code("49755003", "SCT", "Morphologically Altered Structure"),
-                      Code("52988006", "SCT", "Lesion"))
+    label = LabelSpec(
+        1,
+        "lesion",
+        Code("49755003", "SCT", "Morphologically Altered Structure"),
+        Code("52988006", "SCT", "Lesion"),
+    )
     box = DetectionBox(9, 120.0, 100.0, 160.0, 135.0, label, 0.81)
     lesion_frames = tuple(int(i) for i in np.flatnonzero(mask.any(axis=(1, 2))))
-    measurements = Measurements(812.5, 1.2, 4100.0, 950.0, 1400.0, "[arb'U]", 0.83,
-                                int(mask.sum()), (8, 90, 120, 11, 140, 170))
-    finding = Finding("lesion-1", "2.25.4242", label, measurements, Severity.MODERATE, 1,
-                      lesion_frames, box)
+    measurements = Measurements(
+        812.5,
+        1.2,
+        4100.0,
+        950.0,
+        1400.0,
+        "[arb'U]",
+        0.83,
+        int(mask.sum()),
+        (8, 90, 120, 11, 140, 170),
+    )
+    finding = Finding(
+        "lesion-1", "2.25.4242", label, measurements, Severity.MODERATE, 1, lesion_frames, box
+    )
     first = datasets[0]
     return PipelineResult(
-        pipeline_name="demo-mr", pipeline_version="1.0",
-        study_instance_uid=str(first.StudyInstanceUID), series_instance_uid=str(first.SeriesInstanceUID),
-        modality="MR", source_frames=frames,
+        pipeline_name="demo-mr",
+        pipeline_version="1.0",
+        study_instance_uid=str(first.StudyInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        modality="MR",
+        source_frames=frames,
         pixel_spacing_mm=tuple(float(v) for v in first.PixelSpacing),  # type: ignore[arg-type]
         slice_thickness_mm=float(first.get("SliceThickness", 1.0) or 1.0),
-        model_runs=(ModelRun("segmentation", "demo-seg", "1.0", "monai", 1.0, "cpu", "cpu",
-                             "ab" * 32, "2.25.1111", 1.1),),
+        model_runs=(
+            ModelRun(
+                "segmentation",
+                "demo-seg",
+                "1.0",
+                "monai",
+                1.0,
+                "cpu",
+                "cpu",
+                "ab" * 32,
+                "2.25.1111",
+                1.1,
+            ),
+        ),
         segmentation=SegmentationOutput((label,), mask.astype(np.uint8)),
         classification=ClassificationOutput(("normal", "lesion"), (0.13, 0.87), 0.5, "lesion"),
-        detections=(box,), findings=(finding,), processing_seconds=1.25, review_required=True,
+        detections=(box,),
+        findings=(finding,),
+        processing_seconds=1.25,
+        review_required=True,
         created_at="2026-01-01T00:00:00+00:00",
     )
 
 
-def build_processed_study(settings: Settings, db: Database, destination: str = "archive") -> ProcessedStudy:
+def build_processed_study(
+    settings: Settings, db: Database, destination: str = "archive"
+) -> ProcessedStudy:
     files = sorted(MR_SERIES.glob("*.dcm"))
     datasets = [pydicom.dcmread(f) for f in files]
     datasets.sort(key=lambda ds: int(ds.InstanceNumber))
@@ -139,42 +177,76 @@ def build_processed_study(settings: Settings, db: Database, destination: str = "
     save_result(_pipeline_result(datasets, _lesion_mask(datasets)), results)
     with db.write() as session:
         study = Study(
-            study_instance_uid=study_uid, patient_id=str(first.get("PatientID", "")),
+            study_instance_uid=study_uid,
+            patient_id=str(first.get("PatientID", "")),
             patient_name=str(first.get("PatientName", "")) or "Anon^Phantom",
-            accession_number="ACC-MR-1", study_date=str(first.get("StudyDate", "")),
-            study_description="MR prostate ADC", modalities="MR", state="processed",
-            instance_count=len(datasets), calling_ae="GE_MR", source="dicom",
+            accession_number="ACC-MR-1",
+            study_date=str(first.get("StudyDate", "")),
+            study_description="MR prostate ADC",
+            modalities="MR",
+            state="processed",
+            instance_count=len(datasets),
+            calling_ae="GE_MR",
+            source="dicom",
         )
         session.add(study)
         session.flush()
-        series = Series(study_pk=study.id, series_instance_uid=series_uid, modality="MR",
-                        series_number=int(first.get("SeriesNumber", 1) or 1),
-                        series_description=str(first.get("SeriesDescription", "")),
-                        instance_count=len(datasets))
+        series = Series(
+            study_pk=study.id,
+            series_instance_uid=series_uid,
+            modality="MR",
+            series_number=int(first.get("SeriesNumber", 1) or 1),
+            series_description=str(first.get("SeriesDescription", "")),
+            instance_count=len(datasets),
+        )
         session.add(series)
         session.flush()
         for ds, src in zip(datasets, files, strict=False):
             target = spool / f"{ds.SOPInstanceUID}.dcm"
             shutil.copyfile(src, target)
-            session.add(Instance(
-                series_pk=series.id, sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID), transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                instance_number=int(ds.InstanceNumber), path=str(target.relative_to(settings.data_dir)),
-                size_bytes=target.stat().st_size,
-            ))
-        job = Job(study_pk=study.id, pipeline_name="demo-mr", pipeline_version="1.0",
-                  destinations=[destination], state="succeeded", review_state="pending",
-                  attempts=1, duration_s=1.25, log="pipeline demo-mr v1.0: 1.25 s",
-                  summary={"top_class": "lesion", "confidence": 0.87, "severity": "Moderate",
-                           "devices": {"demo-seg": "cpu"}, "fallbacks": [],
-                           "processing_seconds": 1.25, "finding_count": 1})
+            session.add(
+                Instance(
+                    series_pk=series.id,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    instance_number=int(ds.InstanceNumber),
+                    path=str(target.relative_to(settings.data_dir)),
+                    size_bytes=target.stat().st_size,
+                )
+            )
+        job = Job(
+            study_pk=study.id,
+            pipeline_name="demo-mr",
+            pipeline_version="1.0",
+            destinations=[destination],
+            state="succeeded",
+            review_state="pending",
+            attempts=1,
+            duration_s=1.25,
+            log="pipeline demo-mr v1.0: 1.25 s",
+            summary={
+                "top_class": "lesion",
+                "confidence": 0.87,
+                "severity": "Moderate",
+                "devices": {"demo-seg": "cpu"},
+                "fallbacks": [],
+                "processing_seconds": 1.25,
+                "finding_count": 1,
+            },
+        )
         session.add(job)
         session.flush()
-        artifact = Artifact(job_pk=job.id, kind="seg", sop_class_uid=str(seg.SOPClassUID),
-                            sop_instance_uid=str(seg.SOPInstanceUID),
-                            series_instance_uid=str(seg.SeriesInstanceUID),
-                            path=str(seg_path.relative_to(settings.data_dir)),
-                            size_bytes=seg_path.stat().st_size, validated=True)
+        artifact = Artifact(
+            job_pk=job.id,
+            kind="seg",
+            sop_class_uid=str(seg.SOPClassUID),
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            series_instance_uid=str(seg.SeriesInstanceUID),
+            path=str(seg_path.relative_to(settings.data_dir)),
+            size_bytes=seg_path.stat().st_size,
+            validated=True,
+        )
         session.add(artifact)
         session.flush()
         session.add(Delivery(artifact_pk=artifact.id, destination_name=destination, state="held"))

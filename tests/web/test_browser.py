@@ -27,7 +27,9 @@ ARTIFACTS = PROJECT_ROOT / "tests" / "_artifacts"
 
 
 @pytest.fixture
-def server(processed: tuple[Console, ProcessedStudy]) -> Iterator[tuple[str, Console, ProcessedStudy]]:
+def server(
+    processed: tuple[Console, ProcessedStudy],
+) -> Iterator[tuple[str, Console, ProcessedStudy]]:
     console, study = processed
     port = free_port()
     config = uvicorn.Config(console.app, host="127.0.0.1", port=port, log_level="warning")
@@ -54,9 +56,15 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -71,8 +79,9 @@ def _shot(driver: object, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"web_{name}.png"))  # type: ignore[attr-defined]
 
 
-def test_review_and_approve_in_a_real_browser(server: tuple[str, Console, ProcessedStudy],
-                                              browser: object) -> None:
+def test_review_and_approve_in_a_real_browser(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -98,8 +107,11 @@ def test_review_and_approve_in_a_real_browser(server: tuple[str, Console, Proces
     driver.find_element(By.ID, f"review-{study.job_id}").click()  # type: ignore[attr-defined]
 
     mask = wait.until(ec.presence_of_element_located((By.ID, "mask-image")))
-    wait.until(lambda d: d.execute_script(
-        "return document.getElementById('frame-image').naturalWidth") == 256)
+    wait.until(
+        lambda d: (
+            d.execute_script("return document.getElementById('frame-image').naturalWidth") == 256
+        )
+    )
     opacity = driver.find_element(By.ID, "opacity-slider")  # type: ignore[attr-defined]
     for _ in range(30):
         opacity.send_keys(Keys.ARROW_RIGHT)
@@ -109,8 +121,11 @@ def test_review_and_approve_in_a_real_browser(server: tuple[str, Console, Proces
     start = int(frame.get_attribute("value"))
     frame.send_keys(Keys.ARROW_RIGHT)
     assert driver.find_element(By.ID, "frame-number").text == str(start + 2)  # type: ignore[attr-defined]
-    wait.until(lambda d: d.execute_script(
-        "var i=document.getElementById('frame-image');return i.complete&&i.naturalWidth==256"))
+    wait.until(
+        lambda d: d.execute_script(
+            "var i=document.getElementById('frame-image');return i.complete&&i.naturalWidth==256"
+        )
+    )
     _shot(driver, "04_review")
 
     driver.find_element(By.ID, "approve").click()  # type: ignore[attr-defined]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Settings
+from core.config import Settings
 from web.main import create_app
 
 
-def test_first_start_prints_admin_password_once(settings: Settings, tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_first_start_prints_admin_password_once(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="pacsnode.web"):
         create_app(settings)
         create_app(settings)  # second start: users exist, nothing printed

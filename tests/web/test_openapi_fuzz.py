@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.repositories import users as user_repo
 from tests.web.conftest import make_console, with_archive
@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def api_schema(settings: Settings, sqlite_db: Database, tmp_path: Path):  # type: ignore[no-untyped-def]
     # the Orthanc hook (web/routes/hooks.py) answers 503 by design while no secret is configured
-    full = with_archive(settings.model_copy(update={"hook_secret": HOOK_SECRET}), tmp_path / "archive")
+    full = with_archive(
+        settings.model_copy(update={"hook_secret": HOOK_SECRET}), tmp_path / "archive"
+    )
     if MR_SERIES.is_dir():
         build_processed_study(full, sqlite_db)
     console = make_console(full, sqlite_db)
@@ -43,15 +45,26 @@ def api_schema(settings: Settings, sqlite_db: Database, tmp_path: Path):  # type
 def test_api_never_fails_with_5xx(api_schema) -> None:  # type: ignore[no-untyped-def]
     operations = [result.ok() for result in api_schema.get_all_operations()]
     paths = {op.path for op in operations}
-    assert {"/api/health", "/api/studies", "/api/studies/{study_uid}/results", "/api/stats"} <= paths
+    assert {
+        "/api/health",
+        "/api/studies",
+        "/api/studies/{study_uid}/results",
+        "/api/stats",
+    } <= paths
     for operation in operations:
 
-        @settings(max_examples=40, deadline=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=40,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
         @given(case=operation.as_strategy())
         def check(case: schemathesis.Case) -> None:
-            response = case.call(headers={"Authorization": f"Bearer {TOKEN}",
-                                          "X-Pacsnode-Hook-Secret": HOOK_SECRET})
+            response = case.call(
+                headers={"Authorization": f"Bearer {TOKEN}", "X-Pacsnode-Hook-Secret": HOOK_SECRET}
+            )
             checks = [not_a_server_error]
             # the hook (web/routes/hooks.py, dispatch engineer) answers 422 with a string detail,
             # which its OpenAPI entry does not document; body schemas are enforced everywhere else

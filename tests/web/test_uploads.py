@@ -35,7 +35,9 @@ def test_picture_becomes_valid_secondary_capture(tmp_path: Path, mode: str) -> N
         assert np.array_equal(back.pixel_array[0, 0], [10, 200, 30])
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        errors = [
+            line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")
+        ]
         assert not errors, errors
 
 

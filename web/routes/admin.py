@@ -13,11 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from node.config import CallerAllowEntry, ConfigError
+from core.config import CallerAllowEntry, ConfigError
+from core.domain import Role
 from node.db.repositories import audit, console
 from node.db.repositories import users as user_repo
 from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
-from node.domain import Role
 from web.deps import AdminUser, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
@@ -39,8 +39,12 @@ THRESHOLD_PATHS = {
     "classification": ("threshold",),
     "detection": ("score_threshold",),
 }
-router = APIRouter(prefix="/admin", tags=["console: admin"], dependencies=[Depends(verify_csrf)],
-                   include_in_schema=False)
+router = APIRouter(
+    prefix="/admin",
+    tags=["console: admin"],
+    dependencies=[Depends(verify_csrf)],
+    include_in_schema=False,
+)
 
 
 @router.get("")
@@ -53,15 +57,23 @@ def admin_home(user: AdminUser) -> Response:
 
 @router.get("/users")
 def users_page(request: Request, session: SessionDep, user: AdminUser) -> Response:
-    return render(request, "admin_users.html", {
-        "users": user_repo.list_users(session), "roles": [r.value for r in Role],
-        "secret": request.session.pop("once", None),
-    }, user=user)
+    return render(
+        request,
+        "admin_users.html",
+        {
+            "users": user_repo.list_users(session),
+            "roles": [r.value for r in Role],
+            "secret": request.session.pop("once", None),
+        },
+        user=user,
+    )
 
 
 @router.post("/users")
 def create_user(
-    request: Request, session: SessionDep, user: AdminUser,
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
     username: Annotated[str, Form(min_length=1, max_length=64)],
     role: Annotated[Role, Form()] = Role.VIEWER,
     email: Annotated[str, Form(max_length=255)] = "",
@@ -71,8 +83,14 @@ def create_user(
         user_repo.create_user(session, username, hash_password(password), role=role, email=email)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
-    audit.record(session, "user.create", entity_type="user", entity_id=username, actor=user.username,
-                 to_state=role.value)
+    audit.record(
+        session,
+        "user.create",
+        entity_type="user",
+        entity_id=username,
+        actor=user.username,
+        to_state=role.value,
+    )
     request.session["once"] = f"Password for {username} (shown once): {password}"
     return redirect("/admin/users")
 
@@ -85,25 +103,39 @@ def _user_or_404(session: SessionDep, user_id: int) -> Any:
 
 
 @router.post("/users/{user_id}/role")
-def set_role(session: SessionDep, user: AdminUser, user_id: int,
-             role: Annotated[Role, Form()]) -> Response:
+def set_role(
+    session: SessionDep, user: AdminUser, user_id: int, role: Annotated[Role, Form()]
+) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and role is not Role.ADMIN:
         raise HTTPException(409, "You cannot remove your own admin role.")
-    audit.record(session, "user.role", entity_type="user", entity_id=target.username,
-                 actor=user.username, from_state=target.role, to_state=role.value)
+    audit.record(
+        session,
+        "user.role",
+        entity_type="user",
+        entity_id=target.username,
+        actor=user.username,
+        from_state=target.role,
+        to_state=role.value,
+    )
     target.role = role.value
     return redirect("/admin/users")
 
 
 @router.post("/users/{user_id}/active")
-def set_active(session: SessionDep, user: AdminUser, user_id: int,
-               active: Annotated[bool, Form()]) -> Response:
+def set_active(
+    session: SessionDep, user: AdminUser, user_id: int, active: Annotated[bool, Form()]
+) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and not active:
         raise HTTPException(409, "You cannot disable your own account.")
-    audit.record(session, "user.enable" if active else "user.disable", entity_type="user",
-                 entity_id=target.username, actor=user.username)
+    audit.record(
+        session,
+        "user.enable" if active else "user.disable",
+        entity_type="user",
+        entity_id=target.username,
+        actor=user.username,
+    )
     target.active = active
     if active:
         target.locked_until = None
@@ -112,16 +144,25 @@ def set_active(session: SessionDep, user: AdminUser, user_id: int,
 
 
 @router.post("/users/{user_id}/reset-link")
-def issue_reset_link(request: Request, session: SessionDep, state: StateDep, user: AdminUser,
-                     user_id: int) -> Response:
+def issue_reset_link(
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: int
+) -> Response:
     target = _user_or_404(session, user_id)
     token = generate_token()
-    user_repo.create_reset_token(session, target, token,
-                                 timedelta(seconds=state.settings.web.reset_token_ttl_s))
-    audit.record(session, "auth.reset_link_issued", entity_type="user", entity_id=target.username,
-                 actor=user.username)
+    user_repo.create_reset_token(
+        session, target, token, timedelta(seconds=state.settings.web.reset_token_ttl_s)
+    )
+    audit.record(
+        session,
+        "auth.reset_link_issued",
+        entity_type="user",
+        entity_id=target.username,
+        actor=user.username,
+    )
     base = public_base_url(state.settings)
-    request.session["once"] = f"Reset link for {target.username} (single use): {reset_link(base, token)}"
+    request.session["once"] = (
+        f"Reset link for {target.username} (single use): {reset_link(base, token)}"
+    )
     return redirect("/admin/users")
 
 
@@ -131,10 +172,17 @@ def issue_reset_link(request: Request, session: SessionDep, state: StateDep, use
 @router.get("/tokens")
 def tokens_page(request: Request, session: SessionDep, user: AdminUser) -> Response:
     users = {u.id: u.username for u in user_repo.list_users(session)}
-    return render(request, "admin_tokens.html", {
-        "tokens": user_repo.list_api_tokens(session), "users": users, "scopes": API_SCOPES,
-        "secret": request.session.pop("once", None),
-    }, user=user)
+    return render(
+        request,
+        "admin_tokens.html",
+        {
+            "tokens": user_repo.list_api_tokens(session),
+            "users": users,
+            "scopes": API_SCOPES,
+            "secret": request.session.pop("once", None),
+        },
+        user=user,
+    )
 
 
 @router.post("/tokens")
@@ -150,8 +198,14 @@ async def create_token(request: Request, session: SessionDep, user: AdminUser) -
         raise HTTPException(400, f"No user {owner_name!r}")
     token = generate_token()
     row = user_repo.create_api_token(session, owner, name, token, scopes)
-    audit.record(session, "token.create", entity_type="api_token", entity_id=row.id,
-                 actor=user.username, detail=f"{name} for {owner.username}: {scopes}")
+    audit.record(
+        session,
+        "token.create",
+        entity_type="api_token",
+        entity_id=row.id,
+        actor=user.username,
+        detail=f"{name} for {owner.username}: {scopes}",
+    )
     request.session["once"] = f"Token {name!r} (shown once): {token}"
     return redirect("/admin/tokens")
 
@@ -160,8 +214,9 @@ async def create_token(request: Request, session: SessionDep, user: AdminUser) -
 def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Response:
     if user_repo.revoke_api_token(session, token_id) is None:
         raise HTTPException(404, f"No token {token_id}")
-    audit.record(session, "token.revoke", entity_type="api_token", entity_id=token_id,
-                 actor=user.username)
+    audit.record(
+        session, "token.revoke", entity_type="api_token", entity_id=token_id, actor=user.username
+    )
     return redirect("/admin/tokens")
 
 
@@ -169,21 +224,34 @@ def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Respons
 
 
 @router.get("/destinations")
-def destinations_page(request: Request, session: SessionDep, state: StateDep,
-                      user: AdminUser) -> Response:
+def destinations_page(
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser
+) -> Response:
     overrides = console.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
     rows = [
-        {"dest": d, "enabled": overrides.get(DESTINATION_OVERRIDE_PREFIX + d.name, {}).get(
-            "enabled", d.enabled)}
+        {
+            "dest": d,
+            "enabled": overrides.get(DESTINATION_OVERRIDE_PREFIX + d.name, {}).get(
+                "enabled", d.enabled
+            ),
+        }
         for d in state.settings.destinations
     ]
     allow = console.get_override(session, ALLOWLIST_OVERRIDE_KEY)
     entries = (allow or {}).get("entries", [e.model_dump() for e in state.settings.allowed_callers])
-    return render(request, "admin_destinations.html", {
-        "rows": rows, "allowlist": "\n".join(
-            e["ae_title"] + (f"@{e['host']}" if e.get("host") else "") for e in entries),
-        "allow_overridden": allow is not None, "ping": request.session.pop("once", None),
-    }, user=user)
+    return render(
+        request,
+        "admin_destinations.html",
+        {
+            "rows": rows,
+            "allowlist": "\n".join(
+                e["ae_title"] + (f"@{e['host']}" if e.get("host") else "") for e in entries
+            ),
+            "allow_overridden": allow is not None,
+            "ping": request.session.pop("once", None),
+        },
+        user=user,
+    )
 
 
 def _destination(state: StateDep, name: str) -> Any:
@@ -194,34 +262,54 @@ def _destination(state: StateDep, name: str) -> Any:
 
 
 @router.post("/destinations/{name}/test")
-def test_destination(request: Request, session: SessionDep, state: StateDep, user: AdminUser,
-                     name: str) -> Response:
+def test_destination(
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, name: str
+) -> Response:
     dest = _destination(state, name)
     try:
         result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
         message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
     except Unavailable:
         message = f"{name}: testing is not available on this node yet"
-    audit.record(session, "destination.test", entity_type="destination", entity_id=name,
-                 actor=user.username, detail=message)
+    audit.record(
+        session,
+        "destination.test",
+        entity_type="destination",
+        entity_id=name,
+        actor=user.username,
+        detail=message,
+    )
     request.session["once"] = message
     return redirect("/admin/destinations")
 
 
 @router.post("/destinations/{name}/enabled")
-def set_destination_enabled(session: SessionDep, state: StateDep, user: AdminUser, name: str,
-                            enabled: Annotated[bool, Form()]) -> Response:
+def set_destination_enabled(
+    session: SessionDep,
+    state: StateDep,
+    user: AdminUser,
+    name: str,
+    enabled: Annotated[bool, Form()],
+) -> Response:
     _destination(state, name)
-    console.set_override(session, DESTINATION_OVERRIDE_PREFIX + name, {"enabled": enabled},
-                         user.username)
-    audit.record(session, "destination.enabled", entity_type="destination", entity_id=name,
-                 actor=user.username, to_state=str(enabled).lower())
+    console.set_override(
+        session, DESTINATION_OVERRIDE_PREFIX + name, {"enabled": enabled}, user.username
+    )
+    audit.record(
+        session,
+        "destination.enabled",
+        entity_type="destination",
+        entity_id=name,
+        actor=user.username,
+        to_state=str(enabled).lower(),
+    )
     return redirect("/admin/destinations")
 
 
 @router.post("/allowlist")
-def set_allowlist(session: SessionDep, user: AdminUser,
-                  entries: Annotated[str, Form(max_length=20000)] = "") -> Response:
+def set_allowlist(
+    session: SessionDep, user: AdminUser, entries: Annotated[str, Form(max_length=20000)] = ""
+) -> Response:
     """One ``AE_TITLE`` or ``AE_TITLE@host`` per line; an empty list means "accept any caller"."""
     parsed: list[dict[str, Any]] = []
     for line in entries.splitlines():
@@ -234,8 +322,14 @@ def set_allowlist(session: SessionDep, user: AdminUser,
             raise HTTPException(400, f"{line!r}: an AE title is 1-16 printable characters")
         parsed.append(CallerAllowEntry(ae_title=ae, host=host.strip() or None).model_dump())
     console.set_override(session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username)
-    audit.record(session, "allowlist.update", entity_type="config", entity_id=ALLOWLIST_OVERRIDE_KEY,
-                 actor=user.username, detail=f"{len(parsed)} entr(ies)")
+    audit.record(
+        session,
+        "allowlist.update",
+        entity_type="config",
+        entity_id=ALLOWLIST_OVERRIDE_KEY,
+        actor=user.username,
+        detail=f"{len(parsed)} entr(ies)",
+    )
     return redirect("/admin/destinations")
 
 
@@ -243,8 +337,9 @@ def set_allowlist(session: SessionDep, user: AdminUser,
 
 
 @router.get("/pipelines")
-def pipelines_page(request: Request, session: SessionDep, state: StateDep,
-                   user: AdminUser) -> Response:
+def pipelines_page(
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser
+) -> Response:
     context: dict[str, Any] = {"error": None, "pipelines": {}, "cards": {}, "classes": {}}
     try:
         context["cards"] = model_cards(state.settings)
@@ -254,15 +349,17 @@ def pipelines_page(request: Request, session: SessionDep, state: StateDep,
         context["pipelines"] = pipeline_configs(state.settings, session)
     except Unavailable as exc:
         context["error"] = str(exc)
-    context["classes"] = {n: pipeline_classes(c, context["cards"])
-                          for n, c in context["pipelines"].items()}
+    context["classes"] = {
+        n: pipeline_classes(c, context["cards"]) for n, c in context["pipelines"].items()
+    }
     context["overrides"] = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return render(request, "admin_pipelines.html", context, user=user)
 
 
 @router.post("/pipelines/{name}")
-async def update_pipeline(request: Request, session: SessionDep, state: StateDep, user: AdminUser,
-                          name: str) -> Response:
+async def update_pipeline(
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, name: str
+) -> Response:
     """Form fields: ``enabled``, ``<task>.threshold``, ``<task>.<model>.device`` / ``.weight``."""
     try:
         configs = pipeline_configs(state.settings)
@@ -299,8 +396,14 @@ async def update_pipeline(request: Request, session: SessionDep, state: StateDep
     except ConfigError as exc:
         raise HTTPException(400, str(exc)) from exc
     console.set_override(session, PIPELINE_OVERRIDE_PREFIX + name, override, user.username)
-    audit.record(session, "pipeline.override", entity_type="pipeline", entity_id=name,
-                 actor=user.username, detail=str(override))
+    audit.record(
+        session,
+        "pipeline.override",
+        entity_type="pipeline",
+        entity_id=name,
+        actor=user.username,
+        detail=str(override),
+    )
     flash(request, f"Pipeline {name} updated.")
     return redirect("/admin/pipelines")
 
@@ -308,8 +411,13 @@ async def update_pipeline(request: Request, session: SessionDep, state: StateDep
 @router.post("/pipelines/{name}/reset")
 def reset_pipeline(session: SessionDep, user: AdminUser, name: str) -> Response:
     console.delete_override(session, PIPELINE_OVERRIDE_PREFIX + name)
-    audit.record(session, "pipeline.override_removed", entity_type="pipeline", entity_id=name,
-                 actor=user.username)
+    audit.record(
+        session,
+        "pipeline.override_removed",
+        entity_type="pipeline",
+        entity_id=name,
+        actor=user.username,
+    )
     return redirect("/admin/pipelines")
 
 
@@ -317,8 +425,13 @@ def reset_pipeline(session: SessionDep, user: AdminUser, name: str) -> Response:
 
 
 @router.get("/routing")
-def routing_page(request: Request, session: SessionDep, state: StateDep, user: AdminUser,
-                 study_uid: Annotated[str, Query(max_length=64)] = "") -> Response:
+def routing_page(
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    user: AdminUser,
+    study_uid: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
     explanation = error = None
     if study_uid:
         try:
@@ -327,15 +440,24 @@ def routing_page(request: Request, session: SessionDep, state: StateDep, user: A
             error = f"No study with UID {study_uid}"
         except Unavailable as exc:
             error = f"Routing dry-run is not available: {exc}"
-    return render(request, "admin_routing.html", {
-        "study_uid": study_uid, "explanation": explanation, "error": error,
-        "recent": console.search_studies(session, console.StudyFilter(), per_page=10).items,
-    }, user=user)
+    return render(
+        request,
+        "admin_routing.html",
+        {
+            "study_uid": study_uid,
+            "explanation": explanation,
+            "error": error,
+            "recent": console.search_studies(session, console.StudyFilter(), per_page=10).items,
+        },
+        user=user,
+    )
 
 
 @router.get("/audit")
 def audit_page(
-    request: Request, session: SessionDep, user: AdminUser,
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
     actor: Annotated[str, Query(max_length=128)] = "",
     action: Annotated[str, Query(max_length=64)] = "",
     entity_type: Annotated[str, Query(max_length=32)] = "",
@@ -343,10 +465,29 @@ def audit_page(
     since: date | None = None,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
-    events = console.search_audit(session, actor=actor, action=action, entity_type=entity_type,
-                                  entity_id=entity_id, since=since, limit=100, offset=(page - 1) * 100)
-    return render(request, "admin_audit.html", {
-        "events": events, "page": page,
-        "filters": {"actor": actor, "action": action, "entity_type": entity_type,
-                    "entity_id": entity_id, "since": since.isoformat() if since else ""},
-    }, user=user)
+    events = console.search_audit(
+        session,
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        since=since,
+        limit=100,
+        offset=(page - 1) * 100,
+    )
+    return render(
+        request,
+        "admin_audit.html",
+        {
+            "events": events,
+            "page": page,
+            "filters": {
+                "actor": actor,
+                "action": action,
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "since": since.isoformat() if since else "",
+            },
+        },
+        user=user,
+    )

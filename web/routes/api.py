@@ -135,10 +135,18 @@ def _study_out(study: Study) -> StudyOut:
 
 def _job_out(job: Job) -> JobOut:
     return JobOut(
-        id=job.id, study_instance_uid=job.study.study_instance_uid, pipeline_name=job.pipeline_name,
-        pipeline_version=job.pipeline_version, result_version=job.result_version, state=job.state,
-        review_state=job.review_state, attempts=job.attempts, error=job.error,
-        duration_s=job.duration_s, created_at=job.created_at, finished_at=job.finished_at,
+        id=job.id,
+        study_instance_uid=job.study.study_instance_uid,
+        pipeline_name=job.pipeline_name,
+        pipeline_version=job.pipeline_version,
+        result_version=job.result_version,
+        state=job.state,
+        review_state=job.review_state,
+        attempts=job.attempts,
+        error=job.error,
+        duration_s=job.duration_s,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
         summary=job.summary or {},
     )
 
@@ -160,9 +168,15 @@ def _models(state: StateDep, session: SessionDep) -> tuple[bool, list[ModelInfo]
         return False, []
     devices = console.chart_data(session, days=1).devices
     return True, [
-        ModelInfo(name=name, version=card.version, task=card.task, framework=card.framework,
-                  weights_present=card.weights_path.is_file(), last_device=devices.get(name),
-                  classes=list(card.class_names))
+        ModelInfo(
+            name=name,
+            version=card.version,
+            task=card.task,
+            framework=card.framework,
+            weights_present=card.weights_path.is_file(),
+            last_device=devices.get(name),
+            classes=list(card.class_names),
+        )
         for name, card in sorted(cards.items())
     ]
 
@@ -175,8 +189,13 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
     except SQLAlchemyError as exc:
         database = f"error: {type(exc).__name__}"
     available, models = _models(state, session)
-    return HealthOut(status="ok" if database == "ok" else "degraded", database=database,
-                     listener=_listener_state(state), models_available=available, models=models)
+    return HealthOut(
+        status="ok" if database == "ok" else "degraded",
+        database=database,
+        listener=_listener_state(state),
+        models_available=available,
+        models=models,
+    )
 
 
 @router.get("/models", response_model=list[ModelInfo])
@@ -207,46 +226,66 @@ def pipelines(session: SessionDep, state: StateDep, user: Reader) -> list[Pipeli
                     {"model": m.model, "weight": w, "device": m.device}
                     for m, w in zip(task.members, task.normalised_weights(), strict=True)
                 ]
-        out.append(PipelineInfo(name=name, version=cfg.version, description=cfg.description,
-                                enabled=cfg.enabled, review_required=cfg.review_required,
-                                members=members, classes=pipeline_classes(cfg, cards)))
+        out.append(
+            PipelineInfo(
+                name=name,
+                version=cfg.version,
+                description=cfg.description,
+                enabled=cfg.enabled,
+                review_required=cfg.review_required,
+                members=members,
+                classes=pipeline_classes(cfg, cards),
+            )
+        )
     return out
 
 
 @router.get("/studies", response_model=StudyPage)
 def studies(
-    session: SessionDep, user: Reader,
+    session: SessionDep,
+    user: Reader,
     patient: Annotated[str, Query(max_length=64)] = "",
     accession: Annotated[str, Query(max_length=64)] = "",
     date_from: Annotated[str, Query(pattern=r"^\d{0,8}$")] = "",
     date_to: Annotated[str, Query(pattern=r"^\d{0,8}$")] = "",
     modality: Annotated[str, Query(max_length=16)] = "",
     status: Annotated[str, Query(max_length=16)] = "",
-    sort: Annotated[str, Query(pattern="^(received|study_date|patient|accession|state|modality)$")]
-    = "received",
+    sort: Annotated[
+        str, Query(pattern="^(received|study_date|patient|accession|state|modality)$")
+    ] = "received",
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> StudyPage:
     flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(session, flt, page=page, per_page=per_page, sort=sort,
-                                    descending=order == "desc")
-    return StudyPage(total=result.total, page=result.page, per_page=result.per_page,
-                     items=[_study_out(s) for s in result.items])
+    result = console.search_studies(
+        session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
+    )
+    return StudyPage(
+        total=result.total,
+        page=result.page,
+        per_page=result.per_page,
+        items=[_study_out(s) for s in result.items],
+    )
 
 
 @router.get("/studies/{study_uid}/results", response_model=StudyResultsOut)
-def study_results(session: SessionDep, state: StateDep, user: Reader,
-                  study_uid: str) -> StudyResultsOut:
+def study_results(
+    session: SessionDep, state: StateDep, user: Reader, study_uid: str
+) -> StudyResultsOut:
     study = console.get_study(session, study_uid)
     if study is None:
         raise HTTPException(404, f"no study {study_uid}")
     jobs = []
     for job in sorted(study.jobs, key=lambda j: j.id):
         artifacts = [
-            ArtifactOut(id=a.id, kind=a.kind, sop_instance_uid=a.sop_instance_uid,
-                        download_url=f"/artifacts/{a.id}/download",
-                        deliveries={d.destination_name: d.state for d in a.deliveries})
+            ArtifactOut(
+                id=a.id,
+                kind=a.kind,
+                sop_instance_uid=a.sop_instance_uid,
+                download_url=f"/artifacts/{a.id}/download",
+                deliveries={d.destination_name: d.state for d in a.deliveries},
+            )
             for a in job.artifacts
         ]
         result = review_data(state.settings, job) if job.state == "succeeded" else {}
@@ -256,24 +295,34 @@ def study_results(session: SessionDep, state: StateDep, user: Reader,
 
 @router.get("/jobs", response_model=list[JobOut])
 def jobs(
-    session: SessionDep, user: Reader,
+    session: SessionDep,
+    user: Reader,
     state: Annotated[str, Query(pattern="^(|queued|running|succeeded|failed)$")] = "",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[JobOut]:
-    return [_job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)]
+    return [
+        _job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)
+    ]
 
 
 @router.get("/stats", response_model=StatsOut)
-def stats(session: SessionDep, user: Reader,
-          days: Annotated[int, Query(ge=1, le=366)] = 14) -> StatsOut:
+def stats(
+    session: SessionDep, user: Reader, days: Annotated[int, Query(ge=1, le=366)] = 14
+) -> StatsOut:
     counts = console.dashboard_counts(session)
     data = console.chart_data(session, days=days)
     return StatsOut(
-        studies_total=counts.studies_total, instances_total=counts.instances_total,
-        jobs={"queued": counts.jobs_queued, "running": counts.jobs_running,
-              "succeeded": counts.jobs_succeeded, "failed": counts.jobs_failed},
-        median_processing_s=counts.median_processing_s, timeline=_buckets(data.studies_per_day),
+        studies_total=counts.studies_total,
+        instances_total=counts.instances_total,
+        jobs={
+            "queued": counts.jobs_queued,
+            "running": counts.jobs_running,
+            "succeeded": counts.jobs_succeeded,
+            "failed": counts.jobs_failed,
+        },
+        median_processing_s=counts.median_processing_s,
+        timeline=_buckets(data.studies_per_day),
         class_distribution=_buckets(data.class_distribution),
         confidence_histogram=_buckets(data.confidence_histogram),
         severity_distribution=_buckets(data.severity_distribution),

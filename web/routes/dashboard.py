@@ -17,15 +17,22 @@ from web.pages import render
 router = APIRouter(tags=["console: dashboard"], include_in_schema=False)
 
 
-def model_overview(state: StateDep, devices: dict[str, str], fallbacks: list[str]) -> dict[str, Any]:
+def model_overview(
+    state: StateDep, devices: dict[str, str], fallbacks: list[str]
+) -> dict[str, Any]:
     """Model cards with the device each last ran on; "not available" when cards cannot be read."""
     try:
         cards = model_cards(state.settings)
     except Unavailable as exc:
         return {"available": False, "reason": str(exc), "models": [], "fallbacks": fallbacks}
     models = [
-        {"name": name, "version": card.version, "task": card.task, "framework": card.framework,
-         "device": devices.get(name, "not run yet")}
+        {
+            "name": name,
+            "version": card.version,
+            "task": card.task,
+            "framework": card.framework,
+            "device": devices.get(name, "not run yet"),
+        }
         for name, card in sorted(cards.items())
     ]
     return {"available": True, "models": models, "fallbacks": fallbacks}
@@ -36,16 +43,24 @@ def dashboard(request: Request, session: SessionDep, state: StateDep, user: Read
     counts = console.dashboard_counts(session)
     data = console.chart_data(session)
     charts = [
-        bar_chart("Studies received per day", [(day[5:], n) for day, n in data.studies_per_day],
-                  css_class="studies-per-day"),
+        bar_chart(
+            "Studies received per day",
+            [(day[5:], n) for day, n in data.studies_per_day],
+            css_class="studies-per-day",
+        ),
         bar_chart("Class distribution", data.class_distribution, css_class="classes"),
         bar_chart("Confidence histogram", data.confidence_histogram, css_class="confidence"),
         bar_chart("Severity distribution", data.severity_distribution, css_class="severity"),
         bar_chart("Processing time", data.processing_time_histogram, css_class="processing"),
     ]
-    return render(request, "dashboard.html", {
-        "counts": counts,
-        "charts": charts,
-        "activity": user_repo.user_activity(session),
-        "models": model_overview(state, data.devices, data.fallbacks),
-    }, user=user)
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "counts": counts,
+            "charts": charts,
+            "activity": user_repo.user_activity(session),
+            "models": model_overview(state, data.devices, data.fallbacks),
+        },
+        user=user,
+    )

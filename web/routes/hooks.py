@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, HTTPException, status
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import OrthancPull, utcnow
 from node.ingest.orthanc_source import enqueue_pull, process_pending_pulls, source_for_url

@@ -15,17 +15,18 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
+from core.domain import ReviewState
 from node.db.orm import Job
 from node.db.repositories import audit, console
-from node.domain import ReviewState
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
 from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
 from web.results import artifact_file, review_data
 
-router = APIRouter(tags=["console: review"], dependencies=[Depends(verify_csrf)],
-                   include_in_schema=False)
+router = APIRouter(
+    tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 MAX_FRAMES = 2000
 PNG_HEADERS = {"Cache-Control": "private, max-age=300"}
 
@@ -49,8 +50,14 @@ def _source_series_uid(session: Session, job: Job, data: dict[str, Any]) -> str 
     if isinstance(uid, str) and uid:
         return uid
     study = console.get_study(session, job.study.study_instance_uid)
-    image_series = [s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")]
-    return max(image_series, key=lambda s: s.instance_count).series_instance_uid if image_series else None
+    image_series = [
+        s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")
+    ]
+    return (
+        max(image_series, key=lambda s: s.instance_count).series_instance_uid
+        if image_series
+        else None
+    )
 
 
 def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[FrameRef]:
@@ -91,8 +98,9 @@ def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
 
 
 @router.get("/review/{job_id}")
-def review_page(request: Request, session: SessionDep, state: StateDep, user: Reader,
-                job_id: int) -> Response:
+def review_page(
+    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: int
+) -> Response:
     job = _job_or_404(session, job_id)
     data = review_data(state.settings, job)
     frames = source_frames(session, job, data)
@@ -108,18 +116,32 @@ def review_page(request: Request, session: SessionDep, state: StateDep, user: Re
             if shown is not None:
                 boxes += [{**b, "shown_frame": shown} for b in items]
     mask_frames = [
-        i for i, f in enumerate(frames)
-        if masks is not None and (
-            (f.sop_instance_uid, None) in masks.frames or (f.sop_instance_uid, f.frame + 1) in masks.frames
+        i
+        for i, f in enumerate(frames)
+        if masks is not None
+        and (
+            (f.sop_instance_uid, None) in masks.frames
+            or (f.sop_instance_uid, f.frame + 1) in masks.frames
         )
     ]
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
-    return render(request, "review.html", {
-        "job": job, "study": job.study, "data": data, "frames": frames, "start": start,
-        "has_mask": masks is not None, "mask_frames": mask_frames, "boxes": boxes,
-        "reviews": console.job_reviews(session, job.id),
-        "segment_labels": masks.segment_labels if masks else {},
-    }, user=user)
+    return render(
+        request,
+        "review.html",
+        {
+            "job": job,
+            "study": job.study,
+            "data": data,
+            "frames": frames,
+            "start": start,
+            "has_mask": masks is not None,
+            "mask_frames": mask_frames,
+            "boxes": boxes,
+            "reviews": console.job_reviews(session, job.id),
+            "segment_labels": masks.segment_labels if masks else {},
+        },
+        user=user,
+    )
 
 
 def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> FrameRef:
@@ -130,7 +152,9 @@ def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> Fr
 
 
 @router.get("/review/{job_id}/frames/{index}.png")
-def frame_png(session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int) -> Response:
+def frame_png(
+    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+) -> Response:
     ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
     try:
         png = render_frame_png(state.settings.data_dir / ref.path, ref.frame)
@@ -140,7 +164,9 @@ def frame_png(session: SessionDep, state: StateDep, user: Reader, job_id: int, i
 
 
 @router.get("/review/{job_id}/masks/{index}.png")
-def mask_png(session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int) -> Response:
+def mask_png(
+    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+) -> Response:
     job = _job_or_404(session, job_id)
     ref = _frame_or_404(session, state, job, index)
     masks = _seg_masks(state, job)
@@ -164,8 +190,16 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
     before = job.review_state
     job.review_state = decision.value
     console.add_review(session, job, user.user_id, decision.value, reason)
-    audit.record(session, f"review.{decision.value}", entity_type="job", entity_id=job.id,
-                 actor=user.username, from_state=before, to_state=decision.value, detail=reason)
+    audit.record(
+        session,
+        f"review.{decision.value}",
+        entity_type="job",
+        entity_id=job.id,
+        actor=user.username,
+        from_state=before,
+        to_state=decision.value,
+        detail=reason,
+    )
 
 
 @router.post("/review/{job_id}/approve")
@@ -175,14 +209,21 @@ def approve(request: Request, session: SessionDep, user: Reviewer, job_id: int) 
     try:
         released = release_held(session, job, user.username)
     except Unavailable as exc:
-        raise HTTPException(503, "Dispatch is not available on this node; nothing was approved.") from exc
+        raise HTTPException(
+            503, "Dispatch is not available on this node; nothing was approved."
+        ) from exc
     flash(request, f"Approved; {released} held delivery(ies) released.")
     return redirect(f"/review/{job_id}")
 
 
 @router.post("/review/{job_id}/reject")
-def reject(request: Request, session: SessionDep, user: Reviewer, job_id: int,
-           reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+def reject(
+    request: Request,
+    session: SessionDep,
+    user: Reviewer,
+    job_id: int,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
     if not reason.strip():
         raise HTTPException(400, "A rejection needs a reason.")
     job = _job_or_404(session, job_id)
@@ -190,18 +231,31 @@ def reject(request: Request, session: SessionDep, user: Reviewer, job_id: int,
     try:
         cancelled = cancel_held(session, job, user.username, reason.strip())
     except Unavailable as exc:
-        raise HTTPException(503, "Dispatch is not available on this node; nothing was rejected.") from exc
+        raise HTTPException(
+            503, "Dispatch is not available on this node; nothing was rejected."
+        ) from exc
     flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
     return redirect(f"/review/{job_id}")
 
 
 @router.post("/review/{job_id}/comment")
-def comment(request: Request, session: SessionDep, user: Reviewer, job_id: int,
-            text: Annotated[str, Form(min_length=1, max_length=4000)]) -> Response:
+def comment(
+    request: Request,
+    session: SessionDep,
+    user: Reviewer,
+    job_id: int,
+    text: Annotated[str, Form(min_length=1, max_length=4000)],
+) -> Response:
     job = _job_or_404(session, job_id)
     console.add_review(session, job, user.user_id, "comment", text.strip())
-    audit.record(session, "review.comment", entity_type="job", entity_id=job.id,
-                 actor=user.username, detail=text.strip())
+    audit.record(
+        session,
+        "review.comment",
+        entity_type="job",
+        entity_id=job.id,
+        actor=user.username,
+        detail=text.strip(),
+    )
     flash(request, "Comment saved.")
     return redirect(f"/review/{job_id}")
 
@@ -220,8 +274,9 @@ def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) ->
 
 
 @router.post("/deliveries/{delivery_id}/resend")
-def resend_delivery(request: Request, session: SessionDep, user: Reviewer,
-                    delivery_id: int) -> Response:
+def resend_delivery(
+    request: Request, session: SessionDep, user: Reviewer, delivery_id: int
+) -> Response:
     delivery = console.get_delivery(session, delivery_id)
     if delivery is None:
         raise HTTPException(404, f"No delivery {delivery_id}")

@@ -28,10 +28,21 @@ from web.uploads import (
 )
 
 log = logging.getLogger("pacsnode.web.studies")
-router = APIRouter(tags=["console: studies"], dependencies=[Depends(verify_csrf)],
-                   include_in_schema=False)
-STATUSES = ["receiving", "complete", "processed", "queued", "running", "succeeded", "failed",
-            "pending", "approved", "rejected"]
+router = APIRouter(
+    tags=["console: studies"], dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
+STATUSES = [
+    "receiving",
+    "complete",
+    "processed",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "pending",
+    "approved",
+    "rejected",
+]
 
 
 @router.get("/studies")
@@ -51,11 +62,24 @@ def study_list(
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Response:
     flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(session, flt, page=page, per_page=per_page, sort=sort,
-                                    descending=order == "desc")
-    params = {k: v for k, v in {"patient": patient, "accession": accession, "date_from": date_from,
-                                "date_to": date_to, "modality": modality, "status": status,
-                                "sort": sort, "order": order, "per_page": per_page}.items() if v}
+    result = console.search_studies(
+        session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
+    )
+    params = {
+        k: v
+        for k, v in {
+            "patient": patient,
+            "accession": accession,
+            "date_from": date_from,
+            "date_to": date_to,
+            "modality": modality,
+            "status": status,
+            "sort": sort,
+            "order": order,
+            "per_page": per_page,
+        }.items()
+        if v
+    }
 
     def page_url(n: int) -> str:
         return "/studies?" + urlencode({**params, "page": n})
@@ -64,10 +88,20 @@ def study_list(
         flip = "asc" if sort == key and order == "desc" else "desc"
         return "/studies?" + urlencode({**params, "sort": key, "order": flip, "page": 1})
 
-    return render(request, "studies.html", {
-        "page": result, "filter": flt, "statuses": STATUSES, "sort": sort, "order": order,
-        "page_url": page_url, "sort_url": sort_url,
-    }, user=user)
+    return render(
+        request,
+        "studies.html",
+        {
+            "page": result,
+            "filter": flt,
+            "statuses": STATUSES,
+            "sort": sort,
+            "order": order,
+            "page_url": page_url,
+            "sort_url": sort_url,
+        },
+        user=user,
+    )
 
 
 @router.get("/studies/upload")
@@ -105,8 +139,9 @@ def upload(
     staging.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=staging))
     try:
-        details = PatientDetails(patient_name, patient_id, accession_number,
-                                 study_description).validated()
+        details = PatientDetails(
+            patient_name, patient_id, accession_number, study_description
+        ).validated()
         files = [f for f in files if f.filename]
         if not files:
             raise UploadError("Choose at least one file.")
@@ -120,8 +155,9 @@ def upload(
                 if not details.patient_id and not details.patient_name:
                     raise UploadError("Pictures need a patient name or ID to be wrapped as DICOM.")
                 number += 1
-                ds = picture_to_secondary_capture(path.read_bytes(), details, study_uid,
-                                                  series_uid, number)
+                ds = picture_to_secondary_capture(
+                    path.read_bytes(), details, study_uid, series_uid, number
+                )
                 dcm = path.with_suffix(".dcm")
                 ds.save_as(dcm, enforce_file_format=True)
                 path.unlink()
@@ -143,8 +179,13 @@ def upload(
     summary = report.summary() if hasattr(report, "summary") else str(report)
     stored = int(getattr(report, "stored", 0)) + int(getattr(report, "duplicates", 0))
     with state.db.write() as session:
-        audit.record(session, "study.upload", entity_type="upload", actor=user.username,
-                     detail=f"{len(to_import)} file(s): {summary}")
+        audit.record(
+            session,
+            "study.upload",
+            entity_type="upload",
+            actor=user.username,
+            detail=f"{len(to_import)} file(s): {summary}",
+        )
     if not stored:
         errors = "; ".join(getattr(report, "errors", [])[:3])
         raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
@@ -159,13 +200,17 @@ def study_page(request: Request, session: SessionDep, user: Reader, study_uid: s
     if study is None:
         raise HTTPException(404, f"No study with UID {study_uid}")
     jobs = sorted(study.jobs, key=lambda j: j.id, reverse=True)
-    return render(request, "study.html", {"study": study, "jobs": jobs, "exports": EXPORTS},
-                  user=user)
+    return render(
+        request, "study.html", {"study": study, "jobs": jobs, "exports": EXPORTS}, user=user
+    )
 
 
 @router.post("/studies/{study_uid}/complete")
 def complete_now(
-    request: Request, session: SessionDep, user: Reviewer, study_uid: str,
+    request: Request,
+    session: SessionDep,
+    user: Reviewer,
+    study_uid: str,
     reason: Annotated[str, Form(max_length=500)] = "forced from the console",
 ) -> Response:
     try:
@@ -174,22 +219,37 @@ def complete_now(
         raise HTTPException(503, "Forcing completion is not available on this node yet.") from exc
     if not found:
         raise HTTPException(404, f"No study with UID {study_uid}")
-    audit.record(session, "study.force_complete", entity_type="study", entity_id=study_uid,
-                 actor=user.username, detail=reason)
+    audit.record(
+        session,
+        "study.force_complete",
+        entity_type="study",
+        entity_id=study_uid,
+        actor=user.username,
+        detail=reason,
+    )
     flash(request, "Completion requested; jobs start at the next sweep.")
     return redirect(f"/studies/{study_uid}")
 
 
-def _audit_download(state: StateDep, user: Reader, entity_type: str, entity_id: int,
-                    what: str) -> None:
+def _audit_download(
+    state: StateDep, user: Reader, entity_type: str, entity_id: int, what: str
+) -> None:
     """Patient data leaving the node through the console is recorded (own short transaction)."""
     with state.db.write() as session:
-        audit.record(session, "result.download", entity_type=entity_type, entity_id=entity_id,
-                     actor=user.username, detail=what)
+        audit.record(
+            session,
+            "result.download",
+            entity_type=entity_type,
+            entity_id=entity_id,
+            actor=user.username,
+            detail=what,
+        )
 
 
 @router.get("/artifacts/{artifact_id}/download")
-def download_artifact(session: SessionDep, state: StateDep, user: Reader, artifact_id: int) -> Response:
+def download_artifact(
+    session: SessionDep, state: StateDep, user: Reader, artifact_id: int
+) -> Response:
     artifact = console.get_artifact(session, artifact_id)
     if artifact is None:
         raise HTTPException(404, "No such result object")
@@ -200,12 +260,17 @@ def download_artifact(session: SessionDep, state: StateDep, user: Reader, artifa
     if not path.is_file():
         raise HTTPException(404, "The result file is no longer on disk")
     _audit_download(state, user, "artifact", artifact.id, artifact.kind)
-    return FileResponse(path, media_type="application/dicom",
-                        filename=f"{artifact.kind}_{artifact.sop_instance_uid}.dcm")
+    return FileResponse(
+        path,
+        media_type="application/dicom",
+        filename=f"{artifact.kind}_{artifact.sop_instance_uid}.dcm",
+    )
 
 
 @router.get("/jobs/{job_id}/export/{which}")
-def export_job(session: SessionDep, state: StateDep, user: Reader, job_id: int, which: str) -> Response:
+def export_job(
+    session: SessionDep, state: StateDep, user: Reader, job_id: int, which: str
+) -> Response:
     if which not in EXPORTS:
         raise HTTPException(404, f"Unknown export {which!r}; choose one of {sorted(EXPORTS)}")
     job = console.get_job(session, job_id)
@@ -214,5 +279,8 @@ def export_job(session: SessionDep, state: StateDep, user: Reader, job_id: int, 
     content, media_type, filename = export(state.settings, job, which)
     _audit_download(state, user, "job", job.id, which)
     name = f"job{job.id}_{filename}"
-    return Response(content, media_type=media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        content,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

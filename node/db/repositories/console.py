@@ -17,7 +17,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from node.config import CallerAllowEntry, Settings
+from core.config import CallerAllowEntry, Settings
 from node.db.orm import (
     Artifact,
     AuditEvent,
@@ -82,7 +82,9 @@ def _apply_filter(stmt: Select[Any], flt: StudyFilter) -> Select[Any]:
             )
         )
     if flt.accession:
-        stmt = stmt.where(func.lower(Study.accession_number).like(_like(flt.accession), escape="\\"))
+        stmt = stmt.where(
+            func.lower(Study.accession_number).like(_like(flt.accession), escape="\\")
+        )
     if flt.date_from:
         stmt = stmt.where(Study.study_date >= flt.date_from)
     if flt.date_to:
@@ -225,7 +227,9 @@ def dashboard_counts(session: Session, now: datetime | None = None) -> Dashboard
     def count(stmt: Select[Any]) -> int:
         return int(session.scalar(stmt) or 0)
 
-    job_states = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
+    job_states = dict(
+        session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all()
+    )
     per_dest: dict[str, dict[str, int]] = {}
     for name, state, n in session.execute(
         select(Delivery.destination_name, Delivery.state, func.count(Delivery.id)).group_by(
@@ -298,7 +302,10 @@ def chart_data(session: Session, *, days: int = 14, now: datetime | None = None)
     ).all()
     per_day = Counter(r.date() for r in received)
     studies_per_day = [
-        ((first_day.date() + timedelta(days=i)).isoformat(), per_day.get(first_day.date() + timedelta(days=i), 0))
+        (
+            (first_day.date() + timedelta(days=i)).isoformat(),
+            per_day.get(first_day.date() + timedelta(days=i), 0),
+        )
         for i in range(days)
     ]
     summaries = session.execute(
@@ -335,8 +342,10 @@ def chart_data(session: Session, *, days: int = 14, now: datetime | None = None)
         class_distribution=sorted(classes.items(), key=lambda kv: (-kv[1], kv[0])),
         confidence_histogram=_bins(confidences, [i / 10 for i in range(11)], "{:.1f}-{:.1f}"),
         severity_distribution=[(s, severities.get(s, 0)) for s in order],
-        processing_time_histogram=_bins(durations, [0, 1, 2, 5, 10, 30, 60, 300, 1e9], "{:g}-{:g}s")
-        [:-1] + [(">300s", sum(1 for d in durations if d >= 300))],
+        processing_time_histogram=_bins(
+            durations, [0, 1, 2, 5, 10, 30, 60, 300, 1e9], "{:g}-{:g}s"
+        )[:-1]
+        + [(">300s", sum(1 for d in durations if d >= 300))],
         devices=devices,
         fallbacks=fallbacks[:20],
     )
@@ -438,6 +447,7 @@ def effective_settings(session: Session, settings: Settings) -> Settings:
     allow = overrides.get(ALLOWLIST_OVERRIDE_KEY)
     if allow is not None:
         update["allowed_callers"] = [
-            CallerAllowEntry(ae_title=e["ae_title"], host=e.get("host")) for e in allow.get("entries", [])
+            CallerAllowEntry(ae_title=e["ae_title"], host=e.get("host"))
+            for e in allow.get("entries", [])
         ]
     return settings.model_copy(update=update)

@@ -14,9 +14,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, joinedload
 
+from core.domain import ArtifactKind, DeliveryState
 from node.db.orm import Artifact, Delivery, Job
 from node.db.repositories import audit
-from node.domain import ArtifactKind, DeliveryState
 
 ENTITY = "delivery"
 # kinds an SR must not overtake: the SR cites the SEG (and the overlay belongs with it)

@@ -20,10 +20,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Association, InstanceHeader, LateArrivalPolicy, StudyState
 from node.db.orm import Instance, Series, Study, utcnow
 from node.db.repositories import audit
-from node.domain import Association, InstanceHeader, LateArrivalPolicy, StudyState
 
 _LATE_STATES = (StudyState.COMPLETE.value, StudyState.PROCESSED.value)
 _MODALITIES_WIDTH = 64
@@ -48,7 +48,9 @@ class UpsertResult:
 
 
 def get_study(session: Session, study_instance_uid: str) -> Study | None:
-    return session.scalars(select(Study).where(Study.study_instance_uid == study_instance_uid)).first()
+    return session.scalars(
+        select(Study).where(Study.study_instance_uid == study_instance_uid)
+    ).first()
 
 
 def list_instances(session: Session, study_instance_uid: str) -> Sequence[Instance]:
@@ -58,13 +60,17 @@ def list_instances(session: Session, study_instance_uid: str) -> Sequence[Instan
         .join(Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
         .where(Study.study_instance_uid == study_instance_uid)
-        .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.sop_instance_uid)
+        .order_by(
+            Series.series_number, Series.id, Instance.instance_number, Instance.sop_instance_uid
+        )
     )
     return session.scalars(stmt).all()
 
 
 def get_instance(session: Session, sop_instance_uid: str) -> Instance | None:
-    return session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).first()
+    return session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).first()
 
 
 def instance_path(settings: Settings, inst: Instance) -> Path:
@@ -167,7 +173,9 @@ def upsert_instances(
     now = utcnow()
     result = UpsertResult()
     conn = session.connection()
-    known = set(conn.execute(_EXISTING, {"uids": [i.header.sop_instance_uid for i in items]}).scalars())
+    known = set(
+        conn.execute(_EXISTING, {"uids": [i.header.sop_instance_uid for i in items]}).scalars()
+    )
     fresh: dict[str, NewInstance] = {}
     for item in items:
         uid = item.header.sop_instance_uid
@@ -199,7 +207,9 @@ def upsert_instances(
             values = _series_values(item, study_pk[item.header.study_instance_uid], now)
             series_pk[uid] = conn.execute(_NEW_SERIES, values).scalar_one()
 
-    rows = [_instance_values(i, series_pk[i.header.series_instance_uid], now) for i in fresh.values()]
+    rows = [
+        _instance_values(i, series_pk[i.header.series_instance_uid], now) for i in fresh.values()
+    ]
     inserted = set(conn.execute(_INSERT_INSTANCES[conn.dialect.name], rows).scalars())
     result.inserted = [uid for uid in fresh if uid in inserted]
     result.duplicates += [uid for uid in fresh if uid not in inserted]

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from core.domain import SeriesFacts, StudyFacts, StudyState
 from node.db.orm import Instance, Series, Study
-from node.domain import SeriesFacts, StudyState
-from node.grouping.completion import StudyFacts
 
 
 def get_study(session: Session, study_uid: str) -> Study | None:

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.domain import Role
 from node.db.orm import ApiToken, PasswordResetToken, Review, User, utcnow
-from node.domain import Role
 
 
 class UserExistsError(ValueError):
@@ -97,7 +97,9 @@ def is_locked(user: User, now: datetime) -> bool:
 # -- password reset ---------------------------------------------------------------------------
 
 
-def create_reset_token(session: Session, user: User, token: str, ttl: timedelta) -> PasswordResetToken:
+def create_reset_token(
+    session: Session, user: User, token: str, ttl: timedelta
+) -> PasswordResetToken:
     row = PasswordResetToken(
         user_pk=user.id, token_hash=token_digest(token), expires_at=utcnow() + ttl
     )
@@ -134,7 +136,9 @@ class TokenOwner:
 def create_api_token(
     session: Session, user: User, name: str, token: str, scopes: Sequence[str]
 ) -> ApiToken:
-    row = ApiToken(user_pk=user.id, name=name[:64], token_hash=token_digest(token), scopes=list(scopes))
+    row = ApiToken(
+        user_pk=user.id, name=name[:64], token_hash=token_digest(token), scopes=list(scopes)
+    )
     session.add(row)
     session.flush()
     return row
@@ -142,7 +146,9 @@ def create_api_token(
 
 def find_api_token(session: Session, token: str) -> TokenOwner | None:
     """The live token and its active owner, or None (revoked, unknown, owner disabled)."""
-    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_digest(token))).first()
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == token_digest(token))
+    ).first()
     if row is None or row.revoked:
         return None
     user = session.get(User, row.user_pk)
@@ -177,7 +183,9 @@ class UserActivity:
 
 def user_activity(session: Session) -> list[UserActivity]:
     review_counts = dict(
-        session.execute(select(Review.user_pk, func.count(Review.id)).group_by(Review.user_pk)).all()
+        session.execute(
+            select(Review.user_pk, func.count(Review.id)).group_by(Review.user_pk)
+        ).all()
     )
     return [
         UserActivity(

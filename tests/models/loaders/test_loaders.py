@@ -56,7 +56,9 @@ def test_torchscript(tmp_path: Path) -> None:
     path = tmp_path / "ts" / "model.ts"
     path.parent.mkdir()
     torch.jit.script(net).save(str(path))
-    card = make_card(tmp_path, "ts", path, framework="torchscript", architecture="conv", arguments={})
+    card = make_card(
+        tmp_path, "ts", path, framework="torchscript", architecture="conv", arguments={}
+    )
     model = load_model(card, "cpu")
     _check_segmentation_probabilities(model)
     expected = torch.softmax(net(torch.ones(1, 1, 32, 32)), 1)
@@ -71,8 +73,15 @@ def test_timm_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "cls" / "checkpoint.pth"
     path.parent.mkdir()
     torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)  # a wrapped training checkpoint
-    card = make_card(tmp_path, "cls", path, task="classification", framework="timm",
-                     architecture="test_resnet", arguments={})
+    card = make_card(
+        tmp_path,
+        "cls",
+        path,
+        task="classification",
+        framework="timm",
+        architecture="test_resnet",
+        arguments={},
+    )
     model = load_model(card, "cpu")
     x = torch.rand(3, 1, 32, 32)
     probs = model.forward(x)
@@ -107,10 +116,20 @@ def test_ultralytics_yaml_builds_offline(tmp_path: Path, monkeypatch: pytest.Mon
     yaml_file = tmp_path / "det" / "yolo_tiny.yaml"
     yaml_file.parent.mkdir()
     shutil.copyfile(YOLO_DEFINITION, yaml_file)
-    card = make_card(tmp_path, "det", yaml_file, task="detection", framework="ultralytics",
-                     architecture="yolo11", arguments={}, size=64)
+    card = make_card(
+        tmp_path,
+        "det",
+        yaml_file,
+        task="detection",
+        framework="ultralytics",
+        architecture="yolo11",
+        arguments={},
+        size=64,
+    )
     model = load_model(card, "cpu")
-    boxes = model.detect(np.random.default_rng(0).random((2, 64, 64), dtype=np.float32), conf=0.0001)
+    boxes = model.detect(
+        np.random.default_rng(0).random((2, 64, 64), dtype=np.float32), conf=0.0001
+    )
     assert len(boxes) == 2
     for per_image in boxes:
         for x0, y0, x1, y1, cls, score in per_image:
@@ -132,8 +151,16 @@ def test_ultralytics_trained_pt(tmp_path: Path) -> None:
     path = tmp_path / "det" / "model.pt"
     path.parent.mkdir()
     torch.save({"model": network.half(), "train_args": {"task": "detect", "imgsz": 64}}, path)
-    card = make_card(tmp_path, "det", path, task="detection", framework="ultralytics",
-                     architecture="yolo11", arguments={"conf": 0.0001}, size=64)
+    card = make_card(
+        tmp_path,
+        "det",
+        path,
+        task="detection",
+        framework="ultralytics",
+        architecture="yolo11",
+        arguments={"conf": 0.0001},
+        size=64,
+    )
     model = load_model(card, "cpu")
     rgb = np.random.default_rng(1).random((1, 64, 64, 3), dtype=np.float32)
     (boxes,) = model.detect(rgb)
@@ -143,6 +170,8 @@ def test_ultralytics_trained_pt(tmp_path: Path) -> None:
 
 
 def test_forward_rejects_wrong_rank(tmp_path: Path) -> None:
-    model = load_model(make_card(tmp_path, "sd", tiny_unet_weights(tmp_path / "sd" / "model.pt")), "cpu")
+    model = load_model(
+        make_card(tmp_path, "sd", tiny_unet_weights(tmp_path / "sd" / "model.pt")), "cpu"
+    )
     with pytest.raises(ValueError, match="4-D batch"):
         model.forward(torch.rand(1, 32, 32))

@@ -32,7 +32,7 @@ def test_lesions_are_visible_in_the_image() -> None:
     diffs = []
     for _ in range(10):
         phantom = make_2d_phantom(rng, size=128, lesion_count=2, noise=0.0)
-        ring = (phantom.mask == 0)
+        ring = phantom.mask == 0
         diffs.append(phantom.image[phantom.mask == 1].mean() - phantom.image[ring].mean())
     assert np.mean(diffs) > 0  # lesions are brighter than their lung background on average
 
@@ -71,7 +71,11 @@ def test_2d_phantom_as_dx_dicom(tmp_path: Path) -> None:
     phantom = make_2d_phantom(np.random.default_rng(1), size=64)
     (path,) = phantom_to_dicom_series(phantom, tmp_path, study_uid="1.2.3.4")
     ds = pydicom.dcmread(path)
-    assert ds.SOPClassUID == DX_IMAGE_STORAGE and ds.Modality == "DX" and ds.StudyInstanceUID == "1.2.3.4"
+    assert (
+        ds.SOPClassUID == DX_IMAGE_STORAGE
+        and ds.Modality == "DX"
+        and ds.StudyInstanceUID == "1.2.3.4"
+    )
     assert np.allclose(ds.pixel_array / 4095, phantom.image, atol=1e-3)
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import ArtifactKind
 from node.db.engine import Database
 from node.db.orm import Artifact, Job, Study
-from node.domain import ArtifactKind
 from tests.conftest import free_port
 from tests.node.dispatch.factory import MadeObject, make_results
 from tests.orthanc.harness import ORTHANC_BIN, OrthancProcess

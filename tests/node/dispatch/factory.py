@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 
 MINIMAL_PDF = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"

@@ -11,9 +11,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
+from core.domain import ArtifactKind, DestinationKind
 from node.dispatch.targets import sender_for
-from node.domain import ArtifactKind, DestinationKind
 from tests.conftest import free_port
 from tests.node.dispatch.conftest import StoreScp, start_storescp
 from tests.node.dispatch.factory import MadeObject, ct_slice

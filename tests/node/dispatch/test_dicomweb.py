@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
+from core.domain import ArtifactKind, DestinationKind
 from node.dispatch.targets import sender_for
-from node.domain import ArtifactKind, DestinationKind
 from tests.conftest import free_port
 from tests.node.dispatch.factory import MadeObject
 from tests.orthanc.harness import OrthancProcess

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from node.config import DestinationSettings
+from core.config import DestinationSettings
+from core.domain import ArtifactKind, DestinationKind
 from node.dispatch.targets import sender_for
-from node.domain import ArtifactKind, DestinationKind
 from tests.node.dispatch.factory import MadeObject
 
 

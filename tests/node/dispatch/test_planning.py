@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import ArtifactKind, DeliveryState, DestinationKind
 from node.db.engine import Database
 from node.db.orm import Job
 from node.db.repositories import audit
@@ -19,7 +20,6 @@ from node.dispatch.planning import (
     resend,
     resolve_sender_destination,
 )
-from node.domain import ArtifactKind, DeliveryState, DestinationKind
 from tests.node.dispatch.conftest import add_job_with_artifacts, with_destinations
 from tests.node.dispatch.factory import MadeObject
 

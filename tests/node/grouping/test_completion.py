@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from node.config import CompletionSettings, ExpectedSeriesRule
-from node.domain import SeriesFacts, StudyState
-from node.grouping.completion import StudyFacts, decide_completion
+from core.config import CompletionSettings, ExpectedSeriesRule
+from core.domain import SeriesFacts, StudyFacts, StudyState
+from node.grouping.completion import decide_completion
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
 
-def facts(*series: SeriesFacts, state: StudyState = StudyState.RECEIVING, forced: bool = False) -> StudyFacts:
+def facts(
+    *series: SeriesFacts, state: StudyState = StudyState.RECEIVING, forced: bool = False
+) -> StudyFacts:
     return StudyFacts("1.2.3", state, T0, tuple(series), complete_requested=forced)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from node.config import Settings, load_settings
-from node.domain import SeriesFacts, StudyState
-from node.grouping.completion import StudyFacts
+from core.config import Settings, load_settings
+from core.domain import SeriesFacts, StudyFacts, StudyState
 from node.grouping.routing import explain_routes
 
 
@@ -37,8 +36,13 @@ DESTS = [
 
 def study(*series: SeriesFacts, calling: str = "CT1", description: str = "") -> StudyFacts:
     return StudyFacts(
-        "1.2", StudyState.COMPLETE, datetime.now(UTC), tuple(series),
-        study_description=description, calling_ae=calling, called_ae="PACSNODE",
+        "1.2",
+        StudyState.COMPLETE,
+        datetime.now(UTC),
+        tuple(series),
+        study_description=description,
+        calling_ae=calling,
+        called_ae="PACSNODE",
     )
 
 
@@ -65,13 +69,27 @@ def test_disabled_pipeline_is_not_chosen() -> None:
 
 
 def test_first_matching_rule_wins_and_explains_itself() -> None:
-    settings = make([
-        {"name": "mammo", "when": {"modality": ["MG"]}, "pipelines": ["demo-2d"], "destinations": ["pacs"]},
-        {"name": "chest-ct", "when": {"modality": ["CT"], "body_part_examined": ["chest"],
-                                      "calling_ae": ["CT1"]},
-         "pipelines": ["demo-3d"], "destinations": ["pacs"]},
-        {"name": "catch-all", "pipelines": ["demo-2d"], "destinations": ["pacs"]},
-    ])
+    settings = make(
+        [
+            {
+                "name": "mammo",
+                "when": {"modality": ["MG"]},
+                "pipelines": ["demo-2d"],
+                "destinations": ["pacs"],
+            },
+            {
+                "name": "chest-ct",
+                "when": {
+                    "modality": ["CT"],
+                    "body_part_examined": ["chest"],
+                    "calling_ae": ["CT1"],
+                },
+                "pipelines": ["demo-3d"],
+                "destinations": ["pacs"],
+            },
+            {"name": "catch-all", "pipelines": ["demo-2d"], "destinations": ["pacs"]},
+        ]
+    )
     decision = explain_routes(settings, PIPES, study(CT))
     assert decision.pipelines == ("demo-3d",)
     assert [v.rule for v in decision.verdicts] == ["mammo", "chest-ct"]
@@ -81,29 +99,49 @@ def test_first_matching_rule_wins_and_explains_itself() -> None:
 
 
 def test_series_conditions_must_hold_for_the_same_series() -> None:
-    settings = make([{"name": "ct-lung", "when": {"modality": ["CT"],
-                                                  "series_description_regex": "lung"},
-                      "pipelines": ["demo-3d"]}])
+    settings = make(
+        [
+            {
+                "name": "ct-lung",
+                "when": {"modality": ["CT"], "series_description_regex": "lung"},
+                "pipelines": ["demo-3d"],
+            }
+        ]
+    )
     other = SeriesFacts("1.2.9", modality="MR", series_description="Lung MR")
     assert explain_routes(settings, PIPES, study(other, SR)).pipelines == ()
     assert explain_routes(settings, PIPES, study(CT)).pipelines == ("demo-3d",)
 
 
 def test_calling_ae_and_study_description_conditions() -> None:
-    settings = make([{"name": "from-ct1", "when": {"calling_ae": ["CT1"],
-                                                   "study_description_regex": "^thorax"},
-                      "pipelines": ["demo-3d"]}])
-    assert explain_routes(settings, PIPES, study(CT, description="Thorax w/o")).pipelines == ("demo-3d",)
+    settings = make(
+        [
+            {
+                "name": "from-ct1",
+                "when": {"calling_ae": ["CT1"], "study_description_regex": "^thorax"},
+                "pipelines": ["demo-3d"],
+            }
+        ]
+    )
+    assert explain_routes(settings, PIPES, study(CT, description="Thorax w/o")).pipelines == (
+        "demo-3d",
+    )
     miss = explain_routes(settings, PIPES, study(CT, calling="MR7", description="Thorax"))
     assert miss.pipelines == () and "calling AE 'MR7' not in" in miss.explain()
 
 
 def test_non_stop_rules_accumulate_and_send_back_to_sender() -> None:
-    settings = make([
-        {"name": "all", "pipelines": ["demo-3d"], "destinations": ["pacs"], "stop": False},
-        {"name": "back", "when": {"modality": ["CT"]}, "pipelines": ["demo-3d"],
-         "send_back_to_sender": True},
-    ])
+    settings = make(
+        [
+            {"name": "all", "pipelines": ["demo-3d"], "destinations": ["pacs"], "stop": False},
+            {
+                "name": "back",
+                "when": {"modality": ["CT"]},
+                "pipelines": ["demo-3d"],
+                "send_back_to_sender": True,
+            },
+        ]
+    )
     decision = explain_routes(settings, PIPES, study(CT, calling="CT1"))
     assert decision.pipelines == ("demo-3d",)
     assert decision.destinations == ("pacs", "ct-scanner")

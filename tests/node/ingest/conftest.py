@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.ingest.scp import ReceiverHandle, start_receiver
 

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.config import Settings
+from core.config import Settings
 from node.ingest.header import parse_instance
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -65,7 +65,9 @@ def dataset_part(raw: bytes) -> bytes:
 
 
 def stored_files(settings: Settings) -> list[Path]:
-    return sorted(p for p in settings.spool_dir.rglob("*.dcm")) if settings.spool_dir.exists() else []
+    return (
+        sorted(p for p in settings.spool_dir.rglob("*.dcm")) if settings.spool_dir.exists() else []
+    )
 
 
 def run_dcmtk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -75,8 +77,6 @@ def run_dcmtk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 needs_dcmtk = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="DCMTK (storescu/echoscu/storescp) is not installed"
 )
-
-
 
 
 def write_instances(folder: Path, count: int, studies: int, size: int = 8) -> dict[str, Path]:
@@ -113,7 +113,9 @@ def acknowledged_problems(db_url: str, data_dir: Path, acknowledged: dict[str, P
     db = Database(db_url)
     try:
         with db.read() as session:
-            rows = dict(session.execute(select(Instance.sop_instance_uid, Instance.path)).tuples().all())
+            rows = dict(
+                session.execute(select(Instance.sop_instance_uid, Instance.path)).tuples().all()
+            )
             study_rows = session.execute(
                 select(Study.study_instance_uid, func.count()).group_by(Study.study_instance_uid)
             ).all()

@@ -17,9 +17,9 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association as ScuAssociation
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import StoreStatus
 from node.db.engine import Database
-from node.domain import StoreStatus
 from node.ingest.scp import ReceiverHandle
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import make_instance, stored_files
@@ -28,7 +28,9 @@ TIMEOUT_S = 3.0  # the good association acts well within it
 
 
 @pytest.fixture
-def quick_receiver(receiver_on: StartReceiver, sqlite_db: Database, settings: Settings) -> ReceiverHandle:
+def quick_receiver(
+    receiver_on: StartReceiver, sqlite_db: Database, settings: Settings
+) -> ReceiverHandle:
     fast = settings.model_copy(update={"network_timeout_s": TIMEOUT_S, "acse_timeout_s": TIMEOUT_S,
                                        "dimse_timeout_s": TIMEOUT_S})  # fmt: skip
     return receiver_on(sqlite_db, fast)
@@ -88,7 +90,9 @@ UID_TAG = struct.pack("<HH", 0x0008, 0x0018)
 CASES = {
     "truncated": lambda raw: raw[: len(raw) - 40],  # the Pixel Data value runs past the end
     "wrong VR": lambda raw: _patched(raw, UID_TAG, 4, b"US"),
-    "absurd length": lambda raw: _patched(raw, struct.pack("<HH2s", 0x0010, 0x0010, b"PN"), 6, b"\xff\xf0"),
+    "absurd length": lambda raw: _patched(
+        raw, struct.pack("<HH2s", 0x0010, 0x0010, b"PN"), 6, b"\xff\xf0"
+    ),
     "missing SOP Instance UID": lambda raw: _without_sop_uid(raw),
 }
 
@@ -127,7 +131,9 @@ def _wait_until_closed(sock: socket.socket, good: ScuAssociation) -> bool:
     return False
 
 
-def test_random_bytes_on_the_port(quick_receiver: ReceiverHandle, good_association: ScuAssociation) -> None:
+def test_random_bytes_on_the_port(
+    quick_receiver: ReceiverHandle, good_association: ScuAssociation
+) -> None:
     with socket.create_connection(("127.0.0.1", quick_receiver.port), timeout=10) as sock:
         sock.sendall(os.urandom(8192))
         assert _wait_until_closed(sock, good_association)
@@ -142,7 +148,9 @@ def test_connection_that_never_sends_is_closed(
     _still_serving(good_association)
 
 
-def test_idle_association_times_out(quick_receiver: ReceiverHandle, good_association: ScuAssociation) -> None:
+def test_idle_association_times_out(
+    quick_receiver: ReceiverHandle, good_association: ScuAssociation
+) -> None:
     ae = AE(ae_title="IDLEMOD")
     ae.add_requested_context(CTImageStorage)
     idle = ae.associate("127.0.0.1", quick_receiver.port, ae_title="PACSNODE")

@@ -1,6 +1,6 @@
 """kill -9 the receiver mid-transfer: every acknowledged instance survives, byte for byte.
 
-The receiver runs as the real entry point (``python -m node receiver``) in its own process.
+The receiver runs as the real entry point (``python -m app receiver``) in its own process.
 Four associations send 500 small instances; the process is killed once some have been
 acknowledged, restarted, and the database and spool are checked. Then everything is resent:
 re-sending is idempotent (duplicates are acknowledged, counts stay right).
@@ -38,11 +38,14 @@ def _start_receiver(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         "PACSNODE_DICOM_HOST": "127.0.0.1", "PACSNODE_DICOM_PORT": str(port),
         "PACSNODE_MIN_FREE_DISK_MB": "0", "PACSNODE_LOG_LEVEL": "WARNING",
     })  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "node", "receiver"], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "app", "receiver"], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if run_dcmtk("echoscu", "-aec", "PACSNODE", "127.0.0.1", str(port), timeout=10).returncode == 0:
+        if (
+            run_dcmtk("echoscu", "-aec", "PACSNODE", "127.0.0.1", str(port), timeout=10).returncode
+            == 0
+        ):
             return proc
         assert proc.poll() is None, "receiver exited during start-up"
         time.sleep(0.2)
@@ -50,7 +53,9 @@ def _start_receiver(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     raise AssertionError("receiver did not start")
 
 
-def _send_all(port: int, files: dict[str, Path], acknowledged: dict[str, Path]) -> list[threading.Thread]:
+def _send_all(
+    port: int, files: dict[str, Path], acknowledged: dict[str, Path]
+) -> list[threading.Thread]:
     sops = {path: sop for sop, path in files.items()}
     paths = list(files.values())
     lock = threading.Lock()
@@ -61,7 +66,9 @@ def _send_all(port: int, files: dict[str, Path], acknowledged: dict[str, Path]) 
     return threads
 
 
-def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_9_loses_no_acknowledged_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     data_dir, port = tmp_path / "data", free_port()
     data_dir.mkdir()
@@ -110,10 +117,10 @@ def _each_study_gets_exactly_one_job(data_dir: Path) -> None:
     and a second sweep (a restarted scheduler) plans nothing twice."""
     from datetime import timedelta
 
-    from node.config import load_settings
+    from core.config import load_settings
     from node.db.orm import Job, utcnow
-    from node.runtime import pipeline_definitions
     from node.scheduler import completion_sweep
+    from pipelines.spec import load_pipeline_configs
 
     routed = [{"name": "all-ct", "when": {"modality": ["CT"]}, "pipelines": ["demo-3d"],
                "destinations": []}]  # fmt: skip
@@ -121,7 +128,7 @@ def _each_study_gets_exactly_one_job(data_dir: Path) -> None:
                              routing=routed)  # fmt: skip
     db = Database(settings.effective_database_url)
     try:
-        planner = JobPlanner(settings, pipeline_definitions(settings))
+        planner = JobPlanner(settings, load_pipeline_configs(settings.pipelines_dir))
         later = utcnow() + timedelta(seconds=settings.completion.quiet_period_s + 1)
         assert len(completion_sweep(settings, db, planner, later)) == STUDIES
         assert completion_sweep(settings, db, planner, later + timedelta(seconds=5)) == []

@@ -102,7 +102,9 @@ def test_hand_built_file_meta_reads_back_with_pydicom() -> None:
     raw = make_instance()
     body = dataset_part(raw)
     original = pydicom.dcmread(BytesIO(raw))
-    meta = build_file_meta(original.SOPClassUID, original.SOPInstanceUID, "1.2.840.10008.1.2.1", "MODALITY1")
+    meta = build_file_meta(
+        original.SOPClassUID, original.SOPInstanceUID, "1.2.840.10008.1.2.1", "MODALITY1"
+    )
     ds = pydicom.dcmread(BytesIO(meta + body))
     assert ds.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"

@@ -11,8 +11,8 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 from sqlalchemy import func, select
 
-from node.__main__ import main
-from node.config import Settings
+from app.cli import main
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
 from node.ingest.importer import import_paths
@@ -56,7 +56,9 @@ def test_files_without_file_meta(sqlite_db: Database, settings: Settings, tmp_pa
     assert dataset_part(stored.read_bytes()) == bare.read_bytes()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mr-series-ge-adc").is_dir(), reason="../shared/data missing")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "mr-series-ge-adc").is_dir(), reason="../shared/data missing"
+)
 def test_cli_imports_real_series(settings: Settings, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     monkeypatch.setenv("PACSNODE_DATA_DIR", str(settings.data_dir))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance, OrthancPull, Study
 from node.db.repositories import audit

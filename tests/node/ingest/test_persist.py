@@ -8,11 +8,11 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Association, LateArrivalPolicy, StoreStatus, StudyState
 from node.db.engine import Database
 from node.db.orm import AuditEvent, Instance, Series, Study
 from node.db.repositories.instances import get_study, instance_path, list_instances
-from node.domain import Association, LateArrivalPolicy, StoreStatus, StudyState
 from node.ingest.persist import GroupCommitter, persist_instance
 from tests.node.ingest.helpers import dataset_part, make_instance, stored_files
 
@@ -32,7 +32,11 @@ def test_instance_is_stored_byte_identical_and_indexed(db: Database, settings: S
         study = get_study(session, outcome.study_instance_uid)
         assert study is not None
         assert (study.patient_name, study.modalities, study.instance_count) == ("Doe^Jane", "MR", 1)
-        assert (study.calling_ae, study.called_ae, study.peer_host) == ("MODALITY", "PACSNODE", "127.0.0.1")
+        assert (study.calling_ae, study.called_ae, study.peer_host) == (
+            "MODALITY",
+            "PACSNODE",
+            "127.0.0.1",
+        )
         assert study.state == StudyState.RECEIVING.value
         [inst] = list_instances(session, outcome.study_instance_uid)
         assert instance_path(settings, inst).read_bytes() == raw  # Part-10 input kept as is
@@ -41,10 +45,14 @@ def test_instance_is_stored_byte_identical_and_indexed(db: Database, settings: S
     assert not [p for p in settings.spool_dir.rglob("*") if p.name.endswith(".part")]
 
 
-def test_bare_dataset_gets_file_meta_and_identical_dataset(db: Database, settings: Settings) -> None:
+def test_bare_dataset_gets_file_meta_and_identical_dataset(
+    db: Database, settings: Settings
+) -> None:
     raw = make_instance()
     body = dataset_part(raw)
-    outcome = persist_instance(db, settings, body, SENDER, transfer_syntax_uid="1.2.840.10008.1.2.1")
+    outcome = persist_instance(
+        db, settings, body, SENDER, transfer_syntax_uid="1.2.840.10008.1.2.1"
+    )
     assert outcome.ok
     [path] = stored_files(settings)
     assert dataset_part(path.read_bytes()) == body
@@ -111,7 +119,9 @@ def test_same_instance_from_concurrent_associations_is_stored_once(
 
 
 @pytest.mark.parametrize("state", [StudyState.COMPLETE, StudyState.PROCESSED])
-def test_late_arrival_reprocess_reopens_study(db: Database, settings: Settings, state: StudyState) -> None:
+def test_late_arrival_reprocess_reopens_study(
+    db: Database, settings: Settings, state: StudyState
+) -> None:
     settings = settings.model_copy(update={"completion": settings.completion.model_copy(
         update={"late_arrival": LateArrivalPolicy.REPROCESS})})  # fmt: skip
     study = generate_uid()
@@ -143,7 +153,9 @@ def test_late_arrival_ignore_keeps_state(db: Database, settings: Settings) -> No
     assert _actions(db) == ["study.created", "study.late_instance"]
 
 
-def test_undecodable_instance_is_refused_and_nothing_stored(db: Database, settings: Settings) -> None:
+def test_undecodable_instance_is_refused_and_nothing_stored(
+    db: Database, settings: Settings
+) -> None:
     outcome = persist_instance(db, settings, make_instance()[:300], SENDER)
     assert outcome.status is StoreStatus.CANNOT_UNDERSTAND
     assert "declares" in outcome.reason or "truncated" in outcome.reason

@@ -11,7 +11,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
 from node.ingest.receiver_pool import start_receiver_pool

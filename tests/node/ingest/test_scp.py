@@ -22,7 +22,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
 
-from node.config import CallerAllowEntry, Settings
+from core.config import CallerAllowEntry, Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
 from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, parse_instance
@@ -66,7 +66,10 @@ def reference_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(100):
-        if run_dcmtk("echoscu", "-aec", "PACSNODE", "127.0.0.1", str(port), timeout=10).returncode == 0:
+        if (
+            run_dcmtk("echoscu", "-aec", "PACSNODE", "127.0.0.1", str(port), timeout=10).returncode
+            == 0
+        ):
             break
         time.sleep(0.1)
     yield port, out
@@ -108,11 +111,16 @@ def test_wrong_called_ae_is_rejected(receiver: ReceiverHandle) -> None:
     assert "Called AE Title Not Recognized" in result.stderr
 
 
-def test_calling_ae_allowlist(receiver_on: StartReceiver, sqlite_db: Database, settings: Settings) -> None:
+def test_calling_ae_allowlist(
+    receiver_on: StartReceiver, sqlite_db: Database, settings: Settings
+) -> None:
     allow = settings.model_copy(update={"allowed_callers": [
         CallerAllowEntry(ae_title="GOODMOD"), CallerAllowEntry(ae_title="FARAWAY", host="10.9.9.9")]})  # fmt: skip
     port = str(receiver_on(sqlite_db, allow).port)
-    assert run_dcmtk("echoscu", "-aet", "GOODMOD", "-aec", "PACSNODE", "127.0.0.1", port).returncode == 0
+    assert (
+        run_dcmtk("echoscu", "-aet", "GOODMOD", "-aec", "PACSNODE", "127.0.0.1", port).returncode
+        == 0
+    )
     for title in ("BADMOD", "FARAWAY"):  # unknown title; known title from the wrong host
         result = run_dcmtk("echoscu", "-aet", title, "-aec", "PACSNODE", "127.0.0.1", port)
         assert result.returncode != 0
@@ -121,7 +129,11 @@ def test_calling_ae_allowlist(receiver_on: StartReceiver, sqlite_db: Database, s
 
 @pytest.mark.parametrize(("name", "flag"), COMPRESSED)
 def test_storescu_transfer_syntaxes_stored_as_sent(
-    name: str, flag: str, receiver: ReceiverHandle, reference_scp: tuple[int, Path], settings: Settings
+    name: str,
+    flag: str,
+    receiver: ReceiverHandle,
+    reference_scp: tuple[int, Path],
+    settings: Settings,
 ) -> None:
     path = get_testdata_file(name)
     if path is None:
@@ -154,9 +166,14 @@ def test_data_sets_split_over_many_pdus_are_reassembled(
     assert ours == reference and len(ours) == 1
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mr-series-ge-adc").is_dir(), reason="../shared/data missing")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "mr-series-ge-adc").is_dir(), reason="../shared/data missing"
+)
 def test_storescu_folder_of_real_mr_series(
-    receiver: ReceiverHandle, reference_scp: tuple[int, Path], settings: Settings, sqlite_db: Database
+    receiver: ReceiverHandle,
+    reference_scp: tuple[int, Path],
+    settings: Settings,
+    sqlite_db: Database,
 ) -> None:
     folder = str(SHARED_DATA / "mr-series-ge-adc")
     ref_port, ref_dir = reference_scp
@@ -198,7 +215,9 @@ def test_pynetdicom_scu_sends_raw_files_on_both_backends(
         assert session.scalar(select(func.count()).select_from(Instance)) == len(paths)
 
 
-def test_max_associations(receiver_on: StartReceiver, sqlite_db: Database, settings: Settings) -> None:
+def test_max_associations(
+    receiver_on: StartReceiver, sqlite_db: Database, settings: Settings
+) -> None:
     handle = receiver_on(sqlite_db, settings.model_copy(update={"max_associations": 1}))
     ae = AE(ae_title="HOLDER")
     ae.requested_contexts = [build_context(Verification)]
@@ -286,6 +305,10 @@ def test_result_and_multiframe_sop_classes_and_htj2k(
     assoc.release()
     assert statuses == [0] * len(files)
     with sqlite_db.read() as session:
-        stored = dict(session.execute(select(Instance.sop_class_uid, Instance.transfer_syntax_uid)).tuples().all())
+        stored = dict(
+            session.execute(select(Instance.sop_class_uid, Instance.transfer_syntax_uid))
+            .tuples()
+            .all()
+        )
     assert set(NON_IMAGE_AND_MULTIFRAME) <= set(stored)
     assert stored[htj2k.SOPClassUID] == "1.2.840.10008.1.2.4.201"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from node.config import Settings, TLSSettings
+from core.config import Settings, TLSSettings
 from node.db.engine import Database
 from node.db.orm import Instance
 from tests.node.ingest.conftest import StartReceiver
@@ -18,7 +18,9 @@ from tests.node.ingest.helpers import make_instance, needs_dcmtk, run_dcmtk
 pytestmark = [
     needs_dcmtk,
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI needed to make certificates"),
+    pytest.mark.skipif(
+        shutil.which("openssl") is None, reason="openssl CLI needed to make certificates"
+    ),
 ]
 
 
@@ -57,7 +59,9 @@ def test_storescu_over_tls_with_client_certificate(
     client = ["+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")]
     echo = run_dcmtk("echoscu", *client, "-aec", "PACSNODE", "127.0.0.1", str(handle.port))
     assert echo.returncode == 0, echo.stderr
-    store = run_dcmtk("storescu", *client, "-aec", "PACSNODE", "127.0.0.1", str(handle.port), str(instance))
+    store = run_dcmtk(
+        "storescu", *client, "-aec", "PACSNODE", "127.0.0.1", str(handle.port), str(instance)
+    )
     assert store.returncode == 0, store.stderr
     with sqlite_db.read() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
@@ -74,7 +78,10 @@ def test_client_without_certificate_is_refused_when_required(
     assert plain.returncode != 0
     # the listener still serves a proper client afterwards
     client = ["+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")]
-    assert run_dcmtk("echoscu", *client, "-aec", "PACSNODE", "127.0.0.1", str(handle.port)).returncode == 0
+    assert (
+        run_dcmtk("echoscu", *client, "-aec", "PACSNODE", "127.0.0.1", str(handle.port)).returncode
+        == 0
+    )
 
 
 def test_server_only_tls(

@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import JobState, SeriesFacts, StudyState
 from node.db.engine import Database
 from node.db.orm import AuditEvent, Job, Study, utcnow
 from node.db.repositories import audit
-from node.domain import JobState, SeriesFacts, StudyState
 from node.grouping.completion import force_complete
 from node.jobs import queue
 from node.jobs.planning import JobPlanner
@@ -51,7 +51,9 @@ def sweep(settings: Settings, db: Database, seconds_later: float = 60.0) -> list
     )
 
 
-def test_completion_creates_one_job_per_pipeline_exactly_once(settings: Settings, db: Database) -> None:
+def test_completion_creates_one_job_per_pipeline_exactly_once(
+    settings: Settings, db: Database
+) -> None:
     add_study(db, "1.1")
     add_study(db, "1.2", modality="CR")
     assert sweep(settings, db, seconds_later=1) == []  # quiet period not over
@@ -64,7 +66,9 @@ def test_completion_creates_one_job_per_pipeline_exactly_once(settings: Settings
         assert audit.query(s, action="study.completed")
 
 
-def test_study_without_matching_pipeline_is_processed_at_once(settings: Settings, db: Database) -> None:
+def test_study_without_matching_pipeline_is_processed_at_once(
+    settings: Settings, db: Database
+) -> None:
     add_study(db, "9.9", modality="SR")
     sweep(settings, db)
     with db.read() as s:
@@ -159,7 +163,10 @@ def test_expired_lease_requeues_and_fences_the_old_worker(settings: Settings, db
         queue.mark_succeeded(s, job, "alive", later, {"top_class": "normal"}, "ok")
     with db.read() as s:
         assert s.scalar(select(Study.state)) == "processed"
-        assert s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "job.succeeded")) == 1
+        assert (
+            s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "job.succeeded"))
+            == 1
+        )
 
 
 def test_release_on_shutdown_does_not_count_the_attempt(settings: Settings, db: Database) -> None:

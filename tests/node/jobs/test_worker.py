@@ -16,10 +16,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import ArtifactKind
 from node.db.engine import Database
 from node.db.orm import Artifact, Instance, Job, utcnow
-from node.domain import ArtifactKind
 from node.jobs import queue
 from node.jobs.planning import JobPlanner
 from node.jobs.worker import NonRetryableError, Worker
@@ -54,11 +54,17 @@ class StubPipeline:
         series = study.series[0]
         ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
         return PipelineResult(
-            pipeline_name=self.name, pipeline_version=self.version,
+            pipeline_name=self.name,
+            pipeline_version=self.version,
             study_instance_uid=study.study_instance_uid,
-            series_instance_uid=series.series_instance_uid, modality=series.modality,
-            source_frames=(SourceFrame(ds.SOPClassUID, ds.SOPInstanceUID, series.series_instance_uid),),
-            pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=None, model_runs=(),
+            series_instance_uid=series.series_instance_uid,
+            modality=series.modality,
+            source_frames=(
+                SourceFrame(ds.SOPClassUID, ds.SOPInstanceUID, series.series_instance_uid),
+            ),
+            pixel_spacing_mm=(1.0, 1.0),
+            slice_thickness_mm=None,
+            model_runs=(),
         )
 
 
@@ -70,12 +76,24 @@ class Pipelines:
         return self.pipeline
 
 
-def producer(result: PipelineResult, sources: list[Any], options: Any, out_dir: Path) -> list[Produced]:
-    assert len(sources) == 1 and sources[0].SOPInstanceUID == result.source_frames[0].sop_instance_uid
+def producer(
+    result: PipelineResult, sources: list[Any], options: Any, out_dir: Path
+) -> list[Produced]:
+    assert (
+        len(sources) == 1 and sources[0].SOPInstanceUID == result.source_frames[0].sop_instance_uid
+    )
     path = out_dir / "sr.dcm"
     path.write_bytes(b"not really an SR")
-    return [Produced(ArtifactKind.SR, path, "1.2.840.10008.5.1.4.1.1.88.34",
-                     f"{result.study_instance_uid}.99", "9.9", path.stat().st_size)]
+    return [
+        Produced(
+            ArtifactKind.SR,
+            path,
+            "1.2.840.10008.5.1.4.1.1.88.34",
+            f"{result.study_instance_uid}.99",
+            "9.9",
+            path.stat().st_size,
+        )
+    ]
 
 
 @pytest.fixture
@@ -89,17 +107,24 @@ def study_on_disk(settings: Settings, db: Database) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(src.read_bytes())
         inst.sop_instance_uid = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
-    completion_sweep(settings, db, JobPlanner(settings, {"demo-3d": PIPES["demo-3d"]}),
-                     utcnow() + timedelta(seconds=60))
+    completion_sweep(
+        settings,
+        db,
+        JobPlanner(settings, {"demo-3d": PIPES["demo-3d"]}),
+        utcnow() + timedelta(seconds=60),
+    )
     return "1.5"
 
 
-def make_worker(settings: Settings, db: Database, pipeline: StubPipeline, planned: list[Any]) -> Worker:
+def make_worker(
+    settings: Settings, db: Database, pipeline: StubPipeline, planned: list[Any]
+) -> Worker:
     def plan(session: Any, job: Job, destinations: Any, held: bool) -> None:
         planned.append((job.id, [a.kind for a in job.artifacts], held))
 
-    worker = Worker(settings, db, Pipelines(pipeline), worker_id="w1", producer=producer,
-                    delivery_planner=plan)
+    worker = Worker(
+        settings, db, Pipelines(pipeline), worker_id="w1", producer=producer, delivery_planner=plan
+    )
     return worker
 
 
@@ -122,7 +147,9 @@ def test_success_records_artifacts_deliveries_and_summary(
         assert job.summary["finding_count"] == 0 and "attempt 1" in job.log
         job_id = job.id
         art = s.scalar(select(Artifact))
-        assert art is not None and art.kind == "sr" and art.path.startswith("results/1.5/demo-3d/v1/")
+        assert (
+            art is not None and art.kind == "sr" and art.path.startswith("results/1.5/demo-3d/v1/")
+        )
     assert planned == [(job_id, ["sr"], False)]
 
 
@@ -139,7 +166,9 @@ def test_retryable_failure_requeues_and_keeps_the_traceback(
 def test_non_retryable_failure_fails_at_once(
     settings: Settings, db: Database, study_on_disk: str
 ) -> None:
-    run_one(make_worker(settings, db, StubPipeline(fail_with=NonRetryableError("no series fits")), []))
+    run_one(
+        make_worker(settings, db, StubPipeline(fail_with=NonRetryableError("no series fits")), [])
+    )
     with db.read() as s:
         job = s.scalar(select(Job))
         assert job is not None and job.state == "failed" and job.attempts == 1

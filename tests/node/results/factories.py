@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from node.domain import CodedConcept, Severity
+from core.domain import CodedConcept, Severity
 from node.results.uids import deterministic_uid
 from pipelines.result import (
     ClassificationOutput,

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.produce import OutputOptions, ProducedObject, produce_results
 from tests.conftest import free_port
 from tests.node.results.conftest import SOURCE_KINDS, load_sources

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.produce import (
     OutputOptions,
     ProducedObject,

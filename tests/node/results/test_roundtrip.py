@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.domain import ArtifactKind
+from core.domain import ArtifactKind
 from node.results.exports import findings_csv, masks_zip, pdfs_zip, result_json
 from node.results.produce import OutputOptions, produce_results
 from node.results.store import load_result, save_result
@@ -159,7 +159,9 @@ def test_cr_monochrome1_two_dimensional(tmp_path: Path) -> None:
     assert segments, "segment findings cite their SEG frame"
     for group in segments:
         image = next(
-            i for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121214"
+            i
+            for i in group[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == "121214"
         )
         ref = image.ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == objects[ArtifactKind.SEG].sop_instance_uid

@@ -30,7 +30,9 @@ def _testfile(name: str) -> Path:
 
 def _series(*paths: Path) -> SourceSeries:
     ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    return SourceSeries(str(ds.SeriesInstanceUID), str(ds.Modality), str(ds.SOPClassUID), tuple(paths))
+    return SourceSeries(
+        str(ds.SeriesInstanceUID), str(ds.Modality), str(ds.SOPClassUID), tuple(paths)
+    )
 
 
 class _CardIntensity:
@@ -94,19 +96,33 @@ def test_pipeline_window_matches_pydicom_windowing() -> None:
     ds.WindowCenter, ds.WindowWidth = 40, 400
     ds.VOILUTFunction = "LINEAR"
     decoded = decode_series(_series(path))
-    ours = grey_image(decoded, _CardIntensity(),
-                      PreprocessingSpec(voi="pipeline", window=Window(center=40, width=400)), True)
+    ours = grey_image(
+        decoded,
+        _CardIntensity(),
+        PreprocessingSpec(voi="pipeline", window=Window(center=40, width=400)),
+        True,
+    )
     hu = apply_modality_lut(ds.pixel_array, ds)
     theirs = apply_windowing(hu, ds)  # output range: the stored range after rescale
     bits = int(ds.BitsStored)
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation else (0, 2**bits - 1)
+    low, high = (
+        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation else (0, 2**bits - 1)
+    )
     slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
     low, high = low * slope + intercept, high * slope + intercept
     np.testing.assert_allclose(ours[0], (theirs - low) / (high - low), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["SC_rgb.dcm", "SC_rgb_rle.dcm", "SC_ybr_full_uncompressed.dcm",
-                                  "US1_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb.dcm",
+        "SC_rgb_rle.dcm",
+        "SC_ybr_full_uncompressed.dcm",
+        "US1_J2KR.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+    ],
+)
 def test_colour_sources_become_rgb_in_unit_range(name: str) -> None:
     path = _testfile(name)
     ds = pydicom.dcmread(path)
@@ -151,8 +167,10 @@ def test_real_mr_series_stacks_along_the_normal_whatever_the_file_order() -> Non
     assert decoded.slice_spacing_mm == pytest.approx(3.0, abs=0.01)
     assert decoded.pixel_spacing_mm == pytest.approx((0.7031, 0.7031))
     datasets = [pydicom.dcmread(p) for p in files]
-    normal = np.cross(np.asarray(datasets[0].ImageOrientationPatient[:3], float),
-                      np.asarray(datasets[0].ImageOrientationPatient[3:], float))
+    normal = np.cross(
+        np.asarray(datasets[0].ImageOrientationPatient[:3], float),
+        np.asarray(datasets[0].ImageOrientationPatient[3:], float),
+    )
     datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
     expected_uids = [d.SOPInstanceUID for d in datasets]
     assert [f.sop_instance_uid for f in decoded.source_frames] == expected_uids

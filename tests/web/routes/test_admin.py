@@ -12,8 +12,12 @@ from tests.web.processed import ProcessedStudy
 def test_create_user_prints_password_once_and_role_changes(console: Console) -> None:
     admin = console.login("admin1")
     token = csrf_of(admin, "/admin/users")
-    assert admin.post("/admin/users", data={"csrf_token": token, "username": "dr.who",
-                                            "role": "radiologist"}).status_code == 303
+    assert (
+        admin.post(
+            "/admin/users", data={"csrf_token": token, "username": "dr.who", "role": "radiologist"}
+        ).status_code
+        == 303
+    )
     page = admin.get("/admin/users").text
     password = re.search(r"Password for dr.who \(shown once\): (\S+)<", page)
     assert password, page
@@ -36,34 +40,50 @@ def test_create_user_prints_password_once_and_role_changes(console: Console) -> 
 def test_api_token_created_in_console_works_once_shown(console: Console) -> None:
     admin = console.login("admin1")
     token = csrf_of(admin, "/admin/tokens")
-    admin.post("/admin/tokens", data={"csrf_token": token, "name": "script", "owner": "viewer1",
-                                      "scopes": ["read"]})
-    secret = re.search(r"Token \S*script\S* \(shown once\): ([\w-]+)", admin.get("/admin/tokens").text)
+    admin.post(
+        "/admin/tokens",
+        data={"csrf_token": token, "name": "script", "owner": "viewer1", "scopes": ["read"]},
+    )
+    secret = re.search(
+        r"Token \S*script\S* \(shown once\): ([\w-]+)", admin.get("/admin/tokens").text
+    )
     assert secret
     api = console.client()
-    assert api.get("/api/jobs", headers={"Authorization": f"Bearer {secret.group(1)}"}).status_code == 200
+    assert (
+        api.get("/api/jobs", headers={"Authorization": f"Bearer {secret.group(1)}"}).status_code
+        == 200
+    )
 
 
 def test_destination_test_button_pings_folder(processed: tuple[Console, ProcessedStudy]) -> None:
     console, _ = processed
     admin = console.login("admin1")
     token = csrf_of(admin, "/admin/destinations")
-    assert admin.post("/admin/destinations/archive/test", data={"csrf_token": token}).status_code == 303
+    assert (
+        admin.post("/admin/destinations/archive/test", data={"csrf_token": token}).status_code
+        == 303
+    )
     page = admin.get("/admin/destinations").text
     assert "archive: OK" in page
-    assert admin.post("/admin/destinations/nope/test", data={"csrf_token": token}).status_code == 404
+    assert (
+        admin.post("/admin/destinations/nope/test", data={"csrf_token": token}).status_code == 404
+    )
 
 
 def test_allowlist_is_validated_and_stored(console: Console) -> None:
     admin = console.login("admin1")
     token = csrf_of(admin, "/admin/destinations")
-    bad = admin.post("/admin/allowlist", data={"csrf_token": token, "entries": "WAY_TOO_LONG_AE_TITLE_X"})
+    bad = admin.post(
+        "/admin/allowlist", data={"csrf_token": token, "entries": "WAY_TOO_LONG_AE_TITLE_X"}
+    )
     assert bad.status_code == 400
     admin.post("/admin/allowlist", data={"csrf_token": token, "entries": "CT1\nMR2@10.0.0.5\n"})
     with console.db.read() as session:
         row = session.get(ConfigOverride, "allowed_callers")
         assert row is not None and row.value["entries"] == [
-            {"ae_title": "CT1", "host": None}, {"ae_title": "MR2", "host": "10.0.0.5"}]
+            {"ae_title": "CT1", "host": None},
+            {"ae_title": "MR2", "host": "10.0.0.5"},
+        ]
     assert "MR2@10.0.0.5" in admin.get("/admin/destinations").text
 
 
@@ -89,15 +109,25 @@ def test_pipeline_overrides_are_validated_and_applied(console: Console) -> None:
     page = admin.get("/admin/pipelines")
     assert "demo-2d" in page.text and "demo-seg-unet" in page.text
     token = csrf_of(admin, "/admin/pipelines")
-    bad = admin.post("/admin/pipelines/demo-2d", data={
-        "csrf_token": token, "enabled": "on", "segmentation.threshold": "1.5"})
+    bad = admin.post(
+        "/admin/pipelines/demo-2d",
+        data={"csrf_token": token, "enabled": "on", "segmentation.threshold": "1.5"},
+    )
     assert bad.status_code == 400
-    bad_device = admin.post("/admin/pipelines/demo-2d", data={
-        "csrf_token": token, "segmentation.demo-seg-unet.device": "tpu"})
+    bad_device = admin.post(
+        "/admin/pipelines/demo-2d",
+        data={"csrf_token": token, "segmentation.demo-seg-unet.device": "tpu"},
+    )
     assert bad_device.status_code == 400
-    ok = admin.post("/admin/pipelines/demo-2d", data={
-        "csrf_token": token, "classification.threshold": "0.6",
-        "segmentation.demo-seg-unet.device": "cpu", "segmentation.demo-seg-unet.weight": "0.8"})
+    ok = admin.post(
+        "/admin/pipelines/demo-2d",
+        data={
+            "csrf_token": token,
+            "classification.threshold": "0.6",
+            "segmentation.demo-seg-unet.device": "cpu",
+            "segmentation.demo-seg-unet.weight": "0.8",
+        },
+    )
     assert ok.status_code == 303  # "enabled" unticked: the pipeline is switched off
     pipelines = {p["name"]: p for p in admin.get("/api/pipelines").json()}
     demo = pipelines["demo-2d"]
@@ -105,5 +135,7 @@ def test_pipeline_overrides_are_validated_and_applied(console: Console) -> None:
     unet = next(m for m in demo["members"]["segmentation"] if m["model"] == "demo-seg-unet")
     assert unet["device"] == "cpu" and unet["weight"] == 0.8 / 1.3
     assert demo["classes"]["classification"]  # class names read from the model cards
-    assert admin.post("/admin/pipelines/demo-2d/reset", data={"csrf_token": token}).status_code == 303
+    assert (
+        admin.post("/admin/pipelines/demo-2d/reset", data={"csrf_token": token}).status_code == 303
+    )
     assert {p["name"]: p for p in admin.get("/api/pipelines").json()}["demo-2d"]["enabled"] is True

@@ -11,7 +11,9 @@ def _token(console: Console, username: str, scopes: list[str]) -> dict[str, str]
     with console.db.write() as session:
         user = user_repo.get_by_username(session, username)
         assert user is not None
-        user_repo.create_api_token(session, user, "test", f"tok-{username}-{'-'.join(scopes)}", scopes)
+        user_repo.create_api_token(
+            session, user, "test", f"tok-{username}-{'-'.join(scopes)}", scopes
+        )
     return {"Authorization": f"Bearer tok-{username}-{'-'.join(scopes)}"}
 
 
@@ -40,7 +42,9 @@ def test_bearer_token_reads_studies_and_results(processed: tuple[Console, Proces
     assert client.get("/api/studies/1.2.3/results", headers=headers).status_code == 404
 
 
-def test_bad_revoked_and_unscoped_tokens_are_refused(processed: tuple[Console, ProcessedStudy]) -> None:
+def test_bad_revoked_and_unscoped_tokens_are_refused(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
     console, _ = processed
     client = console.client()
     assert client.get("/api/studies", headers={"Authorization": "Bearer nope"}).status_code == 401

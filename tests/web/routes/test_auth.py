@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
 
-from node.config import Settings, load_settings
+from core.config import Settings, load_settings
 from node.db.engine import Database
 from node.db.orm import AuditEvent, PasswordResetToken, User, utcnow
 from tests.conftest import free_port
@@ -31,8 +31,12 @@ def test_login_sets_httponly_samesite_cookie_and_records_last_login(console: Con
 
 
 def test_secure_cookie_setting_marks_cookie_secure(settings: Settings, sqlite_db: Database) -> None:
-    secure = make_console(settings.model_copy(update={"web": settings.web.model_copy(
-        update={"secure_cookies": True})}), sqlite_db)
+    secure = make_console(
+        settings.model_copy(
+            update={"web": settings.web.model_copy(update={"secure_cookies": True})}
+        ),
+        sqlite_db,
+    )
     response = login(secure.client(), "viewer1")
     assert "secure" in response.headers["set-cookie"].lower()
 
@@ -62,13 +66,17 @@ def test_unknown_user_costs_a_hash_like_a_known_one(
         client = console.client()
         token = csrf_of(client)
         start = time.perf_counter()
-        client.post("/login", data={"username": username, "password": "x" * 12, "csrf_token": token})
+        client.post(
+            "/login", data={"username": username, "password": "x" * 12, "csrf_token": token}
+        )
         return time.perf_counter() - start
 
     known = min(timed("viewer1") for _ in range(3))
     unknown = min(timed("ghost") for _ in range(3))
-    print(f"\nlogin POST, production argon2: known user {known * 1000:.0f} ms, "
-          f"unknown user {unknown * 1000:.0f} ms")
+    print(
+        f"\nlogin POST, production argon2: known user {known * 1000:.0f} ms, "
+        f"unknown user {unknown * 1000:.0f} ms"
+    )
     assert unknown > known * 0.5, (known, unknown)
 
 
@@ -76,8 +84,9 @@ def test_post_without_or_with_wrong_csrf_token_is_refused(console: Console) -> N
     client = console.client()
     csrf_of(client)
     missing = client.post("/login", data={"username": "viewer1", "password": PASSWORD})
-    wrong = client.post("/login", data={"username": "viewer1", "password": PASSWORD,
-                                        "csrf_token": "forged"})
+    wrong = client.post(
+        "/login", data={"username": "viewer1", "password": PASSWORD, "csrf_token": "forged"}
+    )
     assert missing.status_code == wrong.status_code == 403
     assert "CSRF" in missing.text
     admin = console.login("admin1")
@@ -126,8 +135,15 @@ def test_idle_session_expires(console: Console, monkeypatch: pytest.MonkeyPatch)
 def test_open_redirect_after_login_is_refused(console: Console) -> None:
     client = console.client()
     token = csrf_of(client)
-    response = client.post("/login", data={"username": "viewer1", "password": PASSWORD,
-                                           "csrf_token": token, "next": "https://evil.test/"})
+    response = client.post(
+        "/login",
+        data={
+            "username": "viewer1",
+            "password": PASSWORD,
+            "csrf_token": token,
+            "next": "https://evil.test/",
+        },
+    )
     assert response.headers["location"] == "/"
 
 
@@ -162,8 +178,11 @@ def smtp_sink() -> Iterator[tuple[int, _Sink]]:
 def _reset_via_mail(console: Console, sink: _Sink, username: str) -> str:
     client = console.client()
     token = csrf_of(client, "/password/forgot")
-    response = client.post("/password/forgot", data={"login": username, "csrf_token": token},
-                           headers={"Host": "evil.example"})
+    response = client.post(
+        "/password/forgot",
+        data={"login": username, "csrf_token": token},
+        headers={"Host": "evil.example"},
+    )
     assert response.status_code == 200
     for _ in range(50):
         if sink.messages:
@@ -183,15 +202,20 @@ def _set_password(console: Console, token: str, password: str):  # type: ignore[
     if page.status_code != 200:
         return page
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-    return client.post("/password/reset", data={"token": token, "password": password,
-                                                "password2": password, "csrf_token": csrf})
+    return client.post(
+        "/password/reset",
+        data={"token": token, "password": password, "password2": password, "csrf_token": csrf},
+    )
 
 
-def test_reset_by_mail_is_single_use(settings: Settings, sqlite_db: Database,
-                                     smtp_sink: tuple[int, _Sink]) -> None:
+def test_reset_by_mail_is_single_use(
+    settings: Settings, sqlite_db: Database, smtp_sink: tuple[int, _Sink]
+) -> None:
     port, sink = smtp_sink
-    with_smtp = load_settings(None, **{**settings.model_dump(exclude={"smtp"}),
-                                       "smtp": {"host": "127.0.0.1", "port": port}})
+    with_smtp = load_settings(
+        None,
+        **{**settings.model_dump(exclude={"smtp"}), "smtp": {"host": "127.0.0.1", "port": port}},
+    )
     console = make_console(with_smtp, sqlite_db)
     other = console.login("viewer1")  # a session open before the reset is signed out by it
     token = _reset_via_mail(console, sink, "viewer1")
@@ -204,11 +228,14 @@ def test_reset_by_mail_is_single_use(settings: Settings, sqlite_db: Database,
     assert again.status_code == 400 and "already used" in again.text
 
 
-def test_reset_token_expires(settings: Settings, sqlite_db: Database,
-                             smtp_sink: tuple[int, _Sink]) -> None:
+def test_reset_token_expires(
+    settings: Settings, sqlite_db: Database, smtp_sink: tuple[int, _Sink]
+) -> None:
     port, sink = smtp_sink
-    with_smtp = load_settings(None, **{**settings.model_dump(exclude={"smtp"}),
-                                       "smtp": {"host": "127.0.0.1", "port": port}})
+    with_smtp = load_settings(
+        None,
+        **{**settings.model_dump(exclude={"smtp"}), "smtp": {"host": "127.0.0.1", "port": port}},
+    )
     console = make_console(with_smtp, sqlite_db)
     token = _reset_via_mail(console, sink, "radiologist1@example.test")
     with console.db.write() as session:
@@ -228,8 +255,10 @@ def test_without_smtp_an_admin_issues_a_reset_link(console: Console) -> None:
     with console.db.read() as session:
         viewer_id = session.query(User).filter_by(username="viewer1").one().id
     csrf = csrf_of(admin, "/admin/users")
-    assert admin.post(f"/admin/users/{viewer_id}/reset-link",
-                      data={"csrf_token": csrf}).status_code == 303
+    assert (
+        admin.post(f"/admin/users/{viewer_id}/reset-link", data={"csrf_token": csrf}).status_code
+        == 303
+    )
     page = admin.get("/admin/users").text
     link = re.search(r"/password/reset\?token=([\w-]+)", page)
     assert link, page
@@ -237,17 +266,23 @@ def test_without_smtp_an_admin_issues_a_reset_link(console: Console) -> None:
     assert login(console.client(), "viewer1", "chosen by the user").status_code == 303
 
 
-def test_self_registration_when_enabled_creates_a_viewer(settings: Settings, sqlite_db: Database) -> None:
-    open_node = settings.model_copy(update={"web": settings.web.model_copy(
-        update={"self_registration": True})})
+def test_self_registration_when_enabled_creates_a_viewer(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    open_node = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"self_registration": True})}
+    )
     console = make_console(open_node, sqlite_db)
     client = console.client()
     token = csrf_of(client, "/register")
-    short = client.post("/register", data={"csrf_token": token, "username": "newbie",
-                                           "password": "short"})
+    short = client.post(
+        "/register", data={"csrf_token": token, "username": "newbie", "password": "short"}
+    )
     assert short.status_code == 400 and "at least" in short.text
-    ok = client.post("/register", data={"csrf_token": token, "username": "newbie",
-                                        "password": "long enough secret"})
+    ok = client.post(
+        "/register",
+        data={"csrf_token": token, "username": "newbie", "password": "long enough secret"},
+    )
     assert ok.status_code == 303
     with console.db.read() as session:
         assert session.query(User).filter_by(username="newbie").one().role == "viewer"
@@ -256,10 +291,14 @@ def test_self_registration_when_enabled_creates_a_viewer(settings: Settings, sql
 def test_change_own_password_keeps_this_session(console: Console) -> None:
     client = console.login("viewer1")
     token = csrf_of(client, "/account")
-    wrong = client.post("/account/password", data={"csrf_token": token, "current": "nope",
-                                                   "password": "another long secret"})
+    wrong = client.post(
+        "/account/password",
+        data={"csrf_token": token, "current": "nope", "password": "another long secret"},
+    )
     assert wrong.status_code == 400
-    ok = client.post("/account/password", data={"csrf_token": token, "current": PASSWORD,
-                                                "password": "another long secret"})
+    ok = client.post(
+        "/account/password",
+        data={"csrf_token": token, "current": PASSWORD, "password": "another long secret"},
+    )
     assert ok.status_code == 303 and client.get("/").status_code == 200
     assert login(console.client(), "viewer1", "another long secret").status_code == 303

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance, OrthancPull
 from tests.conftest import SHARED_DATA
@@ -57,7 +57,9 @@ def test_hook_queues_and_pulls_the_study(
             f"{orthanc.url}/instances", content=path.read_bytes(), timeout=10
         ).json()
     client = TestClient(create_app(app_settings(settings, orthanc.url), sqlite_db))
-    client.post("/api/hooks/orthanc", json={"study_id": "0"}, headers={SECRET_HEADER: "no"})  # warm-up
+    client.post(
+        "/api/hooks/orthanc", json={"study_id": "0"}, headers={SECRET_HEADER: "no"}
+    )  # warm-up
     started = time.monotonic()
     response = client.post(
         "/api/hooks/orthanc",

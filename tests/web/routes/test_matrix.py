@@ -28,7 +28,12 @@ MATRIX: list[tuple[str, str, str, dict[str, str]]] = [
     ("GET", "/password/forgot", PUBLIC, {}),
     ("POST", "/password/forgot", PUBLIC, {"login": "ghost"}),
     ("GET", "/password/reset", PUBLIC, {}),
-    ("POST", "/password/reset", PUBLIC, {"token": "bad", "password": "x" * 12, "password2": "x" * 12}),
+    (
+        "POST",
+        "/password/reset",
+        PUBLIC,
+        {"token": "bad", "password": "x" * 12, "password2": "x" * 12},
+    ),
     ("GET", "/register", PUBLIC, {}),
     ("POST", "/register", PUBLIC, {"username": "new", "password": "x" * 12}),
     ("GET", "/api/health", PUBLIC, {}),
@@ -77,20 +82,39 @@ MATRIX: list[tuple[str, str, str, dict[str, str]]] = [
     ("GET", "/admin/audit", ADMIN, {}),
 ]
 # public routes answer the same to everyone (bad input on purpose; no SMTP; registration off)
-PUBLIC_STATUS = {("POST", "/login"): 401, ("POST", "/password/forgot"): 400,
-                 ("GET", "/password/reset"): 400, ("POST", "/password/reset"): 400,
-                 ("GET", "/register"): 404, ("POST", "/register"): 404}
+PUBLIC_STATUS = {
+    ("POST", "/login"): 401,
+    ("POST", "/password/forgot"): 400,
+    ("GET", "/password/reset"): 400,
+    ("POST", "/password/reset"): 400,
+    ("GET", "/register"): 404,
+    ("POST", "/register"): 404,
+}
 SKIP_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/api/hooks/orthanc"}
 
 
 def _params(study: ProcessedStudy) -> dict[str, str]:
-    return {"study_uid": study.study_uid, "artifact_id": "1", "job_id": str(study.job_id),
-            "which": "json", "index": "3", "delivery_id": "1", "user_id": "2", "token_id": "1",
-            "name": "archive"}
+    return {
+        "study_uid": study.study_uid,
+        "artifact_id": "1",
+        "job_id": str(study.job_id),
+        "which": "json",
+        "index": "3",
+        "delivery_id": "1",
+        "user_id": "2",
+        "token_id": "1",
+        "name": "archive",
+    }
 
 
-def _call(console: Console, role: str | None, method: str, template: str, data: dict[str, str],
-          study: ProcessedStudy) -> int:
+def _call(
+    console: Console,
+    role: str | None,
+    method: str,
+    template: str,
+    data: dict[str, str],
+    study: ProcessedStudy,
+) -> int:
     client = console.login(role + "1") if role else console.client()
     csrf = csrf_of(client, "/login" if role is None else "/account")
     path = template.format(**_params(study))
@@ -100,8 +124,11 @@ def _call(console: Console, role: str | None, method: str, template: str, data: 
     if path.startswith("/admin/pipelines/") and path.count("/") == 3:
         path = "/admin/pipelines/not-a-pipeline"  # no pipelines installed in tests: 404 is fine
     if path == "/studies/upload":
-        return client.post(path, data={"csrf_token": csrf},
-                           files={"files": ("x.txt", b"not an image", "text/plain")}).status_code
+        return client.post(
+            path,
+            data={"csrf_token": csrf},
+            files={"files": ("x.txt", b"not an image", "text/plain")},
+        ).status_code
     return client.post(path, data={**form, "csrf_token": csrf}).status_code
 
 
@@ -111,8 +138,10 @@ def test_matrix_lists_every_route(processed: tuple[Console, ProcessedStudy]) -> 
     routes = {
         (method, route.path)
         for module in (admin, api, auth, dashboard, review, studies)
-        for route in module.router.routes if isinstance(route, APIRoute)
-        for method in route.methods if route.path not in SKIP_ROUTES
+        for route in module.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+        if route.path not in SKIP_ROUTES
     }
     listed = {(m, p) for m, p, _, _ in MATRIX}
     assert routes == listed, f"unlisted: {routes - listed}; stale: {listed - routes}"

@@ -49,7 +49,10 @@ def test_approve_releases_held_delivery_which_is_then_sent(
     console, study = processed
     viewer = console.login("viewer1")
     token = csrf_of(viewer, f"/review/{study.job_id}")
-    assert viewer.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code == 403
+    assert (
+        viewer.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code
+        == 403
+    )
     client = console.login("radiologist1")
     token = csrf_of(client, f"/review/{study.job_id}")
     response = client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token})
@@ -68,22 +71,30 @@ def test_approve_releases_held_delivery_which_is_then_sent(
     assert again.status_code == 409
 
 
-def test_reject_needs_a_reason_and_cancels_delivery(processed: tuple[Console, ProcessedStudy]) -> None:
+def test_reject_needs_a_reason_and_cancels_delivery(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
     console, study = processed
     client = console.login("radiologist1")
     token = csrf_of(client, f"/review/{study.job_id}")
-    no_reason = client.post(f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": " "})
+    no_reason = client.post(
+        f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": " "}
+    )
     assert no_reason.status_code == 400 and "reason" in no_reason.text
-    response = client.post(f"/review/{study.job_id}/reject",
-                           data={"csrf_token": token, "reason": "boundary wrong"})
+    response = client.post(
+        f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": "boundary wrong"}
+    )
     assert response.status_code == 303
-    comment = client.post(f"/review/{study.job_id}/comment",
-                          data={"csrf_token": token, "text": "see prior"})
+    comment = client.post(
+        f"/review/{study.job_id}/comment", data={"csrf_token": token, "text": "see prior"}
+    )
     assert comment.status_code == 303
     with console.db.read() as session:
         assert [d.state for d in session.query(Delivery).all()] == ["cancelled"]
         assert [(r.decision, r.reason) for r in session.query(Review).order_by(Review.id)] == [
-            ("rejected", "boundary wrong"), ("comment", "see prior")]
+            ("rejected", "boundary wrong"),
+            ("comment", "see prior"),
+        ]
 
 
 def test_study_page_and_downloads(processed: tuple[Console, ProcessedStudy]) -> None:
@@ -138,6 +149,9 @@ def test_approve_and_dispatch_on_both_backends(settings, db, tmp_path) -> None: 
     console = make_console(full, db)
     client = console.login("admin1")
     token = csrf_of(client, f"/review/{study.job_id}")
-    assert client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code == 303
+    assert (
+        client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token}).status_code
+        == 303
+    )
     assert Dispatcher(full, db).run_once() == 1
     assert "archive: delivered" in client.get(f"/studies/{study.study_uid}").text

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from PIL import Image
 
-from node.config import Settings
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Study, utcnow
 from tests.web.conftest import Console, csrf_of, make_console
@@ -18,13 +18,18 @@ from tests.web.conftest import Console, csrf_of, make_console
 def _studies(db: Database, n: int) -> None:
     with db.write() as session:
         for i in range(n):
-            session.add(Study(
-                study_instance_uid=f"1.2.826.0.1.3680043.99.{i}", patient_id=f"PID{i:03d}",
-                patient_name=f"Doe^Jane{i:03d}" if i % 2 else f"Roe^Rick{i:03d}",
-                accession_number=f"ACC{i:03d}", study_date=f"202401{(i % 28) + 1:02d}",
-                modalities="CT" if i % 3 else "MR", state="processed" if i % 4 else "receiving",
-                last_received_at=utcnow() - timedelta(minutes=i),
-            ))
+            session.add(
+                Study(
+                    study_instance_uid=f"1.2.826.0.1.3680043.99.{i}",
+                    patient_id=f"PID{i:03d}",
+                    patient_name=f"Doe^Jane{i:03d}" if i % 2 else f"Roe^Rick{i:03d}",
+                    accession_number=f"ACC{i:03d}",
+                    study_date=f"202401{(i % 28) + 1:02d}",
+                    modalities="CT" if i % 3 else "MR",
+                    state="processed" if i % 4 else "receiving",
+                    last_received_at=utcnow() - timedelta(minutes=i),
+                )
+            )
 
 
 def _rows(html: str) -> list[str]:
@@ -69,7 +74,9 @@ def test_upload_refuses_unknown_types_with_a_message(console: Console) -> None:
 
 
 def test_upload_size_limit_is_413(settings: Settings, sqlite_db: Database) -> None:
-    small = settings.model_copy(update={"web": settings.web.model_copy(update={"max_upload_mb": 0.01})})
+    small = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"max_upload_mb": 0.01})}
+    )
     console = make_console(small, sqlite_db)
     client = console.login("radiologist1")
     response = _upload(client, [("files", ("big.dcm", b"\0" * 20000, "application/dicom"))])
@@ -81,12 +88,20 @@ def test_png_upload_becomes_secondary_capture_study(console: Console) -> None:
     client = console.login("radiologist1")
     png = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(png, format="PNG")
-    response = _upload(client, [("files", ("photo.png", png.getvalue(), "image/png"))],
-                       patient_name="Test^Patient", patient_id="P-42")
+    response = _upload(
+        client,
+        [("files", ("photo.png", png.getvalue(), "image/png"))],
+        patient_name="Test^Patient",
+        patient_id="P-42",
+    )
     assert response.status_code == 303, response.text
     with console.db.read() as session:
         study = session.query(Study).one()
-        assert (study.patient_id, study.patient_name, study.modalities) == ("P-42", "Test^Patient", "OT")
+        assert (study.patient_id, study.patient_name, study.modalities) == (
+            "P-42",
+            "Test^Patient",
+            "OT",
+        )
 
 
 def test_dicom_and_zip_uploads_are_imported(console: Console) -> None:
@@ -99,7 +114,9 @@ def test_dicom_and_zip_uploads_are_imported(console: Console) -> None:
 
     files = sorted(MR_SERIES.glob("*.dcm"))
     client = console.login("admin1")
-    single = _upload(client, [("files", (files[0].name, files[0].read_bytes(), "application/dicom"))])
+    single = _upload(
+        client, [("files", (files[0].name, files[0].read_bytes(), "application/dicom"))]
+    )
     assert single.status_code == 303 and single.headers["location"].startswith("/studies/1.")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -112,21 +129,28 @@ def test_dicom_and_zip_uploads_are_imported(console: Console) -> None:
 
 
 def test_chunked_upload_without_length_is_cut_off(settings: Settings, sqlite_db: Database) -> None:
-    small = settings.model_copy(update={"web": settings.web.model_copy(update={"max_upload_mb": 0.01})})
+    small = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"max_upload_mb": 0.01})}
+    )
     console = make_console(small, sqlite_db)
     client = console.login("radiologist1")
     token = csrf_of(client, "/studies/upload")
     boundary = "xyzzy"
 
     def body():  # type: ignore[no-untyped-def]
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n"
-               f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n"
-               "Content-Type: application/dicom\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.dcm"\r\n'
+            "Content-Type: application/dicom\r\n\r\n"
+        ).encode()
         for _ in range(100):
             yield b"\0" * 4096
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/studies/upload", content=body(),
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/studies/upload",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 413 and "limit" in response.text, response.text
     assert not list((small.data_dir / "uploads").glob("*/*"))  # nothing left behind

@@ -13,31 +13,58 @@ def _seed(db: Database) -> None:
     now = utcnow()
     with db.write() as session:
         for i in range(12):
-            study = Study(study_instance_uid=f"1.2.3.{i}", patient_id=f"P{i}",
-                          patient_name=f"Name_{i:02d}%", accession_number=f"A{i:02d}",
-                          study_date=f"202402{i + 1:02d}", modalities="CT\\SEG" if i % 2 else "MR",
-                          state="processed", first_received_at=now - timedelta(days=i % 3),
-                          last_received_at=now - timedelta(hours=i))
+            study = Study(
+                study_instance_uid=f"1.2.3.{i}",
+                patient_id=f"P{i}",
+                patient_name=f"Name_{i:02d}%",
+                accession_number=f"A{i:02d}",
+                study_date=f"202402{i + 1:02d}",
+                modalities="CT\\SEG" if i % 2 else "MR",
+                state="processed",
+                first_received_at=now - timedelta(days=i % 3),
+                last_received_at=now - timedelta(hours=i),
+            )
             session.add(study)
             session.flush()
             series = Series(study_pk=study.id, series_instance_uid=f"1.2.3.{i}.1", modality="CT")
             session.add(series)
             session.flush()
-            session.add(Instance(series_pk=series.id, sop_instance_uid=f"1.2.3.{i}.1.1",
-                                 sop_class_uid="1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                                 path="x", size_bytes=1))
-            job = Job(study_pk=study.id, pipeline_name="p", state="succeeded" if i < 9 else "failed",
-                      review_state="pending" if i == 0 else "not_required", duration_s=float(i),
-                      summary={"top_class": "lesion" if i % 3 else "normal", "confidence": 0.05 + i / 12,
-                               "severity": ["Low", "High", None][i % 3], "devices": {"m": "cpu"},
-                               "processing_seconds": float(i)})
+            session.add(
+                Instance(
+                    series_pk=series.id,
+                    sop_instance_uid=f"1.2.3.{i}.1.1",
+                    sop_class_uid="1.2",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path="x",
+                    size_bytes=1,
+                )
+            )
+            job = Job(
+                study_pk=study.id,
+                pipeline_name="p",
+                state="succeeded" if i < 9 else "failed",
+                review_state="pending" if i == 0 else "not_required",
+                duration_s=float(i),
+                summary={
+                    "top_class": "lesion" if i % 3 else "normal",
+                    "confidence": 0.05 + i / 12,
+                    "severity": ["Low", "High", None][i % 3],
+                    "devices": {"m": "cpu"},
+                    "processing_seconds": float(i),
+                },
+            )
             session.add(job)
             session.flush()
             artifact = Artifact(job_pk=job.id, kind="seg", sop_instance_uid=f"9.{i}", path="r")
             session.add(artifact)
             session.flush()
-            session.add(Delivery(artifact_pk=artifact.id, destination_name="pacs",
-                                 state=["delivered", "held", "failed"][i % 3]))
+            session.add(
+                Delivery(
+                    artifact_pk=artifact.id,
+                    destination_name="pacs",
+                    state=["delivered", "held", "failed"][i % 3],
+                )
+            )
 
 
 def test_search_filters_paging_sorting(db: Database) -> None:
@@ -46,12 +73,12 @@ def test_search_filters_paging_sorting(db: Database) -> None:
         page = console.search_studies(session, console.StudyFilter(), page=2, per_page=5)
         assert (page.total, page.pages, len(page.items)) == (12, 3, 5)
         assert [s.study_instance_uid for s in page.items][0] == "1.2.3.5"  # newest first
-        by_acc = console.search_studies(session, console.StudyFilter(), sort="accession",
-                                        descending=False, per_page=3)
+        by_acc = console.search_studies(
+            session, console.StudyFilter(), sort="accession", descending=False, per_page=3
+        )
         assert [s.accession_number for s in by_acc.items] == ["A00", "A01", "A02"]
         flt = console.StudyFilter(patient="name_1", modality="seg")
-        assert {s.patient_name for s in console.search_studies(session, flt).items} == {
-            "Name_11%"}
+        assert {s.patient_name for s in console.search_studies(session, flt).items} == {"Name_11%"}
         assert console.search_studies(session, console.StudyFilter(patient="%")).total == 12
         assert console.search_studies(session, console.StudyFilter(patient="0%")).total == 2
         assert console.search_studies(session, console.StudyFilter(patient="e_1")).total == 2
@@ -92,15 +119,23 @@ def test_overrides_roundtrip(db: Database) -> None:
 
 
 def test_effective_settings_apply_console_switches(db: Database, settings) -> None:  # type: ignore[no-untyped-def]
-    from node.config import load_settings
+    from core.config import load_settings
 
-    base = load_settings(None, **{**settings.model_dump(exclude={"destinations"}), "destinations": [
-        {"name": "pacs", "kind": "folder", "path": "/tmp/x"},
-        {"name": "other", "kind": "folder", "path": "/tmp/y"}]})
+    base = load_settings(
+        None,
+        **{
+            **settings.model_dump(exclude={"destinations"}),
+            "destinations": [
+                {"name": "pacs", "kind": "folder", "path": "/tmp/x"},
+                {"name": "other", "kind": "folder", "path": "/tmp/y"},
+            ],
+        },
+    )
     with db.write() as session:
         console.set_override(session, "destination:pacs", {"enabled": False}, "admin")
-        console.set_override(session, "allowed_callers",
-                             {"entries": [{"ae_title": "CT1", "host": None}]}, "admin")
+        console.set_override(
+            session, "allowed_callers", {"entries": [{"ae_title": "CT1", "host": None}]}, "admin"
+        )
     with db.read() as session:
         effective = console.effective_settings(session, base)
     assert [d.enabled for d in effective.destinations] == [False, True]

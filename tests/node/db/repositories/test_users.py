@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from core.domain import Role
 from node.db.engine import Database
 from node.db.orm import utcnow
 from node.db.repositories import users
-from node.domain import Role
 
 
 def test_usernames_unique_case_insensitively(db: Database) -> None:
@@ -28,10 +28,12 @@ def test_lockout_and_login_bookkeeping(db: Database) -> None:
     with db.write() as session:
         user = users.create_user(session, "bob", "h", role="viewer")
         for _ in range(2):
-            assert not users.record_failed_login(session, user, max_failures=3,
-                                                 lockout=timedelta(minutes=5), now=now)
-        assert users.record_failed_login(session, user, max_failures=3,
-                                         lockout=timedelta(minutes=5), now=now)
+            assert not users.record_failed_login(
+                session, user, max_failures=3, lockout=timedelta(minutes=5), now=now
+            )
+        assert users.record_failed_login(
+            session, user, max_failures=3, lockout=timedelta(minutes=5), now=now
+        )
         assert users.is_locked(user, now) and not users.is_locked(user, now + timedelta(minutes=6))
         users.record_login(session, user, now)
         assert user.last_login_at == now and user.locked_until is None
@@ -57,7 +59,9 @@ def test_api_tokens(db: Database) -> None:
         token = users.create_api_token(session, user, "hook", "tok", ["hooks"])
     with db.read() as session:
         owner = users.find_api_token(session, "tok")
-        assert owner is not None and owner.user.username == "dave" and owner.token.scopes == ["hooks"]
+        assert (
+            owner is not None and owner.user.username == "dave" and owner.token.scopes == ["hooks"]
+        )
         assert users.find_api_token(session, "other") is None
     with db.write() as session:
         users.revoke_api_token(session, token.id)

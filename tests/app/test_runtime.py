@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 def test_sigterm_lets_the_running_association_finish(tmp_path: Path) -> None:
     port = free_port()
-    env = node_env(tmp_path / "data", f"sqlite:///{tmp_path / 'data' / 'db.sqlite'}", port, free_port())
+    env = node_env(
+        tmp_path / "data", f"sqlite:///{tmp_path / 'data' / 'db.sqlite'}", port, free_port()
+    )
     proc = NodeProcess(["receiver"], env, tmp_path, "receiver").start()
     try:
         wait_for_port(port, proc=proc)
@@ -65,8 +67,16 @@ def test_serve_runs_every_stage_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_bad_setting_exits_2_naming_the_key(tmp_path: Path) -> None:
-    env = node_env(tmp_path, "sqlite://", free_port(), free_port(), {"PACSNODE_MAX_ASSOCIATIONS": "0"})
-    run = subprocess.run([sys.executable, "-m", "node", "receiver"], env=env, cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, timeout=60)
+    env = node_env(
+        tmp_path, "sqlite://", free_port(), free_port(), {"PACSNODE_MAX_ASSOCIATIONS": "0"}
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "app", "receiver"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert "PACSNODE_MAX_ASSOCIATIONS" in run.stderr

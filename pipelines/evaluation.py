@@ -31,6 +31,7 @@ from models.training.demo_specs import (
     VOLUME_SHAPE_3D,
 )
 from models.training.preprocess import apply_intensity
+from pipelines.ensemble import weighted_mean
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,16 @@ LABELLED_PAIRS = [
     ("breast1_image.nrrd", "breast1_label.nrrd"),
     ("prostate_phantom_subvolume.nrrd", "prostate_phantom_subvolume-label.nrrd"),
 ]
-LABELLED_VOLUMES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "labelled-volumes"
-
-
-def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """The pipelines' ensemble rule (normalised weighted mean); theirs when it is installed."""
-    try:
-        from pipelines.ensemble import weighted_mean as pipelines_weighted_mean
-    except ImportError:  # pipelines engineer's module not there yet: same definition locally
-        w = np.asarray(weights, np.float64) / float(np.sum(weights))
-        return np.sum([a * wi for a, wi in zip(arrays, w, strict=True)], axis=0).astype(np.float32)
-    return np.asarray(pipelines_weighted_mean(arrays, weights), dtype=np.float32)
+LABELLED_VOLUMES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelled-volumes"
+)
 
 
 def _batched_forward(model: LoadedModel, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    outs = [model.forward(torch.from_numpy(images[i:i + batch])).numpy() for i in range(0, len(images), batch)]
+    outs = [
+        model.forward(torch.from_numpy(images[i : i + batch])).numpy()
+        for i in range(0, len(images), batch)
+    ]
     return np.concatenate(outs)
 
 
@@ -67,25 +63,34 @@ def _normalise_all(model: LoadedModel, images: np.ndarray) -> np.ndarray:
 
 def evaluate_segmentation(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
     data = make_dataset_2d(seed, HELDOUT_2D, INPUT_SIZE_2D)
-    probs = {name: _batched_forward(m, _normalise_all(m, data.images)) for name, m in models.items()}
+    probs = {
+        name: _batched_forward(m, _normalise_all(m, data.images)) for name, m in models.items()
+    }
     return _segmentation_scores(models, probs, list(data.masks))
 
 
-def evaluate_segmentation_3d(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
+def evaluate_segmentation_3d(
+    models: dict[str, LoadedModel], seed: int
+) -> dict[str, dict[str, Any]]:
     """The 3D pair on held-out CT phantoms at the cards' grid (whole volume = one roi)."""
-    data = make_dataset_3d(seed + 11, HELDOUT_3D_GRID, VOLUME_SHAPE_3D)  # windowed like the cards say
+    data = make_dataset_3d(
+        seed + 11, HELDOUT_3D_GRID, VOLUME_SHAPE_3D
+    )  # windowed like the cards say
     probs = {name: _batched_forward(m, data.volumes, batch=4) for name, m in models.items()}
     return _segmentation_scores(models, probs, list(data.masks))
 
 
-def _segmentation_scores(models: dict[str, LoadedModel], probs: dict[str, np.ndarray],
-                         truths: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+def _segmentation_scores(
+    models: dict[str, LoadedModel], probs: dict[str, np.ndarray], truths: list[np.ndarray]
+) -> dict[str, dict[str, Any]]:
     """Per member (argmax of its probabilities) and for their weighted-mean ensemble."""
     results: dict[str, dict[str, Any]] = {
         name: segmentation_scores(list(p.argmax(1)), truths) for name, p in probs.items()
     }
     names = list(models)
-    fused = weighted_mean([probs[n] for n in names], [SEGMENTATION_WEIGHTS.get(n, 1.0) for n in names])
+    fused = weighted_mean(
+        [probs[n] for n in names], [SEGMENTATION_WEIGHTS.get(n, 1.0) for n in names]
+    )
     results["ensemble"] = segmentation_scores(list(fused.argmax(1)), truths)
     return results
 
@@ -94,17 +99,26 @@ def _slicewise_probabilities(model: LoadedModel, volume: np.ndarray) -> np.ndarr
     """Lesion probability per voxel from the 2D model run slice by slice at its input size."""
     size = model.card.input.spatial_size
     slices = np.stack([apply_intensity(s, model.card.input.intensity) for s in volume])[:, None]
-    x = F.interpolate(torch.from_numpy(slices), size=tuple(size), mode="bilinear", align_corners=False)
+    x = F.interpolate(
+        torch.from_numpy(slices), size=tuple(size), mode="bilinear", align_corners=False
+    )
     probs = _batched_forward(model, x.numpy())[:, 1:2]
-    back = F.interpolate(torch.from_numpy(probs), size=volume.shape[1:], mode="bilinear", align_corners=False)
+    back = F.interpolate(
+        torch.from_numpy(probs), size=volume.shape[1:], mode="bilinear", align_corners=False
+    )
     return back[:, 0].numpy()
 
 
-def evaluate_volumes_slicewise(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
+def evaluate_volumes_slicewise(
+    models: dict[str, LoadedModel], seed: int
+) -> dict[str, dict[str, Any]]:
     """The 2D pair applied slice-wise to CT phantoms and (when present) the labelled MR volumes."""
     cases: list[tuple[str, np.ndarray, np.ndarray]] = []
     ct = make_dataset_3d(seed + 7, HELDOUT_3D, shape=(24, 96, 96))
-    cases += [(f"ct-phantom-{i}", v[0], m) for i, (v, m) in enumerate(zip(ct.volumes, ct.masks, strict=True))]
+    cases += [
+        (f"ct-phantom-{i}", v[0], m)
+        for i, (v, m) in enumerate(zip(ct.volumes, ct.masks, strict=True))
+    ]
     if LABELLED_VOLUMES.is_dir():
         import nrrd
 
@@ -117,8 +131,13 @@ def evaluate_volumes_slicewise(models: dict[str, LoadedModel], seed: int) -> dic
             if image.shape != label.shape:
                 continue
             # NRRD is (x, y, z); slice along the last axis
-            cases.append((f"mr-{image_file.stem.removesuffix('_image')}", np.transpose(image, (2, 1, 0)).astype(np.float32),
-                          np.transpose(label, (2, 1, 0)) > 0))
+            cases.append(
+                (
+                    f"mr-{image_file.stem.removesuffix('_image')}",
+                    np.transpose(image, (2, 1, 0)).astype(np.float32),
+                    np.transpose(label, (2, 1, 0)) > 0,
+                )
+            )
     results: dict[str, dict[str, Any]] = {}
     names = list(models)
     for groups in ("ct-phantom", "mr-"):
@@ -130,7 +149,9 @@ def evaluate_volumes_slicewise(models: dict[str, LoadedModel], seed: int) -> dic
             probs = {n: _slicewise_probabilities(models[n], volume) for n in names}
             for n in names:
                 per_model[n].append(probs[n] > 0.5)
-            fused = weighted_mean([probs[n] for n in names], [SEGMENTATION_WEIGHTS.get(n, 1.0) for n in names])
+            fused = weighted_mean(
+                [probs[n] for n in names], [SEGMENTATION_WEIGHTS.get(n, 1.0) for n in names]
+            )
             per_model["ensemble"].append(fused > 0.5)
         key = "ct_phantoms_slicewise" if groups == "ct-phantom" else "labelled_mr_slicewise"
         truths = [c[2] for c in subset]
@@ -143,12 +164,17 @@ def evaluate_volumes_slicewise(models: dict[str, LoadedModel], seed: int) -> dic
 
 def evaluate_classification(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
     data = make_dataset_2d(seed + 1, HELDOUT_2D, INPUT_SIZE_2D)
-    probs = {name: _batched_forward(m, _normalise_all(m, data.images)) for name, m in models.items()}
+    probs = {
+        name: _batched_forward(m, _normalise_all(m, data.images)) for name, m in models.items()
+    }
     results: dict[str, dict[str, Any]] = {
-        name: classification_scores(p[:, 1], data.labels, CLASSIFICATION_THRESHOLD) for name, p in probs.items()
+        name: classification_scores(p[:, 1], data.labels, CLASSIFICATION_THRESHOLD)
+        for name, p in probs.items()
     }
     names = list(models)
-    fused = weighted_mean([probs[n] for n in names], [CLASSIFICATION_WEIGHTS.get(n, 1.0) for n in names])
+    fused = weighted_mean(
+        [probs[n] for n in names], [CLASSIFICATION_WEIGHTS.get(n, 1.0) for n in names]
+    )
     results["ensemble"] = classification_scores(fused[:, 1], data.labels, CLASSIFICATION_THRESHOLD)
     results["ensemble"]["weights"] = {n: CLASSIFICATION_WEIGHTS.get(n, 1.0) for n in names}
     return results
@@ -159,7 +185,9 @@ def evaluate_detection(models: dict[str, LoadedModel], seed: int) -> dict[str, d
     truths = [[b[:4] for b in boxes] for boxes in data.boxes]
     results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
-        images = np.stack([apply_intensity(img, model.card.input.intensity) for img in data.images[:, 0]])
+        images = np.stack(
+            [apply_intensity(img, model.card.input.intensity) for img in data.images[:, 0]]
+        )
         raw = model.detect(images, conf=0.001)
         dets = [[((b[0], b[1], b[2], b[3]), b[5]) for b in per_image] for per_image in raw]
         results[name] = detection_scores(dets, truths)
@@ -177,7 +205,10 @@ def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -
     """Evaluate every demo model present in ``models_dir``; optionally write metrics into cards."""
     registry = ModelRegistry(models_dir)
     by_task: dict[str, dict[str, LoadedModel]] = {
-        "segmentation": {}, "segmentation_3d": {}, "classification": {}, "detection": {}
+        "segmentation": {},
+        "segmentation_3d": {},
+        "classification": {},
+        "detection": {},
     }
     for name, card in sorted(registry.cards.items()):
         if name.startswith("demo-"):
@@ -197,7 +228,9 @@ def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -
     return report
 
 
-def _write_metrics(registry: ModelRegistry, by_task: dict[str, dict[str, LoadedModel]], report: dict[str, Any]) -> None:
+def _write_metrics(
+    registry: ModelRegistry, by_task: dict[str, dict[str, LoadedModel]], report: dict[str, Any]
+) -> None:
     today = dt.date.today().isoformat()
     for task, models in by_task.items():
         if task not in report:
@@ -219,8 +252,12 @@ def _write_metrics(registry: ModelRegistry, by_task: dict[str, dict[str, LoadedM
 
 
 def primary_metric(task: str) -> str:
-    return {"segmentation": "dice", "segmentation_3d": "dice", "classification": "auroc",
-            "detection": "map50"}[task]
+    return {
+        "segmentation": "dice",
+        "segmentation_3d": "dice",
+        "classification": "auroc",
+        "detection": "map50",
+    }[task]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -240,6 +277,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("\nsegmentation of volumes, 2D pair applied slice-wise:")
         for name, groups in report["segmentation_volumes"].items():
             for group, scores in groups.items():
-                lines.append(f"  {name:24} {group:24} dice={scores['dice']} iou={scores['iou']} "
-                             f"dice_mean_case={scores['dice_mean_case']} ({scores['volumes']})")
+                lines.append(
+                    f"  {name:24} {group:24} dice={scores['dice']} iou={scores['iou']} "
+                    f"dice_mean_case={scores['dice_mean_case']} ({scores['volumes']})"
+                )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``pacsnode`` / ``python -m node``: every entry point of the node behind one ``main(argv=None)``.
+"""``pacsnode`` / ``python -m app``: every entry point of the node behind one ``main(argv=None)``.
 
 Each sub-command imports its implementation lazily, so ``pacsnode receiver`` does not pay for
 PyTorch and ``pacsnode models list`` does not open a DICOM port. Every command validates the
@@ -14,29 +14,29 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from node.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("pacsnode")
 
 # command path -> "module:function"; each function takes (settings, args) and returns an exit code
 COMMANDS: dict[str, str] = {
-    "serve": "node.runtime:serve",
-    "receiver": "node.runtime:run_receiver",
-    "worker": "node.runtime:run_worker",
-    "dispatcher": "node.runtime:run_dispatcher",
-    "scheduler": "node.runtime:run_scheduler",
-    "web": "node.runtime:run_web",
-    "db upgrade": "node.runtime:db_upgrade",
-    "import": "node.ingest.importer:import_command",
-    "study complete": "node.grouping.commands:complete_study_command",
-    "study list": "node.grouping.commands:list_studies_command",
-    "route": "node.grouping.commands:route_command",
-    "models list": "models.commands:list_command",
-    "models check": "models.commands:check_command",
-    "train": "models.commands:train_command",
-    "evaluate": "models.commands:evaluate_command",
-    "user create": "web.commands:create_user_command",
-    "user reset-link": "web.commands:reset_link_command",
+    "serve": "app.runtime:serve",
+    "receiver": "app.runtime:run_receiver",
+    "worker": "app.runtime:run_worker",
+    "dispatcher": "app.runtime:run_dispatcher",
+    "scheduler": "app.runtime:run_scheduler",
+    "web": "app.runtime:run_web",
+    "db upgrade": "app.runtime:db_upgrade",
+    "import": "app.commands.ingest:import_command",
+    "study complete": "app.commands.study:complete_study_command",
+    "study list": "app.commands.study:list_studies_command",
+    "route": "app.commands.study:route_command",
+    "models list": "app.commands.models:list_command",
+    "models check": "app.commands.models:check_command",
+    "train": "app.commands.models:train_command",
+    "evaluate": "app.commands.models:evaluate_command",
+    "user create": "app.commands.users:create_user_command",
+    "user reset-link": "app.commands.users:reset_link_command",
 }
 
 
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run the {stage} stage alone against the shared database")
         if stage == "worker":
             p.add_argument("--worker-id", help="lease owner name (default: host:pid:thread)")
-    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_cmd", required=True
+    )
     db.add_parser("upgrade", help="apply migrations")
 
     imp = sub.add_parser("import", help="import DICOM files, folders or zip archives")
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="show which routing rule matches a study and why")
     route.add_argument("--study", required=True, dest="study_uid")
 
-    models = sub.add_parser("models", help="AI models").add_subparsers(dest="models_cmd", required=True)
+    models = sub.add_parser("models", help="AI models").add_subparsers(
+        dest="models_cmd", required=True
+    )
     models.add_parser("list", help="model cards found, with SHA-256 and device")
     check = models.add_parser("check", help="load every model on its device and report")
     check.add_argument("--strict", action="store_true", help="exit 1 when a model fails to load")
@@ -81,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--write-cards", action="store_true")
     evaluate.add_argument("--seed", type=int, default=999)
 
-    user = sub.add_parser("user", help="console users").add_subparsers(dest="user_cmd", required=True)
+    user = sub.add_parser("user", help="console users").add_subparsers(
+        dest="user_cmd", required=True
+    )
     create = user.add_parser("create", help="create a user (prints a generated password)")
     create.add_argument("username")
     create.add_argument("--admin", action="store_true")

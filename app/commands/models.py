@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.config import Settings
 from models.card import ModelLoadError, scan_cards
 from models.devices import configure_torch_threads, resolve_device
 from models.loaders import load_model, weights_digest
-from node.config import Settings
 
 
 def _default_device(settings: Settings) -> str:
@@ -22,15 +22,19 @@ def list_command(settings: Settings, args: argparse.Namespace) -> int:
     cards, errors = scan_cards(settings.models_dir)
     placement = resolve_device(_default_device(settings))
     print(f"models directory: {settings.models_dir}")
-    print(f"{'NAME':26} {'TASK':15} {'FRAMEWORK':12} {'VERSION':12} {'DEVICE':7} {'SHA-256':14} STATUS")
+    print(
+        f"{'NAME':26} {'TASK':15} {'FRAMEWORK':12} {'VERSION':12} {'DEVICE':7} {'SHA-256':14} STATUS"
+    )
     for name, card in sorted(cards.items()):
         path = card.weights_path
         if not path.exists():
             status = f"MISSING weights {path}"
         else:
             status = "ok" if weights_digest(path) == card.sha256 else "SHA-256 MISMATCH"
-        print(f"{name:26} {card.task:15} {card.framework:12} {card.version:12} {placement.used:7} "
-              f"{card.sha256[:12]:14} {status}")
+        print(
+            f"{name:26} {card.task:15} {card.framework:12} {card.version:12} {placement.used:7} "
+            f"{card.sha256[:12]:14} {status}"
+        )
     for path, message in sorted(errors.items()):
         print(f"{path.name:26} INVALID CARD: {message}")
     if not cards and not errors:
@@ -51,9 +55,15 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL {name}: {exc}")
             continue
-        note = f" (requested {model.placement.requested}: {model.placement.warning})" if model.placement.warning else ""
-        print(f"OK   {name}: {card.framework} {card.architecture} on {model.placement.used}{note}, "
-              f"sha256 {model.sha256}")
+        note = (
+            f" (requested {model.placement.requested}: {model.placement.warning})"
+            if model.placement.warning
+            else ""
+        )
+        print(
+            f"OK   {name}: {card.framework} {card.architecture} on {model.placement.used}{note}, "
+            f"sha256 {model.sha256}"
+        )
     for path, message in sorted(errors.items()):
         print(f"FAIL {path}: {message}")
     print(f"{len(cards) - (failures - len(errors))} of {len(cards) + len(errors)} model(s) load")
@@ -68,14 +78,16 @@ def train_command(settings: Settings, args: argparse.Namespace) -> int:
     out = Path(args.out) if getattr(args, "out", None) else settings.models_dir
     cards = train_demo_models(out, seed=args.seed, only=args.only, quick=args.quick)
     for card in cards:
-        print(f"trained {card.name}: {card.weights_path} sha256 {card.sha256} "
-              f"({card.training.get('seconds')} s)")
+        print(
+            f"trained {card.name}: {card.weights_path} sha256 {card.sha256} "
+            f"({card.training.get('seconds')} s)"
+        )
     return 0
 
 
 def evaluate_command(settings: Settings, args: argparse.Namespace) -> int:
     """Score every demo model and ensemble on held-out phantoms (and real labelled MR volumes)."""
-    from models.evaluation.run import evaluate_all, format_report
+    from pipelines.evaluation import evaluate_all, format_report
 
     configure_torch_threads(settings.torch_threads)
     try:

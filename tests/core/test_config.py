@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from node.__main__ import main
-from node.config import ConfigError, load_settings
+from app.cli import main
+from core.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from node.__main__ import main
-from node.config import Settings
+from app.cli import main
+from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import User
 from tests.web.conftest import login
@@ -21,8 +21,9 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
-def test_user_create_prints_a_generated_password_once(cli_env: Settings,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_create_prints_a_generated_password_once(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["user", "create", "chief", "--admin"]) == 0
     out = capsys.readouterr().out
     password = re.search(r"password \(shown once\): (\S+)", out)
@@ -31,7 +32,10 @@ def test_user_create_prints_a_generated_password_once(cli_env: Settings,
     app = create_app(cli_env)
     from fastapi.testclient import TestClient
 
-    assert login(TestClient(app, follow_redirects=False), "chief", password.group(1)).status_code == 303
+    assert (
+        login(TestClient(app, follow_redirects=False), "chief", password.group(1)).status_code
+        == 303
+    )
     db = Database(cli_env.effective_database_url)
     with db.read() as session:
         assert [u.username for u in session.query(User)] == ["chief"]  # no extra first-start admin

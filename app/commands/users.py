@@ -10,11 +10,11 @@ import argparse
 import sys
 from datetime import timedelta
 
-from node.config import Settings
+from core.config import Settings
+from core.domain import Role
 from node.db.engine import Database
 from node.db.repositories import audit
 from node.db.repositories import users as user_repo
-from node.domain import Role
 from web.routes.auth import public_base_url, reset_link
 from web.security import generate_password, generate_token, hash_password
 
@@ -32,10 +32,21 @@ def create_user_command(settings: Settings, args: argparse.Namespace) -> int:
     db = _database(settings)
     try:
         with db.write() as session:
-            user_repo.create_user(session, args.username, hash_password(password), role=role,
-                                  email=getattr(args, "email", "") or "")
-            audit.record(session, "user.create", entity_type="user", entity_id=args.username,
-                         actor="cli", to_state=role.value)
+            user_repo.create_user(
+                session,
+                args.username,
+                hash_password(password),
+                role=role,
+                email=getattr(args, "email", "") or "",
+            )
+            audit.record(
+                session,
+                "user.create",
+                entity_type="user",
+                entity_id=args.username,
+                actor="cli",
+                to_state=role.value,
+            )
     except ValueError as exc:
         print(f"pacsnode: {exc}", file=sys.stderr)
         return 1
@@ -58,8 +69,13 @@ def reset_link_command(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"pacsnode: no user {args.username!r}", file=sys.stderr)
                 return 1
             user_repo.create_reset_token(session, user, token, ttl)
-            audit.record(session, "auth.reset_link_issued", entity_type="user",
-                         entity_id=user.username, actor="cli")
+            audit.record(
+                session,
+                "auth.reset_link_issued",
+                entity_type="user",
+                entity_id=user.username,
+                actor="cli",
+            )
     finally:
         db.dispose()
     base = public_base_url(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 class StoreStatus(enum.IntEnum):
@@ -154,3 +155,18 @@ class SeriesFacts:
     image_type: tuple[str, ...] = ()
     orientation: str | None = None  # AXIAL | SAGITTAL | CORONAL | OBLIQUE, when known
     number_of_frames: int = 1
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What completion and routing decide on: one study's state and its series, read in one query."""
+
+    study_instance_uid: str
+    state: StudyState
+    last_received_at: datetime
+    series: tuple[SeriesFacts, ...]
+    study_description: str = ""
+    calling_ae: str = ""
+    called_ae: str = ""
+    peer_host: str = ""
+    complete_requested: bool = False

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from node.domain import DestinationKind, LateArrivalPolicy
+from core.domain import DestinationKind, LateArrivalPolicy
 
 DEFAULT_SECRET = "change-me-development-only"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,9 @@ class DestinationSettings(_Strict):
         elif self.kind is DestinationKind.FOLDER and self.path is None:
             missing = ["path"]
         if missing:
-            raise ValueError(f"destination {self.name!r} ({self.kind.value}) needs {', '.join(missing)}")
+            raise ValueError(
+                f"destination {self.name!r} ({self.kind.value}) needs {', '.join(missing)}"
+            )
         return self
 
 
@@ -276,7 +278,9 @@ class Settings(BaseSettings):
         for rule in self.routing:
             unknown = [d for d in rule.destinations if d not in names]
             if unknown:
-                raise ValueError(f"routing: rule {rule.name!r} names unknown destination(s) {unknown}")
+                raise ValueError(
+                    f"routing: rule {rule.name!r} names unknown destination(s) {unknown}"
+                )
         return self
 
     @classmethod

@@ -13,37 +13,28 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from node.config import Settings
-from node.db.engine import Database
+from core.config import Settings
+from node.db.engine import Database, open_database
+from pipelines.spec import load_pipeline_configs
 
 log = logging.getLogger(__name__)
 
 ALL_STAGES = ("receiver", "worker", "dispatcher", "scheduler")
 
 
-def open_database(settings: Settings) -> Database:
-    """Create the data directory and the database, migrated to the newest schema."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.effective_database_url)
-    db.migrate()
-    return db
-
-
-def pipeline_definitions(settings: Settings) -> Mapping[str, Any]:
-    from pipelines.spec import load_pipeline_configs
-
-    return load_pipeline_configs(settings.pipelines_dir)
-
-
 class Node:
     """The headless stages of one process; ``start`` spawns them, ``stop`` ends them cleanly."""
 
-    def __init__(self, settings: Settings, stages: tuple[str, ...], db: Database | None = None,
-                 worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stages: tuple[str, ...],
+        db: Database | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}")
@@ -73,7 +64,7 @@ class Node:
         if "scheduler" in self.stages:
             from node.scheduler import build_scheduler
 
-            self._scheduler = build_scheduler(s, self.db, pipeline_definitions(s))
+            self._scheduler = build_scheduler(s, self.db, load_pipeline_configs(s.pipelines_dir))
             self._scheduler.start()
         if "worker" in self.stages:
             from node.jobs.worker import Worker
@@ -160,8 +151,11 @@ def _serve_web(settings: Settings, db: Database) -> None:
     from web.main import create_app
 
     config = uvicorn.Config(
-        create_app(settings, db), host=settings.web_host, port=settings.web_port,
-        log_level=settings.log_level.lower(), proxy_headers=True,
+        create_app(settings, db),
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
     )
     uvicorn.Server(config).run()  # returns on SIGTERM/SIGINT (uvicorn's own handlers)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.__main__ import main
+from app.cli import main
 from tests.models.helpers import make_card, tiny_unet_weights
 
 
@@ -14,7 +14,9 @@ from tests.models.helpers import make_card, tiny_unet_weights
 def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "models"
     make_card(folder, "good-seg", tiny_unet_weights(folder / "good-seg" / "model.pt"))
-    swapped = make_card(folder, "swapped-seg", tiny_unet_weights(folder / "swapped-seg" / "model.pt"))
+    swapped = make_card(
+        folder, "swapped-seg", tiny_unet_weights(folder / "swapped-seg" / "model.pt")
+    )
     tiny_unet_weights(swapped.weights_path, seed=5)
     (folder / "broken.yaml").write_text("name: broken\nframework: keras\n")
     for key in [k for k in __import__("os").environ if k.startswith("PACSNODE_")]:
@@ -24,7 +26,9 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def test_models_list_shows_sha_device_and_problems(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_list_shows_sha_device_and_problems(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     good = next(line for line in out.splitlines() if line.startswith("good-seg"))
@@ -34,7 +38,9 @@ def test_models_list_shows_sha_device_and_problems(models_dir: Path, capsys: pyt
     assert "broken.yaml" in out and "INVALID CARD" in out and "framework" in out
 
 
-def test_models_check_loads_and_reports_where(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_check_loads_and_reports_where(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "check"]) == 0
     out = capsys.readouterr().out
     assert "OK   good-seg: monai UNet on cpu" in out

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from node.config import Settings
+from core.config import Settings
+from node.db.engine import open_database
 from node.db.orm import utcnow
 from node.db.repositories import studies
 from node.grouping.completion import force_complete
 from node.grouping.routing import explain_routes
-from node.runtime import open_database, pipeline_definitions
+from pipelines.spec import load_pipeline_configs
 
 
 def complete_study_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,7 +47,7 @@ def route_command(settings: Settings, args: argparse.Namespace) -> int:
     if facts is None:
         print(f"pacsnode: no study {args.study_uid}")
         return 1
-    decision = explain_routes(settings, pipeline_definitions(settings), facts)
+    decision = explain_routes(settings, load_pipeline_configs(settings.pipelines_dir), facts)
     print(f"study {args.study_uid} ({', '.join(sorted({s.modality for s in facts.series}))})")
     print(decision.explain())
     return 0

@@ -1,0 +1,1 @@
+"""The ``pacsnode`` sub-commands, one module per subject; each function takes (settings, args)."""
