@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.card import DEMO_DISCLAIMER, scan_cards
-from models.evaluation import run as evaluation
+from pipelines import evaluation
 from models.loaders import load_model, weights_digest
 from models.registry import ModelRegistry
 from models.training.demo_specs import DEMO_MODELS
