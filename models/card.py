@@ -130,6 +130,8 @@ class ModelCard(_Strict):
     arguments: dict[str, Any] = Field(default_factory=dict)
     weights: Path
     sha256: str
+    # timm train.py checkpoints carry both the raw and the EMA weights; true takes the EMA ones
+    ema: bool = False
     input: InputSpec
     labels: list[CardLabel] = Field(min_length=1)
     device_uid: str
@@ -138,6 +140,15 @@ class ModelCard(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     card_path: Path | None = Field(None, exclude=True)  # where it was read from (not written)
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _sha_text(cls, value: object) -> object:
+        if isinstance(value, int | float):
+            raise ValueError(
+                'YAML read the SHA-256 as a number (all digits); quote it: sha256: "..."'
+            )
+        return value
 
     @field_validator("sha256")
     @classmethod

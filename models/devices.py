@@ -1,6 +1,6 @@
 """Device placement: where a model asked to run, and where it really runs.
 
-A card or pipeline names ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. A device that does not exist
+A card or pipeline names ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (Apple silicon) or ``auto``. A device that does not exist
 on this machine is not an error: the model runs on the CPU and the placement carries a warning, so
 the report can say where each model really ran instead of the job failing at 3 a.m.
 """
@@ -15,7 +15,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_DEVICE_RE = re.compile(r"^(cpu|auto|cuda)(?::(\d+))?$")
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda|mps)(?::(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,16 @@ def resolve_device(requested: str) -> DevicePlacement:
     match = _DEVICE_RE.match(text)
     if match is None:
         return _fallback(
-            requested, f"unknown device {requested!r} (use cpu, cuda, cuda:N or auto); ran on cpu"
+            requested,
+            f"unknown device {requested!r} (use cpu, cuda, cuda:N, mps or auto); ran on cpu",
         )
     kind, index = match.group(1), match.group(2)
     if kind == "cpu":
         if index not in (None, "0"):
             return _fallback(requested, f"device {requested!r} is not valid; ran on cpu")
         return DevicePlacement(requested, "cpu")
+    if kind == "mps":
+        return _resolve_mps(requested, index)
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if kind == "auto":
         if index is not None:
@@ -62,6 +65,17 @@ def resolve_device(requested: str) -> DevicePlacement:
             f"{requested} requested but only {cuda_count} CUDA device(s) exist; ran on cpu",
         )
     return DevicePlacement(requested, f"cuda:{wanted}")
+
+
+def _resolve_mps(requested: str, index: str | None) -> DevicePlacement:
+    """Apple's Metal device: one per machine, so only ``mps`` and ``mps:0`` name it."""
+    if index not in (None, "0"):
+        return _fallback(
+            requested, f"device {requested!r} is not valid (mps has one device); ran on cpu"
+        )
+    if not torch.backends.mps.is_available():
+        return _fallback(requested, f"{requested} requested but MPS is not available; ran on cpu")
+    return DevicePlacement(requested, "mps")
 
 
 def _fallback(requested: str, warning: str) -> DevicePlacement:

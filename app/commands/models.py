@@ -51,9 +51,10 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     for name, card in sorted(cards.items()):
         try:
             model = load_model(card, device)
-        except ModelLoadError as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken model never stops the check of the rest
             failures += 1
-            print(f"FAIL {name}: {exc}")
+            kind = "" if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: "
+            print(f"FAIL {name}: {kind}{exc}")
             continue
         note = (
             f" (requested {model.placement.requested}: {model.placement.warning})"

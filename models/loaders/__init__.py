@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,11 +156,49 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
         ) from exc
 
 
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """A state_dict from a plain or wrapped (``state_dict``/``model``) checkpoint, safely unpickled."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(payload, dict):
-        for key in ("state_dict", "model", "model_state_dict", "network"):
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "network")
+
+
+def _unpickle_verified(path: Path) -> Any:
+    """``torch.load`` with safe unpickling first, full unpickling only when that refuses.
+
+    Only called after :func:`verify_weights` matched the file to its card's SHA-256, so the bytes
+    unpickled are exactly the ones the card's author vouched for. timm's ``train.py`` checkpoints
+    need this: they carry an ``argparse.Namespace`` of the training arguments.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        log.warning(
+            "%s needs full unpickling (%s); loading it because its SHA-256 matched the card",
+            path.name,
+            str(exc).splitlines()[0][:200],
+        )
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_state_dict(path: Path, *, ema: bool = False) -> dict[str, Any]:
+    """A state_dict from a plain, wrapped or timm ``train.py`` checkpoint, or a safetensors file.
+
+    ``ema`` takes ``state_dict_ema`` (timm's exponential moving average of the weights) and is an
+    error when the checkpoint has none. Call only on a file whose SHA-256 was verified.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        payload: Any = load_file(str(path), device="cpu")
+    else:
+        payload = _unpickle_verified(path)
+    if isinstance(payload, dict) and ema:
+        inner = payload.get("state_dict_ema")
+        if not isinstance(inner, dict):
+            raise ModelLoadError(
+                f"{path}: the card asks for EMA weights (ema: true) but the checkpoint has no "
+                f"state_dict_ema (keys: {', '.join(sorted(map(str, payload))[:10])})"
+            )
+        payload = inner
+    elif isinstance(payload, dict):
+        for key in _STATE_DICT_KEYS:
             inner = payload.get(key)
             if isinstance(inner, dict):
                 payload = inner

@@ -26,6 +26,6 @@ def build_timm_network(card: ModelCard) -> torch.nn.Module:
 
 def load_timm(card: ModelCard, placement: DevicePlacement, sha: str) -> LoadedModel:
     network = build_timm_network(card)
-    network.load_state_dict(read_state_dict(card.weights_path), strict=True)
+    network.load_state_dict(read_state_dict(card.weights_path, ema=card.ema), strict=True)
     network.to(placement.used)
     return LoadedModel(card, placement, sha, network=network)

@@ -76,3 +76,14 @@ def test_missing_weights_refused_clearly(tmp_path: Path) -> None:
     weights.unlink()
     with pytest.raises(ModelLoadError, match="not found"):
         load_model(card, "cpu")
+
+
+def test_an_all_digit_sha_read_as_a_number_is_refused_with_how_to_fix(tmp_path: Path) -> None:
+    data = _card_dict(tmp_path)
+    path = tmp_path / "digits" / "card.yaml"
+    path.parent.mkdir()
+    text = yaml.safe_dump({**data, "sha256": "0"}).replace("sha256: '0'", "sha256: " + "1" * 64)
+    path.write_text(text)
+    assert isinstance(yaml.safe_load(text)["sha256"], int)  # what YAML does with the digits
+    with pytest.raises(ModelLoadError, match="sha256: .*read the SHA-256 as a number.*quote it"):
+        read_card(path)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from models.card import DEMO_DISCLAIMER, scan_cards
-from pipelines import evaluation
 from models.loaders import load_model, weights_digest
 from models.registry import ModelRegistry
 from models.training.demo_specs import DEMO_MODELS
+from pipelines import evaluation
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "models" / "cards"
 SHIPPED = {m.name for m in DEMO_MODELS}

@@ -61,3 +61,19 @@ def test_two_models_on_cuda0_and_cpu(tmp_path: Path) -> None:
         probs = model.forward(x)
         assert probs.device.type == "cpu"
         assert torch.allclose(probs.sum(1), torch.ones(2, 32, 32), atol=1e-4)
+
+
+@pytest.mark.parametrize("requested", ["mps", "mps:0", "MPS"])
+def test_mps_is_a_known_device_with_the_same_fallback_as_cuda(requested: str) -> None:
+    placement = resolve_device(requested)
+    if torch.backends.mps.is_available():  # Apple silicon
+        assert placement.used == "mps" and placement.warning is None
+    else:
+        assert placement.used == "cpu"
+        assert placement.warning is not None and "MPS is not available" in placement.warning
+        assert "unknown device" not in placement.warning
+
+
+def test_a_second_mps_device_does_not_exist() -> None:
+    placement = resolve_device("mps:1")
+    assert placement.used == "cpu" and "mps has one device" in (placement.warning or "")

@@ -47,3 +47,17 @@ def test_models_check_loads_and_reports_where(
     assert "FAIL swapped-seg" in out and "SHA-256 mismatch" in out
     assert "1 of 3 model(s) load" in out
     assert main(["models", "check", "--strict"]) == 1
+
+
+def test_models_check_reports_every_card_when_one_fails_unexpectedly(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = models_dir / "empty-seg" / "model.pt"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")  # torch.load raises EOFError: not one of the loader's expected errors
+    make_card(models_dir, "empty-seg", empty)
+    assert main(["models", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL empty-seg" in out
+    assert "OK   good-seg" in out  # checked after empty-seg: the broken card did not stop the check
+    assert "1 of 4 model(s) load" in out
