@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -162,14 +162,44 @@ def label_specs(card: Any) -> tuple[LabelSpec, ...]:
     return tuple(out)
 
 
-def same_labels(members: Sequence[Member]) -> tuple[LabelSpec, ...]:
-    """Members of one task must agree on their labels, or averaging them means nothing."""
+def member_order(
+    task_names: Sequence[str], member: Member, member_names: Sequence[str]
+) -> list[int]:
+    """For each of the task's label names, the index of the member's output that carries it.
+
+    The member's names go through its ``label_map`` first. A member whose (mapped) names are not
+    exactly the task's is refused, naming both lists: averaging or fusing outputs that mean
+    different things would be silently wrong.
+    """
+    mapping = member.spec.label_map
+    unknown = sorted(set(mapping) - set(member_names))
+    if unknown:
+        raise PipelineModelError(
+            f"label_map of {member.name} names {unknown}, which its card does not have "
+            f"(its labels: {list(member_names)})"
+        )
+    mapped = [mapping.get(name, name) for name in member_names]
+    if sorted(mapped) != sorted(task_names) or len(set(mapped)) != len(mapped):
+        raise PipelineModelError(
+            f"ensemble members disagree on labels: the task has {list(task_names)}, "
+            f"{member.name} has {mapped}"
+            + (" after its label_map" if mapping else "; map them with the member's label_map")
+        )
+    return [mapped.index(name) for name in task_names]
+
+
+def task_orders(
+    members: Sequence[Member], names_of: Callable[[Member], Sequence[str]]
+) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+    """The task's label names (its first member's, mapped) and each member's output order."""
+    first = members[0]
+    first_names = [first.spec.label_map.get(n, n) for n in names_of(first)]
+    orders = {m.name: member_order(first_names, m, names_of(m)) for m in members}
+    return tuple(first_names), orders
+
+
+def same_labels(members: Sequence[Member]) -> tuple[tuple[LabelSpec, ...], dict[str, list[int]]]:
+    """The task's labels and, per member, the order that puts its outputs in the task's order."""
+    names, orders = task_orders(members, lambda m: [lab.name for lab in label_specs(m.model.card)])
     first = label_specs(members[0].model.card)
-    for member in members[1:]:
-        names = [lab.name for lab in label_specs(member.model.card)]
-        if names != [lab.name for lab in first]:
-            raise PipelineModelError(
-                f"ensemble members disagree on labels: {members[0].name} has "
-                f"{[lab.name for lab in first]}, {member.name} has {names}"
-            )
-    return first
+    return tuple(replace(lab, name=n) for lab, n in zip(first, names, strict=True)), orders

@@ -143,11 +143,16 @@ class ClassificationOutput:
 
     @property
     def decision(self) -> str:
-        """The thresholded decision: positive_class if its probability reaches the threshold."""
+        """The thresholded decision, decided by the positive class's own probability.
+
+        ``positive_class`` when its probability reaches the threshold; otherwise the most probable
+        of the other classes — never the positive class, even when it is the arg-max of three or
+        more classes below its threshold (p = 0.44 with threshold 0.449 is not "abnormal").
+        """
         if self.positive_probability >= self.threshold:
             return self.positive_class
-        others = [c for c in self.classes if c != self.positive_class]
-        return others[0] if len(others) == 1 else self.top_class
+        others = [(p, c) for c, p in zip(self.classes, self.probabilities, strict=True)]
+        return max((pc for pc in others if pc[1] != self.positive_class), key=lambda pc: pc[0])[1]
 
 
 @dataclass

@@ -114,6 +114,9 @@ class MemberSpec(_Strict):
     # used (with a warning in the result) when ``model`` is not installed, e.g. a 2D model run
     # slice-wise until a site installs the 3D one
     fallback_model: str | None = None
+    # this member's label (class) names -> the task's names (its first member's), for members
+    # trained with other names or another order; without it, members must agree exactly
+    label_map: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("device")
     @classmethod

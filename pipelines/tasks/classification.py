@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from pipelines.ensemble import weighted_mean
 from pipelines.errors import PipelineModelError
-from pipelines.members import Member, MemberOutcome, run_per_device
+from pipelines.members import Member, MemberOutcome, run_per_device, task_orders
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.result import ClassificationOutput
 from pipelines.spec import ClassificationTask
@@ -47,19 +47,19 @@ def member_probabilities(
 def run_classification(
     task: ClassificationTask, members: list[Member], inputs: PreparedInputs
 ) -> tuple[ClassificationOutput, list[MemberOutcome[np.ndarray]]]:
-    classes = tuple(members[0].model.card.class_names)
-    for member in members[1:]:
-        if tuple(member.model.card.class_names) != classes:
-            raise PipelineModelError(
-                f"classifiers disagree on classes: {members[0].name} {classes}, "
-                f"{member.name} {tuple(member.model.card.class_names)}"
-            )
+    classes, orders = task_orders(members, lambda m: list(m.model.card.class_names))
     if task.positive_class not in classes:
         raise PipelineModelError(
             f"positive_class {task.positive_class!r} is not one of the models' classes {classes}"
         )
     positive = classes.index(task.positive_class)
-    outcomes = run_per_device(members, lambda m: member_probabilities(m, inputs, task, positive))
+
+    def probabilities(member: Member) -> np.ndarray:
+        order = orders[member.name]
+        own_positive = order[positive]  # the positive class's index in this member's output
+        return member_probabilities(member, inputs, task, own_positive)[order]
+
+    outcomes = run_per_device(members, probabilities)
     mean = weighted_mean([o.value for o in outcomes], [o.member.weight for o in outcomes])
     codes = tuple(
         label.type.to_domain()

@@ -6,7 +6,7 @@ import numpy as np
 
 from pipelines.ensemble import Box, weighted_boxes_fusion
 from pipelines.errors import PipelineModelError
-from pipelines.members import Member, MemberOutcome, label_specs, run_per_device
+from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.result import DetectionBox
 from pipelines.spec import DetectionTask
@@ -41,8 +41,17 @@ def member_boxes(member: Member, inputs: PreparedInputs, task: DetectionTask) ->
 def run_detection(
     task: DetectionTask, members: list[Member], inputs: PreparedInputs
 ) -> tuple[tuple[DetectionBox, ...], list[MemberOutcome[FramesBoxes]]]:
-    labels = label_specs(members[0].model.card)
-    outcomes = run_per_device(members, lambda m: member_boxes(m, inputs, task))
+    labels, orders = same_labels(members)
+
+    def boxes(member: Member) -> FramesBoxes:
+        # class indices into the task's labels: a member's own index i is the task's order.index(i)
+        to_task = {own: task_index for task_index, own in enumerate(orders[member.name])}
+        return [
+            [(*b[:4], to_task.get(int(b[4]), int(b[4]) + len(to_task)), b[5]) for b in frame]
+            for frame in member_boxes(member, inputs, task)
+        ]
+
+    outcomes = run_per_device(members, boxes)
     weights = [o.member.weight for o in outcomes]
     fused_boxes: list[DetectionBox] = []
     for frame in range(inputs.series.frame_count):

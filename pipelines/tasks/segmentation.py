@@ -83,12 +83,15 @@ def _check_channels(member: Member, channels: int) -> None:
 def run_segmentation(
     task: SegmentationTask, members: list[Member], inputs: PreparedInputs
 ) -> SegmentationRun:
-    labels = same_labels(members)
+    labels, orders = same_labels(members)
     accumulator: list[np.ndarray] = []
     lock = threading.Lock()
 
     def work(member: Member) -> dict[str, int]:
         probs = member_probabilities(member, inputs, task)
+        order = orders[member.name]
+        if order != sorted(order):  # a label_map reordered this member's labels
+            probs = probs[order]
         counts = {
             lab.name: int(np.count_nonzero(probs[i] >= task.postprocess.threshold_for(lab.name)))
             for i, lab in enumerate(labels)
