@@ -1,8 +1,9 @@
 """Where a job's results live and how the console reads and exports them.
 
-The worker writes each job's outputs under ``results_dir/<study>/<pipeline>/v<version>/``. Exports
-come from ``node.results.exports`` when installed; otherwise the console builds the same files from
-the artifacts and the job summary itself, so downloads work on a partly installed node.
+The worker writes each job's outputs under ``results_dir/job-<job id>/`` (a database key: no path
+is built from a UID a peer sent). Exports come from ``node.results.exports`` when installed;
+otherwise the console builds the same files from the artifacts and the job summary itself, so
+downloads work on a partly installed node.
 """
 
 from __future__ import annotations
@@ -29,12 +30,7 @@ EXPORTS = {
 
 
 def result_dir(settings: Settings, job: Job) -> Path:
-    return (
-        settings.results_dir
-        / job.study.study_instance_uid
-        / job.pipeline_name
-        / f"v{job.result_version}"
-    )
+    return settings.job_results_dir(job.id)
 
 
 def artifact_file(settings: Settings, artifact: Artifact) -> Path:
