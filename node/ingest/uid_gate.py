@@ -49,8 +49,8 @@ def instance_uid_error(raw: bytes | memoryview) -> InvalidUIDError | None:
     except _UNREADABLE:
         return None
     for name, value in elements.items():
-        if isinstance(value, bytes) and value.isascii():
-            value = value.decode("ascii")  # shown as text in the message; non-ASCII stays bytes
+        if isinstance(value, bytes) and value.isascii():  # shown as text; non-ASCII stays bytes
+            value = value.decode("ascii").rstrip("\0 ")  # padding is tolerated: not shown
         if value is None or value in (b"", ""):
             continue  # missing: the persist path names it
         try:
