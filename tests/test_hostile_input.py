@@ -318,3 +318,26 @@ def test_worker_results_stay_inside_data_dir(
     delete_study(settings, sqlite_db, study_pk, study_uid, "test")
     assert sentinel.read_text() == "not the node's" and Path(f"/tmp/{mark}-abs").is_dir()
     assert not folder.exists() and not list(settings.spool_dir.rglob("*.dcm"))
+
+
+def test_console_never_reads_a_row_path_outside_data_dir(
+    settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> None:
+    """An instance row whose path leads out of data_dir (an older node, a bypass) is not rendered,
+    although a real DICOM file is there to read."""
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    _add_hostile_study(settings, sqlite_db, "1.2.840.99.1")
+    with sqlite_db.write() as session:
+        instance = session.scalars(select(Instance)).one()
+        inside = instance.path
+        job = Job(study_pk=session.scalars(select(Study)).one().id, pipeline_name="demo-3d")
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    client = make_console(settings, sqlite_db).login("viewer1")
+    assert client.get(f"/review/{job_id}/frames/0.png").status_code == 200  # the real row renders
+    with sqlite_db.write() as session:
+        session.scalars(select(Instance)).one().path = f"../{outside.name}"
+    assert client.get(f"/review/{job_id}/frames/0.png").status_code == 422
+    assert inside.startswith("spool/")

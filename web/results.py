@@ -33,13 +33,19 @@ def result_dir(settings: Settings, job: Job) -> Path:
     return settings.job_results_dir(job.id)
 
 
+def data_file(settings: Settings, relative: str) -> Path:
+    """A file named by a database row (relative to the data directory), refusing any path that
+    would escape it: a row an older node wrote must not make the console read outside."""
+    base = settings.data_dir.resolve()
+    path = (base / relative).resolve()
+    if base not in path.parents:
+        raise FileNotFoundError(relative)
+    return path
+
+
 def artifact_file(settings: Settings, artifact: Artifact) -> Path:
     """The artifact's file, refusing paths that would escape the data directory."""
-    base = settings.data_dir.resolve()
-    path = (base / artifact.path).resolve()
-    if base not in path.parents:
-        raise FileNotFoundError(artifact.path)
-    return path
+    return data_file(settings, artifact.path)
 
 
 def review_data(settings: Settings, job: Job) -> dict[str, Any]:
