@@ -307,6 +307,11 @@ class Settings(BaseSettings):
     def results_dir(self) -> Path:
         return self.data_dir / "results"
 
+    def job_results_dir(self, job_id: int) -> Path:
+        """Where one job's outputs live: named by the job's primary key, never by a UID a peer
+        sent (a StudyInstanceUID such as ``../../tmp/x`` must not choose a path)."""
+        return self.results_dir / f"job-{int(job_id)}"
+
     def destination(self, name: str) -> DestinationSettings:
         for dest in self.destinations:
             if dest.name == name:

@@ -21,6 +21,7 @@ from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
 from node.grouping import completion
+from node.ingest.spool import safe_component
 from node.jobs import queue
 from node.jobs.planning import JobPlanner, PlannablePipeline
 
@@ -83,14 +84,21 @@ def _deletable_studies(db: Database, older_than: datetime | None) -> list[tuple[
 
 
 def delete_study(settings: Settings, db: Database, study_pk: int, study_uid: str, why: str) -> None:
-    """Remove a study's rows and files (received instances and results)."""
+    """Remove a study's rows and files (received instances and results).
+
+    The folders are the ones the spool and the worker wrote (a hashed UID, the job's key), never
+    ``study_uid`` joined to a path: an older row holding ``../../..`` must not pick what is deleted.
+    """
     with db.write() as session:
         study = session.get(Study, study_pk)
         if study is None:
             return
+        job_ids = list(session.scalars(select(Job.id).where(Job.study_pk == study_pk)))
         session.delete(study)
         audit.record(session, "study.deleted", entity_type="study", entity_id=study_uid, detail=why)
-    for folder in (settings.spool_dir / study_uid, settings.results_dir / study_uid):
+    folders = [settings.spool_dir / safe_component(study_uid)]
+    folders += [settings.job_results_dir(job_id) for job_id in job_ids]
+    for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -160,5 +160,6 @@ def load_result(result_dir: Path) -> Any:
     return load(result_dir)
 
 
-def import_paths(db: Any, settings: Settings, paths: list[Path]) -> Any:
-    return _function("node.ingest.importer", "import_paths")(db, settings, paths, source="upload")
+def import_paths(db: Any, settings: Settings, paths: list[Path], actor: str = "system") -> Any:
+    importer = _function("node.ingest.importer", "import_paths")
+    return importer(db, settings, paths, source="upload", actor=actor)

@@ -1,8 +1,9 @@
 """Where a job's results live and how the console reads and exports them.
 
-The worker writes each job's outputs under ``results_dir/<study>/<pipeline>/v<version>/``. Exports
-come from ``node.results.exports`` when installed; otherwise the console builds the same files from
-the artifacts and the job summary itself, so downloads work on a partly installed node.
+The worker writes each job's outputs under ``results_dir/job-<job id>/`` (a database key: no path
+is built from a UID a peer sent). Exports come from ``node.results.exports`` when installed;
+otherwise the console builds the same files from the artifacts and the job summary itself, so
+downloads work on a partly installed node.
 """
 
 from __future__ import annotations
@@ -29,21 +30,22 @@ EXPORTS = {
 
 
 def result_dir(settings: Settings, job: Job) -> Path:
-    return (
-        settings.results_dir
-        / job.study.study_instance_uid
-        / job.pipeline_name
-        / f"v{job.result_version}"
-    )
+    return settings.job_results_dir(job.id)
+
+
+def data_file(settings: Settings, relative: str) -> Path:
+    """A file named by a database row (relative to the data directory), refusing any path that
+    would escape it: a row an older node wrote must not make the console read outside."""
+    base = settings.data_dir.resolve()
+    path = (base / relative).resolve()
+    if base not in path.parents:
+        raise FileNotFoundError(relative)
+    return path
 
 
 def artifact_file(settings: Settings, artifact: Artifact) -> Path:
     """The artifact's file, refusing paths that would escape the data directory."""
-    base = settings.data_dir.resolve()
-    path = (base / artifact.path).resolve()
-    if base not in path.parents:
-        raise FileNotFoundError(artifact.path)
-    return path
+    return data_file(settings, artifact.path)
 
 
 def review_data(settings: Settings, job: Job) -> dict[str, Any]:

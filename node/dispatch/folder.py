@@ -1,7 +1,8 @@
 """Folder destination: ``<path>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``, written atomically.
 
 A consumer watching the folder never sees a half-written file (temporary name, fsync, rename), and
-a retry overwrites the same name, so the folder never holds duplicates.
+a retry overwrites the same name, so the folder never holds duplicates. A UID that is not a plain
+UID (a study received before entry points checked them) is refused, never joined to the path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from core.config import DestinationSettings
+from core.dicom_uids import InvalidUIDError, checked_uid
 from node.dispatch.targets import PingResult, SendOutcome
 
 
@@ -50,6 +52,11 @@ class FolderSender:
             study_uid, sop_uid = str(header.StudyInstanceUID), str(header.SOPInstanceUID)
         except (OSError, InvalidDicomError, AttributeError) as exc:
             return SendOutcome(path, False, error=f"unreadable DICOM file: {exc}")
+        try:  # the names come from the file: only a plain UID may become a path component
+            study_uid = checked_uid(study_uid, "StudyInstanceUID")
+            sop_uid = checked_uid(sop_uid, "SOPInstanceUID")
+        except InvalidUIDError as exc:
+            return SendOutcome(path, False, error=f"not copied: {exc}")
         target = self.root / study_uid / f"{sop_uid}.dcm"
         partial = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:

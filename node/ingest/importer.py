@@ -18,6 +18,7 @@ from core.config import Settings
 from core.domain import Association, StoreStatus
 from node.db.engine import Database
 from node.ingest.persist import persist_instance
+from node.ingest.uid_gate import instance_uid_error, record_refusal
 
 log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 4 * 1024**3  # refuse zip members that claim to inflate beyond this
@@ -30,9 +31,11 @@ class ImportReport:
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
+    refused: int = 0  # DICOM files whose identifying UIDs are not plain UIDs (see uid_gate)
     skipped: Counter[str] = field(default_factory=Counter)
     studies: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)  # "<source>: <reason>", first 100
+    refusals: list[str] = field(default_factory=list)  # "<source>: <invalid UID>", first 100
 
     @property
     def skipped_total(self) -> int:
@@ -41,6 +44,8 @@ class ImportReport:
     def summary(self) -> str:
         text = (f"stored {self.stored}, duplicates {self.duplicates}, failed {self.failed}, "
                 f"skipped {self.skipped_total}, studies {len(self.studies)}")  # fmt: skip
+        if self.refused:
+            text += f", refused {self.refused} (invalid UID)"
         if self.skipped:
             text += " (" + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) + ")"
         return text
@@ -104,15 +109,30 @@ def _note(report: ImportReport, source: str, reason: str) -> None:
 
 
 def import_paths(
-    db: Database, settings: Settings, paths: Sequence[Path], *, source: str = "import"
+    db: Database,
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    source: str = "import",
+    actor: str = "system",
 ) -> ImportReport:
-    """Persist every DICOM instance found under ``paths``; never raises for bad files."""
+    """Persist every DICOM instance found under ``paths``; never raises for bad files.
+
+    A file whose identifying UIDs are not plain UIDs is refused (``refused``, an error line naming
+    the attribute, an audit row by ``actor``) and the import goes on with the next file."""
     report = ImportReport()
     origin = Association(source=source)
     for name, data in _iter_sources([Path(p) for p in paths], report):
         if not _looks_like_dicom(data[:132]):
             report.skipped["not DICOM"] += 1
             _note(report, name, "not DICOM")
+            continue
+        uid_error = instance_uid_error(data)
+        if uid_error is not None:
+            report.refused += 1
+            if len(report.refusals) < 100:
+                report.refusals.append(f"{name}: {uid_error}")
+            record_refusal(db, uid_error, origin=name, source=source, actor=actor)
             continue
         has_meta = (len(data) >= 132 and data[128:132] == b"DICM") or data[:2] == b"\x02\x00"
         # bare datasets without file meta are by definition implicit VR little endian

@@ -23,6 +23,7 @@ from node.db.engine import Database
 from node.db.orm import Artifact, OrthancPull, SourceCursor, utcnow
 from node.db.repositories import audit
 from node.dispatch.orthanc_rest import orthanc_client
+from node.ingest.uid_gate import instance_uid_error, record_refusal
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ def pull_study(
 ) -> str:
     """Persist every instance of an Orthanc study, request its completion; return its StudyInstanceUID.
 
-    Instances already held are duplicates to the persist path (no second copy). Raises
+    Instances already held are duplicates to the persist path (no second copy); an instance whose
+    identifying UIDs are not plain UIDs is refused (logged, audited) and skipped. Raises
     :class:`PullError` when Orthanc does not know the study or an instance cannot be stored."""
     from node.ingest.persist import persist_instance
 
@@ -165,18 +167,25 @@ def pull_study(
     own = _own_results(
         db, [str(i.get("MainDicomTags", {}).get("SOPInstanceUID", "")) for i in listing]
     )
+    refused = 0
     for item in listing:
         if item.get("MainDicomTags", {}).get("SOPInstanceUID", "") in own:
             continue  # our own uploaded results coming back: not an input
         raw = client.get_binary(f"instances/{item['ID']}/file", timeout=settings.dispatch.timeout_s)
+        uid_error = instance_uid_error(raw)
+        if uid_error is not None:  # refused for good (a retry would fetch the same bytes)
+            refused += 1
+            record_refusal(db, uid_error, origin=f"Orthanc instance {item['ID']} from {assoc.peer_host}",
+                           source="orthanc")  # fmt: skip
+            continue
         outcome = persist_instance(db, settings, raw, assoc)
         if not outcome.ok:
             raise PullError(
                 f"instance {item['ID']} not stored: {outcome.status.name} {outcome.reason}"
             )
         study_uid = study_uid or outcome.study_instance_uid
-    if len(own) == len(listing):
-        return study_uid  # only our results changed in Orthanc: nothing to process
+    if len(own) + refused == len(listing):
+        return study_uid  # only our results changed in Orthanc, or all refused: nothing to process
     with db.write() as session:
         request_completion(session, study_uid, f"orthanc stable study {orthanc_study_id}", utcnow())
     return study_uid

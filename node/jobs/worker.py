@@ -246,12 +246,7 @@ class Worker:
         for warning in result.warnings:
             lines.append(f"  warning: {warning}")
         sources = self._load_sources(result, instances)
-        out_dir = (
-            self.settings.results_dir
-            / claimed.study_uid
-            / claimed.pipeline_name
-            / f"v{claimed.result_version}"
-        )
+        out_dir = self.settings.job_results_dir(claimed.job_id)  # a key, never a peer's UID
         out_dir.mkdir(parents=True, exist_ok=True)
         self._save_result(result, out_dir)
         producer = self._producer or _default_producer()

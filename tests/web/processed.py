@@ -171,10 +171,6 @@ def build_processed_study(
     study_uid, series_uid = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     spool = settings.spool_dir / study_uid / series_uid
     spool.mkdir(parents=True, exist_ok=True)
-    results = settings.results_dir / study_uid / "demo-mr" / "v1"
-    seg_path = results / "seg.dcm"
-    seg = _write_seg(datasets, seg_path)
-    save_result(_pipeline_result(datasets, _lesion_mask(datasets)), results)
     with db.write() as session:
         study = Study(
             study_instance_uid=study_uid,
@@ -237,6 +233,10 @@ def build_processed_study(
         )
         session.add(job)
         session.flush()
+        results = settings.job_results_dir(job.id)  # where the worker writes this job's outputs
+        seg_path = results / "seg.dcm"
+        seg = _write_seg(datasets, seg_path)
+        save_result(_pipeline_result(datasets, _lesion_mask(datasets)), results)
         artifact = Artifact(
             job_pk=job.id,
             kind="seg",

@@ -22,7 +22,7 @@ from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
 from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
-from web.results import artifact_file, review_data
+from web.results import artifact_file, data_file, review_data
 
 router = APIRouter(
     tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False
@@ -157,7 +157,7 @@ def frame_png(
 ) -> Response:
     ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
     try:
-        png = render_frame_png(state.settings.data_dir / ref.path, ref.frame)
+        png = render_frame_png(data_file(state.settings, ref.path), ref.frame)
     except (RenderError, FileNotFoundError) as exc:
         raise HTTPException(422, f"cannot render this frame: {exc}") from exc
     return Response(png, media_type="image/png", headers=PNG_HEADERS)

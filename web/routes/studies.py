@@ -110,7 +110,7 @@ def upload_form(request: Request, user: Reviewer) -> Response:
 
 
 def _save_upload(upload: UploadFile, folder: Path, index: int, max_bytes: int) -> tuple[Path, str]:
-    target = folder / f"{index:04d}_{Path(upload.filename or 'file').name[-80:]}"
+    target = folder / f"{index:04d}.upload"  # the client's file name never becomes a path
     with target.open("wb") as out:
         shutil.copyfileobj(upload.file, out, length=1 << 20)
     if target.stat().st_size > max_bytes:
@@ -120,6 +120,14 @@ def _save_upload(upload: UploadFile, folder: Path, index: int, max_bytes: int) -
     if kind == "unknown":
         raise UploadError(f"{upload.filename}: not a DICOM file, zip archive, PNG or JPEG image")
     return target, kind
+
+
+def _named(line: str, names: dict[str, str]) -> str:
+    """An import report line with the staging path replaced by the name the user uploaded."""
+    for path, filename in names.items():
+        if line.startswith(path):
+            return filename + line[len(path) :]
+    return line
 
 
 @router.post("/studies/upload")
@@ -167,7 +175,7 @@ def upload(
                     check_zip(path, max_bytes)
                 to_import.append(path)
         try:
-            report = import_paths(state.db, state.settings, to_import)
+            report = import_paths(state.db, state.settings, to_import, actor=user.username)
         except Unavailable as exc:
             raise HTTPException(503, "Import is not available on this node yet.") from exc
         except (ValueError, OSError) as exc:
@@ -186,8 +194,15 @@ def upload(
             actor=user.username,
             detail=f"{len(to_import)} file(s): {summary}",
         )
+    names = {str(path): f.filename or "file" for (path, _), f in zip(saved, files, strict=True)}
+    refused = int(getattr(report, "refused", 0))
+    if refused:  # a UID that is not a plain UID: the message names the attribute
+        shown = "; ".join(_named(line, names) for line in report.refusals[:3])
+        raise HTTPException(
+            400, f"Refused {refused} file(s) with an invalid UID: {shown} ({summary})"
+        )
     if not stored:
-        errors = "; ".join(getattr(report, "errors", [])[:3])
+        errors = "; ".join(_named(line, names) for line in getattr(report, "errors", [])[:3])
         raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
     flash(request, f"Uploaded {len(to_import)} file(s): {summary}")
     studies = sorted(getattr(report, "studies", set()))

@@ -25,7 +25,7 @@ def record(
     event = AuditEvent(
         action=action,
         entity_type=entity_type,
-        entity_id=str(entity_id),
+        entity_id=str(entity_id)[:128],  # the column's width: a peer's over-long UID must fit
         from_state=from_state,
         to_state=to_state,
         actor=actor,
