@@ -155,7 +155,9 @@ def _serve_web(settings: Settings, db: Database) -> None:
         host=settings.web_host,
         port=settings.web_port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # the app itself honours X-Forwarded-For, and only from web.trusted_proxies: uvicorn's own
+        # handling would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS) whatever the settings say
+        proxy_headers=False,
     )
     uvicorn.Server(config).run()  # returns on SIGTERM/SIGINT (uvicorn's own handlers)
 
