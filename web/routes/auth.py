@@ -1,7 +1,10 @@
 """Login, logout, password reset, self-registration (when enabled) and changing one's password.
 
-Failures are deliberately uninformative (same message and same argon2 cost for unknown users, wrong
-passwords and locked accounts) so the form cannot be used to discover accounts.
+Failures are deliberately uninformative (same message and same argon2 cost for unknown users and
+wrong passwords; the same progressive delay for any account name typed, existing or not) so the
+forms cannot be used to discover accounts. Sessions are started and ended through
+:mod:`web.sessions`; a password changes only through ``users.set_password``, which ends every
+session and revokes every reset link of the account.
 """
 
 from __future__ import annotations

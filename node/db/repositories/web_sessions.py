@@ -1,8 +1,8 @@
 """Console sessions held on the server: the browser keeps a random id, the row keeps the rest.
 
 Only the id's SHA-256 is stored (a copied database does not yield live cookies). Ending a session
-(logout, password change, role change, disabling) deletes its row, so a copied cookie stops working
-at once; idle and absolute lifetimes are checked against the row's own timestamps, never against
+deletes its row (logout here; password, role and status changes end all of a user's sessions with
+``users.end_sessions``), so a copied cookie stops working at once; idle and absolute lifetimes are checked against the row's own timestamps, never against
 anything the browser sends.
 """
 
@@ -77,16 +77,6 @@ def save(
 def end(session: Session, token: str) -> int:
     result = session.execute(delete(WebSession).where(WebSession.token_hash == token_digest(token)))
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def end_for_user(session: Session, user_pk: int) -> int:
-    """End every session of a user (password, role or status changed); returns how many."""
-    result = session.execute(delete(WebSession).where(WebSession.user_pk == user_pk))
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def count_for_user(session: Session, user_pk: int) -> int:
-    return len(session.scalars(select(WebSession.id).where(WebSession.user_pk == user_pk)).all())
 
 
 def purge_expired(session: Session, lifetime: Lifetime, now: datetime) -> int:
