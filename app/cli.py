@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "app.commands.models:evaluate_command",
     "user create": "app.commands.users:create_user_command",
     "user reset-link": "app.commands.users:reset_link_command",
+    "user unlock": "app.commands.users:unlock_command",
 }
 
 
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", default="")
     reset = user.add_parser("reset-link", help="print a password reset link for a user")
     reset.add_argument("username")
+    unlock = user.add_parser("unlock", help="forget a user's failed logins (no more login delay)")
+    unlock.add_argument("username")
     return parser
 
 

@@ -14,11 +14,14 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from node.db.engine import Database, open_database
 from pipelines.spec import load_pipeline_configs
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -145,19 +148,28 @@ def _remember_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _serve_web(settings: Settings, db: Database) -> None:
+def web_server_config(settings: Settings, db: Database) -> uvicorn.Config:
+    """How the console is served: uvicorn over ``create_app``, with its own proxy-header handling
+    off. The app honours X-Forwarded-For itself, and only from ``web.trusted_proxies``; uvicorn's
+    would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS) whatever the settings say."""
     import uvicorn
 
     from web.main import create_app
 
-    config = uvicorn.Config(
+    return uvicorn.Config(
         create_app(settings, db),
         host=settings.web_host,
         port=settings.web_port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        proxy_headers=False,
     )
-    uvicorn.Server(config).run()  # returns on SIGTERM/SIGINT (uvicorn's own handlers)
+
+
+def _serve_web(settings: Settings, db: Database) -> None:
+    import uvicorn
+
+    # returns on SIGTERM/SIGINT (uvicorn's own handlers)
+    uvicorn.Server(web_server_config(settings, db)).run()
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ the error alone.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -177,13 +178,28 @@ class SMTPSettings(_Strict):
 
 class WebSettings(_Strict):
     session_idle_minutes: float = Field(30.0, gt=0)
+    session_absolute_hours: float = Field(12.0, gt=0)
     self_registration: bool = False
     max_upload_mb: float = Field(512.0, gt=0)
     login_max_failures: int = Field(5, ge=1)
-    login_lockout_s: float = Field(300.0, ge=0)
+    login_max_delay_s: float = Field(300.0, ge=0)
+    login_address_max_failures: int = Field(20, ge=1)
     reset_token_ttl_s: float = Field(3600.0, gt=0)
     secure_cookies: bool = False
     base_url: str = ""
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_or_network(cls, values: list[str]) -> list[str]:
+        """Each entry an IP address or CIDR network: a typo must not silently trust nobody (or
+        everybody), so a host name is refused too."""
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+        return [value.strip() for value in values]
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -7,10 +7,9 @@ never touches cookies or headers itself. The session commits when the route func
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -22,7 +21,9 @@ from core.domain import Role
 from node.db.engine import Database
 from node.db.orm import ApiToken, User, utcnow
 from node.db.repositories import users as user_repo
-from web.security import LoginThrottle, csrf_matches, new_csrf_token, password_fingerprint
+from web.mail import MailOutbox
+from web.security import csrf_for, csrf_matches
+from web.sessions import handle
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
@@ -35,7 +36,8 @@ class WebState:
     settings: Settings
     db: Database
     templates: Jinja2Templates
-    throttle: LoginThrottle
+    outbox: MailOutbox = field(default_factory=MailOutbox)
+    clock: Callable[[], datetime] = utcnow  # tests move time by replacing it
 
 
 @dataclass(frozen=True)
@@ -104,31 +106,15 @@ def _principal_from_token(request: Request, header: str) -> Principal:
 
 
 def _principal_from_cookie(request: Request) -> Principal | None:
-    state = web_state(request)
-    data = request.session
-    user_id = data.get("uid")
-    if not isinstance(user_id, int):
+    """The session's user; expiry was already enforced by ``ServerSessions`` when it loaded the row."""
+    user_id = handle(request).user_pk
+    if user_id is None:
         return None
-    now = time.time()
-    seen = data.get("seen", 0)
-    if (
-        not isinstance(seen, int | float)
-        or now - seen > state.settings.web.session_idle_minutes * 60
-    ):
-        data.clear()
-        return None
-    with state.db.read() as session:
+    with web_state(request).db.read() as session:
         user = user_repo.get_user(session, user_id)
-        if (
-            user is None
-            or not user.active
-            or data.get("pwv") != password_fingerprint(user.password_hash)
-        ):
-            data.clear()
+        if user is None or not user.active:
             return None
-        principal = Principal(user.id, user.username, Role(user.role), "session")
-    data["seen"] = int(now)
-    return principal
+        return Principal(user.id, user.username, Role(user.role), "session")
 
 
 def optional_user(request: Request) -> Principal | None:
@@ -193,12 +179,8 @@ Reader = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST, Role.VIE
 
 
 def csrf_token(request: Request) -> str:
-    """The session's CSRF token, created on first use (anonymous sessions get one for the login)."""
-    token = request.session.get("csrf")
-    if not isinstance(token, str):
-        token = new_csrf_token()
-        request.session["csrf"] = token
-    return token
+    """The session's CSRF token (anonymous visitors get a session id for the login form)."""
+    return csrf_for(web_state(request).settings.secret_key, handle(request).ensure_token())
 
 
 async def verify_csrf(request: Request) -> None:
@@ -215,7 +197,9 @@ async def verify_csrf(request: Request) -> None:
             form = await request.form()
             value = form.get("csrf_token")
             given = value if isinstance(value, str) else None
-    if not csrf_matches(request.session.get("csrf"), given):
+    token = handle(request).token
+    expected = csrf_for(web_state(request).settings.secret_key, token) if token else None
+    if not csrf_matches(expected, given):
         raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
 
 

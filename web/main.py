@@ -1,7 +1,7 @@
 """``create_app``: the console and JSON API as one FastAPI application over the node's database.
 
-The app owns no state of its own beyond an in-memory login throttle: users, sessions' authority,
-studies and results all live in the database, so several web processes can serve the same node.
+The app owns no state of its own: users, sessions, login throttling, studies and results all live in
+the database, so several web processes can serve the same node.
 On first start with no users an admin is created with a generated password printed once to the log.
 """
 
@@ -18,8 +18,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.config import Settings
 from core.domain import Role
@@ -28,10 +28,10 @@ from node.db.repositories import audit
 from node.db.repositories import users as user_repo
 from web.deps import LoginRequired, WebState
 from web.pages import STATIC_DIR, build_templates, redirect, render
-from web.security import LoginThrottle, generate_password, hash_password
+from web.security import generate_password, hash_password
+from web.sessions import ServerSessions
 
 log = logging.getLogger("pacsnode.web")
-SESSION_COOKIE = "pacsnode_session"
 UPLOAD_PATHS = ("/studies/upload",)
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -220,22 +220,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         docs_url=None,  # served from vendored assets by _install_offline_docs
         redoc_url=None,
     )
-    app.state.web = WebState(
-        settings=settings,
-        db=db,
-        templates=build_templates(),
-        throttle=LoginThrottle(window_s=max(settings.web.login_lockout_s, 60.0)),
-    )
+    app.state.web = WebState(settings=settings, db=db, templates=build_templates())
     app.add_middleware(UploadSizeLimit, max_bytes=int(settings.web.max_upload_mb * 1024 * 1024))
     app.add_middleware(SecurityHeaders, hsts=settings.web.secure_cookies)
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=settings.secret_key,
-        session_cookie=SESSION_COOKIE,
-        max_age=int(settings.web.session_idle_minutes * 60),
-        same_site="lax",
-        https_only=settings.web.secure_cookies,
-    )
+    app.add_middleware(ServerSessions)
+    # the client address (throttling, audit) from X-Forwarded-For only when a trusted proxy sent it
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.web.trusted_proxies))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _install_offline_docs(app)
     _install_error_handlers(app)

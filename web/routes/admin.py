@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
-from node.db.repositories import audit, console
+from node.db.repositories import audit, console, throttle
 from node.db.repositories import users as user_repo
 from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
 from web.deps import AdminUser, SessionDep, StateDep, verify_csrf
@@ -57,11 +57,16 @@ def admin_home(user: AdminUser) -> Response:
 
 @router.get("/users")
 def users_page(request: Request, session: SessionDep, user: AdminUser) -> Response:
+    users = user_repo.list_users(session)
+    failed = throttle.failures(session, [throttle.account_key(u.username) for u in users])
     return render(
         request,
         "admin_users.html",
         {
-            "users": user_repo.list_users(session),
+            "users": users,
+            "failures": {
+                u.username: failed.get(throttle.account_key(u.username), 0) for u in users
+            },
             "roles": [r.value for r in Role],
             "secret": request.session.pop("once", None),
         },
@@ -118,7 +123,9 @@ def set_role(
         from_state=target.role,
         to_state=role.value,
     )
-    target.role = role.value
+    if target.role != role.value:
+        target.role = role.value
+        user_repo.end_sessions(session, target.id)  # the new role starts with a new login
     return redirect("/admin/users")
 
 
@@ -138,8 +145,20 @@ def set_active(
     )
     target.active = active
     if active:
-        target.locked_until = None
-        target.failed_logins = 0
+        throttle.clear(session, throttle.account_key(target.username))
+    else:
+        user_repo.end_sessions(session, target.id)
+    return redirect("/admin/users")
+
+
+@router.post("/users/{user_id}/unlock")
+def unlock(session: SessionDep, user: AdminUser, user_id: int) -> Response:
+    """Forget the account's failed logins, so its next attempt is checked without delay."""
+    target = _user_or_404(session, user_id)
+    throttle.clear(session, throttle.account_key(target.username))
+    audit.record(
+        session, "auth.unlock", entity_type="user", entity_id=target.username, actor=user.username
+    )
     return redirect("/admin/users")
 
 

@@ -68,6 +68,7 @@ MATRIX: list[tuple[str, str, str, dict[str, str]]] = [
     ("POST", "/admin/users/{user_id}/role", ADMIN, {"role": "viewer"}),
     ("POST", "/admin/users/{user_id}/active", ADMIN, {"active": "true"}),
     ("POST", "/admin/users/{user_id}/reset-link", ADMIN, {}),
+    ("POST", "/admin/users/{user_id}/unlock", ADMIN, {}),
     ("GET", "/admin/tokens", ADMIN, {}),
     ("POST", "/admin/tokens", ADMIN, {"name": "t-{role}", "scopes": "read"}),
     ("POST", "/admin/tokens/{token_id}/revoke", ADMIN, {}),
