@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     ae = build_ae(args.ae_title)
-    handlers = [(evt.EVT_C_STORE, store_durably, [args.out])]
+    handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, store_durably, [args.out])]
     ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
     return 0
 
