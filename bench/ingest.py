@@ -15,6 +15,7 @@ receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows
     .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
     .venv/bin/python bench/ingest.py --quick --repeat 1 --only pacsnode-1 pynetdicom
+    .venv/bin/python bench/ingest.py --quick --repeat 1 --no-fsync   # protocol cost, no disk
 """
 
 from __future__ import annotations
@@ -96,10 +97,10 @@ def wait_for_echo(port: int, aet: str, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def pacsnode(workdir: Path, processes: int) -> Iterator[tuple[int, str]]:
+def pacsnode(workdir: Path, processes: int, durable: bool) -> Iterator[tuple[int, str]]:
     data_dir = workdir / "pacsnode"
     settings = load_settings(None, environment="test", data_dir=data_dir, dicom_host="127.0.0.1",
-                             dicom_port=free_port(), min_free_disk_mb=0, fsync=True,
+                             dicom_port=free_port(), min_free_disk_mb=0, fsync=durable,
                              log_level="WARNING", receiver_processes=processes)  # fmt: skip
     data_dir.mkdir(parents=True)
     db = Database(settings.effective_database_url)
@@ -118,7 +119,7 @@ Receiver = Callable[[Path], contextlib.AbstractContextManager[tuple[int, str]]]
 
 
 @contextlib.contextmanager
-def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+def orthanc(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
     root = workdir / "orthanc"
     root.mkdir(parents=True)
     port = free_port()
@@ -127,7 +128,7 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
         "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "HttpServerEnabled": True,
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
         "Plugins": [], "StorageCompression": False, "SaveJobs": False, "DicomThreadsCount": 4,
-        "SyncStorageArea": True,
+        "SyncStorageArea": durable,
     }  # fmt: skip
     (root / "orthanc.json").write_text(json.dumps(config))
     proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=RECEIVER_ENV,
@@ -141,11 +142,13 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def pynetdicom_scp(workdir: Path) -> Iterator[tuple[int, str]]:
+def pynetdicom_scp(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
     """The plain pynetdicom storage SCP of ``bench/pynetdicom_scp.py`` in its own process."""
     port = free_port()
     script = Path(__file__).resolve().parent / "pynetdicom_scp.py"
     command = [sys.executable, str(script), str(port), str(workdir / "pynetdicom")]
+    if not durable:
+        command.append("--no-fsync")
     proc = subprocess.Popen(
         command, env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -205,20 +208,31 @@ class Result:
     mb_s: float
 
 
-def receivers_for(processes: int) -> dict[str, tuple[str, Receiver, tuple[str, ...]]]:
+def receivers_for(
+    processes: int, durable: bool = True
+) -> dict[str, tuple[str, Receiver, tuple[str, ...]]]:
     """Every receiver: short key (``--only``) -> (table label, start-up, outside tools it needs)."""
+    writes = "durable" if durable else "no fsync"
     return {
-        "pacsnode-1": ("pacsnode (1 process, durable)", lambda w: pacsnode(w, 1), ()),
-        "pacsnode-n": (
-            f"pacsnode ({processes} processes, durable)",
-            lambda w: pacsnode(w, processes),
+        "pacsnode-1": (
+            f"pacsnode (1 process, {writes})",
+            lambda w: pacsnode(w, 1, durable),
             (),
         ),
-        "orthanc": ("Orthanc 1.10 (SQLite)", orthanc, ("Orthanc",)),
+        "pacsnode-n": (
+            f"pacsnode ({processes} processes, {writes})",
+            lambda w: pacsnode(w, processes, durable),
+            (),
+        ),
+        "orthanc": (
+            f"Orthanc 1.10 (SQLite{'' if durable else ', no fsync'})",
+            lambda w: orthanc(w, durable),
+            ("Orthanc",),
+        ),
         "storescp": ("DCMTK storescp --fork", storescp, ("storescp",)),
         "pynetdicom": (
-            f"pynetdicom {pynetdicom.__version__} (1 process, durable)",
-            pynetdicom_scp,
+            f"pynetdicom {pynetdicom.__version__} (1 process, {writes})",
+            lambda w: pynetdicom_scp(w, durable),
             (),
         ),
     }
@@ -248,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per receiver and scenario (median)"
     )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="pacsnode, Orthanc and pynetdicom without fsync: the protocol and process costs "
+        "alone, without the disk's (storescp never fsyncs)",
+    )
     parser.add_argument("--receivers-nagle", action="store_true",
                         help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
                              "Nagle on, ~40 ms stall per response); default: TCP_NODELAY=1")  # fmt: skip
@@ -257,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         RECEIVER_ENV["TCP_NODELAY"] = "1"  # pacsnode sets TCP_NODELAY itself; give them the same
     chosen = {
         key: value
-        for key, value in receivers_for(args.processes).items()
+        for key, value in receivers_for(args.processes, durable=not args.no_fsync).items()
         if args.only is None or key in args.only
     }
     needed = {"storescu", "echoscu"}.union(*(tools for _, _, tools in chosen.values()))

@@ -6,9 +6,10 @@ pynetdicom's acceptor; this receiver is what that decision is measured against
 recommends it for speed, nothing of ours: ``AE.start_server``, every storage SOP class,
 the data set written undecoded (``event.encoded_dataset()``), unlimited maximum PDU and the
 per-PDU debug log handlers off. Like the node's durable writes, each instance's file and its
-folder are fsynced before the success status goes back.
+folder are fsynced before the success status goes back (``--no-fsync`` leaves that out, to set it
+beside the node with ``fsync: false``).
 
-    .venv/bin/python bench/pynetdicom_scp.py PORT OUT_DIR [--ae-title PYNETDICOM]
+    .venv/bin/python bench/pynetdicom_scp.py PORT OUT_DIR [--ae-title PYNETDICOM] [--no-fsync]
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: refused, out of resources (here: the write failed)
 
 
-def store_durably(event: Event, out: Path) -> int:
-    """Write one received instance and fsync it and its folder; the status to answer with.
+def store(event: Event, out: Path, durable: bool) -> int:
+    """Write one received instance (and fsync it and its folder when durable); the status.
 
     The file name is ours (a UUID), never built from the peer's values.
     """
@@ -37,13 +38,15 @@ def store_durably(event: Event, out: Path) -> int:
     try:
         with open(path, "wb") as handle:
             handle.write(event.encoded_dataset())
-            handle.flush()
-            os.fsync(handle.fileno())
-        folder = os.open(out, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if durable:
+            folder = os.open(out, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except OSError:
         return OUT_OF_RESOURCES
     return SUCCESS
@@ -65,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("port", type=int)
     parser.add_argument("out", type=Path, help="folder for the received instances (created)")
     parser.add_argument("--ae-title", default="PYNETDICOM")
+    parser.add_argument("--no-fsync", action="store_true", help="write without fsync")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     ae = build_ae(args.ae_title)
-    handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, store_durably, [args.out])]
+    handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, store, [args.out, not args.no_fsync])]
     ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
     return 0
 

@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -43,10 +44,11 @@ def _ct_instance(index: int) -> Dataset:
     return ds
 
 
-def test_pynetdicom_receiver_writes_every_instance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [[], ["--no-fsync"]], ids=["durable", "no-fsync"])
+def test_pynetdicom_receiver_writes_every_instance(tmp_path: Path, options: list[str]) -> None:
     port, out = free_port(), tmp_path / "received"
     script = BENCH / "pynetdicom_scp.py"
-    proc = subprocess.Popen([sys.executable, str(script), str(port), str(out)])
+    proc = subprocess.Popen([sys.executable, str(script), str(port), str(out), *options])
     try:
         wait_for_port(port, timeout=30)
         ae = AE(ae_title="BENCHSCU")
