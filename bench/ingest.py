@@ -119,6 +119,20 @@ Receiver = Callable[[Path], contextlib.AbstractContextManager[tuple[int, str]]]
 
 
 @contextlib.contextmanager
+def serving(command: list[str], port: int, aet: str) -> Iterator[tuple[int, str]]:
+    """Run an outside receiver until the block ends; yield once it answers C-ECHO."""
+    proc = subprocess.Popen(
+        command, env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_echo(port, aet)
+        yield port, aet
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
 def orthanc(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
     root = workdir / "orthanc"
     root.mkdir(parents=True)
@@ -131,14 +145,8 @@ def orthanc(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
         "SyncStorageArea": durable,
     }  # fmt: skip
     (root / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=RECEIVER_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_echo(port, "ORTHANC")
-        yield port, "ORTHANC"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serving(["Orthanc", str(root / "orthanc.json")], port, "ORTHANC") as receiver:
+        yield receiver
 
 
 @contextlib.contextmanager
@@ -149,15 +157,8 @@ def pynetdicom_scp(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
     command = [sys.executable, str(script), str(port), str(workdir / "pynetdicom")]
     if not durable:
         command.append("--no-fsync")
-    proc = subprocess.Popen(
-        command, env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_echo(port, "PYNETDICOM")
-        yield port, "PYNETDICOM"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serving(command, port, "PYNETDICOM") as receiver:
+        yield receiver
 
 
 @contextlib.contextmanager
@@ -165,14 +166,9 @@ def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
     out = workdir / "storescp"
     out.mkdir(parents=True)
     port = free_port()
-    proc = subprocess.Popen(["storescp", "--fork", "+xa", "-od", str(out), "-aet", "STORESCP", str(port)],
-                            env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_echo(port, "STORESCP")
-        yield port, "STORESCP"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    command = ["storescp", "--fork", "+xa", "-od", str(out), "-aet", "STORESCP", str(port)]
+    with serving(command, port, "STORESCP") as receiver:
+        yield receiver
 
 
 def send(corpus: Path, port: int, aet: str, associations: int, nodelay: bool) -> float:
