@@ -331,8 +331,9 @@ def print_table(results: list[Result], counts: dict[str, int], repeat: int) -> N
     print("|---|---|---|---|---|")
     for scenario in scenarios:
         for r in (r for r in results if r.scenario == scenario):
-            ratio = r.rate / orthanc_rate[scenario] if orthanc_rate.get(scenario) else float("nan")
-            print(f"| {scenario} | {r.receiver} | {r.rate:.1f} | {r.mb_s:.1f} | {ratio:.2f}x |")
+            base = orthanc_rate.get(scenario)
+            ratio = f"{r.rate / base:.2f}x" if base else "—"  # Orthanc not in this run (--only)
+            print(f"| {scenario} | {r.receiver} | {r.rate:.1f} | {r.mb_s:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":
