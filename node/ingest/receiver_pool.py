@@ -1,5 +1,5 @@
 """Several receiver processes on one port (SO_REUSEPORT): one pynetdicom process is CPU-bound at
-roughly one core, so the pool is how the receiver scales with associations (PERFORMANCE-NOTES).
+roughly one core, so the pool is how the receiver scales with associations (docs/performance.md §3).
 
 The kernel spreads new connections over the children. Each child owns its ``Database`` and group
 committer; they meet in the database (SQLite's write lock or PostgreSQL row locks). The parent
