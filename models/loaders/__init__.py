@@ -13,13 +13,16 @@ import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from models.card import ModelCard, ModelLoadError, sha256_file
 from models.devices import DevicePlacement, resolve_device
+
+if TYPE_CHECKING:
+    from models.loaders.monai_bundle import MonaiBundle
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class LoadedModel:
         network: torch.nn.Module | None = None,
         detector: Detector | None = None,
         outputs_probabilities: bool = False,
+        bundle: MonaiBundle | None = None,
     ) -> None:
         self.card = card
         self.placement = placement
@@ -47,6 +51,7 @@ class LoadedModel:
         self.network = network
         self._detector = detector
         self._outputs_probabilities = outputs_probabilities
+        self.bundle = bundle  # a MONAI bundle brings its own transforms and inferer
         if network is not None:
             network.eval()
 

@@ -20,7 +20,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from pipelines.errors import PipelineInputError
-from pipelines.preprocess.geometry import orientation_label, sort_key_along_normal
+from pipelines.preprocess.geometry import (
+    index_to_patient_affine,
+    orientation_label,
+    sort_key_along_normal,
+)
 from pipelines.result import SourceFrame, SourceSeries
 
 MULTIFRAME_MIN = 2
@@ -53,6 +57,9 @@ class DecodedSeries:
     orientation: str | None
     intensity_unit: str
     warnings: tuple[str, ...] = ()
+    # voxel index (col, row, frame) -> patient LPS mm, when every frame has a position and the
+    # series an orientation and pixel spacing: what a MONAI bundle needs to see the anatomy
+    affine_lps: np.ndarray | None = None
 
     @property
     def is_color(self) -> bool:
@@ -310,6 +317,7 @@ def decode_series(series: SourceSeries, allow_subset: bool = False) -> DecodedSe
         orientation=orientation_label(orientation) if orientation else None,
         intensity_unit="HU" if modality.upper() == "CT" else "[arb'U]",
         warnings=tuple(warnings),
+        affine_lps=index_to_patient_affine(positions, orientation, _pixel_spacing(first)),
     )
 
 
