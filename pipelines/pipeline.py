@@ -117,6 +117,7 @@ class Pipeline:
                 volumetric=self.volumetric,
                 pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
                 voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
+                exclusive=members.segmentation[0].model.card.labels_exclusive,
             )
             segmentation = SegmentationOutput(
                 labels=seg.labels,
