@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.domain import Role
@@ -27,12 +26,12 @@ from node.db.engine import Database
 from node.db.repositories import audit
 from node.db.repositories import users as user_repo
 from web.deps import LoginRequired, WebState
+from web.limits import BodyLimit, NoStore, limit_for
 from web.pages import STATIC_DIR, build_templates, redirect, render
 from web.security import LoginThrottle, generate_password, hash_password
 
 log = logging.getLogger("pacsnode.web")
 SESSION_COOKIE = "pacsnode_session"
-UPLOAD_PATHS = ("/studies/upload",)
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -62,54 +61,6 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
-class UploadSizeLimit:
-    """Refuse an upload over ``max_bytes``: by its declared length before a byte is parsed, and by
-    counting the streamed body otherwise, so a chunked upload cannot fill the disk."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in UPLOAD_PATHS
-        ):
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen, refused = 0, False
-
-        async def guarded_send(message: Message) -> None:
-            if not refused:  # once refused, the app's own (error) answer is dropped
-                await send(message)
-
-        async def counting_receive() -> Message:
-            nonlocal seen, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                refused = True
-                await self._refuse(scope, receive, send)
-                return {"type": "http.disconnect"}  # the parser stops reading here
-            return message
-
-        await self.app(scope, counting_receive, guarded_send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        mb = self.max_bytes / (1024 * 1024)
-        response = JSONResponse(
-            {"detail": f"upload too large: the limit is {mb:g} MB"}, status_code=413
-        )
-        await response(scope, receive, send)
-
-
 def ensure_first_admin(db: Database) -> str | None:
     """Create ``admin`` with a generated password when the node has no users; return the password."""
     with db.write() as session:
@@ -133,9 +84,10 @@ def ensure_first_admin(db: Database) -> str | None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from web.routes import admin, api, auth, dashboard, review, studies
+    from web.routes import admin, api, auth, dashboard, review, studies, uploads
 
-    for module in (auth, dashboard, studies, review, admin, api):
+    # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
+    for module in (auth, dashboard, uploads, studies, review, admin, api):
         app.include_router(module.router)
     try:
         hooks = importlib.import_module("web.routes.hooks")
@@ -226,7 +178,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         templates=build_templates(),
         throttle=LoginThrottle(window_s=max(settings.web.login_lockout_s, 60.0)),
     )
-    app.add_middleware(UploadSizeLimit, max_bytes=int(settings.web.max_upload_mb * 1024 * 1024))
+    app.add_middleware(NoStore)
     app.add_middleware(SecurityHeaders, hsts=settings.web.secure_cookies)
     app.add_middleware(
         SessionMiddleware,
@@ -236,6 +188,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.web.secure_cookies,
     )
+    # outermost: bodies are refused before sessions, CSRF, login or any parser see them
+    app.add_middleware(BodyLimit, limit=limit_for(settings.web))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _install_offline_docs(app)
     _install_error_handlers(app)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
@@ -320,7 +321,12 @@ def set_allowlist(
         ae = ae.strip()
         if not ae or len(ae) > 16 or "\\" in ae or not ae.isprintable():
             raise HTTPException(400, f"{line!r}: an AE title is 1-16 printable characters")
-        parsed.append(CallerAllowEntry(ae_title=ae, host=host.strip() or None).model_dump())
+        try:
+            entry = CallerAllowEntry(ae_title=ae, host=host.strip() or None)
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid host").removeprefix("Value error, ")
+            raise HTTPException(400, f"{line!r}: {reason}") from exc
+        parsed.append(entry.model_dump())
     console.set_override(session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username)
     audit.record(
         session,

@@ -1,31 +1,21 @@
-"""Study list with search/paging/sorting, the study page, downloads, uploads and force-complete."""
+"""Study list with search/paging/sorting, the study page, downloads and force-complete (uploads:
+``web.routes.uploads``)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
-from pydicom.uid import generate_uid
 
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
-from web.integrations import Unavailable, force_complete, import_paths
+from web.integrations import Unavailable, force_complete
 from web.pages import flash, redirect, render
 from web.results import EXPORTS, artifact_file, export
-from web.uploads import (
-    PatientDetails,
-    UploadError,
-    check_zip,
-    picture_to_secondary_capture,
-    sniff,
-)
 
 log = logging.getLogger("pacsnode.web.studies")
 router = APIRouter(
@@ -102,96 +92,6 @@ def study_list(
         },
         user=user,
     )
-
-
-@router.get("/studies/upload")
-def upload_form(request: Request, user: Reviewer) -> Response:
-    return render(request, "upload.html", user=user)
-
-
-def _save_upload(upload: UploadFile, folder: Path, index: int, max_bytes: int) -> tuple[Path, str]:
-    target = folder / f"{index:04d}_{Path(upload.filename or 'file').name[-80:]}"
-    with target.open("wb") as out:
-        shutil.copyfileobj(upload.file, out, length=1 << 20)
-    if target.stat().st_size > max_bytes:
-        raise UploadError(f"{upload.filename}: larger than the upload limit")
-    with target.open("rb") as fh:
-        kind = sniff(fh.read(132))
-    if kind == "unknown":
-        raise UploadError(f"{upload.filename}: not a DICOM file, zip archive, PNG or JPEG image")
-    return target, kind
-
-
-@router.post("/studies/upload")
-def upload(
-    request: Request,
-    state: StateDep,
-    user: Reviewer,
-    files: Annotated[list[UploadFile], File(description="DICOM files, zip archives, PNG or JPEG")],
-    patient_name: Annotated[str, Form(max_length=64)] = "",
-    patient_id: Annotated[str, Form(max_length=64)] = "",
-    accession_number: Annotated[str, Form(max_length=16)] = "",
-    study_description: Annotated[str, Form(max_length=64)] = "Manual upload",
-) -> Response:
-    """Persist the uploaded instances like any received ones (no session held while importing)."""
-    max_bytes = int(state.settings.web.max_upload_mb * 1024 * 1024)
-    staging = state.settings.data_dir / "uploads"
-    staging.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=staging))
-    try:
-        details = PatientDetails(
-            patient_name, patient_id, accession_number, study_description
-        ).validated()
-        files = [f for f in files if f.filename]
-        if not files:
-            raise UploadError("Choose at least one file.")
-        saved = [_save_upload(f, folder, i, max_bytes) for i, f in enumerate(files)]
-        if sum(p.stat().st_size for p, _ in saved) > max_bytes:
-            raise UploadError("The files together are larger than the upload limit.")
-        to_import: list[Path] = []
-        study_uid, series_uid, number = generate_uid(), generate_uid(), 0
-        for path, kind in saved:
-            if kind in ("png", "jpeg"):
-                if not details.patient_id and not details.patient_name:
-                    raise UploadError("Pictures need a patient name or ID to be wrapped as DICOM.")
-                number += 1
-                ds = picture_to_secondary_capture(
-                    path.read_bytes(), details, study_uid, series_uid, number
-                )
-                dcm = path.with_suffix(".dcm")
-                ds.save_as(dcm, enforce_file_format=True)
-                path.unlink()
-                to_import.append(dcm)
-            else:
-                if kind == "zip":
-                    check_zip(path, max_bytes)
-                to_import.append(path)
-        try:
-            report = import_paths(state.db, state.settings, to_import)
-        except Unavailable as exc:
-            raise HTTPException(503, "Import is not available on this node yet.") from exc
-        except (ValueError, OSError) as exc:
-            raise UploadError(f"The files could not be imported: {exc}") from exc
-    except UploadError as exc:
-        raise HTTPException(415 if "not a DICOM" in str(exc) else 400, str(exc)) from exc
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    summary = report.summary() if hasattr(report, "summary") else str(report)
-    stored = int(getattr(report, "stored", 0)) + int(getattr(report, "duplicates", 0))
-    with state.db.write() as session:
-        audit.record(
-            session,
-            "study.upload",
-            entity_type="upload",
-            actor=user.username,
-            detail=f"{len(to_import)} file(s): {summary}",
-        )
-    if not stored:
-        errors = "; ".join(getattr(report, "errors", [])[:3])
-        raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
-    flash(request, f"Uploaded {len(to_import)} file(s): {summary}")
-    studies = sorted(getattr(report, "studies", set()))
-    return redirect(f"/studies/{studies[0]}" if len(studies) == 1 else "/studies")
 
 
 @router.get("/studies/{study_uid}")
