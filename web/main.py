@@ -27,6 +27,7 @@ from node.db.repositories import audit
 from node.db.repositories import users as user_repo
 from web.deps import LoginRequired, WebState
 from web.limits import BodyLimit, NoStore, limit_for
+from web.openapi import install_openapi
 from web.pages import STATIC_DIR, build_templates, redirect, render
 from web.security import LoginThrottle, generate_password, hash_password
 
@@ -39,7 +40,12 @@ CSP = (
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path in ("/openapi.json", "/docs")
+    """The API, the schema, and any token-authenticated client (a machine, not a browser)."""
+    return (
+        request.url.path.startswith("/api/")
+        or request.url.path in ("/openapi.json", "/docs")
+        or "authorization" in request.headers
+    )
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -194,5 +200,6 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     _install_offline_docs(app)
     _install_error_handlers(app)
     _include_routers(app)
+    install_openapi(app)
     ensure_first_admin(db)
     return app

@@ -19,7 +19,7 @@ from core.domain import Role
 from node.db.orm import utcnow
 from node.db.repositories import audit
 from node.db.repositories import users as user_repo
-from web.deps import CurrentUser, SessionDep, StateDep, load_user, verify_csrf
+from web.deps import SessionDep, SessionUser, StateDep, load_user, verify_csrf
 from web.mail import MailError, reset_mail_body, send_mail
 from web.pages import flash, redirect, render
 from web.security import (
@@ -142,7 +142,7 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+def logout(request: Request, session: SessionDep, user: SessionUser) -> Response:
     audit.record(
         session, "auth.logout", entity_type="user", entity_id=user.username, actor=user.username
     )
@@ -312,7 +312,7 @@ def register(
 
 
 @router.get("/account")
-def account_form(request: Request, user: CurrentUser) -> Response:
+def account_form(request: Request, user: SessionUser) -> Response:
     return render(request, "account.html", user=user)
 
 
@@ -320,7 +320,7 @@ def account_form(request: Request, user: CurrentUser) -> Response:
 def change_password(
     request: Request,
     session: SessionDep,
-    principal: CurrentUser,
+    principal: SessionUser,
     current: Annotated[str, Form(max_length=2048)],
     password: Annotated[str, Form(max_length=2048)],
 ) -> Response:
