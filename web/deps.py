@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,8 @@ from node.db.repositories import users as user_repo
 from web.security import LoginThrottle, csrf_matches, new_csrf_token, password_fingerprint
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# a database row id in a URL: beyond a signed 64-bit integer no row exists (and SQLite would raise)
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 

@@ -212,6 +212,18 @@ def test_upload_is_staged_in_data_dir_not_spooled_to_tmp(
     assert not list((console.settings.data_dir / "uploads").iterdir())  # removed after use
 
 
+def test_stale_staging_folders_are_removed(console: Console) -> None:
+    staging = console.settings.data_dir / "uploads"
+    old, fresh = staging / "upload-old", staging / "upload-fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "0000_a.dcm").write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    client = console.login("radiologist1")
+    _upload(client, [("files", ("a.dcm", make_instance(), "application/dicom"))])
+    assert not old.exists() and fresh.exists()
+
+
 def test_upload_without_csrf_writes_nothing(
     console: Console, monkeypatch: pytest.MonkeyPatch
 ) -> None:

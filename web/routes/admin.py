@@ -19,7 +19,7 @@ from core.domain import Role
 from node.db.repositories import audit, console
 from node.db.repositories import users as user_repo
 from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
-from web.deps import AdminUser, SessionDep, StateDep, verify_csrf
+from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
     Unavailable,
@@ -105,7 +105,7 @@ def _user_or_404(session: SessionDep, user_id: int) -> Any:
 
 @router.post("/users/{user_id}/role")
 def set_role(
-    session: SessionDep, user: AdminUser, user_id: int, role: Annotated[Role, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, role: Annotated[Role, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and role is not Role.ADMIN:
@@ -125,7 +125,7 @@ def set_role(
 
 @router.post("/users/{user_id}/active")
 def set_active(
-    session: SessionDep, user: AdminUser, user_id: int, active: Annotated[bool, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, active: Annotated[bool, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and not active:
@@ -146,7 +146,7 @@ def set_active(
 
 @router.post("/users/{user_id}/reset-link")
 def issue_reset_link(
-    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: int
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: RowId
 ) -> Response:
     target = _user_or_404(session, user_id)
     token = generate_token()
@@ -212,7 +212,7 @@ async def create_token(request: Request, session: SessionDep, user: AdminUser) -
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Response:
+def revoke_token(session: SessionDep, user: AdminUser, token_id: RowId) -> Response:
     if user_repo.revoke_api_token(session, token_id) is None:
         raise HTTPException(404, f"No token {token_id}")
     audit.record(

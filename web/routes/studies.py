@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, Response
 
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
-from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
+from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import Unavailable, force_complete
 from web.pages import flash, redirect, render
 from web.results import EXPORTS, artifact_file, export
@@ -148,7 +148,7 @@ def _audit_download(
 
 @router.get("/artifacts/{artifact_id}/download")
 def download_artifact(
-    session: SessionDep, state: StateDep, user: Reader, artifact_id: int
+    session: SessionDep, state: StateDep, user: Reader, artifact_id: RowId
 ) -> Response:
     artifact = console.get_artifact(session, artifact_id)
     if artifact is None:
@@ -169,7 +169,7 @@ def download_artifact(
 
 @router.get("/jobs/{job_id}/export/{which}")
 def export_job(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, which: str
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, which: str
 ) -> Response:
     if which not in EXPORTS:
         raise HTTPException(404, f"Unknown export {which!r}; choose one of {sorted(EXPORTS)}")

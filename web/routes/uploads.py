@@ -10,9 +10,11 @@ that ``/studies/{study_uid}`` does not take ``/studies/upload``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from web.uploads import PatientDetails, UploadError, picture_to_secondary_captur
 
 log = logging.getLogger("pacsnode.web.uploads")
 router = APIRouter(tags=["console: studies"])
+STALE_STAGING_S = 24 * 3600.0
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -64,6 +67,15 @@ UPLOAD_BODY = {
 @router.get("/studies/upload", include_in_schema=False)
 def upload_form(request: Request, user: Reviewer) -> Response:
     return render(request, "upload.html", user=user)
+
+
+def remove_stale_staging(staging: Path, max_age_s: float = STALE_STAGING_S) -> None:
+    """Staging folders a crashed process left behind (each upload removes its own when done)."""
+    cutoff = time.time() - max_age_s
+    for folder in staging.glob("upload-*"):
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _csrf_check(request: Request, user: Principal) -> Any:
@@ -139,6 +151,7 @@ async def upload(request: Request, state: StateDep, user: Reviewer) -> Response:
     """Import DICOM files, zip archives or pictures like received instances (multipart form)."""
     staging = state.settings.data_dir / "uploads"
     staging.mkdir(parents=True, exist_ok=True)
+    await run_in_threadpool(remove_stale_staging, staging)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=staging))
     try:
         form = await stage_multipart(request, folder, _csrf_check(request, user))
