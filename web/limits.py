@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import WebSettings
@@ -84,7 +85,11 @@ class BodyLimit:
                 return {"type": "http.disconnect"}  # the parser stops reading here
             return message
 
-        await self.app(scope, counting_receive, guarded_send)
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except ClientDisconnect:
+            if not refused:  # a client that went away on its own: not our answer to give
+                raise
 
     @staticmethod
     async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:

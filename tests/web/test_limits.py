@@ -171,6 +171,25 @@ def test_form_limit_answers_413_before_csrf_and_login(console: Console) -> None:
     assert chunked.status_code == 413 and "16 KB" in chunked.text
 
 
+def test_a_route_reading_its_own_form_is_cut_off_cleanly(console: Console) -> None:
+    """``/admin/tokens`` parses ``request.form()`` itself: the cut-off must end in the 413, not
+    in a ClientDisconnect escaping as a server error (the test client re-raises those)."""
+    client = console.login("admin1")
+    token = csrf_of(client, "/admin/tokens")
+
+    def chunks() -> Iterator[bytes]:
+        yield f"csrf_token={token}&name=".encode()
+        for _ in range(100):
+            yield b"a" * 1024
+
+    response = client.post(
+        "/admin/tokens",
+        content=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 413 and "64 KB" in response.text
+
+
 def test_admin_forms_get_a_larger_limit(console: Console) -> None:
     client = console.login("admin1")
     token = csrf_of(client, "/admin/destinations")
