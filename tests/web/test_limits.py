@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.config import Settings
+from node.db.engine import Database
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.node.ingest.helpers import make_instance
 from tests.node.ingest.zipbomb import build_bomb
@@ -148,6 +149,59 @@ def test_700mb_anonymous_form_is_refused_without_disk_or_memory(
     assert max(peak_file) < MIB
     big_after = {p for p in system_tmp.iterdir() if p.is_file() and p.stat().st_size > MIB}
     assert not (big_after - big_before)
+
+
+@pytest.mark.slow
+def test_zip_bomb_upload_keeps_the_server_process_flat(
+    server: tuple[int, int, Path, Path], tmp_path: Path
+) -> None:
+    """A logged-in radiologist uploads a 2 MB zip that inflates to 2 GiB to a real server
+    process; its RSS, sampled throughout, grows by far less than 200 MB."""
+    import httpx
+
+    from core.config import load_settings
+    from core.domain import Role
+    from tests.web.conftest import CSRF_RE, PASSWORD, add_user
+
+    pid, port, data, _ = server
+    db = Database(load_settings(None, environment="test", data_dir=data).effective_database_url)
+    add_user(db, "radiologist1", Role.RADIOLOGIST)
+    db.dispose()
+    bomb = build_bomb(tmp_path / "bomb.zip")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        match = CSRF_RE.search(client.get("/login").text)
+        assert match
+        form = {"username": "radiologist1", "password": PASSWORD, "csrf_token": match.group(1)}
+        assert client.post("/login", data=form).status_code == 303
+        match = CSRF_RE.search(client.get("/studies/upload").text)
+        assert match
+        before = _rss(pid)
+        peak, done = [before], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak.append(_rss(pid))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with bomb.open("rb") as fh:
+                response = client.post(
+                    "/studies/upload",
+                    data={"csrf_token": match.group(1)},
+                    files={"files": ("b.zip", fh, "application/zip")},
+                )
+        finally:
+            done.set()
+            watcher.join()
+    growth = max(peak) - before
+    print(f"\nzip bomb upload ({bomb.stat().st_size / MIB:.1f} MB -> 2048 MB) to a server "
+          f"process: HTTP {response.status_code}; server RSS +{growth / MIB:.1f} MB")  # fmt: skip
+    assert response.status_code == 400 and "bomb.dcm" in response.text, response.text[:500]
+    assert str(data) not in response.text
+    assert growth < 200 * MIB, growth
+    assert not list((data / "uploads").iterdir())
 
 
 # -- limits in process ------------------------------------------------------------------------
