@@ -443,3 +443,20 @@ def test_allowlist_entry_matches_addresses_networks_and_names(settings: Settings
                 "allowed_callers": [{"ae_title": "CT1", "host": "not a host"}],
             },
         )
+
+
+def test_a_stored_pre_validation_allowlist_entry_matches_nobody(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    """An entry saved before hosts were checked must not vanish (an empty list admits everyone)."""
+    from node.db.repositories import console as console_repo
+    from node.ingest.scp import caller_allowed
+
+    entries = {"entries": [{"ae_title": "CT1", "host": "not a host"}]}
+    with sqlite_db.write() as session:
+        console_repo.set_override(session, console_repo.ALLOWLIST_OVERRIDE_KEY, entries, "admin")
+    with sqlite_db.read() as session:
+        effective = console_repo.effective_settings(session, settings)
+    assert len(effective.allowed_callers) == 1
+    assert not caller_allowed(effective.allowed_callers, "CT1", "127.0.0.1")
+    assert not caller_allowed(effective.allowed_callers, "OTHER", "127.0.0.1")
