@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,8 @@ from web.security import csrf_for, csrf_matches
 from web.sessions import handle
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# a database row id in a URL: beyond a signed 64-bit integer no row exists (and SQLite would raise)
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 
@@ -136,6 +138,8 @@ def current_user(user: OptionalUser) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
+# set on a dependency that admits API tokens: the scope they need (web.openapi and the tests read it)
+TOKEN_SCOPE_ATTR = "token_scope"
 # which token scope a role-protected route needs when called with an API token
 _SCOPE_FOR_ROLES: dict[frozenset[Role], str] = {
     frozenset({Role.ADMIN}): "admin",
@@ -152,25 +156,48 @@ def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signa
             raise HTTPException(
                 403, f"requires role {' or '.join(sorted(r.value for r in allowed))}"
             )
-        scope = _SCOPE_FOR_ROLES.get(allowed, "read")
         if user.via == "token" and scope not in user.scopes:
             raise HTTPException(403, f"this API token lacks the {scope!r} scope")
         return user
 
+    scope = _SCOPE_FOR_ROLES.get(allowed, "read")
+    setattr(check, TOKEN_SCOPE_ATTR, scope)
     return Depends(check)
 
 
 def require_scope(scope: str) -> Callable[[CurrentUser], Principal]:
-    """For machine endpoints (the Orthanc hook): a token must carry ``scope``; admins always pass."""
+    """For machine endpoints (the Orthanc hook): only an API token carrying ``scope`` passes; a
+    console session, even an admin's, does not (it would be a cookie-authorised, CSRF-free POST)."""
 
     def check(user: CurrentUser) -> Principal:
-        if user.via == "token" and scope not in user.scopes:
-            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
-        if user.via == "session" and user.role is not Role.ADMIN:
+        if user.via != "token":
             raise HTTPException(403, f"requires an API token with the {scope!r} scope")
+        if scope not in user.scopes:
+            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
         return user
 
+    setattr(check, TOKEN_SCOPE_ATTR, scope)
     return check
+
+
+def token_scope_of(dependant: Any) -> str | None:
+    """The API-token scope a route's dependencies demand (None: tokens cannot call it)."""
+    for sub in dependant.dependencies:
+        scope = getattr(sub.call, TOKEN_SCOPE_ATTR, None) or token_scope_of(sub)
+        if scope:
+            return str(scope)
+    return None
+
+
+def session_user(user: CurrentUser) -> Principal:
+    """For the caller's own account (logout, password): a console session; API tokens, whatever
+    their scope, have no business there."""
+    if user.via != "session":
+        raise HTTPException(403, "this page needs a console session, not an API token")
+    return user
+
+
+SessionUser = Annotated[Principal, Depends(session_user)]
 
 
 AdminUser = Annotated[Principal, RequireRole(Role.ADMIN)]

@@ -66,7 +66,7 @@ def caller_allowed(entries: list[CallerAllowEntry], calling_ae: str, host: str) 
     if not entries:
         return True
     title = calling_ae.strip()
-    return any(e.ae_title.strip() == title and (e.host is None or e.host == host) for e in entries)
+    return any(e.ae_title.strip() == title and e.host_matches(host) for e in entries)
 
 
 def negotiate_contexts(proposed: list[ul.ProposedContext]) -> list[ul.AcceptedContext]:

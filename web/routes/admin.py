@@ -12,13 +12,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
 from node.db.repositories import audit, console, throttle
 from node.db.repositories import users as user_repo
 from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
-from web.deps import AdminUser, SessionDep, StateDep, verify_csrf
+from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
     Unavailable,
@@ -109,7 +110,7 @@ def _user_or_404(session: SessionDep, user_id: int) -> Any:
 
 @router.post("/users/{user_id}/role")
 def set_role(
-    session: SessionDep, user: AdminUser, user_id: int, role: Annotated[Role, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, role: Annotated[Role, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and role is not Role.ADMIN:
@@ -131,7 +132,7 @@ def set_role(
 
 @router.post("/users/{user_id}/active")
 def set_active(
-    session: SessionDep, user: AdminUser, user_id: int, active: Annotated[bool, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, active: Annotated[bool, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and not active:
@@ -164,7 +165,7 @@ def unlock(session: SessionDep, user: AdminUser, user_id: int) -> Response:
 
 @router.post("/users/{user_id}/reset-link")
 def issue_reset_link(
-    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: int
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: RowId
 ) -> Response:
     target = _user_or_404(session, user_id)
     token = generate_token()
@@ -230,7 +231,7 @@ async def create_token(request: Request, session: SessionDep, user: AdminUser) -
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Response:
+def revoke_token(session: SessionDep, user: AdminUser, token_id: RowId) -> Response:
     if user_repo.revoke_api_token(session, token_id) is None:
         raise HTTPException(404, f"No token {token_id}")
     audit.record(
@@ -339,7 +340,12 @@ def set_allowlist(
         ae = ae.strip()
         if not ae or len(ae) > 16 or "\\" in ae or not ae.isprintable():
             raise HTTPException(400, f"{line!r}: an AE title is 1-16 printable characters")
-        parsed.append(CallerAllowEntry(ae_title=ae, host=host.strip() or None).model_dump())
+        try:
+            entry = CallerAllowEntry(ae_title=ae, host=host.strip() or None)
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid host").removeprefix("Value error, ")
+            raise HTTPException(400, f"{line!r}: {reason}") from exc
+        parsed.append(entry.model_dump())
     console.set_override(session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username)
     audit.record(
         session,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from core.domain import Role
 from node.db.repositories import console
 from node.db.repositories import users as user_repo
 from web.charts import bar_chart
@@ -59,7 +60,8 @@ def dashboard(request: Request, session: SessionDep, state: StateDep, user: Read
         {
             "counts": counts,
             "charts": charts,
-            "activity": user_repo.user_activity(session),
+            # who works here and when they last logged in is for admins only (None: not shown)
+            "activity": user_repo.user_activity(session) if user.role is Role.ADMIN else None,
             "models": model_overview(state, data.devices, data.fallbacks),
         },
         user=user,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core.domain import ReviewState
 from node.db.orm import Job
 from node.db.repositories import audit, console
-from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
+from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
 from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
@@ -99,7 +99,7 @@ def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
 
 @router.get("/review/{job_id}")
 def review_page(
-    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: int
+    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: RowId
 ) -> Response:
     job = _job_or_404(session, job_id)
     data = review_data(state.settings, job)
@@ -153,7 +153,7 @@ def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> Fr
 
 @router.get("/review/{job_id}/frames/{index}.png")
 def frame_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
 ) -> Response:
     ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
     try:
@@ -165,7 +165,7 @@ def frame_png(
 
 @router.get("/review/{job_id}/masks/{index}.png")
 def mask_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
 ) -> Response:
     job = _job_or_404(session, job_id)
     ref = _frame_or_404(session, state, job, index)
@@ -203,7 +203,7 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
 
 
 @router.post("/review/{job_id}/approve")
-def approve(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+def approve(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.APPROVED, "")
     try:
@@ -221,7 +221,7 @@ def reject(
     request: Request,
     session: SessionDep,
     user: Reviewer,
-    job_id: int,
+    job_id: RowId,
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     if not reason.strip():
@@ -243,7 +243,7 @@ def comment(
     request: Request,
     session: SessionDep,
     user: Reviewer,
-    job_id: int,
+    job_id: RowId,
     text: Annotated[str, Form(min_length=1, max_length=4000)],
 ) -> Response:
     job = _job_or_404(session, job_id)
@@ -261,7 +261,7 @@ def comment(
 
 
 @router.post("/jobs/{job_id}/rerun")
-def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
     try:
         queued = requeue_job(session, job.id, user.username)
@@ -275,7 +275,7 @@ def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) ->
 
 @router.post("/deliveries/{delivery_id}/resend")
 def resend_delivery(
-    request: Request, session: SessionDep, user: Reviewer, delivery_id: int
+    request: Request, session: SessionDep, user: Reviewer, delivery_id: RowId
 ) -> Response:
     delivery = console.get_delivery(session, delivery_id)
     if delivery is None:

@@ -1,31 +1,21 @@
-"""Study list with search/paging/sorting, the study page, downloads, uploads and force-complete."""
+"""Study list with search/paging/sorting, the study page, downloads and force-complete (uploads:
+``web.routes.uploads``)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
-from pydicom.uid import generate_uid
 
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
-from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
-from web.integrations import Unavailable, force_complete, import_paths
+from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
+from web.integrations import Unavailable, force_complete
 from web.pages import flash, redirect, render
 from web.results import EXPORTS, artifact_file, export
-from web.uploads import (
-    PatientDetails,
-    UploadError,
-    check_zip,
-    picture_to_secondary_capture,
-    sniff,
-)
 
 log = logging.getLogger("pacsnode.web.studies")
 router = APIRouter(
@@ -104,6 +94,7 @@ def study_list(
     )
 
 
+<<<<<<< HEAD
 @router.get("/studies/upload")
 def upload_form(request: Request, user: Reviewer) -> Response:
     return render(request, "upload.html", user=user)
@@ -209,6 +200,8 @@ def upload(
     return redirect(f"/studies/{studies[0]}" if len(studies) == 1 else "/studies")
 
 
+=======
+>>>>>>> h-websec2
 @router.get("/studies/{study_uid}")
 def study_page(request: Request, session: SessionDep, user: Reader, study_uid: str) -> Response:
     study = console.get_study(session, study_uid)
@@ -263,7 +256,7 @@ def _audit_download(
 
 @router.get("/artifacts/{artifact_id}/download")
 def download_artifact(
-    session: SessionDep, state: StateDep, user: Reader, artifact_id: int
+    session: SessionDep, state: StateDep, user: Reader, artifact_id: RowId
 ) -> Response:
     artifact = console.get_artifact(session, artifact_id)
     if artifact is None:
@@ -284,7 +277,7 @@ def download_artifact(
 
 @router.get("/jobs/{job_id}/export/{which}")
 def export_job(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, which: str
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, which: str
 ) -> Response:
     if which not in EXPORTS:
         raise HTTPException(404, f"Unknown export {which!r}; choose one of {sorted(EXPORTS)}")

@@ -7,6 +7,7 @@ histograms over JSON fields) are done in Python over a bounded window of recent 
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -31,6 +33,7 @@ from node.db.orm import (
     utcnow,
 )
 
+log = logging.getLogger(__name__)
 SortKey = Literal["received", "study_date", "patient", "accession", "state", "modality"]
 SORT_COLUMNS = {
     "received": Study.last_received_at,
@@ -41,6 +44,8 @@ SORT_COLUMNS = {
     "modality": Study.modalities,
 }
 CHART_JOB_WINDOW = 5000  # the dashboard aggregates at most this many recent jobs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -428,6 +433,16 @@ DESTINATION_OVERRIDE_PREFIX = "destination:"
 ALLOWLIST_OVERRIDE_KEY = "allowed_callers"
 
 
+def _allow_entry(stored: dict[str, Any]) -> CallerAllowEntry:
+    """A stored allowlist row; one saved before hosts were validated keeps its (never matching)
+    host rather than being dropped, since dropping the last entry would open the node to all."""
+    try:
+        return CallerAllowEntry(ae_title=stored["ae_title"], host=stored.get("host"))
+    except ValidationError:
+        log.warning("allowlist entry %r has an invalid host; it matches no caller", stored)
+        return CallerAllowEntry.model_construct(ae_title=stored["ae_title"], host=stored["host"])
+
+
 def effective_settings(session: Session, settings: Settings) -> Settings:
     """``settings`` with the console's destination switches and AE allowlist applied.
 
@@ -446,8 +461,5 @@ def effective_settings(session: Session, settings: Settings) -> Settings:
     update: dict[str, Any] = {"destinations": destinations}
     allow = overrides.get(ALLOWLIST_OVERRIDE_KEY)
     if allow is not None:
-        update["allowed_callers"] = [
-            CallerAllowEntry(ae_title=e["ae_title"], host=e.get("host"))
-            for e in allow.get("entries", [])
-        ]
+        update["allowed_callers"] = [_allow_entry(e) for e in allow.get("entries", [])]
     return settings.model_copy(update=update)
