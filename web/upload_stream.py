@@ -3,14 +3,13 @@
 Starlette's form parser spools every file to ``tempfile`` (``/tmp``), outside the data directory
 and before the route's own checks run. Here the request stream is fed to python-multipart and each
 file part is written, chunk by chunk, into the caller's staging folder under a name made from its
-position and a sanitised copy of the user's file name (never a path the user chose). The small text
+position only (the user's file name is kept for messages, never used in a path). The small text
 fields are collected under tight limits, and ``before_files`` (the CSRF check) runs on the fields
 seen before the first file, so no file byte reaches the disk for a request that fails it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ FILE_FIELD = "files"
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
 MAX_FILES = 1000
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class UploadRefused(Exception):
@@ -55,7 +53,8 @@ def display_name(raw: str) -> str:
 
 
 def disk_name(index: int, filename: str) -> str:
-    return f"{index:04d}_{_UNSAFE.sub('_', filename)[-80:].lstrip('.') or 'file'}"
+    """The staged file's name: its position only. The user's file name never becomes a path."""
+    return f"{index:04d}.upload"
 
 
 class _Collector:

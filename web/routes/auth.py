@@ -21,12 +21,15 @@ from core.config import Settings
 from core.domain import Role
 from node.db.repositories import audit, throttle
 from node.db.repositories import users as user_repo
-<<<<<<< HEAD
 from web import sessions
-from web.deps import CurrentUser, SessionDep, StateDep, WebState, load_user, verify_csrf
-=======
-from web.deps import SessionDep, SessionUser, StateDep, load_user, verify_csrf
->>>>>>> h-websec2
+from web.deps import (
+    SessionDep,
+    SessionUser,
+    StateDep,
+    WebState,
+    load_user,
+    verify_csrf,
+)
 from web.mail import MailError, reset_mail_body, send_mail
 from web.pages import flash, redirect, render
 from web.security import generate_token, hash_password, password_problem, verify_password
@@ -288,12 +291,8 @@ def account_form(request: Request, user: SessionUser) -> Response:
 def change_password(
     request: Request,
     session: SessionDep,
-<<<<<<< HEAD
     state: StateDep,
-    principal: CurrentUser,
-=======
     principal: SessionUser,
->>>>>>> h-websec2
     current: Annotated[str, Form(max_length=2048)],
     password: Annotated[str, Form(max_length=2048)],
 ) -> Response:

@@ -126,7 +126,22 @@ def _prepare(state: WebState, staged: list[StagedFile], details: PatientDetails)
     return to_import
 
 
-def _import(state: WebState, fields: dict[str, str], staged: list[StagedFile], folder: Path) -> Any:
+def _named(line: str, staged: list[StagedFile], folder: Path) -> str:
+    """An import report line with the staged path replaced by the name the user uploaded."""
+    for item in staged:
+        for path in (item.path, item.path.with_suffix(".dcm")):
+            if line.startswith(str(path)):
+                return item.filename + line[len(str(path)) :]
+    return _public(line, folder)
+
+
+def _import(
+    state: WebState,
+    fields: dict[str, str],
+    staged: list[StagedFile],
+    folder: Path,
+    actor: str,
+) -> Any:
     """Blocking part of the upload (runs in the thread pool): check, convert, import."""
     details = PatientDetails(
         fields.get("patient_name", ""),
@@ -138,7 +153,7 @@ def _import(state: WebState, fields: dict[str, str], staged: list[StagedFile], f
         raise UploadError("Choose at least one file.")
     to_import = _prepare(state, staged, details)
     try:
-        return to_import, import_paths(state.db, state.settings, to_import)
+        return to_import, import_paths(state.db, state.settings, to_import, actor=actor)
     except Unavailable as exc:
         raise HTTPException(503, "Import is not available on this node yet.") from exc
     except (ValueError, OSError) as exc:
@@ -155,7 +170,9 @@ async def upload(request: Request, state: StateDep, user: Reviewer) -> Response:
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=staging))
     try:
         form = await stage_multipart(request, folder, _csrf_check(request, user))
-        to_import, report = await run_in_threadpool(_import, state, form.fields, form.files, folder)
+        to_import, report = await run_in_threadpool(
+            _import, state, form.fields, form.files, folder, user.username
+        )
     except ClientDisconnect:  # cut off by BodyLimit (which answered 413) or the client left
         return Response(status_code=400)
     except UploadRefused as exc:
@@ -175,8 +192,14 @@ async def upload(request: Request, state: StateDep, user: Reviewer) -> Response:
             actor=user.username,
             detail=f"{len(to_import)} file(s): {summary}",
         )
+    refused = int(getattr(report, "refused", 0))
+    if refused:  # a UID that is not a plain UID: the message names the attribute
+        shown = "; ".join(_named(line, form.files, folder) for line in report.refusals[:3])
+        raise HTTPException(
+            400, f"Refused {refused} file(s) with an invalid UID: {shown} ({summary})"
+        )
     if not stored:
-        errors = "; ".join(_public(e, folder) for e in getattr(report, "errors", [])[:3])
+        errors = "; ".join(_named(e, form.files, folder) for e in getattr(report, "errors", [])[:3])
         raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
     flash(request, f"Uploaded {len(to_import)} file(s): {summary}")
     studies = sorted(getattr(report, "studies", set()))
