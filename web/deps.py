@@ -224,10 +224,15 @@ async def verify_csrf(request: Request) -> None:
             form = await request.form()
             value = form.get("csrf_token")
             given = value if isinstance(value, str) else None
+    if not csrf_valid(request, given):
+        raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
+
+
+def csrf_valid(request: Request, given: str | None) -> bool:
+    """Whether ``given`` is the CSRF token of the request's session (False without a session)."""
     token = handle(request).token
     expected = csrf_for(web_state(request).settings.secret_key, token) if token else None
-    if not csrf_matches(expected, given):
-        raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
+    return csrf_matches(expected, given)
 
 
 def load_user(session: Session, principal: Principal) -> User:

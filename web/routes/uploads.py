@@ -27,10 +27,9 @@ from starlette.requests import ClientDisconnect
 
 from node.db.repositories import audit
 from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
-from web.deps import Principal, Reviewer, StateDep, WebState
+from web.deps import Principal, Reviewer, StateDep, WebState, csrf_valid
 from web.integrations import Unavailable, import_paths
 from web.pages import flash, redirect, render
-from web.security import csrf_matches
 from web.upload_stream import StagedFile, UploadRefused, stage_multipart
 from web.uploads import PatientDetails, UploadError, picture_to_secondary_capture, sniff
 
@@ -82,7 +81,7 @@ def _csrf_check(request: Request, user: Principal) -> Any:
     def check(fields: dict[str, str]) -> None:
         if user.via == "token":  # no ambient cookie authority to abuse
             return
-        if not csrf_matches(request.session.get("csrf"), fields.get("csrf_token")):
+        if not csrf_valid(request, fields.get("csrf_token")):
             raise UploadRefused(403, "CSRF token missing or invalid; reload the page and try again")
 
     return check
