@@ -13,12 +13,23 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from core.config import Settings
 from node.db.engine import Database, open_database
+from node.dispatch.dispatcher import Dispatcher
+from node.ingest.receiver_pool import PoolHandle, start_receiver_pool
+from node.ingest.scp import ReceiverHandle, start_receiver
+from node.jobs import queue
+from node.jobs.worker import Worker
+from node.overrides import REFRESH_S, settings_refresher
+from node.scheduler import build_scheduler
 from pipelines.spec import load_pipeline_configs
+from web.main import create_app
 
 log = logging.getLogger(__name__)
 
@@ -43,53 +54,45 @@ class Node:
         self.db = db or open_database(settings)
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._receiver: Any = None
-        self._scheduler: Any = None
-        self._worker: Any = None
+        self._receiver: PoolHandle | ReceiverHandle | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._worker: Worker | None = None
         self._worker_id = worker_id
 
     def start(self) -> None:
         s = self.settings
         if "receiver" in self.stages:
             if s.receiver_processes > 1:
-                from node.ingest.receiver_pool import start_receiver_pool
-
                 self._receiver = start_receiver_pool(s)
             else:
-                from node.ingest.scp import start_receiver
-
-                self._receiver = start_receiver(s, self.db)
-                self._spawn("allowlist", self._follow_allowlist)
+                receiver = start_receiver(s, self.db)
+                self._receiver = receiver
+                self._spawn("allowlist", lambda stop: self._follow_allowlist(receiver, stop))
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
         if "scheduler" in self.stages:
-            from node.scheduler import build_scheduler
-
             self._scheduler = build_scheduler(s, self.db, load_pipeline_configs(s.pipelines_dir))
             self._scheduler.start()
         if "worker" in self.stages:
-            from node.jobs.worker import Worker
-            from pipelines.registry import PipelineRegistry
+            # The one lazy import of the wiring: the worker's pipelines and model registry load
+            # PyTorch, which a receiver, dispatcher or scheduler process must not pay for.
+            from app.worker import build_worker
 
-            self._worker = Worker(s, self.db, PipelineRegistry(s), worker_id=self._worker_id)
+            self._worker = build_worker(s, self.db, self._worker_id)
             self._spawn("worker", self._worker.run)
         if "dispatcher" in self.stages:
-            from node.dispatch.dispatcher import Dispatcher
-
             dispatcher = Dispatcher(s, self.db)
             self._spawn("dispatcher", dispatcher.run)
 
-    def _follow_allowlist(self, stop: threading.Event) -> None:
+    def _follow_allowlist(self, receiver: ReceiverHandle, stop: threading.Event) -> None:
         """Apply the AE allowlist an admin edits in the console to new associations."""
-        from node.overrides import REFRESH_S, settings_refresher
-
         current = settings_refresher(self.settings, self.db)
         while not stop.wait(REFRESH_S):
             try:
-                self._receiver.server.allowed_callers = list(current.get().allowed_callers)
+                receiver.server.allowed_callers = list(current.get().allowed_callers)
             except Exception:  # noqa: BLE001 - keep the listener on its last allowlist
                 log.warning("could not refresh the AE allowlist", exc_info=True)
 
-    def _spawn(self, name: str, target: Any) -> None:
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -103,16 +106,14 @@ class Node:
         for thread in self._threads:
             thread.join(timeout=grace_s)
         if self._worker is not None and self._worker.current_job is not None:
-            self._release_running_job(self._worker.current_job)
+            self._release_running_job(self._worker.current_job, self._worker.worker_id)
         self.db.dispose()
 
-    def _release_running_job(self, job_id: int) -> None:
-        from node.jobs import queue
-
+    def _release_running_job(self, job_id: int, worker_id: str) -> None:
         with self.db.write() as session:
-            job = queue.owned_job(session, job_id, self._worker.worker_id)
+            job = queue.owned_job(session, job_id, worker_id)
             if job is not None:
-                queue.release(session, job, self._worker.worker_id, "shutdown")
+                queue.release(session, job, worker_id, "shutdown")
         log.info("job %s released for another worker", job_id)
 
 
@@ -146,10 +147,6 @@ def _remember_signals(stop: threading.Event) -> None:
 
 
 def _serve_web(settings: Settings, db: Database) -> None:
-    import uvicorn
-
-    from web.main import create_app
-
     config = uvicorn.Config(
         create_app(settings, db),
         host=settings.web_host,

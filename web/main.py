@@ -7,7 +7,6 @@ On first start with no users an admin is created with a generated password print
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from node.db.repositories import audit
 from node.db.repositories import users as user_repo
 from web.deps import LoginRequired, WebState
 from web.pages import STATIC_DIR, build_templates, redirect, render
+from web.routes import admin, api, auth, dashboard, hooks, review, studies
 from web.security import LoginThrottle, generate_password, hash_password
 
 log = logging.getLogger("pacsnode.web")
@@ -133,16 +133,8 @@ def ensure_first_admin(db: Database) -> str | None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from web.routes import admin, api, auth, dashboard, review, studies
-
-    for module in (auth, dashboard, studies, review, admin, api):
+    for module in (auth, dashboard, studies, review, admin, api, hooks):
         app.include_router(module.router)
-    try:
-        hooks = importlib.import_module("web.routes.hooks")
-    except ImportError as exc:  # the dispatch engineer's hook router lands separately
-        log.info("Orthanc hook route not available: %s", exc)
-    else:
-        app.include_router(hooks.router)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

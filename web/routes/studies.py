@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
-from web.integrations import Unavailable, force_complete, import_paths
+from web.integrations import force_complete, import_paths
 from web.pages import flash, redirect, render
 from web.results import EXPORTS, artifact_file, export
 from web.uploads import (
@@ -168,16 +168,14 @@ def upload(
                 to_import.append(path)
         try:
             report = import_paths(state.db, state.settings, to_import)
-        except Unavailable as exc:
-            raise HTTPException(503, "Import is not available on this node yet.") from exc
         except (ValueError, OSError) as exc:
             raise UploadError(f"The files could not be imported: {exc}") from exc
     except UploadError as exc:
         raise HTTPException(415 if "not a DICOM" in str(exc) else 400, str(exc)) from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    summary = report.summary() if hasattr(report, "summary") else str(report)
-    stored = int(getattr(report, "stored", 0)) + int(getattr(report, "duplicates", 0))
+    summary = report.summary()
+    stored = report.stored + report.duplicates
     with state.db.write() as session:
         audit.record(
             session,
@@ -187,10 +185,10 @@ def upload(
             detail=f"{len(to_import)} file(s): {summary}",
         )
     if not stored:
-        errors = "; ".join(getattr(report, "errors", [])[:3])
+        errors = "; ".join(report.errors[:3])
         raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
     flash(request, f"Uploaded {len(to_import)} file(s): {summary}")
-    studies = sorted(getattr(report, "studies", set()))
+    studies = sorted(report.studies)
     return redirect(f"/studies/{studies[0]}" if len(studies) == 1 else "/studies")
 
 
@@ -213,10 +211,7 @@ def complete_now(
     study_uid: str,
     reason: Annotated[str, Form(max_length=500)] = "forced from the console",
 ) -> Response:
-    try:
-        found = force_complete(session, study_uid, f"{reason} (by {user.username})", utcnow())
-    except Unavailable as exc:
-        raise HTTPException(503, "Forcing completion is not available on this node yet.") from exc
+    found = force_complete(session, study_uid, f"{reason} (by {user.username})", utcnow())
     if not found:
         raise HTTPException(404, f"No study with UID {study_uid}")
     audit.record(
