@@ -33,8 +33,8 @@ COMMANDS: dict[str, str] = {
     "route": "app.commands.study:route_command",
     "models list": "app.commands.models:list_command",
     "models check": "app.commands.models:check_command",
-    "train": "app.commands.models:train_command",
-    "evaluate": "app.commands.models:evaluate_command",
+    "train": "app.commands.training:train_command",
+    "evaluate": "app.commands.training:evaluate_command",
     "user create": "app.commands.users:create_user_command",
     "user reset-link": "app.commands.users:reset_link_command",
 }
