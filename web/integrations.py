@@ -18,7 +18,8 @@ from models.card import ModelCard, load_cards
 from node.db.engine import Database
 from node.db.repositories.studies import study_facts
 from node.dispatch.planning import cancel_held, release_held, resend
-from node.dispatch.targets import PingResult, sender_for
+from node.dispatch.sender import PingResult
+from node.dispatch.targets import sender_for
 from node.grouping import routing
 from node.grouping.completion import force_complete
 from node.ingest import importer

@@ -30,7 +30,8 @@ from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
 from node.dispatch.planning import destination_settings
-from node.dispatch.targets import SendOutcome, sender_for
+from node.dispatch.sender import SendOutcome
+from node.dispatch.targets import sender_for
 from node.overrides import settings_refresher
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from core.config import DestinationSettings
-from node.dispatch.targets import PingResult, SendOutcome
+from node.dispatch.sender import PingResult, SendOutcome
 
 
 class FolderSender:
