@@ -20,12 +20,12 @@ log = logging.getLogger("pacsnode")
 
 # command path -> "module:function"; each function takes (settings, args) and returns an exit code
 COMMANDS: dict[str, str] = {
-    "serve": "app.runtime:serve",
+    "serve": "app.serve:serve",
     "receiver": "app.runtime:run_receiver",
-    "worker": "app.runtime:run_worker",
+    "worker": "app.worker:run_worker",
     "dispatcher": "app.runtime:run_dispatcher",
     "scheduler": "app.runtime:run_scheduler",
-    "web": "app.runtime:run_web",
+    "web": "app.console:run_web",
     "db upgrade": "app.runtime:db_upgrade",
     "import": "app.commands.ingest:import_command",
     "study complete": "app.commands.study:complete_study_command",

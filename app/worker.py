@@ -1,16 +1,17 @@
-"""The worker stage, built: pipelines with their model registry, the result producer and the
-delivery planner handed to :class:`node.jobs.worker.Worker`.
+"""``pacsnode worker``, and the worker stage built: pipelines with their model registry, the result
+producer and the delivery planner handed to :class:`node.jobs.worker.Worker`.
 
 This is the one place that knows every piece the worker is made of. It lives apart from
-``app.runtime`` because it imports PyTorch (through the model registry and the pipelines):
-``app.runtime`` imports it only when a process runs the worker stage, so ``pacsnode receiver``,
-``dispatcher`` and ``scheduler`` start without loading PyTorch.
+:mod:`app.runtime` because it imports PyTorch (through the model registry and the pipelines):
+only ``pacsnode worker`` and ``pacsnode serve`` import it, so the other processes start without.
 """
 
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
+from app.runtime import run_stages
 from core.config import Settings
 from models.registry import ModelRegistry
 from node.db.engine import Database
@@ -33,3 +34,8 @@ def build_worker(settings: Settings, db: Database, worker_id: str | None = None)
         delivery_planner=partial(plan_deliveries, settings=settings),
         worker_id=worker_id,
     )
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    worker_id = getattr(args, "worker_id", None)
+    return run_stages(settings, ("worker",), worker_id=worker_id, build_worker=build_worker)

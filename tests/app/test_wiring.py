@@ -1,5 +1,5 @@
-"""The wiring: the worker is assembled from the real stages, and only a worker process pays for
-PyTorch (``app.runtime`` imports ``app.worker`` when the worker stage starts, nowhere else)."""
+"""The wiring: the worker is assembled from the real stages, and only the processes that run it
+(``pacsnode worker`` and ``serve``, through ``app.worker``) pay for PyTorch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from app.runtime import Node
 from app.worker import build_worker
 from core.config import Settings
 from models.registry import ModelRegistry
@@ -16,10 +19,11 @@ from pipelines.registry import PipelineRegistry
 from tests.conftest import free_port
 from tests.processes import PROJECT_ROOT, node_env
 
-# Starts the receiver, dispatcher and scheduler stages for real, stops them, then reports which
-# heavy libraries the process loaded.
+# Starts the receiver, dispatcher and scheduler stages for real, stops them, loads the web
+# console's command, then reports which heavy libraries the process loaded.
 _START_STOP = """
 import sys
+import app.console
 from app.runtime import Node
 from core.config import load_settings
 node = Node(load_settings(None), ("receiver", "dispatcher", "scheduler"))
@@ -29,7 +33,7 @@ print(sorted(m for m in ("torch", "monai", "timm", "ultralytics") if m in sys.mo
 """
 
 
-def test_receiver_dispatcher_and_scheduler_start_without_pytorch(tmp_path: Path) -> None:
+def test_receiver_dispatcher_scheduler_and_web_start_without_pytorch(tmp_path: Path) -> None:
     env = node_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", free_port(), free_port())
     run = subprocess.run(
         [sys.executable, "-c", _START_STOP],
@@ -52,3 +56,5 @@ def test_worker_gets_the_pipelines_with_the_model_registry_and_the_real_producer
     assert worker.pipelines.models.models_dir == settings.models_dir
     assert worker._producer is produce_results
     assert worker.worker_id == "w-wiring"
+    with pytest.raises(ValueError, match="build_worker"):
+        Node(settings, ("worker",), db=db)
