@@ -7,7 +7,6 @@ On first start with no users an admin is created with a generated password print
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from web.deps import LoginRequired, WebState
 from web.limits import BodyLimit, NoStore, limit_for
 from web.openapi import install_openapi
 from web.pages import STATIC_DIR, build_templates, redirect, render
+from web.routes import admin, api, auth, dashboard, hooks, review, studies, uploads
 from web.security import generate_password, hash_password
 from web.sessions import ServerSessions
 
@@ -90,17 +90,9 @@ def ensure_first_admin(db: Database) -> str | None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from web.routes import admin, api, auth, dashboard, review, studies, uploads
-
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
-    for module in (auth, dashboard, uploads, studies, review, admin, api):
+    for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
         app.include_router(module.router)
-    try:
-        hooks = importlib.import_module("web.routes.hooks")
-    except ImportError as exc:  # the dispatch engineer's hook router lands separately
-        log.info("Orthanc hook route not available: %s", exc)
-    else:
-        app.include_router(hooks.router)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

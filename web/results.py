@@ -18,7 +18,7 @@ from typing import Any
 
 from core.config import Settings
 from node.db.orm import Artifact, Job
-from web.integrations import Unavailable, load_result, result_export
+from web.integrations import load_result, result_export
 
 log = logging.getLogger("pacsnode.web.results")
 EXPORTS = {
@@ -52,12 +52,8 @@ def review_data(settings: Settings, job: Job) -> dict[str, Any]:
     """The result as JSON (no arrays): from the results stage, a ``result.json``, or the summary."""
     folder = result_dir(settings, job)
     try:
-        result = load_result(folder)
-        data: dict[str, Any] = (
-            result.to_json_dict() if hasattr(result, "to_json_dict") else dict(result)
-        )
-        return data
-    except (Unavailable, FileNotFoundError, ValueError, KeyError, OSError):
+        return load_result(folder).to_json_dict()
+    except (FileNotFoundError, ValueError, KeyError, OSError):
         pass
     path = folder / "result.json"
     if path.is_file():
@@ -85,7 +81,7 @@ def export(settings: Settings, job: Job, which: str) -> tuple[bytes, str, str]:
     func_name, media_type, filename = EXPORTS[which]
     try:
         return _as_bytes(result_export(func_name, result_dir(settings, job))), media_type, filename
-    except (Unavailable, FileNotFoundError):
+    except FileNotFoundError:
         pass
     except TypeError:  # the results stage's exports take other arguments than documented
         log.warning(

@@ -129,6 +129,8 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
     sha = verify_weights(card)
     placement = resolve_device(device)
     try:
+        # Each framework's loader is imported on demand: MONAI, timm and ultralytics are heavy
+        # (seconds to import) and a node loads only the frameworks its cards name.
         if card.framework == "monai":
             from models.loaders.monai import load_monai
 

@@ -31,7 +31,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from core.config import DestinationSettings
-from node.dispatch.targets import PingResult, SendOutcome, failed_all
+from node.dispatch.sender import PingResult, SendOutcome, failed_all
 
 log = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug handlers cost CPU (docs/performance.md §5)

@@ -30,7 +30,9 @@ from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
 from node.dispatch.planning import destination_settings
-from node.dispatch.targets import SendOutcome, sender_for
+from node.dispatch.sender import SendOutcome
+from node.dispatch.targets import sender_for
+from node.overrides import settings_refresher
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ class Dispatcher:
     """Sends planned deliveries; several dispatchers (processes or threads) may share one database."""
 
     def __init__(self, settings: Settings, db: Database, worker_id: str | None = None) -> None:
-        from node.overrides import settings_refresher
-
         self._settings = settings_refresher(settings, db)
         self.db = db
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:dispatch"
@@ -74,7 +74,7 @@ class Dispatcher:
     def settings(self) -> Settings:
         """The configuration with the console's destination switches applied (re-read every
         few seconds, so disabling a destination in the console stops sends to it)."""
-        return self._settings.get()  # type: ignore[no-any-return]
+        return self._settings.get()
 
     # -- entry points -------------------------------------------------------------------------
     def run_once(self, now: datetime | None = None) -> int:

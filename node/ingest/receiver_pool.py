@@ -20,6 +20,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from core.config import Settings
+from node.db.engine import Database
+from node.ingest.scp import start_receiver
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -27,9 +29,6 @@ READY_TIMEOUT_S = 60.0
 
 def _child(settings: Settings, ready: Any, index: int) -> None:
     """Child process entry: serve until SIGTERM, then finish running associations."""
-    from node.db.engine import Database
-    from node.ingest.scp import start_receiver
-
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s receiver[{index}] %(name)s: %(message)s")  # fmt: skip
     stop = threading.Event()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from app.runtime import web_server_config
+from app.console import web_server_config
 from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import AuditEvent, utcnow

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from core.config import Settings, load_settings
+from models.registry import ModelRegistry
 from node.db.engine import Database
 from node.db.repositories import console
 from node.dispatch.dispatcher import Dispatcher
+from node.dispatch.planning import plan_deliveries
 from node.jobs.worker import Worker
 from node.overrides import PIPELINE_OVERRIDE_PREFIX, Refreshing, effective_pipeline_configs
+from node.results.produce import produce_results
 from pipelines.registry import PipelineRegistry
 from pipelines.spec import load_pipeline_configs
 
@@ -36,8 +41,12 @@ def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
 def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
     settings: Settings, db: Database
 ) -> None:
-    registry = PipelineRegistry(settings)
-    worker = Worker(settings, db, registry)
+    registry = PipelineRegistry(
+        settings, ModelRegistry(settings.models_dir, settings.torch_threads)
+    )
+    worker = Worker(
+        settings, db, registry, produce_results, partial(plan_deliveries, settings=settings)
+    )
     edit = {
         "tasks": {"segmentation": {"members": {"demo-seg-unet": {"device": "cpu", "weight": 0.9}}}}
     }

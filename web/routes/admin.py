@@ -22,7 +22,6 @@ from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVE
 from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
-    Unavailable,
     explain_routes,
     model_cards,
     ping_destination,
@@ -286,11 +285,8 @@ def test_destination(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser, name: str
 ) -> Response:
     dest = _destination(state, name)
-    try:
-        result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
-        message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
-    except Unavailable:
-        message = f"{name}: testing is not available on this node yet"
+    result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
+    message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
     audit.record(
         session,
         "destination.test",
@@ -366,14 +362,11 @@ def pipelines_page(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser
 ) -> Response:
     context: dict[str, Any] = {"error": None, "pipelines": {}, "cards": {}, "classes": {}}
-    try:
-        context["cards"] = model_cards(state.settings)
-    except Unavailable as exc:
-        context["error"] = str(exc)
+    context["cards"] = model_cards(state.settings)
     try:
         context["pipelines"] = pipeline_configs(state.settings, session)
-    except Unavailable as exc:
-        context["error"] = str(exc)
+    except ConfigError as exc:  # a definition on disk cannot be read: the admin must fix it
+        context["error"] = f"pipeline definitions cannot be read: {exc}"
     context["classes"] = {
         n: pipeline_classes(c, context["cards"]) for n, c in context["pipelines"].items()
     }
@@ -388,8 +381,8 @@ async def update_pipeline(
     """Form fields: ``enabled``, ``<task>.threshold``, ``<task>.<model>.device`` / ``.weight``."""
     try:
         configs = pipeline_configs(state.settings)
-    except Unavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+    except ConfigError as exc:
+        raise HTTPException(503, f"pipeline definitions cannot be read: {exc}") from exc
     if name not in configs:
         raise HTTPException(404, f"No pipeline {name!r}")
     form = await request.form()
@@ -463,8 +456,8 @@ def routing_page(
             explanation = explain_routes(state.settings, session, study_uid)
         except KeyError:
             error = f"No study with UID {study_uid}"
-        except Unavailable as exc:
-            error = f"Routing dry-run is not available: {exc}"
+        except ConfigError as exc:
+            error = f"Routing dry-run impossible: pipeline definitions cannot be read: {exc}"
     return render(
         request,
         "admin_routing.html",

@@ -12,14 +12,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.config import ConfigError
 from node.db.orm import Job, Study
 from node.db.repositories import console
 from web.deps import Reader, SessionDep, StateDep
-from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
+from web.integrations import model_cards, pipeline_classes, pipeline_configs
 from web.results import review_data
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -39,7 +40,7 @@ class HealthOut(BaseModel):
     status: str
     database: str
     listener: str
-    models_available: bool
+    models_available: bool = Field(description="at least one valid model card is installed")
     models: list[ModelInfo]
 
 
@@ -161,13 +162,10 @@ def _listener_state(state: StateDep) -> str:
         return "not reachable"
 
 
-def _models(state: StateDep, session: SessionDep) -> tuple[bool, list[ModelInfo]]:
-    try:
-        cards = model_cards(state.settings)
-    except Unavailable:
-        return False, []
+def _models(state: StateDep, session: SessionDep) -> list[ModelInfo]:
+    cards = model_cards(state.settings)
     devices = console.chart_data(session, days=1).devices
-    return True, [
+    return [
         ModelInfo(
             name=name,
             version=card.version,
@@ -188,34 +186,28 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
         database = "ok"
     except SQLAlchemyError as exc:
         database = f"error: {type(exc).__name__}"
-    available, models = _models(state, session)
+    models = _models(state, session)
     return HealthOut(
         status="ok" if database == "ok" else "degraded",
         database=database,
         listener=_listener_state(state),
-        models_available=available,
+        models_available=bool(models),
         models=models,
     )
 
 
 @router.get("/models", response_model=list[ModelInfo])
 def models(session: SessionDep, state: StateDep, user: Reader) -> list[ModelInfo]:
-    available, found = _models(state, session)
-    if not available:
-        raise HTTPException(503, "model cards are not available on this node")
-    return found
+    return _models(state, session)
 
 
 @router.get("/pipelines", response_model=list[PipelineInfo])
 def pipelines(session: SessionDep, state: StateDep, user: Reader) -> list[PipelineInfo]:
     try:
         configs = pipeline_configs(state.settings, session)
-    except Unavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
-    try:
-        cards = model_cards(state.settings)
-    except Unavailable:
-        cards = {}
+    except ConfigError as exc:  # a definition on disk cannot be read: the admin must fix it
+        raise HTTPException(503, f"pipeline definitions cannot be read: {exc}") from exc
+    cards = model_cards(state.settings)
     out = []
     for name, cfg in sorted(configs.items()):
         members: dict[str, list[dict[str, Any]]] = {}

@@ -20,7 +20,7 @@ from node.db.orm import Job
 from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
-from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
+from web.integrations import cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
 from web.results import artifact_file, data_file, review_data
 
@@ -206,12 +206,7 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
 def approve(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.APPROVED, "")
-    try:
-        released = release_held(session, job, user.username)
-    except Unavailable as exc:
-        raise HTTPException(
-            503, "Dispatch is not available on this node; nothing was approved."
-        ) from exc
+    released = release_held(session, job, user.username)
     flash(request, f"Approved; {released} held delivery(ies) released.")
     return redirect(f"/review/{job_id}")
 
@@ -228,12 +223,7 @@ def reject(
         raise HTTPException(400, "A rejection needs a reason.")
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.REJECTED, reason.strip())
-    try:
-        cancelled = cancel_held(session, job, user.username, reason.strip())
-    except Unavailable as exc:
-        raise HTTPException(
-            503, "Dispatch is not available on this node; nothing was rejected."
-        ) from exc
+    cancelled = cancel_held(session, job, user.username, reason.strip())
     flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
     return redirect(f"/review/{job_id}")
 
@@ -263,10 +253,7 @@ def comment(
 @router.post("/jobs/{job_id}/rerun")
 def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
-    try:
-        queued = requeue_job(session, job.id, user.username)
-    except Unavailable as exc:
-        raise HTTPException(503, "Re-running is not available on this node yet.") from exc
+    queued = requeue_job(session, job.id, user.username)
     if not queued:
         raise HTTPException(409, f"the job is {job.state}; only a finished job can be re-run")
     flash(request, "The job was queued again.")
@@ -283,8 +270,6 @@ def resend_delivery(
     study_uid = delivery.artifact.job.study.study_instance_uid
     try:
         resend(session, delivery_id, user.username)
-    except Unavailable as exc:
-        raise HTTPException(503, "Resending is not available on this node yet.") from exc
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
     except ValueError as exc:

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
-from web.integrations import Unavailable, force_complete
+from web.integrations import force_complete
 from web.pages import flash, redirect, render
 from web.results import EXPORTS, artifact_file, export
 
@@ -113,10 +113,7 @@ def complete_now(
     study_uid: str,
     reason: Annotated[str, Form(max_length=500)] = "forced from the console",
 ) -> Response:
-    try:
-        found = force_complete(session, study_uid, f"{reason} (by {user.username})", utcnow())
-    except Unavailable as exc:
-        raise HTTPException(503, "Forcing completion is not available on this node yet.") from exc
+    found = force_complete(session, study_uid, f"{reason} (by {user.username})", utcnow())
     if not found:
         raise HTTPException(404, f"No study with UID {study_uid}")
     audit.record(

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from node.db.repositories import audit
 from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
 from web.deps import Principal, Reviewer, StateDep, WebState, csrf_valid
-from web.integrations import Unavailable, import_paths
+from web.integrations import import_paths
 from web.pages import flash, redirect, render
 from web.upload_stream import StagedFile, UploadRefused, stage_multipart
 from web.uploads import PatientDetails, UploadError, picture_to_secondary_capture, sniff
@@ -153,8 +153,6 @@ def _import(
     to_import = _prepare(state, staged, details)
     try:
         return to_import, import_paths(state.db, state.settings, to_import, actor=actor)
-    except Unavailable as exc:
-        raise HTTPException(503, "Import is not available on this node yet.") from exc
     except (ValueError, OSError) as exc:
         log.warning("upload import failed: %s", exc)
         raise UploadError(f"The files could not be imported: {_public(str(exc), folder)}") from exc
