@@ -113,8 +113,8 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
 def dispatch_only(runs: int) -> None:
     """The dispatch stage alone: 4 hand-made results (SEG, overlay, PDF, SR) to Orthanc."""
     from core.config import load_settings
+    from node.dispatch.delivery_plan import plan_deliveries
     from node.dispatch.dispatcher import Dispatcher
-    from node.dispatch.planning import plan_deliveries
     from tests.node.dispatch.conftest import add_job_with_artifacts
     from tests.node.dispatch.factory import make_results
 

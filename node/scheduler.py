@@ -22,7 +22,7 @@ from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
 from node.grouping import completion
 from node.jobs import queue
-from node.jobs.planning import JobPlanner, PlannablePipeline
+from node.jobs.creation import JobPlanner, PlannablePipeline
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from pydicom.uid import PYDICOM_ROOT_UID
 
+from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.measurements import measure_labels
 from pipelines.postprocess import Components, label_components
-from pipelines.result import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.severity import classify_severity
 from pipelines.spec import SeverityRules
 

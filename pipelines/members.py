@@ -16,8 +16,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
+from pipelines.contract import LabelSpec, ModelRun
 from pipelines.errors import PipelineModelError
-from pipelines.result import LabelSpec, ModelRun
 from pipelines.spec import MemberSpec
 
 T = TypeVar("T")

@@ -39,15 +39,15 @@ def _function(module: str, name: str) -> Callable[..., Any]:
 
 
 def release_held(session: Session, job: Job, actor: str) -> Any:
-    return _function("node.dispatch.planning", "release_held")(session, job, actor)
+    return _function("node.dispatch.delivery_plan", "release_held")(session, job, actor)
 
 
 def cancel_held(session: Session, job: Job, actor: str, reason: str) -> Any:
-    return _function("node.dispatch.planning", "cancel_held")(session, job, actor, reason)
+    return _function("node.dispatch.delivery_plan", "cancel_held")(session, job, actor, reason)
 
 
 def resend(session: Session, delivery_id: int, actor: str) -> Any:
-    return _function("node.dispatch.planning", "resend")(session, delivery_id, actor)
+    return _function("node.dispatch.delivery_plan", "resend")(session, delivery_id, actor)
 
 
 def ping_destination(dest: DestinationSettings, timeout_s: float) -> Any:

@@ -29,7 +29,7 @@ from core.domain import ArtifactKind, DeliveryState
 from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
-from node.dispatch.planning import destination_settings
+from node.dispatch.delivery_plan import destination_settings
 from node.dispatch.targets import SendOutcome, sender_for
 
 log = logging.getLogger(__name__)

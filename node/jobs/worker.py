@@ -32,7 +32,7 @@ from node.db.orm import Artifact, Job, utcnow
 from node.db.repositories import studies
 from node.jobs import queue
 from node.jobs.study_input import build_study_input
-from pipelines.result import PipelineResult, StudyInput
+from pipelines.contract import PipelineResult, StudyInput
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _default_producer() -> Producer:
 
 
 def _default_delivery_planner(settings: Settings) -> DeliveryPlanner:
-    from node.dispatch.planning import plan_deliveries
+    from node.dispatch.delivery_plan import plan_deliveries
 
     def plan(session: Session, job: Job, destinations: Sequence[str], held: bool) -> Any:
         return plan_deliveries(session, job, destinations, held=held, settings=settings)

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.uids import result_uid, series_number
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 
 def key_frame_index(result: PipelineResult) -> int:

@@ -28,7 +28,7 @@ from node.results.equipment import MANUFACTURER
 from node.results.overlay import key_frame_index, render_overlay
 from node.results.source import ContentTime
 from node.results.uids import result_uid, series_number
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
 _TYPE2 = (

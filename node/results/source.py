@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 # Type-2 patient/study attributes every composite object must carry (may be empty).
 _TYPE2_ATTRIBUTES = (

@@ -36,7 +36,7 @@ from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
 from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import deterministic_uid, result_uid, series_number
-from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
+from pipelines.contract import DetectionBox, Finding, PipelineResult, SourceFrame
 
 _log = logging.getLogger(__name__)
 

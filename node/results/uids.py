@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from core.domain import ArtifactKind
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 # Series numbers of result series: high enough not to collide with modality series in practice.
 _SERIES_NUMBER_BASE = 9900

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
 from node.results.seg import frame_group_item, segment_number_of
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 REQUIRED_COMMON = (
     "SOPClassUID",

@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
+from pipelines.contract import SourceFrame, SourceSeries
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.geometry import orientation_label, sort_key_along_normal
-from pipelines.result import SourceFrame, SourceSeries
 
 MULTIFRAME_MIN = 2
 

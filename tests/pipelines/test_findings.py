@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.domain import CodedConcept, Severity
+from pipelines.contract import DetectionBox, LabelSpec
 from pipelines.findings import FindingContext, attach_boxes, segment_findings, tracking_uid
-from pipelines.result import DetectionBox, LabelSpec
 from pipelines.spec import SeverityRules
 
 LESION = LabelSpec(

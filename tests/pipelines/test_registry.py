@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from core.config import ConfigError, Settings
+from pipelines.contract import StudyInput
 from pipelines.registry import PipelineInputError, PipelineRegistry
-from pipelines.result import StudyInput
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from node.db.orm import Job, Study
 from node.db.repositories import console
 from web.deps import Reader, SessionDep, StateDep
 from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
-from web.results import review_data
+from web.result_views import review_data
 
 router = APIRouter(prefix="/api", tags=["api"])
 

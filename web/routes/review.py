@@ -22,7 +22,7 @@ from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
 from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
-from web.results import artifact_file, review_data
+from web.result_views import artifact_file, review_data
 
 router = APIRouter(
     tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False

@@ -18,7 +18,7 @@ from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.integrations import Unavailable, force_complete, import_paths
 from web.pages import flash, redirect, render
-from web.results import EXPORTS, artifact_file, export
+from web.result_views import EXPORTS, artifact_file, export
 from web.uploads import (
     PatientDetails,
     UploadError,

@@ -16,7 +16,7 @@ from node.db.orm import AuditEvent, Job, Study, utcnow
 from node.db.repositories import audit
 from node.grouping.completion import force_complete
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.scheduler import completion_sweep, lease_expiry
 from tests.node.jobs.rows import add_study
 

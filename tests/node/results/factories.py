@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core.domain import CodedConcept, Severity
 from node.results.uids import deterministic_uid
-from pipelines.result import (
+from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
     Finding,

@@ -19,7 +19,7 @@ from core.config import Settings
 from node.db.orm import Artifact, Job
 from web.integrations import Unavailable, load_result, result_export
 
-log = logging.getLogger("pacsnode.web.results")
+log = logging.getLogger("pacsnode.web.result_views")
 EXPORTS = {
     "csv": ("findings_csv", "text/csv", "findings.csv"),
     "masks": ("masks_zip", "application/zip", "masks.zip"),
