@@ -276,7 +276,10 @@ def export_job(
     job = console.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, "No such job")
-    content, media_type, filename = export(state.settings, job, which)
+    try:
+        content, media_type, filename = export(state.settings, job, which)
+    except FileNotFoundError:
+        raise HTTPException(404, "The job's result files are no longer on disk") from None
     _audit_download(state, user, "job", job.id, which)
     name = f"job{job.id}_{filename}"
     return Response(
