@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.db.orm import Job, Study
 from node.db.repositories import console
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
 from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
 from web.result_views import review_data
@@ -273,7 +274,7 @@ def studies(
 def study_results(
     session: SessionDep, state: StateDep, user: Reader, study_uid: str
 ) -> StudyResultsOut:
-    study = console.get_study(session, study_uid)
+    study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"no study {study_uid}")
     jobs = []

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.domain import ReviewState
 from node.db.orm import Job
 from node.db.repositories import audit, console
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
 from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
@@ -49,7 +50,7 @@ def _source_series_uid(session: Session, job: Job, data: dict[str, Any]) -> str 
     uid = data.get("series_instance_uid")
     if isinstance(uid, str) and uid:
         return uid
-    study = console.get_study(session, job.study.study_instance_uid)
+    study = study_repo.get_study(session, job.study.study_instance_uid, with_results=True)
     image_series = [
         s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")
     ]
@@ -65,7 +66,7 @@ def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[Fram
     if uid is None:
         return []
     frames: list[FrameRef] = []
-    for inst in console.series_instances(session, uid):
+    for inst in console.instances_of_series(session, uid):
         for f in range(max(inst.number_of_frames, 1)):
             frames.append(FrameRef(inst.path, inst.sop_instance_uid, f))
             if len(frames) >= MAX_FRAMES:

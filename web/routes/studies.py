@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from node.db.orm import utcnow
 from node.db.repositories import audit, console
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.integrations import Unavailable, force_complete, import_paths
 from web.pages import flash, redirect, render
@@ -196,7 +197,7 @@ def upload(
 
 @router.get("/studies/{study_uid}")
 def study_page(request: Request, session: SessionDep, user: Reader, study_uid: str) -> Response:
-    study = console.get_study(session, study_uid)
+    study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"No study with UID {study_uid}")
     jobs = sorted(study.jobs, key=lambda j: j.id, reverse=True)

@@ -122,17 +122,6 @@ def search_studies(
     return Page(list(session.scalars(stmt).all()), total, page, per_page)
 
 
-def get_study(session: Session, study_uid: str) -> Study | None:
-    return session.scalars(
-        select(Study)
-        .where(Study.study_instance_uid == study_uid)
-        .options(
-            selectinload(Study.series),
-            selectinload(Study.jobs).selectinload(Job.artifacts).selectinload(Artifact.deliveries),
-        )
-    ).first()
-
-
 def get_job(session: Session, job_id: int) -> Job | None:
     return session.scalars(
         select(Job)
@@ -152,7 +141,7 @@ def get_delivery(session: Session, delivery_id: int) -> Delivery | None:
     return session.get(Delivery, delivery_id)
 
 
-def series_instances(session: Session, series_uid: str) -> list[Instance]:
+def instances_of_series(session: Session, series_uid: str) -> list[Instance]:
     """Instances of a series in display order (instance number, then arrival)."""
     return list(
         session.scalars(

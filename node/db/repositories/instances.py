@@ -47,12 +47,6 @@ class UpsertResult:
     reopened_studies: list[str] = field(default_factory=list)
 
 
-def get_study(session: Session, study_instance_uid: str) -> Study | None:
-    return session.scalars(
-        select(Study).where(Study.study_instance_uid == study_instance_uid)
-    ).first()
-
-
 def list_instances(session: Session, study_instance_uid: str) -> Sequence[Instance]:
     """Every instance of a study, ordered by series then instance number (then UID)."""
     stmt = (
