@@ -16,7 +16,7 @@ from typing import Any
 
 from core.config import ConfigError, Settings
 from node.db.engine import Database
-from node.db.repositories import console
+from node.db.repositories import config_overrides
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ REFRESH_S = 2.0
 def pipeline_overrides(db: Database) -> dict[str, dict[str, Any]]:
     """``{pipeline name: override mapping}`` as the console stored them."""
     with db.read() as session:
-        rows = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+        rows = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return {key.removeprefix(PIPELINE_OVERRIDE_PREFIX): value for key, value in rows.items()}
 
 
@@ -78,6 +78,6 @@ def settings_refresher(base: Settings, db: Database) -> Refreshing:
 
     def compute() -> Settings:
         with db.read() as session:
-            return console.effective_settings(session, base)
+            return config_overrides.effective_settings(session, base)
 
     return Refreshing(compute)

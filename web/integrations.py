@@ -98,10 +98,10 @@ def pipeline_configs(settings: Settings, session: Session | None = None) -> dict
         raise Unavailable(f"pipeline definitions cannot be read: {exc}") from exc
     if session is None:
         return configs
-    from node.db.repositories import console
+    from node.db.repositories import config_overrides
 
     apply = _function("pipelines.spec", "apply_overrides")
-    for key, value in console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX).items():
+    for key, value in config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX).items():
         name = key.removeprefix(PIPELINE_OVERRIDE_PREFIX)
         if name in configs:
             try:

@@ -17,7 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.db.orm import Job, Study
-from node.db.repositories import console
+from node.db.repositories import dashboard as dashboard_repo
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import search as study_search
 from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
 from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
@@ -167,7 +169,7 @@ def _models(state: StateDep, session: SessionDep) -> tuple[bool, list[ModelInfo]
         cards = model_cards(state.settings)
     except Unavailable:
         return False, []
-    devices = console.chart_data(session, days=1).devices
+    devices = dashboard_repo.chart_data(session, days=1).devices
     return True, [
         ModelInfo(
             name=name,
@@ -258,8 +260,8 @@ def studies(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> StudyPage:
-    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(
+    flt = study_search.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = study_search.search_studies(
         session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
     )
     return StudyPage(
@@ -303,7 +305,7 @@ def jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[JobOut]:
     return [
-        _job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)
+        _job_out(j) for j in job_repo.list_jobs(session, state=state, limit=limit, offset=offset)
     ]
 
 
@@ -311,8 +313,8 @@ def jobs(
 def stats(
     session: SessionDep, user: Reader, days: Annotated[int, Query(ge=1, le=366)] = 14
 ) -> StatsOut:
-    counts = console.dashboard_counts(session)
-    data = console.chart_data(session, days=days)
+    counts = dashboard_repo.dashboard_counts(session)
+    data = dashboard_repo.chart_data(session, days=days)
     return StatsOut(
         studies_total=counts.studies_total,
         instances_total=counts.instances_total,

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from core.domain import ReviewState
 from node.db.orm import Job
-from node.db.repositories import audit, console
+from node.db.repositories import audit, instances
+from node.db.repositories import deliveries as delivery_repo
+from node.db.repositories import jobs as job_repo
 from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
@@ -40,7 +42,7 @@ class FrameRef:
 
 
 def _job_or_404(session: Session, job_id: int) -> Job:
-    job = console.get_job(session, job_id)
+    job = job_repo.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}")
     return job
@@ -66,7 +68,7 @@ def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[Fram
     if uid is None:
         return []
     frames: list[FrameRef] = []
-    for inst in console.instances_of_series(session, uid):
+    for inst in instances.instances_of_series(session, uid):
         for f in range(max(inst.number_of_frames, 1)):
             frames.append(FrameRef(inst.path, inst.sop_instance_uid, f))
             if len(frames) >= MAX_FRAMES:
@@ -138,7 +140,7 @@ def review_page(
             "has_mask": masks is not None,
             "mask_frames": mask_frames,
             "boxes": boxes,
-            "reviews": console.job_reviews(session, job.id),
+            "reviews": job_repo.job_reviews(session, job.id),
             "segment_labels": masks.segment_labels if masks else {},
         },
         user=user,
@@ -190,7 +192,7 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
         raise HTTPException(409, f"the job is {job.state}; only finished results can be reviewed")
     before = job.review_state
     job.review_state = decision.value
-    console.add_review(session, job, user.user_id, decision.value, reason)
+    job_repo.add_review(session, job, user.user_id, decision.value, reason)
     audit.record(
         session,
         f"review.{decision.value}",
@@ -248,7 +250,7 @@ def comment(
     text: Annotated[str, Form(min_length=1, max_length=4000)],
 ) -> Response:
     job = _job_or_404(session, job_id)
-    console.add_review(session, job, user.user_id, "comment", text.strip())
+    job_repo.add_review(session, job, user.user_id, "comment", text.strip())
     audit.record(
         session,
         "review.comment",
@@ -278,7 +280,7 @@ def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) ->
 def resend_delivery(
     request: Request, session: SessionDep, user: Reviewer, delivery_id: int
 ) -> Response:
-    delivery = console.get_delivery(session, delivery_id)
+    delivery = delivery_repo.get(session, delivery_id)
     if delivery is None:
         raise HTTPException(404, f"No delivery {delivery_id}")
     study_uid = delivery.artifact.job.study.study_instance_uid

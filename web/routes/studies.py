@@ -14,7 +14,9 @@ from fastapi.responses import FileResponse, Response
 from pydicom.uid import generate_uid
 
 from node.db.orm import utcnow
-from node.db.repositories import audit, console
+from node.db.repositories import audit
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import search as study_search
 from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.integrations import Unavailable, force_complete, import_paths
@@ -62,8 +64,8 @@ def study_list(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Response:
-    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(
+    flt = study_search.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = study_search.search_studies(
         session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
     )
     params = {
@@ -251,7 +253,7 @@ def _audit_download(
 def download_artifact(
     session: SessionDep, state: StateDep, user: Reader, artifact_id: int
 ) -> Response:
-    artifact = console.get_artifact(session, artifact_id)
+    artifact = job_repo.get_artifact(session, artifact_id)
     if artifact is None:
         raise HTTPException(404, "No such result object")
     try:
@@ -274,7 +276,7 @@ def export_job(
 ) -> Response:
     if which not in EXPORTS:
         raise HTTPException(404, f"Unknown export {which!r}; choose one of {sorted(EXPORTS)}")
-    job = console.get_job(session, job_id)
+    job = job_repo.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, "No such job")
     try:

@@ -252,3 +252,15 @@ def _late_arrival(session: Session, uid: str, state: str, result_version: int,
                  from_state=state, to_state=state,
                  detail=f"{count} late instance(s) stored, state kept")  # fmt: skip
     return {}
+
+
+def instances_of_series(session: Session, series_uid: str) -> list[Instance]:
+    """Instances of a series in display order (instance number, then arrival)."""
+    return list(
+        session.scalars(
+            select(Instance)
+            .join(Series, Instance.series_pk == Series.id)
+            .where(Series.series_instance_uid == series_uid)
+            .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
+        ).all()
+    )

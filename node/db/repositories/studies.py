@@ -87,7 +87,7 @@ def series_instances(session: Session, study_uid: str) -> dict[Series, list[Inst
     """Every series of a study with its instances (ordered by InstanceNumber, then arrival).
 
     A study's series, keyed by series; the console's one-series list is
-    ``console.instances_of_series``."""
+    ``instances.instances_of_series``."""
     study = get_study(session, study_uid)
     if study is None:
         return {}
