@@ -17,6 +17,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from node.results.seg import frame_group_item
+from pipelines.preprocess.display import DisplayError, display_frame
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -31,55 +32,15 @@ def _to_png(array: np.ndarray, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def _first(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0] if len(value) else None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def frame_count(path: Path) -> int:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return int(getattr(ds, "NumberOfFrames", 1) or 1)
-
-
 def render_frame_png(path: Path, frame: int = 0) -> bytes:
-    """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, windowed like a viewer."""
+    """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, shown as a viewer shows it
+    (:func:`pipelines.preprocess.display.display_frame`, the same pixels as the overlay)."""
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError) as exc:
-        raise RenderError(f"cannot decode {path.name}: {exc}") from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        if not 0 <= frame < frames:
-            raise RenderError(f"frame {frame} out of range (0-{frames - 1})")
-        pixels = pixels[frame]
-    elif frame != 0:
-        raise RenderError(f"frame {frame} out of range (single-frame image)")
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour (Secondary Capture from PNG/JPEG)
-        rgb = pixels[..., :3]
-        if str(getattr(ds, "PhotometricInterpretation", "")).startswith("YBR"):
-            rgb = pydicom.pixels.convert_color_space(rgb, ds.PhotometricInterpretation, "RGB")
-        return _to_png(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
-    values = pixels.astype(np.float32)
-    slope = _first(getattr(ds, "RescaleSlope", None)) or 1.0
-    intercept = _first(getattr(ds, "RescaleIntercept", None)) or 0.0
-    values = values * slope + intercept
-    center = _first(getattr(ds, "WindowCenter", None))
-    width = _first(getattr(ds, "WindowWidth", None))
-    if center is None or width is None or width <= 1:
-        low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
-    else:
-        low, high = center - width / 2, center + width / 2
-    scaled = np.clip((values - low) / max(float(high - low), 1e-6), 0, 1) * 255
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 255 - scaled
-    return _to_png(scaled.astype(np.uint8), "L")
+        shown = display_frame(ds, frame)
+    except (InvalidDicomError, DisplayError, OSError) as exc:
+        raise RenderError(f"cannot show {path.name}: {exc}") from exc
+    return _to_png(shown, "RGB" if shown.ndim == 3 else "L")
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _first_item(ds: Dataset, *keywords: str) -> Dataset | None:
     return current
 
 
-def _functional(ds: Dataset, frame_index: int, macro: str) -> Dataset | None:
+def functional_group(ds: Dataset, frame_index: int, macro: str) -> Dataset | None:
     """A functional-group macro for one frame of an enhanced object (per-frame over shared)."""
     per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
     if per_frame and frame_index < len(per_frame):
@@ -116,7 +116,7 @@ def _positive_pair(value: object) -> tuple[float, float] | None:
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    for source in (ds, _functional(ds, 0, "PixelMeasuresSequence")):
+    for source in (ds, functional_group(ds, 0, "PixelMeasuresSequence")):
         if source is not None and "PixelSpacing" in source:
             pair = _positive_pair(source.PixelSpacing)
             if pair:
@@ -151,7 +151,7 @@ def _rescaled(raw: np.ndarray, ds: Dataset, frame_index: int) -> np.ndarray:
         return _linear(raw, float(ds.RescaleSlope), float(ds.RescaleIntercept))
     if "RescaleSlope" in ds:  # no intercept: pydicom leaves the values as stored
         return raw.astype(np.float32)
-    item = _functional(ds, frame_index, "PixelValueTransformationSequence")
+    item = functional_group(ds, frame_index, "PixelValueTransformationSequence")
     if item is not None and "RescaleSlope" in item:
         return _linear(raw, float(item.RescaleSlope), float(item.RescaleIntercept))
     return raw.astype(np.float32)
@@ -231,9 +231,9 @@ def _frames_of(path: Path) -> list[_Frame]:
         else:
             values = _rescaled(raw, ds, index)
             voi_display = _voi_lut_display(values, ds)
-        window = _window_of(_functional(ds, index, "FrameVOILUTSequence")) or _window_of(ds)
-        plane_pos = _functional(ds, index, "PlanePositionSequence")
-        plane_ori = _functional(ds, index, "PlaneOrientationSequence")
+        window = _window_of(functional_group(ds, index, "FrameVOILUTSequence")) or _window_of(ds)
+        plane_pos = functional_group(ds, index, "PlanePositionSequence")
+        plane_ori = functional_group(ds, index, "PlaneOrientationSequence")
         position = plane_pos.ImagePositionPatient if plane_pos is not None else None
         position = position or ds.get("ImagePositionPatient")
         orient = plane_ori.ImageOrientationPatient if plane_ori is not None else None
