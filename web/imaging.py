@@ -1,25 +1,25 @@
 """PNG renderings for the review page: source frames (windowed greyscale) and SEG mask overlays.
 
-Masks are read back from the SEG object the node produced (the very thing that goes to PACS), so the
-reviewer approves what will be sent. The overlay is an RGBA image in a heat colour map with
+Masks are read back with highdicom from the SEG object the node produced (the very thing that goes
+to PACS), so the reviewer approves what will be sent. The overlay is an RGBA image in a heat colour map with
 transparent background; the page blends it with a CSS opacity slider.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from node.results.seg import frame_group_item
 from pipelines.preprocess.display import DisplayError, display_frame
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 class RenderError(ValueError):
@@ -45,57 +45,68 @@ def render_frame_png(path: Path, frame: int = 0) -> bytes:
 
 @dataclass(frozen=True)
 class SegMasks:
-    """Label maps of a SEG per referenced source instance (and frame): (sop_uid, frame) -> map."""
+    """Label maps of a SEG for the frames the review page shows: (source SOP Instance UID, 0-based
+    frame within it) -> uint8 map of segment numbers; frames the SEG leaves empty are absent."""
 
     rows: int
     columns: int
-    frames: dict[tuple[str, int | None], np.ndarray]
+    frames: dict[tuple[str, int], np.ndarray]
     segment_labels: dict[int, str]
 
 
-def read_seg_masks(path: Path) -> SegMasks:
-    """Decode a DICOM SEG into one uint8 label map per source frame (segment numbers as values)."""
+# Source instances per highdicom call: bounds the (instances, rows, cols) array of one call.
+_INSTANCES_PER_READ = 64
+# A FRACTIONAL segment covers a pixel from half its maximum on (highdicom rescales to [0, 1]).
+FRACTIONAL_THRESHOLD = 0.5
+_PixelReader = Callable[..., np.ndarray]
+
+
+def read_seg_masks(path: Path, source_frames: Sequence[tuple[str, int]]) -> SegMasks:
+    """Read a DICOM SEG with highdicom and return its label map for each of ``source_frames``
+    ((SOP Instance UID, 0-based frame) of the shown series): segment numbers as pixel values,
+    the highest segment where segments overlap."""
     try:
-        ds = pydicom.dcmread(path)
-        if ds.SOPClassUID != SEG_SOP_CLASS:
-            raise RenderError(f"{path.name} is not a Segmentation")
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError) as exc:
-        raise RenderError(f"cannot decode SEG {path.name}: {exc}") from exc
-    if pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
+        seg = hd.seg.segread(path)
+        labels = {
+            int(n): str(seg.get_segment_description(n).segment_label) for n in seg.segment_numbers
+        }
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError) as exc:
+        raise RenderError(f"cannot read SEG {path.name}: {exc}") from exc
+    by_instance: dict[str, list[int]] = {}
+    for sop_uid, frame in source_frames:
+        by_instance.setdefault(sop_uid, []).append(frame)
+    single = [uid for uid, frames in by_instance.items() if frames == [0]]
+    maps: dict[tuple[str, int], np.ndarray] = {}
     try:
-        return _label_maps(ds, pixels)
-    except (AttributeError, IndexError, KeyError, ValueError) as exc:
-        raise RenderError(f"SEG {path.name} lacks per-frame references: {exc}") from exc
+        for start in range(0, len(single), _INSTANCES_PER_READ):
+            batch = single[start : start + _INSTANCES_PER_READ]
+            planes = _label_maps(seg, partial(seg.get_pixels_by_source_instance, batch))
+            maps.update(((uid, 0), plane) for uid, plane in zip(batch, planes, strict=True))
+        for uid, frames in by_instance.items():
+            if frames != [0]:  # a multi-frame source: SEG frames reference its frame numbers
+                numbers = [f + 1 for f in frames]
+                planes = _label_maps(seg, partial(seg.get_pixels_by_source_frame, uid, numbers))
+                maps.update(((uid, f), plane) for f, plane in zip(frames, planes, strict=True))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise RenderError(f"SEG {path.name} cannot be mapped onto its source: {exc}") from exc
+    shown = {key: plane for key, plane in maps.items() if plane.any()}
+    return SegMasks(int(seg.Rows), int(seg.Columns), shown, labels)
 
 
-def _group_item(ds: pydicom.Dataset, group: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
-    """A functional group macro from the per-frame item, else from the shared groups."""
-    item = frame_group_item(ds, group, keyword)
-    if item is None:
-        raise KeyError(keyword)
-    return item
-
-
-def _label_maps(ds: pydicom.Dataset, pixels: np.ndarray) -> SegMasks:
-    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
-    maps: dict[tuple[str, int | None], np.ndarray] = {}
-    for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        segment = int(
-            _group_item(ds, group, "SegmentIdentificationSequence").ReferencedSegmentNumber
-        )
-        source = _group_item(ds, group, "DerivationImageSequence").SourceImageSequence[0]
-        frame_ref = getattr(source, "ReferencedFrameNumber", None)
-        key = (str(source.ReferencedSOPInstanceUID), int(frame_ref) if frame_ref else None)
-        plane = maps.setdefault(key, np.zeros((int(ds.Rows), int(ds.Columns)), dtype=np.uint8))
-        frame_pixels = pixels[index]
-        if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
-            hit = frame_pixels >= (int(getattr(ds, "MaximumFractionalValue", 255)) / 2)
-        else:
-            hit = frame_pixels > 0
-        plane[hit] = segment
-    return SegMasks(int(ds.Rows), int(ds.Columns), maps, labels)
+def _label_maps(seg: hd.seg.Segmentation, read: _PixelReader) -> np.ndarray:
+    """(frames, rows, cols) uint8 segment numbers from highdicom's per-source pixel access."""
+    common = {"assert_missing_frames_are_empty": True}
+    if seg.segmentation_type != hd.seg.SegmentationTypeValues.FRACTIONAL:
+        combined = read(combine_segments=True, skip_overlap_checks=True, dtype=np.uint8, **common)
+        return np.asarray(combined, dtype=np.uint8)
+    maps: np.ndarray | None = None
+    for number in sorted(seg.segment_numbers):  # the highest segment wins, as when combined
+        fraction = read(segment_numbers=[number], dtype=np.float32, **common)[..., 0]
+        if maps is None:
+            maps = np.zeros(fraction.shape, dtype=np.uint8)
+        maps[fraction >= FRACTIONAL_THRESHOLD] = number
+    assert maps is not None  # a SEG has at least one segment
+    return maps
 
 
 def _heat(values: np.ndarray) -> np.ndarray:

@@ -77,16 +77,17 @@ def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[Fram
 
 
 @lru_cache(maxsize=16)
-def _seg_cached(path: str, mtime_ns: int) -> SegMasks:
-    return read_seg_masks(Path(path))
+def _seg_cached(path: str, mtime_ns: int, shown: tuple[tuple[str, int], ...]) -> SegMasks:
+    return read_seg_masks(Path(path), shown)
 
 
-def _seg_masks(state: StateDep, job: Job) -> SegMasks | None:
+def _seg_masks(state: StateDep, job: Job, frames: list[FrameRef]) -> SegMasks | None:
+    shown = tuple((f.sop_instance_uid, f.frame) for f in frames)
     for artifact in job.artifacts:
         if artifact.kind == "seg":
             try:
                 path = artifact_file(state.settings, artifact)
-                return _seg_cached(str(path), path.stat().st_mtime_ns)
+                return _seg_cached(str(path), path.stat().st_mtime_ns, shown)
             except (FileNotFoundError, RenderError):
                 return None
     return None
@@ -107,7 +108,7 @@ def review_page(
     job = _job_or_404(session, job_id)
     data = review_data(state.settings, job)
     frames = source_frames(session, job, data)
-    masks = _seg_masks(state, job)
+    masks = _seg_masks(state, job, frames)
     frame_index = {(f.sop_instance_uid, f.frame): i for i, f in enumerate(frames)}
     result_frames = data.get("source_frames") or []
     boxes: list[dict[str, Any]] = []
@@ -121,11 +122,7 @@ def review_page(
     mask_frames = [
         i
         for i, f in enumerate(frames)
-        if masks is not None
-        and (
-            (f.sop_instance_uid, None) in masks.frames
-            or (f.sop_instance_uid, f.frame + 1) in masks.frames
-        )
+        if masks is not None and (f.sop_instance_uid, f.frame) in masks.frames
     ]
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
     return render(
@@ -147,18 +144,21 @@ def review_page(
     )
 
 
-def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> FrameRef:
+def _frames_or_404(
+    session: Session, state: StateDep, job: Job, index: int
+) -> tuple[list[FrameRef], FrameRef]:
+    """The frames the review page shows, and the ``index``-th of them."""
     frames = source_frames(session, job, review_data(state.settings, job))
     if not 0 <= index < len(frames):
         raise HTTPException(404, f"frame {index} out of range (0-{len(frames) - 1})")
-    return frames[index]
+    return frames, frames[index]
 
 
 @router.get("/review/{job_id}/frames/{index}.png")
 def frame_png(
     session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
 ) -> Response:
-    ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
+    _, ref = _frames_or_404(session, state, _job_or_404(session, job_id), index)
     try:
         png = render_frame_png(state.settings.data_dir / ref.path, ref.frame)
     except (RenderError, FileNotFoundError) as exc:
@@ -171,13 +171,11 @@ def mask_png(
     session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
 ) -> Response:
     job = _job_or_404(session, job_id)
-    ref = _frame_or_404(session, state, job, index)
-    masks = _seg_masks(state, job)
+    frames, ref = _frames_or_404(session, state, job, index)
+    masks = _seg_masks(state, job, frames)
     if masks is None:
         raise HTTPException(404, "this job has no segmentation")
-    plane = masks.frames.get((ref.sop_instance_uid, ref.frame + 1))
-    if plane is None:
-        plane = masks.frames.get((ref.sop_instance_uid, None))
+    plane = masks.frames.get((ref.sop_instance_uid, ref.frame))
     png = render_mask_png(plane, (masks.rows, masks.columns), max(masks.segment_labels, default=1))
     return Response(png, media_type="image/png", headers=PNG_HEADERS)
 
