@@ -8,9 +8,8 @@ transparent background; the page blends it with a CSS opacity slider.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import highdicom as hd
@@ -19,6 +18,7 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from node.results.seg_read import label_maps
 from pipelines.preprocess.display import DisplayError, display_frame
 
 
@@ -54,17 +54,11 @@ class SegMasks:
     segment_labels: dict[int, str]
 
 
-# Source instances per highdicom call: bounds the (instances, rows, cols) array of one call.
-_INSTANCES_PER_READ = 64
-# A FRACTIONAL segment covers a pixel from half its maximum on (highdicom rescales to [0, 1]).
-FRACTIONAL_THRESHOLD = 0.5
-_PixelReader = Callable[..., np.ndarray]
-
-
 def read_seg_masks(path: Path, source_frames: Sequence[tuple[str, int]]) -> SegMasks:
     """Read a DICOM SEG with highdicom and return its label map for each of ``source_frames``
     ((SOP Instance UID, 0-based frame) of the shown series): segment numbers as pixel values,
-    the highest segment where segments overlap."""
+    the highest segment where segments overlap. An instance shown only as frame 0 is read as a
+    single-frame source, any other by its frame numbers."""
     try:
         seg = hd.seg.segread(path)
         labels = {
@@ -72,41 +66,16 @@ def read_seg_masks(path: Path, source_frames: Sequence[tuple[str, int]]) -> SegM
         }
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError) as exc:
         raise RenderError(f"cannot read SEG {path.name}: {exc}") from exc
-    by_instance: dict[str, list[int]] = {}
+    frames_of: dict[str, list[int]] = {}
     for sop_uid, frame in source_frames:
-        by_instance.setdefault(sop_uid, []).append(frame)
-    single = [uid for uid, frames in by_instance.items() if frames == [0]]
-    maps: dict[tuple[str, int], np.ndarray] = {}
+        frames_of.setdefault(sop_uid, []).append(frame)
+    keys = [(uid, None if frames_of[uid] == [0] else frame + 1) for uid, frame in source_frames]
     try:
-        for start in range(0, len(single), _INSTANCES_PER_READ):
-            batch = single[start : start + _INSTANCES_PER_READ]
-            planes = _label_maps(seg, partial(seg.get_pixels_by_source_instance, batch))
-            maps.update(((uid, 0), plane) for uid, plane in zip(batch, planes, strict=True))
-        for uid, frames in by_instance.items():
-            if frames != [0]:  # a multi-frame source: SEG frames reference its frame numbers
-                numbers = [f + 1 for f in frames]
-                planes = _label_maps(seg, partial(seg.get_pixels_by_source_frame, uid, numbers))
-                maps.update(((uid, f), plane) for f, plane in zip(frames, planes, strict=True))
+        planes = label_maps(seg, keys)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise RenderError(f"SEG {path.name} cannot be mapped onto its source: {exc}") from exc
-    shown = {key: plane for key, plane in maps.items() if plane.any()}
+    shown = {key: plane for key, plane in zip(source_frames, planes, strict=True) if plane.any()}
     return SegMasks(int(seg.Rows), int(seg.Columns), shown, labels)
-
-
-def _label_maps(seg: hd.seg.Segmentation, read: _PixelReader) -> np.ndarray:
-    """(frames, rows, cols) uint8 segment numbers from highdicom's per-source pixel access."""
-    common = {"assert_missing_frames_are_empty": True}
-    if seg.segmentation_type != hd.seg.SegmentationTypeValues.FRACTIONAL:
-        combined = read(combine_segments=True, skip_overlap_checks=True, dtype=np.uint8, **common)
-        return np.asarray(combined, dtype=np.uint8)
-    maps: np.ndarray | None = None
-    for number in sorted(seg.segment_numbers):  # the highest segment wins, as when combined
-        fraction = read(segment_numbers=[number], dtype=np.float32, **common)[..., 0]
-        if maps is None:
-            maps = np.zeros(fraction.shape, dtype=np.uint8)
-        maps[fraction >= FRACTIONAL_THRESHOLD] = number
-    assert maps is not None  # a SEG has at least one segment
-    return maps
 
 
 def _heat(values: np.ndarray) -> np.ndarray:
