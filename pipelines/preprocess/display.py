@@ -6,7 +6,7 @@ frames go through pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (Modali
 or rescale; VOI LUT Sequence, else the first Window Center/Width, any VOI LUT Function); for an
 enhanced multi-frame object the frame's own functional groups supply them (Pixel Value
 Transformation and Frame VOI LUT, per-frame over shared over the top level), see
-:func:`frame_lut_view`. A frame without any VOI is windowed to its 0.5-99.5 percentiles, as
+:func:`pipelines.preprocess.frame_luts.frame_lut_view`. A frame without any VOI is windowed to its 0.5-99.5 percentiles, as
 viewers do. MONOCHROME1 is inverted after the VOI, so bright means dense everywhere. Colour
 frames come back as RGB (pydicom already converts YBR; PALETTE COLOR through its LUT).
 
@@ -16,20 +16,14 @@ Model inputs are not display pixels: :mod:`pipelines.preprocess.decode` keeps or
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
-from pipelines.preprocess.decode import functional_group
+from pipelines.preprocess.frame_luts import frame_lut_view
 
-# The Image Pixel attributes pydicom's LUT functions read, copied from the top level.
-_PIXEL_KEYWORDS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation")
-# Modality LUT and VOI LUT module attributes: top level, overridden by the frame's groups.
-_MODALITY_KEYWORDS = ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept", "RescaleType")
-_VOI_KEYWORDS = ("VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
 
 
@@ -39,38 +33,6 @@ class DisplayError(ValueError):
 
 def frame_count(ds: Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
-
-
-def frame_lut_view(ds: Dataset, frame_index: int = 0) -> Dataset:
-    """A small dataset with the Modality LUT and VOI LUT attributes that apply to one frame.
-
-    pydicom's LUT functions read the top level only; an enhanced object keeps rescale in the Pixel
-    Value Transformation macro and windows in the Frame VOI LUT macro, per frame or shared. The
-    view takes the top-level values, then the shared groups', then the frame's own, so the
-    functions see exactly what applies to this frame. The source dataset is never modified.
-    """
-    view = Dataset()
-    if hasattr(ds, "file_meta"):
-        view.file_meta = ds.file_meta  # the endianness of OW LUT data
-    view.set_original_encoding(*ds.original_encoding)
-    for keyword in (*_PIXEL_KEYWORDS, *_MODALITY_KEYWORDS, *_VOI_KEYWORDS):
-        if keyword in ds:
-            view[keyword] = copy.copy(ds[keyword])  # pydicom's functions set values
-    for macro, keywords in (
-        ("PixelValueTransformationSequence", _MODALITY_KEYWORDS),
-        ("FrameVOILUTSequence", _VOI_KEYWORDS),
-    ):
-        item = functional_group(ds, frame_index, macro)
-        if item is None:
-            continue
-        if any(k in item for k in keywords):  # the macro replaces the top level's values
-            for keyword in keywords:
-                if keyword in view:
-                    del view[keyword]
-        for keyword in keywords:
-            if keyword in item:
-                view[keyword] = copy.copy(item[keyword])
-    return view
 
 
 def _frame_pixels(ds: Dataset, frame_index: int) -> np.ndarray:

@@ -15,7 +15,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from pipelines.preprocess.display import DisplayError, display_frame, frame_lut_view
+from pipelines.preprocess.display import DisplayError, display_frame
+from pipelines.preprocess.frame_luts import frame_lut_view
 
 
 def _read(name: str) -> Dataset:
