@@ -97,8 +97,8 @@ def grey_unit(ds: Dataset, frame_index: int, pixels: np.ndarray) -> np.ndarray:
                 warnings.simplefilter("ignore", UserWarning)
                 shown = apply_voi_lut(values, view)
             low, high = _voi_output_range(view)
-        except (ValueError, NotImplementedError, IndexError):
-            pass  # a window the standard does not allow (width < 1): show the auto window
+        except (AttributeError, IndexError, NotImplementedError, TypeError, ValueError):
+            pass  # a VOI pydicom cannot apply (width < 1, LUT depth, missing pixel attributes)
         else:
             return np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
     return _auto_window(values.astype(np.float64))

@@ -110,3 +110,10 @@ def test_colour_is_rgb_once_converted_and_bad_frames_are_refused() -> None:
     header_only = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
     with pytest.raises(DisplayError, match="no pixel data"):
         display_frame(header_only)
+
+
+def test_a_window_pydicom_refuses_falls_back_to_the_auto_window() -> None:
+    ds = _read("CT_small.dcm")
+    auto = display_frame(ds)
+    ds.WindowCenter, ds.WindowWidth = 40, 0  # LINEAR needs a width of at least 1
+    np.testing.assert_array_equal(display_frame(ds), auto)
