@@ -15,7 +15,7 @@ from app.runtime import run_stages
 from core.config import Settings
 from models.registry import ModelRegistry
 from node.db.engine import Database
-from node.dispatch.planning import plan_deliveries
+from node.dispatch.delivery_plan import plan_deliveries
 from node.jobs.worker import Worker
 from node.results.produce import produce_results
 from pipelines.registry import PipelineRegistry

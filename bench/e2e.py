@@ -118,8 +118,8 @@ def dispatch_only(runs: int, nagle: bool = False) -> None:
     for that decision (docs/performance.md).
     """
     from core.config import load_settings
+    from node.dispatch.delivery_plan import plan_deliveries
     from node.dispatch.dispatcher import Dispatcher
-    from node.dispatch.planning import plan_deliveries
     from tests.node.dispatch.conftest import add_job_with_artifacts
     from tests.node.dispatch.factory import make_results
 

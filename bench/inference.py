@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 from models.card import ModelCard, sha256_file, write_card  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
+from pipelines.contract import SourceSeries, StudyInput  # noqa: E402
 from pipelines.pipeline import Pipeline  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
-from pipelines.result import SourceSeries, StudyInput  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 
 LESION = {

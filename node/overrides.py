@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.config import ConfigError, Settings
 from node.db.engine import Database
-from node.db.repositories import console
+from node.db.repositories import config_overrides
 from pipelines.spec import PipelineConfig, apply_overrides
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 def stored_pipeline_overrides(session: Session) -> dict[str, OverrideValues]:
     """``{pipeline name: override mapping}`` as the console stored them."""
-    rows = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+    rows = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return {key.removeprefix(PIPELINE_OVERRIDE_PREFIX): value for key, value in rows.items()}
 
 
@@ -98,6 +98,6 @@ def settings_refresher(base: Settings, db: Database) -> Refreshing[Settings]:
 
     def compute() -> Settings:
         with db.read() as session:
-            return console.effective_settings(session, base)
+            return config_overrides.effective_settings(session, base)
 
     return Refreshing(compute)

@@ -24,7 +24,7 @@ from node.grouping import completion
 from node.ingest.orthanc_source import poll_changes
 from node.ingest.spool import safe_component
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.overrides import effective_pipeline_configs, settings_refresher
 from pipelines.spec import PipelineConfig
 

@@ -20,8 +20,8 @@ import torch
 from models.card import ModelCard
 from models.devices import DevicePlacement
 from models.loaders import RawBox
+from pipelines.contract import LabelSpec, ModelRun
 from pipelines.errors import PipelineModelError
-from pipelines.result import LabelSpec, ModelRun
 from pipelines.spec import MemberSpec
 
 T = TypeVar("T")

@@ -33,13 +33,13 @@ from app.cli import main
 from core.config import DestinationSettings, Settings
 from node.db.engine import Database
 from node.db.orm import Artifact, AuditEvent, Instance, Job, Series, Study, utcnow
+from node.dispatch.delivery_plan import plan_deliveries
 from node.dispatch.folder import FolderSender
-from node.dispatch.planning import plan_deliveries
 from node.ingest.orthanc_source import pull_study
 from node.ingest.scp import start_receiver
 from node.ingest.spool import relative_path
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.jobs.worker import Worker
 from node.results.produce import produce_results
 from node.scheduler import completion_sweep, delete_study
@@ -48,7 +48,7 @@ from tests.node.jobs.test_queue import PIPES, soon
 from tests.node.jobs.test_worker import Pipelines, StubPipeline
 from tests.orthanc.harness import ORTHANC_BIN, OrthancProcess
 from tests.web.conftest import cheap_password_hashing, csrf_of, make_console  # noqa: F401
-from web.results import export
+from web.result_views import export
 
 ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # name -> UID, given the test's unique marker (a name under /tmp that must never appear)

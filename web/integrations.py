@@ -17,7 +17,7 @@ from core.config import DestinationSettings, Settings
 from models.card import ModelCard, load_cards
 from node.db.engine import Database
 from node.db.repositories.studies import study_facts
-from node.dispatch.planning import cancel_held, release_held, resend
+from node.dispatch.delivery_plan import cancel_held, release_held, resend
 from node.dispatch.sender import PingResult
 from node.dispatch.targets import sender_for
 from node.grouping import routing
@@ -32,7 +32,7 @@ from node.overrides import (
 )
 from node.results import exports
 from node.results.store import load_result
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
 __all__ = [

@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
 from core.domain import ArtifactKind, DeliveryState
+from node.backoff import backoff_delay
 from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
-from node.dispatch.planning import destination_settings
+from node.dispatch.delivery_plan import destination_settings
 from node.dispatch.sender import SendOutcome
 from node.dispatch.targets import sender_for
 from node.overrides import settings_refresher
@@ -48,14 +49,6 @@ class ClaimedItem:
     kind: ArtifactKind
     path: Path
     prerequisite_ids: tuple[int, ...]  # SEG/overlay deliveries this SR must follow
-
-
-def backoff_delay(
-    attempts: int, base_s: float, max_s: float, jitter: float, rng: random.Random
-) -> float:
-    """Seconds before the next attempt after ``attempts`` failures: base * 2^(n-1), capped, +/- jitter."""
-    delay = min(max_s, base_s * (2 ** max(0, attempts - 1)))
-    return max(0.0, delay * (1.0 + rng.uniform(-jitter, jitter)))
 
 
 class Dispatcher:

@@ -35,8 +35,8 @@ from node.jobs.study_input import build_study_input
 from node.overrides import OverrideValues, pipeline_overrides
 from node.results.produce import OutputOptions, ProducedObject, ResultValidationError
 from node.results.store import save_result
+from pipelines.contract import PipelineResult, StudyInput
 from pipelines.errors import PipelineInputError
-from pipelines.result import PipelineResult, StudyInput
 from pipelines.spec import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class ResultProducer(Protocol):
 
 class DeliveryPlanner(Protocol):
     """Plans the deliveries of a succeeded job's artifacts inside the job's final transaction
-    (``node.dispatch.planning.plan_deliveries`` with the node's settings bound); the worker does
+    (``node.dispatch.delivery_plan.plan_deliveries`` with the node's settings bound); the worker does
     not read what it returns."""
 
     def __call__(

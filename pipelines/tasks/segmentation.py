@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.contract import LabelSpec
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.result import LabelSpec
 from pipelines.spec import SegmentationTask
 from pipelines.tasks.bundle import bundle_probabilities
 

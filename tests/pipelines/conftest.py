@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.result import SourceSeries, StudyInput
+from pipelines.contract import SourceSeries, StudyInput
 from tests.pipelines.tiny_models import write_tiny_models
 
 

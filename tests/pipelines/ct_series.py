@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.result import SourceSeries
+from pipelines.contract import SourceSeries
 
 
 def anatomy(points: np.ndarray) -> np.ndarray:

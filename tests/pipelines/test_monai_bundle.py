@@ -20,9 +20,9 @@ import torch
 from models.card import ModelCard, ModelLoadError, write_card
 from models.loaders import load_model, weights_digest
 from models.registry import ModelRegistry
+from pipelines.contract import StudyInput
 from pipelines.pipeline import Pipeline
 from pipelines.preprocess.decode import decode_series
-from pipelines.result import StudyInput
 from tests.pipelines.ct_series import PLANES, labels_by_position, write_ct_series
 from tests.pipelines.test_pipeline import config
 

@@ -8,8 +8,8 @@ import yaml
 
 from core.config import ConfigError, Settings
 from models.registry import ModelRegistry
+from pipelines.contract import StudyInput
 from pipelines.registry import PipelineInputError, PipelineRegistry
-from pipelines.result import StudyInput
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -449,7 +449,7 @@ def test_a_stored_pre_validation_allowlist_entry_matches_nobody(
     settings: Settings, sqlite_db: Database
 ) -> None:
     """An entry saved before hosts were checked must not vanish (an empty list admits everyone)."""
-    from node.db.repositories import console as console_repo
+    from node.db.repositories import config_overrides as console_repo
     from node.ingest.scp import caller_allowed
 
     entries = {"entries": [{"ae_title": "CT1", "host": "not a host"}]}

@@ -16,9 +16,13 @@ from pydantic import ValidationError
 
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
-from node.db.repositories import audit, console, throttle
+from node.db.repositories import audit, config_overrides, throttle
+from node.db.repositories import search as study_search
 from node.db.repositories import users as user_repo
-from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
+from node.db.repositories.config_overrides import (
+    ALLOWLIST_OVERRIDE_KEY,
+    DESTINATION_OVERRIDE_PREFIX,
+)
 from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
@@ -246,7 +250,7 @@ def revoke_token(session: SessionDep, user: AdminUser, token_id: RowId) -> Respo
 def destinations_page(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser
 ) -> Response:
-    overrides = console.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
+    overrides = config_overrides.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
     rows = [
         {
             "dest": d,
@@ -256,7 +260,7 @@ def destinations_page(
         }
         for d in state.settings.destinations
     ]
-    allow = console.get_override(session, ALLOWLIST_OVERRIDE_KEY)
+    allow = config_overrides.get_override(session, ALLOWLIST_OVERRIDE_KEY)
     entries = (allow or {}).get("entries", [e.model_dump() for e in state.settings.allowed_callers])
     return render(
         request,
@@ -308,7 +312,7 @@ def set_destination_enabled(
     enabled: Annotated[bool, Form()],
 ) -> Response:
     _destination(state, name)
-    console.set_override(
+    config_overrides.set_override(
         session, DESTINATION_OVERRIDE_PREFIX + name, {"enabled": enabled}, user.username
     )
     audit.record(
@@ -342,7 +346,9 @@ def set_allowlist(
             reason = exc.errors()[0].get("msg", "invalid host").removeprefix("Value error, ")
             raise HTTPException(400, f"{line!r}: {reason}") from exc
         parsed.append(entry.model_dump())
-    console.set_override(session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username)
+    config_overrides.set_override(
+        session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username
+    )
     audit.record(
         session,
         "allowlist.update",
@@ -370,7 +376,7 @@ def pipelines_page(
     context["classes"] = {
         n: pipeline_classes(c, context["cards"]) for n, c in context["pipelines"].items()
     }
-    context["overrides"] = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+    context["overrides"] = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return render(request, "admin_pipelines.html", context, user=user)
 
 
@@ -413,7 +419,7 @@ async def update_pipeline(
         validate_pipeline_override(configs[name], override)
     except ConfigError as exc:
         raise HTTPException(400, str(exc)) from exc
-    console.set_override(session, PIPELINE_OVERRIDE_PREFIX + name, override, user.username)
+    config_overrides.set_override(session, PIPELINE_OVERRIDE_PREFIX + name, override, user.username)
     audit.record(
         session,
         "pipeline.override",
@@ -428,7 +434,7 @@ async def update_pipeline(
 
 @router.post("/pipelines/{name}/reset")
 def reset_pipeline(session: SessionDep, user: AdminUser, name: str) -> Response:
-    console.delete_override(session, PIPELINE_OVERRIDE_PREFIX + name)
+    config_overrides.delete_override(session, PIPELINE_OVERRIDE_PREFIX + name)
     audit.record(
         session,
         "pipeline.override_removed",
@@ -465,7 +471,9 @@ def routing_page(
             "study_uid": study_uid,
             "explanation": explanation,
             "error": error,
-            "recent": console.search_studies(session, console.StudyFilter(), per_page=10).items,
+            "recent": study_search.search_studies(
+                session, study_search.StudyFilter(), per_page=10
+            ).items,
         },
         user=user,
     )
@@ -483,7 +491,7 @@ def audit_page(
     since: date | None = None,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
-    events = console.search_audit(
+    events = audit.search_audit(
         session,
         actor=actor,
         action=action,

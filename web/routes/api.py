@@ -18,10 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import ConfigError
 from node.db.orm import Job, Study
-from node.db.repositories import console
+from node.db.repositories import dashboard as dashboard_repo
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import search as study_search
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
 from web.integrations import model_cards, pipeline_classes, pipeline_configs
-from web.results import review_data
+from web.result_views import review_data
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -164,7 +167,7 @@ def _listener_state(state: StateDep) -> str:
 
 def _models(state: StateDep, session: SessionDep) -> list[ModelInfo]:
     cards = model_cards(state.settings)
-    devices = console.chart_data(session, days=1).devices
+    devices = dashboard_repo.chart_data(session, days=1).devices
     return [
         ModelInfo(
             name=name,
@@ -249,8 +252,8 @@ def studies(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> StudyPage:
-    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(
+    flt = study_search.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = study_search.search_studies(
         session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
     )
     return StudyPage(
@@ -265,7 +268,7 @@ def studies(
 def study_results(
     session: SessionDep, state: StateDep, user: Reader, study_uid: str
 ) -> StudyResultsOut:
-    study = console.get_study(session, study_uid)
+    study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"no study {study_uid}")
     jobs = []
@@ -294,7 +297,7 @@ def jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[JobOut]:
     return [
-        _job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)
+        _job_out(j) for j in job_repo.list_jobs(session, state=state, limit=limit, offset=offset)
     ]
 
 
@@ -302,8 +305,8 @@ def jobs(
 def stats(
     session: SessionDep, user: Reader, days: Annotated[int, Query(ge=1, le=366)] = 14
 ) -> StatsOut:
-    counts = console.dashboard_counts(session)
-    data = console.chart_data(session, days=days)
+    counts = dashboard_repo.dashboard_counts(session)
+    data = dashboard_repo.chart_data(session, days=days)
     return StatsOut(
         studies_total=counts.studies_total,
         instances_total=counts.instances_total,

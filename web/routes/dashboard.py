@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from core.domain import Role
-from node.db.repositories import console
+from node.db.repositories import dashboard as dashboard_repo
 from node.db.repositories import users as user_repo
 from web.charts import bar_chart
 from web.deps import Reader, SessionDep, StateDep
@@ -38,8 +38,8 @@ def model_overview(
 
 @router.get("/")
 def dashboard(request: Request, session: SessionDep, state: StateDep, user: Reader) -> Response:
-    counts = console.dashboard_counts(session)
-    data = console.chart_data(session)
+    counts = dashboard_repo.dashboard_counts(session)
+    data = dashboard_repo.chart_data(session)
     charts = [
         bar_chart(
             "Studies received per day",

@@ -11,11 +11,14 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from node.db.orm import utcnow
-from node.db.repositories import audit, console
+from node.db.repositories import audit
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import search as study_search
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import force_complete
 from web.pages import flash, redirect, render
-from web.results import EXPORTS, artifact_file, export
+from web.result_views import EXPORTS, artifact_file, export
 
 log = logging.getLogger("pacsnode.web.studies")
 router = APIRouter(
@@ -51,8 +54,8 @@ def study_list(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Response:
-    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(
+    flt = study_search.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = study_search.search_studies(
         session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
     )
     params = {
@@ -96,7 +99,7 @@ def study_list(
 
 @router.get("/studies/{study_uid}")
 def study_page(request: Request, session: SessionDep, user: Reader, study_uid: str) -> Response:
-    study = console.get_study(session, study_uid)
+    study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"No study with UID {study_uid}")
     jobs = sorted(study.jobs, key=lambda j: j.id, reverse=True)
@@ -147,7 +150,7 @@ def _audit_download(
 def download_artifact(
     session: SessionDep, state: StateDep, user: Reader, artifact_id: RowId
 ) -> Response:
-    artifact = console.get_artifact(session, artifact_id)
+    artifact = job_repo.get_artifact(session, artifact_id)
     if artifact is None:
         raise HTTPException(404, "No such result object")
     try:
@@ -170,10 +173,13 @@ def export_job(
 ) -> Response:
     if which not in EXPORTS:
         raise HTTPException(404, f"Unknown export {which!r}; choose one of {sorted(EXPORTS)}")
-    job = console.get_job(session, job_id)
+    job = job_repo.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, "No such job")
-    content, media_type, filename = export(state.settings, job, which)
+    try:
+        content, media_type, filename = export(state.settings, job, which)
+    except FileNotFoundError:
+        raise HTTPException(404, "The job's result files are no longer on disk") from None
     _audit_download(state, user, "job", job.id, which)
     name = f"job{job.id}_{filename}"
     return Response(
