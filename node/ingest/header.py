@@ -40,6 +40,7 @@ DEFLATED_SYNTAXES = frozenset(
     {str(DeflatedExplicitVRLittleEndian), "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 )
 IMPLEMENTATION_VERSION_NAME = "PACSNODE_01"
+MAX_INFLATED = 256 << 20  # a deflated data set is inflated in memory to read its header
 
 # Explicit VRs whose length field is 4 bytes (PS3.5 7.1.2)
 _LONG_VRS = frozenset(
@@ -335,9 +336,14 @@ def parse_instance(
 
 
 def _inflate(body: memoryview) -> bytes:
+    """The inflated data set, refused past ``MAX_INFLATED`` bytes: the spool streams what arrives,
+    but a few MB of deflate can expand to gigabytes in memory here."""
     decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        data = decompressor.decompress(body) + decompressor.flush()
+        data = decompressor.decompress(body, MAX_INFLATED + 1)
+        if len(data) > MAX_INFLATED or decompressor.unconsumed_tail:
+            raise HeaderError(f"deflated dataset inflates to more than {MAX_INFLATED} bytes")
+        data += decompressor.flush()
     except zlib.error as exc:
         raise HeaderError(f"deflated dataset does not inflate: {exc}") from exc
     if not decompressor.eof:
