@@ -22,6 +22,10 @@ processes racing on the same new UID on PostgreSQL is the one case where the lat
 
 Without a running committer for the database (import, upload, tests) the same batch code runs
 inline in the caller's thread with a batch of one.
+
+``persist_received`` is the same path for a C-STORE data set that was streamed to a spool temp
+file as it arrived (``spool.IncomingFile``): the header is read in place (mmap), checked against
+the command's UIDs, and the temp file gets its final name — no copy of the bytes in memory.
 """
 
 from __future__ import annotations
