@@ -120,7 +120,7 @@ class Connection:
         self.timed_out = False
         self._lock = threading.Lock()
         self._header = bytearray(6)
-        self._buffer: bytearray | None = None
+        self._buffer = bytearray(1 << 16)
         self._message = _Message()
         self._aborting = False
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -186,8 +186,8 @@ class Connection:
         read)."""
         if length > limit:
             raise ul.PDUError(f"PDU body of {length} bytes exceeds {limit}")
-        if self._buffer is None:
-            self._buffer = bytearray(WHOLE_PDU)
+        if len(self._buffer) < length:  # grows to what the peer really sends, at most WHOLE_PDU
+            self._buffer = bytearray(min(max(length, 2 * len(self._buffer)), WHOLE_PDU))
         view = memoryview(self._buffer)[:length]
         self._recv_into(view)
         return view
@@ -359,6 +359,9 @@ class Connection:
 
     def _fragment(self, context_id: int, is_command: bool, is_last: bool, data: memoryview) -> None:
         message = self._message
+        if message.started is None:  # a message that began inside the previous one's last PDU
+            message.started = time.monotonic()
+            self.deadline = message.started + self.settings.dimse_timeout_s
         if context_id not in self.contexts:
             raise ul.PDUError(f"PDV on presentation context {context_id}, which was not accepted")
         if is_command:

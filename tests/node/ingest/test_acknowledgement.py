@@ -214,3 +214,26 @@ def test_storescu_stores_every_retired_class_byte_for_byte(
         raw = stored[sop].read_bytes()
         assert dataset_part(raw) == data
         assert parse_instance(raw).header.sop_class_uid in RETIRED_STORAGE_CLASSES
+
+
+def test_several_messages_in_one_pdu_are_each_answered(
+    receiver: ReceiverHandle, settings: Settings
+) -> None:
+    """A C-ECHO, then a whole C-STORE (command and data set) in the same P-DATA-TF PDU."""
+    data = instance(SOP)
+    pdvs = [
+        (3, c_echo_rq(1), 3),
+        (1, c_store_rq(CT_IMAGE_STORAGE.encode(), SOP.encode(), 2), 3),
+        (1, data, 2),
+    ]
+    body = b"".join(struct.pack(">IBB", len(v) + 2, cx, control) + v for cx, v, control in pdvs)
+    contexts = [(CT_IMAGE_STORAGE, [EXPLICIT]), (VERIFICATION, [EXPLICIT])]
+    sock, answer = _connect(receiver, pynetdicom_request(contexts))
+    with sock:
+        assert answer[0] == ul.A_ASSOCIATE_AC
+        sock.sendall(struct.pack(">BBI", ul.P_DATA_TF, 0, len(body)) + body)
+        echo, store = _response(sock), _response(sock)
+    assert (echo.MessageIDBeingRespondedTo, echo.Status) == (1, 0x0000)
+    assert (store.MessageIDBeingRespondedTo, store.Status) == (2, 0x0000)
+    [stored] = stored_files(settings)
+    assert dataset_part(stored.read_bytes()) == data
