@@ -54,6 +54,7 @@ MAX_COMMAND = 64 << 10  # a command set is a few hundred bytes
 _MAX_ASSOCIATE_RQ = 1 << 20
 _MAX_SHORT_PDU = 64  # A-RELEASE-RQ/RP and A-ABORT bodies are 4 bytes
 _DIMSE_CREDIT_S_PER_BYTE = 1.0 / (1 << 20)  # one second more per MiB received
+_SPACE_CHECK_EVERY = 64 << 20  # free space is checked again after every 64 MiB of a data set
 _ATTR_SOP_CLASS = "Affected SOP Class UID (0000,0002)"
 _ATTR_SOP_INSTANCE = "Affected SOP Instance UID (0000,1000)"
 
@@ -434,7 +435,14 @@ class Connection:
                          f"data set larger than max_instance_mb={self.settings.max_instance_mb:g}")  # fmt: skip
             return
         try:
+            if (
+                message.received // _SPACE_CHECK_EVERY
+                != (message.received - len(data)) // _SPACE_CHECK_EVERY
+            ):
+                check_free_space(self.settings, 0)  # a long data set must not fill the disk
             message.sink.write(data)
+        except InsufficientSpace as exc:
+            self._refuse(message, StoreStatus.OUT_OF_RESOURCES, str(exc))
         except OSError as exc:
             self._write_failed(message, exc)
 

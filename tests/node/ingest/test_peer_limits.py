@@ -168,3 +168,32 @@ def test_a_second_associate_request_is_an_unexpected_pdu(receiver: ReceiverHandl
         sock.sendall(request)
         abort = _read_pdu(sock)
         assert abort[0] == ul.A_ABORT and abort[9] == ul.ABORT_UNEXPECTED_PDU
+
+
+def test_free_space_is_checked_again_while_a_data_set_streams_in(
+    receiver: ReceiverHandle, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while a long data set arrives: 0xA700, and the partial file is gone."""
+    from node.ingest import association
+    from node.ingest.spool import InsufficientSpace
+
+    calls: list[int] = []
+
+    def filling_up(_settings: Settings, _incoming: int) -> None:
+        calls.append(1)
+        if len(calls) > 1:  # fine when the request arrives, full once data has come in
+            raise InsufficientSpace("free space 1 MB is below min_free_disk_mb=500")
+
+    monkeypatch.setattr(association, "check_free_space", filling_up)
+    monkeypatch.setattr(association, "_SPACE_CHECK_EVERY", 16 << 10)
+    ae = AE(ae_title="FILLSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="PACSNODE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(pydicom.dcmread(BytesIO(make_instance(size=256))))
+    finally:
+        assoc.release()
+    assert status.Status == StoreStatus.OUT_OF_RESOURCES and len(calls) >= 2
+    assert stored_files(settings) == []
+    assert not list((settings.spool_dir / ".incoming").glob("*"))
