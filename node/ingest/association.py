@@ -449,8 +449,8 @@ class Connection:
     def _answer(self, message: _Message) -> None:
         command = message.command
         assert command is not None
+        self._stop_clock()  # first: on a deadline race the finally clause still drops the sink
         self._message = _Message()
-        self._stop_clock()
         sop_class = sop_instance = ""
         if command.command_field == dimse.C_ECHO_RQ:
             status = 0x0000
