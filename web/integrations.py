@@ -42,8 +42,13 @@ def release_held(session: Session, job: Job, actor: str) -> Any:
     return _function("node.dispatch.planning", "release_held")(session, job, actor)
 
 
-def cancel_held(session: Session, job: Job, actor: str, reason: str) -> Any:
-    return _function("node.dispatch.planning", "cancel_held")(session, job, actor, reason)
+def reject_results(session: Session, settings: Settings, job: Job, actor: str, reason: str) -> Any:
+    """Cancel the job's unsent deliveries and plan IOCM rejection notes for what was delivered."""
+    return _function("node.dispatch.rejection", "reject_job")(session, settings, job, actor, reason)
+
+
+def preview_rejection(session: Session, job: Job) -> Any:
+    return _function("node.dispatch.rejection", "preview_rejection")(session, job)
 
 
 def resend(session: Session, delivery_id: int, actor: str) -> Any:

@@ -290,6 +290,8 @@ class Review(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    user: Mapped[User | None] = relationship()  # who decided (None once the account is deleted)
+
 
 class ConfigOverride(Base):
     """Admin edits made in the console (destinations, model devices, weights), over the YAML."""

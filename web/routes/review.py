@@ -1,7 +1,9 @@
 """The review page (source frames, mask overlay, boxes, findings) and the review actions.
 
-Approving releases the job's held deliveries, rejecting cancels them; both, like comments, re-runs
-and resends, are recorded as a Review row and/or an audit event in the same transaction.
+Approving releases the job's held deliveries. Rejecting cancels every delivery not yet sent and,
+for results a destination already stored, queues an IHE IOCM rejection note to it; the page says
+which before the button is pressed and after. Decisions, like comments, re-runs and resends, are
+recorded as a Review row (naming the reviewer) and/or an audit event in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from node.db.orm import Job
 from node.db.repositories import audit, console
 from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
-from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
+from web.integrations import (
+    Unavailable,
+    preview_rejection,
+    reject_results,
+    release_held,
+    requeue_job,
+    resend,
+)
 from web.pages import flash, redirect, render
 from web.results import artifact_file, review_data
 
@@ -138,6 +147,8 @@ def review_page(
             "mask_frames": mask_frames,
             "boxes": boxes,
             "reviews": console.job_reviews(session, job.id),
+            "decisions": _decisions(job),
+            "rejection": _rejection_preview(session, job),
             "segment_labels": masks.segment_labels if masks else {},
         },
         user=user,
@@ -181,12 +192,41 @@ def mask_png(
 
 # -- actions ----------------------------------------------------------------------------------
 
+# review states from which a decision changes something: approving releases held deliveries;
+# rejecting cancels unsent ones and withdraws delivered ones (also after an approval)
+DECIDABLE_FROM = {
+    ReviewState.APPROVED: (ReviewState.PENDING.value,),
+    ReviewState.REJECTED: (
+        ReviewState.PENDING.value,
+        ReviewState.NOT_REQUIRED.value,
+        ReviewState.APPROVED.value,
+    ),
+}
+
+
+def _decisions(job: Job) -> list[str]:
+    """The decisions the page offers for this job: only those that would change something."""
+    if job.state != "succeeded":
+        return []
+    return [d.value for d, allowed in DECIDABLE_FROM.items() if job.review_state in allowed]
+
+
+def _rejection_preview(session: Session, job: Job) -> Any:
+    if ReviewState.REJECTED.value not in _decisions(job):
+        return None
+    try:
+        return preview_rejection(session, job)
+    except Unavailable:
+        return None
+
 
 def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, reason: str) -> None:
-    if job.review_state not in (ReviewState.PENDING.value, ReviewState.NOT_REQUIRED.value):
-        raise HTTPException(409, f"this result was already {job.review_state}")
     if job.state != "succeeded":
         raise HTTPException(409, f"the job is {job.state}; only finished results can be reviewed")
+    if job.review_state not in DECIDABLE_FROM[decision]:
+        raise HTTPException(
+            409, f"this result is {job.review_state}; {decision.value} would change nothing"
+        )
     before = job.review_state
     job.review_state = decision.value
     console.add_review(session, job, user.user_id, decision.value, reason)
@@ -220,6 +260,7 @@ def approve(request: Request, session: SessionDep, user: Reviewer, job_id: int) 
 def reject(
     request: Request,
     session: SessionDep,
+    state: StateDep,
     user: Reviewer,
     job_id: int,
     reason: Annotated[str, Form(max_length=2000)] = "",
@@ -229,12 +270,16 @@ def reject(
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.REJECTED, reason.strip())
     try:
-        cancelled = cancel_held(session, job, user.username, reason.strip())
+        outcome = reject_results(session, state.settings, job, user.username, reason.strip())
     except Unavailable as exc:
         raise HTTPException(
             503, "Dispatch is not available on this node; nothing was rejected."
         ) from exc
-    flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
+    message = f"Rejected; {outcome.cancelled} unsent delivery(ies) cancelled."
+    if outcome.notes:
+        sent_to = ", ".join(f"{dest} ({n} objects)" for dest, n in outcome.notes.items())
+        message += f" Results had already reached {sent_to}: a rejection note is being sent there."
+    flash(request, message)
     return redirect(f"/review/{job_id}")
 
 
