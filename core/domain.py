@@ -26,7 +26,8 @@ class StoreStatus(enum.IntEnum):
 class StudyState(enum.StrEnum):
     RECEIVING = "receiving"  # instances still arriving (quiet period running)
     COMPLETE = "complete"  # completion rule met; jobs created
-    PROCESSED = "processed"  # every job reached a terminal state
+    PROCESSED = "processed"  # every job reached a terminal state (Study.outcome says how)
+    SKIPPED = "skipped"  # complete, but no pipeline matches it (Study.outcome says why)
 
 
 class JobState(enum.StrEnum):

@@ -85,6 +85,8 @@ class Study(Base):
     modalities: Mapped[str] = mapped_column(String(64), default="")  # e.g. "CT\\SEG"
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     completion_reason: Mapped[str] = mapped_column(String(64), default="")
+    # how the study ended, for people: "no pipeline matches (modality NM)", "1 of 2 jobs failed"
+    outcome: Mapped[str] = mapped_column(String(255), default="")
     # set by "force complete" (CLI, API, Orthanc hook); the completion sweep acts on it and clears it
     complete_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     result_version: Mapped[int] = mapped_column(Integer, default=1)

@@ -35,6 +35,7 @@ STATUSES = [
     "receiving",
     "complete",
     "processed",
+    "skipped",
     "queued",
     "running",
     "succeeded",
@@ -276,6 +277,11 @@ def export_job(
     job = console.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, "No such job")
+    if job.state != "succeeded":  # no result to export: say why instead of an empty file
+        detail = f": {job.error.splitlines()[0][:300]}" if job.error else ""
+        raise HTTPException(
+            409, f"Job {job.id} is {job.state}; it has no results to export{detail}"
+        )
     content, media_type, filename = export(state.settings, job, which)
     _audit_download(state, user, "job", job.id, which)
     name = f"job{job.id}_{filename}"
