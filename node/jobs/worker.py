@@ -263,6 +263,7 @@ class Worker:
             f"results: {', '.join(str(getattr(p, 'kind', '?')) for p in produced)}"
             f" in {time.perf_counter() - t0:.2f} s"
         )
+        lines += [f"  warning: {w}" for w in getattr(produced, "warnings", ())]
         return produced, result
 
     def _apply_console_overrides(self, name: str) -> None:
@@ -325,4 +326,9 @@ class Worker:
             session.refresh(job, attribute_names=["artifacts"])
             planner = self._planner or _default_delivery_planner(self.settings)
             planner(session, job, claimed.destinations, claimed.review_required)
-            queue.mark_succeeded(session, job, self.worker_id, utcnow(), result.summary(), job_log)
+            summary = result.summary()
+            if getattr(
+                produced, "warnings", ()
+            ):  # optional outputs left out: succeeded with warnings
+                summary["output_warnings"] = list(produced.warnings)  # type: ignore[attr-defined]
+            queue.mark_succeeded(session, job, self.worker_id, utcnow(), summary, job_log)

@@ -1,7 +1,9 @@
 """Burned-in overlay for viewers that cannot show SEG: Secondary Capture, BurnedInAnnotation YES.
 
 The key source frame (the one with most mask pixels) is windowed to 8 bits, the mask drawn as a
-translucent red-green heatmap (probabilities when present) and boxes as rectangles.
+translucent red-green heatmap (probabilities when present) and boxes as rectangles. Colour sources
+(ultrasound, secondary capture: three samples per pixel, RGB or YBR, which pydicom returns as RGB)
+keep their colours under the heatmap.
 """
 
 from __future__ import annotations
@@ -29,26 +31,37 @@ def key_frame_index(result: PipelineResult) -> int:
     return len(result.source_frames) // 2
 
 
-def source_frame_pixels(sources: Sequence[Dataset], frame_index: int) -> np.ndarray:
-    """The frame as 8-bit grey (MONOCHROME1 inverted so bright means dense everywhere)."""
-    dataset = sources[0] if len(sources) == 1 else sources[frame_index]
-    pixels = dataset.pixel_array
-    if pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[frame_index]
+def _stretch(pixels: np.ndarray) -> np.ndarray:
+    """1st-99th percentile to 0..1 (float)."""
     pixels = pixels.astype(np.float32)
     low, high = np.percentile(pixels, (1, 99))
-    scaled = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
+    return np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
+
+
+def source_frame_rgb(sources: Sequence[Dataset], frame_index: int) -> np.ndarray:
+    """The frame as (rows, cols, 3) uint8 RGB: colour sources as they are (more than 8 bits
+    scaled down), grey ones windowed (MONOCHROME1 inverted so bright means dense everywhere)."""
+    dataset = sources[0] if len(sources) == 1 else sources[frame_index]
+    pixels = dataset.pixel_array
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[frame_index]
+    if int(dataset.get("SamplesPerPixel", 1) or 1) == 3:
+        if pixels.dtype == np.uint8:
+            return np.asarray(pixels)
+        top = float(2 ** int(dataset.get("BitsStored", 8)) - 1)
+        return (np.clip(pixels / top, 0, 1) * 255).astype(np.uint8)
+    scaled = _stretch(pixels)
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         scaled = 1.0 - scaled
-    return (scaled * 255).astype(np.uint8)
+    grey = (scaled * 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def render_overlay(
     result: PipelineResult, sources: Sequence[Dataset], frame_index: int
 ) -> np.ndarray:
-    """(rows, cols, 3) uint8 RGB: grey source, red-green heatmap of the mask, boxes."""
-    grey = source_frame_pixels(sources, frame_index)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
+    """(rows, cols, 3) uint8 RGB: the source, a red-green heatmap of the mask, boxes."""
+    rgb = source_frame_rgb(sources, frame_index).astype(np.float32)
     seg = result.segmentation
     if seg is not None:
         mask = seg.label_map[frame_index] > 0

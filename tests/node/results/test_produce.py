@@ -17,7 +17,7 @@ from node.results.produce import (
     ResultValidationError,
     produce_results,
 )
-from tests.node.results.factories import make_result, synthetic_ct_series
+from tests.node.results.factories import make_result, read_testdata, synthetic_ct_series
 
 
 def _produce(sources, tmp_path: Path, **kwargs) -> list[ProducedObject]:
@@ -153,3 +153,42 @@ def test_single_segment_seg_builds_validates_and_is_cited(tmp_path: Path) -> Non
     assert produced[0].kind == ArtifactKind.SEG and len(seg.SegmentSequence) == 1
     lesion_frame = result.findings[0].frame_indices[0]
     assert seg_frame_for(seg, 1, result.source_frames[lesion_frame].sop_instance_uid) is not None
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "US1_J2KR.dcm"])  # RGB, and YBR_RCT in JPEG 2000
+def test_colour_ultrasound_gets_every_object_and_a_colour_overlay(
+    name: str, tmp_path: Path
+) -> None:
+    sources = [read_testdata(name)]
+    assert sources[0].SamplesPerPixel == 3
+    result = make_result(sources)
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert [p.kind for p in produced] == [
+        ArtifactKind.SEG,
+        ArtifactKind.OVERLAY,
+        ArtifactKind.PDF,
+        ArtifactKind.SR,
+    ]
+    assert produced.warnings == ()
+    overlay = pydicom.dcmread(produced[1].path).pixel_array.astype(int)
+    source = sources[0].pixel_array.astype(int)
+    assert overlay.shape == source.shape == (480, 640, 3)
+    assert result.segmentation is not None
+    untouched = result.segmentation.label_map[0] == 0  # away from the mask and the boxes
+    for box in result.detections:
+        untouched[int(box.y0) - 4 : int(box.y1) + 4, int(box.x0) - 4 : int(box.x1) + 4] = False
+    # the source's own colours (the Doppler flow) come through unchanged where nothing is drawn
+    assert np.array_equal(overlay[untouched], source[untouched])
+    assert (np.ptp(source[untouched], axis=-1) > 50).sum() > 1000  # there is colour to keep
+
+
+def test_an_optional_object_that_cannot_be_built_leaves_seg_and_sr(tmp_path: Path) -> None:
+    sources = synthetic_ct_series()
+    result = make_result(sources)
+    key = sources[2]  # the overlay's key frame: its pixel data is cut short (undecodable)
+    key.PixelData = key.PixelData[:100]
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert [p.kind for p in produced] == [ArtifactKind.SEG, ArtifactKind.SR]
+    assert [w.split(":")[0] for w in produced.warnings] == ["overlay not made", "pdf not made"]
+    assert all("pixel data" in w.lower() for w in produced.warnings), produced.warnings
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seg.dcm", "sr.dcm"]

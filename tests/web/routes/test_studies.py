@@ -182,9 +182,15 @@ def test_every_study_shows_its_outcome_and_a_failed_job_is_not_success(console: 
             review_state="pending",
             error="PipelineInputError: no series with 3 or more slices\nTraceback...",
         )
-        session.add_all([skipped, failed, job])
+        warned = Job(
+            study=failed,
+            pipeline_name="demo-2d",
+            state="succeeded",
+            summary={"output_warnings": ["overlay not made: ValueError: bad pixel data"]},
+        )
+        session.add_all([skipped, failed, job, warned])
         session.flush()
-        job_id = job.id
+        job_id, warned_id = job.id, warned.id
     client = console.login("viewer1")
     listing = client.get("/studies").text
     assert '<span class="state skipped">skipped</span>' in listing
@@ -195,6 +201,8 @@ def test_every_study_shows_its_outcome_and_a_failed_job_is_not_success(console: 
     assert "No jobs: no pipeline matches (modality NM)." in page
     failed_page = client.get("/studies/1.2.826.0.1.3680043.99.501").text
     assert f"/jobs/{job_id}/export/" not in failed_page  # no empty downloads offered
+    assert f'id="warnings-{warned_id}">with warnings<' in failed_page
+    assert "overlay not made: ValueError: bad pixel data" in failed_page
     for which in ("csv", "json", "masks", "pdfs"):
         export = client.get(f"/jobs/{job_id}/export/{which}")
         assert export.status_code == 409, which
