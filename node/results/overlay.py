@@ -133,6 +133,8 @@ def build_overlay(
     )
     if "SpecificCharacterSet" in first:  # names keep the source's encoding (SCImage drops it)
         overlay.SpecificCharacterSet = first.SpecificCharacterSet
+    if first.get("StudyDescription"):  # SCImage takes no description; viewers list studies by it
+        overlay.StudyDescription = first.StudyDescription
     overlay.BurnedInAnnotation = "YES"
     overlay.Laterality = first.get("Laterality", "")  # General Series type 2C
     overlay.Modality = "OT"

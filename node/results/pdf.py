@@ -252,8 +252,16 @@ def build_pdf(
         ds.SpecificCharacterSet = first.SpecificCharacterSet
     for keyword in _TYPE2:
         setattr(ds, keyword, first.get(keyword, ""))
+    if first.get("StudyDescription"):
+        ds.StudyDescription = first.StudyDescription
     ds.StudyInstanceUID = first.StudyInstanceUID
     ds.SeriesInstanceUID = result_uid(result, ArtifactKind.PDF, "series", result_version)
+    # PS3.3 C.24.2 (1C): the report shows the key image, so it cites that source instance
+    key = result.source_frames[key_frame_index(result)]
+    source_ref = Dataset()
+    source_ref.ReferencedSOPClassUID = key.sop_class_uid
+    source_ref.ReferencedSOPInstanceUID = key.sop_instance_uid
+    ds.SourceInstanceSequence = [source_ref]
     ds.Modality = "DOC"
     ds.SeriesNumber = series_number(ArtifactKind.PDF)
     ds.InstanceNumber = 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -112,7 +114,7 @@ def test_quirky_headers_are_cleaned_in_outputs(tmp_path: Path) -> None:
     for obj in produced:
         ds = pydicom.dcmread(obj.path)
         assert str(ds.PatientName) == "DOE^JANE"
-        assert ds.PatientSex == "O"
+        assert ds.PatientSex == ""  # "FEMALE" is not a code; nothing is invented
         assert "AccessionNumber" in ds and "StudyID" in ds
 
 
@@ -192,3 +194,37 @@ def test_an_optional_object_that_cannot_be_built_leaves_seg_and_sr(tmp_path: Pat
     assert [w.split(":")[0] for w in produced.warnings] == ["overlay not made", "pdf not made"]
     assert all("pixel data" in w.lower() for w in produced.warnings), produced.warnings
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seg.dcm", "sr.dcm"]
+
+
+def test_source_defects_are_not_copied_into_results(tmp_path: Path) -> None:
+    """NUL-padded procedure codes, a 0\\0 pixel spacing and a PatientSex of 0000 (all seen in
+    real inputs): results carry clean codes, no spacing and an empty sex, and pass dciodvfy."""
+    source = read_testdata("US1_UNCR.dcm")
+    source.PixelSpacing = [0, 0]
+    source.PatientSex = "0000"
+    source.StudyDescription = "US NECK"
+    code = pydicom.Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "US0042\0", "99LOCAL\0"
+    code.CodeMeaning = "US neck\0"
+    source.ProcedureCodeSequence = [code]
+    produced = produce_results(make_result([source]), [source], OutputOptions(), tmp_path / "out")
+    assert source.ProcedureCodeSequence[0].CodeValue == "US0042\0"  # the source is untouched
+    for obj in produced:
+        ds = pydicom.dcmread(obj.path)
+        assert ds.StudyDescription == "US NECK", obj.kind
+        assert ds.PatientSex == "", obj.kind
+        assert "PixelSpacing" not in ds, obj.kind
+        for item in ds.get("ProcedureCodeSequence", []):
+            assert (item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning) == (
+                "US0042",
+                "99LOCAL",
+                "US neck",
+            )
+    pdf = pydicom.dcmread(next(p.path for p in produced if p.kind == ArtifactKind.PDF))
+    [cited] = pdf.SourceInstanceSequence
+    assert cited.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    if shutil.which("dciodvfy"):
+        for obj in produced:
+            out = subprocess.run(["dciodvfy", str(obj.path)], capture_output=True, text=True)
+            errors = [line for line in out.stderr.splitlines() if line.startswith("Error")]
+            assert errors == [], (obj.kind, errors)
