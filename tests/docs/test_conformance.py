@@ -8,6 +8,7 @@ with what the dispatcher proposes for the objects the result writers really prod
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ from node.dispatch import cstore
 from node.ingest.contexts import RETIRED_STORAGE_CLASSES, scp_sop_class_table
 from node.ingest.scp import SUPPORTED_CONTEXTS
 from node.results.produce import OutputOptions, produce_results
+from node.results.rejection import build_rejection_note, encode_rejection_note
 from tests.node.results.factories import make_result, synthetic_ct_series
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
@@ -154,7 +156,10 @@ def result_headers(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
     produced = produce_results(
         make_result(sources, with_findings=True), sources, OutputOptions(), out
     )
-    return [pydicom.dcmread(p.path, stop_before_pixels=True) for p in produced]
+    headers = [pydicom.dcmread(p.path, stop_before_pixels=True) for p in produced]
+    note = build_rejection_note(headers, "rejected in a test")  # sent when results are rejected
+    data = encode_rejection_note(note, [str(h.SOPInstanceUID) for h in headers])
+    return [*headers, pydicom.dcmread(io.BytesIO(data))]
 
 
 def _sender(preferred: str | None = None) -> cstore.CStoreSender:
