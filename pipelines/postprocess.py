@@ -144,6 +144,9 @@ def threshold_labels(
     return np.where(any_pass, best + 1, 0).astype(np.uint8)
 
 
+TIE_TOLERANCE = np.float32(1e-6)
+
+
 def _argmax_with_background(
     probabilities: np.ndarray, label_names: list[str], spec: PostprocessSpec
 ) -> np.ndarray:
@@ -152,7 +155,9 @@ def _argmax_with_background(
     out = np.zeros(best.shape, dtype=np.uint8)
     for index, name in enumerate(label_names):
         channel = probabilities[index]
-        better = channel > best
+        # background rebuilt as 1 - sum carries rounding error: a tie goes to the earlier class,
+        # as numpy's (and nnU-Net's) arg-max decides it
+        better = channel > best + TIE_TOLERANCE
         if name in spec.label_thresholds:
             better &= channel >= spec.label_thresholds[name]
         out[better] = index + 1
