@@ -20,6 +20,7 @@ from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.result import LabelSpec
 from pipelines.spec import SegmentationTask
+from pipelines.tasks.nnunet import nnunet_probabilities
 
 
 @dataclass
@@ -40,6 +41,11 @@ def member_probabilities(
     The background channel is dropped before the inverse mapping: nothing downstream needs it,
     and resampling it would double the most expensive step after inference.
     """
+    predictor = getattr(member.model, "nnunet", None)
+    if predictor is not None:  # nnU-Net's own pre-processing and inference, on the source grid
+        label_probs = nnunet_probabilities(predictor, inputs.series)
+        _check_channels(member, label_probs.shape[0] + 1)
+        return label_probs
     card_input = member.model.card.input
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
