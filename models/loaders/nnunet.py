@@ -93,6 +93,11 @@ def load_nnunet(card: ModelCard, placement: DevicePlacement, sha: str) -> Loaded
             f"model {card.name!r}: framework nnunet needs weights to be the trained model folder "
             f"(dataset.json, plans.json, fold_*/checkpoint_final.pth), got the file {folder}"
         )
+    if card.task != "segmentation":
+        raise ModelLoadError(
+            f"model {card.name!r}: nnU-Net models are segmentation models, the card says "
+            f"task: {card.task}"
+        )
     if card.input.dims != 3:
         raise ModelLoadError(
             f"model {card.name!r}: an nnU-Net model takes the whole volume; set input.dims: 3 "

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from models.card import ModelCard, ModelLoadError, write_card
@@ -114,6 +115,9 @@ def test_weights_must_be_the_model_folder(tmp_path: Path) -> None:
     checkpoint = folder / "fold_all" / "checkpoint_final.pth"
     card = read_card(nnunet_card(checkpoint.parent, checkpoint))
     with pytest.raises(ModelLoadError, match="trained model folder"):
+        load_model(card, "cpu")
+    card = read_card(nnunet_card(folder.parent, folder)).model_copy(update={"task": "detection"})
+    with pytest.raises(ModelLoadError, match="segmentation models"):
         load_model(card, "cpu")
 
 
@@ -260,3 +264,23 @@ def test_tiny_nnunet_runs_from_c_store_to_seg(
     referenced = {series_uid for _, series_uid, _ in seg.get_source_image_uids()}
     assert referenced == {source.SeriesInstanceUID}
     assert np.count_nonzero(seg.pixel_array) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nnunet_on_cuda_matches_cpu(trained: Path, ct_files: list[Path]) -> None:
+    """The predictor goes where the device map puts it, with nnU-Net's on-device path."""
+    from pipelines.preprocess.decode import decode_series
+    from pipelines.tasks.nnunet import nnunet_probabilities
+
+    card = read_card(trained / "tiny-nnunet" / "card.yaml")
+    on_gpu, on_cpu = load_model(card, "cuda"), load_model(card, "cpu")
+    assert on_gpu.placement.used.startswith("cuda") and on_gpu.nnunet is not None
+    assert on_gpu.nnunet.device.type == "cuda" and on_gpu.nnunet.perform_everything_on_device
+    series = decode_series(study_from_files(ct_files).series[0])
+    assert on_cpu.nnunet is not None
+    gpu = nnunet_probabilities(on_gpu.nnunet, series)
+    cpu = nnunet_probabilities(on_cpu.nnunet, series)
+    assert float(np.abs(gpu - cpu).max()) <= 1e-3
