@@ -124,7 +124,7 @@ def _train() -> None:
     torch.manual_seed(0)
     trainer = get_trainer_from_args(DATASET_NAME, CONFIGURATION, "all", device=torch.device("cpu"))
     trainer.num_epochs = 1
-    trainer.num_iterations_per_epoch = 6
+    trainer.num_iterations_per_epoch = 4
     trainer.num_val_iterations_per_epoch = 1
     trainer.initial_lr = 0.02
     trainer.run_training()
