@@ -14,7 +14,11 @@ Cascades (``3d_cascade_fullres`` needs the low-resolution stage's output) and re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from models.loaders import LoadedModel
 # readers whose arrays are (z, y, x) in file order with (z, y, x) spacing and no reorientation:
 # what the node's decoded series is (slices sorted along the normal, rows, columns)
 _SUPPORTED_READERS = ("SimpleITKIO", "NibabelIO")
+
+log = logging.getLogger(__name__)
 
 
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
@@ -119,23 +125,31 @@ def load_nnunet(card: ModelCard, placement: DevicePlacement, sha: str) -> Loaded
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     device = placement.torch_device
-    predictor = nnUNetPredictor(
-        tile_step_size=float(card.arguments.get("tile_step_size", 0.5)),
-        use_gaussian=True,
-        use_mirroring=bool(card.arguments.get("use_mirroring", True)),
-        perform_everything_on_device=device.type == "cuda",  # nnU-Net supports it on CUDA only
-        device=device,
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
-    )
     threads = torch.get_num_threads()
+    said = io.StringIO()  # nnU-Net prints (e.g. that a CPU has no on-device mode): to the log
     try:
-        predictor.initialize_from_trained_model_folder(
-            str(folder), use_folds=folds, checkpoint_name=checkpoint
-        )
+        with contextlib.redirect_stdout(said):
+            predictor = nnUNetPredictor(
+                tile_step_size=float(card.arguments.get("tile_step_size", 0.5)),
+                use_gaussian=True,
+                use_mirroring=bool(card.arguments.get("use_mirroring", True)),
+                perform_everything_on_device=device.type == "cuda",  # nnU-Net: CUDA only
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            predictor.initialize_from_trained_model_folder(
+                str(folder), use_folds=folds, checkpoint_name=checkpoint
+            )
+    except (pickle.UnpicklingError, EOFError) as exc:  # load_model maps the rest to load errors
+        raise ModelLoadError(
+            f"model {card.name!r}: a {checkpoint} in {folder} is not a readable checkpoint: {exc}"
+        ) from exc
     finally:
         torch.set_num_threads(threads)
+        for line in said.getvalue().splitlines():
+            log.debug("nnU-Net (%s): %s", card.name, line)
     if predictor.configuration_manager.previous_stage_name is not None:
         raise ModelLoadError(
             f"model {card.name!r}: {folder.name} is a cascade stage; it needs the low-resolution "

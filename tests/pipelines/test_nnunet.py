@@ -81,7 +81,7 @@ def read_card(path: Path) -> ModelCard:
 def fake_folder(tmp_path: Path, labels: dict[str, int], reader: str = "SimpleITKIO") -> Path:
     folder = tmp_path / "tiny-nnunet" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (folder / "fold_all").mkdir(parents=True)
-    (folder / "fold_all" / "checkpoint_final.pth").write_bytes(b"not read: refused before")
+    (folder / "fold_all" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
     (folder / "dataset.json").write_text(
         json.dumps({"labels": labels, "channel_names": {"0": "CT"}})
     )
@@ -107,6 +107,13 @@ def test_reorienting_reader_and_missing_fold_are_refused(tmp_path: Path) -> None
     card = read_card(nnunet_card(folder.parent, folder))
     card = card.model_copy(update={"arguments": {"folds": [0]}})
     with pytest.raises(ModelLoadError, match=r"fold_0/checkpoint_final.pth not found"):
+        load_model(card, "cpu")
+
+
+def test_unreadable_checkpoint_is_a_load_error(tmp_path: Path) -> None:
+    folder = fake_folder(tmp_path, LABELS)
+    card = read_card(nnunet_card(folder.parent, folder))
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
         load_model(card, "cpu")
 
 
