@@ -20,12 +20,12 @@ log = logging.getLogger("pacsnode")
 
 # command path -> "module:function"; each function takes (settings, args) and returns an exit code
 COMMANDS: dict[str, str] = {
-    "serve": "app.runtime:serve",
+    "serve": "app.serve:serve",
     "receiver": "app.runtime:run_receiver",
-    "worker": "app.runtime:run_worker",
+    "worker": "app.worker:run_worker",
     "dispatcher": "app.runtime:run_dispatcher",
     "scheduler": "app.runtime:run_scheduler",
-    "web": "app.runtime:run_web",
+    "web": "app.console:run_web",
     "db upgrade": "app.runtime:db_upgrade",
     "import": "app.commands.ingest:import_command",
     "study complete": "app.commands.study:complete_study_command",
@@ -33,10 +33,11 @@ COMMANDS: dict[str, str] = {
     "route": "app.commands.study:route_command",
     "models list": "app.commands.models:list_command",
     "models check": "app.commands.models:check_command",
-    "train": "app.commands.models:train_command",
-    "evaluate": "app.commands.models:evaluate_command",
+    "train": "app.commands.training:train_command",
+    "evaluate": "app.commands.training:evaluate_command",
     "user create": "app.commands.users:create_user_command",
     "user reset-link": "app.commands.users:reset_link_command",
+    "user unlock": "app.commands.users:unlock_command",
 }
 
 
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", default="")
     reset = user.add_parser("reset-link", help="print a password reset link for a user")
     reset.add_argument("username")
+    unlock = user.add_parser("unlock", help="forget a user's failed logins (no more login delay)")
+    unlock.add_argument("username")
     return parser
 
 

@@ -5,6 +5,11 @@ web — that share nothing but the database and the data directory, so they can 
 (the embedded default) or as separate processes against PostgreSQL. SIGTERM/SIGINT stop cleanly:
 the DICOM listener stops accepting and lets running associations finish, workers finish or
 release their job (the lease makes it resumable either way), the scheduler shuts down.
+
+This module runs the headless stages and imports neither PyTorch nor the web console: the worker
+is built by ``app.worker`` and handed in as a factory, the console is served by ``app.console``,
+and the command line imports each command's module only when it runs, so ``pacsnode receiver``,
+``dispatcher`` and ``scheduler`` start without either.
 """
 
 from __future__ import annotations
@@ -13,16 +18,45 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from core.config import Settings
 from node.db.engine import Database, open_database
+from node.dispatch.dispatcher import Dispatcher
+from node.ingest.receiver_pool import PoolHandle, start_receiver_pool
+from node.ingest.scp import ReceiverHandle, start_receiver
+from node.jobs import queue
+from node.overrides import REFRESH_S, settings_refresher
+from node.scheduler import build_scheduler
 from pipelines.spec import load_pipeline_configs
 
 log = logging.getLogger(__name__)
 
 ALL_STAGES = ("receiver", "worker", "dispatcher", "scheduler")
+
+
+class RunningWorker(Protocol):
+    """The worker stage as the runtime drives it (``node.jobs.worker.Worker``)."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def current_job(self) -> int | None: ...
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
+class WorkerFactory(Protocol):
+    """Builds the worker stage (``app.worker.build_worker``)."""
+
+    def __call__(
+        self, settings: Settings, db: Database, worker_id: str | None = None
+    ) -> RunningWorker: ...
 
 
 class Node:
@@ -34,62 +68,54 @@ class Node:
         stages: tuple[str, ...],
         db: Database | None = None,
         worker_id: str | None = None,
+        build_worker: WorkerFactory | None = None,
     ) -> None:
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}")
+        if "worker" in stages and build_worker is None:
+            raise ValueError("the worker stage needs build_worker (app.worker.build_worker)")
         self.settings = settings
         self.stages = stages
         self.db = db or open_database(settings)
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._receiver: Any = None
-        self._scheduler: Any = None
-        self._worker: Any = None
+        self._receiver: PoolHandle | ReceiverHandle | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._worker: RunningWorker | None = None
         self._worker_id = worker_id
+        self._build_worker = build_worker
 
     def start(self) -> None:
         s = self.settings
         if "receiver" in self.stages:
             if s.receiver_processes > 1:
-                from node.ingest.receiver_pool import start_receiver_pool
-
                 self._receiver = start_receiver_pool(s)
             else:
-                from node.ingest.scp import start_receiver
-
-                self._receiver = start_receiver(s, self.db)
-                self._spawn("allowlist", self._follow_allowlist)
+                receiver = start_receiver(s, self.db)
+                self._receiver = receiver
+                self._spawn("allowlist", lambda stop: self._follow_allowlist(receiver, stop))
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
         if "scheduler" in self.stages:
-            from node.scheduler import build_scheduler
-
             self._scheduler = build_scheduler(s, self.db, load_pipeline_configs(s.pipelines_dir))
             self._scheduler.start()
-        if "worker" in self.stages:
-            from node.jobs.worker import Worker
-            from pipelines.registry import PipelineRegistry
-
-            self._worker = Worker(s, self.db, PipelineRegistry(s), worker_id=self._worker_id)
+        if "worker" in self.stages and self._build_worker is not None:
+            self._worker = self._build_worker(s, self.db, self._worker_id)
             self._spawn("worker", self._worker.run)
         if "dispatcher" in self.stages:
-            from node.dispatch.dispatcher import Dispatcher
-
             dispatcher = Dispatcher(s, self.db)
             self._spawn("dispatcher", dispatcher.run)
 
-    def _follow_allowlist(self, stop: threading.Event) -> None:
+    def _follow_allowlist(self, receiver: ReceiverHandle, stop: threading.Event) -> None:
         """Apply the AE allowlist an admin edits in the console to new associations."""
-        from node.overrides import REFRESH_S, settings_refresher
-
         current = settings_refresher(self.settings, self.db)
         while not stop.wait(REFRESH_S):
             try:
-                self._receiver.server.allowed_callers = list(current.get().allowed_callers)
+                receiver.server.allowed_callers = list(current.get().allowed_callers)
             except Exception:  # noqa: BLE001 - keep the listener on its last allowlist
                 log.warning("could not refresh the AE allowlist", exc_info=True)
 
-    def _spawn(self, name: str, target: Any) -> None:
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -103,27 +129,31 @@ class Node:
         for thread in self._threads:
             thread.join(timeout=grace_s)
         if self._worker is not None and self._worker.current_job is not None:
-            self._release_running_job(self._worker.current_job)
+            self._release_running_job(self._worker.current_job, self._worker.worker_id)
         self.db.dispose()
 
-    def _release_running_job(self, job_id: int) -> None:
-        from node.jobs import queue
-
+    def _release_running_job(self, job_id: int, worker_id: str) -> None:
         with self.db.write() as session:
-            job = queue.owned_job(session, job_id, self._worker.worker_id)
+            job = queue.owned_job(session, job_id, worker_id)
             if job is not None:
-                queue.release(session, job, self._worker.worker_id, "shutdown")
+                queue.release(session, job, worker_id, "shutdown")
         log.info("job %s released for another worker", job_id)
 
 
 def _wait_for_signal(stop: threading.Event) -> None:
-    _remember_signals(stop)
+    remember_signals(stop)
     while not stop.wait(0.5):
         pass
 
 
-def _run_stages(settings: Settings, stages: tuple[str, ...], worker_id: str | None = None) -> int:
-    node = Node(settings, stages, worker_id=worker_id)
+def run_stages(
+    settings: Settings,
+    stages: tuple[str, ...],
+    worker_id: str | None = None,
+    build_worker: WorkerFactory | None = None,
+) -> int:
+    """Run ``stages`` in this process until SIGTERM/SIGINT, then stop them cleanly."""
+    node = Node(settings, stages, worker_id=worker_id, build_worker=build_worker)
     node.start()
     try:
         _wait_for_signal(node.stop_event)
@@ -132,7 +162,7 @@ def _run_stages(settings: Settings, stages: tuple[str, ...], worker_id: str | No
     return 0
 
 
-def _remember_signals(stop: threading.Event) -> None:
+def remember_signals(stop: threading.Event) -> None:
     """Handlers that only set ``stop``. Uvicorn captures SIGTERM/SIGINT while it serves and
     re-raises them on exit; with the default handler still installed that re-raise would kill
     the process before the other stages are stopped cleanly."""
@@ -145,54 +175,16 @@ def _remember_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _serve_web(settings: Settings, db: Database) -> None:
-    import uvicorn
-
-    from web.main import create_app
-
-    config = uvicorn.Config(
-        create_app(settings, db),
-        host=settings.web_host,
-        port=settings.web_port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-    )
-    uvicorn.Server(config).run()  # returns on SIGTERM/SIGINT (uvicorn's own handlers)
-
-
-def serve(settings: Settings, args: argparse.Namespace) -> int:
-    """Every stage in one process: what ``make run`` starts."""
-    node = Node(settings, ALL_STAGES)
-    _remember_signals(node.stop_event)
-    node.start()
-    log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
-    try:
-        _serve_web(settings, node.db)
-    finally:
-        node.stop()
-    return 0
-
-
 def run_receiver(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_stages(settings, ("receiver",))
-
-
-def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_stages(settings, ("worker",), worker_id=getattr(args, "worker_id", None))
+    return run_stages(settings, ("receiver",))
 
 
 def run_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_stages(settings, ("dispatcher",))
+    return run_stages(settings, ("dispatcher",))
 
 
 def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_stages(settings, ("scheduler",))
-
-
-def run_web(settings: Settings, args: argparse.Namespace) -> int:
-    _remember_signals(threading.Event())
-    _serve_web(settings, open_database(settings))
-    return 0
+    return run_stages(settings, ("scheduler",))
 
 
 def db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

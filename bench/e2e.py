@@ -8,6 +8,7 @@ The quiet period is a setting, not work, so it is reported separately from "afte
     .venv/bin/python bench/e2e.py --runs 3 --quiet-period 2
     .venv/bin/python bench/e2e.py --only cr --runs 5
     .venv/bin/python bench/e2e.py --dispatch-only     # just claim+send+record of 4 results
+    .venv/bin/python bench/e2e.py --dispatch-only --nagle   # the same, Nagle left on (A/B)
 
 Targets: CR < 3 s after completion, 100-slice CT < 30 s after completion (CPU).
 """
@@ -110,17 +111,25 @@ def wait_delivered(db: Database, study_uid: str, timeout_s: float) -> Timing | N
     return None
 
 
-def dispatch_only(runs: int) -> None:
-    """The dispatch stage alone: 4 hand-made results (SEG, overlay, PDF, SR) to Orthanc."""
+def dispatch_only(runs: int, nagle: bool = False) -> None:
+    """The dispatch stage alone: 4 hand-made results (SEG, overlay, PDF, SR) to Orthanc.
+
+    ``nagle`` leaves Nagle's algorithm on in the C-STORE SCU (the node turns it off), the A/B
+    for that decision (docs/performance.md).
+    """
     from core.config import load_settings
+    from node.dispatch.delivery_plan import plan_deliveries
     from node.dispatch.dispatcher import Dispatcher
-    from node.dispatch.planning import plan_deliveries
     from tests.node.dispatch.conftest import add_job_with_artifacts
     from tests.node.dispatch.factory import make_results
 
     work = Path(tempfile.mkdtemp(prefix="pacsnode-bench-dispatch-"))
     orthanc = OrthancProcess(work / "orthanc")
     orthanc.start()
+    if nagle:
+        from node.dispatch import cstore
+
+        cstore._disable_nagle = lambda assoc: None  # the A side of the A/B: the socket as opened
     try:
         for kind, dest in (
             ("dicom", {"name": "o", "kind": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
@@ -160,9 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dispatch-only", action="store_true", help="time the dispatch stage alone"
     )
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="with --dispatch-only: leave Nagle's algorithm on in the C-STORE SCU",
+    )
     args = parser.parse_args(argv)
     if args.dispatch_only:
-        dispatch_only(max(args.runs, 5))
+        dispatch_only(max(args.runs, 5), nagle=args.nagle)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="pacsnode-bench-"))

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 from models.card import ModelCard, sha256_file, write_card  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
+from pipelines.contract import SourceSeries, StudyInput  # noqa: E402
 from pipelines.pipeline import Pipeline  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
-from pipelines.result import SourceSeries, StudyInput  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 
 LESION = {
@@ -203,15 +203,12 @@ def demo_models(models_dir: Path) -> dict[str, str] | None:
 
 # ---- data -----------------------------------------------------------------------------------
 def write_studies(folder: Path, slices: int) -> tuple[StudyInput, StudyInput]:
-    from models.training.phantoms import make_2d_phantom, make_3d_phantom, phantom_to_dicom_series
+    from models.training.dicom_export import write_series
+    from models.training.phantoms import make_2d_phantom, make_3d_phantom
 
     rng = np.random.default_rng(0)
-    cr = phantom_to_dicom_series(
-        make_2d_phantom(rng, size=512, lesion_count=2), folder / "cr", modality="CR"
-    )
-    ct = phantom_to_dicom_series(
-        make_3d_phantom(rng, shape=(slices, 512, 512), lesion_count=2), folder / "ct"
-    )
+    cr = write_series(make_2d_phantom(rng, size=512, lesion_count=2), folder / "cr", modality="CR")
+    ct = write_series(make_3d_phantom(rng, shape=(slices, 512, 512), lesion_count=2), folder / "ct")
     return _study(cr, "CR"), _study(ct, "CT")
 
 

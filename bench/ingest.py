@@ -1,16 +1,21 @@
-"""Receive-speed benchmark: pacsnode vs Orthanc 1.10 vs DCMTK storescp, all fed by DCMTK storescu.
+"""Receive-speed benchmark: pacsnode vs Orthanc vs DCMTK storescp vs pynetdicom, fed by DCMTK storescu.
 
 Corpora: (a) CT-like 512x512 16-bit instances (0.5 MB each), (b) 64x64 instances. Senders:
 ``storescu`` with ``TCP_NODELAY=1`` exported and with its defaults (Nagle on), over 1 and 4
 concurrent associations. pacsnode runs with durable writes (fsync of file, directory and
 database commit before each success status) in 1 and N receiver processes; Orthanc (SQLite
 index, temp config, free ports, ``SyncStorageArea: true`` — its default since 1.7.4, an fsync of
-each stored file) and storescp (``--fork``, no fsync) write each instance to its own file. Every receiver gets a fresh, empty storage per run. Orthanc and
+each stored file) and storescp (``--fork``, no fsync) write each instance to its own file. The
+pynetdicom row (``bench/pynetdicom_scp.py``: a plain ``AE.start_server`` storage SCP, one process,
+file and folder fsynced before each success status) is the baseline for the node's own DICOM upper
+layer (docs/performance.md). Every receiver gets a fresh, empty storage per run. Orthanc and
 storescp also get ``TCP_NODELAY=1`` (pacsnode sets it on its sockets itself); without it DCMTK-based
 receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows that).
 
     .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
+    .venv/bin/python bench/ingest.py --quick --repeat 1 --only pacsnode-1 pynetdicom
+    .venv/bin/python bench/ingest.py --quick --repeat 1 --no-fsync   # protocol cost, no disk
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pynetdicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -91,10 +97,10 @@ def wait_for_echo(port: int, aet: str, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def pacsnode(workdir: Path, processes: int) -> Iterator[tuple[int, str]]:
+def pacsnode(workdir: Path, processes: int, durable: bool) -> Iterator[tuple[int, str]]:
     data_dir = workdir / "pacsnode"
     settings = load_settings(None, environment="test", data_dir=data_dir, dicom_host="127.0.0.1",
-                             dicom_port=free_port(), min_free_disk_mb=0, fsync=True,
+                             dicom_port=free_port(), min_free_disk_mb=0, fsync=durable,
                              log_level="WARNING", receiver_processes=processes)  # fmt: skip
     data_dir.mkdir(parents=True)
     db = Database(settings.effective_database_url)
@@ -109,10 +115,25 @@ def pacsnode(workdir: Path, processes: int) -> Iterator[tuple[int, str]]:
 
 
 RECEIVER_ENV: dict[str, str] = dict(os.environ)
+Receiver = Callable[[Path], contextlib.AbstractContextManager[tuple[int, str]]]
 
 
 @contextlib.contextmanager
-def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+def serving(command: list[str], port: int, aet: str) -> Iterator[tuple[int, str]]:
+    """Run an outside receiver until the block ends; yield once it answers C-ECHO."""
+    proc = subprocess.Popen(
+        command, env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_echo(port, aet)
+        yield port, aet
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def orthanc(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
     root = workdir / "orthanc"
     root.mkdir(parents=True)
     port = free_port()
@@ -121,17 +142,23 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
         "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "HttpServerEnabled": True,
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
         "Plugins": [], "StorageCompression": False, "SaveJobs": False, "DicomThreadsCount": 4,
-        "SyncStorageArea": True,
+        "SyncStorageArea": durable,
     }  # fmt: skip
     (root / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=RECEIVER_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_echo(port, "ORTHANC")
-        yield port, "ORTHANC"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serving(["Orthanc", str(root / "orthanc.json")], port, "ORTHANC") as receiver:
+        yield receiver
+
+
+@contextlib.contextmanager
+def pynetdicom_scp(workdir: Path, durable: bool) -> Iterator[tuple[int, str]]:
+    """The plain pynetdicom storage SCP of ``bench/pynetdicom_scp.py`` in its own process."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "pynetdicom_scp.py"
+    command = [sys.executable, str(script), str(port), str(workdir / "pynetdicom")]
+    if not durable:
+        command.append("--no-fsync")
+    with serving(command, port, "PYNETDICOM") as receiver:
+        yield receiver
 
 
 @contextlib.contextmanager
@@ -139,14 +166,9 @@ def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
     out = workdir / "storescp"
     out.mkdir(parents=True)
     port = free_port()
-    proc = subprocess.Popen(["storescp", "--fork", "+xa", "-od", str(out), "-aet", "STORESCP", str(port)],
-                            env=RECEIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_echo(port, "STORESCP")
-        yield port, "STORESCP"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    command = ["storescp", "--fork", "+xa", "-od", str(out), "-aet", "STORESCP", str(port)]
+    with serving(command, port, "STORESCP") as receiver:
+        yield receiver
 
 
 def send(corpus: Path, port: int, aet: str, associations: int, nodelay: bool) -> float:
@@ -182,13 +204,65 @@ class Result:
     mb_s: float
 
 
+def receivers_for(
+    processes: int, durable: bool = True
+) -> dict[str, tuple[str, Receiver, tuple[str, ...]]]:
+    """Every receiver: short key (``--only``) -> (table label, start-up, outside tools it needs)."""
+    writes = "durable" if durable else "no fsync"
+    return {
+        "pacsnode-1": (
+            f"pacsnode (1 process, {writes})",
+            lambda w: pacsnode(w, 1, durable),
+            (),
+        ),
+        "pacsnode-n": (
+            f"pacsnode ({processes} processes, {writes})",
+            lambda w: pacsnode(w, processes, durable),
+            (),
+        ),
+        "orthanc": (
+            f"Orthanc 1.10 (SQLite{'' if durable else ', no fsync'})",
+            lambda w: orthanc(w, durable),
+            ("Orthanc",),
+        ),
+        "storescp": ("DCMTK storescp --fork", storescp, ("storescp",)),
+        "pynetdicom": (
+            f"pynetdicom {pynetdicom.__version__} (1 process, {writes})",
+            lambda w: pynetdicom_scp(w, durable),
+            (),
+        ),
+    }
+
+
+def bench_folder(workdir: Path | None) -> Path:
+    """A fresh folder for corpora and storage, inside ``workdir`` (created if missing) or /tmp."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="pacsnode-bench-", dir=workdir))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small corpora, NODELAY sender only")
     parser.add_argument("--processes", type=int, default=2, help="pacsnode receiver processes (N)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where corpora and storage go")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where corpora and storage go (created)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(receivers_for(2)),
+        default=None,
+        help="run these receivers only (default: all)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per receiver and scenario (median)"
+    )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="pacsnode, Orthanc and pynetdicom without fsync: the protocol and process costs "
+        "alone, without the disk's (storescp never fsyncs)",
     )
     parser.add_argument("--receivers-nagle", action="store_true",
                         help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
@@ -197,12 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     RECEIVER_ENV.pop("TCP_NODELAY", None)
     if not args.receivers_nagle:
         RECEIVER_ENV["TCP_NODELAY"] = "1"  # pacsnode sets TCP_NODELAY itself; give them the same
-    for tool in ("storescu", "storescp", "echoscu", "Orthanc"):
+    chosen = {
+        key: value
+        for key, value in receivers_for(args.processes, durable=not args.no_fsync).items()
+        if args.only is None or key in args.only
+    }
+    needed = {"storescu", "echoscu"}.union(*(tools for _, _, tools in chosen.values()))
+    for tool in sorted(needed):
         if shutil.which(tool) is None:
             print(f"{tool} not found: install dcmtk and orthanc", file=sys.stderr)
             return 2
     ct_count, tiny_count = (100, 400) if args.quick else (500, 2000)
-    base = Path(tempfile.mkdtemp(prefix="pacsnode-bench-", dir=args.workdir))
+    base = bench_folder(args.workdir)
     try:
         corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
         sizes = {
@@ -210,14 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             "b": write_corpus(corpora["b"], tiny_count, 64),
         }
         counts = {"a": ct_count, "b": tiny_count}
-        receivers = {
-            "pacsnode (1 process, durable)": lambda w: pacsnode(w, 1),
-            f"pacsnode ({args.processes} processes, durable)": lambda w: pacsnode(
-                w, args.processes
-            ),
-            "Orthanc 1.10 (SQLite)": orthanc,
-            "DCMTK storescp --fork": storescp,
-        }
+        receivers = {label: factory for label, factory, _ in chosen.values()}
         scenarios = [(c, a, True) for c in ("a", "b") for a in (1, 4)]
         if not args.quick:
             scenarios += [("a", 1, False), ("a", 4, False)]
@@ -258,8 +331,9 @@ def print_table(results: list[Result], counts: dict[str, int], repeat: int) -> N
     print("|---|---|---|---|---|")
     for scenario in scenarios:
         for r in (r for r in results if r.scenario == scenario):
-            ratio = r.rate / orthanc_rate[scenario] if orthanc_rate.get(scenario) else float("nan")
-            print(f"| {scenario} | {r.receiver} | {r.rate:.1f} | {r.mb_s:.1f} | {ratio:.2f}x |")
+            base = orthanc_rate.get(scenario)
+            ratio = f"{r.rate / base:.2f}x" if base else "—"  # Orthanc not in this run (--only)
+            print(f"| {scenario} | {r.receiver} | {r.rate:.1f} | {r.mb_s:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the error alone.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -121,9 +122,52 @@ class DestinationSettings(_Strict):
         return self
 
 
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
+)
+
+
 class CallerAllowEntry(_Strict):
+    """An allowed calling AE title, optionally bound to a host: an IP address, a CIDR network or
+    a hostname (RFC 1123), so a typo such as ``CT1@not a host`` fails at load, not silently."""
+
     ae_title: str
     host: str | None = None  # None: any host
+
+    @field_validator("host")
+    @classmethod
+    def _host_valid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        if "/" in value:
+            try:
+                return str(ipaddress.ip_network(value, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a valid CIDR network ({exc})") from None
+        if _HOSTNAME.match(value) and not value.replace(".", "").isdigit():
+            return value.lower()
+        raise ValueError(f"{value!r} is not an IP address, CIDR network or hostname")
+
+    def host_matches(self, peer: str) -> bool:
+        """Whether a peer address is covered: any host, the same address, inside the network, or
+        (for a hostname) the same name as the peer reported."""
+        if self.host is None:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return self.host == peer.strip().lower()
+        if "/" in self.host:
+            return address in ipaddress.ip_network(self.host)
+        try:
+            return address == ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
 
 
 class TLSSettings(_Strict):
@@ -177,13 +221,40 @@ class SMTPSettings(_Strict):
 
 class WebSettings(_Strict):
     session_idle_minutes: float = Field(30.0, gt=0)
+    session_absolute_hours: float = Field(12.0, gt=0)
     self_registration: bool = False
     max_upload_mb: float = Field(512.0, gt=0)
     login_max_failures: int = Field(5, ge=1)
-    login_lockout_s: float = Field(300.0, ge=0)
+    login_max_delay_s: float = Field(300.0, ge=0)
+    login_address_max_failures: int = Field(20, ge=1)
     reset_token_ttl_s: float = Field(3600.0, gt=0)
     secure_cookies: bool = False
     base_url: str = ""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # request bodies are refused over these before anything parses them (uploads: max_upload_mb)
+    max_form_kb: float = Field(16.0, gt=0)
+    max_admin_form_kb: float = Field(64.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_or_network(cls, values: list[str]) -> list[str]:
+        """Each entry an IP address or CIDR network: a typo must not silently trust nobody (or
+        everybody), so a host name is refused too."""
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+        return [value.strip() for value in values]
+
+
+class ZipLimitSettings(_Strict):
+    """Zip archives (console upload, ``pacsnode import``) are inflated member by member under these
+    limits, counted on the bytes actually produced, so a lying header or a zip bomb is cut off."""
+
+    max_member_mb: float = Field(512.0, gt=0)
+    max_total_mb: float = Field(8192.0, gt=0)
+    max_ratio: float = Field(100.0, gt=1)  # uncompressed / compressed, per member
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -244,6 +315,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=0, le=65535)
     web: WebSettings = Field(default_factory=WebSettings)
+    zip_import: ZipLimitSettings = Field(default_factory=ZipLimitSettings)
     smtp: SMTPSettings | None = None
     hook_secret: str = ""
 

@@ -10,6 +10,7 @@ component, although not allowed by the standard, are accepted as DCMTK and Ortha
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 UID_MAX_LENGTH = 64
@@ -61,3 +62,19 @@ def is_valid_uid(value: object) -> bool:
     except InvalidUIDError:
         return False
     return True
+
+
+def deterministic_uid(*parts: str) -> str:
+    """``2.25.<128 bits of SHA-256 of parts>``: the same inputs always give the same UID.
+
+    The node's one scheme for UIDs it derives (result series and instances, tracking UIDs,
+    observer and dimension UIDs), so a retry re-creates the same objects and PACS de-duplicates
+    them. Why ``2.25`` (PS3.5 B.2) and not a suffix under :data:`PACSNODE_UID_ROOT`: the root takes
+    44 of the 64 characters, leaving room for about 63 bits of hash; ``2.25.`` leaves the full 128
+    (39 digits). Why not pydicom's ``generate_uid(prefix=None, entropy_srcs=...)``: it ignores the
+    entropy for ``prefix=None`` (a random UUID), and with a prefix it puts our objects under
+    pydicom's root, truncated to 64 characters. The parts are joined with a unit separator, so
+    ``("a", "bc")`` and ``("ab", "c")`` differ.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"

@@ -132,6 +132,9 @@ class ModelCard(_Strict):
     sha256: str
     # timm train.py checkpoints carry both the raw and the EMA weights; true takes the EMA ones
     ema: bool = False
+    # one softmax over background and the labels (arg-max decides), as the loaders compute it;
+    # false: independent labels, each thresholded on its own (overlapping structures)
+    labels_exclusive: bool = True
     input: InputSpec
     labels: list[CardLabel] = Field(min_length=1)
     device_uid: str

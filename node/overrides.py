@@ -12,32 +12,44 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Generic, TypeVar
+
+from sqlalchemy.orm import Session
 
 from core.config import ConfigError, Settings
 from node.db.engine import Database
-from node.db.repositories import console
+from node.db.repositories import config_overrides
+from pipelines.spec import PipelineConfig, apply_overrides
 
 log = logging.getLogger(__name__)
 
 PIPELINE_OVERRIDE_PREFIX = "pipeline:"
 REFRESH_S = 2.0
 
+# One pipeline's stored edit: the JSON mapping the console saved (nested or dotted config keys).
+OverrideValues = dict[str, object]
+T = TypeVar("T")
 
-def pipeline_overrides(db: Database) -> dict[str, dict[str, Any]]:
+
+def stored_pipeline_overrides(session: Session) -> dict[str, OverrideValues]:
     """``{pipeline name: override mapping}`` as the console stored them."""
-    with db.read() as session:
-        rows = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+    rows = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return {key.removeprefix(PIPELINE_OVERRIDE_PREFIX): value for key, value in rows.items()}
 
 
-def effective_pipeline_configs(base: Mapping[str, Any], db: Database) -> dict[str, Any]:
-    """``base`` pipeline configs with the stored overrides applied; a stale override (unknown
-    key or model) is logged and skipped rather than stopping the stage."""
-    from pipelines.spec import apply_overrides
+def pipeline_overrides(db: Database) -> dict[str, OverrideValues]:
+    """:func:`stored_pipeline_overrides` read in a transaction of its own."""
+    with db.read() as session:
+        return stored_pipeline_overrides(session)
 
+
+def with_overrides(
+    base: Mapping[str, PipelineConfig], overrides: Mapping[str, OverrideValues]
+) -> dict[str, PipelineConfig]:
+    """``base`` pipeline configs with ``overrides`` applied; a stale override (unknown pipeline,
+    key or model) is logged and skipped rather than stopping the stage or the page."""
     configs = dict(base)
-    for name, value in pipeline_overrides(db).items():
+    for name, value in overrides.items():
         if name not in configs:
             continue
         try:
@@ -47,37 +59,45 @@ def effective_pipeline_configs(base: Mapping[str, Any], db: Database) -> dict[st
     return configs
 
 
-class Refreshing:
+def effective_pipeline_configs(
+    base: Mapping[str, PipelineConfig], db: Database
+) -> dict[str, PipelineConfig]:
+    """``base`` pipeline configs with the stored overrides applied (see :func:`with_overrides`)."""
+    return with_overrides(base, pipeline_overrides(db))
+
+
+class Refreshing(Generic[T]):
     """A value recomputed from the database at most every ``interval_s`` seconds.
 
     A failed refresh (database briefly unreachable) keeps the last good value."""
 
-    def __init__(self, compute: Callable[[], Any], interval_s: float = REFRESH_S) -> None:
+    def __init__(self, compute: Callable[[], T], interval_s: float = REFRESH_S) -> None:
         self._compute = compute
         self._interval = interval_s
         self._lock = threading.Lock()
-        self._value: Any = None
+        self._value: T | None = None
         self._at = -float("inf")
 
-    def get(self) -> Any:
+    def get(self) -> T:
         with self._lock:
-            if time.monotonic() - self._at >= self._interval or self._value is None:
+            value = self._value
+            if value is None or time.monotonic() - self._at >= self._interval:
                 try:
-                    self._value = self._compute()
+                    value = self._compute()
                 except Exception:  # noqa: BLE001 - keep serving on the last good value
-                    if self._value is None:
+                    if value is None:
                         raise
                     log.warning("reading the console's overrides failed; keeping the last ones",
                                 exc_info=True)  # fmt: skip
-                self._at = time.monotonic()
-            return self._value
+                self._value, self._at = value, time.monotonic()
+            return value
 
 
-def settings_refresher(base: Settings, db: Database) -> Refreshing:
+def settings_refresher(base: Settings, db: Database) -> Refreshing[Settings]:
     """``base`` with the console's destination switches and AE allowlist applied."""
 
     def compute() -> Settings:
         with db.read() as session:
-            return console.effective_settings(session, base)
+            return config_overrides.effective_settings(session, base)
 
     return Refreshing(compute)

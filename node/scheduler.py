@@ -21,9 +21,12 @@ from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
 from node.grouping import completion
+from node.ingest.orthanc_source import poll_changes
 from node.ingest.spool import safe_component
 from node.jobs import queue
-from node.jobs.planning import JobPlanner, PlannablePipeline
+from node.jobs.creation import JobPlanner
+from node.overrides import effective_pipeline_configs, settings_refresher
+from pipelines.spec import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +125,10 @@ def retention(settings: Settings, db: Database, now: datetime) -> list[str]:
 def build_scheduler(
     settings: Settings,
     db: Database,
-    pipelines: Mapping[str, PlannablePipeline],
+    pipelines: Mapping[str, PipelineConfig],
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> BackgroundScheduler:
-    from node.overrides import effective_pipeline_configs, settings_refresher
-
     current_settings = settings_refresher(settings, db)
 
     def current_planner() -> JobPlanner:
@@ -159,8 +160,6 @@ def build_scheduler(
     )
     if settings.orthanc_sources:
         # Registered for every source, polled or not: hook-announced pulls that failed wait here.
-        from node.ingest.orthanc_source import poll_changes
-
         interval = min(src.poll_interval_s for src in settings.orthanc_sources)
         scheduler.add_job(
             lambda: poll_changes(settings, db),

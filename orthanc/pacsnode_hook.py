@@ -7,6 +7,8 @@ polling fallback (``orthanc_sources[].poll``) still finds the study in ``/change
 
 Configuration: environment ``PACSNODE_HOOK_URL`` / ``PACSNODE_HOOK_SECRET`` (docker-compose), else
 the ``"Pacsnode": {"HookUrl": ..., "HookSecret": ..., "OrthancUrl": ...}`` section of orthanc.json.
+Instead of the shared secret, an API token with the ``hooks`` scope may be given
+(``PACSNODE_HOOK_TOKEN`` / ``"HookToken"``); it is sent as ``Authorization: Bearer``.
 ``OrthancUrl`` (optional) is how the node reaches this Orthanc, for a node with several sources.
 """
 
@@ -33,6 +35,7 @@ def _settings():
     return {
         "url": os.environ.get("PACSNODE_HOOK_URL") or section.get("HookUrl", ""),
         "secret": os.environ.get("PACSNODE_HOOK_SECRET") or section.get("HookSecret", ""),
+        "token": os.environ.get("PACSNODE_HOOK_TOKEN") or section.get("HookToken", ""),
         "orthanc_url": os.environ.get("PACSNODE_ORTHANC_URL") or section.get("OrthancUrl", ""),
     }
 
@@ -45,11 +48,13 @@ def _post(study_id):
     body = {"study_id": study_id}
     if SETTINGS["orthanc_url"]:
         body["orthanc_url"] = SETTINGS["orthanc_url"]
+    headers = {"Content-Type": "application/json"}
+    if SETTINGS["token"]:
+        headers["Authorization"] = f"Bearer {SETTINGS['token']}"
+    else:
+        headers["X-Pacsnode-Hook-Secret"] = SETTINGS["secret"]
     request = urllib.request.Request(
-        SETTINGS["url"],
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "X-Pacsnode-Hook-Secret": SETTINGS["secret"]},
-        method="POST",
+        SETTINGS["url"], data=json.dumps(body).encode(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:

@@ -7,29 +7,22 @@ not a new one, and SR/SEG written on retry are identical.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-from pydicom.uid import PYDICOM_ROOT_UID
 
+from core.dicom_uids import deterministic_uid
+from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.measurements import measure_labels
 from pipelines.postprocess import Components, label_components
-from pipelines.result import DetectionBox, Finding, LabelSpec, Measurements
 from pipelines.severity import classify_severity
 from pipelines.spec import SeverityRules
 
 
 def tracking_uid(study_uid: str, pipeline: str, version: str, tracking_id: str) -> str:
-    """pydicom's ``generate_uid(entropy_srcs=[...])``, computed directly.
-
-    Same digits (SHA-512 of the joined sources under pydicom's root), without its prefix regex
-    and UID validation: a noisy mask gives a hundred findings, and that checking cost more than
-    measuring them.
-    """
-    digest = hashlib.sha512("".join((study_uid, pipeline, version, tracking_id)).encode("utf-8"))
-    return f"{PYDICOM_ROOT_UID}{int(digest.hexdigest(), 16)}"[:64]
+    """The finding's Tracking UID: the node's one derived-UID scheme over what identifies it."""
+    return deterministic_uid("pacsnode-tracking", study_uid, pipeline, version, tracking_id)
 
 
 @dataclass(frozen=True)

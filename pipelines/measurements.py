@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from pipelines.contract import Measurements
 from pipelines.postprocess import foreground_box
-from pipelines.result import Measurements
 
 
 def perimeter_mm(mask2d: np.ndarray, spacing: tuple[float, float]) -> float:

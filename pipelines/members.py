@@ -11,13 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from models.card import ModelCard
+from models.devices import DevicePlacement
+from models.loaders import RawBox
+from pipelines.contract import LabelSpec, ModelRun
 from pipelines.errors import PipelineModelError
-from pipelines.result import LabelSpec, ModelRun
 from pipelines.spec import MemberSpec
 
 T = TypeVar("T")
@@ -26,13 +30,15 @@ T = TypeVar("T")
 class LoadedModelLike(Protocol):
     """``models.loaders.LoadedModel`` as the pipelines use it."""
 
-    card: Any
-    placement: Any
+    card: ModelCard
+    placement: DevicePlacement
     sha256: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    def detect(self, images: np.ndarray, conf: float | None = None) -> list[list[Any]]: ...
+    def detect(
+        self, images: npt.NDArray[np.float32], conf: float | None = None
+    ) -> list[list[RawBox]]: ...
 
 
 class ModelProvider(Protocol):
@@ -125,7 +131,7 @@ def run_per_device(
     return [o for o in outcomes if o is not None]
 
 
-def model_run(outcome: MemberOutcome[Any]) -> ModelRun:
+def model_run(outcome: MemberOutcome[T]) -> ModelRun:
     member, card, placement = (
         outcome.member,
         outcome.member.model.card,
@@ -146,7 +152,7 @@ def model_run(outcome: MemberOutcome[Any]) -> ModelRun:
     )
 
 
-def label_specs(card: Any) -> tuple[LabelSpec, ...]:
+def label_specs(card: ModelCard) -> tuple[LabelSpec, ...]:
     """The card's labels as result :class:`LabelSpec` (sorted by value)."""
     out = []
     for label in sorted(card.labels, key=lambda lab: lab.value):

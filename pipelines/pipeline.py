@@ -13,13 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pipelines.errors import PipelineInputError
-from pipelines.findings import FindingContext, attach_boxes, segment_findings
-from pipelines.members import Member, ModelProvider, model_run, resolve_members
-from pipelines.postprocess import Components, postprocess_components
-from pipelines.preprocess.decode import DecodedSeries, decode_series
-from pipelines.preprocess.prepare import PreparedInputs, source_spacing
-from pipelines.result import (
+from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
     ModelRun,
@@ -27,6 +21,12 @@ from pipelines.result import (
     SegmentationOutput,
     StudyInput,
 )
+from pipelines.errors import PipelineInputError
+from pipelines.findings import FindingContext, attach_boxes, segment_findings
+from pipelines.members import Member, ModelProvider, model_run, resolve_members
+from pipelines.postprocess import Components, postprocess_components
+from pipelines.preprocess.decode import DecodedSeries, decode_series
+from pipelines.preprocess.prepare import PreparedInputs, source_spacing
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
 from pipelines.tasks.classification import run_classification
@@ -117,6 +117,7 @@ class Pipeline:
                 volumetric=self.volumetric,
                 pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
                 voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
+                exclusive=members.segmentation[0].model.card.labels_exclusive,
             )
             segmentation = SegmentationOutput(
                 labels=seg.labels,

@@ -111,25 +111,53 @@ def label_components(mask: np.ndarray, volumetric: bool) -> Components:
 
 
 def threshold_labels(
-    probabilities: np.ndarray, label_names: list[str], spec: PostprocessSpec
+    probabilities: np.ndarray,
+    label_names: list[str],
+    spec: PostprocessSpec,
+    exclusive: bool = False,
 ) -> np.ndarray:
     """(L, F, H, W) label probabilities (no background) → (F, H, W) uint8 label map.
 
-    A pixel gets the most probable label among those reaching their own threshold, else 0.
+    Independent labels: a pixel gets the most probable label among those reaching their own
+    threshold, else 0. Mutually exclusive labels (one softmax over background and L ≥ 2 labels,
+    e.g. a 104-organ model): the pixel gets the arg-max over background (1 − Σ labels) and the
+    labels, as the model's authors decide it; a ``label_thresholds`` entry additionally requires
+    that label's probability to reach it. A single label is thresholded either way (for a 2-class
+    softmax, p ≥ 0.5 is the arg-max, and the threshold stays tunable).
     """
     if probabilities.shape[0] != len(label_names):
         raise ValueError(
             f"expected {len(label_names)} label channels, got {probabilities.shape[0]}"
         )
+    if len(label_names) > 255:
+        raise ValueError(f"{len(label_names)} labels do not fit the 8-bit label map (at most 255)")
     if len(label_names) == 1:  # the common case, without the argmax pass
         passing = probabilities[0] >= spec.threshold_for(label_names[0])
         return passing.view(np.uint8)  # a bool array is 0/1 bytes: no second copy
+    if exclusive:
+        return _argmax_with_background(probabilities, label_names, spec)
     thresholds = np.asarray([spec.threshold_for(n) for n in label_names], dtype=np.float32)
     passing = probabilities >= thresholds.reshape((-1,) + (1,) * (probabilities.ndim - 1))
     scored = np.where(passing, probabilities, -1.0)
     best = np.argmax(scored, axis=0)
     any_pass = passing.any(axis=0)
     return np.where(any_pass, best + 1, 0).astype(np.uint8)
+
+
+def _argmax_with_background(
+    probabilities: np.ndarray, label_names: list[str], spec: PostprocessSpec
+) -> np.ndarray:
+    """Arg-max over (1 − Σ labels, labels...), one label at a time: no (L+1)-sized copy."""
+    best = 1.0 - probabilities.sum(axis=0, dtype=np.float32)  # background
+    out = np.zeros(best.shape, dtype=np.uint8)
+    for index, name in enumerate(label_names):
+        channel = probabilities[index]
+        better = channel > best
+        if name in spec.label_thresholds:
+            better &= channel >= spec.label_thresholds[name]
+        out[better] = index + 1
+        np.maximum(best, channel, out=best, where=better)
+    return out
 
 
 def fill_holes_per_frame(mask: np.ndarray) -> None:
@@ -246,6 +274,7 @@ def postprocess_components(
     volumetric: bool,
     pixel_area_mm2: float | None,
     voxel_volume_mm3: float | None,
+    exclusive: bool = False,
 ) -> tuple[np.ndarray, dict[int, Components]]:
     """:func:`postprocess_label_map`, and each label value's components in the label map.
 
@@ -253,7 +282,7 @@ def postprocess_components(
     value``: when no earlier label claimed any of its cleaned pixels (else the overlap may split
     a component, and a caller must label the map itself).
     """
-    raw = threshold_labels(probabilities, label_names, spec)
+    raw = threshold_labels(probabilities, label_names, spec, exclusive)
     out = np.zeros(raw.shape, dtype=np.uint8)
     found: dict[int, Components] = {}
     single = len(label_names) == 1  # then ``raw`` is a fresh 0/1 array _clean may overwrite

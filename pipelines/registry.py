@@ -1,14 +1,16 @@
 """The worker's entry point: every configured pipeline by name, sharing one warm model registry.
 
 Created once per worker process. Definitions are read at start-up (a bad one stops start-up with
-a :class:`ConfigError` naming file and key); models load lazily on first use and stay warm.
+a :class:`ConfigError` naming file and key). The model registry is handed in by the runtime
+(``app``): pipelines only know the :class:`ModelProvider` protocol, never ``models.registry``;
+its models load on first use and stay warm.
 Admin overrides from the console are applied with :meth:`PipelineRegistry.apply_overrides`.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Mapping
 
 from core.config import ConfigError, Settings
 from pipelines.errors import PipelineInputError
@@ -23,26 +25,17 @@ class PipelineRegistry:
     def __init__(
         self,
         settings: Settings,
-        models: ModelProvider | None = None,
-        overrides: dict[str, dict[str, Any]] | None = None,
+        models: ModelProvider,
+        overrides: Mapping[str, Mapping[str, object]] | None = None,
     ) -> None:
         self.settings = settings
-        self._models = models
+        self.models = models
         self._lock = threading.Lock()
         self._base = load_pipeline_configs(settings.pipelines_dir)
         self._configs: dict[str, PipelineConfig] = dict(self._base)
         self._pipelines: dict[str, Pipeline] = {}
         for name, value in (overrides or {}).items():
             self.apply_overrides(name, value)
-
-    @property
-    def models(self) -> ModelProvider:
-        with self._lock:
-            if self._models is None:
-                from models.registry import ModelRegistry
-
-                self._models = ModelRegistry(self.settings.models_dir, self.settings.torch_threads)
-            return self._models
 
     def names(self) -> list[str]:
         return sorted(self._configs)
@@ -56,15 +49,14 @@ class PipelineRegistry:
             raise KeyError(
                 f"no pipeline named {name!r} (known: {', '.join(self.names()) or 'none'})"
             )
-        models = self.models
         with self._lock:
             pipeline = self._pipelines.get(name)
             if pipeline is None or pipeline.config is not self._configs[name]:
-                pipeline = Pipeline(self._configs[name], models)
+                pipeline = Pipeline(self._configs[name], self.models)
                 self._pipelines[name] = pipeline
             return pipeline
 
-    def apply_overrides(self, name: str, overrides: dict[str, Any]) -> PipelineConfig:
+    def apply_overrides(self, name: str, overrides: Mapping[str, object]) -> PipelineConfig:
         """Replace ``name``'s config by its YAML definition with ``overrides`` applied."""
         if name not in self._base:
             raise ConfigError(f"override for unknown pipeline {name!r}")

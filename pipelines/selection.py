@@ -6,9 +6,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from core.domain import SeriesFacts
+from pipelines.contract import SourceSeries, StudyInput
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.geometry import orientation_label
-from pipelines.result import SourceSeries, StudyInput
 from pipelines.spec import SelectionSpec
 
 

@@ -10,7 +10,7 @@ the area then, so a huge finding on an uncalibrated image is not called Low.
 from __future__ import annotations
 
 from core.domain import Severity
-from pipelines.result import Measurements
+from pipelines.contract import Measurements
 from pipelines.spec import SeverityRules
 
 UNCALIBRATED_MODERATE_PCT = 1.0

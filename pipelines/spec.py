@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,7 +305,7 @@ def load_pipeline_configs(pipelines_dir: Path) -> dict[str, PipelineConfig]:
     return configs
 
 
-def apply_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+def apply_overrides(cfg: PipelineConfig, overrides: Mapping[str, object]) -> PipelineConfig:
     """Return ``cfg`` with the console's admin edits applied, re-validated.
 
     ``overrides`` is a nested mapping merged over the definition, e.g.::

@@ -19,6 +19,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -32,20 +33,22 @@ from app.cli import main
 from core.config import DestinationSettings, Settings
 from node.db.engine import Database
 from node.db.orm import Artifact, AuditEvent, Instance, Job, Series, Study, utcnow
+from node.dispatch.delivery_plan import plan_deliveries
 from node.dispatch.folder import FolderSender
 from node.ingest.orthanc_source import pull_study
 from node.ingest.scp import start_receiver
 from node.ingest.spool import relative_path
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.jobs.worker import Worker
+from node.results.produce import produce_results
 from node.scheduler import completion_sweep, delete_study
 from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance
 from tests.node.jobs.test_queue import PIPES, soon
 from tests.node.jobs.test_worker import Pipelines, StubPipeline
 from tests.orthanc.harness import ORTHANC_BIN, OrthancProcess
 from tests.web.conftest import cheap_password_hashing, csrf_of, make_console  # noqa: F401
-from web.results import export
+from web.result_views import export
 
 ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # name -> UID, given the test's unique marker (a name under /tmp that must never appear)
@@ -287,7 +290,14 @@ def test_worker_results_stay_inside_data_dir(
     _add_hostile_study(settings, sqlite_db, study_uid)
     planner = JobPlanner(settings, {"demo-3d": PIPES["demo-3d"]})
     assert completion_sweep(settings, sqlite_db, planner, utcnow()) == [study_uid]
-    worker = Worker(settings, sqlite_db, Pipelines(StubPipeline()), worker_id="w1")
+    worker = Worker(
+        settings,
+        sqlite_db,
+        Pipelines(StubPipeline()),
+        producer=produce_results,  # the real result writers: they must write inside data_dir
+        delivery_planner=partial(plan_deliveries, settings=settings),
+        worker_id="w1",
+    )
     claimed = queue.claim_next(sqlite_db, "w1", soon(), settings.jobs)
     assert claimed is not None
     worker.process(claimed)

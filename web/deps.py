@@ -7,13 +7,12 @@ never touches cookies or headers itself. The session commits when the route func
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -22,9 +21,13 @@ from core.domain import Role
 from node.db.engine import Database
 from node.db.orm import ApiToken, User, utcnow
 from node.db.repositories import users as user_repo
-from web.security import LoginThrottle, csrf_matches, new_csrf_token, password_fingerprint
+from web.mail import MailOutbox
+from web.security import csrf_for, csrf_matches
+from web.sessions import handle
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# a database row id in a URL: beyond a signed 64-bit integer no row exists (and SQLite would raise)
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 
@@ -35,7 +38,8 @@ class WebState:
     settings: Settings
     db: Database
     templates: Jinja2Templates
-    throttle: LoginThrottle
+    outbox: MailOutbox = field(default_factory=MailOutbox)
+    clock: Callable[[], datetime] = utcnow  # tests move time by replacing it
 
 
 @dataclass(frozen=True)
@@ -104,31 +108,15 @@ def _principal_from_token(request: Request, header: str) -> Principal:
 
 
 def _principal_from_cookie(request: Request) -> Principal | None:
-    state = web_state(request)
-    data = request.session
-    user_id = data.get("uid")
-    if not isinstance(user_id, int):
+    """The session's user; expiry was already enforced by ``ServerSessions`` when it loaded the row."""
+    user_id = handle(request).user_pk
+    if user_id is None:
         return None
-    now = time.time()
-    seen = data.get("seen", 0)
-    if (
-        not isinstance(seen, int | float)
-        or now - seen > state.settings.web.session_idle_minutes * 60
-    ):
-        data.clear()
-        return None
-    with state.db.read() as session:
+    with web_state(request).db.read() as session:
         user = user_repo.get_user(session, user_id)
-        if (
-            user is None
-            or not user.active
-            or data.get("pwv") != password_fingerprint(user.password_hash)
-        ):
-            data.clear()
+        if user is None or not user.active:
             return None
-        principal = Principal(user.id, user.username, Role(user.role), "session")
-    data["seen"] = int(now)
-    return principal
+        return Principal(user.id, user.username, Role(user.role), "session")
 
 
 def optional_user(request: Request) -> Principal | None:
@@ -150,6 +138,8 @@ def current_user(user: OptionalUser) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
+# set on a dependency that admits API tokens: the scope they need (web.openapi and the tests read it)
+TOKEN_SCOPE_ATTR = "token_scope"
 # which token scope a role-protected route needs when called with an API token
 _SCOPE_FOR_ROLES: dict[frozenset[Role], str] = {
     frozenset({Role.ADMIN}): "admin",
@@ -166,25 +156,48 @@ def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signa
             raise HTTPException(
                 403, f"requires role {' or '.join(sorted(r.value for r in allowed))}"
             )
-        scope = _SCOPE_FOR_ROLES.get(allowed, "read")
         if user.via == "token" and scope not in user.scopes:
             raise HTTPException(403, f"this API token lacks the {scope!r} scope")
         return user
 
+    scope = _SCOPE_FOR_ROLES.get(allowed, "read")
+    setattr(check, TOKEN_SCOPE_ATTR, scope)
     return Depends(check)
 
 
 def require_scope(scope: str) -> Callable[[CurrentUser], Principal]:
-    """For machine endpoints (the Orthanc hook): a token must carry ``scope``; admins always pass."""
+    """For machine endpoints (the Orthanc hook): only an API token carrying ``scope`` passes; a
+    console session, even an admin's, does not (it would be a cookie-authorised, CSRF-free POST)."""
 
     def check(user: CurrentUser) -> Principal:
-        if user.via == "token" and scope not in user.scopes:
-            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
-        if user.via == "session" and user.role is not Role.ADMIN:
+        if user.via != "token":
             raise HTTPException(403, f"requires an API token with the {scope!r} scope")
+        if scope not in user.scopes:
+            raise HTTPException(403, f"this API token lacks the {scope!r} scope")
         return user
 
+    setattr(check, TOKEN_SCOPE_ATTR, scope)
     return check
+
+
+def token_scope_of(dependant: Any) -> str | None:
+    """The API-token scope a route's dependencies demand (None: tokens cannot call it)."""
+    for sub in dependant.dependencies:
+        scope = getattr(sub.call, TOKEN_SCOPE_ATTR, None) or token_scope_of(sub)
+        if scope:
+            return str(scope)
+    return None
+
+
+def session_user(user: CurrentUser) -> Principal:
+    """For the caller's own account (logout, password): a console session; API tokens, whatever
+    their scope, have no business there."""
+    if user.via != "session":
+        raise HTTPException(403, "this page needs a console session, not an API token")
+    return user
+
+
+SessionUser = Annotated[Principal, Depends(session_user)]
 
 
 AdminUser = Annotated[Principal, RequireRole(Role.ADMIN)]
@@ -193,12 +206,8 @@ Reader = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST, Role.VIE
 
 
 def csrf_token(request: Request) -> str:
-    """The session's CSRF token, created on first use (anonymous sessions get one for the login)."""
-    token = request.session.get("csrf")
-    if not isinstance(token, str):
-        token = new_csrf_token()
-        request.session["csrf"] = token
-    return token
+    """The session's CSRF token (anonymous visitors get a session id for the login form)."""
+    return csrf_for(web_state(request).settings.secret_key, handle(request).ensure_token())
 
 
 async def verify_csrf(request: Request) -> None:
@@ -215,8 +224,15 @@ async def verify_csrf(request: Request) -> None:
             form = await request.form()
             value = form.get("csrf_token")
             given = value if isinstance(value, str) else None
-    if not csrf_matches(request.session.get("csrf"), given):
+    if not csrf_valid(request, given):
         raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
+
+
+def csrf_valid(request: Request, given: str | None) -> bool:
+    """Whether ``given`` is the CSRF token of the request's session (False without a session)."""
+    token = handle(request).token
+    expected = csrf_for(web_state(request).settings.secret_key, token) if token else None
+    return csrf_matches(expected, given)
 
 
 def load_user(session: Session, principal: Principal) -> User:

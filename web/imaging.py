@@ -1,24 +1,25 @@
 """PNG renderings for the review page: source frames (windowed greyscale) and SEG mask overlays.
 
-Masks are read back from the SEG object the node produced (the very thing that goes to PACS), so the
-reviewer approves what will be sent. The overlay is an RGBA image in a heat colour map with
+Masks are read back with highdicom from the SEG object the node produced (the very thing that goes
+to PACS), so the reviewer approves what will be sent. The overlay is an RGBA image in a heat colour map with
 transparent background; the page blends it with a CSS opacity slider.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from node.results.seg import frame_group_item
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+from node.results.seg_read import label_maps
+from pipelines.preprocess.display import DisplayError, display_frame
 
 
 class RenderError(ValueError):
@@ -31,110 +32,50 @@ def _to_png(array: np.ndarray, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def _first(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0] if len(value) else None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def frame_count(path: Path) -> int:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return int(getattr(ds, "NumberOfFrames", 1) or 1)
-
-
 def render_frame_png(path: Path, frame: int = 0) -> bytes:
-    """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, windowed like a viewer."""
+    """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, shown as a viewer shows it
+    (:func:`pipelines.preprocess.display.display_frame`, the same pixels as the overlay)."""
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError) as exc:
-        raise RenderError(f"cannot decode {path.name}: {exc}") from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        if not 0 <= frame < frames:
-            raise RenderError(f"frame {frame} out of range (0-{frames - 1})")
-        pixels = pixels[frame]
-    elif frame != 0:
-        raise RenderError(f"frame {frame} out of range (single-frame image)")
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour (Secondary Capture from PNG/JPEG)
-        rgb = pixels[..., :3]
-        if str(getattr(ds, "PhotometricInterpretation", "")).startswith("YBR"):
-            rgb = pydicom.pixels.convert_color_space(rgb, ds.PhotometricInterpretation, "RGB")
-        return _to_png(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
-    values = pixels.astype(np.float32)
-    slope = _first(getattr(ds, "RescaleSlope", None)) or 1.0
-    intercept = _first(getattr(ds, "RescaleIntercept", None)) or 0.0
-    values = values * slope + intercept
-    center = _first(getattr(ds, "WindowCenter", None))
-    width = _first(getattr(ds, "WindowWidth", None))
-    if center is None or width is None or width <= 1:
-        low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
-    else:
-        low, high = center - width / 2, center + width / 2
-    scaled = np.clip((values - low) / max(float(high - low), 1e-6), 0, 1) * 255
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 255 - scaled
-    return _to_png(scaled.astype(np.uint8), "L")
+        shown = display_frame(ds, frame)
+    except (InvalidDicomError, DisplayError, OSError) as exc:
+        raise RenderError(f"cannot show {path.name}: {exc}") from exc
+    return _to_png(shown, "RGB" if shown.ndim == 3 else "L")
 
 
 @dataclass(frozen=True)
 class SegMasks:
-    """Label maps of a SEG per referenced source instance (and frame): (sop_uid, frame) -> map."""
+    """Label maps of a SEG for the frames the review page shows: (source SOP Instance UID, 0-based
+    frame within it) -> uint8 map of segment numbers; frames the SEG leaves empty are absent."""
 
     rows: int
     columns: int
-    frames: dict[tuple[str, int | None], np.ndarray]
+    frames: dict[tuple[str, int], np.ndarray]
     segment_labels: dict[int, str]
 
 
-def read_seg_masks(path: Path) -> SegMasks:
-    """Decode a DICOM SEG into one uint8 label map per source frame (segment numbers as values)."""
+def read_seg_masks(path: Path, source_frames: Sequence[tuple[str, int]]) -> SegMasks:
+    """Read a DICOM SEG with highdicom and return its label map for each of ``source_frames``
+    ((SOP Instance UID, 0-based frame) of the shown series): segment numbers as pixel values,
+    the highest segment where segments overlap. An instance shown only as frame 0 is read as a
+    single-frame source, any other by its frame numbers."""
     try:
-        ds = pydicom.dcmread(path)
-        if ds.SOPClassUID != SEG_SOP_CLASS:
-            raise RenderError(f"{path.name} is not a Segmentation")
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError) as exc:
-        raise RenderError(f"cannot decode SEG {path.name}: {exc}") from exc
-    if pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
+        seg = hd.seg.segread(path)
+        labels = {
+            int(n): str(seg.get_segment_description(n).segment_label) for n in seg.segment_numbers
+        }
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError) as exc:
+        raise RenderError(f"cannot read SEG {path.name}: {exc}") from exc
+    frames_of: dict[str, list[int]] = {}
+    for sop_uid, frame in source_frames:
+        frames_of.setdefault(sop_uid, []).append(frame)
+    keys = [(uid, None if frames_of[uid] == [0] else frame + 1) for uid, frame in source_frames]
     try:
-        return _label_maps(ds, pixels)
-    except (AttributeError, IndexError, KeyError, ValueError) as exc:
-        raise RenderError(f"SEG {path.name} lacks per-frame references: {exc}") from exc
-
-
-def _group_item(ds: pydicom.Dataset, group: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
-    """A functional group macro from the per-frame item, else from the shared groups."""
-    item = frame_group_item(ds, group, keyword)
-    if item is None:
-        raise KeyError(keyword)
-    return item
-
-
-def _label_maps(ds: pydicom.Dataset, pixels: np.ndarray) -> SegMasks:
-    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
-    maps: dict[tuple[str, int | None], np.ndarray] = {}
-    for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        segment = int(
-            _group_item(ds, group, "SegmentIdentificationSequence").ReferencedSegmentNumber
-        )
-        source = _group_item(ds, group, "DerivationImageSequence").SourceImageSequence[0]
-        frame_ref = getattr(source, "ReferencedFrameNumber", None)
-        key = (str(source.ReferencedSOPInstanceUID), int(frame_ref) if frame_ref else None)
-        plane = maps.setdefault(key, np.zeros((int(ds.Rows), int(ds.Columns)), dtype=np.uint8))
-        frame_pixels = pixels[index]
-        if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
-            hit = frame_pixels >= (int(getattr(ds, "MaximumFractionalValue", 255)) / 2)
-        else:
-            hit = frame_pixels > 0
-        plane[hit] = segment
-    return SegMasks(int(ds.Rows), int(ds.Columns), maps, labels)
+        planes = label_maps(seg, keys)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise RenderError(f"SEG {path.name} cannot be mapped onto its source: {exc}") from exc
+    shown = {key: plane for key, plane in zip(source_frames, planes, strict=True) if plane.any()}
+    return SegMasks(int(seg.Rows), int(seg.Columns), shown, labels)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:

@@ -1,13 +1,12 @@
 """``create_app``: the console and JSON API as one FastAPI application over the node's database.
 
-The app owns no state of its own beyond an in-memory login throttle: users, sessions' authority,
-studies and results all live in the database, so several web processes can serve the same node.
+The app owns no state of its own: users, sessions, login throttling, studies and results all live in
+the database, so several web processes can serve the same node.
 On first start with no users an admin is created with a generated password printed once to the log.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.middleware.sessions import SessionMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.config import Settings
 from core.domain import Role
@@ -27,12 +25,14 @@ from node.db.engine import Database
 from node.db.repositories import audit
 from node.db.repositories import users as user_repo
 from web.deps import LoginRequired, WebState
+from web.limits import BodyLimit, NoStore, limit_for
+from web.openapi import install_openapi
 from web.pages import STATIC_DIR, build_templates, redirect, render
-from web.security import LoginThrottle, generate_password, hash_password
+from web.routes import admin, api, auth, dashboard, hooks, review, studies, uploads
+from web.security import generate_password, hash_password
+from web.sessions import ServerSessions
 
 log = logging.getLogger("pacsnode.web")
-SESSION_COOKIE = "pacsnode_session"
-UPLOAD_PATHS = ("/studies/upload",)
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -40,7 +40,12 @@ CSP = (
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path in ("/openapi.json", "/docs")
+    """The API, the schema, and any token-authenticated client (a machine, not a browser)."""
+    return (
+        request.url.path.startswith("/api/")
+        or request.url.path in ("/openapi.json", "/docs")
+        or "authorization" in request.headers
+    )
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -60,54 +65,6 @@ class SecurityHeaders(BaseHTTPMiddleware):
         if not request.url.path.startswith("/docs"):
             response.headers.setdefault("Content-Security-Policy", CSP)
         return response
-
-
-class UploadSizeLimit:
-    """Refuse an upload over ``max_bytes``: by its declared length before a byte is parsed, and by
-    counting the streamed body otherwise, so a chunked upload cannot fill the disk."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in UPLOAD_PATHS
-        ):
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen, refused = 0, False
-
-        async def guarded_send(message: Message) -> None:
-            if not refused:  # once refused, the app's own (error) answer is dropped
-                await send(message)
-
-        async def counting_receive() -> Message:
-            nonlocal seen, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                refused = True
-                await self._refuse(scope, receive, send)
-                return {"type": "http.disconnect"}  # the parser stops reading here
-            return message
-
-        await self.app(scope, counting_receive, guarded_send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        mb = self.max_bytes / (1024 * 1024)
-        response = JSONResponse(
-            {"detail": f"upload too large: the limit is {mb:g} MB"}, status_code=413
-        )
-        await response(scope, receive, send)
 
 
 def ensure_first_admin(db: Database) -> str | None:
@@ -133,16 +90,9 @@ def ensure_first_admin(db: Database) -> str | None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from web.routes import admin, api, auth, dashboard, review, studies
-
-    for module in (auth, dashboard, studies, review, admin, api):
+    # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
+    for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
         app.include_router(module.router)
-    try:
-        hooks = importlib.import_module("web.routes.hooks")
-    except ImportError as exc:  # the dispatch engineer's hook router lands separately
-        log.info("Orthanc hook route not available: %s", exc)
-    else:
-        app.include_router(hooks.router)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -220,25 +170,18 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         docs_url=None,  # served from vendored assets by _install_offline_docs
         redoc_url=None,
     )
-    app.state.web = WebState(
-        settings=settings,
-        db=db,
-        templates=build_templates(),
-        throttle=LoginThrottle(window_s=max(settings.web.login_lockout_s, 60.0)),
-    )
-    app.add_middleware(UploadSizeLimit, max_bytes=int(settings.web.max_upload_mb * 1024 * 1024))
+    app.state.web = WebState(settings=settings, db=db, templates=build_templates())
+    app.add_middleware(NoStore)
     app.add_middleware(SecurityHeaders, hsts=settings.web.secure_cookies)
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=settings.secret_key,
-        session_cookie=SESSION_COOKIE,
-        max_age=int(settings.web.session_idle_minutes * 60),
-        same_site="lax",
-        https_only=settings.web.secure_cookies,
-    )
+    app.add_middleware(ServerSessions)
+    # the client address (throttling, audit) from X-Forwarded-For only when a trusted proxy sent it
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.web.trusted_proxies))
+    # outermost: bodies are refused before sessions, CSRF, login or any parser see them
+    app.add_middleware(BodyLimit, limit=limit_for(settings.web))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _install_offline_docs(app)
     _install_error_handlers(app)
     _include_routers(app)
+    install_openapi(app)
     ensure_first_admin(db)
     return app

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from web.deps import LoginRequired, Principal, csrf_token, optional_user, web_state
+from web.sessions import handle
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -55,12 +56,12 @@ def render(
     user: Principal | None = None,
 ) -> HTMLResponse:
     state = web_state(request)
-    if user is None and "uid" in request.session:
+    if user is None and handle(request).user_pk is not None:
         try:
             user = optional_user(request)
         except (HTTPException, LoginRequired):  # an error page renders even for a bad session
             user = None
-    messages = request.session.pop("flash", [])
+    messages = request.session.pop("flash", []) if request.session else []
     full = {
         "request": request,
         "user": user,

@@ -1,19 +1,21 @@
-"""Password hashing, CSRF tokens, login throttling and secret generation for the console.
+"""Password hashing, the password policy, CSRF tokens and secret generation for the console.
 
 Everything an attacker could time or replay is handled here in one place: verification always
-spends one argon2 computation (a dummy hash for unknown users), CSRF tokens are compared in constant
-time, and failed logins are throttled per client address in memory on top of the per-account
-lockout kept in the database.
+spends one argon2 computation (a dummy hash for unknown users) and CSRF tokens are compared in
+constant time. A CSRF token is an HMAC of the session id under ``secret_key``, so it needs no
+storage and changes whenever the session id does (at login).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import hmac
+import re
 import secrets
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+import string
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -36,12 +38,73 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-def password_problem(password: str) -> str | None:
-    """A human-readable reason to refuse a new password, or None when it is acceptable."""
+COMMON_PASSWORDS_FILE = Path(__file__).resolve().parent / "data" / "common_passwords.txt"
+_AFFIXES = string.digits + string.punctuation + " "
+_MIN_DISTINCT = 5
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of most common passwords (lower case); its header names source and licence."""
+    lines = COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().lower() for line in lines if line and not line.startswith("#"))
+
+
+def _is_common(password: str) -> bool:
+    """A listed password, also with digits or symbols added before or after (``Password123!``)."""
+    lowered = password.lower()
+    variants = {
+        lowered,
+        lowered.strip(_AFFIXES),
+        lowered.rstrip(_AFFIXES),
+        lowered.lstrip(_AFFIXES),
+    }
+    listed = common_passwords()
+    return any(v in listed for v in variants if v == lowered or len(v) >= 4)
+
+
+def _alnum(value: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", value.lower())
+
+
+def _is_monotonous(password: str) -> bool:
+    """Few distinct characters, one short unit repeated, or a run like ``abcdefghij``."""
+    if len(set(password)) < _MIN_DISTINCT:
+        return True
+    for size in range(1, len(password) // 2 + 1):
+        unit = password[:size]
+        if len(password) % size == 0 and unit * (len(password) // size) == password:
+            return True
+    steps = {ord(b) - ord(a) for a, b in zip(password, password[1:], strict=False)}
+    return steps <= {1} or steps <= {-1}
+
+
+def _derived_from(password: str, *names: str) -> bool:
+    """The password contains (or reverses) the username or the e-mail's local part."""
+    flat = _alnum(password)
+    for name in names:
+        base = _alnum(name.split("@", 1)[0])
+        if len(base) >= 3 and (base in flat or base[::-1] in flat):
+            return True
+    return False
+
+
+def password_problem(password: str, *, username: str = "", email: str = "") -> str | None:
+    """A human-readable reason to refuse a new password, or None when it is acceptable.
+
+    Length, then the checks NIST SP 800-63B asks for: not a commonly used password, not
+    repetitive or sequential characters, not derived from the account's own name.
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"The password must have at least {MIN_PASSWORD_LENGTH} characters."
     if len(password) > 1024:
         return "The password is too long."
+    if _is_monotonous(password):
+        return "The password repeats too few characters; choose a less predictable one."
+    if _is_common(password):
+        return "This password is among the most commonly used ones; choose another."
+    if _derived_from(password, username, email):
+        return "The password must not contain your username or e-mail name."
     return None
 
 
@@ -54,56 +117,13 @@ def generate_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def password_fingerprint(password_hash: str) -> str:
-    """Stored in the session so that a password change or reset signs every other session out."""
-    return password_hash[-16:]
-
-
-def new_csrf_token() -> str:
-    return secrets.token_urlsafe(24)
+def csrf_for(secret_key: str, session_id: str) -> str:
+    """The CSRF token of a session: bound to its id, so a token from another session is useless."""
+    mac = hmac.new(secret_key.encode(), b"csrf:" + session_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 def csrf_matches(expected: str | None, given: str | None) -> bool:
     if not expected or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
-
-
-@dataclass
-class LoginThrottle:
-    """Sliding-window limit of failed login attempts per client address (in-process memory).
-
-    The per-account lockout in the database stops guessing one account; this stops one client
-    spraying many usernames. Memory is bounded: the oldest addresses are forgotten first.
-    """
-
-    max_failures: int = 20
-    window_s: float = 300.0
-    max_clients: int = 10_000
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        entries = self._failures.get(client)
-        if entries is None:
-            return deque()
-        while entries and entries[0] <= now - self.window_s:
-            entries.popleft()
-        return entries
-
-    def blocked(self, client: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            return len(self._recent(client, now)) >= self.max_failures
-
-    def record_failure(self, client: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            if client not in self._failures and len(self._failures) >= self.max_clients:
-                self._failures.pop(next(iter(self._failures)))
-            entries = self._failures.setdefault(client, deque())
-            entries.append(now)
-
-    def reset(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)

@@ -1,10 +1,12 @@
-"""``pacsnode models list|check``, ``pacsnode train`` and ``pacsnode evaluate``."""
+"""``pacsnode models list|check``: the installed model cards, their weights and devices.
+
+(``pacsnode train`` and ``evaluate`` live in :mod:`app.commands.training`: they import the
+phantom generators and SciPy, which listing and checking cards do not need.)
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from core.config import Settings
 from models.card import ModelLoadError, scan_cards
@@ -69,32 +71,3 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"FAIL {path}: {message}")
     print(f"{len(cards) - (failures - len(errors))} of {len(cards) + len(errors)} model(s) load")
     return 1 if failures and getattr(args, "strict", False) else 0
-
-
-def train_command(settings: Settings, args: argparse.Namespace) -> int:
-    """Train the demo models on phantoms into ``--out`` (default: the models directory)."""
-    from models.training.run import train_demo_models
-
-    configure_torch_threads(settings.torch_threads)
-    out = Path(args.out) if getattr(args, "out", None) else settings.models_dir
-    cards = train_demo_models(out, seed=args.seed, only=args.only, quick=args.quick)
-    for card in cards:
-        print(
-            f"trained {card.name}: {card.weights_path} sha256 {card.sha256} "
-            f"({card.training.get('seconds')} s)"
-        )
-    return 0
-
-
-def evaluate_command(settings: Settings, args: argparse.Namespace) -> int:
-    """Score every demo model and ensemble on held-out phantoms (and real labelled MR volumes)."""
-    from pipelines.evaluation import evaluate_all, format_report
-
-    configure_torch_threads(settings.torch_threads)
-    try:
-        report = evaluate_all(settings.models_dir, seed=args.seed, write_cards=args.write_cards)
-    except ModelLoadError as exc:
-        print(f"pacsnode evaluate: {exc}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0

@@ -1,4 +1,4 @@
-"""``pacsnode user create`` and ``pacsnode user reset-link``: account bootstrap without the console.
+"""``pacsnode user create``, ``reset-link`` and ``unlock``: account care without the console.
 
 Passwords are generated (never chosen on a command line, where they would land in shell history)
 and printed once; the reset link is for nodes without SMTP.
@@ -13,7 +13,7 @@ from datetime import timedelta
 from core.config import Settings
 from core.domain import Role
 from node.db.engine import Database
-from node.db.repositories import audit
+from node.db.repositories import audit, throttle
 from node.db.repositories import users as user_repo
 from web.routes.auth import public_base_url, reset_link
 from web.security import generate_password, generate_token, hash_password
@@ -81,4 +81,23 @@ def reset_link_command(settings: Settings, args: argparse.Namespace) -> int:
     base = public_base_url(settings)
     print(f"reset link for {args.username!r} (single use, valid {ttl.total_seconds() / 60:g} min):")
     print(reset_link(base, token))
+    return 0
+
+
+def unlock_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Forget a user's failed logins, so the next attempt is checked without delay."""
+    db = _database(settings)
+    try:
+        with db.write() as session:
+            user = user_repo.get_by_username(session, args.username)
+            if user is None:
+                print(f"pacsnode: no user {args.username!r}", file=sys.stderr)
+                return 1
+            cleared = throttle.clear(session, throttle.account_key(user.username))
+            audit.record(
+                session, "auth.unlock", entity_type="user", entity_id=user.username, actor="cli"
+            )
+    finally:
+        db.dispose()
+    print(f"unlocked {args.username!r}" + ("" if cleared else " (it had no failed logins)"))
     return 0

@@ -1,9 +1,10 @@
-"""Plain NumPy metrics with the definitions written next to them, so card numbers are auditable.
+"""Metrics with their definitions written next to them, so card numbers are auditable.
 
 Segmentation: Dice and IoU pooled over all pixels of a set ("micro"), and the mean per case over
 cases with lesion in truth or prediction. Classification: AUROC (Mann-Whitney), and sensitivity,
-specificity, F1 at a threshold. Detection: COCO-style AP (101-point interpolation) at IoU 0.50 and
-averaged over 0.50:0.05:0.95, single class.
+specificity, F1 at a threshold. Detection: COCO AP (101-point interpolation) at IoU 0.50 and averaged
+over 0.50:0.05:0.95, single class, computed by MONAI's ``COCOMetric`` and ``matching_batch`` (the
+field's COCO implementation) rather than a matching of our own.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from monai.apps.detection.metrics.coco import COCOMetric
+from monai.apps.detection.metrics.matching import matching_batch
+from monai.data import box_utils
 
 BoxT = Sequence[float]  # x0, y0, x1, y1 (+ anything)
+MAX_DETECTIONS = 100  # per image, COCO's default maxDets
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -75,52 +80,54 @@ def classification_scores(
     }
 
 
-def box_iou(a: BoxT, b: BoxT) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def average_precision(
-    detections: Sequence[Sequence[tuple[BoxT, float]]],
-    truths: Sequence[Sequence[BoxT]],
-    iou_thr: float,
-) -> float:
-    """COCO 101-point AP for one class; ``detections[i]`` are (box, score) pairs for image i."""
-    n_truth = sum(len(t) for t in truths)
-    if n_truth == 0:
-        return float("nan")
-    flat = [(score, i, box) for i, dets in enumerate(detections) for box, score in dets]
-    flat.sort(key=lambda item: -item[0])
-    used = [np.zeros(len(t), bool) for t in truths]
-    tp = np.zeros(len(flat))
-    for k, (_, i, box) in enumerate(flat):
-        ious = [box_iou(box, t) for t in truths[i]]
-        if ious:
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_thr and not used[i][j]:
-                used[i][j] = True
-                tp[k] = 1
-    if not len(flat):
-        return 0.0
-    ctp = np.cumsum(tp)
-    recall = ctp / n_truth
-    precision = ctp / np.arange(1, len(flat) + 1)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone envelope
-    points = np.linspace(0, 1, 101)
-    idx = np.searchsorted(recall, points, side="left")
-    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
-
-
 def detection_scores(
     detections: Sequence[Sequence[tuple[BoxT, float]]], truths: Sequence[Sequence[BoxT]]
 ) -> dict[str, float]:
-    aps = [average_precision(detections, truths, thr) for thr in np.arange(0.5, 0.96, 0.05)]
+    """COCO AP of one class at IoU 0.50 and averaged over 0.50:0.05:0.95, by MONAI's COCOMetric.
+
+    ``detections[i]`` are (box, score) pairs for image i, ``truths[i]`` its boxes (x0, y0, x1, y1;
+    anything after the fourth value is ignored). Matching is COCO's (MONAI's port of
+    pycocotools via nnDetection): detections in descending score take the best *still free* truth
+    with IoU >= threshold, at most 100 detections per image, 101-point interpolated precision.
+    No truth at all gives NaN (AP is undefined), not MONAI's -1 placeholder.
+    """
+    if len(detections) != len(truths):
+        raise ValueError(f"{len(detections)} detection lists for {len(truths)} images")
+    lesions = sum(len(t) for t in truths)
+    if lesions == 0:
+        return {"map50": float("nan"), "map50_95": float("nan"), "cases": len(truths), "lesions": 0}
+    metric = COCOMetric(
+        classes=["lesion"],
+        iou_list=(0.5,),
+        iou_range=(0.5, 0.95, 0.05),
+        max_detection=(MAX_DETECTIONS,),
+        per_class=False,
+        verbose=False,
+    )
+    matches = matching_batch(
+        iou_fn=_iou,
+        iou_thresholds=metric.get_iou_thresholds(),
+        pred_boxes=[_boxes([box for box, _ in dets]) for dets in detections],
+        pred_classes=[np.zeros(len(dets), int) for dets in detections],
+        pred_scores=[np.asarray([score for _, score in dets], float) for dets in detections],
+        gt_boxes=[_boxes(image) for image in truths],
+        gt_classes=[np.zeros(len(image), int) for image in truths],
+        max_detections=MAX_DETECTIONS,
+    )
+    values, _ = metric(matches)
     return {
-        "map50": round(aps[0], 4),
-        "map50_95": round(float(np.mean(aps)), 4),
+        "map50": round(values[f"AP_IoU_0.50_MaxDet_{MAX_DETECTIONS}"], 4),
+        "map50_95": round(values[f"mAP_IoU_0.50_0.95_0.05_MaxDet_{MAX_DETECTIONS}"], 4),
         "cases": len(truths),
-        "lesions": sum(len(t) for t in truths),
+        "lesions": lesions,
     }
+
+
+def _boxes(boxes: Sequence[BoxT]) -> np.ndarray:
+    """(N, 4) float array of corner boxes, the layout MONAI's 2D ``box_iou`` expects."""
+    return np.asarray([tuple(b[:4]) for b in boxes], float).reshape(-1, 4)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MONAI's pairwise box IoU (corner mode, 2D from the box width), kept a NumPy array."""
+    return np.asarray(box_utils.box_iou(a, b))

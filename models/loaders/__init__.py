@@ -24,6 +24,8 @@ from models.devices import DevicePlacement, resolve_device
 if TYPE_CHECKING:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from models.loaders.monai_bundle import MonaiBundle
+
 log = logging.getLogger(__name__)
 
 RawBox = tuple[float, float, float, float, int, float]  # x0, y0, x1, y1, class_index, score
@@ -44,6 +46,7 @@ class LoadedModel:
         detector: Detector | None = None,
         outputs_probabilities: bool = False,
         nnunet: nnUNetPredictor | None = None,
+        bundle: MonaiBundle | None = None,
     ) -> None:
         self.card = card
         self.placement = placement
@@ -52,6 +55,7 @@ class LoadedModel:
         self._detector = detector
         self._outputs_probabilities = outputs_probabilities
         self.nnunet = nnunet  # an nnU-Net folder brings its own pre-processing and inference
+        self.bundle = bundle  # a MONAI bundle brings its own transforms and inferer
         if network is not None:
             network.eval()
 
@@ -129,6 +133,8 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
     sha = verify_weights(card)
     placement = resolve_device(device)
     try:
+        # Each framework's loader is imported on demand: MONAI, timm and ultralytics are heavy
+        # (seconds to import) and a node loads only the frameworks its cards name.
         if card.framework == "monai":
             from models.loaders.monai import load_monai
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models.card import ModelCard, ModelLoadError
 from models.devices import DevicePlacement
 from models.loaders import LoadedModel, read_state_dict
+from models.loaders.monai_bundle import MonaiBundle, find_config, load_bundle, read_parser
 
 
 def build_monai_network(architecture: str, arguments: dict[str, object]) -> torch.nn.Module:
@@ -27,42 +28,38 @@ def build_monai_network(architecture: str, arguments: dict[str, object]) -> torc
 def load_monai(card: ModelCard, placement: DevicePlacement, sha: str) -> LoadedModel:
     path = card.weights_path
     if path.is_dir():
-        network = _network_from_bundle(path, card)
-    else:
-        network = build_monai_network(card.architecture, card.arguments)
-        network.load_state_dict(read_state_dict(path), strict=True)
+        network, parser = _network_from_bundle(path, card)
+        network.to(placement.used)
+        bundle = load_bundle(path, network, parser, placement.used)
+        _check_bundle_labels(card, bundle)
+        return LoadedModel(card, placement, sha, network=network, bundle=bundle)
+    network = build_monai_network(card.architecture, card.arguments)
+    network.load_state_dict(read_state_dict(path), strict=True)
     network.to(placement.used)
     return LoadedModel(card, placement, sha, network=network)
 
 
-def _network_from_bundle(bundle: Path, card: ModelCard) -> torch.nn.Module:
+def _check_bundle_labels(card: ModelCard, bundle: MonaiBundle) -> None:
+    """The card's labels must be the bundle's ``channel_def`` (background first), by name."""
+    if not bundle.channel_names:
+        return
+    expected = [name.lower() for name in bundle.channel_names[1:]]
+    named = [label.name.lower() for label in sorted(card.labels, key=lambda lab: lab.value)]
+    if named != expected:
+        raise ModelLoadError(
+            f"model {card.name!r}: the card's labels {named} are not the bundle's channel_def "
+            f"{list(bundle.channel_names)} (after the background channel)"
+        )
+
+
+def _network_from_bundle(bundle: Path, card: ModelCard) -> tuple[torch.nn.Module, Any]:
     """A MONAI bundle: ``configs/inference.{json,yaml}`` defines the net, ``models/model.pt`` weights.
 
     Card ``arguments`` may name ``config_file``, ``network_key`` (default ``network_def``) and
     ``model_file`` (default ``models/model.pt``) relative to the bundle folder.
     """
-    from monai.bundle import ConfigParser
-
-    config_name = str(card.arguments.get("config_file", ""))
-    candidates = (
-        [bundle / config_name]
-        if config_name
-        else [
-            bundle / "configs" / name
-            for name in ("inference.json", "inference.yaml", "inference.yml")
-        ]
-    )
-    config = next((c for c in candidates if c.is_file()), None)
-    if config is None:
-        raise ModelLoadError(
-            f"MONAI bundle {bundle}: no inference config ({', '.join(map(str, candidates))})"
-        )
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(config))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"MONAI bundle {bundle}: {config.name} is not valid: {exc}") from exc
-    parser["bundle_root"] = str(bundle)
+    config = find_config(bundle, str(card.arguments.get("config_file", "")))
+    parser = read_parser(bundle, config)
     network_key = str(card.arguments.get("network_key", "network_def"))
     if network_key not in parser:
         raise ModelLoadError(f"MONAI bundle {bundle}: {config.name} has no {network_key!r}")
@@ -73,4 +70,4 @@ def _network_from_bundle(bundle: Path, card: ModelCard) -> torch.nn.Module:
     if not model_file.is_file():
         raise ModelLoadError(f"MONAI bundle {bundle}: weights {model_file} not found")
     network.load_state_dict(read_state_dict(model_file), strict=True)
-    return network
+    return network, parser

@@ -241,10 +241,3 @@ def make_3d_phantom(
         spacing_mm=spacing,  # type: ignore[arg-type]
         boxes=boxes,
     )
-
-
-def phantom_to_dicom_series(*args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
-    """Write a phantom as a DICOM series; see :func:`models.training.dicom_export.write_series`."""
-    from models.training.dicom_export import write_series
-
-    return write_series(*args, **kwargs)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from models.training.demo_specs import (
     YOLO_DEFINITION,
     DemoModel,
 )
+from models.training.detection import train_yolo
 from models.training.loops import train_classifier, train_segmentation
 from models.training.preprocess import apply_intensity
 
@@ -59,8 +60,6 @@ def _train_2d(
     train = make_dataset_2d(seed, TRAIN_COUNTS[mode], INPUT_SIZE_2D)
     history: list[float] = []
     if model.framework == "ultralytics":
-        from models.training.detection import train_yolo
-
         val = make_dataset_2d(seed + 1, VAL_COUNTS[mode], INPUT_SIZE_2D)
         sha = train_yolo(YOLO_DEFINITION, train, val, epochs, seed, weights, model.input.intensity)
         (weights.parent / YOLO_DEFINITION.name).write_text(YOLO_DEFINITION.read_text())

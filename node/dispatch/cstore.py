@@ -31,10 +31,10 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from core.config import DestinationSettings
-from node.dispatch.targets import PingResult, SendOutcome, failed_all
+from node.dispatch.sender import PingResult, SendOutcome, failed_all
 
 log = logging.getLogger(__name__)
-_config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug handlers cost CPU (PERFORMANCE-NOTES.md)
+_config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug handlers cost CPU (docs/performance.md §5)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the warnings (coercion etc.)
@@ -221,7 +221,7 @@ class CStoreSender:
 
 def _disable_nagle(assoc: Association) -> None:
     """Nagle's algorithm plus the peer's delayed ACK costs ~40 ms per C-STORE round trip; with
-    TCP_NODELAY a batch to Orthanc goes 2.5x faster (bench in PERFORMANCE-NOTES.md)."""
+    TCP_NODELAY a batch to Orthanc goes 2-3x faster (docs/performance.md §5)."""
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from core.config import DestinationSettings
-from node.dispatch.targets import PingResult, SendOutcome, failed_all
+from node.dispatch.sender import PingResult, SendOutcome, failed_all
 
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"

@@ -26,11 +26,14 @@ from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
 from core.domain import ArtifactKind, DeliveryState
+from node.backoff import backoff_delay
 from node.db.engine import Database
 from node.db.orm import Delivery, utcnow
 from node.db.repositories import deliveries as repo
-from node.dispatch.planning import destination_settings
-from node.dispatch.targets import SendOutcome, sender_for
+from node.dispatch.delivery_plan import destination_settings
+from node.dispatch.sender import SendOutcome
+from node.dispatch.targets import sender_for
+from node.overrides import settings_refresher
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +51,10 @@ class ClaimedItem:
     prerequisite_ids: tuple[int, ...]  # SEG/overlay deliveries this SR must follow
 
 
-def backoff_delay(
-    attempts: int, base_s: float, max_s: float, jitter: float, rng: random.Random
-) -> float:
-    """Seconds before the next attempt after ``attempts`` failures: base * 2^(n-1), capped, +/- jitter."""
-    delay = min(max_s, base_s * (2 ** max(0, attempts - 1)))
-    return max(0.0, delay * (1.0 + rng.uniform(-jitter, jitter)))
-
-
 class Dispatcher:
     """Sends planned deliveries; several dispatchers (processes or threads) may share one database."""
 
     def __init__(self, settings: Settings, db: Database, worker_id: str | None = None) -> None:
-        from node.overrides import settings_refresher
-
         self._settings = settings_refresher(settings, db)
         self.db = db
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:dispatch"
@@ -74,7 +67,7 @@ class Dispatcher:
     def settings(self) -> Settings:
         """The configuration with the console's destination switches applied (re-read every
         few seconds, so disabling a destination in the console stops sends to it)."""
-        return self._settings.get()  # type: ignore[no-any-return]
+        return self._settings.get()
 
     # -- entry points -------------------------------------------------------------------------
     def run_once(self, now: datetime | None = None) -> int:

@@ -19,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 
 from core.config import DestinationSettings
 from core.dicom_uids import InvalidUIDError, checked_uid
-from node.dispatch.targets import PingResult, SendOutcome
+from node.dispatch.sender import PingResult, SendOutcome
 
 
 class FolderSender:

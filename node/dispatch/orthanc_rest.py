@@ -14,7 +14,7 @@ from orthanc_api_client import OrthancApiClient
 from orthanc_api_client import exceptions as orthanc_errors
 
 from core.config import DestinationSettings
-from node.dispatch.targets import PingResult, SendOutcome, failed_all
+from node.dispatch.sender import PingResult, SendOutcome, failed_all
 
 
 def orthanc_client(

@@ -87,7 +87,7 @@ def sweep(
 ) -> list[str]:
     """Complete every receiving study whose rule fires; return their UIDs.
 
-    ``on_complete(session, study_uid, reason, now)`` creates the jobs (node.jobs.planning); it runs
+    ``on_complete(session, study_uid, reason, now)`` creates the jobs (node.jobs.creation); it runs
     in the same transaction as the state change, so a crash leaves either both or neither.
     """
     completed: list[str] = []

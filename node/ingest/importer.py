@@ -19,9 +19,9 @@ from core.domain import Association, StoreStatus
 from node.db.engine import Database
 from node.ingest.persist import persist_instance
 from node.ingest.uid_gate import instance_uid_error, record_refusal
+from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, iter_members
 
 log = logging.getLogger(__name__)
-MAX_MEMBER_BYTES = 4 * 1024**3  # refuse zip members that claim to inflate beyond this
 
 
 @dataclass
@@ -58,22 +58,24 @@ def _looks_like_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00")
 
 
-def _iter_sources(paths: Sequence[Path], report: ImportReport) -> Iterator[tuple[str, bytes]]:
+def _iter_sources(
+    paths: Sequence[Path], report: ImportReport, limits: ZipLimits
+) -> Iterator[tuple[str, bytes]]:
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                yield from _iter_file(child, report)
+                yield from _iter_file(child, report, limits)
         elif path.is_file():
-            yield from _iter_file(path, report)
+            yield from _iter_file(path, report, limits)
         else:
             report.skipped["not found"] += 1
             _note(report, str(path), "not found")
 
 
-def _iter_file(path: Path, report: ImportReport) -> Iterator[tuple[str, bytes]]:
+def _iter_file(path: Path, report: ImportReport, limits: ZipLimits) -> Iterator[tuple[str, bytes]]:
     try:
         if zipfile.is_zipfile(path):
-            yield from _iter_zip(path, report)
+            yield from _iter_zip(path, report, limits)
             return
         yield str(path), path.read_bytes()
     except OSError as exc:
@@ -81,22 +83,20 @@ def _iter_file(path: Path, report: ImportReport) -> Iterator[tuple[str, bytes]]:
         _note(report, str(path), f"unreadable: {exc}")
 
 
-def _iter_zip(path: Path, report: ImportReport) -> Iterator[tuple[str, bytes]]:
+def _iter_zip(path: Path, report: ImportReport, limits: ZipLimits) -> Iterator[tuple[str, bytes]]:
+    """Members inflated one at a time under ``limits`` (see node.ingest.zipstream): a refused or
+    damaged member is counted and skipped, a total over the limit stops the archive."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                if member.is_dir():
-                    continue
-                name = f"{path}!{member.filename}"
-                if member.file_size > MAX_MEMBER_BYTES:
-                    report.skipped["too large"] += 1
-                    _note(report, name, "too large")
-                    continue
-                try:
-                    yield name, archive.read(member)
-                except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
-                    report.skipped["unreadable"] += 1
-                    _note(report, name, f"unreadable: {exc}")
+        for member, data in iter_members(path, limits):
+            name = f"{path}!{member.filename}"
+            if isinstance(data, ZipLimitExceeded):
+                report.skipped["over the zip limits"] += 1
+                _note(report, name, str(data).removeprefix(f"{member.filename}: "))
+            elif isinstance(data, Exception):
+                report.skipped["unreadable"] += 1
+                _note(report, name, f"unreadable: {data}")
+            else:
+                yield name, data
     except zipfile.BadZipFile as exc:
         report.skipped["bad zip archive"] += 1
         _note(report, str(path), f"bad zip archive: {exc}")
@@ -122,7 +122,8 @@ def import_paths(
     the attribute, an audit row by ``actor``) and the import goes on with the next file."""
     report = ImportReport()
     origin = Association(source=source)
-    for name, data in _iter_sources([Path(p) for p in paths], report):
+    limits = ZipLimits.from_settings(settings.zip_import)
+    for name, data in _iter_sources([Path(p) for p in paths], report, limits):
         if not _looks_like_dicom(data[:132]):
             report.skipped["not DICOM"] += 1
             _note(report, name, "not DICOM")

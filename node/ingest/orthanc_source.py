@@ -23,6 +23,8 @@ from node.db.engine import Database
 from node.db.orm import Artifact, OrthancPull, SourceCursor, utcnow
 from node.db.repositories import audit
 from node.dispatch.orthanc_rest import orthanc_client
+from node.grouping.completion import force_complete
+from node.ingest.persist import persist_instance
 from node.ingest.uid_gate import instance_uid_error, record_refusal
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,6 @@ def pull_study(
     Instances already held are duplicates to the persist path (no second copy); an instance whose
     identifying UIDs are not plain UIDs is refused (logged, audited) and skipped. Raises
     :class:`PullError` when Orthanc does not know the study or an instance cannot be stored."""
-    from node.ingest.persist import persist_instance
-
     client = orthanc_client(source.url, source.username, source.password)
     try:
         study = client.get_json(f"studies/{orthanc_study_id}", timeout=settings.dispatch.timeout_s)
@@ -204,8 +204,6 @@ def _own_results(db: Database, sop_instance_uids: list[str]) -> set[str]:
 
 def request_completion(session: Session, study_uid: str, reason: str, now: datetime) -> bool:
     """Orthanc said the study is stable: complete it now instead of waiting for the quiet period."""
-    from node.grouping.completion import force_complete
-
     return force_complete(session, study_uid, reason, now)
 
 

@@ -1,5 +1,5 @@
 """Several receiver processes on one port (SO_REUSEPORT): one pynetdicom process is CPU-bound at
-roughly one core, so the pool is how the receiver scales with associations (PERFORMANCE-NOTES).
+roughly one core, so the pool is how the receiver scales with associations (docs/performance.md §3).
 
 The kernel spreads new connections over the children. Each child owns its ``Database`` and group
 committer; they meet in the database (SQLite's write lock or PostgreSQL row locks). The parent
@@ -20,6 +20,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from core.config import Settings
+from node.db.engine import Database
+from node.ingest.scp import start_receiver
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -27,9 +29,6 @@ READY_TIMEOUT_S = 60.0
 
 def _child(settings: Settings, ready: Any, index: int) -> None:
     """Child process entry: serve until SIGTERM, then finish running associations."""
-    from node.db.engine import Database
-    from node.ingest.scp import start_receiver
-
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s receiver[{index}] %(name)s: %(message)s")  # fmt: skip
     stop = threading.Event()

@@ -9,7 +9,7 @@ listed (reason 3, "calling AE title not recognised"); at most ``max_associations
 Each connection is served start to finish by its own thread: read a PDU, act, answer — the
 association's whole state lives in one ``_Association`` object (``node.ingest.upper_layer`` and
 ``node.ingest.dimse`` hold the codecs and say why this is not pynetdicom's acceptor). Speed
-(PERFORMANCE-NOTES): unlimited maximum PDU, each PDU read straight into one buffer and the data set
+(docs/performance.md §2): unlimited maximum PDU, each PDU read into one buffer and the data set
 handed to ``persist_instance`` as a view of it, TCP_NODELAY on every accepted socket and
 TCP_QUICKACK re-armed after every receive (senders that keep Nagle on do not wait ~40 ms on
 delayed ACKs), and TLS handshakes done in the connection's own thread so a silent client cannot
@@ -66,7 +66,7 @@ def caller_allowed(entries: list[CallerAllowEntry], calling_ae: str, host: str) 
     if not entries:
         return True
     title = calling_ae.strip()
-    return any(e.ae_title.strip() == title and (e.host is None or e.host == host) for e in entries)
+    return any(e.ae_title.strip() == title and e.host_matches(host) for e in entries)
 
 
 def negotiate_contexts(proposed: list[ul.ProposedContext]) -> list[ul.AcceptedContext]:

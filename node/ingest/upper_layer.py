@@ -4,7 +4,7 @@ encode A-ASSOCIATE-AC/RJ, P-DATA-TF, A-RELEASE-RP and A-ABORT.
 Why our own: pynetdicom's acceptor routes every PDU through a DUL thread, an event queue, a state
 machine and a DIMSE thread with polling loops; with senders that wait for each C-STORE response
 (``TCP_NODELAY``) that costs ~5 ms per instance and caps one process near 200 instances/s, whatever
-the instance size (PERFORMANCE-NOTES). Decoding these few PDUs directly, in the connection's
+the instance size (docs/performance.md §1). Decoding these few PDUs directly, in the connection's
 thread, removes that. The codec is pure (bytes in, bytes out); ``node.ingest.scp`` does the I/O.
 pynetdicom stays the node's SCU (dispatch) and the test suite's client.
 """

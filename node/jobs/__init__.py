@@ -1,1 +1,1 @@
-"""Jobs: creation on completion (planning.py), the durable queue (queue.py), the worker (worker.py)."""
+"""Jobs: creation on completion (creation.py), the durable queue (queue.py), the worker (worker.py)."""

@@ -10,7 +10,6 @@ outcome of the one that took over.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,9 +19,12 @@ from sqlalchemy.orm import Session
 
 from core.config import JobSettings
 from core.domain import JobState, StudyState
+from node.backoff import backoff_delay
 from node.db.engine import Database
 from node.db.orm import Job, Study, utcnow
 from node.db.repositories import audit
+
+JOB_BACKOFF_JITTER = 0.2  # retries spread over ±20% of the delay
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,6 @@ class ClaimedJob:
     attempt: int
     destinations: tuple[str, ...]
     review_required: bool
-
-
-def backoff_s(attempt: int, settings: JobSettings, rng: random.Random | None = None) -> float:
-    """Exponential backoff with ±20% jitter: base * 2^(attempt-1), capped."""
-    base = min(settings.backoff_base_s * 2 ** max(attempt - 1, 0), settings.backoff_max_s)
-    jitter = (rng or random).uniform(0.8, 1.2)
-    return float(base * jitter)
 
 
 def claim_next(
@@ -157,7 +152,11 @@ def mark_failed(
     job.log = log[-20000:]
     if retryable and job.attempts < job.max_attempts:
         job.state = JobState.QUEUED.value
-        job.next_attempt_at = now + timedelta(seconds=backoff_s(job.attempts, settings))
+        job.next_attempt_at = now + timedelta(
+            seconds=backoff_delay(
+                job.attempts, settings.backoff_base_s, settings.backoff_max_s, JOB_BACKOFF_JITTER
+            )
+        )
         to_state = JobState.QUEUED.value
     else:
         job.state = JobState.FAILED.value

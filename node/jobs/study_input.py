@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from node.db.orm import Instance
 from node.db.repositories import studies
-from pipelines.result import SourceSeries, StudyInput
+from pipelines.contract import SourceSeries, StudyInput
 
 
 def _position_key(paths: Sequence[Path]) -> list[Path] | None:

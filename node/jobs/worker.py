@@ -15,11 +15,11 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, runtime_checkable
 
 import pydicom
 from pydicom import Dataset
@@ -32,12 +32,19 @@ from node.db.orm import Artifact, Job, utcnow
 from node.db.repositories import studies
 from node.jobs import queue
 from node.jobs.study_input import build_study_input
-from pipelines.result import PipelineResult, StudyInput
+from node.overrides import OverrideValues, pipeline_overrides
+from node.results.produce import OutputOptions, ProducedObject, ResultValidationError
+from node.results.store import save_result
+from pipelines.contract import PipelineResult, StudyInput
+from pipelines.errors import PipelineInputError
+from pipelines.spec import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 
 class RunnablePipeline(Protocol):
+    """What the worker needs of a pipeline (``pipelines.pipeline.Pipeline``)."""
+
     @property
     def name(self) -> str: ...
 
@@ -45,67 +52,79 @@ class RunnablePipeline(Protocol):
     def version(self) -> str: ...
 
     @property
-    def config(self) -> Any:  # pipelines.spec.PipelineConfig (outputs: seg_type, overlay, ...)
+    def config(self) -> PipelineConfig | None:
+        """Its definition, read for the outputs to produce; ``None``: the default outputs."""
         ...
 
     def run(self, study: StudyInput) -> PipelineResult: ...
 
 
 class PipelineSource(Protocol):
+    """The pipelines by name (``pipelines.registry.PipelineRegistry``)."""
+
     def get(self, name: str) -> RunnablePipeline: ...
 
 
-Producer = Callable[[PipelineResult, Sequence[Dataset], Any, Path], list[Any]]
-DeliveryPlanner = Callable[[Session, Job, Sequence[str], bool], Any]
+@runtime_checkable
+class OverridablePipelines(PipelineSource, Protocol):
+    """A pipeline source that takes the console's edits (devices, weights, thresholds)."""
+
+    def apply_overrides(self, name: str, overrides: OverrideValues) -> PipelineConfig: ...
+
+
+class ResultProducer(Protocol):
+    """Turns a pipeline result into validated DICOM files in ``out_dir``
+    (``node.results.produce.produce_results``); raises ResultValidationError, writes nothing,
+    when an object does not validate."""
+
+    def __call__(
+        self,
+        result: PipelineResult,
+        sources: Sequence[Dataset],
+        options: OutputOptions,
+        out_dir: Path,
+    ) -> Sequence[ProducedObject]: ...
+
+
+class DeliveryPlanner(Protocol):
+    """Plans the deliveries of a succeeded job's artifacts inside the job's final transaction
+    (``node.dispatch.delivery_plan.plan_deliveries`` with the node's settings bound); the worker does
+    not read what it returns."""
+
+    def __call__(
+        self, session: Session, job: Job, destinations: Sequence[str], *, held: bool
+    ) -> object: ...
 
 
 class NonRetryableError(Exception):
     """Raised (or mapped) for failures a retry cannot fix: wrong input, invalid output."""
 
 
+# Failures a retry cannot fix: the job fails at once instead of being requeued.
+NON_RETRYABLE: tuple[type[Exception], ...] = (
+    NonRetryableError,
+    PipelineInputError,
+    ResultValidationError,
+)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def _non_retryable_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [NonRetryableError]
-    for module, name in (
-        ("pipelines.errors", "PipelineInputError"),
-        ("pipelines.registry", "PipelineInputError"),
-        ("node.results.produce", "ResultValidationError"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[name])
-            types.append(getattr(mod, name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
-
-
-def _default_producer() -> Producer:
-    from node.results.produce import produce_results
-
-    return produce_results  # type: ignore[return-value]
-
-
-def _default_delivery_planner(settings: Settings) -> DeliveryPlanner:
-    from node.dispatch.planning import plan_deliveries
-
-    def plan(session: Session, job: Job, destinations: Sequence[str], held: bool) -> Any:
-        return plan_deliveries(session, job, destinations, held=held, settings=settings)
-
-    return plan
-
-
-def _output_options(pipeline: RunnablePipeline, result_version: int) -> Any:
-    from node.results.produce import OutputOptions
-
-    outputs = getattr(pipeline.config, "outputs", None)
-    fields = {}
-    for name in ("seg_type", "omit_empty_frames", "overlay", "pdf", "sr", "seg"):
-        if outputs is not None and hasattr(outputs, name):
-            fields[name] = getattr(outputs, name)
-    return OutputOptions(result_version=result_version, **fields)
+def output_options(config: PipelineConfig | None, result_version: int) -> OutputOptions:
+    """The objects to produce, as the pipeline's definition asks (defaults without one)."""
+    if config is None:
+        return OutputOptions(result_version=result_version)
+    outputs = config.outputs
+    return OutputOptions(
+        seg_type=outputs.seg_type,
+        omit_empty_frames=outputs.omit_empty_frames,
+        overlay=outputs.overlay,
+        pdf=outputs.pdf,
+        sr=outputs.sr,
+        result_version=result_version,
+    )
 
 
 class _LeaseKeeper:
@@ -143,11 +162,11 @@ class Worker:
         settings: Settings,
         db: Database,
         pipelines: PipelineSource,
+        producer: ResultProducer,
+        delivery_planner: DeliveryPlanner,
         *,
         worker_id: str | None = None,
         only_pipelines: Collection[str] | None = None,
-        producer: Producer | None = None,
-        delivery_planner: DeliveryPlanner | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -157,7 +176,7 @@ class Worker:
         self._producer = producer
         self._planner = delivery_planner
         self.current_job: int | None = None
-        self._applied_overrides: dict[str, dict[str, Any]] = {}
+        self._applied_overrides: dict[str, OverrideValues] = {}
 
     # -- loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -195,7 +214,7 @@ class Worker:
             lines.append(f"done in {time.perf_counter() - started:.2f} s")
             self._finish(claimed, produced, result, "\n".join(lines))
         except Exception as exc:  # noqa: BLE001 - job boundary: every failure is recorded on the job
-            retryable = not isinstance(exc, _non_retryable_types())
+            retryable = not isinstance(exc, NON_RETRYABLE)
             lines.append(traceback.format_exc())
             log.warning("job %s failed (%s): %s", claimed.job_id, type(exc).__name__, exc)
             with self.db.write() as session:
@@ -216,7 +235,7 @@ class Worker:
 
     def _compute(
         self, claimed: queue.ClaimedJob, lines: list[str]
-    ) -> tuple[list[Any], PipelineResult]:
+    ) -> tuple[Sequence[ProducedObject], PipelineResult]:
         with self.db.read() as session:
             study_input = build_study_input(session, self.settings, claimed.study_uid)
             job_created = session.get(Job, claimed.job_id).created_at  # type: ignore[union-attr]
@@ -248,14 +267,13 @@ class Worker:
         sources = self._load_sources(result, instances)
         out_dir = self.settings.job_results_dir(claimed.job_id)  # a key, never a peer's UID
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._save_result(result, out_dir)
-        producer = self._producer or _default_producer()
+        save_result(result, out_dir)
         t0 = time.perf_counter()
-        produced = producer(
-            result, sources, _output_options(pipeline, claimed.result_version), out_dir
+        produced = self._producer(
+            result, sources, output_options(pipeline.config, claimed.result_version), out_dir
         )
         lines.append(
-            f"results: {', '.join(str(getattr(p, 'kind', '?')) for p in produced)}"
+            f"results: {', '.join(str(p.kind) for p in produced)}"
             f" in {time.perf_counter() - t0:.2f} s"
         )
         return produced, result
@@ -263,22 +281,13 @@ class Worker:
     def _apply_console_overrides(self, name: str) -> None:
         """Devices, weights and thresholds an admin set in the console, applied before the run
         (the registry rebuilds the pipeline only when its effective config changed)."""
-        apply = getattr(self.pipelines, "apply_overrides", None)
-        if apply is None:
+        if not isinstance(self.pipelines, OverridablePipelines):
             return
-        from node.overrides import pipeline_overrides
-
         wanted = pipeline_overrides(self.db).get(name, {})
         if wanted != self._applied_overrides.get(name, {}):
-            apply(name, wanted)
+            self.pipelines.apply_overrides(name, wanted)
             self._applied_overrides[name] = wanted
             log.info("pipeline %s: console overrides applied: %s", name, wanted or "none")
-
-    @staticmethod
-    def _save_result(result: PipelineResult, out_dir: Path) -> None:
-        from node.results.store import save_result
-
-        save_result(result, out_dir)
 
     @staticmethod
     def _load_sources(result: PipelineResult, instances: dict[str, Path]) -> list[Dataset]:
@@ -289,7 +298,11 @@ class Worker:
         return [pydicom.dcmread(instances[u]) for u in uids]
 
     def _finish(
-        self, claimed: queue.ClaimedJob, produced: list[Any], result: PipelineResult, job_log: str
+        self,
+        claimed: queue.ClaimedJob,
+        produced: Sequence[ProducedObject],
+        result: PipelineResult,
+        job_log: str,
     ) -> None:
         with self.db.write() as session:
             job = queue.owned_job(session, claimed.job_id, self.worker_id)
@@ -305,7 +318,7 @@ class Worker:
                     session.add(
                         Artifact(
                             job_pk=job.id,
-                            kind=str(getattr(obj.kind, "value", obj.kind)),
+                            kind=obj.kind.value,
                             sop_class_uid=obj.sop_class_uid,
                             sop_instance_uid=obj.sop_instance_uid,
                             series_instance_uid=obj.series_instance_uid,
@@ -318,6 +331,5 @@ class Worker:
                     existing.path, existing.size_bytes = rel, obj.size_bytes
             session.flush()
             session.refresh(job, attribute_names=["artifacts"])
-            planner = self._planner or _default_delivery_planner(self.settings)
-            planner(session, job, claimed.destinations, claimed.review_required)
+            self._planner(session, job, claimed.destinations, held=claimed.review_required)
             queue.mark_succeeded(session, job, self.worker_id, utcnow(), result.summary(), job_log)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
+from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
 from node.results.equipment import add_algorithm_identification
 from node.results.source import ContentTime
-from node.results.uids import deterministic_uid
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 _KIND_LABEL = {
     ArtifactKind.SEG: "SEG",

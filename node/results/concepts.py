@@ -10,7 +10,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 
 from core.domain import CodedConcept, Severity
-from pipelines.result import ClassificationOutput
+from pipelines.contract import ClassificationOutput
 
 PRIVATE_SCHEME = "99PACSNODE"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from pipelines.result import ModelRun, PipelineResult
+from pipelines.contract import ModelRun, PipelineResult
 
 MANUFACTURER = "pacsnode"
 PROCESSING_ALGORITHM = ("1630", "99IHE", "Processing Algorithm")

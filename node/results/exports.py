@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 CSV_COLUMNS = (
     "tracking_id",

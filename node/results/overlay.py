@@ -1,7 +1,8 @@
 """Burned-in overlay for viewers that cannot show SEG: Secondary Capture, BurnedInAnnotation YES.
 
-The key source frame (the one with most mask pixels) is windowed to 8 bits, the mask drawn as a
-translucent red-green heatmap (probabilities when present) and boxes as rectangles.
+The key source frame (the one with most mask pixels) is shown as a viewer shows it
+(:func:`pipelines.preprocess.display.display_frame`: modality LUT, the file's VOI), the mask
+drawn as a translucent red-green heatmap (probabilities when present) and boxes as rectangles.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pydicom.dataset import Dataset
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.uids import result_uid, series_number
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
+from pipelines.preprocess.display import display_frame, frame_count
 
 
 def key_frame_index(result: PipelineResult) -> int:
@@ -30,25 +32,20 @@ def key_frame_index(result: PipelineResult) -> int:
 
 
 def source_frame_pixels(sources: Sequence[Dataset], frame_index: int) -> np.ndarray:
-    """The frame as 8-bit grey (MONOCHROME1 inverted so bright means dense everywhere)."""
+    """The result frame's source as a viewer shows it (the console's review page shows the same
+    pixels): uint8 grey ``(rows, cols)`` or RGB ``(rows, cols, 3)``."""
     dataset = sources[0] if len(sources) == 1 else sources[frame_index]
-    pixels = dataset.pixel_array
-    if pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[frame_index]
-    pixels = pixels.astype(np.float32)
-    low, high = np.percentile(pixels, (1, 99))
-    scaled = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1)
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return (scaled * 255).astype(np.uint8)
+    return display_frame(dataset, frame_index if frame_count(dataset) > 1 else 0)
 
 
 def render_overlay(
     result: PipelineResult, sources: Sequence[Dataset], frame_index: int
 ) -> np.ndarray:
-    """(rows, cols, 3) uint8 RGB: grey source, red-green heatmap of the mask, boxes."""
-    grey = source_frame_pixels(sources, frame_index)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
+    """(rows, cols, 3) uint8 RGB: the displayed source, red-green heatmap of the mask, boxes."""
+    shown = source_frame_pixels(sources, frame_index)
+    if shown.ndim == 2:
+        shown = np.repeat(shown[:, :, None], 3, axis=2)
+    rgb = shown.astype(np.float32)
     seg = result.segmentation
     if seg is not None:
         mask = seg.label_map[frame_index] > 0

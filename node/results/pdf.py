@@ -26,22 +26,11 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.overlay import key_frame_index, render_overlay
-from node.results.source import ContentTime
+from node.results.source import TYPE2_PATIENT_STUDY_ATTRIBUTES, ContentTime
 from node.results.uids import result_uid, series_number
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
-_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "StudyID",
-    "ReferringPhysicianName",
-)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -211,7 +200,7 @@ def build_pdf(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SpecificCharacterSet" in first:
         ds.SpecificCharacterSet = first.SpecificCharacterSet
-    for keyword in _TYPE2:
+    for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
         setattr(ds, keyword, first.get(keyword, ""))
     ds.StudyInstanceUID = first.StudyInstanceUID
     ds.SeriesInstanceUID = result_uid(result, ArtifactKind.PDF, "series", result_version)

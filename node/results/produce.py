@@ -31,7 +31,7 @@ from node.results.validate import (
     validate_seg,
     validate_sr,
 )
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 __all__ = ["OutputOptions", "ProducedObject", "ResultValidationError", "produce_results"]
 

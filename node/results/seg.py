@@ -25,7 +25,7 @@ from pydicom.sr.codedict import codes
 from core.domain import ArtifactKind, CodedConcept
 from node.results.equipment import MANUFACTURER, software_versions
 from node.results.uids import result_uid, series_number
-from pipelines.result import LabelSpec, PipelineResult, SegmentationOutput
+from pipelines.contract import LabelSpec, PipelineResult, SegmentationOutput
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 # Type-2 patient/study attributes every composite object must carry (may be empty).
-_TYPE2_ATTRIBUTES = (
+TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -56,7 +56,7 @@ def clean_source(source: Dataset) -> Dataset:
     charset = dataset.get("SpecificCharacterSet")
     if charset is not None and (not charset or all(not str(c).strip() for c in _as_list(charset))):
         del dataset.SpecificCharacterSet
-    for keyword in _TYPE2_ATTRIBUTES:
+    for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
         if keyword not in dataset or dataset[keyword].value is None:
             setattr(dataset, keyword, "")
     for keyword in _PERSON_NAME_ATTRIBUTES:

@@ -30,13 +30,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
 from node.results.seg import BuiltSegmentation, seg_frame_for
-from node.results.uids import deterministic_uid, result_uid, series_number
-from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
+from node.results.uids import result_uid, series_number
+from pipelines.contract import DetectionBox, Finding, PipelineResult, SourceFrame
 
 _log = logging.getLogger(__name__)
 

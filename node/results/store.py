@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.domain import CodedConcept, Severity
-from pipelines.result import (
+from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
     Finding,

@@ -1,29 +1,19 @@
 """Deterministic UIDs and series numbers for result objects.
 
 A retry must resend the *same* objects (same SOP Instance UIDs) so PACS de-duplicates them, while a
-re-run with a new result version or a new model version is a new result. So every UID is a hash
-(``2.25.<int>``, PS3.5 B.2) of exactly those inputs and nothing time- or host-dependent.
+re-run with a new result version or a new model version is a new result. So every UID is
+:func:`core.dicom_uids.deterministic_uid` (the node's one scheme) of exactly those inputs and
+nothing time- or host-dependent.
 """
 
 from __future__ import annotations
 
-import hashlib
-
+from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
-from pipelines.result import PipelineResult
+from pipelines.contract import PipelineResult
 
 # Series numbers of result series: high enough not to collide with modality series in practice.
 _SERIES_NUMBER_BASE = 9900
-
-
-def deterministic_uid(*parts: str) -> str:
-    """``2.25.<128-bit hash of parts>``: the same inputs always give the same UID.
-
-    (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and returns a
-    random UUID, so it cannot be used for this.)
-    """
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
-    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def _model_signature(result: PipelineResult) -> list[str]:

@@ -16,8 +16,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
-from node.results.seg import frame_group_item, segment_number_of
-from pipelines.result import PipelineResult
+from node.results.seg_read import label_maps, referenced_instances
+from pipelines.contract import PipelineResult
 
 REQUIRED_COMMON = (
     "SOPClassUID",
@@ -91,28 +91,16 @@ def validate_seg(
 
 
 def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult) -> np.ndarray:
-    """The segment as (source frames, rows, cols), rebuilt frame by frame from the SEG."""
-    shape = result.segmentation.label_map.shape if result.segmentation is not None else (0, 0, 0)
-    mask = np.zeros(shape, dtype=bool)
-    index = {
-        (f.sop_instance_uid, f.frame_number or None): i for i, f in enumerate(result.source_frames)
-    }
-    pixels = seg.pixel_array
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        if segment_number_of(seg, item) != number:
-            continue
-        derivation = frame_group_item(seg, item, "DerivationImageSequence")
-        if derivation is None:
-            raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} has no derivation")
-        ref = derivation.SourceImageSequence[0]
-        frame_number = ref.get("ReferencedFrameNumber")
-        key = (ref.ReferencedSOPInstanceUID, int(frame_number) if frame_number else None)
-        if key not in index:
-            raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} cites unknown source")
-        mask[index[key]] = pixels[frame] > 0
-    return mask
+    """The segment as (source frames, rows, cols), re-read by highdicom from the SEG."""
+    unknown = referenced_instances(seg) - {f.sop_instance_uid for f in result.source_frames}
+    if unknown:
+        raise ResultValidationError(ArtifactKind.SEG, f"cites unknown sources {sorted(unknown)}")
+    keys = [(f.sop_instance_uid, f.frame_number or None) for f in result.source_frames]
+    try:
+        maps = label_maps(seg, keys)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ResultValidationError(ArtifactKind.SEG, f"frames cannot be re-read: {exc}") from exc
+    return maps == number
 
 
 def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -19,9 +18,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
+from pipelines.contract import SourceFrame, SourceSeries
 from pipelines.errors import PipelineInputError
-from pipelines.preprocess.geometry import orientation_label, sort_key_along_normal
-from pipelines.result import SourceFrame, SourceSeries
+from pipelines.preprocess.frame_luts import frame_lut_view, functional_group
+from pipelines.preprocess.geometry import (
+    index_to_patient_affine,
+    orientation_label,
+    sort_key_along_normal,
+)
 
 MULTIFRAME_MIN = 2
 
@@ -53,6 +57,9 @@ class DecodedSeries:
     orientation: str | None
     intensity_unit: str
     warnings: tuple[str, ...] = ()
+    # voxel index (col, row, frame) -> patient LPS mm, when every frame has a position and the
+    # series an orientation and pixel spacing: what a MONAI bundle needs to see the anatomy
+    affine_lps: np.ndarray | None = None
 
     @property
     def is_color(self) -> bool:
@@ -85,27 +92,6 @@ def _read(path: Path) -> Dataset:
         raise PipelineInputError(f"{path.name}: not a readable DICOM file: {exc}") from exc
 
 
-def _first_item(ds: Dataset, *keywords: str) -> Dataset | None:
-    """Walk nested single-item sequences (functional groups) and return the innermost item."""
-    current: Any = ds
-    for keyword in keywords:
-        seq = getattr(current, keyword, None)
-        if not seq:
-            return None
-        current = seq[0]
-    return current
-
-
-def _functional(ds: Dataset, frame_index: int, macro: str) -> Dataset | None:
-    """A functional-group macro for one frame of an enhanced object (per-frame over shared)."""
-    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
-    if per_frame and frame_index < len(per_frame):
-        item = _first_item(per_frame[frame_index], macro)
-        if item is not None:
-            return item
-    return _first_item(ds, "SharedFunctionalGroupsSequence", macro)
-
-
 def _positive_pair(value: object) -> tuple[float, float] | None:
     """A spacing pair only when both values are positive (some files carry ``0\\0``)."""
     try:
@@ -116,7 +102,7 @@ def _positive_pair(value: object) -> tuple[float, float] | None:
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    for source in (ds, _functional(ds, 0, "PixelMeasuresSequence")):
+    for source in (ds, functional_group(ds, 0, "PixelMeasuresSequence")):
         if source is not None and "PixelSpacing" in source:
             pair = _positive_pair(source.PixelSpacing)
             if pair:
@@ -143,18 +129,14 @@ def _window_of(source: Dataset | None) -> FileWindow | None:
     return FileWindow(float(center), float(width)) if float(width) > 0 else None
 
 
-def _rescaled(raw: np.ndarray, ds: Dataset, frame_index: int) -> np.ndarray:
-    """Modality LUT; enhanced objects keep rescale in the Pixel Value Transformation macro."""
-    if "ModalityLUTSequence" in ds:
-        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        return _linear(raw, float(ds.RescaleSlope), float(ds.RescaleIntercept))
-    if "RescaleSlope" in ds:  # no intercept: pydicom leaves the values as stored
-        return raw.astype(np.float32)
-    item = _functional(ds, frame_index, "PixelValueTransformationSequence")
-    if item is not None and "RescaleSlope" in item:
-        return _linear(raw, float(item.RescaleSlope), float(item.RescaleIntercept))
-    return raw.astype(np.float32)
+def _rescaled(raw: np.ndarray, view: Dataset) -> np.ndarray:
+    """Modality LUT of one frame (``view`` from :func:`frame_lut_view`: enhanced objects keep
+    rescale in the Pixel Value Transformation macro)."""
+    if "ModalityLUTSequence" in view:
+        return np.asarray(apply_modality_lut(raw, view), dtype=np.float32)
+    if "RescaleSlope" in view and "RescaleIntercept" in view:
+        return _linear(raw, float(view.RescaleSlope), float(view.RescaleIntercept))
+    return raw.astype(np.float32)  # no (or only a slope): pydicom leaves the values as stored
 
 
 def _linear(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -225,15 +207,16 @@ def _frames_of(path: Path) -> list[_Frame]:
         raw = pixels[index]
         rgb: np.ndarray | None = None
         voi_display: np.ndarray | None = None
+        view = frame_lut_view(ds, index)
         if palette or samples == 3:
             rgb = _color_to_unit(apply_color_lut(raw, ds) if palette else raw, ds, palette)
             values = (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) * 255.0
         else:
-            values = _rescaled(raw, ds, index)
-            voi_display = _voi_lut_display(values, ds)
-        window = _window_of(_functional(ds, index, "FrameVOILUTSequence")) or _window_of(ds)
-        plane_pos = _functional(ds, index, "PlanePositionSequence")
-        plane_ori = _functional(ds, index, "PlaneOrientationSequence")
+            values = _rescaled(raw, view)
+            voi_display = _voi_lut_display(values, view)
+        window = _window_of(view)
+        plane_pos = functional_group(ds, index, "PlanePositionSequence")
+        plane_ori = functional_group(ds, index, "PlaneOrientationSequence")
         position = plane_pos.ImagePositionPatient if plane_pos is not None else None
         position = position or ds.get("ImagePositionPatient")
         orient = plane_ori.ImageOrientationPatient if plane_ori is not None else None
@@ -310,6 +293,7 @@ def decode_series(series: SourceSeries, allow_subset: bool = False) -> DecodedSe
         orientation=orientation_label(orientation) if orientation else None,
         intensity_unit="HU" if modality.upper() == "CT" else "[arb'U]",
         warnings=tuple(warnings),
+        affine_lps=index_to_patient_affine(positions, orientation, _pixel_spacing(first)),
     )
 
 

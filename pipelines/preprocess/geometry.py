@@ -27,6 +27,35 @@ def sort_key_along_normal(position: tuple[float, ...], orientation: tuple[float,
     return float(np.dot(np.asarray(position, dtype=float), slice_normal(orientation)))
 
 
+def index_to_patient_affine(
+    positions: list[tuple[float, ...] | None],
+    orientation: tuple[float, ...] | None,
+    pixel_spacing: tuple[float, float] | None,
+) -> np.ndarray | None:
+    """The 4x4 matrix from voxel index (column i, row j, frame k) to patient LPS millimetres.
+
+    PS3.3 C.7.6.2.1.1 for one plane; the frame step is the vector from the first to the last
+    position divided by the gaps, as nibabel and MONAI's DICOM readers build it, so a stack stored
+    in any slice order or plane gives the same anatomy. ``None`` without full geometry.
+    """
+    if orientation is None or pixel_spacing is None or not positions or not all(positions):
+        return None
+    row_cosines = np.asarray(orientation[:3], dtype=float)  # along a row: increasing column
+    col_cosines = np.asarray(orientation[3:6], dtype=float)  # down a column: increasing row
+    row_spacing, col_spacing = pixel_spacing
+    first = np.asarray(positions[0], dtype=float)
+    if len(positions) > 1:
+        step = (np.asarray(positions[-1], dtype=float) - first) / (len(positions) - 1)
+    else:
+        step = slice_normal(orientation)
+    affine = np.eye(4)
+    affine[:3, 0] = row_cosines * col_spacing
+    affine[:3, 1] = col_cosines * row_spacing
+    affine[:3, 2] = step
+    affine[:3, 3] = first
+    return affine
+
+
 def orientation_label(orientation: tuple[float, ...]) -> str:
     """The plane whose axis the normal is closest to; OBLIQUE beyond ~35 degrees from every axis.
 

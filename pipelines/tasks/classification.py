@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from pipelines.contract import ClassificationOutput
 from pipelines.ensemble import weighted_mean
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, run_per_device, task_orders
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.result import ClassificationOutput
 from pipelines.spec import ClassificationTask
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.contract import DetectionBox
 from pipelines.ensemble import Box, weighted_boxes_fusion
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.result import DetectionBox
 from pipelines.spec import DetectionTask
 
 FramesBoxes = list[list[Box]]  # per frame, boxes in source pixels

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.contract import LabelSpec
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.result import LabelSpec
 from pipelines.spec import SegmentationTask
+from pipelines.tasks.bundle import bundle_probabilities
 from pipelines.tasks.nnunet import nnunet_probabilities
 
 
@@ -41,6 +42,11 @@ def member_probabilities(
     The background channel is dropped before the inverse mapping: nothing downstream needs it,
     and resampling it would double the most expensive step after inference.
     """
+    bundle = getattr(member.model, "bundle", None)
+    if bundle is not None:  # the bundle's own transforms and inferer, back on the source grid
+        label_probs = bundle_probabilities(bundle, inputs.series)
+        _check_channels(member, label_probs.shape[0] + 1)
+        return label_probs
     predictor = getattr(member.model, "nnunet", None)
     if predictor is not None:  # nnU-Net's own pre-processing and inference, on the source grid
         label_probs = nnunet_probabilities(predictor, inputs.series)

@@ -9,6 +9,7 @@ from core.dicom_uids import (
     UID_MAX_LENGTH,
     InvalidUIDError,
     checked_uid,
+    deterministic_uid,
     is_valid_uid,
 )
 
@@ -57,3 +58,12 @@ def test_hostile_or_broken_uids_are_refused_with_the_attribute_named(raw: object
 def test_implementation_class_uid_is_under_the_projects_own_root() -> None:
     assert checked_uid(IMPLEMENTATION_CLASS_UID, "ImplementationClassUID").startswith("2.25.")
     assert not IMPLEMENTATION_CLASS_UID.startswith("1.2.826.0.1.3680043.8.498")  # pydicom's root
+
+
+def test_deterministic_uids_are_stable_valid_and_distinct() -> None:
+    """The node's one derived-UID scheme: 2.25 + 128 bits, the same inputs give the same UID."""
+    uid = deterministic_uid("1.2.3", "demo", "1.0", "lesion-1")
+    assert uid == deterministic_uid("1.2.3", "demo", "1.0", "lesion-1")
+    assert uid.startswith("2.25.") and checked_uid(uid, "UID") == uid
+    assert deterministic_uid("a", "bc") != deterministic_uid("ab", "c")  # parts are separated
+    assert deterministic_uid("1.2.3", "demo", "1.1", "lesion-1") != uid

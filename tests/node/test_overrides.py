@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from core.config import Settings, load_settings
+from models.registry import ModelRegistry
 from node.db.engine import Database
-from node.db.repositories import console
+from node.db.repositories import config_overrides
+from node.dispatch.delivery_plan import plan_deliveries
 from node.dispatch.dispatcher import Dispatcher
 from node.jobs.worker import Worker
 from node.overrides import PIPELINE_OVERRIDE_PREFIX, Refreshing, effective_pipeline_configs
+from node.results.produce import produce_results
 from pipelines.registry import PipelineRegistry
 from pipelines.spec import load_pipeline_configs
 
 
 def _store(db: Database, key: str, value: dict) -> None:
     with db.write() as session:
-        console.set_override(session, key, value, "admin")
+        config_overrides.set_override(session, key, value, "admin")
 
 
 def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
@@ -36,8 +41,12 @@ def test_disabled_pipeline_and_threshold_apply_and_stale_edits_are_skipped(
 def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
     settings: Settings, db: Database
 ) -> None:
-    registry = PipelineRegistry(settings)
-    worker = Worker(settings, db, registry)
+    registry = PipelineRegistry(
+        settings, ModelRegistry(settings.models_dir, settings.torch_threads)
+    )
+    worker = Worker(
+        settings, db, registry, produce_results, partial(plan_deliveries, settings=settings)
+    )
     edit = {
         "tasks": {"segmentation": {"members": {"demo-seg-unet": {"device": "cpu", "weight": 0.9}}}}
     }
@@ -46,7 +55,7 @@ def test_worker_runs_with_the_devices_and_weights_set_in_the_console(
     members = {m.model: m for m in registry.configs()["demo-2d"].tasks.segmentation.members}
     assert members["demo-seg-unet"].device == "cpu" and members["demo-seg-unet"].weight == 0.9
     with db.write() as session:  # the admin resets the pipeline: the YAML definition is back
-        console.delete_override(session, PIPELINE_OVERRIDE_PREFIX + "demo-2d")
+        config_overrides.delete_override(session, PIPELINE_OVERRIDE_PREFIX + "demo-2d")
     worker._apply_console_overrides("demo-2d")
     members = {m.model: m for m in registry.configs()["demo-2d"].tasks.segmentation.members}
     assert members["demo-seg-unet"].device == "auto"
@@ -57,7 +66,7 @@ def test_dispatcher_sees_a_destination_disabled_in_the_console(tmp_path, db: Dat
         {"name": "archive", "kind": "folder", "path": str(tmp_path / "out")}])  # fmt: skip
     dispatcher = Dispatcher(settings, db)
     assert dispatcher.settings.destinations[0].enabled
-    _store(db, console.DESTINATION_OVERRIDE_PREFIX + "archive", {"enabled": False})
+    _store(db, config_overrides.DESTINATION_OVERRIDE_PREFIX + "archive", {"enabled": False})
     dispatcher._settings._at = -float("inf")  # skip the refresh interval instead of sleeping
     assert not dispatcher.settings.destinations[0].enabled
 

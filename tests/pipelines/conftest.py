@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.result import SourceSeries, StudyInput
+from pipelines.contract import SourceSeries, StudyInput
 from tests.pipelines.tiny_models import write_tiny_models
 
 
@@ -44,18 +44,20 @@ def study_from_files(paths: list[Path]) -> StudyInput:
 @pytest.fixture(scope="session")
 def cr_study(tmp_path_factory: pytest.TempPathFactory) -> StudyInput:
     """A 2D phantom radiograph with lesions, written as a CR image (models' own exporter)."""
-    from models.training.phantoms import make_2d_phantom, phantom_to_dicom_series
+    from models.training.dicom_export import write_series
+    from models.training.phantoms import make_2d_phantom
 
     phantom = make_2d_phantom(np.random.default_rng(7), size=160, lesion_count=2)
-    paths = phantom_to_dicom_series(phantom, tmp_path_factory.mktemp("cr"), modality="CR")
+    paths = write_series(phantom, tmp_path_factory.mktemp("cr"), modality="CR")
     return study_from_files(paths)
 
 
 @pytest.fixture(scope="session")
 def ct_study(tmp_path_factory: pytest.TempPathFactory) -> StudyInput:
     """A small CT phantom volume written as slices (shuffled order must not matter)."""
-    from models.training.phantoms import make_3d_phantom, phantom_to_dicom_series
+    from models.training.dicom_export import write_series
+    from models.training.phantoms import make_3d_phantom
 
     phantom = make_3d_phantom(np.random.default_rng(3), shape=(12, 48, 48), lesion_count=1)
-    paths = phantom_to_dicom_series(phantom, tmp_path_factory.mktemp("ct"))
+    paths = write_series(phantom, tmp_path_factory.mktemp("ct"))
     return study_from_files(list(reversed(paths)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.result import ClassificationOutput
+from pipelines.contract import ClassificationOutput
 
 
 def _output(probabilities: tuple[float, ...], threshold: float = 0.449) -> ClassificationOutput:

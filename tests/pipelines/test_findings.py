@@ -5,9 +5,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from core.dicom_uids import deterministic_uid
 from core.domain import CodedConcept, Severity
+from pipelines.contract import DetectionBox, LabelSpec
 from pipelines.findings import FindingContext, attach_boxes, segment_findings, tracking_uid
-from pipelines.result import DetectionBox, LabelSpec
 from pipelines.spec import SeverityRules
 
 LESION = LabelSpec(
@@ -82,3 +83,8 @@ def test_components_from_post_processing_give_the_same_findings(volumetric: bool
     assert {f.segment_number for f in handed_on} == {1, 2}
     other_flag = {v: replace(c, volumetric=not volumetric) for v, c in components.items()}
     assert segment_findings(ctx, label_map, (LESION, second), other_flag) == handed_on
+
+
+def test_tracking_uids_use_the_one_scheme() -> None:
+    uid = tracking_uid("1.2.3", "demo-2d", "1.0.0", "lesion-2")
+    assert uid == deterministic_uid("pacsnode-tracking", "1.2.3", "demo-2d", "1.0.0", "lesion-2")

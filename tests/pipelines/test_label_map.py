@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from models.registry import ModelRegistry
+from pipelines.contract import StudyInput
 from pipelines.errors import PipelineModelError
 from pipelines.pipeline import Pipeline
-from pipelines.result import StudyInput
 from tests.pipelines.test_pipeline import config
 
 

@@ -6,8 +6,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipelines.contract import Measurements
 from pipelines.measurements import circularity, measure_labels
-from pipelines.result import Measurements
 
 
 def measure(

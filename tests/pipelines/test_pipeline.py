@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.contract import StudyInput
 from pipelines.errors import PipelineInputError
 from pipelines.members import Member, run_per_device
 from pipelines.pipeline import Pipeline
 from pipelines.preprocess.decode import decode_series
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d
-from pipelines.result import StudyInput
 from pipelines.spec import MemberSpec, PipelineConfig, PreprocessingSpec
 
 PARITY_TOLERANCE = 1e-5

@@ -233,3 +233,34 @@ def test_labelling_numbers_components_as_ndimage_label_does() -> None:
                 found = label_components(view, volumetric)
                 assert found.count == count, index
                 assert np.array_equal(found.labels, expected), index
+
+
+def _softmax_labels(classes: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """(classes - 1, ...) foreground probabilities of a random softmax over ``classes`` classes."""
+    logits = np.random.default_rng(seed).normal(0, 2, (classes, *shape)).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=0))
+    return (exp / exp.sum(axis=0))[1:]
+
+
+def test_exclusive_many_labels_are_the_argmax_over_background_and_labels() -> None:
+    probs = _softmax_labels(105, (3, 20, 20))
+    names = [f"organ{i}" for i in range(1, 105)]
+    independent = threshold_labels(probs, names, PostprocessSpec())
+    exclusive = threshold_labels(probs, names, PostprocessSpec(), exclusive=True)
+    background = 1 - probs.sum(axis=0)
+    expected = np.argmax(np.concatenate([background[None], probs]), axis=0)
+    np.testing.assert_array_equal(exclusive, expected)
+    assert (exclusive > 0).mean() > 0.9  # 104 organs vs one background class
+    assert (independent > 0).mean() < (exclusive > 0).mean()  # 0.5 per label labels far less
+
+
+def test_exclusive_labels_honour_an_explicit_label_threshold() -> None:
+    probs = _softmax_labels(4, (2, 16, 16), seed=1)
+    names = ["a", "b", "c"]
+    plain = threshold_labels(probs, names, PostprocessSpec(), exclusive=True)
+    strict = threshold_labels(
+        probs, names, PostprocessSpec(label_thresholds={"b": 0.9}), exclusive=True
+    )
+    assert ((strict == 2) <= (plain == 2)).all()
+    assert (probs[1][strict == 2] >= 0.9).all()
+    assert (strict == 2).sum() < (plain == 2).sum()

@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from core.config import ConfigError, Settings
+from models.registry import ModelRegistry
+from pipelines.contract import StudyInput
 from pipelines.registry import PipelineInputError, PipelineRegistry
-from pipelines.result import StudyInput
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,9 @@ def test_default_demo_2d_pipeline_on_a_phantom_radiograph(
     """``make run`` behaviour: the shipped definitions with the shipped demo models."""
     if not _demo_cards_present(settings):
         pytest.skip(f"demo model cards not found in {settings.models_dir} (models not trained yet)")
-    registry = PipelineRegistry(settings)
+    registry = PipelineRegistry(
+        settings, ModelRegistry(settings.models_dir, settings.torch_threads)
+    )
     result = registry.get("demo-2d").run(cr_study)
     assert result.segmentation is not None and result.classification is not None
     assert result.classification.threshold == pytest.approx(0.449)
@@ -106,7 +109,11 @@ def test_default_demo_2d_pipeline_on_a_phantom_radiograph(
 def test_default_demo_3d_pipeline_on_a_phantom_ct(settings: Settings, ct_study: StudyInput) -> None:
     if not _demo_cards_present(settings):
         pytest.skip(f"demo model cards not found in {settings.models_dir} (models not trained yet)")
-    result = PipelineRegistry(settings).get("demo-3d").run(ct_study)
+    result = (
+        PipelineRegistry(settings, ModelRegistry(settings.models_dir, settings.torch_threads))
+        .get("demo-3d")
+        .run(ct_study)
+    )
     assert result.segmentation is not None and result.segmentation.label_map.shape == (12, 48, 48)
     assert result.classification is not None and result.modality == "CT"
     for finding in result.findings:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from core.domain import Severity
-from pipelines.result import Measurements
+from pipelines.contract import Measurements
 from pipelines.severity import classify_severity
 from pipelines.spec import SeverityRules
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 from core.config import Settings, load_settings
 from core.domain import Role
 from node.db.engine import Database
+from node.db.orm import utcnow
 from node.db.repositories import users as user_repo
 from tests.web.processed import MR_SERIES, ProcessedStudy, build_processed_study
 from web.main import create_app
@@ -81,6 +84,34 @@ def make_console(settings: Settings, db: Database) -> Console:
 @pytest.fixture
 def console(settings: Settings, sqlite_db: Database) -> Iterator[Console]:
     yield make_console(settings, sqlite_db)
+
+
+@dataclass
+class Clock:
+    """The console's clock, moved by the test instead of sleeping."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock(console: Console) -> Clock:
+    fake = Clock(utcnow())
+    console.app.state.web.clock = fake
+    return fake
+
+
+def with_web(settings: Settings, **web: Any) -> Settings:
+    """The test settings with some ``web.*`` values replaced (validated like a real file)."""
+    return load_settings(
+        None,
+        **{**settings.model_dump(exclude={"web"}), "web": {**settings.web.model_dump(), **web}},
+    )
 
 
 def with_archive(settings: Settings, folder: Path) -> Settings:

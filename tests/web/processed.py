@@ -24,7 +24,7 @@ from core.domain import Severity
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Instance, Job, Series, Study
 from node.results.store import save_result
-from pipelines.result import (
+from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
     Finding,

@@ -137,3 +137,27 @@ def test_review_and_approve_in_a_real_browser(
     assert delivery.text == "archive: delivered"
     _shot(driver, "05_delivered")
     assert shutil.disk_usage(ARTIFACTS).free > 0
+
+
+def test_error_page_back_link_works_under_the_csp(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    """The console's CSP forbids inline script and ``javascript:`` URLs; Back still goes back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = server
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    driver.get(base + "/login")  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "username"))).send_keys("viewer1")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login-submit").click()  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "counts")))
+    driver.get(base + "/studies?sort=patient")  # type: ignore[attr-defined]
+    driver.get(base + "/studies/not-a-study")  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "error-detail")))
+    _shot(driver, "06_error_page")
+    driver.find_element(By.ID, "back-link").click()  # type: ignore[attr-defined]
+    wait.until(lambda d: d.current_url == base + "/studies?sort=patient")

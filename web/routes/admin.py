@@ -12,16 +12,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
-from node.db.repositories import audit, console
+from node.db.repositories import audit, config_overrides, throttle
+from node.db.repositories import search as study_search
 from node.db.repositories import users as user_repo
-from node.db.repositories.console import ALLOWLIST_OVERRIDE_KEY, DESTINATION_OVERRIDE_PREFIX
-from web.deps import AdminUser, SessionDep, StateDep, verify_csrf
+from node.db.repositories.config_overrides import (
+    ALLOWLIST_OVERRIDE_KEY,
+    DESTINATION_OVERRIDE_PREFIX,
+)
+from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
-    Unavailable,
     explain_routes,
     model_cards,
     ping_destination,
@@ -57,11 +61,16 @@ def admin_home(user: AdminUser) -> Response:
 
 @router.get("/users")
 def users_page(request: Request, session: SessionDep, user: AdminUser) -> Response:
+    users = user_repo.list_users(session)
+    failed = throttle.failures(session, [throttle.account_key(u.username) for u in users])
     return render(
         request,
         "admin_users.html",
         {
-            "users": user_repo.list_users(session),
+            "users": users,
+            "failures": {
+                u.username: failed.get(throttle.account_key(u.username), 0) for u in users
+            },
             "roles": [r.value for r in Role],
             "secret": request.session.pop("once", None),
         },
@@ -104,7 +113,7 @@ def _user_or_404(session: SessionDep, user_id: int) -> Any:
 
 @router.post("/users/{user_id}/role")
 def set_role(
-    session: SessionDep, user: AdminUser, user_id: int, role: Annotated[Role, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, role: Annotated[Role, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and role is not Role.ADMIN:
@@ -118,13 +127,15 @@ def set_role(
         from_state=target.role,
         to_state=role.value,
     )
-    target.role = role.value
+    if target.role != role.value:
+        target.role = role.value
+        user_repo.end_sessions(session, target.id)  # the new role starts with a new login
     return redirect("/admin/users")
 
 
 @router.post("/users/{user_id}/active")
 def set_active(
-    session: SessionDep, user: AdminUser, user_id: int, active: Annotated[bool, Form()]
+    session: SessionDep, user: AdminUser, user_id: RowId, active: Annotated[bool, Form()]
 ) -> Response:
     target = _user_or_404(session, user_id)
     if target.id == user.user_id and not active:
@@ -138,14 +149,26 @@ def set_active(
     )
     target.active = active
     if active:
-        target.locked_until = None
-        target.failed_logins = 0
+        throttle.clear(session, throttle.account_key(target.username))
+    else:
+        user_repo.end_sessions(session, target.id)
+    return redirect("/admin/users")
+
+
+@router.post("/users/{user_id}/unlock")
+def unlock(session: SessionDep, user: AdminUser, user_id: int) -> Response:
+    """Forget the account's failed logins, so its next attempt is checked without delay."""
+    target = _user_or_404(session, user_id)
+    throttle.clear(session, throttle.account_key(target.username))
+    audit.record(
+        session, "auth.unlock", entity_type="user", entity_id=target.username, actor=user.username
+    )
     return redirect("/admin/users")
 
 
 @router.post("/users/{user_id}/reset-link")
 def issue_reset_link(
-    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: int
+    request: Request, session: SessionDep, state: StateDep, user: AdminUser, user_id: RowId
 ) -> Response:
     target = _user_or_404(session, user_id)
     token = generate_token()
@@ -211,7 +234,7 @@ async def create_token(request: Request, session: SessionDep, user: AdminUser) -
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Response:
+def revoke_token(session: SessionDep, user: AdminUser, token_id: RowId) -> Response:
     if user_repo.revoke_api_token(session, token_id) is None:
         raise HTTPException(404, f"No token {token_id}")
     audit.record(
@@ -227,7 +250,7 @@ def revoke_token(session: SessionDep, user: AdminUser, token_id: int) -> Respons
 def destinations_page(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser
 ) -> Response:
-    overrides = console.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
+    overrides = config_overrides.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
     rows = [
         {
             "dest": d,
@@ -237,7 +260,7 @@ def destinations_page(
         }
         for d in state.settings.destinations
     ]
-    allow = console.get_override(session, ALLOWLIST_OVERRIDE_KEY)
+    allow = config_overrides.get_override(session, ALLOWLIST_OVERRIDE_KEY)
     entries = (allow or {}).get("entries", [e.model_dump() for e in state.settings.allowed_callers])
     return render(
         request,
@@ -266,11 +289,8 @@ def test_destination(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser, name: str
 ) -> Response:
     dest = _destination(state, name)
-    try:
-        result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
-        message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
-    except Unavailable:
-        message = f"{name}: testing is not available on this node yet"
+    result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
+    message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
     audit.record(
         session,
         "destination.test",
@@ -292,7 +312,7 @@ def set_destination_enabled(
     enabled: Annotated[bool, Form()],
 ) -> Response:
     _destination(state, name)
-    console.set_override(
+    config_overrides.set_override(
         session, DESTINATION_OVERRIDE_PREFIX + name, {"enabled": enabled}, user.username
     )
     audit.record(
@@ -320,8 +340,15 @@ def set_allowlist(
         ae = ae.strip()
         if not ae or len(ae) > 16 or "\\" in ae or not ae.isprintable():
             raise HTTPException(400, f"{line!r}: an AE title is 1-16 printable characters")
-        parsed.append(CallerAllowEntry(ae_title=ae, host=host.strip() or None).model_dump())
-    console.set_override(session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username)
+        try:
+            entry = CallerAllowEntry(ae_title=ae, host=host.strip() or None)
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid host").removeprefix("Value error, ")
+            raise HTTPException(400, f"{line!r}: {reason}") from exc
+        parsed.append(entry.model_dump())
+    config_overrides.set_override(
+        session, ALLOWLIST_OVERRIDE_KEY, {"entries": parsed}, user.username
+    )
     audit.record(
         session,
         "allowlist.update",
@@ -341,18 +368,15 @@ def pipelines_page(
     request: Request, session: SessionDep, state: StateDep, user: AdminUser
 ) -> Response:
     context: dict[str, Any] = {"error": None, "pipelines": {}, "cards": {}, "classes": {}}
-    try:
-        context["cards"] = model_cards(state.settings)
-    except Unavailable as exc:
-        context["error"] = str(exc)
+    context["cards"] = model_cards(state.settings)
     try:
         context["pipelines"] = pipeline_configs(state.settings, session)
-    except Unavailable as exc:
-        context["error"] = str(exc)
+    except ConfigError as exc:  # a definition on disk cannot be read: the admin must fix it
+        context["error"] = f"pipeline definitions cannot be read: {exc}"
     context["classes"] = {
         n: pipeline_classes(c, context["cards"]) for n, c in context["pipelines"].items()
     }
-    context["overrides"] = console.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+    context["overrides"] = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
     return render(request, "admin_pipelines.html", context, user=user)
 
 
@@ -363,8 +387,8 @@ async def update_pipeline(
     """Form fields: ``enabled``, ``<task>.threshold``, ``<task>.<model>.device`` / ``.weight``."""
     try:
         configs = pipeline_configs(state.settings)
-    except Unavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+    except ConfigError as exc:
+        raise HTTPException(503, f"pipeline definitions cannot be read: {exc}") from exc
     if name not in configs:
         raise HTTPException(404, f"No pipeline {name!r}")
     form = await request.form()
@@ -395,7 +419,7 @@ async def update_pipeline(
         validate_pipeline_override(configs[name], override)
     except ConfigError as exc:
         raise HTTPException(400, str(exc)) from exc
-    console.set_override(session, PIPELINE_OVERRIDE_PREFIX + name, override, user.username)
+    config_overrides.set_override(session, PIPELINE_OVERRIDE_PREFIX + name, override, user.username)
     audit.record(
         session,
         "pipeline.override",
@@ -410,7 +434,7 @@ async def update_pipeline(
 
 @router.post("/pipelines/{name}/reset")
 def reset_pipeline(session: SessionDep, user: AdminUser, name: str) -> Response:
-    console.delete_override(session, PIPELINE_OVERRIDE_PREFIX + name)
+    config_overrides.delete_override(session, PIPELINE_OVERRIDE_PREFIX + name)
     audit.record(
         session,
         "pipeline.override_removed",
@@ -438,8 +462,8 @@ def routing_page(
             explanation = explain_routes(state.settings, session, study_uid)
         except KeyError:
             error = f"No study with UID {study_uid}"
-        except Unavailable as exc:
-            error = f"Routing dry-run is not available: {exc}"
+        except ConfigError as exc:
+            error = f"Routing dry-run impossible: pipeline definitions cannot be read: {exc}"
     return render(
         request,
         "admin_routing.html",
@@ -447,7 +471,9 @@ def routing_page(
             "study_uid": study_uid,
             "explanation": explanation,
             "error": error,
-            "recent": console.search_studies(session, console.StudyFilter(), per_page=10).items,
+            "recent": study_search.search_studies(
+                session, study_search.StudyFilter(), per_page=10
+            ).items,
         },
         user=user,
     )
@@ -465,7 +491,7 @@ def audit_page(
     since: date | None = None,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
-    events = console.search_audit(
+    events = audit.search_audit(
         session,
         actor=actor,
         action=action,

@@ -12,15 +12,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.config import ConfigError
 from node.db.orm import Job, Study
-from node.db.repositories import console
+from node.db.repositories import dashboard as dashboard_repo
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import search as study_search
+from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
-from web.integrations import Unavailable, model_cards, pipeline_classes, pipeline_configs
-from web.results import review_data
+from web.integrations import model_cards, pipeline_classes, pipeline_configs
+from web.result_views import review_data
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -39,7 +43,7 @@ class HealthOut(BaseModel):
     status: str
     database: str
     listener: str
-    models_available: bool
+    models_available: bool = Field(description="at least one valid model card is installed")
     models: list[ModelInfo]
 
 
@@ -161,13 +165,10 @@ def _listener_state(state: StateDep) -> str:
         return "not reachable"
 
 
-def _models(state: StateDep, session: SessionDep) -> tuple[bool, list[ModelInfo]]:
-    try:
-        cards = model_cards(state.settings)
-    except Unavailable:
-        return False, []
-    devices = console.chart_data(session, days=1).devices
-    return True, [
+def _models(state: StateDep, session: SessionDep) -> list[ModelInfo]:
+    cards = model_cards(state.settings)
+    devices = dashboard_repo.chart_data(session, days=1).devices
+    return [
         ModelInfo(
             name=name,
             version=card.version,
@@ -188,34 +189,28 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
         database = "ok"
     except SQLAlchemyError as exc:
         database = f"error: {type(exc).__name__}"
-    available, models = _models(state, session)
+    models = _models(state, session)
     return HealthOut(
         status="ok" if database == "ok" else "degraded",
         database=database,
         listener=_listener_state(state),
-        models_available=available,
+        models_available=bool(models),
         models=models,
     )
 
 
 @router.get("/models", response_model=list[ModelInfo])
 def models(session: SessionDep, state: StateDep, user: Reader) -> list[ModelInfo]:
-    available, found = _models(state, session)
-    if not available:
-        raise HTTPException(503, "model cards are not available on this node")
-    return found
+    return _models(state, session)
 
 
 @router.get("/pipelines", response_model=list[PipelineInfo])
 def pipelines(session: SessionDep, state: StateDep, user: Reader) -> list[PipelineInfo]:
     try:
         configs = pipeline_configs(state.settings, session)
-    except Unavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
-    try:
-        cards = model_cards(state.settings)
-    except Unavailable:
-        cards = {}
+    except ConfigError as exc:  # a definition on disk cannot be read: the admin must fix it
+        raise HTTPException(503, f"pipeline definitions cannot be read: {exc}") from exc
+    cards = model_cards(state.settings)
     out = []
     for name, cfg in sorted(configs.items()):
         members: dict[str, list[dict[str, Any]]] = {}
@@ -257,8 +252,8 @@ def studies(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> StudyPage:
-    flt = console.StudyFilter(patient, accession, date_from, date_to, modality, status)
-    result = console.search_studies(
+    flt = study_search.StudyFilter(patient, accession, date_from, date_to, modality, status)
+    result = study_search.search_studies(
         session, flt, page=page, per_page=per_page, sort=sort, descending=order == "desc"
     )
     return StudyPage(
@@ -273,7 +268,7 @@ def studies(
 def study_results(
     session: SessionDep, state: StateDep, user: Reader, study_uid: str
 ) -> StudyResultsOut:
-    study = console.get_study(session, study_uid)
+    study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"no study {study_uid}")
     jobs = []
@@ -302,7 +297,7 @@ def jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[JobOut]:
     return [
-        _job_out(j) for j in console.list_jobs(session, state=state, limit=limit, offset=offset)
+        _job_out(j) for j in job_repo.list_jobs(session, state=state, limit=limit, offset=offset)
     ]
 
 
@@ -310,8 +305,8 @@ def jobs(
 def stats(
     session: SessionDep, user: Reader, days: Annotated[int, Query(ge=1, le=366)] = 14
 ) -> StatsOut:
-    counts = console.dashboard_counts(session)
-    data = console.chart_data(session, days=days)
+    counts = dashboard_repo.dashboard_counts(session)
+    data = dashboard_repo.chart_data(session, days=days)
     return StatsOut(
         studies_total=counts.studies_total,
         instances_total=counts.instances_total,

@@ -1,7 +1,10 @@
 """Login, logout, password reset, self-registration (when enabled) and changing one's password.
 
-Failures are deliberately uninformative (same message and same argon2 cost for unknown users, wrong
-passwords and locked accounts) so the form cannot be used to discover accounts.
+Failures are deliberately uninformative (same message and same argon2 cost for unknown users and
+wrong passwords; the same progressive delay for any account name typed, existing or not) so the
+forms cannot be used to discover accounts. Sessions are started and ended through
+:mod:`web.sessions`; a password changes only through ``users.set_password``, which ends every
+session and revokes every reset link of the account.
 """
 
 from __future__ import annotations
@@ -16,26 +19,27 @@ from fastapi.responses import Response
 
 from core.config import Settings
 from core.domain import Role
-from node.db.orm import utcnow
-from node.db.repositories import audit
+from node.db.repositories import audit, throttle
 from node.db.repositories import users as user_repo
-from web.deps import CurrentUser, SessionDep, StateDep, load_user, verify_csrf
+from web import sessions
+from web.deps import (
+    SessionDep,
+    SessionUser,
+    StateDep,
+    WebState,
+    load_user,
+    verify_csrf,
+)
 from web.mail import MailError, reset_mail_body, send_mail
 from web.pages import flash, redirect, render
-from web.security import (
-    generate_token,
-    hash_password,
-    new_csrf_token,
-    password_fingerprint,
-    password_problem,
-    verify_password,
-)
+from web.security import generate_token, hash_password, password_problem, verify_password
+from web.throttling import Guard, client_address, wait_message
 
 log = logging.getLogger("pacsnode.web.auth")
 router = APIRouter(
     tags=["console: auth"], dependencies=[Depends(verify_csrf)], include_in_schema=False
 )
-LOGIN_FAILED = "Invalid username or password. Repeated failures lock the account for a while."
+LOGIN_FAILED = "Invalid username or password. Repeated failures make each next attempt wait longer."
 
 
 def _safe_next(target: str) -> str:
@@ -44,10 +48,6 @@ def _safe_next(target: str) -> str:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return "/"
     return target
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 @router.get("/login")
@@ -64,31 +64,30 @@ def login(
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str, Form(max_length=2048)] = "/",  # noqa: A002
 ) -> Response:
-    client = _client(request)
-    web = state.settings.web
-    if state.throttle.blocked(client):
+    client = client_address(request)
+    guard = Guard.from_settings(state.settings.web)
+    now = state.clock()
+    wait = guard.wait(session, username=username, address=client, now=now)
+    if wait:
         audit.record(
             session,
             "auth.login_throttled",
             entity_type="user",
             entity_id=username[:64],
             actor=username[:64] or "anonymous",
-            detail=f"client {client}",
+            detail=f"client {client}; next attempt in {wait} s",
         )
         return render(
             request,
             "login.html",
-            {
-                "error": "Too many failed logins from this address; wait a few minutes.",
-                "next": _safe_next(next),
-            },
+            {"error": wait_message(wait), "next": _safe_next(next)},
             status_code=429,
         )
-    now = utcnow()
     user = user_repo.get_by_username(session, username)
     password_ok = verify_password(user.password_hash if user else None, password)
-    if user is not None and user.active and password_ok and not user_repo.is_locked(user, now):
+    if user is not None and user.active and password_ok:
         user_repo.record_login(session, user, now)
+        guard.succeeded(session, username=username)
         audit.record(
             session,
             "auth.login",
@@ -97,44 +96,16 @@ def login(
             actor=user.username,
             detail=f"client {client}",
         )
-        state.throttle.reset(client)
-        request.session.clear()
-        request.session.update(
-            {
-                "uid": user.id,
-                "pwv": password_fingerprint(user.password_hash),
-                "seen": int(now.timestamp()),
-                "csrf": new_csrf_token(),
-            }
-        )
+        sessions.begin(request, session, user.id, now)
         return redirect(_safe_next(next))
-    state.throttle.record_failure(client)
-    detail = f"client {client}"
-    if user is not None and user_repo.is_locked(user, now):
-        detail += "; account locked"
-    elif user is not None and user.active:
-        locked = user_repo.record_failed_login(
-            session,
-            user,
-            max_failures=web.login_max_failures,
-            lockout=timedelta(seconds=web.login_lockout_s),
-            now=now,
-        )
-        if locked:
-            audit.record(
-                session,
-                "auth.lockout",
-                entity_type="user",
-                entity_id=user.username,
-                detail=f"locked for {web.login_lockout_s:g} s",
-            )
+    guard.failed(session, username=username, address=client, now=now)
     audit.record(
         session,
         "auth.login_failed",
         entity_type="user",
         entity_id=username[:64],
         actor=username[:64] or "anonymous",
-        detail=detail,
+        detail=f"client {client}",
     )
     return render(
         request, "login.html", {"error": LOGIN_FAILED, "next": _safe_next(next)}, status_code=401
@@ -142,11 +113,11 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+def logout(request: Request, session: SessionDep, user: SessionUser) -> Response:
     audit.record(
         session, "auth.logout", entity_type="user", entity_id=user.username, actor=user.username
     )
-    request.session.clear()
+    sessions.end(request, session)
     return redirect("/login")
 
 
@@ -168,6 +139,32 @@ def forgot_form(request: Request, state: StateDep) -> Response:
     return render(request, "forgot.html", {"smtp": state.settings.smtp is not None})
 
 
+def _mail_reset_link(state: WebState, login: str) -> None:
+    """The outbox job behind "forgot password": look the account up, issue a link, mail it."""
+    smtp = state.settings.smtp
+    if smtp is None:
+        return
+    ttl = timedelta(seconds=state.settings.web.reset_token_ttl_s)
+    token = generate_token()
+    with state.db.write() as session:
+        user = user_repo.get_by_username(session, login) or user_repo.get_by_email(session, login)
+        if user is None or not user.active or not user.email:
+            return
+        user_repo.create_reset_token(session, user, token, ttl)
+        username, email = user.username, user.email
+    base = public_base_url(state.settings)
+    body = reset_mail_body(username, reset_link(base, token), ttl.total_seconds() / 60)
+    try:
+        send_mail(smtp, email, "pacsnode password reset", body)
+    except MailError as exc:
+        log.error("password reset mail for %s failed: %s", username, exc)
+        action, detail = "auth.reset_mail_failed", str(exc)
+    else:
+        action, detail = "auth.reset_requested", "mailed"
+    with state.db.write() as session:
+        audit.record(session, action, entity_type="user", entity_id=username, detail=detail)
+
+
 @router.post("/password/forgot")
 def forgot(
     request: Request,
@@ -175,8 +172,9 @@ def forgot(
     state: StateDep,
     login: Annotated[str, Form(max_length=256)],
 ) -> Response:
-    smtp = state.settings.smtp
-    if smtp is None:
+    """Answers the same, in the same time, for every ``login``: the lookup and the mail happen in
+    the outbox after the response."""
+    if state.settings.smtp is None:
         return render(
             request,
             "forgot.html",
@@ -187,51 +185,26 @@ def forgot(
             },
             status_code=400,
         )
-    client = _client(request)
-    if state.throttle.blocked(client):
+    client = client_address(request)
+    guard = Guard.from_settings(state.settings.web)
+    now = state.clock()
+    wait = guard.wait(session, username=None, address=client, now=now)
+    if wait:
         return render(
             request,
             "forgot.html",
-            {"smtp": True, "error": "Too many requests from this address; wait a few minutes."},
+            {"smtp": True, "error": wait_message(wait)},
             status_code=429,
         )
-    state.throttle.record_failure(client)  # each request spends from the same budget as logins
-    user = user_repo.get_by_username(session, login) or user_repo.get_by_email(session, login)
-    if user is not None and user.active and user.email:
-        token = generate_token()
-        ttl = timedelta(seconds=state.settings.web.reset_token_ttl_s)
-        user_repo.create_reset_token(session, user, token, ttl)
-        base = public_base_url(state.settings)
-        try:
-            send_mail(
-                smtp,
-                user.email,
-                "pacsnode password reset",
-                reset_mail_body(user.username, reset_link(base, token), ttl.total_seconds() / 60),
-            )
-        except MailError as exc:
-            log.error("password reset mail for %s failed: %s", user.username, exc)
-            audit.record(
-                session,
-                "auth.reset_mail_failed",
-                entity_type="user",
-                entity_id=user.username,
-                detail=str(exc),
-            )
-        else:
-            audit.record(
-                session,
-                "auth.reset_requested",
-                entity_type="user",
-                entity_id=user.username,
-                detail="mailed",
-            )
+    # each request spends from the address's budget, like a failed login
+    guard.failed(session, username=None, address=client, now=now)
+    state.outbox.submit(lambda: _mail_reset_link(state, login))
     return render(request, "forgot.html", {"smtp": True, "sent": True})
 
 
 @router.get("/password/reset")
-def reset_form(request: Request, session: SessionDep, token: str = "") -> Response:
-    if not token or user_repo.find_valid_reset_token(session, token, utcnow()) is None:
+def reset_form(request: Request, session: SessionDep, state: StateDep, token: str = "") -> Response:
+    if not token or user_repo.find_valid_reset_token(session, token, state.clock()) is None:
         raise HTTPException(400, "This reset link is invalid, expired or already used.")
     return render(request, "reset.html", {"token": token})
 
@@ -240,26 +213,24 @@ def reset_form(request: Request, session: SessionDep, token: str = "") -> Respon
 def reset(
     request: Request,
     session: SessionDep,
+    state: StateDep,
     token: Annotated[str, Form(max_length=256)],
     password: Annotated[str, Form(max_length=2048)],
     password2: Annotated[str, Form(max_length=2048)],
 ) -> Response:
-    now = utcnow()
+    now = state.clock()
     row = user_repo.find_valid_reset_token(session, token, now)
-    if row is None:
+    user = user_repo.get_user(session, row.user_pk) if row is not None else None
+    if row is None or user is None:
         raise HTTPException(400, "This reset link is invalid, expired or already used.")
-    problem = password_problem(password) or (
+    problem = password_problem(password, username=user.username, email=user.email) or (
         None if password == password2 else "The two passwords differ."
     )
     if problem:
         return render(request, "reset.html", {"token": token, "error": problem}, status_code=400)
-    user = user_repo.get_user(session, row.user_pk)
-    if user is None:
-        raise HTTPException(400, "This reset link is invalid, expired or already used.")
-    user.password_hash = hash_password(password)
-    user.failed_logins = 0
-    user.locked_until = None
     user_repo.consume_reset_token(session, row, now)
+    user_repo.set_password(session, user, hash_password(password))
+    throttle.clear(session, throttle.account_key(user.username))  # the owner proved who they are
     audit.record(
         session,
         "auth.password_reset",
@@ -267,7 +238,7 @@ def reset(
         entity_id=user.username,
         actor=user.username,
     )
-    request.session.clear()
+    sessions.end(request, session)
     flash(request, "Password changed; log in with the new password.")
     return redirect("/login")
 
@@ -297,7 +268,7 @@ def register(
         raise HTTPException(
             404, "Self-registration is disabled; ask an administrator for an account."
         )
-    problem = password_problem(password)
+    problem = password_problem(password, username=username, email=email)
     if problem:
         return render(request, "register.html", {"error": problem}, status_code=400)
     try:
@@ -312,7 +283,7 @@ def register(
 
 
 @router.get("/account")
-def account_form(request: Request, user: CurrentUser) -> Response:
+def account_form(request: Request, user: SessionUser) -> Response:
     return render(request, "account.html", user=user)
 
 
@@ -320,12 +291,39 @@ def account_form(request: Request, user: CurrentUser) -> Response:
 def change_password(
     request: Request,
     session: SessionDep,
-    principal: CurrentUser,
+    state: StateDep,
+    principal: SessionUser,
     current: Annotated[str, Form(max_length=2048)],
     password: Annotated[str, Form(max_length=2048)],
 ) -> Response:
+    """Only from a console session (whose form carries the CSRF token): an API token, whatever its
+    scopes, must not be able to take over its owner's account. Wrong guesses of the current
+    password cost the same delays as failed logins."""
+    if principal.via != "session":
+        raise HTTPException(403, "Passwords are changed in the console, not with an API token.")
+    client = client_address(request)
+    guard = Guard.from_settings(state.settings.web)
+    now = state.clock()
+    wait = guard.wait(session, username=principal.username, address=client, now=now)
+    if wait:
+        return render(
+            request,
+            "account.html",
+            {"error": wait_message(wait)},
+            status_code=429,
+            user=principal,
+        )
     user = load_user(session, principal)
     if not verify_password(user.password_hash, current):
+        guard.failed(session, username=user.username, address=client, now=now)
+        audit.record(
+            session,
+            "auth.password_change_failed",
+            entity_type="user",
+            entity_id=user.username,
+            actor=user.username,
+            detail=f"client {client}",
+        )
         return render(
             request,
             "account.html",
@@ -333,17 +331,19 @@ def change_password(
             status_code=400,
             user=principal,
         )
-    problem = password_problem(password)
+    problem = password_problem(password, username=user.username, email=user.email)
     if problem:
         return render(request, "account.html", {"error": problem}, status_code=400, user=principal)
-    user.password_hash = hash_password(password)
+    user_repo.set_password(session, user, hash_password(password))  # ends every session
+    guard.succeeded(session, username=user.username)
     audit.record(
         session,
         "auth.password_change",
         entity_type="user",
         entity_id=user.username,
         actor=user.username,
+        detail=f"client {client}",
     )
-    request.session["pwv"] = password_fingerprint(user.password_hash)
-    flash(request, "Password changed.")
+    sessions.begin(request, session, user.id, now)  # this browser stays in, under a new id
+    flash(request, "Password changed; every other session was signed out.")
     return redirect("/account")

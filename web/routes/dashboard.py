@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from node.db.repositories import console
+from core.domain import Role
+from node.db.repositories import dashboard as dashboard_repo
 from node.db.repositories import users as user_repo
 from web.charts import bar_chart
 from web.deps import Reader, SessionDep, StateDep
-from web.integrations import Unavailable, model_cards
+from web.integrations import model_cards
 from web.pages import render
 
 router = APIRouter(tags=["console: dashboard"], include_in_schema=False)
@@ -20,11 +21,8 @@ router = APIRouter(tags=["console: dashboard"], include_in_schema=False)
 def model_overview(
     state: StateDep, devices: dict[str, str], fallbacks: list[str]
 ) -> dict[str, Any]:
-    """Model cards with the device each last ran on; "not available" when cards cannot be read."""
-    try:
-        cards = model_cards(state.settings)
-    except Unavailable as exc:
-        return {"available": False, "reason": str(exc), "models": [], "fallbacks": fallbacks}
+    """Model cards with the device each last ran on, and the device fallbacks seen lately."""
+    cards = model_cards(state.settings)
     models = [
         {
             "name": name,
@@ -35,13 +33,13 @@ def model_overview(
         }
         for name, card in sorted(cards.items())
     ]
-    return {"available": True, "models": models, "fallbacks": fallbacks}
+    return {"models": models, "fallbacks": fallbacks}
 
 
 @router.get("/")
 def dashboard(request: Request, session: SessionDep, state: StateDep, user: Reader) -> Response:
-    counts = console.dashboard_counts(session)
-    data = console.chart_data(session)
+    counts = dashboard_repo.dashboard_counts(session)
+    data = dashboard_repo.chart_data(session)
     charts = [
         bar_chart(
             "Studies received per day",
@@ -59,7 +57,8 @@ def dashboard(request: Request, session: SessionDep, state: StateDep, user: Read
         {
             "counts": counts,
             "charts": charts,
-            "activity": user_repo.user_activity(session),
+            # who works here and when they last logged in is for admins only (None: not shown)
+            "activity": user_repo.user_activity(session) if user.role is Role.ADMIN else None,
             "models": model_overview(state, data.devices, data.fallbacks),
         },
         user=user,

@@ -1,6 +1,7 @@
 """``POST /api/hooks/orthanc``: Orthanc's Python plugin announces a stable study.
 
-The handler only checks the shared secret and writes the durable :class:`OrthancPull` row, then
+The caller is checked first (an API token with the ``hooks`` scope, or the shared secret); the
+handler then only writes the durable :class:`OrthancPull` row, then
 answers 202; the pull itself runs on a background thread. If that pull fails (or the process dies),
 the row stays and the scheduler's ``poll_changes`` retries it, so an acknowledged study is not lost.
 """
@@ -13,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,11 +22,18 @@ from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import OrthancPull, utcnow
 from node.ingest.orthanc_source import enqueue_pull, process_pending_pulls, source_for_url
-from web.deps import StateDep
+from web.deps import (
+    TOKEN_SCOPE_ATTR,
+    StateDep,
+    current_user,
+    optional_user,
+    require_scope,
+)
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Pacsnode-Hook-Secret"
+HOOKS_SCOPE = "hooks"
 BACKGROUND_TRIES = 4
 BACKGROUND_MAX_WAIT_S = 60.0
 router = APIRouter(prefix="/api/hooks", tags=["hooks"])
@@ -61,19 +69,35 @@ def _pull_in_background(settings: Settings, db: Database, pull_id: int) -> None:
         time.sleep(min(BACKGROUND_MAX_WAIT_S, max(0.0, (due - utcnow()).total_seconds())))
 
 
-@router.post("/orthanc", status_code=status.HTTP_202_ACCEPTED, response_model=HookAccepted)
-def orthanc_stable_study(
-    body: OrthancStudyAnnouncement,
-    state: StateDep,
-    secret: Annotated[str, Header(alias=SECRET_HEADER)] = "",
-) -> HookAccepted:
-    settings = state.settings
-    if not settings.hook_secret:
+def hook_caller(
+    request: Request, state: StateDep, secret: Annotated[str, Header(alias=SECRET_HEADER)] = ""
+) -> None:
+    """The caller is Orthanc: an API token with the ``hooks`` scope (a console session or a token
+    without it gets 403), or, without a token, the shared ``hook_secret`` header."""
+    if request.headers.get("authorization"):
+        require_scope(HOOKS_SCOPE)(current_user(optional_user(request)))
+        return
+    if not state.settings.hook_secret:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "hook disabled: hook_secret is not set"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "hook disabled: set hook_secret or send an API token with the 'hooks' scope",
         )
-    if not hmac.compare_digest(secret.encode(), settings.hook_secret.encode()):
+    if not hmac.compare_digest(secret.encode(), state.settings.hook_secret.encode()):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"wrong or missing {SECRET_HEADER}")
+
+
+setattr(hook_caller, TOKEN_SCOPE_ATTR, HOOKS_SCOPE)
+
+
+@router.post(
+    "/orthanc",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=HookAccepted,
+    dependencies=[Depends(hook_caller)],
+    openapi_extra={"security": [{"bearerToken": [HOOKS_SCOPE]}, {"hookSecret": []}]},
+)
+def orthanc_stable_study(body: OrthancStudyAnnouncement, state: StateDep) -> HookAccepted:
+    settings = state.settings
     source = source_for_url(settings, body.orthanc_url)
     if source is None:
         raise HTTPException(

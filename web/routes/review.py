@@ -17,12 +17,15 @@ from sqlalchemy.orm import Session
 
 from core.domain import ReviewState
 from node.db.orm import Job
-from node.db.repositories import audit, console
-from web.deps import Reader, Reviewer, SessionDep, StateDep, verify_csrf
+from node.db.repositories import audit, instances
+from node.db.repositories import deliveries as delivery_repo
+from node.db.repositories import jobs as job_repo
+from node.db.repositories import studies as study_repo
+from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
-from web.integrations import Unavailable, cancel_held, release_held, requeue_job, resend
+from web.integrations import cancel_held, release_held, requeue_job, resend
 from web.pages import flash, redirect, render
-from web.results import artifact_file, data_file, review_data
+from web.result_views import artifact_file, data_file, review_data
 
 router = APIRouter(
     tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False
@@ -39,7 +42,7 @@ class FrameRef:
 
 
 def _job_or_404(session: Session, job_id: int) -> Job:
-    job = console.get_job(session, job_id)
+    job = job_repo.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}")
     return job
@@ -49,7 +52,7 @@ def _source_series_uid(session: Session, job: Job, data: dict[str, Any]) -> str 
     uid = data.get("series_instance_uid")
     if isinstance(uid, str) and uid:
         return uid
-    study = console.get_study(session, job.study.study_instance_uid)
+    study = study_repo.get_study(session, job.study.study_instance_uid, with_results=True)
     image_series = [
         s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")
     ]
@@ -65,7 +68,7 @@ def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[Fram
     if uid is None:
         return []
     frames: list[FrameRef] = []
-    for inst in console.series_instances(session, uid):
+    for inst in instances.instances_of_series(session, uid):
         for f in range(max(inst.number_of_frames, 1)):
             frames.append(FrameRef(inst.path, inst.sop_instance_uid, f))
             if len(frames) >= MAX_FRAMES:
@@ -74,16 +77,17 @@ def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[Fram
 
 
 @lru_cache(maxsize=16)
-def _seg_cached(path: str, mtime_ns: int) -> SegMasks:
-    return read_seg_masks(Path(path))
+def _seg_cached(path: str, mtime_ns: int, shown: tuple[tuple[str, int], ...]) -> SegMasks:
+    return read_seg_masks(Path(path), shown)
 
 
-def _seg_masks(state: StateDep, job: Job) -> SegMasks | None:
+def _seg_masks(state: StateDep, job: Job, frames: list[FrameRef]) -> SegMasks | None:
+    shown = tuple((f.sop_instance_uid, f.frame) for f in frames)
     for artifact in job.artifacts:
         if artifact.kind == "seg":
             try:
                 path = artifact_file(state.settings, artifact)
-                return _seg_cached(str(path), path.stat().st_mtime_ns)
+                return _seg_cached(str(path), path.stat().st_mtime_ns, shown)
             except (FileNotFoundError, RenderError):
                 return None
     return None
@@ -99,12 +103,12 @@ def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
 
 @router.get("/review/{job_id}")
 def review_page(
-    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: int
+    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: RowId
 ) -> Response:
     job = _job_or_404(session, job_id)
     data = review_data(state.settings, job)
     frames = source_frames(session, job, data)
-    masks = _seg_masks(state, job)
+    masks = _seg_masks(state, job, frames)
     frame_index = {(f.sop_instance_uid, f.frame): i for i, f in enumerate(frames)}
     result_frames = data.get("source_frames") or []
     boxes: list[dict[str, Any]] = []
@@ -118,11 +122,7 @@ def review_page(
     mask_frames = [
         i
         for i, f in enumerate(frames)
-        if masks is not None
-        and (
-            (f.sop_instance_uid, None) in masks.frames
-            or (f.sop_instance_uid, f.frame + 1) in masks.frames
-        )
+        if masks is not None and (f.sop_instance_uid, f.frame) in masks.frames
     ]
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
     return render(
@@ -137,25 +137,28 @@ def review_page(
             "has_mask": masks is not None,
             "mask_frames": mask_frames,
             "boxes": boxes,
-            "reviews": console.job_reviews(session, job.id),
+            "reviews": job_repo.job_reviews(session, job.id),
             "segment_labels": masks.segment_labels if masks else {},
         },
         user=user,
     )
 
 
-def _frame_or_404(session: Session, state: StateDep, job: Job, index: int) -> FrameRef:
+def _frames_or_404(
+    session: Session, state: StateDep, job: Job, index: int
+) -> tuple[list[FrameRef], FrameRef]:
+    """The frames the review page shows, and the ``index``-th of them."""
     frames = source_frames(session, job, review_data(state.settings, job))
     if not 0 <= index < len(frames):
         raise HTTPException(404, f"frame {index} out of range (0-{len(frames) - 1})")
-    return frames[index]
+    return frames, frames[index]
 
 
 @router.get("/review/{job_id}/frames/{index}.png")
 def frame_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
 ) -> Response:
-    ref = _frame_or_404(session, state, _job_or_404(session, job_id), index)
+    _, ref = _frames_or_404(session, state, _job_or_404(session, job_id), index)
     try:
         png = render_frame_png(data_file(state.settings, ref.path), ref.frame)
     except (RenderError, FileNotFoundError) as exc:
@@ -165,16 +168,14 @@ def frame_png(
 
 @router.get("/review/{job_id}/masks/{index}.png")
 def mask_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: int, index: int
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
 ) -> Response:
     job = _job_or_404(session, job_id)
-    ref = _frame_or_404(session, state, job, index)
-    masks = _seg_masks(state, job)
+    frames, ref = _frames_or_404(session, state, job, index)
+    masks = _seg_masks(state, job, frames)
     if masks is None:
         raise HTTPException(404, "this job has no segmentation")
-    plane = masks.frames.get((ref.sop_instance_uid, ref.frame + 1))
-    if plane is None:
-        plane = masks.frames.get((ref.sop_instance_uid, None))
+    plane = masks.frames.get((ref.sop_instance_uid, ref.frame))
     png = render_mask_png(plane, (masks.rows, masks.columns), max(masks.segment_labels, default=1))
     return Response(png, media_type="image/png", headers=PNG_HEADERS)
 
@@ -189,7 +190,7 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
         raise HTTPException(409, f"the job is {job.state}; only finished results can be reviewed")
     before = job.review_state
     job.review_state = decision.value
-    console.add_review(session, job, user.user_id, decision.value, reason)
+    job_repo.add_review(session, job, user.user_id, decision.value, reason)
     audit.record(
         session,
         f"review.{decision.value}",
@@ -203,15 +204,10 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
 
 
 @router.post("/review/{job_id}/approve")
-def approve(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+def approve(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.APPROVED, "")
-    try:
-        released = release_held(session, job, user.username)
-    except Unavailable as exc:
-        raise HTTPException(
-            503, "Dispatch is not available on this node; nothing was approved."
-        ) from exc
+    released = release_held(session, job, user.username)
     flash(request, f"Approved; {released} held delivery(ies) released.")
     return redirect(f"/review/{job_id}")
 
@@ -221,19 +217,14 @@ def reject(
     request: Request,
     session: SessionDep,
     user: Reviewer,
-    job_id: int,
+    job_id: RowId,
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     if not reason.strip():
         raise HTTPException(400, "A rejection needs a reason.")
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.REJECTED, reason.strip())
-    try:
-        cancelled = cancel_held(session, job, user.username, reason.strip())
-    except Unavailable as exc:
-        raise HTTPException(
-            503, "Dispatch is not available on this node; nothing was rejected."
-        ) from exc
+    cancelled = cancel_held(session, job, user.username, reason.strip())
     flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
     return redirect(f"/review/{job_id}")
 
@@ -243,11 +234,11 @@ def comment(
     request: Request,
     session: SessionDep,
     user: Reviewer,
-    job_id: int,
+    job_id: RowId,
     text: Annotated[str, Form(min_length=1, max_length=4000)],
 ) -> Response:
     job = _job_or_404(session, job_id)
-    console.add_review(session, job, user.user_id, "comment", text.strip())
+    job_repo.add_review(session, job, user.user_id, "comment", text.strip())
     audit.record(
         session,
         "review.comment",
@@ -261,12 +252,9 @@ def comment(
 
 
 @router.post("/jobs/{job_id}/rerun")
-def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) -> Response:
+def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
     job = _job_or_404(session, job_id)
-    try:
-        queued = requeue_job(session, job.id, user.username)
-    except Unavailable as exc:
-        raise HTTPException(503, "Re-running is not available on this node yet.") from exc
+    queued = requeue_job(session, job.id, user.username)
     if not queued:
         raise HTTPException(409, f"the job is {job.state}; only a finished job can be re-run")
     flash(request, "The job was queued again.")
@@ -275,16 +263,14 @@ def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: int) ->
 
 @router.post("/deliveries/{delivery_id}/resend")
 def resend_delivery(
-    request: Request, session: SessionDep, user: Reviewer, delivery_id: int
+    request: Request, session: SessionDep, user: Reviewer, delivery_id: RowId
 ) -> Response:
-    delivery = console.get_delivery(session, delivery_id)
+    delivery = delivery_repo.get(session, delivery_id)
     if delivery is None:
         raise HTTPException(404, f"No delivery {delivery_id}")
     study_uid = delivery.artifact.job.study.study_instance_uid
     try:
         resend(session, delivery_id, user.username)
-    except Unavailable as exc:
-        raise HTTPException(503, "Resending is not available on this node yet.") from exc
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
     except ValueError as exc:

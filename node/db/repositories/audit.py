@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from node.db.orm import AuditEvent
+from node.db.orm import AuditEvent, utcnow
 
 
 def record(
@@ -58,3 +58,33 @@ def query(
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= since)
     return session.scalars(stmt.limit(limit).offset(offset)).all()
+
+
+def search_audit(
+    session: Session,
+    *,
+    actor: str = "",
+    action: str = "",
+    entity_type: str = "",
+    entity_id: str = "",
+    since: date | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[AuditEvent]:
+    conditions = []
+    if actor:
+        conditions.append(AuditEvent.actor == actor)
+    if action:
+        conditions.append(AuditEvent.action.startswith(action))
+    if entity_type:
+        conditions.append(AuditEvent.entity_type == entity_type)
+    if entity_id:
+        conditions.append(AuditEvent.entity_id == entity_id)
+    if since is not None:
+        conditions.append(
+            AuditEvent.at >= datetime(since.year, since.month, since.day, tzinfo=utcnow().tzinfo)
+        )
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if conditions:
+        stmt = stmt.where(and_(*conditions))
+    return session.scalars(stmt.limit(min(max(limit, 1), 500)).offset(max(offset, 0))).all()

@@ -47,12 +47,6 @@ class UpsertResult:
     reopened_studies: list[str] = field(default_factory=list)
 
 
-def get_study(session: Session, study_instance_uid: str) -> Study | None:
-    return session.scalars(
-        select(Study).where(Study.study_instance_uid == study_instance_uid)
-    ).first()
-
-
 def list_instances(session: Session, study_instance_uid: str) -> Sequence[Instance]:
     """Every instance of a study, ordered by series then instance number (then UID)."""
     stmt = (
@@ -258,3 +252,15 @@ def _late_arrival(session: Session, uid: str, state: str, result_version: int,
                  from_state=state, to_state=state,
                  detail=f"{count} late instance(s) stored, state kept")  # fmt: skip
     return {}
+
+
+def instances_of_series(session: Session, series_uid: str) -> list[Instance]:
+    """Instances of a series in display order (instance number, then arrival)."""
+    return list(
+        session.scalars(
+            select(Instance)
+            .join(Series, Instance.series_pk == Series.id)
+            .where(Series.series_instance_uid == series_uid)
+            .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
+        ).all()
+    )

@@ -8,11 +8,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from core.domain import SeriesFacts, StudyFacts, StudyState
-from node.db.orm import Instance, Series, Study
+from node.db.orm import Artifact, Instance, Job, Series, Study
 
 
-def get_study(session: Session, study_uid: str) -> Study | None:
-    return session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+def get_study(session: Session, study_uid: str, *, with_results: bool = False) -> Study | None:
+    """The study row, or None. ``with_results`` also loads its series and its jobs' artifacts and
+    deliveries in a few queries (the console's study and review pages show all of them)."""
+    stmt = select(Study).where(Study.study_instance_uid == study_uid)
+    if with_results:
+        stmt = stmt.options(
+            selectinload(Study.series),
+            selectinload(Study.jobs).selectinload(Job.artifacts).selectinload(Artifact.deliveries),
+        )
+    return session.scalars(stmt).first()
 
 
 def _facts(study: Study, first_sop_classes: dict[int, str]) -> StudyFacts:
@@ -76,7 +84,10 @@ def receiving_study_facts(session: Session) -> list[StudyFacts]:
 
 
 def series_instances(session: Session, study_uid: str) -> dict[Series, list[Instance]]:
-    """Every series of a study with its instances (ordered by InstanceNumber, then arrival)."""
+    """Every series of a study with its instances (ordered by InstanceNumber, then arrival).
+
+    A study's series, keyed by series; the console's one-series list is
+    ``instances.instances_of_series``."""
     study = get_study(session, study_uid)
     if study is None:
         return {}

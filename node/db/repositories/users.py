@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.domain import Role
-from node.db.orm import ApiToken, PasswordResetToken, Review, User, utcnow
+from node.db.orm import ApiToken, PasswordResetToken, Review, User, WebSession, utcnow
 
 
 class UserExistsError(ValueError):
@@ -69,37 +69,42 @@ def create_user(
     return user
 
 
-def record_failed_login(
-    session: Session, user: User, *, max_failures: int, lockout: timedelta, now: datetime
-) -> bool:
-    """Count a failure; lock the account for ``lockout`` once ``max_failures`` is reached.
-
-    Returns True when this failure locked the account.
-    """
-    user.failed_logins += 1
-    if user.failed_logins >= max_failures:
-        user.locked_until = now + lockout
-        user.failed_logins = 0
-        return True
-    return False
-
-
 def record_login(session: Session, user: User, now: datetime) -> None:
-    user.failed_logins = 0
-    user.locked_until = None
     user.last_login_at = now
 
 
-def is_locked(user: User, now: datetime) -> bool:
-    return user.locked_until is not None and user.locked_until > now
+def end_sessions(session: Session, user_pk: int) -> int:
+    """End every console session of a user at once (password, role or status changed)."""
+    result = session.execute(delete(WebSession).where(WebSession.user_pk == user_pk))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_password(session: Session, user: User, password_hash: str) -> None:
+    """The one way a password changes: every reset link still out and every session end with the
+    old password, so whoever held either loses it now."""
+    user.password_hash = password_hash
+    revoke_reset_tokens(session, user.id)
+    end_sessions(session, user.id)
 
 
 # -- password reset ---------------------------------------------------------------------------
 
 
+def revoke_reset_tokens(session: Session, user_pk: int) -> int:
+    """Drop the user's unused reset links (a newer link or a password change supersedes them)."""
+    result = session.execute(
+        delete(PasswordResetToken).where(
+            PasswordResetToken.user_pk == user_pk, PasswordResetToken.used_at.is_(None)
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def create_reset_token(
     session: Session, user: User, token: str, ttl: timedelta
 ) -> PasswordResetToken:
+    """A new reset link for ``user``; any older unused link stops working."""
+    revoke_reset_tokens(session, user.id)
     row = PasswordResetToken(
         user_pk=user.id, token_hash=token_digest(token), expires_at=utcnow() + ttl
     )

@@ -8,8 +8,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.training.dicom_export import CT_IMAGE_STORAGE, DX_IMAGE_STORAGE, read_volume
-from models.training.phantoms import make_2d_phantom, make_3d_phantom, phantom_to_dicom_series
+from models.training.dicom_export import (
+    CT_IMAGE_STORAGE,
+    DX_IMAGE_STORAGE,
+    read_volume,
+    write_series,
+)
+from models.training.phantoms import make_2d_phantom, make_3d_phantom
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -69,7 +74,7 @@ def test_3d_phantom_is_ct_like_with_lesions_in_boxes() -> None:
 
 def test_2d_phantom_as_dx_dicom(tmp_path: Path) -> None:
     phantom = make_2d_phantom(np.random.default_rng(1), size=64)
-    (path,) = phantom_to_dicom_series(phantom, tmp_path, study_uid="1.2.3.4")
+    (path,) = write_series(phantom, tmp_path, study_uid="1.2.3.4")
     ds = pydicom.dcmread(path)
     assert (
         ds.SOPClassUID == DX_IMAGE_STORAGE
@@ -81,7 +86,7 @@ def test_2d_phantom_as_dx_dicom(tmp_path: Path) -> None:
 
 def test_3d_phantom_as_ct_series_round_trips_hu(tmp_path: Path) -> None:
     phantom = make_3d_phantom(np.random.default_rng(2), shape=(8, 32, 32))
-    paths = phantom_to_dicom_series(phantom, tmp_path)
+    paths = write_series(phantom, tmp_path)
     assert len(paths) == 8
     first = pydicom.dcmread(paths[0])
     assert first.SOPClassUID == CT_IMAGE_STORAGE and first.Modality == "CT"

@@ -25,3 +25,32 @@ def test_migrations_match_orm(db: Database) -> None:
 def test_migrate_is_idempotent(db: Database) -> None:
     db.migrate()
     db.migrate()
+
+
+def test_sessions_migration_keeps_users_and_drops_the_lockout_columns(database_url: str) -> None:
+    """0001 -> head on a database with a user in it, and back (batch mode on SQLite)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from node.db.engine import alembic_config
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        cfg = alembic_config(database_url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO users (username, email, password_hash, role, active, failed_logins,"
+                " created_at) VALUES ('old', '', 'h', 'admin', true, 3, CURRENT_TIMESTAMP)"
+            )
+        )
+        command.upgrade(cfg, "head")
+        columns = {c["name"] for c in inspect(conn).get_columns("users")}
+        assert "failed_logins" not in columns and "locked_until" not in columns
+        assert conn.execute(text("SELECT username FROM users")).scalar_one() == "old"
+        assert {"web_sessions", "auth_throttle"} <= set(inspect(conn).get_table_names())
+        command.downgrade(cfg, "0001")
+        assert conn.execute(text("SELECT failed_logins FROM users")).scalar_one() == 0
+        conn.commit()
+    engine.dispose()

@@ -14,12 +14,13 @@ from pydicom import dcmread
 
 from core.config import Settings
 from core.domain import ArtifactKind, DeliveryState
+from node.backoff import backoff_delay
 from node.db.engine import Database
 from node.db.orm import Job, utcnow
 from node.db.repositories import audit
 from node.db.repositories import deliveries as repo
-from node.dispatch.dispatcher import Dispatcher, backoff_delay
-from node.dispatch.planning import plan_deliveries, resend
+from node.dispatch.delivery_plan import plan_deliveries, resend
+from node.dispatch.dispatcher import Dispatcher
 from tests.conftest import free_port
 from tests.node.dispatch.conftest import StoreScp, add_job_with_artifacts, with_destinations
 from tests.node.dispatch.factory import MadeObject

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from node.db.engine import Database
 from node.db.orm import Instance, Study
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.node.ingest.helpers import acknowledged_problems, run_dcmtk, write_instances
 from tests.node.ingest.test_receiver_pool import send_files

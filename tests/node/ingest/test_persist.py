@@ -12,7 +12,8 @@ from core.config import Settings
 from core.domain import Association, LateArrivalPolicy, StoreStatus, StudyState
 from node.db.engine import Database
 from node.db.orm import AuditEvent, Instance, Series, Study
-from node.db.repositories.instances import get_study, instance_path, list_instances
+from node.db.repositories.instances import instance_path, list_instances
+from node.db.repositories.studies import get_study
 from node.ingest.persist import GroupCommitter, persist_instance
 from tests.node.ingest.helpers import dataset_part, make_instance, stored_files
 

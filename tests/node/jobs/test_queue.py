@@ -16,7 +16,7 @@ from node.db.orm import AuditEvent, Job, Study, utcnow
 from node.db.repositories import audit
 from node.grouping.completion import force_complete
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.scheduler import completion_sweep, lease_expiry
 from tests.node.jobs.rows import add_study
 
@@ -145,6 +145,25 @@ def test_failures_retry_with_backoff_then_fail_for_good(settings: Settings, db: 
         actions = [e.action for e in audit.query(s, entity_type="job")]
         assert actions.count("job.retry") == settings.jobs.max_attempts - 1
         assert actions.count("job.failed") == 1
+
+
+def test_job_retry_delay_is_the_shared_backoff(settings: Settings, db: Database) -> None:
+    """Jobs back off like deliveries (node.backoff): base * 2^(n-1) seconds, ±20%."""
+    add_study(db, "5.2", modality="CR")
+    sweep(settings, db)
+    now = soon()
+    base = settings.jobs.backoff_base_s
+    for attempt in (1, 2):
+        claimed = queue.claim_next(db, "w", now, settings.jobs)
+        assert claimed is not None
+        with db.write() as s:
+            job = queue.owned_job(s, claimed.job_id, "w")
+            assert job is not None
+            queue.mark_failed(s, job, "w", now, "RuntimeError: boom", settings.jobs)
+            delay = (job.next_attempt_at - now).total_seconds()
+        expected = base * 2 ** (attempt - 1)
+        assert 0.8 * expected <= delay <= 1.2 * expected
+        now = now + timedelta(seconds=delay + 1)
 
 
 def test_expired_lease_requeues_and_fences_the_old_worker(settings: Settings, db: Database) -> None:

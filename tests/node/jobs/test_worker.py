@@ -21,10 +21,10 @@ from core.domain import ArtifactKind
 from node.db.engine import Database
 from node.db.orm import Artifact, Instance, Job, utcnow
 from node.jobs import queue
-from node.jobs.planning import JobPlanner
+from node.jobs.creation import JobPlanner
 from node.jobs.worker import NonRetryableError, Worker
 from node.scheduler import completion_sweep
-from pipelines.result import PipelineResult, SourceFrame, StudyInput
+from pipelines.contract import PipelineResult, SourceFrame, StudyInput
 from tests.node.jobs.rows import add_study
 from tests.node.jobs.test_queue import PIPES, soon
 

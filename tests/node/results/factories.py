@@ -15,9 +15,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from core.dicom_uids import deterministic_uid
 from core.domain import CodedConcept, Severity
-from node.results.uids import deterministic_uid
-from pipelines.result import (
+from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
     Finding,

@@ -11,10 +11,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
+from pipelines.contract import SourceSeries
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import decode_series
 from pipelines.preprocess.intensity import dicom_linear_window, grey_image
-from pipelines.result import SourceSeries
 from pipelines.spec import PreprocessingSpec, Window
 from tests.conftest import SHARED_DATA
 

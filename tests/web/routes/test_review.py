@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,20 @@ def test_study_page_and_downloads(processed: tuple[Console, ProcessedStudy]) -> 
     with console.db.read() as session:
         downloads = session.query(AuditEvent).filter_by(action="result.download").count()
     assert downloads == 4
+
+
+def test_export_of_a_result_no_longer_on_disk_is_404(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    """One export implementation: with the result files gone there is no second, different file."""
+    console, study = processed
+    client = console.login("viewer1")
+    shutil.rmtree(study.seg_path.parent)
+    for which in ("csv", "json", "masks", "pdfs"):
+        response = client.get(f"/jobs/{study.job_id}/export/{which}")
+        assert response.status_code == 404 and "no longer on disk" in response.text
+    page = client.get(f"/review/{study.job_id}")  # the review page falls back to the job summary
+    assert page.status_code == 200
 
 
 def test_rerun_and_resend(processed: tuple[Console, ProcessedStudy]) -> None:

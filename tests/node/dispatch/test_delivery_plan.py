@@ -12,7 +12,7 @@ from node.db.engine import Database
 from node.db.orm import Job
 from node.db.repositories import audit
 from node.db.repositories import deliveries as repo
-from node.dispatch.planning import (
+from node.dispatch.delivery_plan import (
     cancel_held,
     destination_settings,
     plan_deliveries,

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Instance, Job, Series, Study, utcnow
-from node.db.repositories import console
+from node.db.repositories import config_overrides, dashboard
+from node.db.repositories import search as study_search
 
 
 def _seed(db: Database) -> None:
@@ -70,33 +71,47 @@ def _seed(db: Database) -> None:
 def test_search_filters_paging_sorting(db: Database) -> None:
     _seed(db)
     with db.read() as session:
-        page = console.search_studies(session, console.StudyFilter(), page=2, per_page=5)
+        page = study_search.search_studies(session, study_search.StudyFilter(), page=2, per_page=5)
         assert (page.total, page.pages, len(page.items)) == (12, 3, 5)
         assert [s.study_instance_uid for s in page.items][0] == "1.2.3.5"  # newest first
-        by_acc = console.search_studies(
-            session, console.StudyFilter(), sort="accession", descending=False, per_page=3
+        by_acc = study_search.search_studies(
+            session, study_search.StudyFilter(), sort="accession", descending=False, per_page=3
         )
         assert [s.accession_number for s in by_acc.items] == ["A00", "A01", "A02"]
-        flt = console.StudyFilter(patient="name_1", modality="seg")
-        assert {s.patient_name for s in console.search_studies(session, flt).items} == {"Name_11%"}
-        assert console.search_studies(session, console.StudyFilter(patient="%")).total == 12
-        assert console.search_studies(session, console.StudyFilter(patient="0%")).total == 2
-        assert console.search_studies(session, console.StudyFilter(patient="e_1")).total == 2
-        dates = console.StudyFilter(date_from="20240203", date_to="20240205")
-        assert console.search_studies(session, dates).total == 3
-        assert console.search_studies(session, console.StudyFilter(status="failed")).total == 3
-        assert console.search_studies(session, console.StudyFilter(status="pending")).total == 1
+        flt = study_search.StudyFilter(patient="name_1", modality="seg")
+        assert {s.patient_name for s in study_search.search_studies(session, flt).items} == {
+            "Name_11%"
+        }
+        assert (
+            study_search.search_studies(session, study_search.StudyFilter(patient="%")).total == 12
+        )
+        assert (
+            study_search.search_studies(session, study_search.StudyFilter(patient="0%")).total == 2
+        )
+        assert (
+            study_search.search_studies(session, study_search.StudyFilter(patient="e_1")).total == 2
+        )
+        dates = study_search.StudyFilter(date_from="20240203", date_to="20240205")
+        assert study_search.search_studies(session, dates).total == 3
+        assert (
+            study_search.search_studies(session, study_search.StudyFilter(status="failed")).total
+            == 3
+        )
+        assert (
+            study_search.search_studies(session, study_search.StudyFilter(status="pending")).total
+            == 1
+        )
 
 
 def test_dashboard_counts_and_charts(db: Database) -> None:
     _seed(db)
     with db.read() as session:
-        counts = console.dashboard_counts(session)
+        counts = dashboard.dashboard_counts(session)
         assert (counts.studies_total, counts.instances_total) == (12, 12)
         assert counts.studies_today == 4 and counts.jobs_failed == 3 and counts.jobs_succeeded == 9
         assert counts.reviews_pending == 1 and counts.median_processing_s == 4.0
-        assert counts.destinations == [console.DestinationCounts("pacs", 4, 4, 4, 0)]
-        charts = console.chart_data(session, days=3)
+        assert counts.destinations == [dashboard.DestinationCounts("pacs", 4, 4, 4, 0)]
+        charts = dashboard.chart_data(session, days=3)
         assert sum(n for _, n in charts.studies_per_day) == 12 and len(charts.studies_per_day) == 3
         assert dict(charts.class_distribution) == {"lesion": 6, "normal": 3}
         assert sum(n for _, n in charts.confidence_histogram) == 9
@@ -106,16 +121,18 @@ def test_dashboard_counts_and_charts(db: Database) -> None:
 
 def test_overrides_roundtrip(db: Database) -> None:
     with db.write() as session:
-        console.set_override(session, "pipeline:x", {"enabled": False}, "admin")
+        config_overrides.set_override(session, "pipeline:x", {"enabled": False}, "admin")
     with db.write() as session:
-        console.set_override(session, "pipeline:x", {"enabled": True}, "admin2")
-        console.set_override(session, "other", {}, "admin")
+        config_overrides.set_override(session, "pipeline:x", {"enabled": True}, "admin2")
+        config_overrides.set_override(session, "other", {}, "admin")
     with db.read() as session:
-        assert console.list_overrides(session, "pipeline:") == {"pipeline:x": {"enabled": True}}
+        assert config_overrides.list_overrides(session, "pipeline:") == {
+            "pipeline:x": {"enabled": True}
+        }
     with db.write() as session:
-        console.delete_override(session, "pipeline:x")
+        config_overrides.delete_override(session, "pipeline:x")
     with db.read() as session:
-        assert console.get_override(session, "pipeline:x") is None
+        assert config_overrides.get_override(session, "pipeline:x") is None
 
 
 def test_effective_settings_apply_console_switches(db: Database, settings) -> None:  # type: ignore[no-untyped-def]
@@ -132,12 +149,12 @@ def test_effective_settings_apply_console_switches(db: Database, settings) -> No
         },
     )
     with db.write() as session:
-        console.set_override(session, "destination:pacs", {"enabled": False}, "admin")
-        console.set_override(
+        config_overrides.set_override(session, "destination:pacs", {"enabled": False}, "admin")
+        config_overrides.set_override(
             session, "allowed_callers", {"entries": [{"ae_title": "CT1", "host": None}]}, "admin"
         )
     with db.read() as session:
-        effective = console.effective_settings(session, base)
+        effective = config_overrides.effective_settings(session, base)
     assert [d.enabled for d in effective.destinations] == [False, True]
     assert [(c.ae_title, c.host) for c in effective.allowed_callers] == [("CT1", None)]
     assert base.destinations[0].enabled  # the file settings are untouched

@@ -1,0 +1,41 @@
+"""``pacsnode worker``, and the worker stage built: pipelines with their model registry, the result
+producer and the delivery planner handed to :class:`node.jobs.worker.Worker`.
+
+This is the one place that knows every piece the worker is made of. It lives apart from
+:mod:`app.runtime` because it imports PyTorch (through the model registry and the pipelines):
+only ``pacsnode worker`` and ``pacsnode serve`` import it, so the other processes start without.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from app.runtime import run_stages
+from core.config import Settings
+from models.registry import ModelRegistry
+from node.db.engine import Database
+from node.dispatch.delivery_plan import plan_deliveries
+from node.jobs.worker import Worker
+from node.results.produce import produce_results
+from pipelines.registry import PipelineRegistry
+
+
+def build_worker(settings: Settings, db: Database, worker_id: str | None = None) -> Worker:
+    """A worker over every configured pipeline, sharing one warm model registry."""
+    models = ModelRegistry(settings.models_dir, settings.torch_threads)
+    return Worker(
+        settings,
+        db,
+        PipelineRegistry(settings, models),
+        producer=produce_results,
+        # The review gate's held/pending choice comes per job; the node's settings decide
+        # whether an Orthanc source also gets the results back.
+        delivery_planner=partial(plan_deliveries, settings=settings),
+        worker_id=worker_id,
+    )
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    worker_id = getattr(args, "worker_id", None)
+    return run_stages(settings, ("worker",), worker_id=worker_id, build_worker=build_worker)

@@ -1,0 +1,129 @@
+"""A MONAI bundle run as MONAI runs it: its own pre-processing, inferer and post-processing.
+
+The bundle's ``configs/inference.{json,yaml}`` is parsed with :class:`monai.bundle.ConfigParser`.
+What reads or writes files is left out — ``LoadImage*`` (the node hands over the decoded series as
+a MetaTensor with its true affine) and ``SaveImage*`` (the node writes DICOM) — and everything else
+runs unchanged: orientation, spacing, intensity scaling, the bundle's inferer and its
+post-processing, including ``Invertd`` back to the source grid. The post-processing is split at its
+first discretising step (``AsDiscreted``), so ensembles can average the bundle's probabilities on
+the source grid; a lone member's label map is argmax of the same tensor, exactly as the bundle's own
+``AsDiscreted(argmax=True)`` gives it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.card import ModelLoadError
+
+_READERS = ("LoadImage", "LoadImaged")
+_WRITERS = ("SaveImage", "SaveImaged", "SaveClassificationd")
+_DISCRETISERS = ("AsDiscrete", "AsDiscreted")
+_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+
+
+@dataclass
+class MonaiBundle:
+    """The parts of a bundle the node runs, in the bundle's own order."""
+
+    root: Path
+    network: torch.nn.Module
+    preprocessing: Callable[[dict[str, Any]], dict[str, Any]]
+    inferer: Callable[..., Any]
+    to_probabilities: Callable[[dict[str, Any]], dict[str, Any]]
+    version: str
+    channel_names: tuple[str, ...]  # from metadata.json's channel_def, background first
+    image_key: str = "image"
+    pred_key: str = "pred"
+
+
+def _target_name(item: Any) -> str:
+    target = item.get("_target_", "") if isinstance(item, dict) else ""
+    return str(target).rsplit(".", 1)[-1].removeprefix("$")
+
+
+def _transforms(parser: Any, key: str) -> list[dict[str, Any]]:
+    config = parser.get(key)
+    if config is None:
+        return []
+    if isinstance(config, dict) and _target_name(config) == "Compose":
+        return list(config.get("transforms", []))
+    raise ModelLoadError(f"MONAI bundle: {key!r} is not a Compose of transforms")
+
+
+def find_config(bundle: Path, config_name: str = "") -> Path:
+    candidates = (
+        [bundle / config_name] if config_name else [bundle / "configs" / n for n in _CONFIG_NAMES]
+    )
+    config = next((c for c in candidates if c.is_file()), None)
+    if config is None:
+        raise ModelLoadError(
+            f"MONAI bundle {bundle}: no inference config ({', '.join(map(str, candidates))})"
+        )
+    return config
+
+
+def read_parser(bundle: Path, config: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config))
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"MONAI bundle {bundle}: {config.name} is not valid: {exc}") from exc
+    parser["bundle_root"] = str(bundle)
+    return parser
+
+
+def _metadata(bundle: Path) -> dict[str, Any]:
+    path = bundle / "configs" / "metadata.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"MONAI bundle {bundle}: metadata.json is not valid: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _channel_names(metadata: dict[str, Any], pred_key: str) -> tuple[str, ...]:
+    outputs: dict[str, Any] = metadata.get("network_data_format", {}).get("outputs", {})
+    output: dict[str, Any] = outputs.get(pred_key) or next(iter(outputs.values()), {})
+    channel_def: dict[str, Any] = output.get("channel_def", {})
+    return tuple(str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k)))
+
+
+def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str) -> MonaiBundle:
+    """Build the runnable pieces of ``bundle`` (its network already loaded with its weights)."""
+    pre = [t for t in _transforms(parser, "preprocessing") if _target_name(t) not in _READERS]
+    post = [t for t in _transforms(parser, "postprocessing") if _target_name(t) not in _WRITERS]
+    cut = next((i for i, t in enumerate(post) if _target_name(t) in _DISCRETISERS), len(post))
+    if "inferer" not in parser:
+        raise ModelLoadError(f"MONAI bundle {bundle}: its config has no 'inferer'")
+    # Every item is set before anything is instantiated: setting an item resets the parser's
+    # cache, and Invertd must invert the very Compose instance that ran (MONAI checks its id).
+    parser["device"] = f"$torch.device({device!r})"  # where the node placed the network
+    parser["preprocessing"] = {"_target_": "Compose", "transforms": pre}
+    parser["_pacsnode_to_probabilities"] = {"_target_": "Compose", "transforms": post[:cut]}
+    try:
+        preprocessing = parser.get_parsed_content("preprocessing")
+        to_probabilities = parser.get_parsed_content("_pacsnode_to_probabilities")
+        inferer = parser.get_parsed_content("inferer")
+    except Exception as exc:  # noqa: BLE001 - any config error becomes a load error naming the bundle
+        raise ModelLoadError(f"MONAI bundle {bundle}: {type(exc).__name__}: {exc}") from exc
+    metadata = _metadata(bundle)
+    return MonaiBundle(
+        root=bundle,
+        network=network,
+        preprocessing=preprocessing,
+        inferer=inferer,
+        to_probabilities=to_probabilities,
+        version=str(metadata.get("version", "")),
+        channel_names=_channel_names(metadata, "pred"),
+    )

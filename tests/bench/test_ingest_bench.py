@@ -1,0 +1,73 @@
+"""bench/ingest.py: the pynetdicom baseline receiver stores for real, and --workdir is created."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from tests.conftest import free_port
+from tests.processes import wait_for_port
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ct_instance(index: int) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.InstanceNumber = "BENCH", "CT", index
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = bytes(32)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.mark.parametrize("options", [[], ["--no-fsync"]], ids=["durable", "no-fsync"])
+def test_pynetdicom_receiver_writes_every_instance(tmp_path: Path, options: list[str]) -> None:
+    port, out = free_port(), tmp_path / "received"
+    script = BENCH / "pynetdicom_scp.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(port), str(out), *options])
+    try:
+        wait_for_port(port, timeout=30)
+        ae = AE(ae_title="BENCHSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PYNETDICOM")
+        assert assoc.is_established
+        sent = [_ct_instance(i) for i in range(3)]
+        statuses = [assoc.send_c_store(ds).Status for ds in sent]
+        assoc.release()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert statuses == [0x0000] * 3
+    stored = {dcmread(path).SOPInstanceUID for path in out.glob("*.dcm")}
+    assert stored == {ds.SOPInstanceUID for ds in sent}
+
+
+def test_workdir_is_created_when_missing(tmp_path: Path) -> None:
+    ingest = _load("ingest")
+    workdir = tmp_path / "does" / "not" / "exist"
+    folder = ingest.bench_folder(workdir)
+    assert folder.is_dir() and folder.parent == workdir
