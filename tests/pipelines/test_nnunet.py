@@ -23,7 +23,7 @@ import yaml
 
 from models.card import ModelCard, ModelLoadError, write_card
 from models.loaders import load_model, weights_digest
-from pipelines.result import StudyInput
+from pipelines.contract import StudyInput
 from tests.models.nnunet_tiny import LABELS, train_tiny_model
 from tests.pipelines.conftest import study_from_files
 
