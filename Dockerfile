@@ -4,6 +4,7 @@ FROM python:3.11-slim-bookworm
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PACSNODE_DATA_DIR=/data
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dcmtk libgl1 libglib2.0-0 \
+    fonts-dejavu-core fonts-droid-fallback \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/pacsnode
 COPY pyproject.toml README.md ./

@@ -306,6 +306,8 @@ class Settings(BaseSettings):
     network_timeout_s: float = Field(60.0, gt=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
+    max_pending_connections: int = Field(16, ge=1)
+    max_instance_mb: float = Field(4096.0, gt=0)
     allowed_callers: list[CallerAllowEntry] = Field(default_factory=list)
     tls: TLSSettings | None = None
     min_free_disk_mb: float = Field(500.0, ge=0)

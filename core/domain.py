@@ -26,7 +26,8 @@ class StoreStatus(enum.IntEnum):
 class StudyState(enum.StrEnum):
     RECEIVING = "receiving"  # instances still arriving (quiet period running)
     COMPLETE = "complete"  # completion rule met; jobs created
-    PROCESSED = "processed"  # every job reached a terminal state
+    PROCESSED = "processed"  # every job reached a terminal state (Study.outcome says how)
+    SKIPPED = "skipped"  # complete, but no pipeline matches it (Study.outcome says why)
 
 
 class JobState(enum.StrEnum):
@@ -47,10 +48,17 @@ class ArtifactKind(enum.StrEnum):
     OVERLAY = "overlay"
     PDF = "pdf"
     SR = "sr"
+    # IHE IOCM Rejection Note (KOS) withdrawing objects already delivered; made by Reject, last
+    REJECTION_NOTE = "rejection_note"
 
     @property
     def dispatch_rank(self) -> int:
-        return {"seg": 0, "overlay": 1, "pdf": 2, "sr": 3}[self.value]
+        return {"seg": 0, "overlay": 1, "pdf": 2, "sr": 3, "rejection_note": 4}[self.value]
+
+    @property
+    def is_result(self) -> bool:
+        """A result of the pipeline (not a note about results)."""
+        return self is not ArtifactKind.REJECTION_NOTE
 
 
 class ReviewState(enum.StrEnum):
@@ -67,6 +75,16 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"  # attempts exhausted; the console can resend
     CANCELLED = "cancelled"  # review rejected: never sent
+
+    @property
+    def unsent(self) -> bool:
+        """Not (yet) at the destination: what a rejection cancels."""
+        return self in (
+            DeliveryState.HELD,
+            DeliveryState.PENDING,
+            DeliveryState.IN_PROGRESS,
+            DeliveryState.FAILED,
+        )
 
 
 class DestinationKind(enum.StrEnum):

@@ -78,7 +78,10 @@ def _deletable_studies(db: Database, older_than: datetime | None) -> list[tuple[
         )
         stmt = (
             select(Study.id, Study.study_instance_uid)
-            .where(Study.state == StudyState.PROCESSED.value, undelivered == 0)
+            .where(
+                Study.state.in_([StudyState.PROCESSED.value, StudyState.SKIPPED.value]),
+                undelivered == 0,
+            )
             .order_by(Study.last_received_at)
         )
         if older_than is not None:

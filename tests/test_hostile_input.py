@@ -232,7 +232,6 @@ def test_orthanc_pull_refuses_and_logs(
 
 
 # -- C-STORE ------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=False, reason="C-STORE UID checks land with the receiver branch")
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_c_store_hostile_study_uid(
     settings: Settings, sqlite_db: Database, tmp_path: Path, mark: str, kind: str

@@ -17,7 +17,9 @@ from core.config import DestinationSettings, Settings
 from models.card import ModelCard, load_cards
 from node.db.engine import Database
 from node.db.repositories.studies import study_facts
-from node.dispatch.delivery_plan import cancel_held, release_held, resend
+from node.dispatch.delivery_plan import release_held, resend
+from node.dispatch.rejection import preview_rejection
+from node.dispatch.rejection import reject_job as reject_results
 from node.dispatch.sender import PingResult
 from node.dispatch.targets import sender_for
 from node.grouping import routing
@@ -37,7 +39,6 @@ from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_config
 
 __all__ = [
     "PIPELINE_OVERRIDE_PREFIX",
-    "cancel_held",
     "explain_routes",
     "force_complete",
     "import_paths",
@@ -46,6 +47,8 @@ __all__ = [
     "ping_destination",
     "pipeline_classes",
     "pipeline_configs",
+    "preview_rejection",
+    "reject_results",
     "release_held",
     "requeue_job",
     "resend",

@@ -10,7 +10,13 @@ import torch
 from models.card import ModelCard, ModelLoadError
 from models.devices import DevicePlacement
 from models.loaders import LoadedModel, read_state_dict
-from models.loaders.monai_bundle import MonaiBundle, find_config, load_bundle, read_parser
+from models.loaders.monai_bundle import (
+    MonaiBundle,
+    find_config,
+    has_own_pipeline,
+    load_bundle,
+    read_parser,
+)
 
 
 def build_monai_network(architecture: str, arguments: dict[str, object]) -> torch.nn.Module:
@@ -30,6 +36,8 @@ def load_monai(card: ModelCard, placement: DevicePlacement, sha: str) -> LoadedM
     if path.is_dir():
         network, parser = _network_from_bundle(path, card)
         network.to(placement.used)
+        if not has_own_pipeline(parser):
+            return LoadedModel(card, placement, sha, network=network)
         bundle = load_bundle(path, network, parser, placement.used)
         _check_bundle_labels(card, bundle)
         return LoadedModel(card, placement, sha, network=network, bundle=bundle)

@@ -99,13 +99,19 @@ def _channel_names(metadata: dict[str, Any], pred_key: str) -> tuple[str, ...]:
     return tuple(str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k)))
 
 
+def has_own_pipeline(parser: Any) -> bool:
+    """Whether the bundle brings its own transforms; one with only ``network_def`` does not, and
+    its network is fed as the card's ``input`` says, like any MONAI network."""
+    return "preprocessing" in parser
+
+
 def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str) -> MonaiBundle:
     """Build the runnable pieces of ``bundle`` (its network already loaded with its weights)."""
     pre = [t for t in _transforms(parser, "preprocessing") if _target_name(t) not in _READERS]
     post = [t for t in _transforms(parser, "postprocessing") if _target_name(t) not in _WRITERS]
     cut = next((i for i, t in enumerate(post) if _target_name(t) in _DISCRETISERS), len(post))
-    if "inferer" not in parser:
-        raise ModelLoadError(f"MONAI bundle {bundle}: its config has no 'inferer'")
+    if "inferer" not in parser:  # MONAI's evaluators default to one forward pass as well
+        parser["inferer"] = {"_target_": "SimpleInferer"}
     # Every item is set before anything is instantiated: setting an item resets the parser's
     # cache, and Invertd must invert the very Compose instance that ran (MONAI checks its id).
     parser["device"] = f"$torch.device({device!r})"  # where the node placed the network

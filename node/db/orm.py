@@ -85,6 +85,8 @@ class Study(Base):
     modalities: Mapped[str] = mapped_column(String(64), default="")  # e.g. "CT\\SEG"
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     completion_reason: Mapped[str] = mapped_column(String(64), default="")
+    # how the study ended, for people: "no pipeline matches (modality NM)", "1 of 2 jobs failed"
+    outcome: Mapped[str] = mapped_column(String(255), default="")
     # set by "force complete" (CLI, API, Orthanc hook); the completion sweep acts on it and clears it
     complete_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     result_version: Mapped[int] = mapped_column(Integer, default=1)
@@ -316,6 +318,8 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(16))  # approved | rejected | comment
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User | None] = relationship()  # who decided (None once the account is deleted)
 
 
 class ConfigOverride(Base):

@@ -1,4 +1,6 @@
-"""Which objects go where, and the review gate: deliveries are planned, held, released, cancelled.
+"""Which objects go where, and the review gate: deliveries are planned, held, released, resent.
+
+Rejection (cancelling and withdrawing) is :mod:`node.dispatch.rejection`.
 
 The worker calls :func:`plan_deliveries` in the job's final transaction, so a job that succeeded
 always has its deliveries (no window where results exist but nothing is due). Every state change
@@ -13,7 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
-from core.domain import ArtifactKind, DeliveryState, DestinationKind
+from core.domain import ArtifactKind, DeliveryState, DestinationKind, ReviewState
 from node.db.orm import Delivery, Job, utcnow
 from node.db.repositories import deliveries as repo
 
@@ -84,27 +86,12 @@ def release_held(session: Session, job: Job, actor: str) -> int:
     return len(held)
 
 
-def cancel_held(session: Session, job: Job, actor: str, reason: str) -> int:
-    """Review rejected: HELD deliveries are CANCELLED and will never be sent."""
-    held = repo.for_job(session, job.id, [DeliveryState.HELD])
-    for delivery in held:
-        delivery.last_error = f"review rejected: {reason}"[:2000]
-        repo.transition(
-            session,
-            delivery,
-            DeliveryState.CANCELLED,
-            action="delivery.cancelled",
-            actor=actor,
-            detail=reason,
-        )
-    return len(held)
-
-
 def resend(session: Session, delivery_id: int, actor: str) -> None:
     """Console "resend": a FAILED delivery gets a fresh set of attempts, due now.
 
     Raises ``LookupError`` for an unknown id and ``ValueError`` for a delivery that is not FAILED
-    (a held one needs approval, a cancelled one was rejected by a reviewer)."""
+    (a held one needs approval, a cancelled one was rejected by a reviewer), and for a result of a
+    rejected job (only its rejection notes may be sent again)."""
     delivery = repo.get(session, delivery_id)
     if delivery is None:
         raise LookupError(f"no delivery {delivery_id}")
@@ -112,6 +99,12 @@ def resend(session: Session, delivery_id: int, actor: str) -> None:
         raise ValueError(
             f"delivery {delivery_id} is {delivery.state}; only a failed delivery can be resent"
         )
+    job = repo.job_of(session, delivery)
+    if (
+        job.review_state == ReviewState.REJECTED.value
+        and ArtifactKind(delivery.artifact.kind).is_result
+    ):
+        raise ValueError(f"job {job.id} was rejected; its results cannot be resent")
     delivery.attempts = 0
     delivery.next_attempt_at = utcnow()
     delivery.lease_owner = ""

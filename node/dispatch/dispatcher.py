@@ -25,12 +25,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
-from core.domain import ArtifactKind, DeliveryState
+from core.domain import ArtifactKind, DeliveryState, ReviewState
 from node.backoff import backoff_delay
 from node.db.engine import Database
-from node.db.orm import Delivery, utcnow
+from node.db.orm import Delivery, Job, utcnow
 from node.db.repositories import deliveries as repo
 from node.dispatch.delivery_plan import destination_settings
+from node.dispatch.rejection import plan_rejection_notes
 from node.dispatch.sender import SendOutcome
 from node.dispatch.targets import sender_for
 from node.overrides import settings_refresher
@@ -242,11 +243,17 @@ class Dispatcher:
         cfg = self.settings.dispatch
         sent = 0
         with self.db.write() as session:
+            rejected_jobs: set[int] = set()
             for item in items:
                 delivery = session.get(Delivery, item.delivery_id)
+                outcome = outcomes.get(item.delivery_id)
+                if delivery is not None and _stored_after_rejection(delivery, outcome):
+                    sent += 1
+                    self._record_late(session, delivery, now)
+                    rejected_jobs.add(delivery.artifact.job_pk)
+                    continue
                 if delivery is None or delivery.state != DeliveryState.IN_PROGRESS.value:
                     continue  # deleted, or resent/cancelled by someone else meanwhile
-                outcome = outcomes.get(item.delivery_id)
                 delivery.lease_owner = ""
                 delivery.lease_expires_at = None
                 if outcome is None:
@@ -300,4 +307,32 @@ class Dispatcher:
                         actor=self.worker_id,
                         detail=f"attempt {delivery.attempts} failed ({outcome.error}); next in {delay:.1f}s",
                     )
+            for job_pk in sorted(rejected_jobs):
+                job = session.get_one(Job, job_pk)
+                if job.review_state == ReviewState.REJECTED.value:
+                    plan_rejection_notes(session, self.settings, job)
         return sent
+
+    def _record_late(self, session: Session, delivery: Delivery, now: datetime) -> None:
+        """A send that was in flight when its job was rejected reached the destination after
+        all: it is recorded as delivered, and the caller plans a rejection note for it."""
+        delivery.lease_owner = ""
+        delivery.lease_expires_at = None
+        delivery.delivered_at = now
+        repo.transition(
+            session,
+            delivery,
+            DeliveryState.DELIVERED,
+            action="delivery.delivered",
+            actor=self.worker_id,
+            detail="stored while the job was being rejected; a rejection note follows",
+        )
+
+
+def _stored_after_rejection(delivery: Delivery, outcome: SendOutcome | None) -> bool:
+    return (
+        delivery.state == DeliveryState.CANCELLED.value
+        and outcome is not None
+        and outcome.ok
+        and ArtifactKind(delivery.artifact.kind).is_result
+    )

@@ -2,7 +2,9 @@
 receiver sends (C-ECHO-RSP, C-STORE-RSP, and a failure response to any other request).
 
 Command sets are always Implicit VR Little Endian; only the few elements the receiver needs are
-read, and the responses are built by hand (µs, where pydicom would take a millisecond).
+read, and the responses are built by hand (µs, where pydicom would take a millisecond). UIDs are
+kept as the raw bytes the peer sent: the caller checks them (``core.dicom_uids.checked_uid``) and
+decides which ones a response may name, so a malformed UID can never break the encoder.
 """
 
 from __future__ import annotations
@@ -29,21 +31,19 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    """The request fields the receiver acts on."""
+    """The request fields the receiver acts on. The UIDs are raw values (padding included);
+    ``None`` when the element is absent."""
 
     command_field: int
     message_id: int
     has_data_set: bool
-    affected_sop_class: str = ""
-    affected_sop_instance: str = ""
-
-
-def _uid(raw: bytes) -> str:
-    return raw.decode("ascii", errors="replace").rstrip("\0 ")
+    affected_sop_class: bytes | None = None
+    affected_sop_instance: bytes | None = None
 
 
 def parse_command(raw: bytes | bytearray | memoryview) -> Command:
-    """Decode the elements of an Implicit VR Little Endian command set."""
+    """Decode the elements of an Implicit VR Little Endian command set. Command Field and Message
+    ID are required (without them no response can be addressed); the UIDs are checked later."""
     view = memoryview(raw)
     values: dict[int, bytes] = {}
     offset = 0
@@ -71,10 +71,10 @@ def parse_command(raw: bytes | bytearray | memoryview) -> Command:
 
     return Command(
         command_field=us(TAG_COMMAND_FIELD),
-        message_id=us(TAG_MESSAGE_ID) if TAG_MESSAGE_ID in values else 0,
+        message_id=us(TAG_MESSAGE_ID),
         has_data_set=us(TAG_DATA_SET_TYPE) != NO_DATA_SET if TAG_DATA_SET_TYPE in values else False,
-        affected_sop_class=_uid(values.get(TAG_AFFECTED_SOP_CLASS, b"")),
-        affected_sop_instance=_uid(values.get(TAG_AFFECTED_SOP_INSTANCE, b"")),
+        affected_sop_class=values.get(TAG_AFFECTED_SOP_CLASS),
+        affected_sop_instance=values.get(TAG_AFFECTED_SOP_INSTANCE),
     )
 
 
@@ -87,20 +87,23 @@ def _uid_value(uid: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
-def encode_response(request: Command, status: int) -> bytes:
-    """The response command set to ``request`` (its command field with bit 15 set), no data set."""
+def encode_response(
+    request: Command, status: int, *, sop_class: str = "", sop_instance: str = ""
+) -> bytes:
+    """The response command set to ``request`` (its command field with bit 15 set), no data set.
+
+    The response names only the UIDs passed in: checked UIDs the caller stands behind (for a
+    C-STORE, those of the instance it stored), never the request's raw values."""
     elements = []
-    if request.affected_sop_class:
-        elements.append(_element(TAG_AFFECTED_SOP_CLASS, _uid_value(request.affected_sop_class)))
+    if sop_class:
+        elements.append(_element(TAG_AFFECTED_SOP_CLASS, _uid_value(sop_class)))
     elements += [
         _element(TAG_COMMAND_FIELD, struct.pack("<H", request.command_field | 0x8000)),
         _element(TAG_MESSAGE_ID_RESPONDED, struct.pack("<H", request.message_id)),
         _element(TAG_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
         _element(TAG_STATUS, struct.pack("<H", status)),
     ]
-    if request.affected_sop_instance:
-        elements.append(
-            _element(TAG_AFFECTED_SOP_INSTANCE, _uid_value(request.affected_sop_instance))
-        )
+    if sop_instance:
+        elements.append(_element(TAG_AFFECTED_SOP_INSTANCE, _uid_value(sop_instance)))
     body = b"".join(elements)
     return _element(0x00000000, struct.pack("<I", len(body))) + body

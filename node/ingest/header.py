@@ -18,13 +18,14 @@ from typing import Any
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
 from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
+from core.dicom_uids import IMPLEMENTATION_CLASS_UID as IMPLEMENTATION_CLASS_UID
+from core.dicom_uids import InvalidUIDError, checked_uid
 from core.domain import InstanceHeader
 
 PREAMBLE_LENGTH = 128
@@ -39,7 +40,7 @@ DEFLATED_SYNTAXES = frozenset(
     {str(DeflatedExplicitVRLittleEndian), "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 )
 IMPLEMENTATION_VERSION_NAME = "PACSNODE_01"
-IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID + ".4242"
+MAX_INFLATED = 256 << 20  # a deflated data set is inflated in memory to read its header
 
 # Explicit VRs whose length field is 4 bytes (PS3.5 7.1.2)
 _LONG_VRS = frozenset(
@@ -77,6 +78,10 @@ _WANTED = frozenset(_TAGS.values()) | frozenset(_GEOMETRY.values()) | {PIXEL_DAT
 _NAMES = {tag: name for name, tag in _TAGS.items()}
 _CHARSET = _TAGS["specific_character_set"]
 _REQUIRED = ("sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
+_ATTRIBUTES = {"sop_class_uid": "SOP Class UID (0008,0016)",
+               "sop_instance_uid": "SOP Instance UID (0008,0018)",
+               "study_instance_uid": "Study Instance UID (0020,000D)",
+               "series_instance_uid": "Series Instance UID (0020,000E)"}  # fmt: skip
 # Column widths in node.db.orm: values are cut to fit so that PostgreSQL never refuses a row.
 _WIDTHS = {
     "patient_id": 64, "patient_name": 324, "patient_birth_date": 8, "patient_sex": 16,
@@ -252,9 +257,11 @@ def _build_header(
     missing = [name for name in _REQUIRED if not values.get(name)]
     if missing:
         raise HeaderError(f"missing {', '.join(missing)}")
-    too_long = [name for name in _REQUIRED if len(values[name]) > 64]
-    if too_long:
-        raise HeaderError(f"{', '.join(too_long)} longer than 64 characters")
+    for name in _REQUIRED:  # PS3.5 9.1, the same check at every entry point
+        try:
+            values[name] = checked_uid(values[name], _ATTRIBUTES[name])
+        except InvalidUIDError as exc:
+            raise HeaderError(str(exc)) from None
     if values.get("number_of_frames") is None:
         values["number_of_frames"] = 1
     _check_native_pixel_length(raw_elements, values["number_of_frames"], little)
@@ -329,9 +336,14 @@ def parse_instance(
 
 
 def _inflate(body: memoryview) -> bytes:
+    """The inflated data set, refused past ``MAX_INFLATED`` bytes: the spool streams what arrives,
+    but a few MB of deflate can expand to gigabytes in memory here."""
     decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        data = decompressor.decompress(body) + decompressor.flush()
+        data = decompressor.decompress(body, MAX_INFLATED + 1)
+        if len(data) > MAX_INFLATED or decompressor.unconsumed_tail:
+            raise HeaderError(f"deflated dataset inflates to more than {MAX_INFLATED} bytes")
+        data += decompressor.flush()
     except zlib.error as exc:
         raise HeaderError(f"deflated dataset does not inflate: {exc}") from exc
     if not decompressor.eof:

@@ -22,6 +22,10 @@ processes racing on the same new UID on PostgreSQL is the one case where the lat
 
 Without a running committer for the database (import, upload, tests) the same batch code runs
 inline in the caller's thread with a batch of one.
+
+``persist_received`` is the same path for a C-STORE data set that was streamed to a spool temp
+file as it arrived (``spool.IncomingFile``): the header is read in place (mmap), checked against
+the command's UIDs, and the temp file gets its final name — no copy of the bytes in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +51,13 @@ from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instances import NewInstance, upsert_instances
 from node.ingest.header import HeaderError, build_file_meta, parse_instance
-from node.ingest.spool import InsufficientSpace, Spool, check_free_space, relative_path
+from node.ingest.spool import (
+    IncomingFile,
+    InsufficientSpace,
+    Spool,
+    check_free_space,
+    relative_path,
+)
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -141,16 +152,86 @@ def persist_instance(
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
+    return _stage_and_commit(db, settings,
+                             lambda: _write(spool, relative, chunks, header, assoc, who))  # fmt: skip
+
+
+def persist_received(
+    db: Database,
+    settings: Settings,
+    incoming: IncomingFile,
+    assoc: Association,
+    *,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+) -> PersistOutcome:
+    """Store a C-STORE data set already streamed to ``incoming`` (its file meta, built from the
+    command's UIDs, first); never raises for bad input. Consumes ``incoming``: it is published or
+    discarded.
+
+    The data set must be what the command announced, as storescp checks: a SOP Class or Instance
+    UID that differs from the command's Affected SOP Class/Instance UID is refused with 0xA900
+    (Data Set does not match SOP Class), so no success status ever names another instance."""
+    who = f"{assoc.calling_ae or assoc.source}@{assoc.peer_host or 'local'}"
+    try:
+        with incoming.mapped() as view:
+            header = parse_instance(view, transfer_syntax_uid).header
+    except HeaderError as exc:
+        incoming.discard()
+        log.warning(
+            "refused instance %s from %s: cannot understand: %s", sop_instance_uid, who, exc
+        )
+        return PersistOutcome(StoreStatus.CANNOT_UNDERSTAND, reason=str(exc))
+    except OSError as exc:
+        incoming.discard()
+        log.error("cannot read back instance %s from %s: %s", sop_instance_uid, who, exc)
+        return PersistOutcome(StoreStatus.PROCESSING_FAILURE, reason=str(exc))
+    mismatch = _mismatch(header, sop_class_uid, sop_instance_uid)
+    if mismatch:
+        incoming.discard()
+        log.warning("refused instance %s from %s: %s", sop_instance_uid, who, mismatch)
+        return PersistOutcome(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, reason=mismatch)
+    try:
+        check_free_space(settings, 0)  # the bytes are on disk already: only the watermark counts
+    except InsufficientSpace as exc:
+        incoming.discard()
+        log.error("refused instance %s from %s: %s", sop_instance_uid, who, exc)
+        return PersistOutcome(StoreStatus.OUT_OF_RESOURCES, reason=str(exc))
+    relative = relative_path(header.study_instance_uid, header.series_instance_uid,
+                             header.sop_instance_uid)  # fmt: skip
+    spool = spool_for(settings)
+    return _stage_and_commit(db, settings,
+                             lambda: _publish_received(spool, incoming, relative, header, assoc, who))  # fmt: skip
+
+
+def _mismatch(header: InstanceHeader, sop_class_uid: str, sop_instance_uid: str) -> str:
+    """Why the data set is not the one the command announced ("" when it is)."""
+    if header.sop_class_uid != sop_class_uid:
+        return (f"data set SOP Class UID {header.sop_class_uid} differs from the command's "
+                f"Affected SOP Class UID {sop_class_uid}")  # fmt: skip
+    if header.sop_instance_uid != sop_instance_uid:
+        return (f"data set SOP Instance UID {header.sop_instance_uid} differs from the command's "
+                f"Affected SOP Instance UID {sop_instance_uid}")  # fmt: skip
+    return ""
+
+
+Stage = Callable[[], "_Pending | PersistOutcome"]
+
+
+def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> PersistOutcome:
+    """Put the file under its final name (``stage``), then record the row: through the group
+    committer when one runs for ``db``, else inline as a batch of one."""
     committer = _committers.get(id(db))
     if committer is None or not committer.running:
-        pending_or_outcome = _write(spool, relative, chunks, header, assoc, who)
+        pending_or_outcome = stage()
         if isinstance(pending_or_outcome, PersistOutcome):
             return pending_or_outcome
         _make_sqlite_durable(db, settings)
-        return commit_batch(db, settings, spool, [pending_or_outcome])[0]
+        return commit_batch(db, settings, spool_for(settings), [pending_or_outcome])[0]
     committer.writing_started()
     try:
-        pending_or_outcome = _write(spool, relative, chunks, header, assoc, who)
+        pending_or_outcome = stage()
     except BaseException:
         committer.writing_ended()
         raise
@@ -158,6 +239,23 @@ def persist_instance(
         committer.writing_ended()
         return pending_or_outcome
     return committer.submit(pending_or_outcome)
+
+
+def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
+                      assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
+    """fsync the streamed file and give it its final name (the committer decides when taken)."""
+    try:
+        incoming.finish()
+        spool.ensure_parent(relative)
+        final = spool.publish_new(incoming.path, relative)
+    except OSError as exc:
+        incoming.discard()
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
+        status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
+        return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
+    size = incoming.prefix_length + incoming.size
+    return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final)
 
 
 def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: InstanceHeader,

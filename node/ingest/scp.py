@@ -6,343 +6,48 @@ recognised"); with ``allowed_callers`` the calling AE title, optionally bound to
 listed (reason 3, "calling AE title not recognised"); at most ``max_associations`` at once
 (transient rejection, local limit exceeded).
 
-Each connection is served start to finish by its own thread: read a PDU, act, answer — the
-association's whole state lives in one ``_Association`` object (``node.ingest.upper_layer`` and
-``node.ingest.dimse`` hold the codecs and say why this is not pynetdicom's acceptor). Speed
-(docs/performance.md §2): unlimited maximum PDU, each PDU read into one buffer and the data set
-handed to ``persist_instance`` as a view of it, TCP_NODELAY on every accepted socket and
-TCP_QUICKACK re-armed after every receive (senders that keep Nagle on do not wait ~40 ms on
-delayed ACKs), and TLS handshakes done in the connection's own thread so a silent client cannot
-stall accepts.
+Each connection is served start to finish by its own thread (``node.ingest.association``); this
+module is the accept loop around them. It bounds what peers can hold: at most
+``max_pending_connections`` connections that have not associated yet (more are closed at once),
+and a watchdog thread that closes any connection past its deadline (``Connection.deadline``:
+whole-phase deadlines, so a peer dripping one byte at a time cannot extend them). Speed
+(docs/performance.md §2): unlimited maximum PDU, each PDU read with one receive, TCP_NODELAY on every
+accepted socket and TCP_QUICKACK re-armed after every receive (senders that keep Nagle on do not
+wait ~40 ms on delayed ACKs), and TLS handshakes done in the connection's own thread so a silent
+client cannot stall accepts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import socketserver
 import ssl
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from sqlalchemy.orm import configure_mappers
 
 from core.config import CallerAllowEntry, Settings
-from core.domain import Association, StoreStatus
 from node.db.engine import Database
-from node.ingest import dimse
-from node.ingest import upper_layer as ul
-from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.ingest.persist import GroupCommitter, persist_instance
+from node.ingest.association import Connection
+from node.ingest.association import caller_allowed as caller_allowed
+from node.ingest.contexts import SUPPORTED_CONTEXTS as SUPPORTED_CONTEXTS
+from node.ingest.contexts import VERIFICATION as VERIFICATION
+from node.ingest.contexts import negotiate_contexts as negotiate_contexts
+from node.ingest.contexts import supported_contexts as supported_contexts
+from node.ingest.persist import GroupCommitter
 from node.ingest.spool import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
-
-VERIFICATION = "1.2.840.10008.1.1"
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-_RECV_CHUNK = 64 << 20
-_PREALLOCATE_LIMIT = 64 << 20  # a hostile length field must not allocate gigabytes up front
-_MAX_ASSOCIATE_RQ = 1 << 20
-
-
-def supported_contexts() -> dict[str, frozenset[str]]:
-    """Abstract syntax → transfer syntaxes accepted: Verification and every storage SOP class
-    pynetdicom knows, each with every transfer syntax it knows (the conformance statement's tables)."""
-    syntaxes = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
-    abstract = [VERIFICATION] + [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-    return dict.fromkeys(abstract, syntaxes)
-
-
-SUPPORTED_CONTEXTS = supported_contexts()
-
-
-def caller_allowed(entries: list[CallerAllowEntry], calling_ae: str, host: str) -> bool:
-    """True when no allowlist is configured or an entry matches the AE title (and host)."""
-    if not entries:
-        return True
-    title = calling_ae.strip()
-    return any(e.ae_title.strip() == title and e.host_matches(host) for e in entries)
-
-
-def negotiate_contexts(proposed: list[ul.ProposedContext]) -> list[ul.AcceptedContext]:
-    """Accept each proposed context whose abstract syntax we support, in the first transfer syntax
-    *the sender* listed that we know (so it sends what it has rather than transcoding)."""
-    results = []
-    for context in proposed:
-        known = SUPPORTED_CONTEXTS.get(context.abstract_syntax)
-        fallback = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
-        if known is None:
-            results.append(
-                ul.AcceptedContext(
-                    context.context_id, ul.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, fallback
-                )
-            )
-            continue
-        chosen = next((ts for ts in context.transfer_syntaxes if ts in known), None)
-        if chosen is None:
-            results.append(
-                ul.AcceptedContext(
-                    context.context_id, ul.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, fallback
-                )
-            )
-        else:
-            results.append(ul.AcceptedContext(context.context_id, ul.PC_ACCEPTANCE, chosen))
-    return results
-
-
-class _Closed(Exception):
-    """The peer closed the connection, released or aborted: nothing more to send."""
-
-
-class _Association:
-    """One connection from A-ASSOCIATE-RQ to release or abort, served by its own thread."""
-
-    def __init__(self, server: _Server, sock: socket.socket, address: tuple[str, int]) -> None:
-        self.server = server
-        self.sock = sock
-        self.host = str(address[0])
-        self.calling_ae = ""
-        self.peer_max_pdu = 0
-        self.contexts: dict[int, str] = {}  # accepted context id → transfer syntax
-        self.who: Association | None = None
-        self._header = bytearray(6)
-        self._aborting = False
-        self._waitall = not isinstance(sock, ssl.SSLSocket)
-        self._timeout: float | None = None
-        if self._waitall:
-            sock.settimeout(None)  # blocking mode; set_timeout arms the kernel timeouts
-
-    # -- I/O ---------------------------------------------------------------------------------
-    def set_timeout(self, seconds: float) -> None:
-        """Plain TCP sockets stay in blocking mode with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO),
-        so a whole PDU arrives in one ``MSG_WAITALL`` receive: one system call and one GIL
-        hand-over per PDU instead of one per ~64 KiB segment, which is what limited several
-        associations in one process. TLS sockets keep Python's timeout (no MSG_WAITALL there)."""
-        if seconds == self._timeout:
-            return
-        self._timeout = seconds
-        if not self._waitall:
-            self.sock.settimeout(seconds)
-            return
-        whole, fraction = divmod(seconds, 1.0)
-        value = struct.pack("ll", int(whole), int(fraction * 1_000_000))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-    def _recv_into(self, view: memoryview) -> None:
-        received, flags = 0, socket.MSG_WAITALL if self._waitall else 0
-        while received < len(view):
-            try:
-                count = self.sock.recv_into(
-                    view[received:], min(len(view) - received, _RECV_CHUNK), flags
-                )
-            except BlockingIOError as exc:  # SO_RCVTIMEO expired
-                raise TimeoutError(f"no data for {self._timeout:g} s") from exc
-            if count == 0:
-                raise _Closed("connection closed by the peer")
-            received += count
-            if _QUICKACK is not None:
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-    def _read_pdu(self, limit: int | None = None) -> tuple[int, bytearray]:
-        with memoryview(self._header) as header:
-            self._recv_into(header)
-        pdu_type, _, length = struct.unpack(">BBI", self._header)
-        if pdu_type not in ul.PDU_TYPES:
-            raise ul.PDUError(f"unknown PDU type 0x{pdu_type:02X}")
-        if limit is not None and length > limit:
-            raise ul.PDUError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds {limit}")
-        if length <= _PREALLOCATE_LIMIT:
-            body = bytearray(length)
-            with memoryview(body) as view:
-                self._recv_into(view)
-            return pdu_type, body
-        body = bytearray()
-        while len(body) < length:  # grows only as far as the peer really sends
-            chunk = bytearray(min(length - len(body), _PREALLOCATE_LIMIT))
-            with memoryview(chunk) as view:
-                self._recv_into(view)
-            body += chunk
-        return pdu_type, body
-
-    def _send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def abort(self, reason: int = 0) -> None:
-        """Send A-ABORT (best effort) and shut the socket, which also wakes a blocked read."""
-        if self._aborting:
-            return
-        self._aborting = True
-        with contextlib.suppress(OSError):
-            self.sock.sendall(ul.encode_abort(ul.ABORT_SOURCE_PROVIDER, reason))
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
-    # -- the association ----------------------------------------------------------------------
-    def run(self) -> None:
-        settings = self.server.settings
-        try:
-            self.set_timeout(settings.acse_timeout_s)
-            pdu_type, body = self._read_pdu(_MAX_ASSOCIATE_RQ)
-            if pdu_type != ul.A_ASSOCIATE_RQ:
-                raise ul.PDUError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-            if not self._negotiate(ul.parse_associate_rq(body)):
-                return
-            try:
-                self._serve()
-            finally:
-                self.server.release_slot(self)
-        except _Closed:
-            pass
-        except TimeoutError:
-            log.warning("association from %r at %s timed out; aborted", self.calling_ae, self.host)
-            self.abort()
-        except (ul.PDUError, dimse.CommandError) as exc:
-            log.warning("association from %r at %s aborted: %s", self.calling_ae, self.host, exc)
-            self.abort(ul.ABORT_INVALID_PARAMETER)
-        except OSError as exc:  # reset, broken pipe, TLS errors
-            log.info("connection from %r at %s ended: %s", self.calling_ae, self.host, exc)
-
-    def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
-        log.warning("rejected association from %r at %s: %s", self.calling_ae, self.host, why)
-        self._send(ul.encode_associate_rj(result, source, reason))
-        self._drain_after_reject()
-        return False
-
-    def _drain_after_reject(self) -> None:
-        """Give the peer a moment to read the rejection and close first (no RST on unread data)."""
-        with contextlib.suppress(OSError):
-            self.set_timeout(1.0)
-            self.sock.recv(1)
-
-    def _negotiate(self, request: ul.AssociateRequest) -> bool:
-        settings, server = self.server.settings, self.server
-        self.calling_ae = request.calling_ae
-        if not request.protocol_version & 1:
-            return self._reject(ul.RJ_PERMANENT, ul.RJ_SOURCE_ACSE, ul.RJ_ACSE_PROTOCOL_VERSION,
-                                f"protocol version {request.protocol_version} not supported")  # fmt: skip
-        if request.application_context != ul.DICOM_APPLICATION_CONTEXT:
-            return self._reject(ul.RJ_PERMANENT, ul.RJ_SOURCE_USER, ul.RJ_USER_CONTEXT_NAME,
-                                f"application context {request.application_context!r}")  # fmt: skip
-        if request.called_ae.strip() != settings.ae_title.strip():
-            return self._reject(ul.RJ_PERMANENT, ul.RJ_SOURCE_USER, ul.RJ_USER_CALLED_AE,
-                                f"called AE title {request.called_ae!r} is not ours")  # fmt: skip
-        if not caller_allowed(server.allowed_callers, request.calling_ae, self.host):
-            return self._reject(ul.RJ_PERMANENT, ul.RJ_SOURCE_USER, ul.RJ_USER_CALLING_AE,
-                                "calling AE title not allowed")  # fmt: skip
-        if not server.take_slot(self):
-            return self._reject(ul.RJ_TRANSIENT, ul.RJ_SOURCE_PRESENTATION, ul.RJ_PRESENTATION_LOCAL_LIMIT,
-                                f"already {settings.max_associations} associations")  # fmt: skip
-        results = negotiate_contexts(request.contexts)
-        self.contexts = {
-            c.context_id: c.transfer_syntax for c in results if c.result == ul.PC_ACCEPTANCE
-        }
-        self.peer_max_pdu = request.max_length
-        self.who = Association(calling_ae=request.calling_ae.strip(), called_ae=request.called_ae.strip(),
-                               peer_host=self.host, source="dicom")  # fmt: skip
-        try:
-            self._send(ul.encode_associate_ac(
-                request, results, max_length=0,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version=IMPLEMENTATION_VERSION_NAME))  # fmt: skip
-        except BaseException:
-            server.release_slot(self)
-            raise
-        log.debug("association from %r at %s: %d of %d contexts accepted", request.calling_ae,
-                  self.host, len(self.contexts), len(results))  # fmt: skip
-        return True
-
-    def _serve(self) -> None:
-        """P-DATA until release or abort; one DIMSE message (command, then data set) at a time."""
-        settings = self.server.settings
-        command_parts: list[bytes] = []
-        data_parts: list[memoryview] = []
-        command: dimse.Command | None = None
-        command_context = 0
-        while True:
-            mid_message = command is not None or bool(command_parts)
-            self.set_timeout(
-                settings.dimse_timeout_s if mid_message else settings.network_timeout_s
-            )
-            pdu_type, body = self._read_pdu()
-            if pdu_type == ul.A_RELEASE_RQ:
-                self.set_timeout(settings.acse_timeout_s)
-                self._send(ul.encode_release_rp())
-                return
-            if pdu_type == ul.A_ABORT:
-                log.info(
-                    "association from %r at %s aborted by the peer", self.calling_ae, self.host
-                )
-                return
-            if pdu_type != ul.P_DATA_TF:
-                raise ul.PDUError(
-                    f"unexpected PDU type 0x{pdu_type:02X} on an established association"
-                )
-            for pdv in ul.iter_pdvs(body):
-                if pdv.context_id not in self.contexts:
-                    raise ul.PDUError(
-                        f"PDV on presentation context {pdv.context_id}, which was not accepted"
-                    )
-                if pdv.is_command:
-                    if command is not None:
-                        raise ul.PDUError("command fragment while a data set was expected")
-                    command_parts.append(bytes(pdv.data))
-                    if pdv.is_last:
-                        command = dimse.parse_command(b"".join(command_parts))
-                        command_context, command_parts = pdv.context_id, []
-                        if not command.has_data_set:
-                            self._answer(command, command_context, None)
-                            command = None
-                    continue
-                if command is None:
-                    raise ul.PDUError("data set fragment without a preceding command")
-                if pdv.context_id != command_context:
-                    raise ul.PDUError("data set on another presentation context than its command")
-                data_parts.append(pdv.data)
-                if pdv.is_last:
-                    data = (
-                        data_parts[0] if len(data_parts) == 1 else memoryview(b"".join(data_parts))
-                    )
-                    self._answer(command, command_context, data)
-                    command, data_parts = None, []
-
-    def _answer(self, command: dimse.Command, context_id: int, data: memoryview | None) -> None:
-        if command.command_field == dimse.C_ECHO_RQ:
-            status = 0x0000
-        elif command.command_field == dimse.C_STORE_RQ:
-            status = self._store(command, context_id, data)
-        elif command.command_field == dimse.C_CANCEL_RQ:
-            return  # nothing is cancellable: C-STORE is answered as soon as it is complete
-        else:
-            log.warning("association from %r at %s: DIMSE command 0x%04X not supported",
-                        self.calling_ae, self.host, command.command_field)  # fmt: skip
-            status = dimse.UNRECOGNISED_OPERATION
-        response = dimse.encode_response(command, status)
-        self._send(ul.encode_p_data(context_id, response, command=True, max_pdu=self.peer_max_pdu))
-
-    def _store(self, command: dimse.Command, context_id: int, data: memoryview | None) -> int:
-        assert self.who is not None
-        if data is None:
-            log.warning("refused C-STORE from %r at %s: no data set", self.calling_ae, self.host)
-            return int(StoreStatus.CANNOT_UNDERSTAND)
-        try:
-            outcome = persist_instance(self.server.db, self.server.settings, data, self.who,
-                                       transfer_syntax_uid=self.contexts[context_id])  # fmt: skip
-        except Exception:  # persist_instance is written not to raise; never lose the association
-            log.exception(
-                "C-STORE of %s from %r failed", command.affected_sop_instance, self.calling_ae
-            )
-            return int(StoreStatus.PROCESSING_FAILURE)
-        return int(outcome.status)
+WATCH_INTERVAL_S = 0.2
 
 
 class _Server(socketserver.ThreadingTCPServer):
-    """Accept loop with one thread per connection, SO_REUSEPORT and off-thread TLS handshakes."""
+    """Accept loop with one thread per connection, SO_REUSEPORT, off-thread TLS handshakes, a
+    bound on connections not yet associated, and the deadline watchdog."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -350,18 +55,20 @@ class _Server(socketserver.ThreadingTCPServer):
 
     def __init__(self, settings: Settings, db: Database, ssl_context: ssl.SSLContext | None,
                  reuse_port: bool) -> None:  # fmt: skip
-        self.settings, self.db, self.ssl_context, self.reuse_port = (
-            settings,
-            db,
-            ssl_context,
-            reuse_port,
-        )
+        self.settings, self.db = settings, db
+        self.ssl_context, self.reuse_port = ssl_context, reuse_port
         self.allowed_callers: list[CallerAllowEntry] = list(settings.allowed_callers)
-        self.active_associations: list[_Association] = []
+        self.active_associations: list[Connection] = []
+        self.connections: set[Connection] = set()
+        self.pending = 0
         self._slots = threading.Lock()
+        self._watch_stop = threading.Event()
         super().__init__(
             (settings.dicom_host, settings.dicom_port), socketserver.BaseRequestHandler
         )
+        self._watchdog = threading.Thread(target=self._watch, name="pacsnode-dicom-deadlines",
+                                          daemon=True)  # fmt: skip
+        self._watchdog.start()
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -376,32 +83,69 @@ class _Server(socketserver.ThreadingTCPServer):
             )
         return client, address
 
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse (close) a connection while ``max_pending_connections`` have not associated."""
+        with self._slots:
+            if self.pending >= self.settings.max_pending_connections:
+                log.warning("connection from %s closed: already %d connections negotiating",
+                            client_address[0], self.pending)  # fmt: skip
+                return False
+            self.pending += 1
+            return True
+
     def finish_request(self, request: Any, client_address: Any) -> None:
-        """Runs in the connection's thread: socket options, TLS handshake, then the association."""
+        """Runs in the connection's thread: socket options, then the association (TLS handshake
+        included, under the association deadline)."""
         try:
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            request.settimeout(self.settings.acse_timeout_s)
-            if isinstance(request, ssl.SSLSocket):
-                request.do_handshake()
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            conn = Connection(self, request, client_address)
+        except OSError as exc:
+            with self._slots:
+                self.pending -= 1
             log.warning("connection from %s dropped before association: %s", client_address, exc)
             return
-        _Association(self, request, client_address).run()
+        with self._slots:
+            self.connections.add(conn)
+        try:
+            conn.run()
+        finally:
+            self.leave_pending(conn)
+            with self._slots:
+                self.connections.discard(conn)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
 
-    def take_slot(self, assoc: _Association) -> bool:
+    def leave_pending(self, conn: Connection) -> None:
+        with self._slots:
+            if conn.pending:
+                conn.pending = False
+                self.pending -= 1
+
+    def take_slot(self, conn: Connection) -> bool:
         with self._slots:
             if len(self.active_associations) >= self.settings.max_associations:
                 return False
-            self.active_associations.append(assoc)
+            self.active_associations.append(conn)
             return True
 
-    def release_slot(self, assoc: _Association) -> None:
+    def release_slot(self, conn: Connection) -> None:
         with self._slots:
-            if assoc in self.active_associations:
-                self.active_associations.remove(assoc)
+            if conn in self.active_associations:
+                self.active_associations.remove(conn)
+
+    def _watch(self) -> None:
+        """Close every connection past its deadline, a few times a second."""
+        while not self._watch_stop.wait(WATCH_INTERVAL_S):
+            now = time.monotonic()
+            with self._slots:
+                connections = list(self.connections)
+            for conn in connections:
+                conn.expire_if_late(now)
+
+    def stop_watchdog(self) -> None:
+        self._watch_stop.set()
+        self._watchdog.join(5)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -444,6 +188,7 @@ class ReceiverHandle:
                 "aborting association from %r still open after %.0f s", assoc.calling_ae, timeout
             )
             assoc.abort()
+        self.server.stop_watchdog()
         self.committer.stop(timeout)
 
 

@@ -6,6 +6,10 @@ name in its final directory and fsynced, then gets its final name (hard link, or
 leftover); the directory is fsynced after that, so once the name is durable the file is complete.
 UIDs come from the network: anything that is not a plain UID is replaced by a hash so a hostile UID
 can never escape the spool.
+
+A C-STORE data set is streamed: :class:`IncomingFile` writes each fragment to a temp file under
+``spool/.incoming`` as it arrives (memory stays flat whatever the size); once complete it is
+fsynced, read in place through ``mmap`` and given its final name like any other temp file.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
+import mmap
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from core.config import Settings
@@ -25,6 +31,8 @@ from core.config import Settings
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 TEMP_SUFFIX = ".part"
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
+INCOMING_DIR = ".incoming"
+_incoming_names = itertools.count()
 
 
 class InsufficientSpace(OSError):
@@ -100,6 +108,17 @@ class Spool:
                 self._known_dirs.clear()
             self._known_dirs.add(key)
 
+    def ensure_parent(self, relative: str) -> None:
+        """Create (durably) the directory a final name lives in."""
+        self._ensure_dir((self.data_dir / relative).parent)
+
+    def open_incoming(self, prefix: bytes) -> IncomingFile:
+        """A new temp file under ``spool/.incoming`` that starts with ``prefix`` (file meta)."""
+        directory = self.data_dir / "spool" / INCOMING_DIR
+        self._ensure_dir(directory)
+        name = f".in{next(_incoming_names)}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
+        return IncomingFile(directory / name, prefix, self.fsync)
+
     def write_temp(self, relative: str, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
         """Write ``chunks`` to a temporary file beside ``relative``; fsync it. Return (temp, size)."""
         final = self.data_dir / relative
@@ -159,6 +178,72 @@ class Spool:
 
     def discard(self, path: Path) -> None:
         _unlink_quietly(path)
+
+
+class IncomingFile:
+    """A data set being received, written fragment by fragment to a temp file.
+
+    Life: ``write`` as fragments come → ``finish`` (fsync, close) → ``mapped`` to read it in
+    place → the spool publishes ``path``; or ``discard`` at any point."""
+
+    def __init__(self, path: Path, prefix: bytes, fsync: bool) -> None:
+        self.path = path
+        self.prefix_length = len(prefix)
+        self.size = 0  # data set bytes written, the prefix not counted
+        self._fsync = fsync
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._write_all(memoryview(prefix))
+        except OSError:
+            self.discard()
+            raise
+
+    def _write_all(self, view: memoryview) -> None:
+        assert self._fd is not None
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append a fragment; an OSError (disk full) leaves the file for ``discard``."""
+        view = memoryview(data).cast("B")
+        self._write_all(view)
+        self.size += len(view)
+
+    def finish(self) -> None:
+        """Make the content durable and close the descriptor (idempotent)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def mapped(self) -> Iterator[memoryview]:
+        """The data set (after the prefix) as a read-only view of the file, not a copy: parsing a
+        2 GB instance touches only the pages holding its elements' headers."""
+        if self.size == 0:
+            yield memoryview(b"")
+            return
+        with open(self.path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mapping)
+        try:
+            with view[self.prefix_length :] as data:
+                yield data
+        finally:
+            view.release()
+            with contextlib.suppress(BufferError):  # a view still held elsewhere: GC closes it
+                mapping.close()
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        _unlink_quietly(self.path)
 
 
 def remove_stale_temp_files(spool_dir: Path, min_age_s: float = 60.0) -> int:

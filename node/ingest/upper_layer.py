@@ -31,12 +31,19 @@ RJ_PRESENTATION_LOCAL_LIMIT = 0x02
 # Presentation context results (PS3.8 Table 9-18)
 PC_ACCEPTANCE, PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, PC_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0, 3, 4
 
-# A-ABORT (PS3.8 Table 9-26): source 2 = service provider; reasons
-ABORT_SOURCE_PROVIDER, ABORT_INVALID_PARAMETER = 0x02, 0x06
+# A-ABORT (PS3.8 Table 9-26): source 2 = service provider; the reasons it gives
+ABORT_SOURCE_PROVIDER = 0x02
+ABORT_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU = 0x00, 0x01, 0x02
+ABORT_UNRECOGNIZED_PARAMETER, ABORT_UNEXPECTED_PARAMETER, ABORT_INVALID_PARAMETER = 0x04, 0x05, 0x06
 
 
 class PDUError(ValueError):
-    """The peer sent something that is not a well-formed PDU; the association is aborted."""
+    """The peer sent something that is not a well-formed PDU; the association is aborted with
+    ``reason`` (PS3.8 Table 9-26), invalid-PDU-parameter-value unless said otherwise."""
+
+    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,9 @@ class PDV:
     is_command: bool
     is_last: bool
     data: memoryview
+
+
+PDV_HEADER = struct.Struct(">IBB")  # item length (context id + control + data), context id, control
 
 
 def iter_pdvs(body: bytes | bytearray | memoryview) -> Iterator[PDV]:

@@ -7,6 +7,7 @@ makes a repeated call harmless.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.domain import JobState, ReviewState, StudyState
-from node.db.orm import Job
+from node.db.orm import Job, Study
 from node.db.repositories import audit, studies
 from node.grouping.routing import PipelineLike, RouteDecision, explain_routes
+
+log = logging.getLogger(__name__)
 
 
 class PlannablePipeline(PipelineLike, Protocol):
@@ -97,13 +100,26 @@ class JobPlanner:
                 detail=f"study {study_uid} pipeline {name} v{cfg.version} result v{study.result_version}",
             )
         if created == 0 and not decision.pipelines:
-            study.state = StudyState.PROCESSED.value
-            audit.record(
-                session,
-                "study.processed",
-                entity_type="study",
-                entity_id=study_uid,
-                from_state=StudyState.COMPLETE.value,
-                to_state=StudyState.PROCESSED.value,
-                detail="no pipeline matched",
-            )
+            skip_study(session, study, decision)
+
+
+def skip_study(session: Session, study: Study, decision: RouteDecision) -> None:
+    """No pipeline matches: the study ends SKIPPED with the reason on it, in the audit and log."""
+    study.state = StudyState.SKIPPED.value
+    study.outcome = no_match_reason(study)[:255]
+    log.info("study %s skipped: %s", study.study_instance_uid, study.outcome)
+    audit.record(
+        session,
+        "study.skipped",
+        entity_type="study",
+        entity_id=study.study_instance_uid,
+        from_state=StudyState.COMPLETE.value,
+        to_state=StudyState.SKIPPED.value,
+        detail=f"{study.outcome}\n{decision.explain()}",
+    )
+
+
+def no_match_reason(study: Study) -> str:
+    """ "no pipeline matches (modality NM)": what a person needs to see first."""
+    modalities = sorted({s.modality for s in study.series if s.modality})
+    return f"no pipeline matches (modality {', '.join(modalities) or 'unknown'})"

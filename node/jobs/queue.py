@@ -226,6 +226,7 @@ def requeue_job(session: Session, job_id: int, actor: str) -> bool:
     study = session.get(Study, job.study_pk)
     if study is not None and study.state == StudyState.PROCESSED.value:
         study.state = StudyState.COMPLETE.value
+        study.outcome = ""
     audit.record(
         session,
         "job.requeued",
@@ -252,6 +253,7 @@ def _update_study_state(session: Session, study_pk: int) -> None:
     )
     if not open_jobs:
         study.state = StudyState.PROCESSED.value
+        study.outcome = _jobs_outcome(session, study)
         audit.record(
             session,
             "study.processed",
@@ -259,7 +261,19 @@ def _update_study_state(session: Session, study_pk: int) -> None:
             entity_id=study.study_instance_uid,
             from_state=StudyState.COMPLETE.value,
             to_state=StudyState.PROCESSED.value,
+            detail=study.outcome,
         )
+
+
+def _jobs_outcome(session: Session, study: Study) -> str:
+    """ "1 of 2 jobs failed" (the console shows such a study as failed, not green), else ""."""
+    states = session.scalars(
+        select(Job.state).where(
+            Job.study_pk == study.id, Job.result_version == study.result_version
+        )
+    ).all()
+    failed = sum(s == JobState.FAILED.value for s in states)
+    return f"{failed} of {len(states)} job(s) failed" if failed else ""
 
 
 def counts_by_state(session: Session) -> dict[str, int]:

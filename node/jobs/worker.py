@@ -33,7 +33,7 @@ from node.db.repositories import studies
 from node.jobs import queue
 from node.jobs.study_input import build_study_input
 from node.overrides import OverrideValues, pipeline_overrides
-from node.results.produce import OutputOptions, ProducedObject, ResultValidationError
+from node.results.produce import OutputOptions, ProducedResults, ResultValidationError
 from node.results.store import save_result
 from pipelines.contract import PipelineResult, StudyInput
 from pipelines.errors import PipelineInputError
@@ -83,7 +83,7 @@ class ResultProducer(Protocol):
         sources: Sequence[Dataset],
         options: OutputOptions,
         out_dir: Path,
-    ) -> Sequence[ProducedObject]: ...
+    ) -> ProducedResults: ...
 
 
 class DeliveryPlanner(Protocol):
@@ -235,7 +235,7 @@ class Worker:
 
     def _compute(
         self, claimed: queue.ClaimedJob, lines: list[str]
-    ) -> tuple[Sequence[ProducedObject], PipelineResult]:
+    ) -> tuple[ProducedResults, PipelineResult]:
         with self.db.read() as session:
             study_input = build_study_input(session, self.settings, claimed.study_uid)
             job_created = session.get(Job, claimed.job_id).created_at  # type: ignore[union-attr]
@@ -276,6 +276,7 @@ class Worker:
             f"results: {', '.join(str(p.kind) for p in produced)}"
             f" in {time.perf_counter() - t0:.2f} s"
         )
+        lines += [f"  warning: {w}" for w in produced.warnings]
         return produced, result
 
     def _apply_console_overrides(self, name: str) -> None:
@@ -300,7 +301,7 @@ class Worker:
     def _finish(
         self,
         claimed: queue.ClaimedJob,
-        produced: Sequence[ProducedObject],
+        produced: ProducedResults,
         result: PipelineResult,
         job_log: str,
     ) -> None:
@@ -332,4 +333,7 @@ class Worker:
             session.flush()
             session.refresh(job, attribute_names=["artifacts"])
             self._planner(session, job, claimed.destinations, held=claimed.review_required)
-            queue.mark_succeeded(session, job, self.worker_id, utcnow(), result.summary(), job_log)
+            summary = result.summary()
+            if produced.warnings:  # optional outputs left out: succeeded with warnings
+                summary["output_warnings"] = list(produced.warnings)
+            queue.mark_succeeded(session, job, self.worker_id, utcnow(), summary, job_log)

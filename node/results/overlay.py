@@ -3,6 +3,8 @@
 The key source frame (the one with most mask pixels) is shown as a viewer shows it
 (:func:`pipelines.preprocess.display.display_frame`: modality LUT, the file's VOI), the mask
 drawn as a translucent red-green heatmap (probabilities when present) and boxes as rectangles.
+Colour sources (ultrasound, secondary capture: three samples per pixel, RGB or YBR, which pydicom
+returns as RGB) keep their colours under the heatmap.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def build_overlay(
     )
     if "SpecificCharacterSet" in first:  # names keep the source's encoding (SCImage drops it)
         overlay.SpecificCharacterSet = first.SpecificCharacterSet
+    if first.get("StudyDescription"):  # SCImage takes no description; viewers list studies by it
+        overlay.StudyDescription = first.StudyDescription
     overlay.BurnedInAnnotation = "YES"
     overlay.Laterality = first.get("Laterality", "")  # General Series type 2C
     overlay.Modality = "OT"

@@ -3,7 +3,8 @@
 One or two pages: patient/study header, key image with the mask heatmap and boxes, measurements
 table, class-probability chart, severity, models with versions/weights/devices, processing time
 and "Not for diagnostic use". Page content is deterministic (fixed creation time, no random ids)
-so a retry produces identical bytes.
+so a retry produces identical bytes. Text is set in embedded Unicode fonts chosen per run
+(:mod:`node.results.fonts`), and names are formatted from their PN components ("MÜLLER, Jörg").
 """
 
 from __future__ import annotations
@@ -18,19 +19,55 @@ from reportlab.graphics.charts.barcharts import HorizontalBarChart
 from reportlab.graphics.shapes import Drawing
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.styles import ParagraphStyle, StyleSheet1, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Image as FlowImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
+from node.results.fonts import markup, report_fonts
 from node.results.overlay import key_frame_index, render_overlay
 from node.results.source import TYPE2_PATIENT_STUDY_ATTRIBUTES, ContentTime
 from node.results.uids import result_uid, series_number
 from pipelines.contract import PipelineResult
 
 DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
+
+
+def _format_group(group: str) -> str:
+    """One PN component group: "FAMILY, Prefix Given Middle Suffix"; CJK family+given unspaced;
+    Arabic and Hebrew "Given Middle Family" (their own order, and no comma to upset bidi)."""
+    family, given, middle, prefix, suffix = ([p.strip() for p in group.split("^")] + [""] * 5)[:5]
+    if any(ord(c) >= 0x2E80 for c in family + given):  # CJK: family name first, no separator
+        core = family + given + middle
+    elif any("\u0590" <= c <= "\u08ff" for c in family + given):
+        core = " ".join(x for x in (prefix, given, middle, family) if x)
+    else:
+        first = " ".join(x for x in (prefix, given, middle) if x)
+        core = ", ".join(x for x in (family, first) if x)
+    return f"{core} {suffix}" if suffix else core
+
+
+def format_person_name(value: object) -> str:
+    """A PN value as people write it: ``MÜLLER^Jörg`` → "MÜLLER, Jörg"; the ideographic and
+    phonetic groups follow in parentheses (``Yamada^Tarou=山田^太郎`` → "Yamada, Tarou (山田太郎)")."""
+    groups = [_format_group(g) for g in str(value or "").split("=")]
+    shown = [g for g in groups if g]
+    if not shown:
+        return ""
+    return shown[0] + (f" ({' / '.join(shown[1:])})" if len(shown) > 1 else "")
+
+
+def _styles() -> StyleSheet1:
+    """The sample styles, in the embedded Unicode fonts."""
+    fonts = report_fonts()
+    styles = getSampleStyleSheet()
+    for name in ("Normal", "Title", "Heading3"):
+        style = styles[name]
+        style.fontName = fonts.bold if "Bold" in style.fontName else fonts.regular
+    styles.add(ParagraphStyle("Cell", parent=styles["Normal"], fontSize=8, leading=10))
+    return styles
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -55,7 +92,7 @@ def _probability_chart(result: PipelineResult) -> Drawing | None:
 
 def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: ContentTime) -> bytes:
     """The report as PDF bytes."""
-    styles = getSampleStyleSheet()
+    styles = _styles()
     buffer = io.BytesIO()
     title = f"AI report: {result.pipeline_name} v{result.pipeline_version}"
     doc = SimpleDocTemplate(
@@ -71,14 +108,14 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     )
     first = sources[0]
     story: list[object] = [
-        Paragraph(title, styles["Title"]),
+        Paragraph(markup(title), styles["Title"]),
         Paragraph(f"<b>{DISCLAIMER}</b>", styles["Normal"]),
         Spacer(1, 3 * mm),
     ]
     header = [
         [
             "Patient",
-            str(first.get("PatientName", "")),
+            format_person_name(first.get("PatientName", "")),
             "Patient ID",
             str(first.get("PatientID", "")),
         ],
@@ -96,7 +133,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
         ],
         ["Study", str(first.get("StudyDescription", ""))[:40], "Modality", result.modality],
     ]
-    story.append(_table(header, head=False))
+    story.append(_table(header, styles, head=False))
     story.append(Spacer(1, 3 * mm))
     frame = key_frame_index(result)
     picture = Image.fromarray(render_overlay(result, sources, frame))
@@ -125,7 +162,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
             ]
             for f in result.findings
         ]
-        story += [Paragraph("Measurements", styles["Heading3"]), _table(rows)]
+        story += [Paragraph("Measurements", styles["Heading3"]), _table(rows, styles)]
     else:
         story.append(Paragraph("No findings.", styles["Heading3"]))
     chart = _probability_chart(result)
@@ -162,9 +199,9 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
         ]
         for r in result.model_runs
     ]
-    story += [Paragraph("Models", styles["Heading3"]), _table(models)]
+    story += [Paragraph("Models", styles["Heading3"]), _table(models, styles)]
     for warning in result.warnings:
-        story.append(Paragraph(f"Warning: {warning}", styles["Normal"]))
+        story.append(Paragraph(markup(f"Warning: {warning}"), styles["Normal"]))
     story.append(
         Paragraph(
             f"Processing time {result.processing_seconds:.2f} s; created "
@@ -176,8 +213,10 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     return buffer.getvalue()
 
 
-def _table(rows: list[list[str]], head: bool = True) -> Table:
-    table = Table(rows, hAlign="LEFT")
+def _table(rows: list[list[str]], styles: StyleSheet1, head: bool = True) -> Table:
+    """Cells as Paragraphs, so every script gets a font that has its glyphs."""
+    cells = [[Paragraph(markup(str(cell)), styles["Cell"]) for cell in row] for row in rows]
+    table = Table(cells, hAlign="LEFT")
     style = [("GRID", (0, 0), (-1, -1), 0.25, colors.grey), ("FONTSIZE", (0, 0), (-1, -1), 8)]
     if head:
         style.append(("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey))
@@ -202,8 +241,16 @@ def build_pdf(
         ds.SpecificCharacterSet = first.SpecificCharacterSet
     for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
         setattr(ds, keyword, first.get(keyword, ""))
+    if first.get("StudyDescription"):
+        ds.StudyDescription = first.StudyDescription
     ds.StudyInstanceUID = first.StudyInstanceUID
     ds.SeriesInstanceUID = result_uid(result, ArtifactKind.PDF, "series", result_version)
+    # PS3.3 C.24.2 (1C): the report shows the key image, so it cites that source instance
+    key = result.source_frames[key_frame_index(result)]
+    source_ref = Dataset()
+    source_ref.ReferencedSOPClassUID = key.sop_class_uid
+    source_ref.ReferencedSOPInstanceUID = key.sop_instance_uid
+    ds.SourceInstanceSequence = [source_ref]
     ds.Modality = "DOC"
     ds.SeriesNumber = series_number(ArtifactKind.PDF)
     ds.InstanceNumber = 1

@@ -1,15 +1,18 @@
 """The worker's entry point: PipelineResult + source datasets → validated Part-10 files.
 
 Every object is built, finalised (fixed times, deterministic UIDs, IHE AIR identification),
-validated from its bytes and only then written, atomically, into ``out_dir``. One failure and
-nothing is returned: the job fails and nothing is sent.
+validated from its bytes and only then written, atomically, into ``out_dir``. SEG and SR carry the
+result: if either fails nothing is returned, the job fails and nothing is sent. The overlay and the
+PDF are renderings of it: one that cannot be built (an undecodable source frame, say) is left out
+with a warning, and the job succeeds with warnings instead of losing the SEG and SR too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +36,16 @@ from node.results.validate import (
 )
 from pipelines.contract import PipelineResult
 
-__all__ = ["OutputOptions", "ProducedObject", "ResultValidationError", "produce_results"]
+__all__ = [
+    "OutputOptions",
+    "ProducedObject",
+    "ProducedResults",
+    "ResultValidationError",
+    "produce_results",
+]
+log = logging.getLogger(__name__)
+# what a builder raises on input it cannot render (highdicom/pydicom/numpy/PIL), besides the gate
+BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,14 @@ class ProducedObject:
     size_bytes: int
 
 
+class ProducedResults(list[ProducedObject]):
+    """The objects written, in dispatch order, plus why an optional one is missing."""
+
+    def __init__(self, objects: Iterable[ProducedObject] = (), warnings: Sequence[str] = ()):
+        super().__init__(objects)
+        self.warnings = tuple(warnings)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
@@ -72,18 +92,30 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+Built = list[tuple[ArtifactKind, Dataset, bytes]]
+
+
 def _build_all(
     result: PipelineResult, sources: Sequence[Dataset], options: OutputOptions
-) -> list[tuple[ArtifactKind, Dataset, bytes]]:
+) -> tuple[Built, list[str]]:
     when = content_time(result)
     cleaned = clean_sources(sources)
-    built: list[tuple[ArtifactKind, Dataset, bytes]] = []
+    built: Built = []
+    warnings: list[str] = []
 
-    def add(kind: ArtifactKind, dataset: Dataset) -> bytes:
+    def add(kind: ArtifactKind, dataset: Dataset, validate: Callable[[bytes], None]) -> None:
         finalise(dataset, result, kind, when, options.institution_name)
         data = encode(dataset)
+        validate(data)
         built.append((kind, dataset, data))
-        return data
+
+    def optional(kind: ArtifactKind, make: Callable[[], None]) -> None:
+        try:
+            make()
+        except BUILD_ERRORS as exc:  # ResultValidationError is a ValueError too
+            reason = exc.reason if isinstance(exc, ResultValidationError) else str(exc)
+            warnings.append(f"{kind.value} not made: {type(exc).__name__}: {reason}"[:500])
+            log.warning("optional %s left out: %s", kind.value, exc)
 
     seg = None
     if options.seg:
@@ -93,24 +125,37 @@ def _build_all(
             SegOptions(options.seg_type.upper(), options.omit_empty_frames, options.result_version),
         )
         if seg is not None:
-            data = add(ArtifactKind.SEG, seg.dataset)
-            validate_seg(data, result, seg.segment_numbers, options.seg_type.upper())
+            numbers = seg.segment_numbers
+            add(
+                ArtifactKind.SEG,
+                seg.dataset,
+                lambda data: validate_seg(data, result, numbers, options.seg_type.upper()),
+            )
     if options.overlay:
-        validate_overlay(
-            add(ArtifactKind.OVERLAY, build_overlay(result, cleaned, options.result_version)),
-            result,
+        optional(
+            ArtifactKind.OVERLAY,
+            lambda: add(
+                ArtifactKind.OVERLAY,
+                build_overlay(result, cleaned, options.result_version),
+                lambda data: validate_overlay(data, result),
+            ),
         )
     if options.pdf:
-        validate_pdf(
-            add(ArtifactKind.PDF, build_pdf(result, cleaned, when, options.result_version)), result
+        optional(
+            ArtifactKind.PDF,
+            lambda: add(
+                ArtifactKind.PDF,
+                build_pdf(result, cleaned, when, options.result_version),
+                lambda data: validate_pdf(data, result),
+            ),
         )
     if options.sr:
         report = build_sr(
             result, cleaned, seg, SrOptions(options.result_version, options.institution_name)
         )
-        data = add(ArtifactKind.SR, report)
-        validate_sr(data, result, str(seg.dataset.SOPInstanceUID) if seg else None)
-    return built
+        seg_uid = str(seg.dataset.SOPInstanceUID) if seg else None
+        add(ArtifactKind.SR, report, lambda data: validate_sr(data, result, seg_uid))
+    return built, warnings
 
 
 def produce_results(
@@ -118,15 +163,17 @@ def produce_results(
     sources: Sequence[pydicom.Dataset],
     options: OutputOptions,
     out_dir: Path,
-) -> list[ProducedObject]:
-    """Build, validate and write every enabled object; dispatch order SEG, overlay, PDF, SR."""
+) -> ProducedResults:
+    """Build, validate and write every enabled object; dispatch order SEG, overlay, PDF, SR.
+
+    ``warnings`` on the returned list name the optional objects that could not be made."""
     try:
-        built = _build_all(result, sources, options)
+        built, warnings = _build_all(result, sources, options)
     except ResultValidationError:
         raise
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+    except BUILD_ERRORS as exc:
         raise ResultValidationError(_failing_kind(exc), f"could not build: {exc}") from exc
-    produced = []
+    produced = ProducedResults(warnings=warnings)
     for kind, dataset, data in sorted(built, key=lambda b: b[0].dispatch_rank):
         path = Path(out_dir) / f"{kind.value}.dcm"
         _write_atomically(path, data)

@@ -1,9 +1,11 @@
 """Make real-world source headers safe to copy into result objects.
 
 Sources come from modalities and PACS of every age: empty SpecificCharacterSet, person names in
-retired forms (more than five components, "Last, First"), missing type-2 attributes. The writers
-copy patient/study attributes from the first source, so they get a cleaned *copy* here; the
-original datasets are never modified.
+retired forms (more than five components, "Last, First"), missing type-2 attributes, codes padded
+with NUL bytes (a ProcedureCodeSequence copied as is made SEG and SR fail dciodvfy), a pixel
+spacing of ``0\\0``, a PatientSex of ``0000``. The writers copy patient/study attributes from the
+first source, so they get a cleaned *copy* here; the original datasets are never modified. What
+cannot be repaired is dropped or left empty, never invented (an unknown sex stays empty, not "O").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from pipelines.contract import PipelineResult
@@ -32,6 +35,8 @@ TYPE2_PATIENT_STUDY_ATTRIBUTES = (
 )
 _PERSON_NAME_ATTRIBUTES = ("PatientName", "ReferringPhysicianName", "OperatorsName")
 _VALID_SEX = {"M", "F", "O", ""}
+_CODE_TEXT = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+_SPACING_ATTRIBUTES = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 
 
 def clean_person_name(value: object) -> str:
@@ -63,11 +68,49 @@ def clean_source(source: Dataset) -> Dataset:
         if keyword in dataset and dataset[keyword].value:
             dataset[keyword].value = PersonName(clean_person_name(dataset[keyword].value))
     if str(dataset.get("PatientSex", "")).upper() not in _VALID_SEX:
-        dataset.PatientSex = "O"
+        dataset.PatientSex = ""  # unknown: type 2 allows empty; "O" (other) would be invented
     for keyword in ("StudyDate", "PatientBirthDate"):
         if len(str(dataset.get(keyword, ""))) not in (0, 8):
             setattr(dataset, keyword, "")
+    for keyword in _SPACING_ATTRIBUTES:
+        if keyword in dataset and not _positive_pair(dataset[keyword].value):
+            del dataset[keyword]  # "0\\0" or garbage: no spacing is better than a wrong one
+    for element in dataset:
+        if element.VR == "SQ" and _has_padded_code(element.value):
+            element.value = copy.deepcopy(element.value)  # the element is ours; its items not
+            _strip_codes(element.value)
     return dataset
+
+
+def _positive_pair(value: object) -> bool:
+    try:
+        values = [float(v) for v in (value if isinstance(value, MultiValue) else [value])]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == 2 and all(v > 0 for v in values)
+
+
+def _padded(value: object) -> bool:
+    return isinstance(value, str) and value != value.strip("\x00 ")
+
+
+def _has_padded_code(items: Sequence[Dataset]) -> bool:
+    for item in items:
+        if any(_padded(item.get(k)) for k in _CODE_TEXT):
+            return True
+        if any(e.VR == "SQ" and _has_padded_code(e.value) for e in item):
+            return True
+    return False
+
+
+def _strip_codes(items: Sequence[Dataset]) -> None:
+    for item in items:
+        for keyword in _CODE_TEXT:
+            if _padded(item.get(keyword)):
+                setattr(item, keyword, str(item.get(keyword)).strip("\x00 "))
+        for element in item:
+            if element.VR == "SQ":
+                _strip_codes(element.value)
 
 
 def _element_copy(source: Dataset) -> Dataset:

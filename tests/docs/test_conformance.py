@@ -8,6 +8,7 @@ with what the dispatcher proposes for the objects the result writers really prod
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,8 +23,10 @@ from pydicom.uid import JPEG2000Lossless
 from core.config import DestinationSettings, Settings
 from core.domain import DestinationKind
 from node.dispatch import cstore
+from node.ingest.contexts import RETIRED_STORAGE_CLASSES, scp_sop_class_table
 from node.ingest.scp import SUPPORTED_CONTEXTS
 from node.results.produce import OutputOptions, produce_results
+from node.results.rejection import build_rejection_note, encode_rejection_note
 from tests.node.results.factories import make_result, synthetic_ct_series
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
@@ -109,6 +112,25 @@ def test_scp_sop_classes_are_the_accepted_abstract_syntaxes() -> None:
     assert_standard_names(documented, "SCP SOP classes")
 
 
+def test_scp_sop_class_table_is_the_one_the_code_prints() -> None:
+    """Table 4.2-2 is generated (``python -m node.ingest.contexts``): paste its output."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = lines.index("<!-- conformance-table: scp-sop-classes -->") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].lstrip().startswith("|"))
+    assert "\n".join(lines[start:end]) + "\n" == scp_sop_class_table(), (
+        "docs/conformance.md table 4.2-2 is stale: replace it with `python -m node.ingest.contexts`"
+    )
+
+
+def test_retired_storage_classes_devices_still_send_are_accepted() -> None:
+    service = {row[1]: row[2] for row in table_rows("scp-sop-classes")}
+    for uid in ("1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3",
+                "1.2.840.10008.5.1.4.1.1.5", "1.2.840.10008.5.1.4.1.1.12.3"):  # fmt: skip
+        assert uid in RETIRED_STORAGE_CLASSES and uid in SUPPORTED_CONTEXTS
+        assert UID_dictionary[uid][3] == "Retired"
+        assert service[f"`{uid}`"] == "Storage (retired)"
+
+
 def test_scp_transfer_syntaxes_are_accepted_for_every_sop_class() -> None:
     documented = documented_uids("scp-transfer-syntaxes")
     every = {ts for syntaxes in SUPPORTED_CONTEXTS.values() for ts in syntaxes}
@@ -134,7 +156,10 @@ def result_headers(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
     produced = produce_results(
         make_result(sources, with_findings=True), sources, OutputOptions(), out
     )
-    return [pydicom.dcmread(p.path, stop_before_pixels=True) for p in produced]
+    headers = [pydicom.dcmread(p.path, stop_before_pixels=True) for p in produced]
+    note = build_rejection_note(headers, "rejected in a test")  # sent when results are rejected
+    data = encode_rejection_note(note, [str(h.SOPInstanceUID) for h in headers])
+    return [*headers, pydicom.dcmread(io.BytesIO(data))]
 
 
 def _sender(preferred: str | None = None) -> cstore.CStoreSender:

@@ -66,6 +66,7 @@ class StudyOut(BaseModel):
     study_description: str
     modalities: str
     state: str
+    outcome: str  # why a study was skipped, or how many of its jobs failed
     instance_count: int
     last_received_at: datetime
 

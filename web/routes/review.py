@@ -1,7 +1,9 @@
 """The review page (source frames, mask overlay, boxes, findings) and the review actions.
 
-Approving releases the job's held deliveries, rejecting cancels them; both, like comments, re-runs
-and resends, are recorded as a Review row and/or an audit event in the same transaction.
+Approving releases the job's held deliveries. Rejecting cancels every delivery not yet sent and,
+for results a destination already stored, queues an IHE IOCM rejection note to it; the page says
+which before the button is pressed and after. Decisions, like comments, re-runs and resends, are
+recorded as a Review row (naming the reviewer) and/or an audit event in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from node.db.repositories import audit, instances
 from node.db.repositories import deliveries as delivery_repo
 from node.db.repositories import jobs as job_repo
 from node.db.repositories import studies as study_repo
+from node.dispatch.rejection import RejectionPreview
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
-from web.integrations import cancel_held, release_held, requeue_job, resend
+from web.integrations import (
+    preview_rejection,
+    reject_results,
+    release_held,
+    requeue_job,
+    resend,
+)
 from web.pages import flash, redirect, render
 from web.result_views import artifact_file, data_file, review_data
 
@@ -138,6 +147,8 @@ def review_page(
             "mask_frames": mask_frames,
             "boxes": boxes,
             "reviews": job_repo.job_reviews(session, job.id),
+            "decisions": _decisions(job),
+            "rejection": _rejection_preview(session, job),
             "segment_labels": masks.segment_labels if masks else {},
         },
         user=user,
@@ -182,12 +193,38 @@ def mask_png(
 
 # -- actions ----------------------------------------------------------------------------------
 
+# review states from which a decision changes something: approving releases held deliveries;
+# rejecting cancels unsent ones and withdraws delivered ones (also after an approval)
+DECIDABLE_FROM = {
+    ReviewState.APPROVED: (ReviewState.PENDING.value,),
+    ReviewState.REJECTED: (
+        ReviewState.PENDING.value,
+        ReviewState.NOT_REQUIRED.value,
+        ReviewState.APPROVED.value,
+    ),
+}
+
+
+def _decisions(job: Job) -> list[str]:
+    """The decisions the page offers for this job: only those that would change something."""
+    if job.state != "succeeded":
+        return []
+    return [d.value for d, allowed in DECIDABLE_FROM.items() if job.review_state in allowed]
+
+
+def _rejection_preview(session: Session, job: Job) -> RejectionPreview | None:
+    if ReviewState.REJECTED.value not in _decisions(job):
+        return None
+    return preview_rejection(session, job)
+
 
 def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, reason: str) -> None:
-    if job.review_state not in (ReviewState.PENDING.value, ReviewState.NOT_REQUIRED.value):
-        raise HTTPException(409, f"this result was already {job.review_state}")
     if job.state != "succeeded":
         raise HTTPException(409, f"the job is {job.state}; only finished results can be reviewed")
+    if job.review_state not in DECIDABLE_FROM[decision]:
+        raise HTTPException(
+            409, f"this result is {job.review_state}; {decision.value} would change nothing"
+        )
     before = job.review_state
     job.review_state = decision.value
     job_repo.add_review(session, job, user.user_id, decision.value, reason)
@@ -216,6 +253,7 @@ def approve(request: Request, session: SessionDep, user: Reviewer, job_id: RowId
 def reject(
     request: Request,
     session: SessionDep,
+    state: StateDep,
     user: Reviewer,
     job_id: RowId,
     reason: Annotated[str, Form(max_length=2000)] = "",
@@ -224,8 +262,12 @@ def reject(
         raise HTTPException(400, "A rejection needs a reason.")
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.REJECTED, reason.strip())
-    cancelled = cancel_held(session, job, user.username, reason.strip())
-    flash(request, f"Rejected; {cancelled} held delivery(ies) cancelled.")
+    outcome = reject_results(session, state.settings, job, user.username, reason.strip())
+    message = f"Rejected; {outcome.cancelled} unsent delivery(ies) cancelled."
+    if outcome.notes:
+        sent_to = ", ".join(f"{dest} ({n} objects)" for dest, n in outcome.notes.items())
+        message += f" Results had already reached {sent_to}: a rejection note is being sent there."
+    flash(request, message)
     return redirect(f"/review/{job_id}")
 
 

@@ -28,6 +28,7 @@ STATUSES = [
     "receiving",
     "complete",
     "processed",
+    "skipped",
     "queued",
     "running",
     "succeeded",
@@ -176,6 +177,11 @@ def export_job(
     job = job_repo.get_job(session, job_id)
     if job is None:
         raise HTTPException(404, "No such job")
+    if job.state != "succeeded":  # no result to export: say why instead of an empty file
+        detail = f": {job.error.splitlines()[0][:300]}" if job.error else ""
+        raise HTTPException(
+            409, f"Job {job.id} is {job.state}; it has no results to export{detail}"
+        )
     try:
         content, media_type, filename = export(state.settings, job, which)
     except FileNotFoundError:

@@ -83,7 +83,11 @@ def dashboard_counts(session: Session, now: datetime | None = None) -> Dashboard
         jobs_running=int(job_states.get("running", 0)),
         jobs_failed=int(job_states.get("failed", 0)),
         jobs_succeeded=int(job_states.get("succeeded", 0)),
-        reviews_pending=count(select(func.count(Job.id)).where(Job.review_state == "pending")),
+        reviews_pending=count(  # a failed job has nothing to review
+            select(func.count(Job.id)).where(
+                Job.review_state == "pending", Job.state == "succeeded"
+            )
+        ),
         median_processing_s=statistics.median(durations) if durations else None,
         destinations=[
             DestinationCounts(

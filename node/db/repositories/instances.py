@@ -25,7 +25,7 @@ from core.domain import Association, InstanceHeader, LateArrivalPolicy, StudySta
 from node.db.orm import Instance, Series, Study, utcnow
 from node.db.repositories import audit
 
-_LATE_STATES = (StudyState.COMPLETE.value, StudyState.PROCESSED.value)
+_LATE_STATES = (StudyState.COMPLETE.value, StudyState.PROCESSED.value, StudyState.SKIPPED.value)
 _MODALITIES_WIDTH = 64
 
 
@@ -90,7 +90,7 @@ def _study_values(item: NewInstance, now: datetime) -> dict[str, Any]:
         "study_date": h.study_date, "study_time": h.study_time,
         "study_description": h.study_description,
         "referring_physician_name": h.referring_physician_name, "study_id": h.study_id,
-        "modalities": "", "state": StudyState.RECEIVING.value, "completion_reason": "",
+        "modalities": "", "state": StudyState.RECEIVING.value, "completion_reason": "", "outcome": "",
         "result_version": 1, "instance_count": 0, "calling_ae": a.calling_ae[:16],
         "called_ae": a.called_ae[:16], "peer_host": a.peer_host[:255], "source": a.source[:16],
         "first_received_at": now, "last_received_at": now,
@@ -247,7 +247,7 @@ def _late_arrival(session: Session, uid: str, state: str, result_version: int,
                      from_state=state, to_state=StudyState.RECEIVING.value,
                      detail=f"{count} late instance(s); result version {result_version + 1}")  # fmt: skip
         return {"state": StudyState.RECEIVING.value, "result_version": result_version + 1,
-                "completed_at": None, "completion_reason": ""}  # fmt: skip
+                "completed_at": None, "completion_reason": "", "outcome": ""}  # fmt: skip
     audit.record(session, "study.late_instance", entity_type="study", entity_id=uid,
                  from_state=state, to_state=state,
                  detail=f"{count} late instance(s) stored, state kept")  # fmt: skip

@@ -36,7 +36,14 @@ def list_jobs(
 
 
 def job_reviews(session: Session, job_id: int) -> Sequence[Review]:
-    return session.scalars(select(Review).where(Review.job_pk == job_id).order_by(Review.id)).all()
+    """A job's review history, oldest first, with each reviewer loaded (the page names them)."""
+    stmt = (
+        select(Review)
+        .where(Review.job_pk == job_id)
+        .options(selectinload(Review.user))
+        .order_by(Review.id)
+    )
+    return session.scalars(stmt).all()
 
 
 def add_review(

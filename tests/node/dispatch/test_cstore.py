@@ -37,13 +37,11 @@ def dicom_dest(port: int, **kwargs: object) -> DestinationSettings:
 def test_sends_every_result_object_and_reports_each(
     storescp: StoreScp, results: dict[ArtifactKind, MadeObject]
 ) -> None:
-    paths = [results[k].path for k in ArtifactKind]
+    paths = [results[k].path for k in results]
     outcomes = sender_for(dicom_dest(storescp.port)).send(paths)
     assert [o.ok for o in outcomes] == [True] * 4, [o.error for o in outcomes]
-    assert [o.sop_instance_uid for o in outcomes] == [
-        results[k].sop_instance_uid for k in ArtifactKind
-    ]
-    assert set(storescp.received()) == {results[k].sop_instance_uid for k in ArtifactKind}
+    assert [o.sop_instance_uid for o in outcomes] == [results[k].sop_instance_uid for k in results]
+    assert set(storescp.received()) == {results[k].sop_instance_uid for k in results}
 
 
 def test_compressed_object_is_decompressed_for_a_peer_that_only_takes_uncompressed(

@@ -13,7 +13,6 @@ from node.db.orm import Job
 from node.db.repositories import audit
 from node.db.repositories import deliveries as repo
 from node.dispatch.delivery_plan import (
-    cancel_held,
     destination_settings,
     plan_deliveries,
     release_held,
@@ -45,9 +44,7 @@ def test_one_delivery_per_object_and_destination_idempotent(
         )
     assert len(planned) == 8
     assert {d.state for d in planned} == {DeliveryState.PENDING.value}
-    assert [ArtifactKind(d.artifact.kind) for d in planned[::2]] == list(
-        ArtifactKind
-    )  # dispatch order
+    assert [ArtifactKind(d.artifact.kind) for d in planned[::2]] == list(results)  # dispatch order
     with db.write() as session:
         again = plan_deliveries(session, session.get_one(Job, job_id), ["a", "b"], held=False)
     assert sorted(d.id for d in again) == sorted(d.id for d in planned)
@@ -70,19 +67,6 @@ def test_held_deliveries_are_released_or_cancelled_by_review(
         released = [e.actor for e in audit.query(session, action="delivery.released")]
     assert states == {DeliveryState.PENDING.value}
     assert released == ["dr.house"] * 4
-
-    with db.write() as session:
-        plan_deliveries(session, session.get_one(Job, job_id), ["b"], held=True)
-    with db.write() as session:
-        assert (
-            cancel_held(
-                session, session.get_one(Job, job_id), actor="dr.cuddy", reason="wrong side"
-            )
-            == 4
-        )
-    with db.read() as session:
-        by_dest = {(d.destination_name, d.state) for d in repo.for_job(session, job_id)}
-    assert by_dest == {("a", "pending"), ("b", "cancelled")}
 
 
 def test_resend_only_from_failed(

@@ -23,7 +23,7 @@ def test_stow_rs_stores_each_object_and_reports_it(
 ) -> None:
     sender = sender_for(stow_dest(f"{orthanc.url}/dicom-web"))
     assert sender.ping().ok
-    outcomes = sender.send([results[k].path for k in ArtifactKind])
+    outcomes = sender.send([results[k].path for k in results])
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     study_uid = orthanc.get(f"/instances/{orthanc.get('/instances')[0]}/tags?simplify")[
         "StudyInstanceUID"

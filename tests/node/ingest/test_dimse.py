@@ -28,13 +28,22 @@ def test_c_store_request_and_response() -> None:
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     command = dimse.parse_command(pynetdicom_command(message))
-    assert command == dimse.Command(dimse.C_STORE_RQ, 7, True, CT, "1.2.3.4.5")
+    assert command == dimse.Command(dimse.C_STORE_RQ, 7, True, CT.encode() + b"\0", b"1.2.3.4.5\0")
 
-    response = decode(BytesIO(dimse.encode_response(command, 0xA700)), True, True)
+    stored = dimse.encode_response(command, 0x0000, sop_class=CT, sop_instance="1.2.3.4.5")
+    response = decode(BytesIO(stored), True, True)
     assert response.CommandField == 0x8001 and response.MessageIDBeingRespondedTo == 7
-    assert response.Status == 0xA700 and response.CommandDataSetType == 0x0101
+    assert response.Status == 0x0000 and response.CommandDataSetType == 0x0101
     assert response.AffectedSOPClassUID == CT and response.AffectedSOPInstanceUID == "1.2.3.4.5"
-    assert response.CommandGroupLength == len(dimse.encode_response(command, 0)) - 12
+    assert response.CommandGroupLength == len(stored) - 12
+
+
+def test_a_failure_response_names_no_uid_it_was_not_given() -> None:
+    """The request's raw UIDs never reach the response: only what the caller checked and stored."""
+    command = dimse.Command(dimse.C_STORE_RQ, 9, True, b"1.2.\xc3\xa9", b"1.2.3\xff")
+    response = decode(BytesIO(dimse.encode_response(command, 0xC000)), True, True)
+    assert response.Status == 0xC000 and response.MessageIDBeingRespondedTo == 9
+    assert "AffectedSOPClassUID" not in response and "AffectedSOPInstanceUID" not in response
 
 
 def test_c_echo_request_has_no_data_set() -> None:
@@ -50,6 +59,7 @@ def test_c_echo_request_has_no_data_set() -> None:
     b"\x00\x00\x00\x01\x02\x00\x00\x00",  # header only: length 2 but no value
     b"\x08\x00\x18\x00\x02\x00\x00\x00AB",  # element outside group 0000
     b"\x00\x00\x10\x01\x02\x00\x00\x00\x01\x00",  # no Command Field
+    b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x00",  # no Message ID: no response can be addressed
 ])  # fmt: skip
 def test_malformed_command_sets_are_errors(raw: bytes) -> None:
     with pytest.raises(dimse.CommandError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from io import BytesIO
@@ -132,3 +133,29 @@ def test_jpip_deflate_data_set_is_inflated(jpip_deflate: str) -> None:
     raw = deflater.compress(explicit) + deflater.flush()
     parsed = parse_instance(raw, jpip_deflate).header
     assert parsed.patient_name == "Jpip^Deflate" and parsed.sop_instance_uid
+
+
+@pytest.mark.parametrize(("edit", "attribute"), [
+    (b"1.2.3.4.a", "Study Instance UID (0020,000D)"),  # a letter
+    (b"1.2.3.4.\xe9", "Study Instance UID (0020,000D)"),  # a non-ASCII byte
+    (b"1.2..4.55", "Study Instance UID (0020,000D)"),  # an empty component
+])  # fmt: skip
+def test_an_invalid_uid_is_refused_naming_the_attribute(edit: bytes, attribute: str) -> None:
+    raw = dataset_part(make_instance(study_uid="1.2.3.4.5")).replace(b"1.2.3.4.5\0", edit + b"\0")
+    with pytest.raises(HeaderError, match=re.escape(attribute)):
+        parse_instance(raw, "1.2.840.10008.1.2.1")
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import zlib
+
+    from node.ingest import header
+
+    monkeypatch.setattr(header, "MAX_INFLATED", 1 << 20)
+    explicit = dataset_part(make_instance(size=1024))  # 2 MiB of pixels: over the 1 MiB cap
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    raw = deflater.compress(explicit) + deflater.flush()
+    with pytest.raises(HeaderError, match="inflates to more than 1048576 bytes"):
+        parse_instance(raw, "1.2.840.10008.1.2.1.99")

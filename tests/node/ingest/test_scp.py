@@ -206,13 +206,17 @@ def test_pynetdicom_scu_sends_raw_files_on_both_backends(
     assert assoc.is_established
     statuses = [assoc.send_c_store(Path(p)).Status for p in paths]
     assoc.release()
-    assert statuses == [0] * len(paths)
+    # rtplan.dcm's file meta names another SOP Instance UID than its data set, and pynetdicom
+    # takes the command's UID from the file meta: refused as storescp refuses it
+    assert statuses == [0, 0, 0, 0xA900, 0]
+    good = [p for p, status in zip(paths, statuses, strict=True) if status == 0]
     ours = _by_sop(stored_files(settings))
-    for path in paths:
+    assert len(ours) == len(good)
+    for path in good:
         raw = Path(path).read_bytes()
         assert ours[parse_instance(raw).header.sop_instance_uid] == dataset_part(raw)
     with db.read() as session:
-        assert session.scalar(select(func.count()).select_from(Instance)) == len(paths)
+        assert session.scalar(select(func.count()).select_from(Instance)) == len(good)
 
 
 def test_max_associations(

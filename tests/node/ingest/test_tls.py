@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,30 @@ def test_server_only_tls(
     echo = run_dcmtk("echoscu", "+tla", "+cf", str(pki / "ca.crt"), "-aec", "PACSNODE",
                      "127.0.0.1", str(handle.port))  # fmt: skip
     assert echo.returncode == 0, echo.stderr
+
+
+def test_a_slow_tls_handshake_is_closed_at_the_association_deadline(
+    receiver_on: StartReceiver, sqlite_db: Database, settings: Settings, pki: Path
+) -> None:
+    """Handshake bytes dripping in do not extend ``acse_timeout_s``."""
+    strict = _tls_settings(settings, pki, False).model_copy(update={"acse_timeout_s": 1.0})
+    handle = receiver_on(sqlite_db, strict)
+    outgoing = ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    client_hello = outgoing.read()  # a real ClientHello, sent one byte per 0.25 s
+    with socket.create_connection(("127.0.0.1", handle.port), timeout=0.25) as sock:
+        start = time.monotonic()
+        for byte in client_hello:
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(4096) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            assert time.monotonic() - start < 5, "the node let the handshake drip on"
+        took = time.monotonic() - start
+    assert took < 1.0 + 1.5

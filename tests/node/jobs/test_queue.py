@@ -3,10 +3,12 @@ leases that expire, retries with backoff, a terminal failure, and an audit row p
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from core.config import Settings
@@ -66,14 +68,22 @@ def test_completion_creates_one_job_per_pipeline_exactly_once(
         assert audit.query(s, action="study.completed")
 
 
-def test_study_without_matching_pipeline_is_processed_at_once(
-    settings: Settings, db: Database
+def test_study_without_matching_pipeline_is_skipped_with_the_reason(
+    settings: Settings, db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    add_study(db, "9.9", modality="SR")
-    sweep(settings, db)
+    add_study(db, "9.9", modality="NM")
+    with caplog.at_level(logging.INFO, logger="node.jobs.creation"):
+        sweep(settings, db)
     with db.read() as s:
-        assert s.scalar(select(Study.state)) == StudyState.PROCESSED.value
+        study = s.scalars(select(Study)).one()
+        assert (study.state, study.outcome) == (
+            StudyState.SKIPPED.value,
+            "no pipeline matches (modality NM)",
+        )
+        [event] = audit.query(s, action="study.skipped")
+        assert event.detail.startswith("no pipeline matches (modality NM)\n")
         assert s.scalar(select(func.count(Job.id))) == 0
+    assert "study 9.9 skipped: no pipeline matches (modality NM)" in caplog.text
 
 
 def test_force_complete_is_picked_up_by_the_next_sweep(settings: Settings, db: Database) -> None:
@@ -141,7 +151,8 @@ def test_failures_retry_with_backoff_then_fail_for_good(settings: Settings, db: 
             else:
                 assert job.state == "failed" and "boom" in job.error
     with db.read() as s:
-        assert s.scalar(select(Study.state)) == "processed"
+        study = s.scalars(select(Study)).one()
+        assert (study.state, study.outcome) == ("processed", "1 of 1 job(s) failed")
         actions = [e.action for e in audit.query(s, entity_type="job")]
         assert actions.count("job.retry") == settings.jobs.max_attempts - 1
         assert actions.count("job.failed") == 1

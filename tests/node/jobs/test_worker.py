@@ -190,3 +190,32 @@ def test_worker_that_lost_its_lease_discards_its_outcome(
         assert job is not None and job.state == "running" and job.lease_owner == "w2"
         assert s.scalar(select(Artifact)) is None
     assert planned == []
+
+
+def test_optional_output_that_fails_makes_the_job_succeed_with_warnings(
+    settings: Settings, db: Database, study_on_disk: str
+) -> None:
+    with db.read() as s:
+        inst = s.scalar(select(Instance))
+        assert inst is not None
+        stored = settings.data_dir / inst.path
+    damaged = pydicom.dcmread(stored)
+    damaged.PixelData = damaged.PixelData[:100]  # undecodable: no overlay, no PDF picture
+    damaged.StudyInstanceUID = study_on_disk  # the study the rows say it belongs to
+    damaged.save_as(stored)
+    planned: list[Any] = []
+    worker = Worker(
+        settings,
+        db,
+        Pipelines(StubPipeline()),
+        worker_id="w1",
+        delivery_planner=lambda s, job, d, h: planned.append([a.kind for a in job.artifacts]),
+    )  # the real result writers
+    run_one(worker)
+    with db.read() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "succeeded", job.error
+        warnings = job.summary["output_warnings"]
+        assert [w.split(":")[0] for w in warnings] == ["overlay not made", "pdf not made"]
+        assert all(f"warning: {w}" in job.log for w in warnings)
+    assert planned == [["sr"]]  # the SR is still made and delivered

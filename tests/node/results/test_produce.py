@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -17,7 +19,7 @@ from node.results.produce import (
     ResultValidationError,
     produce_results,
 )
-from tests.node.results.factories import make_result, synthetic_ct_series
+from tests.node.results.factories import make_result, read_testdata, synthetic_ct_series
 
 
 def _produce(sources, tmp_path: Path, **kwargs) -> list[ProducedObject]:
@@ -112,7 +114,7 @@ def test_quirky_headers_are_cleaned_in_outputs(tmp_path: Path) -> None:
     for obj in produced:
         ds = pydicom.dcmread(obj.path)
         assert str(ds.PatientName) == "DOE^JANE"
-        assert ds.PatientSex == "O"
+        assert ds.PatientSex == ""  # "FEMALE" is not a code; nothing is invented
         assert "AccessionNumber" in ds and "StudyID" in ds
 
 
@@ -153,3 +155,76 @@ def test_single_segment_seg_builds_validates_and_is_cited(tmp_path: Path) -> Non
     assert produced[0].kind == ArtifactKind.SEG and len(seg.SegmentSequence) == 1
     lesion_frame = result.findings[0].frame_indices[0]
     assert seg_frame_for(seg, 1, result.source_frames[lesion_frame].sop_instance_uid) is not None
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "US1_J2KR.dcm"])  # RGB, and YBR_RCT in JPEG 2000
+def test_colour_ultrasound_gets_every_object_and_a_colour_overlay(
+    name: str, tmp_path: Path
+) -> None:
+    sources = [read_testdata(name)]
+    assert sources[0].SamplesPerPixel == 3
+    result = make_result(sources)
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert [p.kind for p in produced] == [
+        ArtifactKind.SEG,
+        ArtifactKind.OVERLAY,
+        ArtifactKind.PDF,
+        ArtifactKind.SR,
+    ]
+    assert produced.warnings == ()
+    overlay = pydicom.dcmread(produced[1].path).pixel_array.astype(int)
+    source = sources[0].pixel_array.astype(int)
+    assert overlay.shape == source.shape == (480, 640, 3)
+    assert result.segmentation is not None
+    untouched = result.segmentation.label_map[0] == 0  # away from the mask and the boxes
+    for box in result.detections:
+        untouched[int(box.y0) - 4 : int(box.y1) + 4, int(box.x0) - 4 : int(box.x1) + 4] = False
+    # the source's own colours (the Doppler flow) come through unchanged where nothing is drawn
+    assert np.array_equal(overlay[untouched], source[untouched])
+    assert (np.ptp(source[untouched], axis=-1) > 50).sum() > 1000  # there is colour to keep
+
+
+def test_an_optional_object_that_cannot_be_built_leaves_seg_and_sr(tmp_path: Path) -> None:
+    sources = synthetic_ct_series()
+    result = make_result(sources)
+    key = sources[2]  # the overlay's key frame: its pixel data is cut short (undecodable)
+    key.PixelData = key.PixelData[:100]
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert [p.kind for p in produced] == [ArtifactKind.SEG, ArtifactKind.SR]
+    assert [w.split(":")[0] for w in produced.warnings] == ["overlay not made", "pdf not made"]
+    assert all("pixel data" in w.lower() for w in produced.warnings), produced.warnings
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seg.dcm", "sr.dcm"]
+
+
+def test_source_defects_are_not_copied_into_results(tmp_path: Path) -> None:
+    """NUL-padded procedure codes, a 0\\0 pixel spacing and a PatientSex of 0000 (all seen in
+    real inputs): results carry clean codes, no spacing and an empty sex, and pass dciodvfy."""
+    source = read_testdata("US1_UNCR.dcm")
+    source.PixelSpacing = [0, 0]
+    source.PatientSex = "0000"
+    source.StudyDescription = "US NECK"
+    code = pydicom.Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "US0042\0", "99LOCAL\0"
+    code.CodeMeaning = "US neck\0"
+    source.ProcedureCodeSequence = [code]
+    produced = produce_results(make_result([source]), [source], OutputOptions(), tmp_path / "out")
+    assert source.ProcedureCodeSequence[0].CodeValue == "US0042\0"  # the source is untouched
+    for obj in produced:
+        ds = pydicom.dcmread(obj.path)
+        assert ds.StudyDescription == "US NECK", obj.kind
+        assert ds.PatientSex == "", obj.kind
+        assert "PixelSpacing" not in ds, obj.kind
+        for item in ds.get("ProcedureCodeSequence", []):
+            assert (item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning) == (
+                "US0042",
+                "99LOCAL",
+                "US neck",
+            )
+    pdf = pydicom.dcmread(next(p.path for p in produced if p.kind == ArtifactKind.PDF))
+    [cited] = pdf.SourceInstanceSequence
+    assert cited.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    if shutil.which("dciodvfy"):
+        for obj in produced:
+            out = subprocess.run(["dciodvfy", str(obj.path)], capture_output=True, text=True)
+            errors = [line for line in out.stderr.splitlines() if line.startswith("Error")]
+            assert errors == [], (obj.kind, errors)

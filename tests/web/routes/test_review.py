@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 from node.db.orm import AuditEvent, Delivery, Review
@@ -86,6 +87,10 @@ def test_reject_needs_a_reason_and_cancels_delivery(
         f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": "boundary wrong"}
     )
     assert response.status_code == 303
+    page = client.get(f"/review/{study.job_id}").text
+    assert "Rejected; 1 unsent delivery(ies) cancelled." in page
+    assert 'id="reject"' not in page and 'id="approve"' not in page  # nothing left to decide
+    assert "<b>radiologist1</b> rejected boundary wrong" in page
     comment = client.post(
         f"/review/{study.job_id}/comment", data={"csrf_token": token, "text": "see prior"}
     )
@@ -170,3 +175,42 @@ def test_approve_and_dispatch_on_both_backends(settings, db, tmp_path) -> None: 
     )
     assert Dispatcher(full, db).run_once() == 1
     assert "archive: delivered" in client.get(f"/studies/{study.study_uid}").text
+
+
+def test_reject_after_delivery_withdraws_it_and_says_so(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    console, study = processed
+    client = console.login("radiologist1")
+    token = csrf_of(client, f"/review/{study.job_id}")
+    before = client.get(f"/review/{study.job_id}").text
+    assert "Rejecting cancels 1 delivery(ies) not yet sent." in before
+    client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token})
+    assert Dispatcher(console.settings, console.db).run_once() == 1
+    page = client.get(f"/review/{study.job_id}").text
+    assert 'id="approve"' not in page  # approving again would change nothing
+    assert "results already reached archive (1 objects)" in page
+    assert "rejection note" in page
+    response = client.post(
+        f"/review/{study.job_id}/reject", data={"csrf_token": token, "reason": "wrong patient"}
+    )
+    assert response.status_code == 303
+    after = client.get(f"/review/{study.job_id}").text
+    assert "archive (1 objects): a rejection note is being sent there" in after
+    assert "REJECTION NOTE → archive: pending" in after
+    assert "<b>radiologist1</b> approved" in after and "<b>radiologist1</b> rejected" in after
+    assert Dispatcher(console.settings, console.db).run_once() == 1
+    archive = Path(console.settings.destination("archive").path or "")
+    notes = [p for p in archive.rglob("*.dcm") if pydicom.dcmread(p).Modality == "KO"]
+    assert len(notes) == 1
+    with console.db.write() as session:  # a failed result delivery of a rejected job: no resend
+        delivery = session.query(Delivery).order_by(Delivery.id).first()
+        assert delivery is not None
+        delivery.state = "failed"
+        delivery_id = delivery.id
+    assert (
+        f'action="/deliveries/{delivery_id}/resend"'
+        not in client.get(f"/review/{study.job_id}").text
+    )
+    resend = client.post(f"/deliveries/{delivery_id}/resend", data={"csrf_token": token})
+    assert resend.status_code == 409 and "rejected" in resend.text

@@ -154,3 +154,60 @@ def test_chunked_upload_without_length_is_cut_off(settings: Settings, sqlite_db:
     )
     assert response.status_code == 413 and "limit" in response.text, response.text
     assert not list((small.data_dir / "uploads").glob("*/*"))  # nothing left behind
+
+
+def test_every_study_shows_its_outcome_and_a_failed_job_is_not_success(console: Console) -> None:
+    from node.db.orm import Job
+    from tests.web.routes.test_api import _token
+
+    with console.db.write() as session:
+        skipped = Study(
+            study_instance_uid="1.2.826.0.1.3680043.99.500",
+            patient_name="Nm^Skipped",
+            modalities="NM",
+            state="skipped",
+            outcome="no pipeline matches (modality NM)",
+        )
+        failed = Study(
+            study_instance_uid="1.2.826.0.1.3680043.99.501",
+            patient_name="Ct^Failed",
+            modalities="CT",
+            state="processed",
+            outcome="1 of 1 job(s) failed",
+        )
+        job = Job(
+            study=failed,
+            pipeline_name="demo-3d",
+            state="failed",
+            review_state="pending",
+            error="PipelineInputError: no series with 3 or more slices\nTraceback...",
+        )
+        warned = Job(
+            study=failed,
+            pipeline_name="demo-2d",
+            state="succeeded",
+            summary={"output_warnings": ["overlay not made: ValueError: bad pixel data"]},
+        )
+        session.add_all([skipped, failed, job, warned])
+        session.flush()
+        job_id, warned_id = job.id, warned.id
+    client = console.login("viewer1")
+    listing = client.get("/studies").text
+    assert '<span class="state skipped">skipped</span>' in listing
+    assert "no pipeline matches (modality NM)" in listing
+    assert '<span class="state failed">processed</span>' in listing  # not green
+    assert "1 study" in client.get("/studies?status=skipped").text
+    page = client.get("/studies/1.2.826.0.1.3680043.99.500").text
+    assert "No jobs: no pipeline matches (modality NM)." in page
+    failed_page = client.get("/studies/1.2.826.0.1.3680043.99.501").text
+    assert f"/jobs/{job_id}/export/" not in failed_page  # no empty downloads offered
+    assert f'id="warnings-{warned_id}">with warnings<' in failed_page
+    assert "overlay not made: ValueError: bad pixel data" in failed_page
+    for which in ("csv", "json", "masks", "pdfs"):
+        export = client.get(f"/jobs/{job_id}/export/{which}")
+        assert export.status_code == 409, which
+        assert "failed; it has no results to export: PipelineInputError" in export.text
+    assert 'id="reviews-pending">0<' in client.get("/").text  # nothing to review
+    api = client.get("/api/studies", headers=_token(console, "viewer1", ["read"])).json()
+    outcomes = {s["patient_name"]: (s["state"], s["outcome"]) for s in api["items"]}
+    assert outcomes["Nm^Skipped"] == ("skipped", "no pipeline matches (modality NM)")
