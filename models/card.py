@@ -125,7 +125,7 @@ class ModelCard(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(min_length=1)
     task: Literal["segmentation", "classification", "detection"]
-    framework: Literal["monai", "timm", "ultralytics", "torchscript"]
+    framework: Literal["monai", "timm", "ultralytics", "torchscript", "nnunet"]
     architecture: str = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
     weights: Path

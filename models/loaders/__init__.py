@@ -1,6 +1,6 @@
 """Load a model described by a card onto a device, verified, warm, and behind one small interface.
 
-Every framework (MONAI, timm, ultralytics, TorchScript) ends up as a :class:`LoadedModel` whose
+Every framework (MONAI, timm, ultralytics, TorchScript, nnU-Net) ends up as a :class:`LoadedModel` whose
 ``forward`` returns CPU float32 probabilities and whose ``detect`` returns raw boxes, so pipelines
 and ensembles never branch on the framework. The weights' SHA-256 is checked against the card
 before any bytes are unpickled: a mismatch refuses the model with a clear :class:`ModelLoadError`.
@@ -22,6 +22,8 @@ from models.card import ModelCard, ModelLoadError, sha256_file
 from models.devices import DevicePlacement, resolve_device
 
 if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
     from models.loaders.monai_bundle import MonaiBundle
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class LoadedModel:
         network: torch.nn.Module | None = None,
         detector: Detector | None = None,
         outputs_probabilities: bool = False,
+        nnunet: nnUNetPredictor | None = None,
         bundle: MonaiBundle | None = None,
     ) -> None:
         self.card = card
@@ -51,6 +54,7 @@ class LoadedModel:
         self.network = network
         self._detector = detector
         self._outputs_probabilities = outputs_probabilities
+        self.nnunet = nnunet  # an nnU-Net folder brings its own pre-processing and inference
         self.bundle = bundle  # a MONAI bundle brings its own transforms and inferer
         if network is not None:
             network.eval()
@@ -139,6 +143,10 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
             from models.loaders.timm import load_timm
 
             return load_timm(card, placement, sha)
+        if card.framework == "nnunet":
+            from models.loaders.nnunet import load_nnunet
+
+            return load_nnunet(card, placement, sha)
         if card.framework == "ultralytics":
             from models.loaders.ultralytics import load_ultralytics
 

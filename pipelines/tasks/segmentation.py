@@ -21,6 +21,7 @@ from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import SegmentationTask
 from pipelines.tasks.bundle import bundle_probabilities
+from pipelines.tasks.nnunet import nnunet_probabilities
 
 
 @dataclass
@@ -44,6 +45,11 @@ def member_probabilities(
     bundle = getattr(member.model, "bundle", None)
     if bundle is not None:  # the bundle's own transforms and inferer, back on the source grid
         label_probs = bundle_probabilities(bundle, inputs.series)
+        _check_channels(member, label_probs.shape[0] + 1)
+        return label_probs
+    predictor = getattr(member.model, "nnunet", None)
+    if predictor is not None:  # nnU-Net's own pre-processing and inference, on the source grid
+        label_probs = nnunet_probabilities(predictor, inputs.series)
         _check_channels(member, label_probs.shape[0] + 1)
         return label_probs
     card_input = member.model.card.input
