@@ -8,6 +8,8 @@ counted with the reason; the import never stops on a bad file.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -17,9 +19,9 @@ from pathlib import Path
 from core.config import Settings
 from core.domain import Association, StoreStatus
 from node.db.engine import Database
-from node.ingest.persist import persist_instance
+from node.ingest.persist import persist_file
 from node.ingest.uid_gate import instance_uid_error, record_refusal
-from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, iter_members
+from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, extract_members
 
 log = logging.getLogger(__name__)
 
@@ -59,47 +61,63 @@ def _looks_like_dicom(head: bytes) -> bool:
 
 
 def _iter_sources(
-    paths: Sequence[Path], report: ImportReport, limits: ZipLimits
-) -> Iterator[tuple[str, bytes]]:
+    paths: Sequence[Path], report: ImportReport, limits: ZipLimits, staging: Path
+) -> Iterator[tuple[str, Path]]:
+    """Each candidate file as (name for messages, a path on disk): files as they are, zip members
+    inflated one at a time into ``staging`` (removed after their turn)."""
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                yield from _iter_file(child, report, limits)
+                yield from _iter_file(child, report, limits, staging)
         elif path.is_file():
-            yield from _iter_file(path, report, limits)
+            yield from _iter_file(path, report, limits, staging)
         else:
             report.skipped["not found"] += 1
             _note(report, str(path), "not found")
 
 
-def _iter_file(path: Path, report: ImportReport, limits: ZipLimits) -> Iterator[tuple[str, bytes]]:
+def _iter_file(
+    path: Path, report: ImportReport, limits: ZipLimits, staging: Path
+) -> Iterator[tuple[str, Path]]:
     try:
         if zipfile.is_zipfile(path):
-            yield from _iter_zip(path, report, limits)
+            yield from _iter_zip(path, report, limits, staging)
             return
-        yield str(path), path.read_bytes()
     except OSError as exc:
         report.skipped["unreadable"] += 1
         _note(report, str(path), f"unreadable: {exc}")
+        return
+    yield str(path), path
 
 
-def _iter_zip(path: Path, report: ImportReport, limits: ZipLimits) -> Iterator[tuple[str, bytes]]:
+def _iter_zip(
+    path: Path, report: ImportReport, limits: ZipLimits, staging: Path
+) -> Iterator[tuple[str, Path]]:
     """Members inflated one at a time under ``limits`` (see node.ingest.zipstream): a refused or
     damaged member is counted and skipped, a total over the limit stops the archive."""
+    staging.mkdir(parents=True, exist_ok=True)
     try:
-        for member, data in iter_members(path, limits):
+        for member, extracted in extract_members(path, limits, staging):
             name = f"{path}!{member.filename}"
-            if isinstance(data, ZipLimitExceeded):
+            if isinstance(extracted, ZipLimitExceeded):
                 report.skipped["over the zip limits"] += 1
-                _note(report, name, str(data).removeprefix(f"{member.filename}: "))
-            elif isinstance(data, Exception):
+                _note(report, name, str(extracted).removeprefix(f"{member.filename}: "))
+            elif isinstance(extracted, Exception):
                 report.skipped["unreadable"] += 1
-                _note(report, name, f"unreadable: {data}")
+                _note(report, name, f"unreadable: {extracted}")
             else:
-                yield name, data
+                try:
+                    yield name, extracted
+                finally:
+                    extracted.unlink(missing_ok=True)
     except zipfile.BadZipFile as exc:
         report.skipped["bad zip archive"] += 1
         _note(report, str(path), f"bad zip archive: {exc}")
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(132)
 
 
 def _note(report: ImportReport, source: str, reason: str) -> None:
@@ -123,32 +141,63 @@ def import_paths(
     report = ImportReport()
     origin = Association(source=source)
     limits = ZipLimits.from_settings(settings.zip_import)
-    for name, data in _iter_sources([Path(p) for p in paths], report, limits):
-        if not _looks_like_dicom(data[:132]):
-            report.skipped["not DICOM"] += 1
-            _note(report, name, "not DICOM")
-            continue
-        uid_error = instance_uid_error(data)
-        if uid_error is not None:
-            report.refused += 1
-            if len(report.refusals) < 100:
-                report.refusals.append(f"{name}: {uid_error}")
-            record_refusal(db, uid_error, origin=name, source=source, actor=actor)
-            continue
-        has_meta = (len(data) >= 132 and data[128:132] == b"DICM") or data[:2] == b"\x02\x00"
-        # bare datasets without file meta are by definition implicit VR little endian
-        syntax = None if has_meta else "1.2.840.10008.1.2"
-        outcome = persist_instance(db, settings, data, origin, transfer_syntax_uid=syntax)
-        if outcome.status is StoreStatus.SUCCESS:
-            report.studies.add(outcome.study_instance_uid)
-            if outcome.duplicate:
-                report.duplicates += 1
-            else:
-                report.stored += 1
-        elif outcome.status is StoreStatus.CANNOT_UNDERSTAND:
-            report.skipped["not a valid instance"] += 1
-            _note(report, name, outcome.reason)
-        else:
-            report.failed += 1
-            _note(report, name, outcome.reason)
+    staging = Path(tempfile.mkdtemp(prefix="import-", dir=_staging_root(settings)))
+    try:
+        for name, path in _iter_sources([Path(p) for p in paths], report, limits, staging):
+            _import_one(db, settings, name, path, report, origin, source, actor)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _staging_root(settings: Settings) -> Path:
+    """Zip members are inflated inside the data directory, never in /tmp."""
+    root = settings.data_dir / "uploads"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _import_one(
+    db: Database,
+    settings: Settings,
+    name: str,
+    path: Path,
+    report: ImportReport,
+    origin: Association,
+    source: str,
+    actor: str,
+) -> None:
+    """Check and persist one file, never reading it whole into memory."""
+    try:
+        head = _head(path)
+    except OSError as exc:
+        report.skipped["unreadable"] += 1
+        _note(report, name, f"unreadable: {exc}")
+        return
+    if not _looks_like_dicom(head):
+        report.skipped["not DICOM"] += 1
+        _note(report, name, "not DICOM")
+        return
+    uid_error = instance_uid_error(path)
+    if uid_error is not None:
+        report.refused += 1
+        if len(report.refusals) < 100:
+            report.refusals.append(f"{name}: {uid_error}")
+        record_refusal(db, uid_error, origin=name, source=source, actor=actor)
+        return
+    has_meta = (len(head) >= 132 and head[128:132] == b"DICM") or head[:2] == b"\x02\x00"
+    # bare datasets without file meta are by definition implicit VR little endian
+    syntax = None if has_meta else "1.2.840.10008.1.2"
+    outcome = persist_file(db, settings, path, origin, transfer_syntax_uid=syntax)
+    if outcome.status is StoreStatus.SUCCESS:
+        report.studies.add(outcome.study_instance_uid)
+        if outcome.duplicate:
+            report.duplicates += 1
+        else:
+            report.stored += 1
+    elif outcome.status is StoreStatus.CANNOT_UNDERSTAND:
+        report.skipped["not a valid instance"] += 1
+        _note(report, name, outcome.reason)
+    else:
+        report.failed += 1
+        _note(report, name, outcome.reason)

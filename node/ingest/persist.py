@@ -30,13 +30,15 @@ the command's UIDs, and the temp file gets its final name — no copy of the byt
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import mmap
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,7 @@ from core.domain import Association, InstanceHeader, StoreStatus
 from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instances import NewInstance, upsert_instances
-from node.ingest.header import HeaderError, build_file_meta, parse_instance
+from node.ingest.header import HeaderError, ParsedInstance, build_file_meta, parse_instance
 from node.ingest.spool import (
     IncomingFile,
     InsufficientSpace,
@@ -61,6 +63,7 @@ from node.ingest.spool import (
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
+_FILE_CHUNK = 1 << 20  # imports copy files to the spool in reads of this size
 JOIN_WAIT_S = 0.002
 
 
@@ -136,24 +139,79 @@ def persist_instance(
     except HeaderError as exc:
         log.warning("refused instance from %s: cannot understand: %s", who, exc)
         return PersistOutcome(StoreStatus.CANNOT_UNDERSTAND, reason=str(exc))
-    header = parsed.header
     size = len(memoryview(raw).cast("B"))
+    return _persist_parsed(db, settings, parsed, size, lambda: iter([raw]), assoc, who)
+
+
+def persist_file(
+    db: Database,
+    settings: Settings,
+    path: Path,
+    assoc: Association,
+    *,
+    transfer_syntax_uid: str | None = None,
+) -> PersistOutcome:
+    """:func:`persist_instance` for a file on disk, never held in memory whole.
+
+    The header is parsed from a read-only mapping (only the pages holding element headers are
+    touched) and the file is copied to the spool in 1 MiB reads, so importing a 2 GB instance
+    costs megabytes of memory, as streaming a C-STORE does.
+    """
+    who = f"{assoc.calling_ae or assoc.source}@{assoc.peer_host or 'local'}"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except OSError as exc:
+        return PersistOutcome(StoreStatus.PROCESSING_FAILURE, reason=f"cannot read: {exc}")
+    try:
+        with memoryview(mapping if mapping is not None else b"") as view:
+            parsed = parse_instance(view, transfer_syntax_uid)
+    except HeaderError as exc:
+        log.warning("refused instance from %s: cannot understand: %s", who, exc)
+        return PersistOutcome(StoreStatus.CANNOT_UNDERSTAND, reason=str(exc))
+    finally:
+        if mapping is not None:
+            with contextlib.suppress(BufferError):  # a view still held: the GC closes it
+                mapping.close()
+
+    def read_chunks() -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_FILE_CHUNK):
+                yield chunk
+
+    return _persist_parsed(db, settings, parsed, size, read_chunks, assoc, who)
+
+
+def _persist_parsed(
+    db: Database,
+    settings: Settings,
+    parsed: ParsedInstance,
+    size: int,
+    data: Callable[[], Iterator[bytes | memoryview]],
+    assoc: Association,
+    who: str,
+) -> PersistOutcome:
+    """Write the parsed instance's bytes (``data()``) under its spool name and record its row."""
+    header = parsed.header
     try:
         check_free_space(settings, size)
     except InsufficientSpace as exc:
         log.error("refused instance %s from %s: %s", header.sop_instance_uid, who, exc)
         return _outcome(header.sop_instance_uid, header.study_instance_uid,
                         StoreStatus.OUT_OF_RESOURCES, reason=str(exc))  # fmt: skip
-    chunks: list[bytes | memoryview] = [raw]
-    if not parsed.has_file_meta:
-        meta = build_file_meta(header.sop_class_uid, header.sop_instance_uid,
-                               header.transfer_syntax_uid, assoc.calling_ae)  # fmt: skip
-        chunks = [meta, raw]
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        if not parsed.has_file_meta:
+            yield build_file_meta(header.sop_class_uid, header.sop_instance_uid,
+                                  header.transfer_syntax_uid, assoc.calling_ae)  # fmt: skip
+        yield from data()
+
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
     return _stage_and_commit(db, settings,
-                             lambda: _write(spool, relative, chunks, header, assoc, who))  # fmt: skip
+                             lambda: _write(spool, relative, chunks(), header, assoc, who))  # fmt: skip
 
 
 def persist_received(
@@ -258,7 +316,7 @@ def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, heade
     return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final)
 
 
-def _write(spool: Spool, relative: str, chunks: list[bytes | memoryview], header: InstanceHeader,
+def _write(spool: Spool, relative: str, chunks: Iterable[bytes | memoryview], header: InstanceHeader,
            assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
     """Write, fsync and name the file; the pending commit, or the failure outcome."""
     try:

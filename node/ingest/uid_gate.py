@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -33,10 +34,12 @@ _UNREADABLE = (InvalidDicomError, BytesLengthException, ValueError, TypeError, E
                KeyError, OSError, NotImplementedError)  # fmt: skip
 
 
-def instance_uid_error(raw: bytes | memoryview) -> InvalidUIDError | None:
-    """The first invalid identifying UID of a Part-10 file or bare data set, or None."""
+def instance_uid_error(raw: bytes | memoryview | Path) -> InvalidUIDError | None:
+    """The first invalid identifying UID of a Part-10 file or bare data set (bytes, or a file read
+    only as far as its header), or None."""
+    source = raw if isinstance(raw, Path) else io.BytesIO(bytes(raw))
     try:
-        ds = dcmread(io.BytesIO(bytes(raw)), force=True, stop_before_pixels=True,
+        ds = dcmread(source, force=True, stop_before_pixels=True, defer_size="4 KB",
                      specific_tags=list(_TAGS.values()))  # fmt: skip
         elements: dict[str, Any] = {}
         for name, tag in _TAGS.items():

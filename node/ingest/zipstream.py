@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from core.config import ZipLimitSettings
 
 CHUNK = 1 << 20
+T = TypeVar("T", bytes, Path)
 # below this a member is never a bomb: tiny files (a padded header, an empty series) compress far
 # beyond any sane ratio and would otherwise be refused for no gain
 RATIO_FLOOR_BYTES = 1 << 20
@@ -72,17 +74,16 @@ def check_declared(member: zipfile.ZipInfo, limits: ZipLimits, total_so_far: int
         )
 
 
-def read_member(
-    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: ZipLimits, total_so_far: int = 0
-) -> bytes:
-    """The member's bytes, inflated in chunks and cut off at the first limit it passes."""
+def _inflate(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: ZipLimits, total_so_far: int
+) -> Iterator[bytes]:
+    """The member's bytes in chunks, cut off at the first limit it passes."""
     check_declared(member, limits, total_so_far)
     allowed = min(
         limits.max_member_bytes,
         limits.ratio_allowance(member.compress_size),
         limits.max_total_bytes - total_so_far,
     )
-    chunks: list[bytes] = []
     size = 0
     with archive.open(member) as stream:
         while chunk := stream.read(CHUNK):
@@ -93,8 +94,58 @@ def read_member(
                     "zip_import limits (member size, total or compression ratio); refused",
                     whole_archive=size > limits.max_total_bytes - total_so_far,
                 )
-            chunks.append(chunk)
-    return b"".join(chunks)
+            yield chunk
+
+
+def read_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: ZipLimits, total_so_far: int = 0
+) -> bytes:
+    """The member's bytes, inflated in chunks and cut off at the first limit it passes."""
+    return b"".join(_inflate(archive, member, limits, total_so_far))
+
+
+def extract_member(
+    archive: zipfile.ZipFile,
+    member: zipfile.ZipInfo,
+    limits: ZipLimits,
+    target: Path,
+    total_so_far: int = 0,
+) -> int:
+    """Inflate the member into ``target`` chunk by chunk (never whole in memory); its size.
+
+    ``target`` is removed again when a limit cuts the member off or it cannot be read."""
+    size = 0
+    try:
+        with target.open("wb") as out:
+            for chunk in _inflate(archive, member, limits, total_so_far):
+                out.write(chunk)
+                size += len(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _each_member(
+    path: Path, limits: ZipLimits, take: Callable[[zipfile.ZipFile, zipfile.ZipInfo, int], T]
+) -> Iterator[tuple[zipfile.ZipInfo, T | Exception]]:
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.is_dir():
+                continue
+            try:
+                taken = take(archive, member, total)
+            except ZipLimitExceeded as exc:
+                yield member, exc
+                if exc.whole_archive:
+                    return
+                continue
+            except UNREADABLE as exc:
+                yield member, exc
+                continue
+            total += taken.stat().st_size if isinstance(taken, Path) else len(taken)
+            yield member, taken
 
 
 def iter_members(
@@ -105,23 +156,27 @@ def iter_members(
     Raises ``zipfile.BadZipFile`` when ``path`` is not a readable archive at all. A member over the
     total stops the iteration after it is reported.
     """
-    total = 0
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            if member.is_dir():
-                continue
-            try:
-                data = read_member(archive, member, limits, total)
-            except ZipLimitExceeded as exc:
-                yield member, exc
-                if exc.whole_archive:
-                    return
-                continue
-            except UNREADABLE as exc:
-                yield member, exc
-                continue
-            total += len(data)
-            yield member, data
+    return _each_member(path, limits, lambda a, m, total: read_member(a, m, limits, total))
+
+
+def extract_members(
+    path: Path, limits: ZipLimits, folder: Path
+) -> Iterator[tuple[zipfile.ZipInfo, Path | Exception]]:
+    """:func:`iter_members`, each member inflated into a file in ``folder`` (``member.N``) instead
+    of memory: the caller deletes it after use. Memory stays at one chunk whatever the member."""
+    counter = iter(range(1 << 62))
+    return _each_member(
+        path,
+        limits,
+        lambda a, m, total: _extracted(a, m, limits, folder / f"member.{next(counter)}", total),
+    )
+
+
+def _extracted(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: ZipLimits, target: Path, total: int
+) -> Path:
+    extract_member(archive, member, limits, target, total)
+    return target
 
 
 def check_archive(path: Path, limits: ZipLimits) -> None:
