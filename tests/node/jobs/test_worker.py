@@ -23,6 +23,7 @@ from node.db.orm import Artifact, Instance, Job, utcnow
 from node.jobs import queue
 from node.jobs.creation import JobPlanner
 from node.jobs.worker import NonRetryableError, Worker
+from node.results.produce import ProducedResults, produce_results
 from node.scheduler import completion_sweep
 from pipelines.contract import PipelineResult, SourceFrame, StudyInput
 from tests.node.jobs.rows import add_study
@@ -78,22 +79,24 @@ class Pipelines:
 
 def producer(
     result: PipelineResult, sources: list[Any], options: Any, out_dir: Path
-) -> list[Produced]:
+) -> ProducedResults:
     assert (
         len(sources) == 1 and sources[0].SOPInstanceUID == result.source_frames[0].sop_instance_uid
     )
     path = out_dir / "sr.dcm"
     path.write_bytes(b"not really an SR")
-    return [
-        Produced(
-            ArtifactKind.SR,
-            path,
-            "1.2.840.10008.5.1.4.1.1.88.34",
-            f"{result.study_instance_uid}.99",
-            "9.9",
-            path.stat().st_size,
-        )
-    ]
+    return ProducedResults(
+        [
+            Produced(
+                ArtifactKind.SR,
+                path,
+                "1.2.840.10008.5.1.4.1.1.88.34",
+                f"{result.study_instance_uid}.99",
+                "9.9",
+                path.stat().st_size,
+            )
+        ]
+    )
 
 
 @pytest.fixture
@@ -209,8 +212,9 @@ def test_optional_output_that_fails_makes_the_job_succeed_with_warnings(
         db,
         Pipelines(StubPipeline()),
         worker_id="w1",
-        delivery_planner=lambda s, job, d, h: planned.append([a.kind for a in job.artifacts]),
-    )  # the real result writers
+        producer=produce_results,  # the real result writers
+        delivery_planner=lambda s, job, d, held: planned.append([a.kind for a in job.artifacts]),
+    )
     run_one(worker)
     with db.read() as s:
         job = s.scalar(select(Job))
