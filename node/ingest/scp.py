@@ -26,6 +26,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from sqlalchemy.orm import configure_mappers
 from core.config import CallerAllowEntry, Settings
 from core.domain import Association, StoreStatus
 from node.db.engine import Database
+from node.db.repositories import receiver_stats
 from node.ingest import dimse
 from node.ingest import upper_layer as ul
 from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -110,6 +112,7 @@ class _Association:
         self.peer_max_pdu = 0
         self.contexts: dict[int, str] = {}  # accepted context id → transfer syntax
         self.who: Association | None = None
+        self.statuses: Counter[int] = Counter()  # C-STORE statuses answered, for /metrics
         self._header = bytearray(6)
         self._aborting = False
         self._waitall = not isinstance(sock, ssl.SSLSocket)
@@ -197,6 +200,7 @@ class _Association:
                 self._serve()
             finally:
                 self.server.release_slot(self)
+                self._record()
         except _Closed:
             pass
         except TimeoutError:
@@ -207,6 +211,17 @@ class _Association:
             self.abort(ul.ABORT_INVALID_PARAMETER)
         except OSError as exc:  # reset, broken pipe, TLS errors
             log.info("connection from %r at %s ended: %s", self.calling_ae, self.host, exc)
+
+    def _record(self) -> None:
+        """One audit row per served association with the statuses answered: /metrics counts
+        associations and C-STORE statuses from the database, so several receivers add up."""
+        try:
+            with self.server.db.write() as session:
+                receiver_stats.record_association(
+                    session, self.calling_ae.strip(), self.host, self.statuses
+                )
+        except Exception:  # statistics must never break the association's ending
+            log.exception("could not record the association from %r", self.calling_ae)
 
     def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
         log.warning("rejected association from %r at %s: %s", self.calling_ae, self.host, why)
@@ -316,6 +331,7 @@ class _Association:
             status = 0x0000
         elif command.command_field == dimse.C_STORE_RQ:
             status = self._store(command, context_id, data)
+            self.statuses[status] += 1
         elif command.command_field == dimse.C_CANCEL_RQ:
             return  # nothing is cancellable: C-STORE is answered as soon as it is complete
         else:

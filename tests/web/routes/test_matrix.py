@@ -66,6 +66,7 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/api/studies/{study_uid}/results"): (READ, {}),
     ("GET", "/api/jobs"): (READ, {}),
     ("GET", "/api/stats"): (READ, {}),
+    ("GET", "/metrics"): (READ, {}),
     ("GET", "/studies/upload"): (REVIEW, {}),
     ("POST", "/studies/upload"): (REVIEW, {}),
     ("POST", "/studies/{study_uid}/complete"): (REVIEW, {}),
@@ -145,7 +146,7 @@ def expected_ok(caller: Caller, who: str, path: str, status: int) -> bool:
     if caller.role is None:  # anonymous
         if who == HOOKS:
             return status == 403
-        return status == (401 if path.startswith("/api/") else 303)
+        return status == (401 if path.startswith("/api/") or path == "/metrics" else 303)
     if caller.scopes is None:  # console session
         if who == HOOKS:
             return status == 403
