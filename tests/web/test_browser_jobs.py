@@ -47,6 +47,7 @@ def test_jobs_page_updates_live(
         ec.presence_of_element_located((By.CSS_SELECTOR, f'{row}[data-state="running"]'))
     )
     assert "gpu-node:77" in running.text
+    wait.until(lambda d: d.find_element(By.ID, "count-running").text == "1")
     _shot(driver, "jobs_running")
     # and finishes
     _set_job(console, study.job_id, state="succeeded", duration_s=4.5, finished_at=utcnow())

@@ -90,7 +90,10 @@ def jobs_rows(
         "filters": filters,
         "runnable": _pipeline_names(state, session),
     }
-    return render(request, "jobs_rows.html", context, user=user)
+    response = render(request, "jobs_rows.html", context, user=user)
+    counts = job_list.state_counts(session)  # the page's count cards follow the rows
+    response.headers["X-Job-Counts"] = ",".join(f"{s}={counts.get(s, 0)}" for s in STATES)
+    return response
 
 
 @router.post("/jobs/{job_id}/retry")

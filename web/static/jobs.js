@@ -14,11 +14,20 @@
     return active && body.contains(active) && active.tagName === "SELECT";
   }
 
+  function showCounts(header) {
+    (header || "").split(",").forEach(function (pair) {
+      var parts = pair.split("=");
+      var card = document.getElementById("count-" + parts[0]);
+      if (card && parts.length === 2) { card.textContent = parts[1]; }
+    });
+  }
+
   function refresh() {
     if (document.hidden || busy()) { return; }
     fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) {
         if (!response.ok) { throw new Error("HTTP " + response.status); }
+        showCounts(response.headers.get("X-Job-Counts"));
         return response.text();
       })
       .then(function (html) {
