@@ -28,7 +28,19 @@ from web.deps import LoginRequired, WebState
 from web.limits import BodyLimit, NoStore, limit_for
 from web.openapi import install_openapi
 from web.pages import STATIC_DIR, build_templates, redirect, render
-from web.routes import admin, api, auth, dashboard, hooks, jobs, metrics, review, studies, uploads
+from web.routes import (
+    admin,
+    admin_accounts,
+    api,
+    auth,
+    dashboard,
+    hooks,
+    jobs,
+    metrics,
+    review,
+    studies,
+    uploads,
+)
 from web.security import generate_password, hash_password
 from web.sessions import ServerSessions
 
@@ -91,7 +103,19 @@ def ensure_first_admin(db: Database) -> str | None:
 
 def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
-    for module in (auth, dashboard, uploads, studies, review, jobs, admin, api, hooks, metrics):
+    for module in (
+        auth,
+        dashboard,
+        uploads,
+        studies,
+        review,
+        jobs,
+        admin,
+        admin_accounts,
+        api,
+        hooks,
+        metrics,
+    ):
         app.include_router(module.router)
 
 

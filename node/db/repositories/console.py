@@ -389,17 +389,15 @@ def delete_override(session: Session, key: str) -> None:
         session.delete(row)
 
 
-def search_audit(
-    session: Session,
+def audit_query(
     *,
     actor: str = "",
     action: str = "",
     entity_type: str = "",
     entity_id: str = "",
     since: date | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> Sequence[AuditEvent]:
+) -> Select[Any]:
+    """Audit events matching the audit page's filters, newest first (the page and its CSV)."""
     conditions = []
     if actor:
         conditions.append(AuditEvent.actor == actor)
@@ -416,6 +414,23 @@ def search_audit(
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
     if conditions:
         stmt = stmt.where(and_(*conditions))
+    return stmt
+
+
+def search_audit(
+    session: Session,
+    *,
+    actor: str = "",
+    action: str = "",
+    entity_type: str = "",
+    entity_id: str = "",
+    since: date | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[AuditEvent]:
+    stmt = audit_query(
+        actor=actor, action=action, entity_type=entity_type, entity_id=entity_id, since=since
+    )
     return session.scalars(stmt.limit(min(max(limit, 1), 500)).offset(max(offset, 0))).all()
 
 

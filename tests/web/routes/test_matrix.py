@@ -100,6 +100,9 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/admin/pipelines/{name}/reset"): (ADMIN, {}),
     ("GET", "/admin/routing"): (ADMIN, {}),
     ("GET", "/admin/audit"): (ADMIN, {}),
+    ("GET", "/admin/audit.csv"): (ADMIN, {}),
+    ("POST", "/admin/users/{user_id}/email"): (ADMIN, {"email": "v-{caller}@example.test"}),
+    ("POST", "/admin/users/{user_id}/delete"): (ADMIN, {}),  # after every other user_id rule
     ("POST", "/api/hooks/orthanc"): (HOOKS, {}),
 }
 # public routes answer the same to everyone (bad input on purpose; no SMTP; registration off)
