@@ -39,6 +39,7 @@ from web.routes import (
     metrics,
     review,
     studies,
+    study_admin,
     uploads,
 )
 from web.security import generate_password, hash_password
@@ -103,19 +104,9 @@ def ensure_first_admin(db: Database) -> str | None:
 
 def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
-    for module in (
-        auth,
-        dashboard,
-        uploads,
-        studies,
-        review,
-        jobs,
-        admin,
-        admin_accounts,
-        api,
-        hooks,
-        metrics,
-    ):
+    for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
+        app.include_router(module.router)
+    for module in (jobs, metrics, admin_accounts, study_admin):  # issue 19's console parts
         app.include_router(module.router)
 
 

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 
 from web.deps import LoginRequired, Principal, csrf_token, optional_user, web_state
 from web.sessions import handle
+from web.study_files import retention_after
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -37,6 +38,7 @@ def build_templates() -> Jinja2Templates:
     templates.env.filters["dt"] = _fmt_dt
     templates.env.filters["num"] = _fmt_num
     templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
+    templates.env.filters["retention_after"] = retention_after
     return templates
 
 

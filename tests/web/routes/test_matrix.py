@@ -55,6 +55,7 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/"): (READ, {}),
     ("GET", "/studies"): (READ, {}),
     ("GET", "/studies/{study_uid}"): (READ, {}),
+    ("GET", "/studies/{study_uid}/download.zip"): (READ, {}),
     ("GET", "/artifacts/{artifact_id}/download"): (READ, {}),
     ("GET", "/jobs/{job_id}/export/{which}"): (READ, {}),
     ("GET", "/review/{job_id}"): (READ, {}),
@@ -103,6 +104,7 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/admin/audit.csv"): (ADMIN, {}),
     ("POST", "/admin/users/{user_id}/email"): (ADMIN, {"email": "v-{caller}@example.test"}),
     ("POST", "/admin/users/{user_id}/delete"): (ADMIN, {}),  # after every other user_id rule
+    ("POST", "/studies/{study_uid}/delete"): (ADMIN, {"confirm": "yes"}),  # last of study_uid's
     ("POST", "/api/hooks/orthanc"): (HOOKS, {}),
 }
 # public routes answer the same to everyone (bad input on purpose; no SMTP; registration off)
