@@ -41,6 +41,7 @@ from web.routes import (
     studies,
     study_admin,
     uploads,
+    worklist,
 )
 from web.security import generate_password, hash_password
 from web.sessions import ServerSessions
@@ -106,7 +107,7 @@ def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
     for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
         app.include_router(module.router)
-    for module in (jobs, metrics, admin_accounts, study_admin):  # issue 19's console parts
+    for module in (jobs, metrics, admin_accounts, study_admin, worklist):  # issue 19's parts
         app.include_router(module.router)
 
 

@@ -2,7 +2,7 @@
 resend every failed delivery), for admins and radiologists.
 
 The page polls ``/jobs/rows`` (the same table body, rendered by the same template) every few
-seconds from ``web/static/jobs.js``, so the queue moves without a reload and without a second
+seconds from ``web/static/live.js``, so the queue moves without a reload and without a second
 rendering of the rows in JavaScript. Every action is a CSRF-checked form post, audited by the
 queue functions it calls, and answers with a redirect back to the filtered page.
 """
@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from core.config import ConfigError
 from core.domain import JobState
-from node.db.repositories import audit, job_list
+from node.db.repositories import audit, job_list, worklist
 from node.jobs.queue import cancel_job, requeue_job, rerun_with_pipeline
 from web.deps import Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import pipeline_configs, resend
@@ -92,7 +92,9 @@ def jobs_rows(
     }
     response = render(request, "jobs_rows.html", context, user=user)
     counts = job_list.state_counts(session)  # the page's count cards follow the rows
-    response.headers["X-Job-Counts"] = ",".join(f"{s}={counts.get(s, 0)}" for s in STATES)
+    figures = [f"{s}={counts.get(s, 0)}" for s in STATES]
+    figures.append(f"awaiting={worklist.awaiting_review(session)}")  # the nav badge
+    response.headers["X-Live-Counts"] = ",".join(figures)
     return response
 
 

@@ -52,8 +52,8 @@ def test_queue_shows_state_worker_attempt_duration_error(
     only_mr = client.get("/jobs/rows?pipeline=demo-mr").text
     assert f'data-job="{study.job_id}"' in only_mr and f'data-job="{failed}"' not in only_mr
     assert "<html" not in only_mr  # the fragment the page's script swaps in
-    counts = client.get("/jobs/rows").headers["x-job-counts"]
-    assert counts == "queued=0,running=0,succeeded=1,failed=1"
+    counts = client.get("/jobs/rows").headers["x-live-counts"]
+    assert counts == "queued=0,running=0,succeeded=1,failed=1,awaiting=1"
     assert client.get("/jobs?state=bogus").status_code == 400
     assert client.get("/jobs").headers["content-security-policy"].count("unsafe-inline") == 0
 

@@ -54,6 +54,8 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/account/password"): (SESSION, {"current": "wrong", "password": "x" * 12}),
     ("GET", "/"): (READ, {}),
     ("GET", "/studies"): (READ, {}),
+    ("GET", "/worklist"): (READ, {}),
+    ("GET", "/worklist/rows"): (READ, {}),
     ("GET", "/studies/{study_uid}"): (READ, {}),
     ("GET", "/studies/{study_uid}/download.zip"): (READ, {}),
     ("GET", "/artifacts/{artifact_id}/download"): (READ, {}),

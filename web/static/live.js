@@ -1,10 +1,11 @@
-/* Jobs page: refresh the queue's rows every few seconds without reloading the page.
-   The server renders the rows (GET /jobs/rows, same filters); this only swaps them in, and skips
-   a refresh while the tab is hidden or the user is choosing a pipeline in one of the rows. */
+/* Live tables (jobs page, review worklist): refresh the rows every few seconds without reloading.
+   The server renders the rows (the element's data-rows-url, same filters); this only swaps them
+   in, updates the elements named by the X-Live-Counts header (id "count-<name>"), and skips a
+   refresh while the tab is hidden or the user is choosing a value in one of the rows. */
 (function () {
   "use strict";
-  var body = document.getElementById("job-rows");
-  var stamp = document.getElementById("jobs-updated");
+  var body = document.querySelector("[data-rows-url]");
+  var stamp = body && document.getElementById(body.getAttribute("data-stamp") || "");
   if (!body || !window.fetch) { return; }
   var url = body.getAttribute("data-rows-url");
   var INTERVAL_MS = 3000;
@@ -17,8 +18,11 @@
   function showCounts(header) {
     (header || "").split(",").forEach(function (pair) {
       var parts = pair.split("=");
-      var card = document.getElementById("count-" + parts[0]);
-      if (card && parts.length === 2) { card.textContent = parts[1]; }
+      if (parts.length !== 2) { return; }
+      document.querySelectorAll('[data-count="' + parts[0] + '"]').forEach(function (el) {
+        el.textContent = parts[1];
+        el.classList.toggle("zero", parts[1] === "0");
+      });
     });
   }
 
@@ -27,7 +31,7 @@
     fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) {
         if (!response.ok) { throw new Error("HTTP " + response.status); }
-        showCounts(response.headers.get("X-Job-Counts"));
+        showCounts(response.headers.get("X-Live-Counts"));
         return response.text();
       })
       .then(function (html) {
