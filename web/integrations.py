@@ -23,7 +23,7 @@ from node.dispatch.targets import sender_for
 from node.grouping import routing
 from node.grouping.completion import force_complete
 from node.ingest import importer
-from node.jobs.queue import requeue_job
+from node.jobs.queue import cancel_job, requeue_job, rerun_with_pipeline
 from node.overrides import (
     PIPELINE_OVERRIDE_PREFIX,
     OverrideValues,
@@ -32,12 +32,16 @@ from node.overrides import (
 )
 from node.results import exports
 from node.results.store import load_result
+from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.result import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
 __all__ = [
     "PIPELINE_OVERRIDE_PREFIX",
+    "StoredInstance",
+    "StudyBusy",
     "cancel_held",
+    "cancel_job",
     "explain_routes",
     "force_complete",
     "import_paths",
@@ -47,9 +51,12 @@ __all__ = [
     "pipeline_classes",
     "pipeline_configs",
     "release_held",
+    "remove_study",
     "requeue_job",
+    "rerun_with_pipeline",
     "resend",
     "result_export",
+    "stored_instances",
     "validate_pipeline_override",
 ]
 

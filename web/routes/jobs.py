@@ -18,9 +18,14 @@ from fastapi.responses import Response
 from core.config import ConfigError
 from core.domain import JobState
 from node.db.repositories import audit, job_list, worklist
-from node.jobs.queue import cancel_job, requeue_job, rerun_with_pipeline
 from web.deps import Reviewer, RowId, SessionDep, StateDep, verify_csrf
-from web.integrations import pipeline_configs, resend
+from web.integrations import (
+    cancel_job,
+    pipeline_configs,
+    requeue_job,
+    rerun_with_pipeline,
+    resend,
+)
 from web.pages import flash, redirect, render
 
 router = APIRouter(

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from node.db.repositories import audit
-from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from web.deps import AdminUser, Reader, SessionDep, StateDep, verify_csrf
+from web.integrations import StoredInstance, StudyBusy, remove_study, stored_instances
 from web.pages import flash, redirect
 from web.study_files import SourceFile, zip_stream
 
