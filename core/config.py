@@ -234,8 +234,10 @@ class WebSettings(_Strict):
     # request bodies are refused over these before anything parses them (uploads: max_upload_mb)
     max_form_kb: float = Field(16.0, gt=0)
     max_admin_form_kb: float = Field(64.0, gt=0)
+    # clients from these addresses scrape /metrics without a token (e.g. ["127.0.0.1"])
+    metrics_public_from: list[str] = Field(default_factory=list)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_public_from")
     @classmethod
     def _ip_or_network(cls, values: list[str]) -> list[str]:
         """Each entry an IP address or CIDR network: a typo must not silently trust nobody (or

@@ -25,7 +25,7 @@ from node.dispatch.targets import sender_for
 from node.grouping import routing
 from node.grouping.completion import force_complete
 from node.ingest import importer
-from node.jobs.queue import requeue_job
+from node.jobs.queue import cancel_job, requeue_job, rerun_with_pipeline
 from node.overrides import (
     PIPELINE_OVERRIDE_PREFIX,
     OverrideValues,
@@ -34,11 +34,15 @@ from node.overrides import (
 )
 from node.results import exports
 from node.results.store import load_result
+from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
 __all__ = [
     "PIPELINE_OVERRIDE_PREFIX",
+    "StoredInstance",
+    "StudyBusy",
+    "cancel_job",
     "explain_routes",
     "force_complete",
     "import_paths",
@@ -50,9 +54,12 @@ __all__ = [
     "preview_rejection",
     "reject_results",
     "release_held",
+    "remove_study",
     "requeue_job",
+    "rerun_with_pipeline",
     "resend",
     "result_export",
+    "stored_instances",
     "validate_pipeline_override",
 ]
 

@@ -28,7 +28,21 @@ from web.deps import LoginRequired, WebState
 from web.limits import BodyLimit, NoStore, limit_for
 from web.openapi import install_openapi
 from web.pages import STATIC_DIR, build_templates, redirect, render
-from web.routes import admin, api, auth, dashboard, hooks, review, studies, uploads
+from web.routes import (
+    admin,
+    admin_accounts,
+    api,
+    auth,
+    dashboard,
+    hooks,
+    jobs,
+    metrics,
+    review,
+    studies,
+    study_admin,
+    uploads,
+    worklist,
+)
 from web.security import generate_password, hash_password
 from web.sessions import ServerSessions
 
@@ -43,7 +57,7 @@ def _wants_json(request: Request) -> bool:
     """The API, the schema, and any token-authenticated client (a machine, not a browser)."""
     return (
         request.url.path.startswith("/api/")
-        or request.url.path in ("/openapi.json", "/docs")
+        or request.url.path in ("/openapi.json", "/docs", "/metrics")
         or "authorization" in request.headers
     )
 
@@ -92,6 +106,8 @@ def ensure_first_admin(db: Database) -> str | None:
 def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
     for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
+        app.include_router(module.router)
+    for module in (jobs, metrics, admin_accounts, study_admin, worklist):  # issue 19's parts
         app.include_router(module.router)
 
 

@@ -13,8 +13,10 @@ from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from web.deps import LoginRequired, Principal, csrf_token, optional_user, web_state
+from node.db.repositories import worklist
+from web.deps import LoginRequired, Principal, WebState, csrf_token, optional_user, web_state
 from web.sessions import handle
+from web.study_files import retention_after
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -37,6 +39,7 @@ def build_templates() -> Jinja2Templates:
     templates.env.filters["dt"] = _fmt_dt
     templates.env.filters["num"] = _fmt_num
     templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
+    templates.env.filters["retention_after"] = retention_after
     return templates
 
 
@@ -68,9 +71,15 @@ def render(
         "csrf_token": csrf_token(request),
         "messages": messages,
         "settings": state.settings,
+        "awaiting_review": lambda: awaiting_review_count(state),  # the nav badge, when shown
         **(context or {}),
     }
     return state.templates.TemplateResponse(request, template, full, status_code=status_code)
+
+
+def awaiting_review_count(state: WebState) -> int:
+    with state.db.read() as session:
+        return worklist.awaiting_review(session)
 
 
 def redirect(url: str) -> RedirectResponse:

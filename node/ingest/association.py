@@ -33,12 +33,14 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from typing import Protocol
 
 from core.config import CallerAllowEntry, Settings
 from core.dicom_uids import IMPLEMENTATION_CLASS_UID, InvalidUIDError, checked_uid
 from core.domain import Association, StoreStatus
 from node.db.engine import Database
+from node.db.repositories import receiver_stats
 from node.ingest import dimse
 from node.ingest import upper_layer as ul
 from node.ingest.contexts import negotiate_contexts
@@ -115,6 +117,7 @@ class Connection:
         self.peer_max_pdu = 0
         self.contexts: dict[int, str] = {}  # accepted context id → transfer syntax
         self.who: Association | None = None
+        self.statuses: Counter[int] = Counter()  # C-STORE statuses answered, for /metrics
         self.established = False
         self.pending = True  # counted by the server until it associates or ends
         self.deadline: float | None = time.monotonic() + self.settings.acse_timeout_s
@@ -250,6 +253,18 @@ class Connection:
             self._serve()
         finally:
             self.server.release_slot(self)
+            self._record()
+
+    def _record(self) -> None:
+        """One audit row per served association with the statuses answered: /metrics counts
+        associations and C-STORE statuses from the database, so several receivers add up."""
+        try:
+            with self.server.db.write() as session:
+                receiver_stats.record_association(
+                    session, self.calling_ae.strip(), self.host, self.statuses
+                )
+        except Exception:  # statistics must never break the association's ending
+            log.exception("could not record the association from %r", self.calling_ae)
 
     def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
         log.warning("rejected association from %r at %s: %s", self.calling_ae, self.host, why)
@@ -458,6 +473,7 @@ class Connection:
                 sop_class = _command_uid(command.affected_sop_class, _ATTR_SOP_CLASS)
         elif command.command_field == dimse.C_STORE_RQ:
             status = self._store(message)
+            self.statuses[status] += 1
             if status == StoreStatus.SUCCESS:
                 sop_class, sop_instance = message.sop_class, message.sop_instance
         elif command.command_field == dimse.C_CANCEL_RQ:

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.config import JobSettings
-from core.domain import JobState, StudyState
+from core.domain import JobState, ReviewState, StudyState
 from node.backoff import backoff_delay
 from node.db.engine import Database
 from node.db.orm import Job, Study, utcnow
@@ -237,6 +237,91 @@ def requeue_job(session: Session, job_id: int, actor: str) -> bool:
         to_state=JobState.QUEUED.value,
     )
     return True
+
+
+def cancel_job(session: Session, job_id: int, actor: str) -> bool:
+    """Console "cancel": a job still queued ends as failed ("cancelled by ...") and is never run.
+
+    One conditional UPDATE, so a worker claiming the job at the same moment either wins (the job
+    is running and this returns False) or finds it gone from the queue."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
+        .values(state=JobState.FAILED.value, error=f"cancelled by {actor}", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    job = session.get(Job, job_id)
+    assert job is not None
+    session.refresh(job)
+    audit.record(
+        session,
+        "job.cancelled",
+        entity_type="job",
+        entity_id=job_id,
+        actor=actor,
+        from_state=JobState.QUEUED.value,
+        to_state=JobState.FAILED.value,
+    )
+    _update_study_state(session, job.study_pk)
+    return True
+
+
+def rerun_with_pipeline(
+    session: Session,
+    job_id: int,
+    pipeline_name: str,
+    pipeline_version: str,
+    review_required: bool,
+    actor: str,
+) -> Job:
+    """Console "re-run with another pipeline": a new queued job for the same study, result
+    version and destinations under ``pipeline_name``; an earlier finished job of that pipeline
+    for this result version is queued again instead (the pair is unique).
+
+    Raises LookupError for an unknown job, ValueError when that pipeline's job is still open."""
+    source = session.get(Job, job_id)
+    if source is None:
+        raise LookupError(f"no job {job_id}")
+    existing = session.scalar(
+        select(Job).where(
+            Job.study_pk == source.study_pk,
+            Job.pipeline_name == pipeline_name,
+            Job.result_version == source.result_version,
+        )
+    )
+    if existing is not None:
+        if not requeue_job(session, existing.id, actor):
+            raise ValueError(f"job {existing.id} of {pipeline_name} is {existing.state} already")
+        return existing
+    job = Job(
+        study_pk=source.study_pk,
+        pipeline_name=pipeline_name,
+        pipeline_version=pipeline_version,
+        result_version=source.result_version,
+        destinations=list(source.destinations or ()),
+        state=JobState.QUEUED.value,
+        review_state=(ReviewState.PENDING if review_required else ReviewState.NOT_REQUIRED).value,
+        max_attempts=source.max_attempts,
+        next_attempt_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    study = session.get(Study, source.study_pk)
+    if study is not None and study.state == StudyState.PROCESSED.value:
+        study.state = StudyState.COMPLETE.value
+    audit.record(
+        session,
+        "job.created",
+        entity_type="job",
+        entity_id=job.id,
+        actor=actor,
+        to_state=JobState.QUEUED.value,
+        detail=f"re-run of job {source.id} with pipeline {pipeline_name} v{pipeline_version}",
+    )
+    return job
 
 
 def _update_study_state(session: Session, study_pk: int) -> None:

@@ -156,7 +156,7 @@ def set_active(
 
 
 @router.post("/users/{user_id}/unlock")
-def unlock(session: SessionDep, user: AdminUser, user_id: int) -> Response:
+def unlock(session: SessionDep, user: AdminUser, user_id: RowId) -> Response:
     """Forget the account's failed logins, so its next attempt is checked without delay."""
     target = _user_or_404(session, user_id)
     throttle.clear(session, throttle.account_key(target.username))

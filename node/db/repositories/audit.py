@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.orm import Session
 
 from node.db.orm import AuditEvent, utcnow
@@ -60,17 +61,15 @@ def query(
     return session.scalars(stmt.limit(limit).offset(offset)).all()
 
 
-def search_audit(
-    session: Session,
+def audit_query(
     *,
     actor: str = "",
     action: str = "",
     entity_type: str = "",
     entity_id: str = "",
     since: date | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> Sequence[AuditEvent]:
+) -> Select[Any]:
+    """Audit events matching the audit page's filters, newest first (the page and its CSV)."""
     conditions = []
     if actor:
         conditions.append(AuditEvent.actor == actor)
@@ -87,4 +86,21 @@ def search_audit(
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
     if conditions:
         stmt = stmt.where(and_(*conditions))
+    return stmt
+
+
+def search_audit(
+    session: Session,
+    *,
+    actor: str = "",
+    action: str = "",
+    entity_type: str = "",
+    entity_id: str = "",
+    since: date | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[AuditEvent]:
+    stmt = audit_query(
+        actor=actor, action=action, entity_type=entity_type, entity_id=entity_id, since=since
+    )
     return session.scalars(stmt.limit(min(max(limit, 1), 500)).offset(max(offset, 0))).all()

@@ -54,7 +54,10 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/account/password"): (SESSION, {"current": "wrong", "password": "x" * 12}),
     ("GET", "/"): (READ, {}),
     ("GET", "/studies"): (READ, {}),
+    ("GET", "/worklist"): (READ, {}),
+    ("GET", "/worklist/rows"): (READ, {}),
     ("GET", "/studies/{study_uid}"): (READ, {}),
+    ("GET", "/studies/{study_uid}/download.zip"): (READ, {}),
     ("GET", "/artifacts/{artifact_id}/download"): (READ, {}),
     ("GET", "/jobs/{job_id}/export/{which}"): (READ, {}),
     ("GET", "/review/{job_id}"): (READ, {}),
@@ -66,6 +69,7 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/api/studies/{study_uid}/results"): (READ, {}),
     ("GET", "/api/jobs"): (READ, {}),
     ("GET", "/api/stats"): (READ, {}),
+    ("GET", "/metrics"): (READ, {}),
     ("GET", "/studies/upload"): (REVIEW, {}),
     ("POST", "/studies/upload"): (REVIEW, {}),
     ("POST", "/studies/{study_uid}/complete"): (REVIEW, {}),
@@ -74,6 +78,12 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/review/{job_id}/comment"): (REVIEW, {"text": "ok"}),
     ("POST", "/jobs/{job_id}/rerun"): (REVIEW, {}),
     ("POST", "/deliveries/{delivery_id}/resend"): (REVIEW, {}),
+    ("GET", "/jobs"): (REVIEW, {}),
+    ("GET", "/jobs/rows"): (REVIEW, {}),
+    ("POST", "/jobs/{job_id}/retry"): (REVIEW, {}),
+    ("POST", "/jobs/{job_id}/cancel"): (REVIEW, {}),
+    ("POST", "/jobs/{job_id}/rerun-with"): (REVIEW, {"pipeline": "not-a-pipeline"}),
+    ("POST", "/deliveries/resend-failed"): (REVIEW, {}),
     ("GET", "/admin"): (ADMIN, {}),
     ("GET", "/admin/users"): (ADMIN, {}),
     ("POST", "/admin/users"): (ADMIN, {"username": "made-by-{caller}", "role": "viewer"}),
@@ -93,6 +103,10 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/admin/pipelines/{name}/reset"): (ADMIN, {}),
     ("GET", "/admin/routing"): (ADMIN, {}),
     ("GET", "/admin/audit"): (ADMIN, {}),
+    ("GET", "/admin/audit.csv"): (ADMIN, {}),
+    ("POST", "/admin/users/{user_id}/email"): (ADMIN, {"email": "v-{caller}@example.test"}),
+    ("POST", "/admin/users/{user_id}/delete"): (ADMIN, {}),  # after every other user_id rule
+    ("POST", "/studies/{study_uid}/delete"): (ADMIN, {"confirm": "yes"}),  # last of study_uid's
     ("POST", "/api/hooks/orthanc"): (HOOKS, {}),
 }
 # public routes answer the same to everyone (bad input on purpose; no SMTP; registration off)
@@ -145,7 +159,7 @@ def expected_ok(caller: Caller, who: str, path: str, status: int) -> bool:
     if caller.role is None:  # anonymous
         if who == HOOKS:
             return status == 403
-        return status == (401 if path.startswith("/api/") else 303)
+        return status == (401 if path.startswith("/api/") or path == "/metrics" else 303)
     if caller.scopes is None:  # console session
         if who == HOOKS:
             return status == 403
