@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from pipelines.errors import PipelineInputError
-from pipelines.findings import FindingContext, attach_boxes, segment_findings
+from pipelines.findings import FindingContext, attach_boxes, segment_findings_and_map
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
 from pipelines.postprocess import Components, postprocess_components
 from pipelines.preprocess.decode import DecodedSeries, decode_series
@@ -22,6 +22,7 @@ from pipelines.preprocess.prepare import PreparedInputs, source_spacing
 from pipelines.result import (
     ClassificationOutput,
     DetectionBox,
+    Finding,
     ModelRun,
     PipelineResult,
     SegmentationOutput,
@@ -149,11 +150,11 @@ class Pipeline:
             intensity_unit=decoded.intensity_unit,
             severity_rules=self.config.severity,
         )
-        findings = (
-            segment_findings(ctx, segmentation.label_map, segmentation.labels, components)
-            if segmentation
-            else []
-        )
+        findings: list[Finding] = []
+        if segmentation is not None:
+            findings, segmentation.finding_map = segment_findings_and_map(
+                ctx, segmentation.label_map, segmentation.labels, components
+            )
         del components
         findings = attach_boxes(
             ctx, findings, segmentation.label_map if segmentation else None, detections

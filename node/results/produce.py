@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
 from node.results.common import finalise
+from node.results.locations import with_locations
 from node.results.overlay import build_overlay
 from node.results.pdf import build_pdf
 from node.results.seg import SegOptions, build_segmentation
@@ -44,6 +45,7 @@ class OutputOptions:
     pdf: bool = True
     sr: bool = True
     seg: bool = True
+    seg_segments: str = "per_finding"  # or "per_label"
     result_version: int = 1
     institution_name: str = ""
 
@@ -77,6 +79,7 @@ def _build_all(
 ) -> list[tuple[ArtifactKind, Dataset, bytes]]:
     when = content_time(result)
     cleaned = clean_sources(sources)
+    result = with_locations(result, cleaned)
     built: list[tuple[ArtifactKind, Dataset, bytes]] = []
 
     def add(kind: ArtifactKind, dataset: Dataset) -> bytes:
@@ -90,11 +93,16 @@ def _build_all(
         seg = build_segmentation(
             result,
             cleaned,
-            SegOptions(options.seg_type.upper(), options.omit_empty_frames, options.result_version),
+            SegOptions(
+                options.seg_type.upper(),
+                options.omit_empty_frames,
+                options.result_version,
+                options.seg_segments,
+            ),
         )
         if seg is not None:
             data = add(ArtifactKind.SEG, seg.dataset)
-            validate_seg(data, result, seg.segment_numbers, options.seg_type.upper())
+            validate_seg(data, result, seg, options.seg_type.upper())
     if options.overlay:
         validate_overlay(
             add(ArtifactKind.OVERLAY, build_overlay(result, cleaned, options.result_version)),

@@ -34,6 +34,7 @@ from core.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
+from node.results.locations import finding_slice_mask, outline
 from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import deterministic_uid, result_uid, series_number
 from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
@@ -203,6 +204,9 @@ def _finding_groups(
     seg: BuiltSegmentation | None,
     planar: bool,
 ) -> list[Group]:
+    """The finding's groups: its own segment (volume, or SEG frame on planar sources), its planar
+    ROI on its key slice (outline, or box for a detection) that viewers list and draw, and an
+    attached detection box."""
     tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
     common = {
         "finding_type": c.coded(finding.label.type),
@@ -213,19 +217,17 @@ def _finding_groups(
             *_classification_items(result)[0],
         ],
     }
-    segment_number = (
-        seg.segment_numbers.get(finding.label.value)
-        if seg is not None and finding.segment_number is not None
-        else None
-    )
+    segment_number = seg.segment_of(finding) if seg is not None else None
     groups: list[Group] = []
     if segment_number is not None and seg is not None:
         group = _segment_group(finding, result, seg, segment_number, tracking, common, planar)
         if group is not None:
             groups.append(group)
+    if finding.segment_number is not None and result.segmentation is not None:
+        groups.append(_outline_group(finding, result, tracking, common))
     box = finding.box
     if box is None and not groups:
-        box = _bbox_as_box(finding)  # no SEG to point at: the finding's bounding box instead
+        box = _bbox_as_box(finding)  # no pixels to outline: the finding's bounding box instead
     if box is not None:
         box_tracking = tracking
         if groups:  # one region per group: the box gets its own group and tracking UID
@@ -233,8 +235,39 @@ def _finding_groups(
                 uid=deterministic_uid(*[finding.tracking_uid, "box"]),
                 identifier=f"{finding.tracking_id} box"[:64],
             )
-        groups.append(_box_group(box, box_tracking, result, sources, common, planar))
+        # a box-only finding's box is its planar ROI: an SCOORD on its slice, as viewers draw
+        as_planar = planar or finding.segment_number is None
+        groups.append(_box_group(box, box_tracking, result, sources, common, as_planar))
     return groups
+
+
+def _outline_group(
+    finding: Finding,
+    result: PipelineResult,
+    tracking: hd.sr.TrackingIdentifier,
+    common: dict[str, object],
+) -> Group:
+    """TID 1410: the finding's outline on its key slice as a closed SCOORD polyline (column, row)
+    on the source image; OHIF v3 lists and draws only groups with such coordinates. Its area is
+    the key slice's (the largest cross-section); a volume belongs to the volumetric group."""
+    index = result.key_index_of(finding)
+    frame = result.source_frames[index]
+    points = outline(finding_slice_mask(result, finding, index))
+    measurements = [
+        m
+        for m in common["measurements"]  # type: ignore[attr-defined]
+        if m.name != c.VOLUME
+    ]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=region,
+        **{**common, "measurements": measurements},  # type: ignore[arg-type]
+    )
 
 
 def _segment_group(

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
-from node.results.seg import frame_group_item, segment_number_of
+from node.results.seg import BuiltSegmentation, frame_group_item, segment_number_of
 from pipelines.result import PipelineResult
 
 REQUIRED_COMMON = (
@@ -61,8 +61,10 @@ def _common(kind: ArtifactKind, reread: Dataset, result: PipelineResult) -> None
 
 
 def validate_seg(
-    data: bytes, result: PipelineResult, segment_numbers: dict[int, int], seg_type: str
+    data: bytes, result: PipelineResult, built: BuiltSegmentation, seg_type: str
 ) -> None:
+    """Re-read the SEG: its type, its segments, and (BINARY) every pixel of every segment where
+    it was meant to be: the re-read segment-number map equals the one it was built from."""
     kind = ArtifactKind.SEG
     try:
         seg = hd.seg.segread(io.BytesIO(data))
@@ -71,29 +73,23 @@ def validate_seg(
     _common(kind, seg, result)
     if seg.SegmentationType != seg_type:
         raise ResultValidationError(kind, f"type {seg.SegmentationType}, wanted {seg_type}")
-    assert result.segmentation is not None
-    source_uids = [f.sop_instance_uid for f in result.source_frames]
-    if len(set(source_uids)) == 1:
-        source_uids = [source_uids[0]]
-    for label_value, number in segment_numbers.items():
-        expected = result.segmentation.label_map == label_value
-        if not expected.any():
-            continue
-        if seg_type == "BINARY":
-            got = _segment_mask(seg, number, result)
-            if got.shape != expected.shape or not np.array_equal(got, expected):
-                raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
+    wanted = set(built.finding_segments.values() or built.segment_numbers.values())
     described = {int(d.SegmentNumber) for d in seg.SegmentSequence}
-    if described != set(segment_numbers.values()):
-        raise ResultValidationError(
-            kind, f"segments {described} != {set(segment_numbers.values())}"
-        )
+    if described != wanted:
+        raise ResultValidationError(kind, f"segments {described} != {wanted}")
+    if seg_type == "BINARY":
+        got = _segment_map(seg, result, built.expected.shape)
+        for number in sorted(wanted):
+            if not np.array_equal(got == number, built.expected == number):
+                raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
 
 
-def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult) -> np.ndarray:
-    """The segment as (source frames, rows, cols), rebuilt frame by frame from the SEG."""
-    shape = result.segmentation.label_map.shape if result.segmentation is not None else (0, 0, 0)
-    mask = np.zeros(shape, dtype=bool)
+def _segment_map(
+    seg: hd.seg.Segmentation, result: PipelineResult, shape: tuple[int, ...]
+) -> np.ndarray:
+    """(source frames, rows, cols): the segment number of each pixel, rebuilt from the SEG's
+    frames in one pass (BINARY segments built from one map never overlap)."""
+    out = np.zeros(shape, dtype=np.uint32)
     index = {
         (f.sop_instance_uid, f.frame_number or None): i for i, f in enumerate(result.source_frames)
     }
@@ -101,8 +97,7 @@ def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult)
     if pixels.ndim == 2:
         pixels = pixels[None]
     for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        if segment_number_of(seg, item) != number:
-            continue
+        number = segment_number_of(seg, item)
         derivation = frame_group_item(seg, item, "DerivationImageSequence")
         if derivation is None:
             raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} has no derivation")
@@ -111,8 +106,8 @@ def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult)
         key = (ref.ReferencedSOPInstanceUID, int(frame_number) if frame_number else None)
         if key not in index:
             raise ResultValidationError(ArtifactKind.SEG, f"frame {frame + 1} cites unknown source")
-        mask[index[key]] = pixels[frame] > 0
-    return mask
+        out[index[key]][pixels[frame] > 0] = number
+    return out
 
 
 def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> None:

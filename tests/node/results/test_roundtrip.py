@@ -72,8 +72,13 @@ def test_sr_round_trip_measurements_and_references(produced) -> None:
     assert objects[ArtifactKind.SEG].sop_instance_uid in str(group)
     severities = [e.value.meaning for e in group.get_qualitative_evaluations()]
     assert "Moderate" in severities
-    # a volume: one ROI template (TID 1411) for every group; the box is a one-slice volume surface
-    assert sr.content.get_planar_roi_measurement_groups() == []
+    # a volume: TID 1411 groups cite the segments, the box is a one-slice volume surface; each
+    # segment finding also has a TID 1410 outline on its key slice (what OHIF draws)
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert sorted(str(g.tracking_uid) for g in planar) == sorted(
+        f.tracking_uid for f in result.findings
+    )
+    assert all(g.roi.graphic_type.value == "POLYLINE" for g in planar)
     box = groups[next(g for g in groups if "box" in str(groups[g].tracking_identifier))]
     assert box.reference_type.value == "121231"  # Volume Surface
     summary = _qualitative_evaluations(sr)
