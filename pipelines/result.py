@@ -234,7 +234,7 @@ class PipelineResult:
 
     def key_index_of(self, finding: Finding) -> int:
         """The frame index with the finding's largest cross-section (its key slice)."""
-        if finding.box is not None and finding.component is None:
+        if finding.segment_number is None and finding.box is not None:  # a detection only
             return finding.box.frame_index
         seg = self.segmentation
         indices = finding.frame_indices or (finding.measurements.bbox[0],)
@@ -354,6 +354,9 @@ class PipelineResult:
             "confidence": c.confidence if c else None,
             "finding_count": len(self.findings),
             "severity": max(severities, key=_SEVERITY_ORDER.index) if severities else None,
+            "severity_meaning": Severity(max(severities, key=_SEVERITY_ORDER.index)).meaning
+            if severities
+            else None,
             "conclusion": self.conclusion(),
             "severities": severities,
             "devices": {r.model_name: r.device_used for r in self.model_runs},

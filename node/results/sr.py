@@ -35,6 +35,7 @@ from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
 from node.results.locations import finding_slice_mask, outline
+from node.results.overlay import key_frame_index
 from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import deterministic_uid, result_uid, series_number
 from pipelines.result import DetectionBox, Finding, PipelineResult, SourceFrame
@@ -334,9 +335,36 @@ def _segment_frame_group(
     )
 
 
-def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12: study-level CAD summary, decision and class probabilities."""
-    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+def _text(name: object, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name,  # type: ignore[arg-type]
+        value=value[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _located_texts(result: PipelineResult, key_frame: int) -> list[hd.sr.TextContentItem]:
+    """The conclusion (Impression), the key image and each finding where a reader finds it, by
+    the scanner's InstanceNumber/SeriesNumber and slice position, as readable text."""
+    items = [_text(c.IMPRESSION, result.conclusion())]
+    key = result.source_frames[key_frame].describe()
+    if key:
+        items.append(_text(c.KEY_IMAGES, key))
+    for finding in result.findings:
+        where = [
+            f"images {images}" if (images := result.images_of(finding)) else "",
+            f"key {key_image}" if (key_image := result.key_image_of(finding)) else "",
+        ]
+        located = ", ".join(w for w in where if w)
+        text = f"{finding.tracking_id} ({finding.severity.meaning})"
+        items.append(_text(c.FINDING, f"{text}: {located}" if located else text))
+    return items
+
+
+def _qualitative_evaluations(result: PipelineResult, key_frame: int) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: study-level CAD summary, decision, class probabilities, the conclusion
+    and where the key image and each finding are."""
+    summary = c.cad_summary(result)
     cls = result.classification
     coded = [(c.CAD_SUMMARY, summary)]
     if cls is not None:
@@ -355,6 +383,7 @@ def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentIt
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    items.extend(_located_texts(result, key_frame))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -369,7 +398,7 @@ def _summary_uid(result: PipelineResult, part: str) -> str:
 
 def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Study level: CAD summary (with/without findings), the decision, one group per class."""
-    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+    summary = c.cad_summary(result)
     evaluations, probability = _classification_items(result)
     groups = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -476,8 +505,7 @@ def build_sr(
         referenced_images=_library_images(sources) or None,
     )
     _template_row_order(report[0])
-    if roi_groups:
-        report[0].ContentSequence.append(_qualitative_evaluations(result))
+    report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
