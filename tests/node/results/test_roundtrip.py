@@ -136,6 +136,8 @@ def test_exports(produced) -> None:
     csv_text = findings_csv(result)
     assert csv_text.splitlines()[0].startswith("tracking_id,")
     assert len(csv_text.splitlines()) == 1 + len(result.findings)
+    assert csv_text.splitlines()[0].endswith(",images,key_image")
+    assert ",Moderate," in csv_text.splitlines()[1]  # the reports' severity words
     import io
     import zipfile
 
