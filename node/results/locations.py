@@ -82,19 +82,20 @@ def finding_mask(result: PipelineResult, finding: Finding) -> np.ndarray:
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """The largest outer contour of a 2D mask as a closed polyline of (column, row) points.
+    """The largest outer contour of a 2D mask as a closed polyline of SCOORD (column, row) points.
 
-    OpenCV traces pixel centres; a one-pixel or one-line component gets its pixels' box instead,
-    so the polyline always encloses an area a viewer can draw.
+    OpenCV traces pixel centres (integer indices); SCOORD puts the top-left pixel's outer corner
+    at 0.0, so its centre at 0.5: 0.5 is added. A one-pixel or one-line component gets its
+    pixels' box (pixel edges) instead, so the polyline always encloses an area a viewer can draw.
     """
     contours, _ = cv2.findContours(
         mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )
     if not contours:
         raise ValueError("empty mask has no outline")
-    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
+    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float) + 0.5
     if len(points) < 3 or cv2.contourArea(points.astype(np.float32)) == 0:
-        rows, cols = np.nonzero(mask)
-        x0, x1, y0, y1 = cols.min() - 0.5, cols.max() + 0.5, rows.min() - 0.5, rows.max() + 0.5
+        rows, cols = np.nonzero(mask)  # pixel edges: the box around the pixels
+        x0, x1, y0, y1 = cols.min(), cols.max() + 1.0, rows.min(), rows.max() + 1.0
         points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float)
     return np.vstack([points, points[:1]])

@@ -5,18 +5,18 @@ one for the modality); image library = the source images. Per finding a measurem
 tracking identifier/UID, finding type, measurements referencing the SEG segment, severity and the
 classification result, and the detection boxes as regions on the source images.
 
-One ROI template per report, because validators (pixelmed's DicomSRValidator) check every
-measurement group against each ROI template the report uses:
+Segments are cited by their template: on planar sources (one frame, or no patient geometry, e.g.
+CR/DX) TID 1410 with the segment's SEG frame ("Referenced Segmentation Frame"); on volumes (CT/MR
+series, enhanced multi-frame) TID 1411 with the "Referenced Segment". Every finding also gets a
+TID 1410 group on its key slice with an SCOORD POLYLINE (its outline, or its box for a detection)
+on the source image, because OHIF v3 lists and draws only groups with coordinates; it shares the
+finding's tracking UID (the same finding, as viewers merge it). Boxes are always SCOORD polylines.
+pixelmed's DicomSRValidator accepts the mix (0 errors, tests/node/results/test_conformance.py).
 
-- planar sources (one frame, or no patient geometry, e.g. CR/DX): TID 1410 groups only; a segment is
-  cited as its SEG frame ("Referenced Segmentation Frame"), a box as an SCOORD polyline;
-- volumes (CT/MR series, enhanced multi-frame): TID 1411 groups only; a segment is cited as a
-  "Referenced Segment", a box as a "Volume Surface" (the box on its slice, one slice thick).
-
-The study-level CAD summary ("with"/"without findings"), the classification decision and the class
-probabilities are TID 1500's document-level "Qualitative Evaluations" when the report has ROI
-groups, and TID 1501 groups when it has none, so a study without findings still gets a report
-that says so.
+The study-level CAD summary ("with"/"without findings"), the classification decision, the class
+probabilities, the conclusion and where the findings are (by InstanceNumber) are TID 1500's
+document-level "Qualitative Evaluations"; a report without ROI groups has the summary and the
+classification as TID 1501 groups too, so a study without findings still gets a report that says so.
 """
 
 from __future__ import annotations
@@ -141,35 +141,17 @@ def _box_group(
     box: DetectionBox,
     tracking: hd.sr.TrackingIdentifier,
     result: PipelineResult,
-    sources: Sequence[Dataset],
     common: dict[str, object],
-    planar: bool,
 ) -> Group:
-    """A closed rectangle: SCOORD on the source frame (planar), a one-slice volume (3D)."""
+    """A closed rectangle as an SCOORD POLYLINE on its source frame (TID 1410), in volumes too.
+
+    Box edges are pixel edges, which is what SCOORD coordinates are (0.0 = the top-left pixel's
+    outer corner). A 3D "Volume Surface" (SCOORD3D POLYGON) is not used: OHIF v3's stack viewport
+    fails on it (``isPlaneViewable`` TypeError) and stops drawing the report.
+    """
     frame = result.source_frames[box.frame_index]
     columns = np.array([box.x0, box.x1, box.x1, box.x0, box.x0], dtype=float)
     rows = np.array([box.y0, box.y0, box.y1, box.y1, box.y0], dtype=float)
-    plane = (
-        None
-        if planar
-        else frame_plane(_source_dataset(sources, result, box.frame_index), frame.frame_number)
-    )
-    if plane is not None:
-        # Box edges are pixel edges; pixel centres sit at integer positions in patient space.
-        points = plane.to_patient(columns - 0.5, rows - 0.5)
-        half = plane.normal * plane.thickness / 2
-        surface = hd.sr.VolumeSurface(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=[points - half, points + half],
-            frame_of_reference_uid=plane.frame_of_reference_uid,
-            # TID 1411 row 12: a volume surface cites its source series (row 11 is for segments)
-            source_series=hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
-        )
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_volume_surface=surface,
-            **common,  # type: ignore[arg-type]
-        )
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.stack([columns, rows], axis=1),
@@ -236,9 +218,7 @@ def _finding_groups(
                 uid=deterministic_uid(*[finding.tracking_uid, "box"]),
                 identifier=f"{finding.tracking_id} box"[:64],
             )
-        # a box-only finding's box is its planar ROI: an SCOORD on its slice, as viewers draw
-        as_planar = planar or finding.segment_number is None
-        groups.append(_box_group(box, box_tracking, result, sources, common, as_planar))
+        groups.append(_box_group(box, box_tracking, result, common))
     return groups
 
 

@@ -123,9 +123,9 @@ def test_each_finding_gets_a_closed_outline_on_its_key_slice(tmp_path: Path) -> 
         np.testing.assert_array_equal(points[0], points[-1])  # closed
         mask = _component(result.segmentation.label_map, finding, True)[key]
         rows, cols = np.nonzero(mask)
-        # the outline runs through the component's border pixels: its box is the mask's box
-        assert points[:, 0].min() == cols.min() and points[:, 0].max() == cols.max()
-        assert points[:, 1].min() == rows.min() and points[:, 1].max() == rows.max()
+        # the outline runs through the border pixels' centres (SCOORD: centre of pixel i = i + 0.5)
+        assert points[:, 0].min() == cols.min() + 0.5 and points[:, 0].max() == cols.max() + 0.5
+        assert points[:, 1].min() == rows.min() + 0.5 and points[:, 1].max() == rows.max() + 0.5
 
 
 def test_planar_source_groups_cite_their_own_segment_frame(tmp_path: Path) -> None:
