@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the test suite talks to as real peers (and chromium for the console's browser test)
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools pixelmed-apps \
-	default-jre-headless chromium chromium-driver poppler-utils docker-compose
+	default-jre-headless chromium chromium-driver poppler-utils docker-compose npm
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps lint bench clean

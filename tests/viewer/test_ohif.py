@@ -25,7 +25,7 @@ from tests.node.results.factories import MR_SERIES_DIR, make_result, mr_series
 from tests.orthanc.harness import DICOMWEB_PLUGIN, ORTHANC_BIN, running_orthanc
 from tests.viewer.ohif import ohif_dist, serving_ohif
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
