@@ -4,7 +4,9 @@ The node's SEG and SR for the real GE MR series are stored in a real Orthanc (DI
 OHIF's prebuilt app, served on the same origin, opens the study; the SR is loaded as a reader
 would (double-click its series). Asserted from the page, not from a screenshot: each finding's
 measurement is drawn with its own values, navigating the SR's measurements moves from one
-finding to the next, and the browser console has no errors. Screenshots are kept in the test's
+finding to the next, the SEG (loaded after it) lists one segment per finding named by its
+tracking ID, and the browser console has no errors. Not asserted: that clicking a segment row
+jumps to it (OHIF's own behaviour). Screenshots are kept in the test's
 folder (and in PACSNODE_VIEWER_ARTEFACTS when set).
 """
 
@@ -136,6 +138,28 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
                     driver.save_screenshot(str(artefacts / f"ohif-{finding.tracking_id}.png"))
                     if index + 1 < len(result.findings):
                         _next_measurement(driver, _area(result.findings[index + 1]))
+                seg_item = driver.find_element(By.XPATH, "//*[contains(text(), 'SEG (AI)')]")
+                ActionChains(driver).double_click(seg_item).perform()
+                time.sleep(15)  # OHIF asks "Do you want to open this Segmentation?"
+                for el in driver.find_elements(By.XPATH, "//*[normalize-space()='Yes']"):
+                    with contextlib.suppress(Exception):
+                        el.click()
+                time.sleep(15)  # then the segmentation panel is opened
+                segmentation_panel = "[data-cy*='egmentation' i], [aria-label*='egmentation' i]"
+                for el in driver.find_elements(By.CSS_SELECTOR, segmentation_panel):
+                    with contextlib.suppress(Exception):
+                        el.click()
+                # the segmentation panel lists one segment per finding, named by its tracking ID
+                listed = "\n".join(
+                    f"{n}\n{f.tracking_id}" for n, f in enumerate(result.findings, start=1)
+                )
+                deadline = time.monotonic() + 60
+                body = ""
+                while listed not in body and time.monotonic() < deadline:
+                    time.sleep(1)
+                    body = driver.find_element(By.TAG_NAME, "body").text
+                driver.save_screenshot(str(artefacts / "ohif-seg.png"))
+                assert listed in body, body
                 volume = f"Volume: {result.findings[0].measurements.volume_mm3:.2f} mm3"
                 assert volume in seen[0]  # the segment's volume: the groups of one finding merged
                 errors = [
