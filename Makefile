@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Debian packages the test suite talks to as real peers (and chromium for the console's browser test)
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools pixelmed-apps \
 	default-jre-headless chromium chromium-driver poppler-utils docker-compose \
-	fonts-dejavu-core fonts-droid-fallback
+	fonts-dejavu-core fonts-droid-fallback npm
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps lint bench clean

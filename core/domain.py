@@ -112,6 +112,15 @@ class Severity(enum.StrEnum):
     MODERATE = "Moderate"
     HIGH = "High"
 
+    @property
+    def meaning(self) -> str:
+        """The word every report uses: the SNOMED CT severity the SR codes (Mild/Moderate/Severe).
+
+        The stored value stays Low/Moderate/High (job summaries and charts key on it); what a
+        reader sees, in the PDF, the SR and the console, is this one vocabulary.
+        """
+        return {"Low": "Mild", "Moderate": "Moderate", "High": "Severe"}[self.value]
+
 
 @dataclass(frozen=True)
 class CodedConcept:

@@ -47,6 +47,23 @@ class SourceFrame:
     sop_instance_uid: str
     series_instance_uid: str
     frame_number: int | None = None  # 1-based, only for multi-frame sources
+    # where a radiologist finds it: the scanner's numbers, not our (inferior→superior) index
+    instance_number: int | None = None
+    series_number: int | None = None
+    position_mm: float | None = None  # along the slice normal (z for axial), None for 2D
+
+    def describe(self) -> str:
+        """ "image 17 (series 3, 42.5 mm)" or "frame 4 of image 1"; "" when nothing is known."""
+        parts = []
+        if self.series_number is not None:
+            parts.append(f"series {self.series_number}")
+        if self.position_mm is not None:
+            parts.append(f"{self.position_mm:.1f} mm")
+        where = f" ({', '.join(parts)})" if parts else ""
+        image = f"image {self.instance_number}" if self.instance_number is not None else "image"
+        if self.frame_number is not None:
+            return f"frame {self.frame_number} of {image}{where}"
+        return f"{image}{where}" if self.instance_number is not None or parts else ""
 
 
 @dataclass(frozen=True)
@@ -115,9 +132,11 @@ class Finding:
     label: LabelSpec
     measurements: Measurements
     severity: Severity
-    segment_number: int | None  # the SEG segment it belongs to (None: detection only)
+    segment_number: int | None  # the label value it belongs to (None: detection only)
     frame_indices: tuple[int, ...]  # indices into PipelineResult.source_frames
     box: DetectionBox | None = None
+    # its value in SegmentationOutput.finding_map (None: detection only, or an older result)
+    component: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +180,9 @@ class SegmentationOutput:
     label_map: np.ndarray  # (frames, rows, cols) uint8, 0 = background, source geometry
     probabilities: np.ndarray | None = None  # (labels, frames, rows, cols) float32 ensemble mean
     member_pixel_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # (frames, rows, cols): each finding's own pixels, value = Finding.component (0 = none), so
+    # a SEG can give every finding its own segment; None for results made before it existed
+    finding_map: np.ndarray | None = None
 
     def binary_mask(self, label_value: int) -> np.ndarray:
         return self.label_map == label_value
@@ -192,6 +214,86 @@ class PipelineResult:
     def has_findings(self) -> bool:
         return bool(self.findings)
 
+    def images_of(self, finding: Finding) -> str:
+        """The source images a finding spans, by the scanner's InstanceNumber: "12-17" or "14"."""
+        numbers = sorted(
+            {
+                n
+                for i in finding.frame_indices
+                if (n := self.source_frames[i].instance_number) is not None
+            }
+        )
+        if not numbers:
+            return ""
+        frames = {self.source_frames[i].frame_number for i in finding.frame_indices} - {None}
+        if len(numbers) == 1 and frames:  # frames of one multi-frame image
+            low, high = min(frames), max(frames)  # type: ignore[type-var]
+            span = f"{low}" if low == high else f"{low}-{high}"
+            return f"{numbers[0]} (frames {span})"
+        return f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+    def key_index_of(self, finding: Finding) -> int:
+        """The frame index with the finding's largest cross-section (its key slice)."""
+        if finding.segment_number is None and finding.box is not None:  # a detection only
+            return finding.box.frame_index
+        seg = self.segmentation
+        indices = finding.frame_indices or (finding.measurements.bbox[0],)
+        if seg is None or len(indices) == 1:
+            return indices[0]
+        f0, r0, c0, f1, r1, c1 = finding.measurements.bbox
+        if seg.finding_map is not None and finding.component is not None:
+            box = seg.finding_map[f0 : f1 + 1, r0 : r1 + 1, c0 : c1 + 1] == finding.component
+        else:
+            box = seg.label_map[f0 : f1 + 1, r0 : r1 + 1, c0 : c1 + 1] == finding.segment_number
+        return f0 + int(np.argmax(box.reshape(box.shape[0], -1).sum(axis=1)))
+
+    def key_image_of(self, finding: Finding) -> str:
+        return self.source_frames[self.key_index_of(finding)].describe()
+
+    def conclusion(self) -> str:
+        """The study's one-line conclusion, combining classification and findings.
+
+        The rule (pipelines/definitions/README.md, "Conclusion"): findings decide what is said
+        first ("2 findings (most severe: Severe)" or "no lesion segmented"/"no lesion detected");
+        a classifier adds its thresholded decision and the probability of its positive class.
+        When the two disagree the text says so instead of contradicting itself: "classifier
+        suspicious (abnormal 0.78), no lesion segmented" or "2 findings; classifier not
+        suspicious (abnormal 0.12)".
+        """
+        found = self.findings
+        if found:
+            worst = max((f.severity for f in found), key=lambda s: _SEVERITY_ORDER.index(s.value))
+            text = f"{len(found)} finding{'s' if len(found) != 1 else ''} (most severe: {worst.meaning})"
+        elif self.segmentation is not None:
+            text = "no lesion segmented"
+        elif (
+            self.detections
+            or self.model_runs
+            and any(r.task == "detection" for r in self.model_runs)
+        ):
+            text = "no lesion detected"
+        else:
+            text = ""
+        cls = self.classification
+        if cls is None:
+            return text or "no findings"
+        suspicious = cls.decision == cls.positive_class
+        verdict = "suspicious" if suspicious else "not suspicious"
+        said = f"classifier {verdict} ({cls.positive_class} {cls.positive_probability:.2f})"
+        if not text:  # a classification-only pipeline: its decision is the conclusion
+            return (
+                f"classifier: {cls.decision} ({cls.positive_class} {cls.positive_probability:.2f})"
+            )
+        return f"{said}, {text}" if not found else f"{text}; {said}"
+
+    @property
+    def discordant(self) -> bool:
+        """Classifier and findings disagree (suspicious without findings, or the reverse)."""
+        cls = self.classification
+        if cls is None or (self.segmentation is None and not self.detections):
+            return False
+        return (cls.decision == cls.positive_class) != bool(self.findings)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The result without arrays, for the JSON export, the database summary and the console."""
         data: dict[str, Any] = {
@@ -205,7 +307,16 @@ class PipelineResult:
             "slice_thickness_mm": self.slice_thickness_mm,
             "model_runs": [asdict(r) for r in self.model_runs],
             "detections": [asdict(d) for d in self.detections],
-            "findings": [asdict(f) for f in self.findings],
+            "findings": [
+                {
+                    **asdict(f),
+                    "severity_meaning": f.severity.meaning,
+                    "images": self.images_of(f),
+                    "key_image": self.key_image_of(f),
+                }
+                for f in self.findings
+            ],
+            "conclusion": self.conclusion(),
             "processing_seconds": self.processing_seconds,
             "warnings": list(self.warnings),
             "review_required": self.review_required,
@@ -243,6 +354,10 @@ class PipelineResult:
             "confidence": c.confidence if c else None,
             "finding_count": len(self.findings),
             "severity": max(severities, key=_SEVERITY_ORDER.index) if severities else None,
+            "severity_meaning": Severity(max(severities, key=_SEVERITY_ORDER.index)).meaning
+            if severities
+            else None,
+            "conclusion": self.conclusion(),
             "severities": severities,
             "devices": {r.model_name: r.device_used for r in self.model_runs},
             "fallbacks": [r.fallback_warning for r in self.model_runs if r.fallback_warning],

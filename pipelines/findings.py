@@ -56,7 +56,19 @@ def segment_findings(
     ``components`` (label value → :class:`Components` of ``label_map == value``, as
     post-processing found them) spares labelling the map again; values it lacks are labelled here.
     """
+    return segment_findings_and_map(ctx, label_map, labels, components)[0]
+
+
+def segment_findings_and_map(
+    ctx: FindingContext,
+    label_map: np.ndarray,
+    labels: tuple[LabelSpec, ...],
+    components: Mapping[int, Components] | None = None,
+) -> tuple[list[Finding], np.ndarray]:
+    """:func:`segment_findings`, plus the finding map: each finding's pixels hold its
+    ``component`` number (1, 2, ... in finding order), so a SEG can give it its own segment."""
     findings: list[Finding] = []
+    finding_map = np.zeros(label_map.shape, np.uint16)
     for label in labels:
         found = (components or {}).get(label.value)
         if found is None or found.volumetric != ctx.volumetric:
@@ -72,8 +84,17 @@ def segment_findings(
             ctx.volumetric,
             ctx.intensity_unit,
         )
-        measured.sort(key=lambda item: item[0].bbox[:3])  # (frame, row, col) of the box corner
-        for number, (m, frame_indices) in enumerate(measured, start=1):
+        ordered = sorted(  # (frame, row, col) of the box corner
+            enumerate(measured, start=1), key=lambda item: item[1][0].bbox[:3]
+        )
+        lookup = np.zeros(found.count + 1, np.uint32)
+        for number, (index, _) in enumerate(ordered, start=1):
+            lookup[index] = len(findings) + number
+        if int(lookup.max()) > np.iinfo(finding_map.dtype).max:
+            finding_map = finding_map.astype(np.uint32)
+        where = found.labels > 0
+        finding_map[where] = lookup[found.labels[where]]
+        for number, (_, (m, frame_indices)) in enumerate(ordered, start=1):
             tracking_id = f"{label.name}-{number}"
             findings.append(
                 Finding(
@@ -84,9 +105,10 @@ def segment_findings(
                     severity=classify_severity(m, ctx.severity_rules),
                     segment_number=label.value,
                     frame_indices=frame_indices,
+                    component=len(findings) + 1,
                 )
             )
-    return findings
+    return findings, finding_map
 
 
 def _box_pixels(box: DetectionBox, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -16,13 +16,14 @@ import numpy as np
 from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
+    Finding,
     ModelRun,
     PipelineResult,
     SegmentationOutput,
     StudyInput,
 )
 from pipelines.errors import PipelineInputError
-from pipelines.findings import FindingContext, attach_boxes, segment_findings
+from pipelines.findings import FindingContext, attach_boxes, segment_findings_and_map
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
 from pipelines.postprocess import Components, postprocess_components
 from pipelines.preprocess.decode import DecodedSeries, decode_series
@@ -149,11 +150,11 @@ class Pipeline:
             intensity_unit=decoded.intensity_unit,
             severity_rules=self.config.severity,
         )
-        findings = (
-            segment_findings(ctx, segmentation.label_map, segmentation.labels, components)
-            if segmentation
-            else []
-        )
+        findings: list[Finding] = []
+        if segmentation is not None:
+            findings, segmentation.finding_map = segment_findings_and_map(
+                ctx, segmentation.label_map, segmentation.labels, components
+            )
         del components
         findings = attach_boxes(
             ctx, findings, segmentation.label_map if segmentation else None, detections

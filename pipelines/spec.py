@@ -236,6 +236,8 @@ class SeverityRules(_Strict):
 
 class OutputsSpec(_Strict):
     seg_type: Literal["BINARY", "FRACTIONAL"] = "BINARY"
+    # per_finding: each finding its own SEG segment (the SR cites it); per_label: one per label
+    seg_segments: Literal["per_finding", "per_label"] = "per_finding"
     omit_empty_frames: bool = True
     overlay: bool = True
     pdf: bool = True

@@ -119,6 +119,7 @@ def output_options(config: PipelineConfig | None, result_version: int) -> Output
     outputs = config.outputs
     return OutputOptions(
         seg_type=outputs.seg_type,
+        seg_segments=outputs.seg_segments,
         omit_empty_frames=outputs.omit_empty_frames,
         overlay=outputs.overlay,
         pdf=outputs.pdf,

@@ -10,7 +10,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 
 from core.domain import CodedConcept, Severity
-from pipelines.contract import ClassificationOutput
+from pipelines.contract import ClassificationOutput, PipelineResult
 
 PRIVATE_SCHEME = "99PACSNODE"
 
@@ -30,6 +30,8 @@ CAD_SUMMARY = codes.DCM.CADProcessingAndFindingsSummary
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
+IMPRESSION = codes.DCM.Impression
+KEY_IMAGES = codes.DCM.KeyImages
 CIRCULARITY = hd.sr.CodedConcept("circularity", PRIVATE_SCHEME, "Circularity")
 MEAN_INTENSITY = hd.sr.CodedConcept("mean-intensity", PRIVATE_SCHEME, "Mean pixel intensity")
 CLASSIFICATION_RESULT = hd.sr.CodedConcept(
@@ -82,3 +84,12 @@ def intensity_concept(modality: str, unit: str) -> tuple[hd.sr.CodedConcept, hd.
     if modality.upper() == "MR":
         return codes.DCM.MRSignalIntensity, ARBITRARY_UNIT
     return MEAN_INTENSITY, ARBITRARY_UNIT
+
+
+def cad_summary(result: PipelineResult) -> hd.sr.CodedConcept:
+    """CID 6047 study summary by the conclusion rule: "with findings" when a finding was found
+    *or* the classifier's decision is its positive class, so the code never contradicts the
+    classification result beside it (the Impression text says which)."""
+    cls = result.classification
+    suspicious = cls is not None and cls.decision == cls.positive_class
+    return WITH_FINDINGS if result.has_findings or suspicious else WITHOUT_FINDINGS  # type: ignore[no-any-return]

@@ -31,6 +31,8 @@ CSV_COLUMNS = (
     "circularity",
     "pixel_count",
     "box_score",
+    "images",
+    "key_image",
 )
 # Fixed zip timestamps: the same result always zips to the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -49,7 +51,7 @@ def findings_csv(result: PipelineResult) -> str:
                 f.tracking_uid,
                 f.label.name,
                 f.label.type.meaning,
-                f.severity.value,
+                f.severity.meaning,
                 "" if f.segment_number is None else f.segment_number,
                 " ".join(str(i) for i in f.frame_indices),
                 m.area_mm2,
@@ -61,6 +63,8 @@ def findings_csv(result: PipelineResult) -> str:
                 m.circularity,
                 m.pixel_count,
                 f.box.score if f.box else "",
+                result.images_of(f),
+                result.key_image_of(f),
             ]
         )
     return buffer.getvalue()

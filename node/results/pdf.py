@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from xml.sax.saxutils import escape
 
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,7 +25,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image as FlowImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from core.domain import ArtifactKind
+from core.domain import ArtifactKind, Severity
 from node.results.equipment import MANUFACTURER
 from node.results.fonts import markup, report_fonts
 from node.results.overlay import key_frame_index, render_overlay
@@ -68,6 +69,13 @@ def _styles() -> StyleSheet1:
         style.fontName = fonts.bold if "Bold" in style.fontName else fonts.regular
     styles.add(ParagraphStyle("Cell", parent=styles["Normal"], fontSize=8, leading=10))
     return styles
+
+
+def key_image_text(result: PipelineResult, frame: int) -> str:
+    """The key image as the scanner numbered it: "image 17 (series 3, 42.5 mm)", with our own
+    index only where the source has no InstanceNumber."""
+    described = result.source_frames[frame].describe()
+    return described or f"frame {frame + 1} of {len(result.source_frames)}"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -144,17 +152,29 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     side = 80 * mm
     ratio = picture.height / picture.width
     story += [
-        Paragraph(
-            f"Key image (frame {frame + 1} of {len(result.source_frames)})", styles["Heading3"]
-        ),
+        Paragraph(f"Conclusion: {escape(result.conclusion())}", styles["Heading2"]),
+        Paragraph(f"Key image: {escape(key_image_text(result, frame))}", styles["Heading3"]),
         FlowImage(png, width=side, height=side * ratio),
     ]
     if result.findings:
-        rows = [["Finding", "Severity", "Area mm²", "Volume mm³", "Mean", "Circularity"]]
+        rows = [
+            [
+                "Finding",
+                "Severity",
+                "Images",
+                "Key image",
+                "Area mm²",
+                "Volume mm³",
+                "Mean",
+                "Circ.",
+            ]
+        ]
         rows += [
             [
                 f.tracking_id,
-                f.severity.value,
+                f.severity.meaning,
+                result.images_of(f) or "-",
+                result.key_image_of(f) or "-",
                 _fmt(f.measurements.area_mm2),
                 _fmt(f.measurements.volume_mm3),
                 _fmt(f.measurements.mean_intensity),
@@ -163,8 +183,6 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
             for f in result.findings
         ]
         story += [Paragraph("Measurements", styles["Heading3"]), _table(rows, styles)]
-    else:
-        story.append(Paragraph("No findings.", styles["Heading3"]))
     chart = _probability_chart(result)
     if chart is not None and result.classification is not None:
         cls = result.classification
@@ -176,10 +194,11 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
             ),
             chart,
         ]
-    severities = [f.severity.value for f in result.findings]
+    worst = result.summary()["severity"]
+    severities = [f.severity.meaning for f in result.findings]
     story.append(
         Paragraph(
-            f"Severity: {result.summary()['severity'] or 'none'}"
+            f"Severity: {Severity(worst).meaning if worst else 'none'}"
             + (f" ({', '.join(severities)})" if severities else ""),
             styles["Normal"],
         )

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
 from node.results.common import finalise
+from node.results.locations import with_locations
 from node.results.overlay import build_overlay
 from node.results.pdf import build_pdf
 from node.results.seg import SegOptions, build_segmentation
@@ -56,6 +57,7 @@ class OutputOptions:
     pdf: bool = True
     sr: bool = True
     seg: bool = True
+    seg_segments: str = "per_finding"  # or "per_label"
     result_version: int = 1
     institution_name: str = ""
 
@@ -100,6 +102,7 @@ def _build_all(
 ) -> tuple[Built, list[str]]:
     when = content_time(result)
     cleaned = clean_sources(sources)
+    result = with_locations(result, cleaned)
     built: Built = []
     warnings: list[str] = []
 
@@ -122,14 +125,19 @@ def _build_all(
         seg = build_segmentation(
             result,
             cleaned,
-            SegOptions(options.seg_type.upper(), options.omit_empty_frames, options.result_version),
+            SegOptions(
+                options.seg_type.upper(),
+                options.omit_empty_frames,
+                options.result_version,
+                options.seg_segments,
+            ),
         )
         if seg is not None:
-            numbers = seg.segment_numbers
+            built_seg = seg
             add(
                 ArtifactKind.SEG,
                 seg.dataset,
-                lambda data: validate_seg(data, result, numbers, options.seg_type.upper()),
+                lambda data: validate_seg(data, result, built_seg, options.seg_type.upper()),
             )
     if options.overlay:
         optional(

@@ -1,7 +1,9 @@
 """DICOM Segmentation (BINARY or FRACTIONAL) from a PipelineResult, with highdicom.
 
-One segment per label of the model card, with its SNOMED CT category/type, algorithm
-identification and AUTOMATIC algorithm type. Geometry (frame of reference, plane positions, pixel
+``per_finding`` (the default): one segment per finding, labelled and tracked with the finding's
+tracking ID/UID and coded with its label's SNOMED CT category/type, so each SR measurement group
+can cite exactly its own lesion (dcmqi's TID 1500 practice). ``per_label``: one segment per label
+of the model card. Either way with algorithm identification and AUTOMATIC algorithm type. Geometry (frame of reference, plane positions, pixel
 measures) comes from the source images, so 2D (CR/DX), single-frame series (CT/MR) and multi-frame
 sources are all handled by highdicom. Only BINARY/FRACTIONAL: Orthanc 1.10 and dciodvfy do not know
 the newer label-map SEG class.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
@@ -24,8 +26,9 @@ from pydicom.sr.codedict import codes
 
 from core.domain import ArtifactKind, CodedConcept
 from node.results.equipment import MANUFACTURER, software_versions
+from node.results.locations import finding_mask
 from node.results.uids import result_uid, series_number
-from pipelines.contract import LabelSpec, PipelineResult, SegmentationOutput
+from pipelines.contract import Finding, LabelSpec, PipelineResult, SegmentationOutput
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,24 @@ class SegOptions:
     seg_type: str = "BINARY"
     omit_empty_frames: bool = True
     result_version: int = 1
+    segments: str = "per_finding"  # or "per_label"
 
 
 @dataclass(frozen=True)
 class BuiltSegmentation:
     dataset: hd.seg.Segmentation
-    segment_numbers: dict[int, int]  # label value -> SEG segment number
+    segment_numbers: dict[int, int]  # label value -> SEG segment number (per_label)
+    # (frames, rows, cols): the segment number each pixel belongs to, what a re-read must give
+    expected: np.ndarray
+    finding_segments: dict[str, int] = field(default_factory=dict)  # tracking UID -> number
+
+    def segment_of(self, finding: Finding) -> int | None:
+        """The segment that holds ``finding``: its own, else its label's."""
+        if finding.segment_number is None:
+            return None
+        if self.finding_segments:
+            return self.finding_segments.get(finding.tracking_uid)
+        return self.segment_numbers.get(finding.segment_number)
 
 
 def coded(concept: CodedConcept) -> hd.sr.CodedConcept:
@@ -58,12 +73,17 @@ def algorithm_identification(result: PipelineResult) -> hd.AlgorithmIdentificati
 
 
 def _segment_description(
-    number: int, label: LabelSpec, algorithm: hd.AlgorithmIdentificationSequence
+    number: int,
+    label: LabelSpec,
+    algorithm: hd.AlgorithmIdentificationSequence,
+    finding: Finding | None = None,
 ) -> hd.seg.SegmentDescription:
     red, green, blue = (min(max(int(c), 0), 255) for c in label.color_rgb)
     return hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=label.name[:64],
+        segment_label=(finding.tracking_id if finding else label.name)[:64],
+        tracking_id=finding.tracking_id[:64] if finding else None,
+        tracking_uid=finding.tracking_uid if finding else None,
         segmented_property_category=coded(label.category),
         segmented_property_type=coded(label.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -101,6 +121,8 @@ def build_segmentation(
     seg_type = options.seg_type.upper()
     if seg_type not in ("BINARY", "FRACTIONAL"):
         raise ValueError(f"seg_type must be BINARY or FRACTIONAL, not {options.seg_type!r}")
+    if options.segments not in ("per_finding", "per_label"):
+        raise ValueError(f"segments must be per_finding or per_label, not {options.segments!r}")
     frames = expected_frames(sources)
     if seg.label_map.ndim != 3 or seg.label_map.shape[0] != frames:
         raise ValueError(
@@ -109,15 +131,28 @@ def build_segmentation(
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if seg.label_map.shape[1:] != (rows, columns):
         raise ValueError(f"label map is {seg.label_map.shape[1:]}, source is {(rows, columns)}")
-    labels = sorted(seg.labels, key=lambda label: label.value)
     algorithm = algorithm_identification(result)
-    descriptions = [
-        _segment_description(number, label, algorithm)
-        for number, label in enumerate(labels, start=1)
-    ]
+    per_finding = [f for f in result.findings if f.segment_number is not None]
+    if options.segments == "per_finding" and per_finding:
+        descriptions, pixels, expected, finding_segments = _per_finding(
+            result, seg, per_finding, seg_type, algorithm
+        )
+        numbers: dict[int, int] = {}
+    else:
+        labels = sorted(seg.labels, key=lambda label: label.value)
+        descriptions = [
+            _segment_description(number, label, algorithm)
+            for number, label in enumerate(labels, start=1)
+        ]
+        pixels = _pixel_array(seg, labels, seg_type)
+        numbers = {label.value: number for number, label in enumerate(labels, start=1)}
+        lookup = np.zeros(256, np.uint16)
+        for value, number in numbers.items():
+            lookup[value] = number
+        expected, finding_segments = lookup[seg.label_map], {}
     dataset = hd.seg.Segmentation(
         source_images=_without_projection_spacing(sources),
-        pixel_array=_pixel_array(seg, labels, seg_type),
+        pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
         series_instance_uid=result_uid(result, ArtifactKind.SEG, "series", options.result_version),
@@ -136,8 +171,49 @@ def build_segmentation(
     if "FrameOfReferenceUID" not in dataset and "PatientOrientation" not in dataset:
         # General Image: PatientOrientation is type 2C without a frame of reference (CR/DX).
         dataset.PatientOrientation = sources[0].get("PatientOrientation", "")
-    numbers = {label.value: number for number, label in enumerate(labels, start=1)}
-    return BuiltSegmentation(dataset=dataset, segment_numbers=numbers)
+    return BuiltSegmentation(dataset, numbers, expected, finding_segments)
+
+
+def _per_finding(
+    result: PipelineResult,
+    seg: SegmentationOutput,
+    findings: Sequence[Finding],
+    seg_type: str,
+    algorithm: hd.AlgorithmIdentificationSequence,
+) -> tuple[list[hd.seg.SegmentDescription], np.ndarray, np.ndarray, dict[str, int]]:
+    """Segments 1..N for the N segment findings: descriptions, pixels for highdicom, the
+    segment-number map a re-read must give, and tracking UID → segment number.
+
+    BINARY pixels go to highdicom as that map (an integer label array: one frame per segment and
+    source frame, without an (N × frames) boolean stack); FRACTIONAL ones as each finding's
+    label probability inside its own pixels.
+    """
+    expected = np.zeros(seg.label_map.shape, np.uint16 if len(findings) < 65535 else np.uint32)
+    if seg.finding_map is not None and all(f.component is not None for f in findings):
+        lookup = np.zeros(int(seg.finding_map.max()) + 1, expected.dtype)
+        for number, finding in enumerate(findings, start=1):
+            lookup[finding.component] = number
+        expected = lookup[seg.finding_map]
+    else:  # a result without a finding map: each finding's label inside its box
+        for number, finding in enumerate(findings, start=1):
+            expected[finding_mask(result, finding) & (expected == 0)] = number
+    descriptions = [
+        _segment_description(number, finding.label, algorithm, finding)
+        for number, finding in enumerate(findings, start=1)
+    ]
+    numbers = {finding.tracking_uid: number for number, finding in enumerate(findings, start=1)}
+    if seg_type == "BINARY":
+        return descriptions, expected, expected, numbers
+    order = {label.value: i for i, label in enumerate(seg.labels)}
+    fractions = np.zeros((*expected.shape, len(findings)), np.float32)
+    for number, finding in enumerate(findings, start=1):
+        own = expected == number
+        if seg.probabilities is None:
+            fractions[..., number - 1] = own
+        else:
+            probability = seg.probabilities[order[finding.label.value]]
+            fractions[..., number - 1] = np.where(own, np.clip(probability, 0.0, 1.0), 0.0)
+    return descriptions, fractions, expected, numbers
 
 
 def _without_projection_spacing(sources: Sequence[Dataset]) -> list[Dataset]:

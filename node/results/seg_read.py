@@ -24,11 +24,11 @@ _PixelReader = Callable[..., np.ndarray]
 
 
 def label_maps(seg: hd.seg.Segmentation, frames: Sequence[SourceFrameKey]) -> np.ndarray:
-    """``(len(frames), rows, cols)`` uint8: the segment number at each pixel of each source
+    """``(len(frames), rows, cols)`` uint8 (uint16 past 255 segments): the segment number at each pixel of each source
     frame (the highest where segments overlap), 0 where no segment is, or the SEG does not
     cover that frame. Raises ``KeyError``/``RuntimeError``/``ValueError`` (highdicom's) for a
     SEG that cannot be indexed by its source frames."""
-    out = np.zeros((len(frames), int(seg.Rows), int(seg.Columns)), dtype=np.uint8)
+    out = np.zeros((len(frames), int(seg.Rows), int(seg.Columns)), dtype=_map_dtype(seg))
     singles = [(index, uid) for index, (uid, number) in enumerate(frames) if number is None]
     for start in range(0, len(singles), _INSTANCES_PER_READ):
         batch = singles[start : start + _INSTANCES_PER_READ]
@@ -44,16 +44,22 @@ def label_maps(seg: hd.seg.Segmentation, frames: Sequence[SourceFrameKey]) -> np
     return out
 
 
+def _map_dtype(seg: hd.seg.Segmentation) -> type[np.unsignedinteger]:
+    """One segment per finding can pass 255 segments; the map then needs 16 bits."""
+    return np.uint8 if max(seg.segment_numbers, default=0) <= 255 else np.uint16
+
+
 def _combined(seg: hd.seg.Segmentation, read: _PixelReader) -> np.ndarray:
     common = {"assert_missing_frames_are_empty": True}
+    dtype = _map_dtype(seg)
     if seg.segmentation_type != hd.seg.SegmentationTypeValues.FRACTIONAL:
-        combined = read(combine_segments=True, skip_overlap_checks=True, dtype=np.uint8, **common)
-        return np.asarray(combined, dtype=np.uint8)
+        combined = read(combine_segments=True, skip_overlap_checks=True, dtype=dtype, **common)
+        return np.asarray(combined, dtype=dtype)
     maps: np.ndarray | None = None
     for number in sorted(seg.segment_numbers):  # the highest segment wins, as when combined
         fraction = read(segment_numbers=[number], dtype=np.float32, **common)[..., 0]
         if maps is None:
-            maps = np.zeros(fraction.shape, dtype=np.uint8)
+            maps = np.zeros(fraction.shape, dtype=dtype)
         maps[fraction >= FRACTIONAL_THRESHOLD] = number
     if maps is None:
         raise ValueError("the SEG has no segments")

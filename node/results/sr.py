@@ -5,18 +5,18 @@ one for the modality); image library = the source images. Per finding a measurem
 tracking identifier/UID, finding type, measurements referencing the SEG segment, severity and the
 classification result, and the detection boxes as regions on the source images.
 
-One ROI template per report, because validators (pixelmed's DicomSRValidator) check every
-measurement group against each ROI template the report uses:
+Segments are cited by their template: on planar sources (one frame, or no patient geometry, e.g.
+CR/DX) TID 1410 with the segment's SEG frame ("Referenced Segmentation Frame"); on volumes (CT/MR
+series, enhanced multi-frame) TID 1411 with the "Referenced Segment". Every finding also gets a
+TID 1410 group on its key slice with an SCOORD POLYLINE (its outline, or its box for a detection)
+on the source image, because OHIF v3 lists and draws only groups with coordinates; it shares the
+finding's tracking UID (the same finding, as viewers merge it). Boxes are always SCOORD polylines.
+pixelmed's DicomSRValidator accepts the mix (0 errors, tests/node/results/test_conformance.py).
 
-- planar sources (one frame, or no patient geometry, e.g. CR/DX): TID 1410 groups only; a segment is
-  cited as its SEG frame ("Referenced Segmentation Frame"), a box as an SCOORD polyline;
-- volumes (CT/MR series, enhanced multi-frame): TID 1411 groups only; a segment is cited as a
-  "Referenced Segment", a box as a "Volume Surface" (the box on its slice, one slice thick).
-
-The study-level CAD summary ("with"/"without findings"), the classification decision and the class
-probabilities are TID 1500's document-level "Qualitative Evaluations" when the report has ROI
-groups, and TID 1501 groups when it has none, so a study without findings still gets a report
-that says so.
+The study-level CAD summary ("with"/"without findings"), the classification decision, the class
+probabilities, the conclusion and where the findings are (by InstanceNumber) are TID 1500's
+document-level "Qualitative Evaluations"; a report without ROI groups has the summary and the
+classification as TID 1501 groups too, so a study without findings still gets a report that says so.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from core.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
+from node.results.locations import finding_slice_mask, outline
+from node.results.overlay import key_frame_index
 from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import result_uid, series_number
 from pipelines.contract import DetectionBox, Finding, PipelineResult, SourceFrame
@@ -140,35 +142,17 @@ def _box_group(
     box: DetectionBox,
     tracking: hd.sr.TrackingIdentifier,
     result: PipelineResult,
-    sources: Sequence[Dataset],
     common: dict[str, object],
-    planar: bool,
 ) -> Group:
-    """A closed rectangle: SCOORD on the source frame (planar), a one-slice volume (3D)."""
+    """A closed rectangle as an SCOORD POLYLINE on its source frame (TID 1410), in volumes too.
+
+    Box edges are pixel edges, which is what SCOORD coordinates are (0.0 = the top-left pixel's
+    outer corner). A 3D "Volume Surface" (SCOORD3D POLYGON) is not used: OHIF v3's stack viewport
+    fails on it (``isPlaneViewable`` TypeError) and stops drawing the report.
+    """
     frame = result.source_frames[box.frame_index]
     columns = np.array([box.x0, box.x1, box.x1, box.x0, box.x0], dtype=float)
     rows = np.array([box.y0, box.y0, box.y1, box.y1, box.y0], dtype=float)
-    plane = (
-        None
-        if planar
-        else frame_plane(_source_dataset(sources, result, box.frame_index), frame.frame_number)
-    )
-    if plane is not None:
-        # Box edges are pixel edges; pixel centres sit at integer positions in patient space.
-        points = plane.to_patient(columns - 0.5, rows - 0.5)
-        half = plane.normal * plane.thickness / 2
-        surface = hd.sr.VolumeSurface(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=[points - half, points + half],
-            frame_of_reference_uid=plane.frame_of_reference_uid,
-            # TID 1411 row 12: a volume surface cites its source series (row 11 is for segments)
-            source_series=hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
-        )
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_volume_surface=surface,
-            **common,  # type: ignore[arg-type]
-        )
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.stack([columns, rows], axis=1),
@@ -204,6 +188,9 @@ def _finding_groups(
     seg: BuiltSegmentation | None,
     planar: bool,
 ) -> list[Group]:
+    """The finding's groups: its own segment (volume, or SEG frame on planar sources), its planar
+    ROI on its key slice (outline, or box for a detection) that viewers list and draw, and an
+    attached detection box."""
     tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
     common = {
         "finding_type": c.coded(finding.label.type),
@@ -214,19 +201,17 @@ def _finding_groups(
             *_classification_items(result)[0],
         ],
     }
-    segment_number = (
-        seg.segment_numbers.get(finding.label.value)
-        if seg is not None and finding.segment_number is not None
-        else None
-    )
+    segment_number = seg.segment_of(finding) if seg is not None else None
     groups: list[Group] = []
     if segment_number is not None and seg is not None:
         group = _segment_group(finding, result, seg, segment_number, tracking, common, planar)
         if group is not None:
             groups.append(group)
+    if finding.segment_number is not None and result.segmentation is not None:
+        groups.append(_outline_group(finding, result, tracking, common))
     box = finding.box
     if box is None and not groups:
-        box = _bbox_as_box(finding)  # no SEG to point at: the finding's bounding box instead
+        box = _bbox_as_box(finding)  # no pixels to outline: the finding's bounding box instead
     if box is not None:
         box_tracking = tracking
         if groups:  # one region per group: the box gets its own group and tracking UID
@@ -234,8 +219,37 @@ def _finding_groups(
                 uid=deterministic_uid(*[finding.tracking_uid, "box"]),
                 identifier=f"{finding.tracking_id} box"[:64],
             )
-        groups.append(_box_group(box, box_tracking, result, sources, common, planar))
+        groups.append(_box_group(box, box_tracking, result, common))
     return groups
+
+
+def _outline_group(
+    finding: Finding,
+    result: PipelineResult,
+    tracking: hd.sr.TrackingIdentifier,
+    common: dict[str, object],
+) -> Group:
+    """TID 1410: the finding's outline on its key slice as a closed SCOORD polyline (column, row)
+    on the source image; OHIF v3 lists and draws only groups with such coordinates. Its area is
+    the key slice's (the largest cross-section); a volume belongs to the volumetric group."""
+    index = result.key_index_of(finding)
+    frame = result.source_frames[index]
+    points = outline(finding_slice_mask(result, finding, index))
+    measurements = [
+        m
+        for m in common["measurements"]  # type: ignore[attr-defined]
+        if m.name != c.VOLUME
+    ]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=region,
+        **{**common, "measurements": measurements},  # type: ignore[arg-type]
+    )
 
 
 def _segment_group(
@@ -302,9 +316,36 @@ def _segment_frame_group(
     )
 
 
-def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12: study-level CAD summary, decision and class probabilities."""
-    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+def _text(name: object, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name,  # type: ignore[arg-type]
+        value=value[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _located_texts(result: PipelineResult, key_frame: int) -> list[hd.sr.TextContentItem]:
+    """The conclusion (Impression), the key image and each finding where a reader finds it, by
+    the scanner's InstanceNumber/SeriesNumber and slice position, as readable text."""
+    items = [_text(c.IMPRESSION, result.conclusion())]
+    key = result.source_frames[key_frame].describe()
+    if key:
+        items.append(_text(c.KEY_IMAGES, key))
+    for finding in result.findings:
+        where = [
+            f"images {images}" if (images := result.images_of(finding)) else "",
+            f"key {key_image}" if (key_image := result.key_image_of(finding)) else "",
+        ]
+        located = ", ".join(w for w in where if w)
+        text = f"{finding.tracking_id} ({finding.severity.meaning})"
+        items.append(_text(c.FINDING, f"{text}: {located}" if located else text))
+    return items
+
+
+def _qualitative_evaluations(result: PipelineResult, key_frame: int) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: study-level CAD summary, decision, class probabilities, the conclusion
+    and where the key image and each finding are."""
+    summary = c.cad_summary(result)
     cls = result.classification
     coded = [(c.CAD_SUMMARY, summary)]
     if cls is not None:
@@ -323,6 +364,7 @@ def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentIt
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    items.extend(_located_texts(result, key_frame))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -337,7 +379,7 @@ def _summary_uid(result: PipelineResult, part: str) -> str:
 
 def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Study level: CAD summary (with/without findings), the decision, one group per class."""
-    summary = c.WITH_FINDINGS if result.has_findings else c.WITHOUT_FINDINGS
+    summary = c.cad_summary(result)
     evaluations, probability = _classification_items(result)
     groups = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -444,8 +486,7 @@ def build_sr(
         referenced_images=_library_images(sources) or None,
     )
     _template_row_order(report[0])
-    if roi_groups:
-        report[0].ContentSequence.append(_qualitative_evaluations(result))
+    report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,

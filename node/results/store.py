@@ -38,6 +38,8 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
         arrays: dict[str, Any] = {"label_map": result.segmentation.label_map}
         if result.segmentation.probabilities is not None:
             arrays["probabilities"] = result.segmentation.probabilities
+        if result.segmentation.finding_map is not None:
+            arrays["finding_map"] = result.segmentation.finding_map
         tmp = directory / (ARRAYS_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(directory / ARRAYS_NPZ)
@@ -87,6 +89,7 @@ def _finding(data: dict[str, Any]) -> Finding:
         data["segment_number"],
         tuple(data["frame_indices"]),
         _box(data["box"]) if data["box"] else None,
+        data.get("component"),
     )
 
 
@@ -99,12 +102,14 @@ def load_result(directory: Path) -> PipelineResult:
         with np.load(directory / ARRAYS_NPZ) as arrays:
             label_map = arrays["label_map"]
             probabilities = arrays.get("probabilities", None)
+            finding_map = arrays.get("finding_map", None)
         s = data["segmentation"]
         segmentation = SegmentationOutput(
             tuple(_label(lbl) for lbl in s["labels"]),
             label_map,
             probabilities,
             s["member_pixel_counts"],
+            finding_map,
         )
     classification = None
     if data["classification"] is not None:

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
+from node.results.seg import BuiltSegmentation
 from node.results.seg_read import label_maps, referenced_instances
 from pipelines.contract import PipelineResult
 
@@ -61,8 +62,10 @@ def _common(kind: ArtifactKind, reread: Dataset, result: PipelineResult) -> None
 
 
 def validate_seg(
-    data: bytes, result: PipelineResult, segment_numbers: dict[int, int], seg_type: str
+    data: bytes, result: PipelineResult, built: BuiltSegmentation, seg_type: str
 ) -> None:
+    """Re-read the SEG: its type, its segments, and (BINARY) every pixel of every segment where
+    it was meant to be: the re-read segment-number map equals the one it was built from."""
     kind = ArtifactKind.SEG
     try:
         seg = hd.seg.segread(io.BytesIO(data))
@@ -71,27 +74,25 @@ def validate_seg(
     _common(kind, seg, result)
     if seg.SegmentationType != seg_type:
         raise ResultValidationError(kind, f"type {seg.SegmentationType}, wanted {seg_type}")
-    assert result.segmentation is not None
-    source_uids = [f.sop_instance_uid for f in result.source_frames]
-    if len(set(source_uids)) == 1:
-        source_uids = [source_uids[0]]
-    for label_value, number in segment_numbers.items():
-        expected = result.segmentation.label_map == label_value
-        if not expected.any():
-            continue
-        if seg_type == "BINARY":
-            got = _segment_mask(seg, number, result)
-            if got.shape != expected.shape or not np.array_equal(got, expected):
-                raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
+    wanted = set(built.finding_segments.values() or built.segment_numbers.values())
     described = {int(d.SegmentNumber) for d in seg.SegmentSequence}
-    if described != set(segment_numbers.values()):
-        raise ResultValidationError(
-            kind, f"segments {described} != {set(segment_numbers.values())}"
-        )
+    if described != wanted:
+        raise ResultValidationError(kind, f"segments {described} != {wanted}")
+    if seg_type == "BINARY":
+        got = _segment_map(seg, result, built.expected.shape)
+        if not np.array_equal(got, built.expected):  # one pass; name a segment only on failure
+            differ = np.unique(
+                np.concatenate([got[got != built.expected], built.expected[got != built.expected]])
+            )
+            number = int(differ[differ > 0][0]) if (differ > 0).any() else 0
+            raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
 
 
-def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult) -> np.ndarray:
-    """The segment as (source frames, rows, cols), re-read by highdicom from the SEG."""
+def _segment_map(
+    seg: hd.seg.Segmentation, result: PipelineResult, shape: tuple[int, ...]
+) -> np.ndarray:
+    """(source frames, rows, cols): the segment number of each pixel, re-read by highdicom
+    (BINARY segments built from one map never overlap)."""
     unknown = referenced_instances(seg) - {f.sop_instance_uid for f in result.source_frames}
     if unknown:
         raise ResultValidationError(ArtifactKind.SEG, f"cites unknown sources {sorted(unknown)}")
@@ -100,7 +101,9 @@ def _segment_mask(seg: hd.seg.Segmentation, number: int, result: PipelineResult)
         maps = label_maps(seg, keys)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ResultValidationError(ArtifactKind.SEG, f"frames cannot be re-read: {exc}") from exc
-    return maps == number
+    if maps.shape != tuple(shape):
+        raise ResultValidationError(ArtifactKind.SEG, f"re-read shape {maps.shape} != {shape}")
+    return maps
 
 
 def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> None:

@@ -230,6 +230,9 @@ def _frames_of(path: Path) -> list[_Frame]:
                     sop_instance_uid=str(ds.SOPInstanceUID),
                     series_instance_uid=str(ds.SeriesInstanceUID),
                     frame_number=index + 1 if multiframe else None,
+                    instance_number=_int_or_none(ds.get("InstanceNumber")),
+                    series_number=_int_or_none(ds.get("SeriesNumber")),
+                    position_mm=_position_along_normal(position, orient),
                 ),
                 window=window,
                 voi_display=voi_display,
@@ -312,3 +315,24 @@ def _slice_spacing(
         if ds.get(keyword):
             return float(ds.get(keyword))
     return None
+
+
+def _int_or_none(value: object) -> int | None:
+    """An IS attribute as int (None when absent, empty or not a number)."""
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _position_along_normal(position: object, orientation: object) -> float | None:
+    """A slice's position in mm along its normal (z for axial slices), as viewers show it."""
+    try:
+        origin = np.array([float(v) for v in position], dtype=np.float64)  # type: ignore[attr-defined]
+        cosines = np.array([float(v) for v in orientation], dtype=np.float64)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    if origin.shape != (3,) or cosines.shape != (6,):
+        return None
+    normal = np.cross(cosines[:3], cosines[3:])
+    return round(float(origin @ normal), 2)

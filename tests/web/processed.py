@@ -102,7 +102,13 @@ def _write_seg(datasets: list[pydicom.Dataset], path: Path) -> hd.seg.Segmentati
 def _pipeline_result(datasets: list[pydicom.Dataset], mask: np.ndarray) -> PipelineResult:
     """What the worker would have saved for this study: one lesion, a classification, a box."""
     frames = tuple(
-        SourceFrame(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
+        SourceFrame(
+            str(ds.SOPClassUID),
+            str(ds.SOPInstanceUID),
+            str(ds.SeriesInstanceUID),
+            instance_number=int(ds.InstanceNumber),
+            series_number=int(ds.SeriesNumber),
+        )
         for ds in datasets
     )
     label = LabelSpec(

@@ -72,10 +72,17 @@ def test_sr_round_trip_measurements_and_references(produced) -> None:
     assert objects[ArtifactKind.SEG].sop_instance_uid in str(group)
     severities = [e.value.meaning for e in group.get_qualitative_evaluations()]
     assert "Moderate" in severities
-    # a volume: one ROI template (TID 1411) for every group; the box is a one-slice volume surface
-    assert sr.content.get_planar_roi_measurement_groups() == []
-    box = groups[next(g for g in groups if "box" in str(groups[g].tracking_identifier))]
-    assert box.reference_type.value == "121231"  # Volume Surface
+    # a volume: TID 1411 groups cite the segments, the box is a one-slice volume surface; each
+    # segment finding also has a TID 1410 outline on its key slice (what OHIF draws)
+    planar = sr.content.get_planar_roi_measurement_groups()
+    outlines = [g for g in planar if "box" not in str(g.tracking_identifier)]
+    assert sorted(str(g.tracking_uid) for g in outlines) == sorted(
+        f.tracking_uid for f in result.findings
+    )
+    assert all(g.roi.graphic_type.value == "POLYLINE" for g in planar)
+    boxes = [g for g in planar if "box" in str(g.tracking_identifier)]
+    assert [b.reference_type.value for b in boxes] == ["111030"]  # Image Region, as OHIF draws
+    assert sr.content.get_volumetric_roi_measurement_groups()  # the segments: TID 1411
     summary = _qualitative_evaluations(sr)
     assert any(s.endswith("with findings") for s in summary), summary  # the CAD summary
     obs = sr.content.get_observer_contexts()
@@ -131,6 +138,8 @@ def test_exports(produced) -> None:
     csv_text = findings_csv(result)
     assert csv_text.splitlines()[0].startswith("tracking_id,")
     assert len(csv_text.splitlines()) == 1 + len(result.findings)
+    assert csv_text.splitlines()[0].endswith(",images,key_image")
+    assert ",Moderate," in csv_text.splitlines()[1]  # the reports' severity words
     import io
     import zipfile
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def test_review_page_shows_result_and_slices(processed: tuple[Console, Processed
     assert 'id="frame-slider"' in page.text and f'max="{study.frame_count - 1}"' in page.text
     assert 'id="opacity-slider"' in page.text and "lesion" in page.text and "0.870" in page.text
     assert "Moderate" in page.text and 'class="det-box"' in page.text
+    # one conclusion, and where the finding is by the scanner's numbers (issue 17)
+    assert "1 finding (most severe: Moderate)" in page.text
+    first, last = (int(n) for n in re.search(r"<td>(\d+)-(\d+)</td>", page.text).groups())
+    assert abs(last - first) == 3  # the lesion's four slices, by InstanceNumber
+    assert "image " in page.text and "series " in page.text  # its key image, named
     assert 'id="approve"' not in page.text  # viewers are read-only
 
 
