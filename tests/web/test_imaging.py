@@ -43,7 +43,7 @@ def _with_faint_probabilities(result: PipelineResult) -> PipelineResult:
 def test_masks_are_the_label_map_the_node_wrote(kind: str, seg_type: str, tmp_path: Path) -> None:
     sources = load_sources(kind)
     result = _with_faint_probabilities(make_result(sources))
-    built = build_segmentation(result, sources, SegOptions(seg_type=seg_type))
+    built = build_segmentation(result, sources, SegOptions(seg_type=seg_type, segments="per_label"))
     assert built is not None
     path = tmp_path / "seg.dcm"
     built.dataset.save_as(path)
