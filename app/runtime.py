@@ -13,12 +13,13 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from node.db.engine import Database, open_database
-from pipelines.spec import load_pipeline_configs
+from pipelines.spec import PipelineConfig, load_pipeline_configs
 
 if TYPE_CHECKING:
     import uvicorn
@@ -37,6 +38,7 @@ class Node:
         stages: tuple[str, ...],
         db: Database | None = None,
         worker_id: str | None = None,
+        queues: tuple[str, ...] | None = None,
     ) -> None:
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
@@ -50,8 +52,11 @@ class Node:
         self._scheduler: Any = None
         self._worker: Any = None
         self._worker_id = worker_id
+        self._queues = queues
 
     def start(self) -> None:
+        """Start the stages one after the other; a stop signal received meanwhile (the handlers
+        are installed before this is called) ends the start-up between two stages."""
         s = self.settings
         if "receiver" in self.stages:
             if s.receiver_processes > 1:
@@ -64,22 +69,69 @@ class Node:
                 self._receiver = start_receiver(s, self.db)
                 self._spawn("allowlist", self._follow_allowlist)
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
-        if "scheduler" in self.stages:
-            from node.scheduler import build_scheduler
+        if "scheduler" in self.stages and not self.stop_event.is_set():
+            self._spawn("scheduler-leader", self._lead_scheduler)
+        if "worker" in self.stages and not self.stop_event.is_set():
+            if s.jobs.engine == "celery":
+                log.info("jobs.engine is celery: jobs run on `pacsnode worker` hosts, not here")
+            else:
+                from node.jobs.worker import Worker
+                from pipelines.registry import PipelineRegistry
 
-            self._scheduler = build_scheduler(s, self.db, load_pipeline_configs(s.pipelines_dir))
-            self._scheduler.start()
-        if "worker" in self.stages:
-            from node.jobs.worker import Worker
-            from pipelines.registry import PipelineRegistry
-
-            self._worker = Worker(s, self.db, PipelineRegistry(s), worker_id=self._worker_id)
-            self._spawn("worker", self._worker.run)
-        if "dispatcher" in self.stages:
+                self._worker = Worker(
+                    s,
+                    self.db,
+                    PipelineRegistry(s),
+                    worker_id=self._worker_id,
+                    only_pipelines=pipelines_of_queues(s, self._queues),
+                )
+                self._spawn("worker", self._worker.run)
+        if "dispatcher" in self.stages and not self.stop_event.is_set():
             from node.dispatch.dispatcher import Dispatcher
 
             dispatcher = Dispatcher(s, self.db)
             self._spawn("dispatcher", dispatcher.run)
+
+    def _lead_scheduler(self, stop: threading.Event) -> None:
+        """Run the scheduler while this process holds the leader lock; stand by otherwise."""
+        from node.leader import LeaderLock
+        from node.scheduler import build_scheduler
+
+        lock = LeaderLock(self.db)
+        standby_logged = False
+        try:
+            while not stop.is_set():
+                if self._scheduler is None:
+                    if lock.try_acquire():
+                        configs = load_pipeline_configs(self.settings.pipelines_dir)
+                        self._scheduler = build_scheduler(
+                            self.settings, self.db, configs, outbox=self._outbox(configs)
+                        )
+                        self._scheduler.start()
+                        log.info("scheduler: active (leader lock held)")
+                    elif not standby_logged:
+                        log.info("scheduler: standby (another scheduler holds the leader lock)")
+                        standby_logged = True
+                elif not lock.still_held():
+                    self._scheduler.shutdown(wait=True)
+                    self._scheduler = None
+                    standby_logged = False
+                stop.wait(1.0)
+        finally:
+            if self._scheduler is not None:
+                self._scheduler.shutdown(wait=True)
+                self._scheduler = None
+            lock.release()
+
+    def _outbox(self, configs: Mapping[str, PipelineConfig]) -> Any:
+        """With the Celery engine, the scheduler publishes committed jobs (else None)."""
+        if self.settings.jobs.engine != "celery":
+            return None
+        from node.jobs.celery_engine import CeleryPublisher, make_celery
+        from node.jobs.outbox import Outbox
+
+        publisher = CeleryPublisher(make_celery(self.settings))
+        return Outbox(self.db, publisher, queue_lookup(configs))
 
     def _follow_allowlist(self, stop: threading.Event) -> None:
         """Apply the AE allowlist an admin edits in the console to new associations."""
@@ -101,8 +153,6 @@ class Node:
         self.stop_event.set()
         if self._receiver is not None:
             self._receiver.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
         for thread in self._threads:
             thread.join(timeout=grace_s)
         if self._worker is not None and self._worker.current_job is not None:
@@ -119,17 +169,32 @@ class Node:
         log.info("job %s released for another worker", job_id)
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
-    _remember_signals(stop)
-    while not stop.wait(0.5):
-        pass
+def pipelines_of_queues(settings: Settings, queues: tuple[str, ...] | None) -> list[str] | None:
+    """The pipelines routed to ``queues`` (None: every pipeline) for a local-engine worker."""
+    if queues is None:
+        return None
+    configs = load_pipeline_configs(settings.pipelines_dir)
+    return [name for name, cfg in configs.items() if cfg.queue in queues]
 
 
-def _run_stages(settings: Settings, stages: tuple[str, ...], worker_id: str | None = None) -> int:
-    node = Node(settings, stages, worker_id=worker_id)
-    node.start()
+def queue_lookup(configs: Mapping[str, PipelineConfig]) -> Callable[[str], str]:
+    """Pipeline name -> its queue; a job of a pipeline no longer defined goes to ``cpu``."""
+    queues = {name: cfg.queue for name, cfg in configs.items()}
+    return lambda name: queues.get(name, "cpu")
+
+
+def _run_stages(
+    settings: Settings,
+    stages: tuple[str, ...],
+    worker_id: str | None = None,
+    queues: tuple[str, ...] | None = None,
+) -> int:
+    node = Node(settings, stages, worker_id=worker_id, queues=queues)
+    _remember_signals(node.stop_event)  # before start: a SIGTERM during start-up counts
     try:
-        _wait_for_signal(node.stop_event)
+        node.start()
+        while not node.stop_event.wait(0.5):
+            pass
     finally:
         node.stop()
     return 0
@@ -165,21 +230,32 @@ def web_server_config(settings: Settings, db: Database) -> uvicorn.Config:
     )
 
 
-def _serve_web(settings: Settings, db: Database) -> None:
+def _serve_web(settings: Settings, db: Database, stop: threading.Event | None = None) -> None:
+    """Serve the console until uvicorn's own SIGTERM/SIGINT handling or ``stop`` ends it."""
     import uvicorn
 
-    # returns on SIGTERM/SIGINT (uvicorn's own handlers)
-    uvicorn.Server(web_server_config(settings, db)).run()
+    server = uvicorn.Server(web_server_config(settings, db))
+    if stop is not None:
+
+        def follow_stop() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=follow_stop, name="web-stop", daemon=True).start()
+    server.run()
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Every stage in one process: what ``make run`` starts."""
     node = Node(settings, ALL_STAGES)
     _remember_signals(node.stop_event)
-    node.start()
-    log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
     try:
-        _serve_web(settings, node.db)
+        node.start()
+        if node.stop_event.is_set():
+            log.info("stopped while starting; the web console is not started")
+            return 0
+        log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
+        _serve_web(settings, node.db, node.stop_event)
     finally:
         node.stop()
     return 0
@@ -190,7 +266,27 @@ def run_receiver(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_stages(settings, ("worker",), worker_id=getattr(args, "worker_id", None))
+    """A worker of the configured engine (``--engine`` overrides ``jobs.engine``)."""
+    queues = _queues_arg(getattr(args, "queues", None))
+    engine = getattr(args, "engine", None) or settings.jobs.engine
+    if engine == "celery":
+        from app.celery_worker import run_celery_worker
+
+        return run_celery_worker(
+            settings,
+            queues or ("cpu",),
+            node_name=getattr(args, "node_name", None),
+            concurrency=getattr(args, "concurrency", 1),
+        )
+    return _run_stages(
+        settings, ("worker",), worker_id=getattr(args, "worker_id", None), queues=queues
+    )
+
+
+def _queues_arg(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return tuple(q.strip() for q in value.split(",") if q.strip())
 
 
 def run_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
@@ -202,8 +298,9 @@ def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_web(settings: Settings, args: argparse.Namespace) -> int:
-    _remember_signals(threading.Event())
-    _serve_web(settings, open_database(settings))
+    stop = threading.Event()
+    _remember_signals(stop)
+    _serve_web(settings, open_database(settings), stop)
     return 0
 
 
