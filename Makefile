@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the test suite talks to as real peers (and chromium for the console's browser test)
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools pixelmed-apps \
-	default-jre-headless chromium chromium-driver poppler-utils docker-compose
+	default-jre-headless chromium chromium-driver poppler-utils docker-compose rabbitmq-server
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps lint bench clean
+.PHONY: run test venv system-deps broker lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ run: venv
 	$(BIN)/pacsnode db upgrade
 	$(BIN)/pacsnode serve
 
-test: system-deps venv
+# RabbitMQ for jobs.engine: celery (the machine's own broker on 5672; started only when none
+# answers there). The distributed test starts its own private broker beside it.
+broker:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
+		echo "starting rabbitmq-server"; \
+		(service rabbitmq-server start || rabbitmq-server -detached) >/dev/null 2>&1 \
+			|| echo "warning: could not start RabbitMQ; the celery tests will skip"; \
+	fi
+
+test: system-deps venv broker
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 LINTED := core models pipelines node web app tests bench orthanc
