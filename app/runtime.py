@@ -17,12 +17,16 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core.config import Settings
 from node.db.engine import Database, open_database
 from pipelines.spec import PipelineConfig, load_pipeline_configs
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from node.leader import LeaderLock
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Node:
         """Start the stages one after the other; a stop signal received meanwhile (the handlers
         are installed before this is called) ends the start-up between two stages."""
         s = self.settings
-        if "receiver" in self.stages:
+        if "receiver" in self.stages and not self.stop_event.is_set():
             if s.receiver_processes > 1:
                 from node.ingest.receiver_pool import start_receiver_pool
 
@@ -95,33 +99,45 @@ class Node:
     def _lead_scheduler(self, stop: threading.Event) -> None:
         """Run the scheduler while this process holds the leader lock; stand by otherwise."""
         from node.leader import LeaderLock
-        from node.scheduler import build_scheduler
 
         lock = LeaderLock(self.db)
         standby_logged = False
         try:
             while not stop.is_set():
-                if self._scheduler is None:
-                    if lock.try_acquire():
-                        configs = load_pipeline_configs(self.settings.pipelines_dir)
-                        self._scheduler = build_scheduler(
-                            self.settings, self.db, configs, outbox=self._outbox(configs)
-                        )
-                        self._scheduler.start()
-                        log.info("scheduler: active (leader lock held)")
-                    elif not standby_logged:
-                        log.info("scheduler: standby (another scheduler holds the leader lock)")
-                        standby_logged = True
-                elif not lock.still_held():
-                    self._scheduler.shutdown(wait=True)
-                    self._scheduler = None
-                    standby_logged = False
+                try:
+                    standby_logged = self._lead_once(lock, standby_logged)
+                except SQLAlchemyError:  # database unreachable: stand by, try again
+                    log.warning("scheduler: database unavailable; retrying", exc_info=True)
+                except Exception:  # noqa: BLE001 - thread boundary: stop the process, loudly
+                    log.exception("scheduler failed; stopping this process")
+                    stop.set()
                 stop.wait(1.0)
         finally:
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=True)
                 self._scheduler = None
             lock.release()
+
+    def _lead_once(self, lock: LeaderLock, standby_logged: bool) -> bool:
+        """One step of leadership: take the lock and start, or notice it lost and stop."""
+        from node.scheduler import build_scheduler
+
+        if self._scheduler is None:
+            if lock.try_acquire():
+                configs = load_pipeline_configs(self.settings.pipelines_dir)
+                self._scheduler = build_scheduler(
+                    self.settings, self.db, configs, outbox=self._outbox(configs)
+                )
+                self._scheduler.start()
+                log.info("scheduler: active (leader lock held)")
+            elif not standby_logged:
+                log.info("scheduler: standby (another scheduler holds the leader lock)")
+                return True
+        elif not lock.still_held():
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+            return False
+        return standby_logged
 
     def _outbox(self, configs: Mapping[str, PipelineConfig]) -> Any:
         """With the Celery engine, the scheduler publishes committed jobs (else None)."""
