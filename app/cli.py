@@ -52,6 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run the {stage} stage alone against the shared database")
         if stage == "worker":
             p.add_argument("--worker-id", help="lease owner name (default: host:pid:thread)")
+            p.add_argument(
+                "--engine",
+                choices=["local", "celery"],
+                help="job engine (default: setting jobs.engine)",
+            )
+            p.add_argument(
+                "--queues",
+                help="comma-separated queues (device classes) to take, e.g. gpu,cpu"
+                " (celery default: cpu; local default: every pipeline)",
+            )
+            p.add_argument(
+                "-n",
+                "--hostname",
+                dest="node_name",
+                help="celery node name, e.g. w1@hostA (default: worker<pid>@<host>)",
+            )
+            p.add_argument(
+                "--concurrency", type=int, default=1, help="celery jobs at once (default 1)"
+            )
     db = sub.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_cmd", required=True
     )

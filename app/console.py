@@ -30,12 +30,21 @@ def web_server_config(settings: Settings, db: Database) -> uvicorn.Config:
     )
 
 
-def serve_web(settings: Settings, db: Database) -> None:
-    """Serve the console until SIGTERM/SIGINT (uvicorn's own handlers end ``run``)."""
-    uvicorn.Server(web_server_config(settings, db)).run()
+def serve_web(settings: Settings, db: Database, stop: threading.Event | None = None) -> None:
+    """Serve the console until uvicorn's own SIGTERM/SIGINT handling or ``stop`` ends it."""
+    server = uvicorn.Server(web_server_config(settings, db))
+    if stop is not None:
+
+        def follow_stop() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=follow_stop, name="web-stop", daemon=True).start()
+    server.run()
 
 
 def run_web(settings: Settings, args: argparse.Namespace) -> int:
-    remember_signals(threading.Event())
-    serve_web(settings, open_database(settings))
+    stop = threading.Event()
+    remember_signals(stop)
+    serve_web(settings, open_database(settings), stop)
     return 0

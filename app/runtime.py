@@ -18,11 +18,12 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from types import FrameType
 from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import Settings
 from node.db.engine import Database, open_database
@@ -30,9 +31,11 @@ from node.dispatch.dispatcher import Dispatcher
 from node.ingest.receiver_pool import PoolHandle, start_receiver_pool
 from node.ingest.scp import ReceiverHandle, start_receiver
 from node.jobs import queue
+from node.jobs.outbox import Outbox
+from node.leader import LeaderLock
 from node.overrides import REFRESH_S, settings_refresher
 from node.scheduler import build_scheduler
-from pipelines.spec import load_pipeline_configs
+from pipelines.spec import PipelineConfig, load_pipeline_configs
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ ALL_STAGES = ("receiver", "worker", "dispatcher", "scheduler")
 
 class RunningWorker(Protocol):
     """The worker stage as the runtime drives it (``node.jobs.worker.Worker``)."""
+
+    only_pipelines: Collection[str] | None  # a local worker consuming only some queues
 
     @property
     def worker_id(self) -> str: ...
@@ -69,11 +74,12 @@ class Node:
         db: Database | None = None,
         worker_id: str | None = None,
         build_worker: WorkerFactory | None = None,
+        queues: tuple[str, ...] | None = None,
     ) -> None:
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}")
-        if "worker" in stages and build_worker is None:
+        if "worker" in stages and build_worker is None and settings.jobs.engine != "celery":
             raise ValueError("the worker stage needs build_worker (app.worker.build_worker)")
         self.settings = settings
         self.stages = stages
@@ -85,6 +91,7 @@ class Node:
         self._worker: RunningWorker | None = None
         self._worker_id = worker_id
         self._build_worker = build_worker
+        self._queues = queues
 
     def start(self) -> None:
         s = self.settings
@@ -96,15 +103,69 @@ class Node:
                 self._receiver = receiver
                 self._spawn("allowlist", lambda stop: self._follow_allowlist(receiver, stop))
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
-        if "scheduler" in self.stages:
-            self._scheduler = build_scheduler(s, self.db, load_pipeline_configs(s.pipelines_dir))
-            self._scheduler.start()
-        if "worker" in self.stages and self._build_worker is not None:
-            self._worker = self._build_worker(s, self.db, self._worker_id)
-            self._spawn("worker", self._worker.run)
-        if "dispatcher" in self.stages:
+        # a stop signal during start-up (handlers are installed before start) starts nothing more
+        if "scheduler" in self.stages and not self.stop_event.is_set():
+            self._spawn("scheduler-leader", self._lead_scheduler)
+        if "worker" in self.stages and not self.stop_event.is_set():
+            if s.jobs.engine == "celery":
+                log.info("jobs.engine is celery: jobs run on `pacsnode worker` hosts, not here")
+            elif self._build_worker is not None:
+                worker = self._build_worker(s, self.db, self._worker_id)
+                worker.only_pipelines = pipelines_of_queues(s, self._queues)
+                self._worker = worker
+                self._spawn("worker", worker.run)
+        if "dispatcher" in self.stages and not self.stop_event.is_set():
             dispatcher = Dispatcher(s, self.db)
             self._spawn("dispatcher", dispatcher.run)
+
+    def _lead_scheduler(self, stop: threading.Event) -> None:
+        """Run the scheduler while this process holds the leader lock; stand by otherwise."""
+        lock = LeaderLock(self.db)
+        standby_logged = False
+        try:
+            while not stop.is_set():
+                try:
+                    standby_logged = self._lead_once(lock, standby_logged)
+                except SQLAlchemyError:  # database unreachable: stand by, try again
+                    log.warning("scheduler: database unavailable; retrying", exc_info=True)
+                except Exception:  # noqa: BLE001 - thread boundary: stop the process, loudly
+                    log.exception("scheduler failed; stopping this process")
+                    stop.set()
+                stop.wait(1.0)
+        finally:
+            if self._scheduler is not None:
+                self._scheduler.shutdown(wait=True)
+                self._scheduler = None
+            lock.release()
+
+    def _lead_once(self, lock: LeaderLock, standby_logged: bool) -> bool:
+        """One step of leadership: take the lock and start, or notice it lost and stop."""
+        if self._scheduler is None:
+            if lock.try_acquire():
+                configs = load_pipeline_configs(self.settings.pipelines_dir)
+                self._scheduler = build_scheduler(
+                    self.settings, self.db, configs, outbox=self._outbox(configs)
+                )
+                self._scheduler.start()
+                log.info("scheduler: active (leader lock held)")
+            elif not standby_logged:
+                log.info("scheduler: standby (another scheduler holds the leader lock)")
+                return True
+        elif not lock.still_held():
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+            return False
+        return standby_logged
+
+    def _outbox(self, configs: Mapping[str, PipelineConfig]) -> Outbox | None:
+        """With the Celery engine, the scheduler publishes committed jobs (else None). Celery is
+        imported only then: the embedded default never loads it."""
+        if self.settings.jobs.engine != "celery":
+            return None
+        from node.jobs.celery_engine import CeleryPublisher, make_celery
+
+        publisher = CeleryPublisher(make_celery(self.settings))
+        return Outbox(self.db, publisher, queue_lookup(configs))
 
     def _follow_allowlist(self, receiver: ReceiverHandle, stop: threading.Event) -> None:
         """Apply the AE allowlist an admin edits in the console to new associations."""
@@ -124,9 +185,7 @@ class Node:
         self.stop_event.set()
         if self._receiver is not None:
             self._receiver.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
-        for thread in self._threads:
+        for thread in self._threads:  # the scheduler's leader thread shuts the scheduler down
             thread.join(timeout=grace_s)
         if self._worker is not None and self._worker.current_job is not None:
             self._release_running_job(self._worker.current_job, self._worker.worker_id)
@@ -140,10 +199,18 @@ class Node:
         log.info("job %s released for another worker", job_id)
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
-    remember_signals(stop)
-    while not stop.wait(0.5):
-        pass
+def pipelines_of_queues(settings: Settings, queues: tuple[str, ...] | None) -> list[str] | None:
+    """The pipelines routed to ``queues`` (None: every pipeline) for a local-engine worker."""
+    if queues is None:
+        return None
+    configs = load_pipeline_configs(settings.pipelines_dir)
+    return [name for name, cfg in configs.items() if cfg.queue in queues]
+
+
+def queue_lookup(configs: Mapping[str, PipelineConfig]) -> Callable[[str], str]:
+    """Pipeline name -> its queue; a job of a pipeline no longer defined goes to ``cpu``."""
+    queues = {name: cfg.queue for name, cfg in configs.items()}
+    return lambda name: queues.get(name, "cpu")
 
 
 def run_stages(
@@ -151,12 +218,15 @@ def run_stages(
     stages: tuple[str, ...],
     worker_id: str | None = None,
     build_worker: WorkerFactory | None = None,
+    queues: tuple[str, ...] | None = None,
 ) -> int:
     """Run ``stages`` in this process until SIGTERM/SIGINT, then stop them cleanly."""
-    node = Node(settings, stages, worker_id=worker_id, build_worker=build_worker)
-    node.start()
+    node = Node(settings, stages, worker_id=worker_id, build_worker=build_worker, queues=queues)
+    remember_signals(node.stop_event)  # before start: a SIGTERM during start-up counts
     try:
-        _wait_for_signal(node.stop_event)
+        node.start()
+        while not node.stop_event.wait(0.5):
+            pass
     finally:
         node.stop()
     return 0

@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     node = Node(settings, ALL_STAGES, build_worker=build_worker)
-    remember_signals(node.stop_event)
-    node.start()
-    log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
+    remember_signals(node.stop_event)  # before start: a SIGTERM during start-up counts
     try:
-        serve_web(settings, node.db)
+        node.start()
+        if node.stop_event.is_set():
+            log.info("stopped while starting; the web console is not started")
+            return 0
+        log.info("web console on http://%s:%s", settings.web_host, settings.web_port)
+        serve_web(settings, node.db, node.stop_event)
     finally:
         node.stop()
     return 0

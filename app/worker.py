@@ -37,5 +37,28 @@ def build_worker(settings: Settings, db: Database, worker_id: str | None = None)
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    worker_id = getattr(args, "worker_id", None)
-    return run_stages(settings, ("worker",), worker_id=worker_id, build_worker=build_worker)
+    """A worker of the configured engine (``--engine`` overrides ``jobs.engine``)."""
+    queues = _queues_arg(getattr(args, "queues", None))
+    engine = getattr(args, "engine", None) or settings.jobs.engine
+    if engine == "celery":
+        from app.celery_worker import run_celery_worker  # Celery only for its engine
+
+        return run_celery_worker(
+            settings,
+            queues or ("cpu",),
+            node_name=getattr(args, "node_name", None),
+            concurrency=getattr(args, "concurrency", 1),
+        )
+    return run_stages(
+        settings,
+        ("worker",),
+        worker_id=getattr(args, "worker_id", None),
+        build_worker=build_worker,
+        queues=queues,
+    )
+
+
+def _queues_arg(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return tuple(q.strip() for q in value.split(",") if q.strip())

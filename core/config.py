@@ -178,11 +178,18 @@ class TLSSettings(_Strict):
 
 
 class JobSettings(_Strict):
+    """How jobs are executed. ``engine: local`` (the embedded default) is the node's own leased-row
+    queue, no broker; ``engine: celery`` publishes each committed job's id to a Celery broker
+    (RabbitMQ, or Redis) and ``pacsnode worker`` hosts consume it by queue (device class)."""
+
     lease_s: float = Field(600.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     backoff_base_s: float = Field(5.0, ge=0)
     backoff_max_s: float = Field(300.0, ge=0)
     poll_interval_s: float = Field(0.5, gt=0)
+    engine: Literal["local", "celery"] = "local"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    republish_after_s: float = Field(30.0, gt=0)
 
 
 class DispatchSettings(_Strict):

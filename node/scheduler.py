@@ -1,4 +1,5 @@
-"""The one APScheduler instance: completion sweep, lease expiry, retention, Orthanc polling.
+"""The one APScheduler instance: completion sweep, lease expiry, retention, Orthanc polling,
+and — with ``jobs.engine: celery`` — publishing jobs after commit and outbox reconciliation.
 
 Each periodic job is a plain function of (settings, db, now) defined next to its domain; this
 module only wires them to intervals. Jobs never overlap themselves (``max_instances=1``) and an
@@ -25,6 +26,7 @@ from node.ingest.orthanc_source import poll_changes
 from node.ingest.spool import safe_component
 from node.jobs import queue
 from node.jobs.creation import JobPlanner
+from node.jobs.outbox import Outbox
 from node.overrides import effective_pipeline_configs, settings_refresher
 from pipelines.spec import PipelineConfig
 
@@ -32,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 def completion_sweep(
-    settings: Settings, db: Database, planner: JobPlanner, now: datetime
+    settings: Settings,
+    db: Database,
+    planner: JobPlanner,
+    now: datetime,
+    outbox: Outbox | None = None,
 ) -> list[str]:
     with db.write() as session:
         done = completion.sweep(
@@ -40,14 +46,20 @@ def completion_sweep(
         )
     for uid in done:
         log.info("study %s complete", uid)
+    if outbox is not None and done:  # after the commit above: a message never precedes its row
+        outbox.publish_studies(done)
     return done
 
 
-def lease_expiry(settings: Settings, db: Database, now: datetime) -> list[int]:
+def lease_expiry(
+    settings: Settings, db: Database, now: datetime, outbox: Outbox | None = None
+) -> list[int]:
     with db.write() as session:
         expired = queue.expire_leases(session, now, settings.jobs)
     if expired:
         log.warning("requeued jobs with expired leases: %s", expired)
+        if outbox is not None:
+            outbox.publish_jobs(expired)
     return expired
 
 
@@ -131,6 +143,7 @@ def build_scheduler(
     pipelines: Mapping[str, PipelineConfig],
     *,
     clock: Callable[[], datetime] = utcnow,
+    outbox: Outbox | None = None,
 ) -> BackgroundScheduler:
     current_settings = settings_refresher(settings, db)
 
@@ -141,19 +154,27 @@ def build_scheduler(
     scheduler = BackgroundScheduler(timezone="UTC")
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
     scheduler.add_job(
-        lambda: completion_sweep(settings, db, current_planner(), clock()),
+        lambda: completion_sweep(settings, db, current_planner(), clock(), outbox),
         "interval",
         seconds=settings.completion.sweep_interval_s,
         id="completion_sweep",
         **common,
     )
     scheduler.add_job(
-        lambda: lease_expiry(settings, db, clock()),
+        lambda: lease_expiry(settings, db, clock(), outbox),
         "interval",
         seconds=max(settings.jobs.lease_s / 10, 1.0),
         id="lease_expiry",
         **common,
     )
+    if outbox is not None:
+        scheduler.add_job(
+            lambda: outbox.reconcile(clock(), settings.jobs),
+            "interval",
+            seconds=max(settings.jobs.republish_after_s / 2, 1.0),
+            id="outbox_reconcile",
+            **common,
+        )
     scheduler.add_job(
         lambda: retention(settings, db, clock()),
         "interval",

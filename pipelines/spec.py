@@ -250,6 +250,9 @@ class PipelineConfig(_Strict):
     description: str = ""
     enabled: bool = True
     review_required: bool = False
+    # the Celery queue (device class) its jobs go to with ``jobs.engine: celery``; a worker
+    # consumes only the queues it names (``pacsnode worker --queues gpu``)
+    queue: str = Field("cpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     selection: SelectionSpec
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     tasks: TasksSpec

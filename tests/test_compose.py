@@ -24,11 +24,12 @@ SECRETS = {
     "POSTGRES_PASSWORD": "pw-for-config-check",
     "PACSNODE_SECRET_KEY": "k" * 40,
     "PACSNODE_HOOK_SECRET": "h" * 40,
+    "RABBITMQ_PASSWORD": "r" * 24,
 }
 PACSNODE_SERVICES = {
     "migrate",
     "receiver",
-    "worker-cpu",
+    "worker",
     "worker-gpu",
     "dispatcher",
     "scheduler",
@@ -96,6 +97,23 @@ def test_database_sits_on_the_internal_network_only(stack: dict[str, Any]) -> No
 def test_gpu_worker_reserves_a_gpu(stack: dict[str, Any]) -> None:
     devices = stack["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_jobs_go_through_rabbitmq_on_the_internal_network(stack: dict[str, Any]) -> None:
+    """Workers are Celery workers that any number of replicas can run (no fixed name), and the
+    broker, like the database, is reachable only on the internal network."""
+    services = stack["services"]
+    broker = services["rabbitmq"]
+    assert set(broker["networks"]) == {"backend"} and "ports" not in broker
+    parser = build_parser()
+    for name in ("worker", "worker-gpu"):
+        args = parser.parse_args(services[name]["command"])
+        assert args.engine == "celery" and args.worker_id is None and args.node_name is None
+        assert "container_name" not in services[name]
+        env = services[name]["environment"]
+        assert env["PACSNODE_JOBS__ENGINE"] == "celery"
+        assert env["PACSNODE_JOBS__BROKER_URL"].startswith("amqp://pacsnode:")
+    assert parser.parse_args(services["worker-gpu"]["command"]).queues == "gpu"
 
 
 def test_missing_secret_is_refused_with_its_name() -> None:

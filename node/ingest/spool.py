@@ -21,6 +21,7 @@ import itertools
 import mmap
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -116,14 +117,19 @@ class Spool:
         """A new temp file under ``spool/.incoming`` that starts with ``prefix`` (file meta)."""
         directory = self.data_dir / "spool" / INCOMING_DIR
         self._ensure_dir(directory)
-        name = f".in{next(_incoming_names)}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
+        owner = temp_owner()  # the stale-file clean-up judges only this host's files
+        name = (
+            f".in{next(_incoming_names)}.{owner}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
+        )
         return IncomingFile(directory / name, prefix, self.fsync)
 
     def write_temp(self, relative: str, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
         """Write ``chunks`` to a temporary file beside ``relative``; fsync it. Return (temp, size)."""
         final = self.data_dir / relative
         self._ensure_dir(final.parent)
-        temp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}")
+        temp = final.with_name(
+            f".{final.name}.{temp_owner()}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
+        )
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         size = 0
         try:
@@ -246,9 +252,21 @@ class IncomingFile:
         _unlink_quietly(self.path)
 
 
-def remove_stale_temp_files(spool_dir: Path, min_age_s: float = 60.0) -> int:
-    """Delete temp files left by a killed process (their PID no longer runs); return how many.
+def temp_owner(host: str | None = None, boot_id: str | None = None) -> str:
+    """``h<host hash>b<boot hash>``: who wrote a temp file, so that on a volume several hosts share
+    only the writer's host judges it (a PID means nothing on another host, or after a reboot)."""
+    host = socket.gethostname() if host is None else host
+    boot_id = _boot_id() if boot_id is None else boot_id
+    digest = hashlib.sha256
+    return f"h{digest(host.encode()).hexdigest()[:12]}b{digest(boot_id.encode()).hexdigest()[:8]}"
 
+
+def remove_stale_temp_files(spool_dir: Path, min_age_s: float = 60.0) -> int:
+    """Delete this host's temp files left by a killed process; return how many.
+
+    A file is this host's when its owner token names this host: written before a reboot (another
+    boot id), no process of it can be running; written in this boot, its PID must be gone. Files
+    of other hosts — or without an owner token — are never touched: their writer may be alive.
     Such files were never acknowledged (the rename comes before the success status), so the
     sender resends them; they are only litter.
     """
@@ -256,17 +274,28 @@ def remove_stale_temp_files(spool_dir: Path, min_age_s: float = 60.0) -> int:
     if not spool_dir.exists():
         return 0
     now = time.time()
+    mine = temp_owner()
+    host_part = mine[:14]  # "h" + 12 hex digits of the host + "b"
     for path in spool_dir.rglob(f"*{TEMP_SUFFIX}"):
         parts = path.name.split(".")
         try:
-            pid = int(parts[-3])
-            if now - path.stat().st_mtime < min_age_s or _pid_alive(pid):
+            owner, pid = parts[-4], int(parts[-3])
+            if not owner.startswith(host_part) or now - path.stat().st_mtime < min_age_s:
+                continue
+            if owner == mine and _pid_alive(pid):
                 continue
         except (ValueError, IndexError, OSError):
             continue
         _unlink_quietly(path)
         removed += 1
     return removed
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: the boot time stands in
+        return str(int(time.time() - time.monotonic()) // 60)
 
 
 def _pid_alive(pid: int) -> bool:

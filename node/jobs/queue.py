@@ -59,34 +59,57 @@ def claim_next(
         if not db.sqlite:
             stmt = stmt.with_for_update(skip_locked=True)
         job = session.scalar(stmt)
-        if job is None:
-            return None
-        job.state = JobState.RUNNING.value
-        job.attempts += 1
-        job.lease_owner = worker_id
-        job.lease_expires_at = now + timedelta(seconds=settings.lease_s)
-        job.started_at = now
-        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_pk))
-        audit.record(
-            session,
-            "job.claimed",
-            entity_type="job",
-            entity_id=job.id,
-            actor=worker_id,
-            from_state=JobState.QUEUED.value,
-            to_state=JobState.RUNNING.value,
-            detail=f"attempt {job.attempts}/{job.max_attempts}",
+        return None if job is None else _take(session, job, worker_id, now, settings)
+
+
+def claim_job(
+    db: Database, job_id: int, worker_id: str, now: datetime, settings: JobSettings
+) -> ClaimedJob | None:
+    """Claim one named job (a broker message carries only its id) if it is queued and due.
+
+    None when it is not: already running under another lease, finished, or its retry is not yet
+    due — so a duplicate or late delivery of the same message never runs the job twice.
+    """
+    with db.write() as session:
+        stmt = select(Job).where(
+            Job.id == job_id, Job.state == JobState.QUEUED.value, Job.next_attempt_at <= now
         )
-        return ClaimedJob(
-            job_id=job.id,
-            study_uid=study_uid or "",
-            pipeline_name=job.pipeline_name,
-            pipeline_version=job.pipeline_version,
-            result_version=job.result_version,
-            attempt=job.attempts,
-            destinations=tuple(job.destinations or ()),
-            review_required=job.review_state == "pending",
-        )
+        if not db.sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        job = session.scalar(stmt)
+        return None if job is None else _take(session, job, worker_id, now, settings)
+
+
+def _take(
+    session: Session, job: Job, worker_id: str, now: datetime, settings: JobSettings
+) -> ClaimedJob:
+    """queued -> running under ``worker_id``'s lease, audited."""
+    job.state = JobState.RUNNING.value
+    job.attempts += 1
+    job.lease_owner = worker_id
+    job.lease_expires_at = now + timedelta(seconds=settings.lease_s)
+    job.started_at = now
+    study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_pk))
+    audit.record(
+        session,
+        "job.claimed",
+        entity_type="job",
+        entity_id=job.id,
+        actor=worker_id,
+        from_state=JobState.QUEUED.value,
+        to_state=JobState.RUNNING.value,
+        detail=f"attempt {job.attempts}/{job.max_attempts}",
+    )
+    return ClaimedJob(
+        job_id=job.id,
+        study_uid=study_uid or "",
+        pipeline_name=job.pipeline_name,
+        pipeline_version=job.pipeline_version,
+        result_version=job.result_version,
+        attempt=job.attempts,
+        destinations=tuple(job.destinations or ()),
+        review_required=job.review_state == "pending",
+    )
 
 
 def owned_job(session: Session, job_id: int, worker_id: str) -> Job | None:

@@ -6,7 +6,13 @@ import os
 import time
 from pathlib import Path
 
-from node.ingest.spool import Spool, relative_path, remove_stale_temp_files, safe_component
+from node.ingest.spool import (
+    Spool,
+    relative_path,
+    remove_stale_temp_files,
+    safe_component,
+    temp_owner,
+)
 
 
 def test_hostile_uids_cannot_escape_the_spool() -> None:
@@ -39,11 +45,38 @@ def test_publish_new_links_a_free_name_and_never_replaces_a_taken_one(tmp_path: 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     directory = tmp_path / "spool" / "1.2" / "1.2.3"
     directory.mkdir(parents=True)
-    dead = directory / ".1.2.3.4.dcm.999999999.1.part"  # no such PID
-    mine = directory / f".1.2.3.5.dcm.{os.getpid()}.1.part"
-    for path in (dead, mine):
+    me = temp_owner()
+    dead = directory / f".1.2.3.4.dcm.{me}.999999999.1.part"  # no such PID
+    mine = directory / f".1.2.3.5.dcm.{me}.{os.getpid()}.1.part"
+    before_reboot = (
+        directory / f".1.2.3.6.dcm.{temp_owner(boot_id='old-boot')}.{os.getpid()}.1.part"
+    )
+    for path in (dead, mine, before_reboot):
         path.write_bytes(b"x")
         old = time.time() - 3600
         os.utime(path, (old, old))
-    assert remove_stale_temp_files(tmp_path / "spool") == 1
-    assert not dead.exists() and mine.exists()
+    assert remove_stale_temp_files(tmp_path / "spool") == 2
+    assert not dead.exists() and mine.exists() and not before_reboot.exists()
+
+
+def test_another_hosts_temp_files_are_never_removed(tmp_path: Path) -> None:
+    """On a shared volume a PID of host B means nothing on host A: B's in-flight file stays,
+    whatever PIDs run here (999999999 runs nowhere)."""
+    directory = tmp_path / "spool" / "1.2" / "1.2.3"
+    directory.mkdir(parents=True)
+    other = temp_owner(host="receiver-b.example")
+    theirs = directory / f".1.2.3.4.dcm.{other}.999999999.1.part"
+    legacy = directory / ".1.2.3.5.dcm.999999999.1.part"  # no owner token: unknown writer
+    for path in (theirs, legacy):
+        path.write_bytes(b"x")
+        old = time.time() - 3600
+        os.utime(path, (old, old))
+    assert remove_stale_temp_files(tmp_path / "spool") == 0
+    assert theirs.exists() and legacy.exists()
+
+
+def test_temp_files_carry_their_owner(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False)
+    temp, _ = spool.write_temp("spool/a/b/c.dcm", [b"x"])
+    assert temp.name.split(".")[-4] == temp_owner()
+    spool.discard(temp)

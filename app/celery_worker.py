@@ -1,0 +1,55 @@
+"""``pacsnode worker --engine celery``: a Celery worker that runs the node's jobs.
+
+Wiring only: the node's own :class:`node.jobs.worker.Worker` (pipelines loaded once per process,
+lease heartbeat, results and deliveries committed only while the lease holds) becomes the body of
+the Celery task; the broker decides who gets a message, the job row decides whether it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from app.runtime import queue_lookup
+from app.worker import build_worker
+from core.config import Settings
+from node.db.engine import open_database
+from pipelines.spec import load_pipeline_configs
+
+log = logging.getLogger(__name__)
+
+
+def run_celery_worker(
+    settings: Settings,
+    queues: Sequence[str],
+    node_name: str | None = None,
+    concurrency: int = 1,
+) -> int:
+    from node.jobs.celery_engine import (
+        CeleryPublisher,
+        JobRunner,
+        default_node_name,
+        make_celery,
+        register_task,
+        worker_argv,
+    )
+
+    name = node_name or default_node_name()
+    db = open_database(settings)
+    app = make_celery(settings)
+    worker = build_worker(settings, db, worker_id=f"{name}:{os.getpid()}")
+    queue_of = queue_lookup(load_pipeline_configs(settings.pipelines_dir))
+    register_task(app, JobRunner(worker, CeleryPublisher(app), queue_of))
+    log.info("celery worker %s consuming %s from %s", name, ",".join(queues), _safe_url(settings))
+    try:
+        app.worker_main(worker_argv(name, queues, concurrency, loglevel=settings.log_level.upper()))
+    finally:
+        db.dispose()
+    return 0
+
+
+def _safe_url(settings: Settings) -> str:
+    """The broker URL without its password, for the log."""
+    url = settings.jobs.broker_url
+    return url.split("@", 1)[-1] if "@" in url else url
