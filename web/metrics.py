@@ -9,7 +9,8 @@ Prometheus reads as a counter reset.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,14 +39,10 @@ class NodeCollector(Collector):
             durations = stats.job_durations(session)
             deliveries = stats.deliveries_by_outcome(session)
         yield from _receiver_metrics(receiver)
-        depth = GaugeMetricFamily(
-            "pacsnode_jobs",
-            "Jobs by pipeline and state (queue depth)",
-            labels=["pipeline", "state"],
-        )
-        for (pipeline, state), n in sorted(jobs.items()):
-            depth.add_metric([pipeline, state], n)
-        yield depth
+        yield _labelled(
+            GaugeMetricFamily, "pacsnode_jobs", "Jobs by pipeline and state (queue depth)",
+            ["pipeline", "state"], jobs,
+        )  # fmt: skip
         hist = HistogramMetricFamily(
             "pacsnode_job_duration_seconds",
             "Run time of finished jobs per pipeline",
@@ -55,15 +52,28 @@ class NodeCollector(Collector):
             buckets = [(_le(bound), n) for bound, n in h.buckets] + [("+Inf", h.count)]
             hist.add_metric([pipeline], buckets, h.total_s)
         yield hist
-        sent = GaugeMetricFamily(
-            "pacsnode_deliveries",
-            "Result deliveries by destination and state",
-            labels=["destination", "state"],
-        )
-        for (destination, state), n in sorted(deliveries.items()):
-            sent.add_metric([destination, state], n)
-        yield sent
+        yield _labelled(
+            GaugeMetricFamily, "pacsnode_deliveries", "Result deliveries by destination and state",
+            ["destination", "state"], deliveries,
+        )  # fmt: skip
         yield from _disk_metrics(self.settings)
+
+
+LabelKey = TypeVar("LabelKey", bound=tuple[str, ...])
+
+
+def _labelled(
+    family: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    labels: list[str],
+    values: Mapping[LabelKey, int],
+) -> Metric:
+    """One metric family with a sample per label tuple, in a stable order."""
+    metric = family(name, documentation, labels=labels)
+    for key, n in sorted(values.items()):
+        metric.add_metric(list(key), n)
+    return metric
 
 
 def _le(bound: float) -> str:
@@ -71,30 +81,21 @@ def _le(bound: float) -> str:
 
 
 def _receiver_metrics(figures: stats.ReceiverFigures) -> Iterator[Metric]:
-    instances = GaugeMetricFamily(
-        "pacsnode_instances_stored",
+    yield _labelled(
+        GaugeMetricFamily, "pacsnode_instances_stored",
         "Instances held, by how they arrived (dicom, upload, orthanc, import) and calling AE",
-        labels=["source", "calling_ae"],
-    )
-    for (source, calling_ae), n in sorted(figures.instances.items()):
-        instances.add_metric([source, calling_ae], n)
-    yield instances
-    associations = CounterMetricFamily(
-        "pacsnode_associations",
+        ["source", "calling_ae"], figures.instances,
+    )  # fmt: skip
+    yield _labelled(
+        CounterMetricFamily, "pacsnode_associations",
         "DICOM associations served by the receiver, by calling AE",
-        labels=["calling_ae"],
-    )
-    for calling_ae, n in sorted(figures.associations.items()):
-        associations.add_metric([calling_ae], n)
-    yield associations
-    statuses = CounterMetricFamily(
-        "pacsnode_cstore_responses",
+        ["calling_ae"], {(ae,): n for ae, n in figures.associations.items()},
+    )  # fmt: skip
+    yield _labelled(
+        CounterMetricFamily, "pacsnode_cstore_responses",
         "C-STORE answers sent by the receiver, by DIMSE status (0x0000 success)",
-        labels=["status"],
-    )
-    for status, n in sorted(figures.cstore_statuses.items()):
-        statuses.add_metric([status], n)
-    yield statuses
+        ["status"], {(status,): n for status, n in figures.cstore_statuses.items()},
+    )  # fmt: skip
     yield CounterMetricFamily(
         "pacsnode_instances_refused",
         "Instances refused before storage because their UIDs were invalid",

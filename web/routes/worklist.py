@@ -12,7 +12,7 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from core.domain import JobState, ReviewState, Severity
@@ -26,9 +26,16 @@ Short = Annotated[str, Query(max_length=64)]
 
 
 def _filter(
-    review: str, severity: str, classification: str, modality: str, pipeline: str,
-    date_from: str, date_to: str, state: str,
-) -> worklist.WorklistFilter:  # fmt: skip
+    review: Short = "",
+    severity: Short = "",
+    classification: Short = "",
+    modality: Annotated[str, Query(max_length=16)] = "",
+    pipeline: Short = "",
+    date_from: Annotated[str, Query(max_length=8)] = "",
+    date_to: Annotated[str, Query(max_length=8)] = "",
+    state: Short = "",
+) -> worklist.WorklistFilter:
+    """The worklist's filters from the query string (one dependency for the page and its rows)."""
     checks = {
         "review": (review, [r.value for r in ReviewState]),
         "severity": (severity, [s.value for s in Severity]),
@@ -43,6 +50,9 @@ def _filter(
     return worklist.WorklistFilter(
         review, severity, classification, modality.strip(), pipeline, date_from, date_to, state
     )
+
+
+WorklistQuery = Annotated[worklist.WorklistFilter, Depends(_filter)]
 
 
 def _context(
@@ -67,18 +77,10 @@ def worklist_page(
     request: Request,
     session: SessionDep,
     user: Reader,
-    review: Short = "",
-    severity: Short = "",
-    classification: Short = "",
-    modality: Annotated[str, Query(max_length=16)] = "",
-    pipeline: Short = "",
-    date_from: Annotated[str, Query(max_length=8)] = "",
-    date_to: Annotated[str, Query(max_length=8)] = "",
-    state: Short = "",
+    flt: WorklistQuery,
     sort: Annotated[worklist.WorklistSort, Query()] = "newest",
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
-    flt = _filter(review, severity, classification, modality, pipeline, date_from, date_to, state)
     context = _context(session, flt, sort, page)
     context.update(
         choices=worklist.choices(session),
@@ -95,19 +97,11 @@ def worklist_rows(
     request: Request,
     session: SessionDep,
     user: Reader,
-    review: Short = "",
-    severity: Short = "",
-    classification: Short = "",
-    modality: Annotated[str, Query(max_length=16)] = "",
-    pipeline: Short = "",
-    date_from: Annotated[str, Query(max_length=8)] = "",
-    date_to: Annotated[str, Query(max_length=8)] = "",
-    state: Short = "",
+    flt: WorklistQuery,
     sort: Annotated[worklist.WorklistSort, Query()] = "newest",
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
     """The table body alone, with the awaiting-review count for the nav badge."""
-    flt = _filter(review, severity, classification, modality, pipeline, date_from, date_to, state)
     context = _context(session, flt, sort, page)
     response = render(request, "worklist_rows.html", context, user=user)
     response.headers["X-Live-Counts"] = f"awaiting={context['awaiting']}"
