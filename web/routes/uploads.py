@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from node.db.repositories import audit
+from node.ingest.importer import ImportReport
 from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
 from web.deps import Principal, Reviewer, StateDep, WebState, csrf_valid
 from web.integrations import import_paths
@@ -140,7 +141,7 @@ def _import(
     staged: list[StagedFile],
     folder: Path,
     actor: str,
-) -> Any:
+) -> tuple[list[Path], ImportReport]:
     """Blocking part of the upload (runs in the thread pool): check, convert, import."""
     details = PatientDetails(
         fields.get("patient_name", ""),
@@ -179,8 +180,8 @@ async def upload(request: Request, state: StateDep, user: Reviewer) -> Response:
         raise HTTPException(status, _public(str(exc), folder)) from exc
     finally:
         await run_in_threadpool(shutil.rmtree, folder, True)
-    summary = report.summary() if hasattr(report, "summary") else str(report)
-    stored = int(getattr(report, "stored", 0)) + int(getattr(report, "duplicates", 0))
+    summary = report.summary()
+    stored = report.stored + report.duplicates
     with state.db.write() as session:
         audit.record(
             session,
@@ -189,15 +190,15 @@ async def upload(request: Request, state: StateDep, user: Reviewer) -> Response:
             actor=user.username,
             detail=f"{len(to_import)} file(s): {summary}",
         )
-    refused = int(getattr(report, "refused", 0))
+    refused = report.refused
     if refused:  # a UID that is not a plain UID: the message names the attribute
         shown = "; ".join(_named(line, form.files, folder) for line in report.refusals[:3])
         raise HTTPException(
             400, f"Refused {refused} file(s) with an invalid UID: {shown} ({summary})"
         )
     if not stored:
-        errors = "; ".join(_named(e, form.files, folder) for e in getattr(report, "errors", [])[:3])
+        errors = "; ".join(_named(e, form.files, folder) for e in report.errors[:3])
         raise HTTPException(400, f"Nothing could be imported: {summary}. {errors}".strip())
     flash(request, f"Uploaded {len(to_import)} file(s): {summary}")
-    studies = sorted(getattr(report, "studies", set()))
+    studies = sorted(report.studies)
     return redirect(f"/studies/{studies[0]}" if len(studies) == 1 else "/studies")
