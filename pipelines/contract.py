@@ -147,6 +147,9 @@ class ClassificationOutput:
     positive_class: str
     member_probabilities: dict[str, tuple[float, ...]] = field(default_factory=dict)
     class_codes: tuple[CodedConcept, ...] = ()
+    # "models": the classifier members decided; "segmentation": derived from the segmentation
+    # ensemble (no classifier ran), which the conclusion words as a "lesion score"
+    source: str = "models"
 
     @property
     def top_class(self) -> str:
@@ -279,11 +282,10 @@ class PipelineResult:
             return text or "no findings"
         suspicious = cls.decision == cls.positive_class
         verdict = "suspicious" if suspicious else "not suspicious"
-        said = f"classifier {verdict} ({cls.positive_class} {cls.positive_probability:.2f})"
+        who = "classifier" if cls.source == "models" else "lesion score"
+        said = f"{who} {verdict} ({cls.positive_class} {cls.positive_probability:.2f})"
         if not text:  # a classification-only pipeline: its decision is the conclusion
-            return (
-                f"classifier: {cls.decision} ({cls.positive_class} {cls.positive_probability:.2f})"
-            )
+            return f"{who}: {cls.decision} ({cls.positive_class} {cls.positive_probability:.2f})"
         return f"{said}, {text}" if not found else f"{text}; {said}"
 
     @property

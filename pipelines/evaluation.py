@@ -28,16 +28,21 @@ from models.training.demo_specs import (
     CLASSIFICATION_WEIGHTS,
     INPUT_SIZE_2D,
     SEGMENTATION_WEIGHTS,
+    STUDY_CLASSIFICATION_THRESHOLD,
     VOLUME_SHAPE_3D,
 )
 from models.training.preprocess import apply_intensity
 from pipelines.ensemble import weighted_mean
+from pipelines.postprocess import postprocess_components
+from pipelines.spec import PostprocessSpec
+from pipelines.tasks.classification import segmentation_study_score
 
 log = logging.getLogger(__name__)
 
 HELDOUT_2D = 200
 HELDOUT_3D = 6
 HELDOUT_3D_GRID = 48  # volumes for the 3D pair (cheap at its 32x64x64 grid)
+HELDOUT_STUDIES_3D = 64  # whole CT phantoms the study-level decision is scored on
 LABELLED_PAIRS = [
     ("brain1_image.nrrd", "brain1_label.nrrd"),
     ("brain2_image.nrrd", "brain2_label.nrrd"),
@@ -180,6 +185,41 @@ def evaluate_classification(models: dict[str, LoadedModel], seed: int) -> dict[s
     return results
 
 
+def evaluate_study_classification_3d(
+    models: dict[str, LoadedModel], seed: int, postprocess: PostprocessSpec | None = None
+) -> dict[str, Any]:
+    """The study-level decision demo-3d derives from its 3D segmentation pair (``source:
+    segmentation``), scored on whole held-out CT phantoms, lesion-free or not, at the models' grid.
+
+    The 2D radiograph classifiers applied slice by slice could not do this: every CT phantom got
+    p(abnormal) 0.54-0.60, study-level AUROC 0.42-0.53 for max, mean, p90 and top-3 aggregation.
+    """
+    spec = postprocess or PostprocessSpec(min_component_mm3=20.0, min_component_pixels=8)
+    data = make_dataset_3d(seed + 13, HELDOUT_STUDIES_3D, VOLUME_SHAPE_3D)
+    names = list(models)
+    probs = {name: _batched_forward(m, data.volumes, batch=4)[:, 1:] for name, m in models.items()}
+    spacing = next(iter(models.values())).card.input.spacing_mm or (1.0, 1.0, 1.0)
+    scores = []
+    for index in range(len(data.volumes)):
+        fused = weighted_mean(
+            [probs[n][index] for n in names], [SEGMENTATION_WEIGHTS.get(n, 1.0) for n in names]
+        )
+        label_map, _ = postprocess_components(
+            fused,
+            ["lesion"],
+            spec,
+            volumetric=True,
+            pixel_area_mm2=spacing[1] * spacing[2],
+            voxel_volume_mm3=float(np.prod(spacing)),
+        )
+        scores.append(segmentation_study_score(fused, label_map, [spec.threshold]))
+    result: dict[str, Any] = classification_scores(
+        np.array(scores), data.labels, STUDY_CLASSIFICATION_THRESHOLD
+    )
+    result["members"] = names
+    return result
+
+
 def evaluate_detection(models: dict[str, LoadedModel], seed: int) -> dict[str, dict[str, Any]]:
     data = make_dataset_2d(seed + 2, HELDOUT_2D, INPUT_SIZE_2D)
     truths = [[b[:4] for b in boxes] for boxes in data.boxes]
@@ -219,6 +259,9 @@ def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -
         report["segmentation_volumes"] = evaluate_volumes_slicewise(by_task["segmentation"], seed)
     if by_task["segmentation_3d"]:
         report["segmentation_3d"] = evaluate_segmentation_3d(by_task["segmentation_3d"], seed)
+        report["study_classification_3d"] = evaluate_study_classification_3d(
+            by_task["segmentation_3d"], seed
+        )
     if by_task["classification"]:
         report["classification"] = evaluate_classification(by_task["classification"], seed)
     if by_task["detection"]:
@@ -244,6 +287,8 @@ def _write_metrics(
                 f"heldout_phantoms_{kind}": report[task][name],
                 f"ensemble_heldout_phantoms_{kind}": report[task]["ensemble"],
             }
+            if task == "segmentation_3d":
+                metrics["ensemble_study_classification_3d"] = report["study_classification_3d"]
             if task == "segmentation":
                 metrics.update(report["segmentation_volumes"].get(name, {}))
                 metrics["ensemble_volumes"] = report["segmentation_volumes"].get("ensemble", {})
@@ -273,6 +318,10 @@ def format_report(report: dict[str, Any]) -> str:
         ens = report[task]["ensemble"][primary_metric(task)]
         verdict = "ensemble >= best member" if ens >= best else "ENSEMBLE BELOW BEST MEMBER"
         lines.append(f"  {primary_metric(task)}: ensemble {ens} vs best member {best}: {verdict}")
+    if "study_classification_3d" in report:
+        study = report["study_classification_3d"]
+        shown = ", ".join(f"{k}={v}" for k, v in study.items() if isinstance(v, (int, float)))
+        lines.append(f"\nstudy-level normal/abnormal from the 3D segmentation pair:\n  {shown}")
     if "segmentation_volumes" in report:
         lines.append("\nsegmentation of volumes, 2D pair applied slice-wise:")
         for name, groups in report["segmentation_volumes"].items():

@@ -30,7 +30,7 @@ from pipelines.preprocess.decode import DecodedSeries, decode_series
 from pipelines.preprocess.prepare import PreparedInputs, source_spacing
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
-from pipelines.tasks.classification import run_classification
+from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
 from pipelines.tasks.segmentation import run_segmentation
 
@@ -128,7 +128,21 @@ class Pipeline:
             )
 
         classification: ClassificationOutput | None = None
-        if tasks.classification is not None:
+        if tasks.classification is not None and tasks.classification.source == "segmentation":
+            # the spec requires a segmentation task for this source, and it keeps probabilities
+            assert segmentation is not None and segmentation.probabilities is not None
+            assert tasks.segmentation is not None
+            post = tasks.segmentation.postprocess
+            classification = classify_from_segmentation(
+                tasks.classification,
+                segmentation.probabilities,
+                segmentation.label_map,
+                [
+                    post.label_thresholds.get(lab.name, post.threshold)
+                    for lab in segmentation.labels
+                ],
+            )
+        elif tasks.classification is not None:
             classification, cls_outcomes = run_classification(
                 tasks.classification, members.classification, inputs
             )

@@ -175,9 +175,32 @@ class SegmentationTask(_TaskSpec):
 
 
 class ClassificationTask(_TaskSpec):
+    """Study-level normal/abnormal decision.
+
+    ``source: models`` (default) runs the classifier members. ``source: segmentation`` has no
+    members: the study's p(abnormal) is derived from the segmentation ensemble (see
+    :func:`pipelines.tasks.classification.classify_from_segmentation`) — the honest choice where
+    no classifier was trained on the modality.
+    """
+
+    members: tuple[MemberSpec, ...] = ()
+    source: Literal["models", "segmentation"] = "models"
     positive_class: str = "abnormal"
     threshold: float = Field(0.5, gt=0, lt=1)
     volume_aggregation: Literal["max", "mean"] = "max"  # 2D classifiers on a volume's slices
+
+    @model_validator(mode="after")
+    def _members_match_source(self) -> ClassificationTask:
+        if self.source == "models" and not self.members:
+            raise ValueError("classification needs at least one member (or source: segmentation)")
+        if self.source == "segmentation" and self.members:
+            raise ValueError(
+                "classification with source: segmentation takes its probability from the "
+                "segmentation task: list no members"
+            )
+        if self.source == "segmentation" and self.positive_class != "abnormal":
+            raise ValueError("classification from segmentation decides normal/abnormal only")
+        return self
 
 
 class DetectionTask(_TaskSpec):
@@ -197,6 +220,12 @@ class TasksSpec(_Strict):
             raise ValueError(
                 "a pipeline needs at least one of segmentation/classification/detection"
             )
+        if (
+            self.classification is not None
+            and self.classification.source == "segmentation"
+            and self.segmentation is None
+        ):
+            raise ValueError("classification source: segmentation needs a segmentation task")
         return self
 
     def members(self) -> list[tuple[str, MemberSpec]]:

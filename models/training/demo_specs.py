@@ -66,6 +66,9 @@ CLASSIFICATION_WEIGHTS = {
     "demo-cls-efficientnet": 0.32,
 }
 CLASSIFICATION_THRESHOLD = 0.449
+# demo-3d's study-level decision (``source: segmentation``): p(abnormal) reaching the 3D pair's
+# own segmentation threshold, so "abnormal" means a lesion the post-processing would keep or nearly
+STUDY_CLASSIFICATION_THRESHOLD = 0.5
 SEGMENTATION_WEIGHTS = {
     "demo-seg-unet": 0.5,
     "demo-seg-segresnet": 0.5,

@@ -121,6 +121,7 @@ def load_result(directory: Path) -> PipelineResult:
             c["positive_class"],
             {k: tuple(v) for k, v in c["member_probabilities"].items()},
             tuple(_concept(code) for code in c["class_codes"]),
+            c.get("source", "models"),  # results stored before the field existed
         )
     spacing = data["pixel_spacing_mm"]
     return PipelineResult(

@@ -2,7 +2,9 @@
 
 A 2D classifier on several frames (a volume's slices, or several radiographs of one series)
 reports the frame most suspicious for the positive class (``volume_aggregation: max``) or the mean
-over frames; 3D classifiers see the whole volume resized to their input size.
+over frames; 3D classifiers see the whole volume resized to their input size. A pipeline without
+a classifier for its modality can derive the study-level decision from its segmentation ensemble
+(``source: segmentation``, :func:`classify_from_segmentation`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from core.domain import CodedConcept
 from pipelines.contract import ClassificationOutput
 from pipelines.ensemble import weighted_mean
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, run_per_device, task_orders
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import ClassificationTask
+
+NORMAL = CodedConcept("17621005", "SCT", "Normal")
+ABNORMAL = CodedConcept("263654008", "SCT", "Abnormal")
 
 
 def aggregate_frames(probs: np.ndarray, positive_index: int, mode: str) -> np.ndarray:
@@ -74,3 +80,42 @@ def run_classification(
         class_codes=codes,
     )
     return output, outcomes
+
+
+def segmentation_study_score(
+    probabilities: np.ndarray, label_map: np.ndarray, thresholds: list[float]
+) -> float:
+    """p(abnormal) of a study from its segmentation ensemble: the highest label probability over
+    the voxels post-processing kept as findings and the voxels below their label's threshold.
+
+    Voxels above threshold that post-processing discarded (components under the minimum size, past
+    ``max_components``) are left out, so a discarded speck cannot make a study "abnormal"; a study
+    with no finding still gets a graded score (its most suspicious sub-threshold voxel), which the
+    conclusion reports as "suspicious, no lesion segmented" when it reaches the decision threshold.
+    """
+    kept = label_map > 0
+    score = 0.0
+    for index, threshold in enumerate(thresholds):
+        label = probabilities[index]
+        counted = kept | (label < threshold)
+        if counted.any():
+            score = max(score, float(label[counted].max()))
+    return score
+
+
+def classify_from_segmentation(
+    task: ClassificationTask,
+    probabilities: np.ndarray,
+    label_map: np.ndarray,
+    thresholds: list[float],
+) -> ClassificationOutput:
+    """The study-level decision of a ``source: segmentation`` classification task."""
+    score = segmentation_study_score(probabilities, label_map, thresholds)
+    return ClassificationOutput(
+        classes=("normal", "abnormal"),
+        probabilities=(1.0 - score, score),
+        threshold=task.threshold,
+        positive_class="abnormal",
+        class_codes=(NORMAL, ABNORMAL),
+        source="segmentation",
+    )

@@ -38,3 +38,40 @@ def test_three_classes(probabilities: tuple[float, ...], decision: str) -> None:
 def test_two_classes_below_threshold_give_the_other_class() -> None:
     two = ClassificationOutput(("normal", "abnormal"), (0.55, 0.45), 0.5, "abnormal")
     assert two.decision == "normal"
+
+
+def test_study_score_from_segmentation_ignores_discarded_specks() -> None:
+    """``source: segmentation``: kept findings and sub-threshold voxels count, discarded ones not."""
+    import numpy as np
+
+    from pipelines.tasks.classification import segmentation_study_score
+
+    probabilities = np.full((1, 4, 8, 8), 0.1, np.float32)
+    probabilities[0, 0, 0, 0] = 0.95  # a speck post-processing discarded (not in the label map)
+    probabilities[0, 1, 1, 1] = 0.40  # the most suspicious sub-threshold voxel
+    label_map = np.zeros((4, 8, 8), np.uint8)
+    assert segmentation_study_score(probabilities, label_map, [0.5]) == pytest.approx(0.40)
+    probabilities[0, 2, 2:5, 2:5] = 0.8  # a kept finding
+    label_map[2, 2:5, 2:5] = 1
+    assert segmentation_study_score(probabilities, label_map, [0.5]) == pytest.approx(0.8)
+
+
+def test_conclusion_words_a_segmentation_derived_decision_as_a_lesion_score() -> None:
+    from pipelines.contract import PipelineResult
+
+    derived = ClassificationOutput(
+        ("normal", "abnormal"), (0.6, 0.4), 0.5, "abnormal", source="segmentation"
+    )
+    result = PipelineResult(
+        pipeline_name="p",
+        pipeline_version="1",
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.3",
+        modality="CT",
+        source_frames=(),
+        pixel_spacing_mm=None,
+        slice_thickness_mm=None,
+        model_runs=(),
+        classification=derived,
+    )
+    assert result.conclusion() == "lesion score: normal (abnormal 0.40)"

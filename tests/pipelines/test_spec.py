@@ -95,6 +95,20 @@ def test_selection_conditions(tmp_path: Path) -> None:
             _minimal(tasks={"classification": {"members": [{"model": "m"}], "thresold": 0.4}}),
             "thresold",
         ),
+        (_minimal(tasks={"classification": {"threshold": 0.5}}), "at least one member"),
+        (
+            _minimal(
+                tasks={
+                    "classification": {"source": "segmentation", "members": [{"model": "m"}]},
+                    "segmentation": {"members": [{"model": "s"}]},
+                }
+            ),
+            "list no members",
+        ),
+        (
+            _minimal(tasks={"classification": {"source": "segmentation"}}),
+            "needs a segmentation task",
+        ),
     ],
 )
 def test_bad_definition_names_file_and_key(tmp_path: Path, data: dict, needle: str) -> None:
