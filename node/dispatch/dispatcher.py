@@ -161,6 +161,7 @@ class Dispatcher:
             problem = "artifact was not validated; it may not leave the node"
         if problem:
             delivery.last_error = problem
+            delivery.last_error_at = now
             repo.transition(
                 session, delivery, DeliveryState.FAILED, action="delivery.failed", detail=problem
             )
@@ -281,6 +282,7 @@ class Dispatcher:
                     )
                 elif delivery.attempts >= cfg.max_attempts:
                     delivery.last_error = outcome.error[:4000]
+                    delivery.last_error_at = now
                     repo.transition(
                         session,
                         delivery,
@@ -299,6 +301,7 @@ class Dispatcher:
                     )
                     delivery.next_attempt_at = now + timedelta(seconds=delay)
                     delivery.last_error = outcome.error[:4000]
+                    delivery.last_error_at = now
                     repo.transition(
                         session,
                         delivery,
