@@ -271,7 +271,8 @@ class Dispatcher:
                 elif outcome.ok:
                     sent += 1
                     delivery.delivered_at = now
-                    delivery.last_error = ""
+                    # last_error (and last_error_at) stay: the destination's health column shows
+                    # its last error even once a retry got through; the study page hides it
                     repo.transition(
                         session,
                         delivery,

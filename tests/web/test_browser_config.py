@@ -86,4 +86,6 @@ def test_edit_a_destination_and_see_its_health(
         ec.presence_of_element_located((By.CSS_SELECTOR, "#dest-archive .health-success"))
     )
     assert success.text.startswith(utcnow().strftime("%Y-%m-%d"))
+    last_error = driver.find_element(By.CSS_SELECTOR, "#dest-archive .health-error")  # type: ignore[attr-defined]
+    assert "cannot write" in last_error.text  # the last error stays visible, with its time
     _shot(driver, "destinations_healthy")
