@@ -89,3 +89,31 @@ def test_edit_a_destination_and_see_its_health(
     last_error = driver.find_element(By.CSS_SELECTOR, "#dest-archive .health-error")  # type: ignore[attr-defined]
     assert "cannot write" in last_error.text  # the last error stays visible, with its time
     _shot(driver, "destinations_healthy")
+
+
+def test_routing_rule_added_in_the_editor_shows_in_the_dry_run_beside_it(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, study = server
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    driver.get(f"{base}/admin/routing?study_uid={study.study_uid}")  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "username"))).send_keys("admin1")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login-submit").click()  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "routing-dry-run")))
+    form = driver.find_element(By.CSS_SELECTOR, "#routing-editor form.rule-form")  # type: ignore[attr-defined]
+    form.find_element(By.NAME, "name").send_keys("mr-prostate")
+    form.find_element(By.NAME, "modality").send_keys("MR")
+    form.find_element(By.NAME, "destinations").send_keys("archive")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "rule-1")))
+    assert "mr-prostate" in driver.find_element(By.ID, "rule-table").text  # type: ignore[attr-defined]
+    driver.get(f"{base}/admin/routing?study_uid={study.study_uid}")  # type: ignore[attr-defined]
+    explanation = wait.until(ec.presence_of_element_located((By.ID, "route-explanation")))
+    assert "mr-prostate" in explanation.text and "archive" in explanation.text
+    _shot(driver, "routing_editor")
