@@ -131,7 +131,8 @@ class DestinationSettings(_Strict):
             return str(ipaddress.ip_address(value))
         except ValueError:
             pass
-        if _HOSTNAME.match(value) and not value.replace(".", "").isdigit():
+        # a host name, or a container name as Docker resolves it (underscores allowed there)
+        if _HOSTNAME.match(value.replace("_", "-")) and not value.replace(".", "").isdigit():
             return value
         raise ValueError(f"host {value!r} is not an IP address or host name")
 

@@ -73,9 +73,9 @@ def _flag(form: Mapping[str, str], key: str) -> bool:
 def destination_from_form(
     form: Mapping[str, str], name: str, previous: DestinationSettings | None
 ) -> DestinationSettings:
-    """A destination from the edit form. Only the fields of its kind are kept; a secret
-    (password, token) left blank keeps ``previous``'s, since the page never shows secrets."""
-    name = check_name(name, "destination")
+    """A destination from the edit form (a new one's name checked with :func:`check_name` by the
+    caller; an existing one keeps the name the file gave it). A secret (password, token) left
+    blank keeps ``previous``'s, since the page never shows secrets."""
     kind_text = form.get("kind", "").strip()
     try:
         kind = DestinationKind(kind_text)

@@ -70,11 +70,16 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _audit(session: Session, action: str, entity: str, user: AdminUser, detail: str = "") -> None:
-    entity_type = "pipeline" if action.startswith("pipeline.") else action.split(".")[0]
+    """One audit row per configuration edit; the entity type is the action's first word."""
+    entity_type = action.split(".")[0]
     audit.record(
-        session, action, entity_type=entity_type, entity_id=entity, actor=user.username,
+        session,
+        action,
+        entity_type=entity_type,
+        entity_id=entity,
+        actor=user.username,
         detail=detail,
-    )  # fmt: skip
+    )
 
 
 # -- destinations ---------------------------------------------------------------------------
