@@ -83,6 +83,11 @@ class RoutingRule(_Strict):
     stop: bool = True  # first matching rule wins unless stop is false
 
 
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
+)
+
+
 class DestinationSettings(_Strict):
     name: str
     kind: DestinationKind
@@ -104,6 +109,40 @@ class DestinationSettings(_Strict):
     path: Path | None = None
     enabled: bool = True
 
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_rules(cls, value: str) -> str:
+        """DICOM AE title rules (PS3.5 AE VR): at most 16 characters, no backslash or control
+        character, not only spaces; empty means "not a DICOM destination"."""
+        if value and (
+            len(value) > 16 or "\\" in value or not value.isprintable() or not value.strip()
+        ):
+            raise ValueError(f"AE title {value!r}: 1-16 printable characters without backslash")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_valid(cls, value: str) -> str:
+        """An IP address or an RFC 1123 host name, so a typo fails when saved, not at send time."""
+        value = value.strip()
+        if not value:
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        # a host name, or a container name as Docker resolves it (underscores allowed there)
+        if _HOSTNAME.match(value.replace("_", "-")) and not value.replace(".", "").isdigit():
+            return value
+        raise ValueError(f"host {value!r} is not an IP address or host name")
+
+    @field_validator("url")
+    @classmethod
+    def _url_valid(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^\s/?#]+", value):
+            raise ValueError(f"url {value!r} must start with http:// or https:// and name a host")
+        return value
+
     @model_validator(mode="after")
     def _complete_for_kind(self) -> DestinationSettings:
         missing: list[str] = []
@@ -120,11 +159,6 @@ class DestinationSettings(_Strict):
                 f"destination {self.name!r} ({self.kind.value}) needs {', '.join(missing)}"
             )
         return self
-
-
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
-)
 
 
 class CallerAllowEntry(_Strict):

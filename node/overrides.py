@@ -1,9 +1,11 @@
 """The console's admin edits, applied to the running stages.
 
-An admin edits destinations (enable/disable), the AE allowlist and pipelines (enable/disable,
-device and weight per model, thresholds) in the console; the edits are ConfigOverride rows in the
-shared database. Every stage — in this process or another — reads them here, at most every
-``REFRESH_S`` seconds, so an edit takes effect without a restart and without a message bus.
+An admin edits destinations (add, edit, delete, enable/disable), routing rules, the AE allowlist
+and pipelines (enable/disable, review gate, device and weight per model, thresholds) in the
+console; the edits are ConfigOverride rows in the shared database. Every stage — in this process
+or another — checks them here, at most every ``REFRESH_S`` seconds, with one cheap query (the rows'
+count and newest edit time); the effective settings are rebuilt only when that moved. So an edit
+takes effect within seconds, without a restart and without a message bus.
 """
 
 from __future__ import annotations
@@ -69,13 +71,22 @@ def effective_pipeline_configs(
 class Refreshing(Generic[T]):
     """A value recomputed from the database at most every ``interval_s`` seconds.
 
-    A failed refresh (database briefly unreachable) keeps the last good value."""
+    With ``version``, each refresh first asks for a cheap fingerprint of the inputs and recomputes
+    only when it changed. A failed refresh (database briefly unreachable) keeps the last good value.
+    """
 
-    def __init__(self, compute: Callable[[], T], interval_s: float = REFRESH_S) -> None:
+    def __init__(
+        self,
+        compute: Callable[[], T],
+        interval_s: float = REFRESH_S,
+        version: Callable[[], object] | None = None,
+    ) -> None:
         self._compute = compute
+        self._version = version
         self._interval = interval_s
         self._lock = threading.Lock()
         self._value: T | None = None
+        self._seen: object = None
         self._at = -float("inf")
 
     def get(self) -> T:
@@ -83,7 +94,10 @@ class Refreshing(Generic[T]):
             value = self._value
             if value is None or time.monotonic() - self._at >= self._interval:
                 try:
-                    value = self._compute()
+                    seen = self._version() if self._version is not None else None
+                    if value is None or seen is None or seen != self._seen:
+                        value = self._compute()
+                        self._seen = seen
                 except Exception:  # noqa: BLE001 - keep serving on the last good value
                     if value is None:
                         raise
@@ -93,11 +107,18 @@ class Refreshing(Generic[T]):
             return value
 
 
+def settings_version(db: Database) -> config_overrides.ConfigVersion:
+    """The fingerprint of the console's edits (see :func:`config_overrides.config_version`)."""
+    with db.read() as session:
+        return config_overrides.config_version(session)
+
+
 def settings_refresher(base: Settings, db: Database) -> Refreshing[Settings]:
-    """``base`` with the console's destination switches and AE allowlist applied."""
+    """``base`` with the console's destinations, routing rules and AE allowlist applied, rebuilt
+    when an edit is seen (checked every ``REFRESH_S`` seconds)."""
 
     def compute() -> Settings:
         with db.read() as session:
             return config_overrides.effective_settings(session, base)
 
-    return Refreshing(compute)
+    return Refreshing(compute, version=lambda: settings_version(db))

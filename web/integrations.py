@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from core.config import DestinationSettings, Settings
 from models.card import ModelCard, load_cards
 from node.db.engine import Database
+from node.db.repositories.config_overrides import effective_settings
 from node.db.repositories.studies import study_facts
 from node.dispatch.delivery_plan import release_held, resend
 from node.dispatch.rejection import preview_rejection
@@ -33,17 +34,22 @@ from node.overrides import (
     with_overrides,
 )
 from node.results import exports
+from node.results.exports import CSV_COLUMNS, csv_lines, finding_rows, stream_zip
 from node.results.store import load_result
 from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
 __all__ = [
+    "CSV_COLUMNS",
     "PIPELINE_OVERRIDE_PREFIX",
     "StoredInstance",
     "StudyBusy",
     "cancel_job",
+    "csv_lines",
+    "effective_settings",
     "explain_routes",
+    "finding_rows",
     "force_complete",
     "import_paths",
     "load_result",
@@ -60,6 +66,7 @@ __all__ = [
     "resend",
     "result_export",
     "stored_instances",
+    "stream_zip",
     "validate_pipeline_override",
 ]
 
@@ -74,13 +81,15 @@ def ping_destination(dest: DestinationSettings, timeout_s: float) -> PingResult:
 
 
 def explain_routes(settings: Settings, session: Session, study_uid: str) -> str:
-    """The routing dry-run for a received study; KeyError when the node has no such study,
+    """The routing dry-run for a received study, with the console's destinations, rules and
+    pipeline switches as the scheduler sees them; KeyError when the node has no such study,
     ConfigError when the pipeline definitions cannot be read."""
     facts = study_facts(session, study_uid)
     if facts is None:
         raise KeyError(study_uid)
     configs = pipeline_configs(settings, session)
-    return routing.explain_routes(settings, configs, facts).explain()
+    current = effective_settings(session, settings)
+    return routing.explain_routes(current, configs, facts).explain()
 
 
 # -- models and pipelines ---------------------------------------------------------------------

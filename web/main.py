@@ -31,9 +31,11 @@ from web.pages import STATIC_DIR, build_templates, redirect, render
 from web.routes import (
     admin,
     admin_accounts,
+    admin_config,
     api,
     auth,
     dashboard,
+    exports,
     hooks,
     jobs,
     metrics,
@@ -107,7 +109,7 @@ def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
     for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
         app.include_router(module.router)
-    for module in (jobs, metrics, admin_accounts, study_admin, worklist):  # issue 19's parts
+    for module in (jobs, metrics, admin_accounts, study_admin, worklist, admin_config, exports):
         app.include_router(module.router)
 
 

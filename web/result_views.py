@@ -8,12 +8,21 @@ files are gone is a ``FileNotFoundError`` the route answers with 404, never a se
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings
 from node.db.orm import Artifact, Job
-from web.integrations import load_result, result_export
+from web.integrations import (
+    CSV_COLUMNS,
+    csv_lines,
+    finding_rows,
+    load_result,
+    result_export,
+    stream_zip,
+)
 
 EXPORTS = {
     "csv": ("findings_csv", "text/csv", "findings.csv"),
@@ -61,3 +70,78 @@ def export(settings: Settings, job: Job, which: str) -> tuple[bytes, str, str]:
     FileNotFoundError when the job's result files are not on disk."""
     func_name, media_type, filename = EXPORTS[which]
     return _as_bytes(result_export(func_name, result_dir(settings, job))), media_type, filename
+
+
+# -- bulk exports (many jobs, streamed) --------------------------------------------------------
+
+BULK_EXPORTS = {
+    "csv": ("text/csv", "findings.csv"),
+    "pdfs": ("application/zip", "reports.zip"),
+}
+BULK_CSV_COLUMNS = (
+    "job_id",
+    "study_instance_uid",
+    "pipeline",
+    "patient_id",
+    "accession_number",
+    *CSV_COLUMNS,
+)
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """What a streamed export needs of one job, read before the response starts (the database
+    session is closed by the time the stream runs)."""
+
+    job_id: int
+    study_uid: str
+    pipeline: str
+    patient_id: str
+    accession: str
+
+    @classmethod
+    def of(cls, job: Job) -> BulkJob:
+        study = job.study
+        return cls(
+            job.id, study.study_instance_uid, job.pipeline_name, study.patient_id,
+            study.accession_number,
+        )  # fmt: skip
+
+
+def bulk_csv(settings: Settings, jobs: Sequence[BulkJob]) -> Iterator[str]:
+    """Every job's findings in one CSV, each row led by its job and study; a job whose result
+    files are gone (retention) contributes no rows."""
+    yield from csv_lines(BULK_CSV_COLUMNS, _bulk_rows(settings, jobs))
+
+
+def _bulk_rows(settings: Settings, jobs: Sequence[BulkJob]) -> Iterator[list[object]]:
+    for job in jobs:
+        try:
+            result = load_result(settings.job_results_dir(job.job_id))
+        except FileNotFoundError:
+            continue
+        lead: list[object] = [
+            job.job_id,
+            job.study_uid,
+            job.pipeline,
+            job.patient_id,
+            job.accession,
+        ]
+        for row in finding_rows(result):
+            yield lead + row
+
+
+def bulk_pdfs(
+    settings: Settings, jobs: Sequence[BulkJob], skipped: Sequence[str]
+) -> Iterator[bytes]:
+    """Every job's PDF reports in one zip (``job<id>/<file>``), with ``SKIPPED.txt`` naming the
+    jobs of the selection that have no results."""
+
+    def members() -> Iterator[tuple[str, Path | bytes]]:
+        for job in jobs:
+            for pdf in sorted(settings.job_results_dir(job.job_id).glob("pdf*.dcm")):
+                yield f"job{job.job_id}/{pdf.name}", pdf
+        if skipped:
+            yield "SKIPPED.txt", ("\n".join(skipped) + "\n").encode("utf-8")
+
+    return stream_zip(members())

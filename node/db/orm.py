@@ -218,6 +218,8 @@ class Delivery(Base):
     lease_owner: Mapped[str] = mapped_column(String(128), default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # when last_error was written: the destinations page's health column ("last error at")
+    last_error_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -323,7 +325,8 @@ class Review(Base):
 
 
 class ConfigOverride(Base):
-    """Admin edits made in the console (destinations, model devices, weights), over the YAML."""
+    """Admin edits made in the console over the YAML: destinations (switches, whole definitions,
+    deletions), routing rules, the AE allowlist, pipelines (devices, weights, review gate)."""
 
     __tablename__ = "config_overrides"
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.config import DestinationSettings, Settings
 from core.domain import ArtifactKind, DeliveryState, DestinationKind, ReviewState
 from node.db.orm import Delivery, Job, utcnow
+from node.db.repositories import config_overrides
 from node.db.repositories import deliveries as repo
 
 SOURCE_DESTINATION_PREFIX = "orthanc-source-"
@@ -38,6 +39,9 @@ def plan_deliveries(
     destinations. Returns the job's deliveries to the given destinations, in dispatch order."""
     names = list(dict.fromkeys(destinations))
     if settings is not None:
+        # the destinations as the console has them now (an Orthanc destination added there
+        # receives the results it sent), read in the job's own transaction
+        settings = config_overrides.effective_settings(session, settings)
         back = source_return_destination(settings, job.study.source, job.study.peer_host)
         if back and back not in names:
             names.append(back)
@@ -154,8 +158,10 @@ def source_return_destination(settings: Settings, source: str, peer_host: str) -
 
 
 def destination_settings(settings: Settings, name: str) -> DestinationSettings | None:
-    """A configured destination, or the implicit one for an Orthanc source's results."""
-    # TODO(web/admin): console overrides of destinations (ConfigOverride rows) are not merged yet.
+    """A configured destination, or the implicit one for an Orthanc source's results.
+
+    ``settings`` are the effective ones (the console's destinations merged by
+    ``node.overrides``), so a destination added or edited in the console resolves here."""
     for dest in settings.destinations:
         if dest.name == name:
             return dest

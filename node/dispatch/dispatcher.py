@@ -161,6 +161,7 @@ class Dispatcher:
             problem = "artifact was not validated; it may not leave the node"
         if problem:
             delivery.last_error = problem
+            delivery.last_error_at = now
             repo.transition(
                 session, delivery, DeliveryState.FAILED, action="delivery.failed", detail=problem
             )
@@ -270,7 +271,8 @@ class Dispatcher:
                 elif outcome.ok:
                     sent += 1
                     delivery.delivered_at = now
-                    delivery.last_error = ""
+                    # last_error (and last_error_at) stay: the destination's health column shows
+                    # its last error even once a retry got through; the study page hides it
                     repo.transition(
                         session,
                         delivery,
@@ -281,6 +283,7 @@ class Dispatcher:
                     )
                 elif delivery.attempts >= cfg.max_attempts:
                     delivery.last_error = outcome.error[:4000]
+                    delivery.last_error_at = now
                     repo.transition(
                         session,
                         delivery,
@@ -299,6 +302,7 @@ class Dispatcher:
                     )
                     delivery.next_attempt_at = now + timedelta(seconds=delay)
                     delivery.last_error = outcome.error[:4000]
+                    delivery.last_error_at = now
                     repo.transition(
                         session,
                         delivery,

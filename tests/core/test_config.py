@@ -96,3 +96,25 @@ def test_cli_exits_2_with_the_key_in_the_message(
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ae_title", "SEVENTEEN_CHARS_X", "AE title"),
+        ("ae_title", "A\\\\B", "AE title"),
+        ("host", "not a host", "not an IP address or host name"),
+        ("url", "ftp://x", "http"),
+    ],
+)
+def test_destination_fields_are_validated_by_kind_rules(
+    tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    """The rules the console's destination form uses check the YAML file too."""
+    dest = {"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "pacs_1", "port": 104}
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"destinations:\n  - {{{', '.join(f'{k}: {v!r}' for k, v in {**dest, field: value}.items())}}}\n"
+    )
+    with pytest.raises(ConfigError, match=f"destinations.0.{field}.*{message}"):
+        load_settings(config)

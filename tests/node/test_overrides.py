@@ -82,3 +82,60 @@ def test_refreshing_keeps_the_last_good_value_when_the_database_fails() -> None:
 
     current = Refreshing(compute, interval_s=0)
     assert current.get() == 1 and current.get() == 1
+
+
+def test_scheduler_routes_with_rules_destinations_and_review_gate_set_in_the_console(
+    settings: Settings, db: Database, tmp_path
+) -> None:
+    """The scheduler built from the file (no routing, no destinations) creates the job the
+    console's edits describe: its rule, its destination, its review gate."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from node.db.orm import Job, utcnow
+    from node.scheduler import build_scheduler
+    from tests.node.jobs.rows import add_study
+
+    base = load_pipeline_configs(settings.pipelines_dir)
+    ct = "demo-3d"
+    scheduler = build_scheduler(settings, db, base, clock=lambda: utcnow() + timedelta(hours=1))
+    sweep = scheduler.get_job("completion_sweep")
+    assert sweep is not None
+    _store(db, config_overrides.DESTINATION_OVERRIDE_PREFIX + "pacs2",
+           {"definition": {"kind": "folder", "path": str(tmp_path / "pacs2")}})  # fmt: skip
+    _store(db, config_overrides.ROUTING_OVERRIDE_KEY, {"rules": [
+        {"name": "ct", "when": {"modality": ["CT"]}, "pipelines": [ct], "destinations": ["pacs2"]}
+    ]})  # fmt: skip
+    _store(db, PIPELINE_OVERRIDE_PREFIX + ct, {"review_required": True})
+    add_study(db, "1.2.3", modality="CT")
+    sweep.func()
+    with db.read() as session:
+        job = session.scalars(select(Job)).one()
+        assert (job.pipeline_name, job.destinations, job.review_state) == (ct, ["pacs2"], "pending")
+
+
+def test_effective_settings_merge_file_and_console_rows(tmp_path) -> None:
+    from core.config import DestinationSettings, RoutingRule
+
+    yaml_dests = [
+        DestinationSettings(name="a", kind="folder", path=tmp_path / "a"),
+        DestinationSettings(name="b", kind="folder", path=tmp_path / "b"),
+        DestinationSettings(name="c", kind="folder", path=tmp_path / "c"),
+    ]
+    rows = {
+        "destination:a": {"enabled": False},
+        "destination:b": {"deleted": True},
+        "destination:c": {"definition": {"kind": "dicom", "ae_title": "C", "host": "h", "port": 1}},
+        "destination:new": {"definition": {"kind": "folder", "path": str(tmp_path / "n")}},
+        "destination:stale": {"definition": {"kind": "dicom"}},  # no longer valid: skipped
+    }
+    merged = config_overrides.effective_destinations(yaml_dests, rows)
+    assert [(d.name, d.kind.value, d.enabled) for d in merged] == [
+        ("a", "folder", False), ("c", "dicom", True), ("new", "folder", True)
+    ]  # fmt: skip
+    yaml_rules = [RoutingRule(name="file", destinations=["a"])]
+    assert config_overrides.effective_routing(yaml_rules, {}, {"a"}) == yaml_rules
+    console = {"routing": {"rules": [{"name": "r", "destinations": ["b", "new"]}]}}
+    rules = config_overrides.effective_routing(yaml_rules, console, {d.name for d in merged})
+    assert [(r.name, r.destinations) for r in rules] == [("r", ["new"])]  # b was deleted

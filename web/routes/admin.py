@@ -17,18 +17,14 @@ from pydantic import ValidationError
 from core.config import CallerAllowEntry, ConfigError
 from core.domain import Role
 from node.db.repositories import audit, config_overrides, throttle
-from node.db.repositories import search as study_search
 from node.db.repositories import users as user_repo
 from node.db.repositories.config_overrides import (
     ALLOWLIST_OVERRIDE_KEY,
-    DESTINATION_OVERRIDE_PREFIX,
 )
 from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
-    explain_routes,
     model_cards,
-    ping_destination,
     pipeline_classes,
     pipeline_configs,
     validate_pipeline_override,
@@ -243,87 +239,7 @@ def revoke_token(session: SessionDep, user: AdminUser, token_id: RowId) -> Respo
     return redirect("/admin/tokens")
 
 
-# -- destinations and allowlist ---------------------------------------------------------------
-
-
-@router.get("/destinations")
-def destinations_page(
-    request: Request, session: SessionDep, state: StateDep, user: AdminUser
-) -> Response:
-    overrides = config_overrides.list_overrides(session, DESTINATION_OVERRIDE_PREFIX)
-    rows = [
-        {
-            "dest": d,
-            "enabled": overrides.get(DESTINATION_OVERRIDE_PREFIX + d.name, {}).get(
-                "enabled", d.enabled
-            ),
-        }
-        for d in state.settings.destinations
-    ]
-    allow = config_overrides.get_override(session, ALLOWLIST_OVERRIDE_KEY)
-    entries = (allow or {}).get("entries", [e.model_dump() for e in state.settings.allowed_callers])
-    return render(
-        request,
-        "admin_destinations.html",
-        {
-            "rows": rows,
-            "allowlist": "\n".join(
-                e["ae_title"] + (f"@{e['host']}" if e.get("host") else "") for e in entries
-            ),
-            "allow_overridden": allow is not None,
-            "ping": request.session.pop("once", None),
-        },
-        user=user,
-    )
-
-
-def _destination(state: StateDep, name: str) -> Any:
-    try:
-        return state.settings.destination(name)
-    except KeyError as exc:
-        raise HTTPException(404, f"No destination {name!r}") from exc
-
-
-@router.post("/destinations/{name}/test")
-def test_destination(
-    request: Request, session: SessionDep, state: StateDep, user: AdminUser, name: str
-) -> Response:
-    dest = _destination(state, name)
-    result = ping_destination(dest, timeout_s=min(state.settings.dispatch.timeout_s, 10.0))
-    message = f"{name}: {'OK' if result.ok else 'FAILED'} — {result.detail}"
-    audit.record(
-        session,
-        "destination.test",
-        entity_type="destination",
-        entity_id=name,
-        actor=user.username,
-        detail=message,
-    )
-    request.session["once"] = message
-    return redirect("/admin/destinations")
-
-
-@router.post("/destinations/{name}/enabled")
-def set_destination_enabled(
-    session: SessionDep,
-    state: StateDep,
-    user: AdminUser,
-    name: str,
-    enabled: Annotated[bool, Form()],
-) -> Response:
-    _destination(state, name)
-    config_overrides.set_override(
-        session, DESTINATION_OVERRIDE_PREFIX + name, {"enabled": enabled}, user.username
-    )
-    audit.record(
-        session,
-        "destination.enabled",
-        entity_type="destination",
-        entity_id=name,
-        actor=user.username,
-        to_state=str(enabled).lower(),
-    )
-    return redirect("/admin/destinations")
+# -- the AE allowlist (destinations and routing: web.routes.admin_config) ---------------------------------------------------------------
 
 
 @router.post("/allowlist")
@@ -393,6 +309,9 @@ async def update_pipeline(
         raise HTTPException(404, f"No pipeline {name!r}")
     form = await request.form()
     override: dict[str, Any] = {"enabled": form.get("enabled") == "on"}
+    kept = config_overrides.get_override(session, PIPELINE_OVERRIDE_PREFIX + name) or {}
+    if "review_required" in kept:  # switched on its own form (web.routes.admin_config)
+        override["review_required"] = kept["review_required"]
     tasks: dict[str, Any] = {}
     for key, raw in form.multi_items():
         if key in ("csrf_token", "enabled") or not isinstance(raw, str) or raw.strip() == "":
@@ -445,38 +364,7 @@ def reset_pipeline(session: SessionDep, user: AdminUser, name: str) -> Response:
     return redirect("/admin/pipelines")
 
 
-# -- routing dry-run and audit ----------------------------------------------------------------
-
-
-@router.get("/routing")
-def routing_page(
-    request: Request,
-    session: SessionDep,
-    state: StateDep,
-    user: AdminUser,
-    study_uid: Annotated[str, Query(max_length=64)] = "",
-) -> Response:
-    explanation = error = None
-    if study_uid:
-        try:
-            explanation = explain_routes(state.settings, session, study_uid)
-        except KeyError:
-            error = f"No study with UID {study_uid}"
-        except ConfigError as exc:
-            error = f"Routing dry-run impossible: pipeline definitions cannot be read: {exc}"
-    return render(
-        request,
-        "admin_routing.html",
-        {
-            "study_uid": study_uid,
-            "explanation": explanation,
-            "error": error,
-            "recent": study_search.search_studies(
-                session, study_search.StudyFilter(), per_page=10
-            ).items,
-        },
-        user=user,
-    )
+# -- audit ----------------------------------------------------------------
 
 
 @router.get("/audit")

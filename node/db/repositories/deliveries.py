@@ -9,9 +9,10 @@ database write lock. Either way a delivery is IN_PROGRESS under one lease owner 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from core.domain import ArtifactKind, DeliveryState
@@ -169,3 +170,42 @@ def prerequisites_of(session: Session, delivery: Delivery) -> Sequence[Delivery]
 
 def job_of(session: Session, delivery: Delivery) -> Job:
     return session.get_one(Job, delivery.artifact.job_pk)
+
+
+@dataclass(frozen=True)
+class DestinationHealth:
+    """How a destination has been doing, from its deliveries: the console's health column."""
+
+    last_success_at: datetime | None = None
+    last_error_at: datetime | None = None
+    last_error: str = ""
+    failed: int = 0  # deliveries that gave up (FAILED), waiting for a resend
+    pending: int = 0  # due or retrying
+
+
+def destination_health(session: Session) -> dict[str, DestinationHealth]:
+    """Per destination name: the last delivery stored, the last error (time and text) and the
+    failed/pending counts. Two grouped queries and one per destination that ever failed."""
+    stats = session.execute(
+        select(
+            Delivery.destination_name,
+            func.max(Delivery.delivered_at),
+            func.max(Delivery.last_error_at),
+            func.count().filter(Delivery.state == DeliveryState.FAILED.value),
+            func.count().filter(Delivery.state == DeliveryState.PENDING.value),
+        ).group_by(Delivery.destination_name)
+    ).all()
+    health: dict[str, DestinationHealth] = {}
+    for name, success_at, error_at, failed, pending in stats:
+        error = ""
+        if error_at is not None:
+            error = (
+                session.scalar(
+                    select(Delivery.last_error)
+                    .where(Delivery.destination_name == name, Delivery.last_error_at == error_at)
+                    .limit(1)
+                )
+                or ""
+            )
+        health[name] = DestinationHealth(success_at, error_at, error, int(failed), int(pending))
+    return health

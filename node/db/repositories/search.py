@@ -104,3 +104,11 @@ def search_studies(
         .offset((page - 1) * per_page)
     )
     return Page(list(session.scalars(stmt).all()), total, page, per_page)
+
+
+def job_ids(session: Session, flt: StudyFilter, limit: int) -> list[int]:
+    """The jobs of every study the filter matches (all pages, oldest first), at most ``limit``:
+    a bulk export from the study list."""
+    studies = _apply_filter(select(Study.id), flt).scalar_subquery()
+    stmt = select(Job.id).where(Job.study_pk.in_(studies)).order_by(Job.id).limit(limit)
+    return list(session.scalars(stmt))

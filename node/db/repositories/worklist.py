@@ -138,3 +138,9 @@ def choices(session: Session) -> dict[str, list[str]]:
         "classes": sorted(c for c in classes if c),
         "modalities": sorted(modalities),
     }
+
+
+def job_ids(session: Session, flt: WorklistFilter, limit: int) -> list[int]:
+    """Every job the filter matches (all pages, oldest first), at most ``limit``: a bulk export."""
+    stmt = _filtered(flt).with_only_columns(Job.id).order_by(Job.id).limit(limit)
+    return list(session.scalars(stmt))

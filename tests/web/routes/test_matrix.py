@@ -97,6 +97,31 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/admin/destinations"): (ADMIN, {}),
     ("POST", "/admin/destinations/{name}/test"): (ADMIN, {}),
     ("POST", "/admin/destinations/{name}/enabled"): (ADMIN, {"enabled": "true"}),
+    ("GET", "/admin/destinations/{name}/edit"): (ADMIN, {}),
+    ("POST", "/admin/destinations"): (
+        ADMIN,
+        {
+            "name": "d-{caller}",
+            "kind": "dicom",
+            "ae_title": "PACS",
+            "host": "127.0.0.1",
+            "port": "104",
+        },
+    ),
+    ("POST", "/admin/destinations/{name}"): (
+        ADMIN,
+        {"kind": "folder", "path": "/tmp/pacsnode-matrix", "enabled": "on"},
+    ),
+    ("POST", "/admin/destinations/{name}/reset"): (ADMIN, {}),
+    ("POST", "/admin/destinations/{name}/delete"): (ADMIN, {}),  # after every other name rule
+    ("POST", "/admin/routing/rules"): (ADMIN, {"name": "r-{caller}", "destinations": "archive"}),
+    ("POST", "/admin/routing/rules/{rule}"): (ADMIN, {"name": "renamed", "modality": "CT"}),
+    ("POST", "/admin/routing/rules/{rule}/move"): (ADMIN, {"direction": "down"}),
+    ("POST", "/admin/routing/rules/{rule}/delete"): (ADMIN, {}),
+    ("POST", "/admin/routing/reset"): (ADMIN, {}),
+    ("POST", "/admin/pipelines/{name}/review"): (ADMIN, {"review_required": "true"}),
+    ("GET", "/worklist/export/{which}"): (REVIEW, {}),
+    ("GET", "/studies/export/{which}"): (REVIEW, {}),
     ("POST", "/admin/allowlist"): (ADMIN, {"entries": "MODALITY1\nCT2@127.0.0.1"}),
     ("GET", "/admin/pipelines"): (ADMIN, {}),
     ("POST", "/admin/pipelines/{name}"): (ADMIN, {"enabled": "on"}),
@@ -209,6 +234,7 @@ def _params(console: Console, study: ProcessedStudy) -> dict[str, str]:
         "user_id": user_id,
         "token_id": "1",
         "name": "archive",
+        "rule": "r-admin-session",
     }
 
 
