@@ -33,7 +33,8 @@ from node.overrides import (
     with_overrides,
 )
 from node.results import exports
-from node.results.store import load_result
+from node.results.locations import finding_slice_mask, outline
+from node.results.store import load_heatmap, load_result
 from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
@@ -44,10 +45,13 @@ __all__ = [
     "StudyBusy",
     "cancel_job",
     "explain_routes",
+    "finding_slice_mask",
     "force_complete",
     "import_paths",
+    "load_heatmap",
     "load_result",
     "model_cards",
+    "outline",
     "ping_destination",
     "pipeline_classes",
     "pipeline_configs",
