@@ -34,7 +34,8 @@
 
   function index() { return parseInt(slider.value, 10); }
 
-  /* -- frames, fetched so the applied window (X-Window header) is known ------------------- */
+  /* -- frames: fetched first to read the window the server applied (X-Window), then shown
+     from the browser's cache (the CSP allows images from 'self' only, no blob: URLs) -------- */
   function frameUrl(i) {
     var url = "/review/" + job + "/frames/" + i + ".png";
     return windowParam === "file" ? url : url + "?window=" + encodeURIComponent(windowParam);
@@ -42,17 +43,17 @@
 
   function loadFrame(i) {
     var ticket = ++frameRequest;
-    fetch(frameUrl(i), { credentials: "same-origin" }).then(function (response) {
+    var url = frameUrl(i);
+    fetch(url, { credentials: "same-origin" }).then(function (response) {
       if (!response.ok) { throw new Error("frame " + response.status); }
       var applied = response.headers.get("X-Window");
-      return response.blob().then(function (blob) { return { blob: blob, applied: applied }; });
-    }).then(function (got) {
+      return response.blob().then(function () { return applied; });
+    }).then(function (applied) {
       if (ticket !== frameRequest) { return; }  // a newer slice or window was asked for
-      var old = image.src;
-      image.src = URL.createObjectURL(got.blob);
-      if (old.indexOf("blob:") === 0) { URL.revokeObjectURL(old); }
-      if (got.applied) {
-        var parts = got.applied.split(",");
+      viewer.setAttribute("data-shown", url);
+      image.src = url;
+      if (applied) {
+        var parts = applied.split(",");
         current = { center: parseFloat(parts[0]), width: parseFloat(parts[1]) };
         windowValue.textContent = "C " + Math.round(current.center) + " / W " + Math.round(current.width);
       } else {
