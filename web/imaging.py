@@ -40,7 +40,9 @@ def _to_png(array: np.ndarray, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def render_frame(path: Path, frame: int = 0, window: WindowChoice = "file") -> tuple[bytes, Window | None]:
+def render_frame(
+    path: Path, frame: int = 0, window: WindowChoice = "file"
+) -> tuple[bytes, Window | None]:
     """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, shown as a viewer shows it
     (:func:`pipelines.preprocess.display.display_frame_windowed`, the same pixels as the overlay
     under the file's window), and the window applied (None for colour or a VOI LUT)."""

@@ -180,8 +180,12 @@ def finding_views(
                 max_intensity=m.max_intensity,
                 intensity_unit=readable_unit(m.intensity_unit),
                 outline=_outline_points(result, finding, key),
-                label_x=float(finding.box.x0 if finding.box and finding.segment_number is None else c0),
-                label_y=float(finding.box.y0 if finding.box and finding.segment_number is None else r0),
+                label_x=float(
+                    finding.box.x0 if finding.box and finding.segment_number is None else c0
+                ),
+                label_y=float(
+                    finding.box.y0 if finding.box and finding.segment_number is None else r0
+                ),
             )
         )
     return views

@@ -124,9 +124,7 @@ def test_zoom_finding_click_heatmap_and_window(
 
     # window presets: the server renders the frame again under the preset, shown as C/W
     driver.find_element(By.CSS_SELECTOR, '.wl-preset[data-window="lung"]').click()  # type: ignore[attr-defined]
-    wait.until(
-        lambda d: d.find_element(By.ID, "window-value").text == "C -600 / W 1500"
-    )
+    wait.until(lambda d: d.find_element(By.ID, "window-value").text == "C -600 / W 1500")
     wait.until(_frame_ready)
     lung = _viewer_pixels(driver)
     driver.find_element(By.CSS_SELECTOR, '.wl-preset[data-window="auto"]').click()  # type: ignore[attr-defined]

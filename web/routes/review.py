@@ -25,14 +25,13 @@ from sqlalchemy.orm import Session
 
 from core.domain import ReviewState
 from node.db.orm import Job
-from node.db.repositories import audit, instances
+from node.db.repositories import audit, instances, worklist
 from node.db.repositories import deliveries as delivery_repo
 from node.db.repositories import jobs as job_repo
 from node.db.repositories import studies as study_repo
-from node.db.repositories import worklist
 from node.dispatch.rejection import RejectionPreview
-from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from pipelines.preprocess.display import WINDOW_PRESETS, WindowChoice, parse_window
+from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.imaging import (
     RenderError,
     SegMasks,

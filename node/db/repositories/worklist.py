@@ -95,12 +95,16 @@ def neighbours(
     and left a "pending" list): it keeps its place in the order, so "next" is the one after it."""
     where = [*_conditions(flt), Job.state == JobState.SUCCEEDED.value]
     order = (SORTS.get(sort, SORTS["newest"]), Job.id.desc())
-    listed = select(
-        Job.id.label("id"),
-        func.lag(Job.id).over(order_by=order).label("before"),
-        func.lead(Job.id).over(order_by=order).label("after"),
-    ).join(Study, Study.id == Job.study_pk)
-    listed = listed.where(or_(and_(true(), *where), Job.id == job_id)).subquery()
+    listed = (
+        select(
+            Job.id.label("id"),
+            func.lag(Job.id).over(order_by=order).label("before"),
+            func.lead(Job.id).over(order_by=order).label("after"),
+        )
+        .join(Study, Study.id == Job.study_pk)
+        .where(or_(and_(true(), *where), Job.id == job_id))
+        .subquery()
+    )
     row = session.execute(
         select(listed.c.before, listed.c.after).where(listed.c.id == job_id)
     ).first()

@@ -148,8 +148,20 @@ def test_window_parameter_accepts_presets_and_center_width(text: str, expected: 
 
 @pytest.mark.parametrize(
     "text",
-    ["brain", "40", "40,0", "40,0.5", "40,-400", "nan,400", "1e3,400", "40,400,1", "40;400",
-     "99999999,400", "0,99999999", "<script>"],
+    [
+        "brain",
+        "40",
+        "40,0",
+        "40,0.5",
+        "40,-400",
+        "nan,400",
+        "1e3,400",
+        "40,400,1",
+        "40;400",
+        "99999999,400",
+        "0,99999999",
+        "<script>",
+    ],
 )
 def test_window_parameter_refuses_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match="window must be"):

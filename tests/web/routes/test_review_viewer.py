@@ -18,8 +18,8 @@ from node.db.engine import Database
 from node.db.orm import Job
 from node.results.store import ARRAYS_NPZ, HEATMAP_NPZ, RESULT_JSON
 from tests.web.conftest import Console, csrf_of, make_console, with_archive, with_web
-from web.main import create_app
 from tests.web.processed import LESION_SLICES, MR_SERIES, ProcessedStudy, build_processed_study
+from web.main import create_app
 
 
 def _png(content: bytes) -> np.ndarray:
@@ -115,13 +115,19 @@ def test_findings_table_key_slice_outline_and_measurements(
     assert "1.20" in cells  # area % of the image
     assert "0.83" in cells  # circularity
     assert "950.0 arbitrary units" in row.group(0) and "[arb" not in page
-    outline = re.search(r'<polygon class="finding-outline"[^>]*data-frame="(\d+)" points="([^"]+)"', page)
+    outline = re.search(
+        r'<polygon class="finding-outline"[^>]*data-frame="(\d+)" points="([^"]+)"', page
+    )
     assert outline and outline.group(1) == "9"
     points = [tuple(float(v) for v in p.split(",")) for p in outline.group(2).split()]
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     # the lesion's disc on slice 9 (radius 16.5 around row 115, column 141)
-    assert 120 < min(xs) < 130 and 155 < max(xs) < 160 and 95 < min(ys) < 102 and 128 < max(ys) < 134
-    assert re.search(r'<text class="finding-label on-image-label"[^>]*data-frames="8 9 10 11"', page)
+    assert (
+        120 < min(xs) < 130 and 155 < max(xs) < 160 and 95 < min(ys) < 102 and 128 < max(ys) < 134
+    )
+    assert re.search(
+        r'<text class="finding-label on-image-label"[^>]*data-frames="8 9 10 11"', page
+    )
     assert re.search(r'<text class="det-label on-image-label"[^>]*>lesion 0.81</text>', page)
     assert 'value="9"' in page  # the page opens on the key slice
 
