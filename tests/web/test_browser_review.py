@@ -38,7 +38,8 @@ def _frame_ready(driver: object) -> bool:
         driver.execute_script(  # type: ignore[attr-defined]
             "var i=document.getElementById('frame-image');"
             "var shown=document.getElementById('viewer').getAttribute('data-shown');"
-            "return !!shown && i.src.endsWith(shown) && i.complete && i.naturalWidth === 256;"
+            "return !!shown && i.src.indexOf('data:image/png') === 0"
+            " && i.complete && i.naturalWidth === 256;"
         )
     )
 

@@ -34,8 +34,9 @@
 
   function index() { return parseInt(slider.value, 10); }
 
-  /* -- frames: fetched first to read the window the server applied (X-Window), then shown
-     from the browser's cache (the CSP allows images from 'self' only, no blob: URLs) -------- */
+  /* -- frames: fetched to read the window the server applied (X-Window), shown as a data: URL
+     (one request per frame: pages are no-store, and the CSP allows images from 'self' and data:
+     only, no blob:) ----------------------------------------------------------------------- */
   function frameUrl(i) {
     var url = "/review/" + job + "/frames/" + i + ".png";
     return windowParam === "file" ? url : url + "?window=" + encodeURIComponent(windowParam);
@@ -44,14 +45,22 @@
   function loadFrame(i) {
     var ticket = ++frameRequest;
     var url = frameUrl(i);
+    var applied = null;
     fetch(url, { credentials: "same-origin" }).then(function (response) {
       if (!response.ok) { throw new Error("frame " + response.status); }
-      var applied = response.headers.get("X-Window");
-      return response.blob().then(function () { return applied; });
-    }).then(function (applied) {
+      applied = response.headers.get("X-Window");
+      return response.blob();
+    }).then(function (blob) {
+      return new Promise(function (resolve, reject) {
+        var reader = new FileReader();
+        reader.onload = function () { resolve(reader.result); };
+        reader.onerror = reject;
+        reader.readAsDataURL(blob);
+      });
+    }).then(function (dataUrl) {
       if (ticket !== frameRequest) { return; }  // a newer slice or window was asked for
       viewer.setAttribute("data-shown", url);
-      image.src = url;
+      image.src = dataUrl;
       if (applied) {
         var parts = applied.split(",");
         current = { center: parseFloat(parts[0]), width: parseFloat(parts[1]) };
