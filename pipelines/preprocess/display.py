@@ -196,7 +196,8 @@ def grey_unit_windowed(
             pass  # a VOI pydicom cannot apply (width < 1, LUT depth, missing pixel attributes)
         else:
             unit = np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
-            return unit, _file_window(view)
+            lut = view.get("VOILUTSequence")  # pydicom applies a LUT before any window
+            return unit, None if lut and "LUTData" in lut[0] else _file_window(view)
     return _auto_window(values.astype(np.float64))
 
 

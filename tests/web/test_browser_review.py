@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from node.db.orm import Delivery
+from node.db.orm import Delivery, Job
 from tests.web.conftest import PASSWORD, Console
 from tests.web.processed import LESION_SLICES, ProcessedStudy
 from tests.web.test_browser import _shot, browser, server
@@ -73,10 +73,42 @@ def test_zoom_finding_click_heatmap_and_window(
     zoomed = js("return document.getElementById('frame-image').getBoundingClientRect().width")
     assert zoomed == pytest.approx(width * 1.25 * 1.25, rel=0.01)
     assert driver.find_element(By.ID, "zoom-level").text == "156%"  # type: ignore[attr-defined]
+    # drag pans: the zoomed image moves with the pointer
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    viewer = driver.find_element(By.ID, "viewer")  # type: ignore[attr-defined]
+    left = js("return document.getElementById('frame-image').getBoundingClientRect().left")
+    ActionChains(driver).move_to_element(viewer).click_and_hold().move_by_offset(
+        40, 0
+    ).release().perform()
+    moved = js("return document.getElementById('frame-image').getBoundingClientRect().left")
+    assert moved == pytest.approx(left + 40, abs=2)
     driver.find_element(By.ID, "reset-view").click()  # type: ignore[attr-defined]
     assert js(
         "return document.getElementById('frame-image').getBoundingClientRect().width"
     ) == pytest.approx(width, rel=0.01)
+    # the wheel zooms too, around the pointer
+    js(
+        "var v=document.getElementById('viewer'),r=v.getBoundingClientRect();"
+        "v.dispatchEvent(new WheelEvent('wheel',{deltaY:-100,clientX:r.left+10,"
+        "clientY:r.top+10,bubbles:true,cancelable:true}));"
+    )
+    assert driver.find_element(By.ID, "zoom-level").text == "120%"  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "reset-view").click()  # type: ignore[attr-defined]
+    wait.until(_frame_ready)
+
+    # shift+drag sets window/level: the server renders the frame under the new centre/width
+    start = driver.find_element(By.ID, "window-value").text  # type: ignore[attr-defined]
+    ActionChains(driver).move_to_element(viewer).key_down(
+        Keys.SHIFT
+    ).click_and_hold().move_by_offset(60, 30).release().key_up(Keys.SHIFT).perform()
+    wait.until(lambda d: d.find_element(By.ID, "window-value").text not in (start, ""))
+    assert "/frames/" in viewer.get_attribute("data-shown") and "window=" in viewer.get_attribute(
+        "data-shown"
+    )
+    driver.find_element(By.ID, "reset-view").click()  # type: ignore[attr-defined]
+    wait.until(lambda d: d.find_element(By.ID, "window-value").text == start)
 
     # a finding click from another slice: its key slice, its outline highlighted and shown
     js(
@@ -146,11 +178,34 @@ def test_worklist_to_review_and_approve_with_the_keyboard(
     driver = browser
     wait = WebDriverWait(driver, 30)
     _login(driver, base, "radiologist1")
+    with console.db.write() as session:  # a newer study awaiting review: first in the list
+        first = session.get(Job, study.job_id)
+        assert first is not None
+        newer = Job(
+            study_pk=first.study_pk,
+            pipeline_name="other",
+            pipeline_version="1.0",
+            destinations=[],
+            state="succeeded",
+            review_state="pending",
+        )
+        session.add(newer)
+        session.flush()
+        newer_id = newer.id
     driver.get(base + "/worklist?review=pending")  # type: ignore[attr-defined]
     row = f'tr[data-job="{study.job_id}"] a.button'
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, row))).click()
     wait.until(_frame_ready)
     assert "review=pending" in driver.current_url  # type: ignore[attr-defined]
+    # p / n: previous and next study in the worklist's order (newest first), filters kept
+    body = driver.find_element(By.TAG_NAME, "body")  # type: ignore[attr-defined]
+    body.send_keys("p")
+    wait.until(lambda d: f"/review/{newer_id}?" in d.current_url)
+    assert "review=pending" in driver.current_url  # type: ignore[attr-defined]
+    wait.until(ec.presence_of_element_located((By.ID, "next-study")))
+    driver.find_element(By.TAG_NAME, "body").send_keys("n")  # type: ignore[attr-defined]
+    wait.until(lambda d: f"/review/{study.job_id}?" in d.current_url)
+    wait.until(_frame_ready)
     driver.find_element(By.TAG_NAME, "body").send_keys("a")  # type: ignore[attr-defined]
     wait.until(ec.text_to_be_present_in_element((By.ID, "review-state"), "approved"))
     # back on the review page with the worklist's filters, and the held delivery released

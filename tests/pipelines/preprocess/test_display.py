@@ -205,3 +205,12 @@ def test_colour_frames_ignore_the_window() -> None:
     ybr = _read("SC_ybr_full_uncompressed.dcm")
     shown, applied = display_frame_windowed(ybr, 0, WINDOW_PRESETS["lung"])
     assert applied is None and np.array_equal(shown, display_frame(ybr, 0))
+
+
+def test_a_voi_lut_reports_no_window_to_drag_from() -> None:
+    ds = _read("vlut_04.dcm")
+    shown, applied = display_frame_windowed(ds)
+    assert applied is None and np.array_equal(shown, display_frame(ds))
+    # a chosen window replaces the LUT
+    chosen, applied = display_frame_windowed(ds, 0, Window(2000.0, 1000.0))
+    assert applied == Window(2000.0, 1000.0) and not np.array_equal(chosen, shown)
