@@ -54,7 +54,7 @@ def _stamp(path: Path) -> int:
     return path.stat().st_mtime_ns
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)  # the result being reviewed (and the one before): label maps are big
 def _result_cached(directory: str, stamp: int) -> tuple[PipelineResult, dict[str, Any]]:
     result = load_result(Path(directory))
     if result.segmentation is not None:  # the float maps stay on disk: the heat map is uint8
