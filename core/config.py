@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -277,6 +278,35 @@ class WebSettings(_Strict):
     max_admin_form_kb: float = Field(64.0, gt=0)
     # clients from these addresses scrape /metrics without a token (e.g. ["127.0.0.1"])
     metrics_public_from: list[str] = Field(default_factory=list)
+    # "Open in viewer" on the study and review pages: base URL + template ({study} = the Study
+    # Instance UID); an empty base URL (the default) or template shows no link
+    viewer_base_url: str = ""
+    viewer_url_template: str = "/viewer?StudyInstanceUIDs={study}"
+
+    @field_validator("viewer_base_url")
+    @classmethod
+    def _viewer_base(cls, value: str) -> str:
+        """An http(s) URL or a path on the console's host: nothing a link could run as script."""
+        value = value.strip()
+        if value and not re.match(r"^(https?://[^\s/?#]+|/)[^\s]*$", value, re.IGNORECASE):
+            raise ValueError(f"{value!r} is not an http(s) URL or a path starting with /")
+        return value
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer_template(cls, value: str) -> str:
+        """Only the {study} placeholder: a typo like {studyuid} is refused at start-up, not
+        shown as a broken link."""
+        value = value.strip()
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a URL template: {exc}") from exc
+        if fields - {"study"}:
+            raise ValueError(f"unknown placeholder(s) {sorted(fields - {'study'})}; use {{study}}")
+        if re.search(r"\s", value):
+            raise ValueError("the viewer URL template must not contain spaces")
+        return value
 
     @field_validator("trusted_proxies", "metrics_public_from")
     @classmethod

@@ -1,8 +1,11 @@
-"""PNG renderings for the review page: source frames (windowed greyscale) and SEG mask overlays.
+"""PNG renderings for the review page: source frames (windowed greyscale), SEG mask overlays
+and the probability heat map.
 
 Masks are read back with highdicom from the SEG object the node produced (the very thing that goes
-to PACS), so the reviewer approves what will be sent. The overlay is an RGBA image in a heat colour map with
-transparent background; the page blends it with a CSS opacity slider.
+to PACS), so the reviewer approves what will be sent. The overlays are RGBA images with a
+transparent background; the page blends them with a CSS opacity slider. Frames are windowed by
+:mod:`pipelines.preprocess.display` (the one windowing implementation), under the window the
+reviewer picked.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from node.results.seg_read import label_maps
-from pipelines.preprocess.display import DisplayError, display_frame
+from pipelines.preprocess.display import (
+    DisplayError,
+    Window,
+    WindowChoice,
+    display_frame_windowed,
+)
 
 
 class RenderError(ValueError):
@@ -32,15 +40,23 @@ def _to_png(array: np.ndarray, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def render_frame_png(path: Path, frame: int = 0) -> bytes:
+def render_frame(
+    path: Path, frame: int = 0, window: WindowChoice = "file"
+) -> tuple[bytes, Window | None]:
     """The ``frame``-th (0-based) frame of a DICOM image as 8-bit PNG, shown as a viewer shows it
-    (:func:`pipelines.preprocess.display.display_frame`, the same pixels as the overlay)."""
+    (:func:`pipelines.preprocess.display.display_frame_windowed`, the same pixels as the overlay
+    under the file's window), and the window applied (None for colour or a VOI LUT)."""
     try:
         ds = pydicom.dcmread(path)
-        shown = display_frame(ds, frame)
+        shown, applied = display_frame_windowed(ds, frame, window)
     except (InvalidDicomError, DisplayError, OSError) as exc:
         raise RenderError(f"cannot show {path.name}: {exc}") from exc
-    return _to_png(shown, "RGB" if shown.ndim == 3 else "L")
+    return _to_png(shown, "RGB" if shown.ndim == 3 else "L"), applied
+
+
+def render_frame_png(path: Path, frame: int = 0) -> bytes:
+    """:func:`render_frame` under the file's own window."""
+    return render_frame(path, frame)[0]
 
 
 @dataclass(frozen=True)
@@ -96,3 +112,30 @@ def render_mask_png(label_map: np.ndarray | None, shape: tuple[int, int], n_segm
     scale = 0.25 + 0.3 * label_map.astype(np.float32) / max(n_segments, 1)
     heat = _heat(np.where(label_map > 0, scale, 0.0))
     return _to_png(heat, "RGBA")
+
+
+# probabilities below this are left transparent: an ensemble's near-zero background would
+# otherwise tint the whole image
+HEAT_FLOOR = 0.05
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """The familiar blue -> cyan -> green -> yellow -> red ramp of probability maps, (..., 3)."""
+    v = np.clip(values, 0.0, 1.0)
+    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
+    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
+    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
+    return np.stack([red, green, blue], axis=-1)
+
+
+def render_heatmap_png(heat: np.ndarray | None, shape: tuple[int, int]) -> bytes:
+    """An RGBA heat map of one frame's probabilities (uint8, 255 = 1.0): colour by probability,
+    opaque from 0.5 up and fading out towards :data:`HEAT_FLOOR`, transparent below it."""
+    if heat is None:
+        return _to_png(np.zeros((*shape, 4), dtype=np.uint8), "RGBA")
+    v = heat.astype(np.float32) / 255.0
+    rgba = np.zeros((*v.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = np.rint(_jet(v) * 255.0).astype(np.uint8)
+    alpha = np.clip(2.0 * v, 0.0, 1.0) * 255.0
+    rgba[..., 3] = np.where(v >= HEAT_FLOOR, np.rint(alpha), 0).astype(np.uint8)
+    return _to_png(rgba, "RGBA")

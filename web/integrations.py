@@ -35,7 +35,8 @@ from node.overrides import (
 )
 from node.results import exports
 from node.results.exports import CSV_COLUMNS, csv_lines, finding_rows, stream_zip
-from node.results.store import load_result
+from node.results.locations import finding_slice_mask, outline
+from node.results.store import load_heatmap, load_result
 from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
@@ -50,10 +51,13 @@ __all__ = [
     "effective_settings",
     "explain_routes",
     "finding_rows",
+    "finding_slice_mask",
     "force_complete",
     "import_paths",
+    "load_heatmap",
     "load_result",
     "model_cards",
+    "outline",
     "ping_destination",
     "pipeline_classes",
     "pipeline_configs",

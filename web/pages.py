@@ -17,6 +17,7 @@ from node.db.repositories import worklist
 from web.deps import LoginRequired, Principal, WebState, csrf_token, optional_user, web_state
 from web.sessions import handle
 from web.study_files import retention_after
+from web.viewer_link import viewer_url
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -40,6 +41,7 @@ def build_templates() -> Jinja2Templates:
     templates.env.filters["num"] = _fmt_num
     templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
     templates.env.filters["retention_after"] = retention_after
+    templates.env.filters["viewer_url"] = viewer_url
     return templates
 
 

@@ -8,18 +8,26 @@ files are gone is a ``FileNotFoundError`` the route answers with 404, never a se
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.config import Settings
+from core.units import readable_unit
 from node.db.orm import Artifact, Job
+from pipelines.contract import Finding, PipelineResult
 from web.integrations import (
     CSV_COLUMNS,
     csv_lines,
     finding_rows,
+    finding_slice_mask,
+    load_heatmap,
     load_result,
+    outline,
     result_export,
     stream_zip,
 )
@@ -51,14 +59,146 @@ def artifact_file(settings: Settings, artifact: Artifact) -> Path:
     return data_file(settings, artifact.path)
 
 
+def _stamp(path: Path) -> int:
+    """The file's mtime in ns: a cache key that changes when a re-run rewrites the result."""
+    return path.stat().st_mtime_ns
+
+
+@lru_cache(maxsize=2)  # the result being reviewed (and the one before): label maps are big
+def _result_cached(directory: str, stamp: int) -> tuple[PipelineResult, dict[str, Any]]:
+    result = load_result(Path(directory))
+    if result.segmentation is not None:  # the float maps stay on disk: the heat map is uint8
+        result = replace(result, segmentation=replace(result.segmentation, probabilities=None))
+    return result, result.to_json_dict()
+
+
+def review_result(settings: Settings, job: Job) -> tuple[PipelineResult, dict[str, Any]] | None:
+    """The job's result and its JSON form, read once per version of the files (the review page
+    and each of its frame images ask for it); None when it is not on disk. Treat as read-only."""
+    directory = result_dir(settings, job)
+    try:
+        return _result_cached(str(directory), _stamp(directory / "result.json"))
+    except FileNotFoundError:
+        return None
+
+
 def review_data(settings: Settings, job: Job) -> dict[str, Any]:
     """The result as JSON (no arrays); the job's summary when it has no result on disk (a failed
     or cancelled job, or results removed by retention)."""
-    try:
-        data: dict[str, Any] = load_result(result_dir(settings, job)).to_json_dict()
-    except FileNotFoundError:
+    loaded = review_result(settings, job)
+    if loaded is None:
         return {"summary_only": True, **(job.summary or {})}
-    return data
+    return loaded[1]
+
+
+@lru_cache(maxsize=4)
+def _heatmap_cached(directory: str, stamp: int) -> np.ndarray | None:
+    return load_heatmap(Path(directory))
+
+
+def heatmap(settings: Settings, job: Job) -> np.ndarray | None:
+    """The job's probability heat map, (result frames, rows, cols) uint8, None when the pipeline
+    made none; FileNotFoundError when the result is not on disk."""
+    directory = result_dir(settings, job)
+    return _heatmap_cached(str(directory), _stamp(directory / "result.json"))
+
+
+# -- findings as the review page shows them -----------------------------------------------------
+
+ShownKey = tuple[str, int]  # (SOP Instance UID, 0-based frame) of a frame the page shows
+
+
+def result_frame_keys(result_frames: Sequence[Mapping[str, Any]]) -> list[ShownKey]:
+    """Each result frame (``source_frames`` of the result JSON) as the page's frame key."""
+    return [
+        (str(ref.get("sop_instance_uid")), int(ref.get("frame_number") or 1) - 1)
+        for ref in result_frames
+    ]
+
+
+@dataclass(frozen=True)
+class FindingView:
+    """One row of the findings table and its drawing on the image."""
+
+    number: int
+    tracking_id: str
+    label: str
+    severity: str
+    images: str
+    key_image: str
+    key_frame: int | None  # the shown frame of its key slice (None: not among the shown frames)
+    frames: tuple[int, ...]  # the shown frames it spans
+    area_mm2: float | None
+    area_pct: float | None
+    volume_mm3: float | None
+    circularity: float | None
+    mean_intensity: float | None
+    max_intensity: float | None
+    intensity_unit: str  # for people: "arbitrary units", "HU"
+    outline: str  # SVG points "x,y ..." of its key-slice outline (a box: its corners), or ""
+    label_x: float
+    label_y: float
+
+
+def _outline_points(result: PipelineResult, finding: Finding, key: int) -> str:
+    if finding.segment_number is not None and result.segmentation is not None:
+        try:
+            points = outline(finding_slice_mask(result, finding, key))
+        except ValueError:
+            return ""
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    box = finding.box
+    if box is None:
+        return ""
+    corners = ((box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1))
+    return " ".join(f"{x:.1f},{y:.1f}" for x, y in corners)
+
+
+def finding_views(
+    result: PipelineResult, shown_index: Mapping[ShownKey, int], limit: int = 200
+) -> list[FindingView]:
+    """The findings with their key slice, the frames they span and their outline, in the page's
+    frame numbering (``shown_index``: frame key -> index among the shown frames)."""
+    keys = result_frame_keys([vars(f) for f in result.source_frames])
+    views = []
+    for number, finding in enumerate(result.findings[:limit], start=1):
+        key = result.key_index_of(finding)
+        m = finding.measurements
+        frames = tuple(
+            sorted(
+                shown_index[keys[i]]
+                for i in finding.frame_indices
+                if 0 <= i < len(keys) and keys[i] in shown_index
+            )
+        )
+        _f0, r0, c0, _f1, _r1, _c1 = m.bbox
+        views.append(
+            FindingView(
+                number=number,
+                tracking_id=finding.tracking_id,
+                label=finding.label.name,
+                severity=finding.severity.meaning,
+                images=result.images_of(finding),
+                key_image=result.key_image_of(finding),
+                key_frame=shown_index.get(keys[key]) if 0 <= key < len(keys) else None,
+                frames=frames,
+                area_mm2=m.area_mm2,
+                area_pct=m.area_pct,
+                volume_mm3=m.volume_mm3,
+                circularity=m.circularity,
+                mean_intensity=m.mean_intensity,
+                max_intensity=m.max_intensity,
+                intensity_unit=readable_unit(m.intensity_unit),
+                outline=_outline_points(result, finding, key),
+                label_x=float(
+                    finding.box.x0 if finding.box and finding.segment_number is None else c0
+                ),
+                label_y=float(
+                    finding.box.y0 if finding.box and finding.segment_number is None else r0
+                ),
+            )
+        )
+    return views
 
 
 def _as_bytes(value: str | bytes) -> bytes:

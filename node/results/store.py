@@ -1,7 +1,10 @@
-"""Persist a PipelineResult beside its DICOM objects: result.json + arrays.npz.
+"""Persist a PipelineResult beside its DICOM objects: result.json + arrays.npz (+ heatmap.npz).
 
 The console's review page reloads it; JSON holds everything but arrays (PipelineResult's own
 export plus the fields needed to rebuild it), the compressed npz holds label map/probabilities.
+When the pipeline produced probabilities, ``heatmap.npz`` keeps their compact display form: per
+pixel the highest label probability as uint8 (0-255), a quarter of the float32 size per label and
+what the console's heat map shows, without loading every label's floats for one frame.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from pipelines.contract import (
 
 RESULT_JSON = "result.json"
 ARRAYS_NPZ = "arrays.npz"
+HEATMAP_NPZ = "heatmap.npz"
+
+
+def heatmap_of(probabilities: np.ndarray) -> np.ndarray:
+    """(frames, rows, cols) uint8: the highest of the (labels, frames, rows, cols) probabilities
+    per pixel, 0-1 scaled to 0-255."""
+    highest = np.clip(probabilities.max(axis=0), 0.0, 1.0)
+    return np.rint(highest * 255.0).astype(np.uint8)
 
 
 def save_result(result: PipelineResult, directory: Path) -> Path:
@@ -43,6 +54,10 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
         tmp = directory / (ARRAYS_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(directory / ARRAYS_NPZ)
+        if result.segmentation.probabilities is not None:
+            tmp = directory / (HEATMAP_NPZ + ".tmp.npz")
+            np.savez_compressed(tmp, heat=heatmap_of(result.segmentation.probabilities))
+            tmp.replace(directory / HEATMAP_NPZ)
     path = directory / RESULT_JSON
     tmp_json = directory / (RESULT_JSON + ".tmp")
     tmp_json.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -91,6 +106,24 @@ def _finding(data: dict[str, Any]) -> Finding:
         _box(data["box"]) if data["box"] else None,
         data.get("component"),
     )
+
+
+def load_heatmap(directory: Path) -> np.ndarray | None:
+    """The result's heat map (:func:`heatmap_of`), None when the pipeline produced no
+    probabilities; derived from arrays.npz for results saved before heatmap.npz existed.
+    FileNotFoundError when the result is not on disk."""
+    directory = Path(directory)
+    if (directory / HEATMAP_NPZ).is_file():
+        with np.load(directory / HEATMAP_NPZ) as saved:
+            return np.asarray(saved["heat"])
+    if not (directory / RESULT_JSON).is_file():
+        raise FileNotFoundError(directory / RESULT_JSON)
+    if not (directory / ARRAYS_NPZ).is_file():
+        return None
+    with np.load(directory / ARRAYS_NPZ) as arrays:
+        if "probabilities" not in arrays:
+            return None
+        return heatmap_of(arrays["probabilities"])
 
 
 def load_result(directory: Path) -> PipelineResult:

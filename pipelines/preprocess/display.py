@@ -16,10 +16,15 @@ Model inputs are not display pixels: :mod:`pipelines.preprocess.decode` keeps or
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from pipelines.preprocess.frame_luts import frame_lut_view
@@ -29,6 +34,58 @@ AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
 
 class DisplayError(ValueError):
     """The frame cannot be shown (no such frame, pixel data that cannot be decoded)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A linear VOI window in modality units (HU for CT): what a reviewer picks or drags."""
+
+    center: float
+    width: float
+
+    def text(self) -> str:
+        """``center,width`` as the console's ``window`` parameter spells it."""
+        return f"{self.center:g},{self.width:g}"
+
+
+# "file": the file's own VOI (else auto); "auto": the frame's 0.5-99.5 percentiles
+WindowChoice = Window | Literal["file", "auto"]
+# the usual CT presets (HU); an MR has no units a preset could name, so it gets "auto"
+WINDOW_PRESETS: dict[str, Window] = {
+    "lung": Window(-600.0, 1500.0),
+    "soft": Window(40.0, 400.0),
+    "bone": Window(480.0, 2500.0),
+}
+MAX_WINDOW_ABS = 1e7  # beyond any stored value range (32-bit pixels rescaled included)
+_WINDOW_TEXT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_window(text: str) -> WindowChoice:
+    """A window as a request spells it: ``file``, ``auto``, a preset name (``lung``, ``soft``,
+    ``bone``) or ``center,width`` in modality units (width at least 1, as the standard's linear
+    VOI function needs). ValueError, with what is accepted, for anything else."""
+    value = text.strip().lower()
+    if value in ("", "file"):
+        return "file"
+    if value == "auto":
+        return "auto"
+    if value in WINDOW_PRESETS:
+        return WINDOW_PRESETS[value]
+    match = _WINDOW_TEXT.match(value)
+    if match:
+        center, width = float(match.group(1)), float(match.group(2))
+        if (
+            math.isfinite(center)
+            and math.isfinite(width)
+            and 1.0 <= width <= MAX_WINDOW_ABS
+            and abs(center) <= MAX_WINDOW_ABS
+        ):
+            return Window(center, width)
+    presets = ", ".join(WINDOW_PRESETS)
+    raise ValueError(
+        f"window must be file, auto, one of {presets}, or center,width with width >= 1 "
+        f"(|values| <= {MAX_WINDOW_ABS:g}); got {text[:40]!r}"
+    )
 
 
 def frame_count(ds: Dataset) -> int:
@@ -80,17 +137,55 @@ def _voi_output_range(view: Dataset) -> tuple[float, float]:
     return min(low, high), max(low, high)
 
 
-def _auto_window(values: np.ndarray) -> np.ndarray:
+def _auto_window(values: np.ndarray) -> tuple[np.ndarray, Window]:
     if not values.size:
-        return np.zeros(values.shape)
-    low, high = np.percentile(values, AUTO_WINDOW_PERCENTILES)
-    return np.clip((values - low) / max(float(high - low), 1e-6), 0.0, 1.0)
+        return np.zeros(values.shape), Window(0.0, 1.0)
+    low, high = (float(v) for v in np.percentile(values, AUTO_WINDOW_PERCENTILES))
+    unit = np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return unit, Window((low + high) / 2.0, max(high - low, 1.0))
 
 
-def grey_unit(ds: Dataset, frame_index: int, pixels: np.ndarray) -> np.ndarray:
-    """Modality LUT then VOI of one grey frame, scaled to [0, 1] (before any MONOCHROME1 flip)."""
+def _file_window(view: Dataset) -> Window | None:
+    """The first Window Center/Width of the view (a LUT has no centre and width to drag from)."""
+    if "WindowCenter" not in view or "WindowWidth" not in view:
+        return None
+    center, width = view.WindowCenter, view.WindowWidth
+    try:
+        c = float(center[0] if _multi(center) else center)
+        w = float(width[0] if _multi(width) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return Window(c, w)
+
+
+def _multi(value: object) -> bool:
+    return isinstance(value, list | tuple | MultiValue)
+
+
+def _with_window(view: Dataset, window: Window) -> Dataset:
+    """The view with ``window`` as its only VOI, linear (pydicom then applies exactly it)."""
+    for keyword in ("VOILUTSequence", "VOILUTFunction"):
+        if keyword in view:
+            delattr(view, keyword)
+    view.WindowCenter = window.center
+    view.WindowWidth = window.width
+    return view
+
+
+def grey_unit_windowed(
+    ds: Dataset, frame_index: int, pixels: np.ndarray, window: WindowChoice = "file"
+) -> tuple[np.ndarray, Window | None]:
+    """Modality LUT then VOI of one grey frame, scaled to [0, 1] (before any MONOCHROME1 flip),
+    and the window that was applied (None for a VOI LUT, which has no centre and width).
+
+    ``window`` replaces the file's VOI: a :class:`Window` is applied by pydicom's own windowing
+    (linear), ``"auto"`` takes the frame's percentiles, ``"file"`` the file's VOI (else auto)."""
     view = frame_lut_view(ds, frame_index)
     values = apply_modality_lut(pixels, view)
+    if window == "auto":
+        return _auto_window(values.astype(np.float64))
+    if isinstance(window, Window):
+        view = _with_window(view, window)
     if _has_voi(view):
         try:
             with warnings.catch_warnings():  # a VOI LUT on rescaled (float) values is fine here
@@ -100,8 +195,31 @@ def grey_unit(ds: Dataset, frame_index: int, pixels: np.ndarray) -> np.ndarray:
         except (AttributeError, IndexError, NotImplementedError, TypeError, ValueError):
             pass  # a VOI pydicom cannot apply (width < 1, LUT depth, missing pixel attributes)
         else:
-            return np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
+            unit = np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
+            lut = view.get("VOILUTSequence")  # pydicom applies a LUT before any window
+            return unit, None if lut and "LUTData" in lut[0] else _file_window(view)
     return _auto_window(values.astype(np.float64))
+
+
+def grey_unit(ds: Dataset, frame_index: int, pixels: np.ndarray) -> np.ndarray:
+    """Modality LUT then VOI of one grey frame, scaled to [0, 1] (before any MONOCHROME1 flip)."""
+    return grey_unit_windowed(ds, frame_index, pixels)[0]
+
+
+def display_frame_windowed(
+    ds: Dataset, frame_index: int = 0, window: WindowChoice = "file"
+) -> tuple[np.ndarray, Window | None]:
+    """:func:`display_frame` under a chosen ``window`` (see :func:`grey_unit_windowed`), and the
+    window applied: the console starts a window/level drag from it. Colour frames ignore the
+    window (None)."""
+    pixels = _frame_pixels(ds, frame_index)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR" or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4)):
+        return _colour(ds, pixels), None
+    unit, applied = grey_unit_windowed(ds, frame_index, pixels, window)
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return np.rint(unit * 255.0).astype(np.uint8), applied
 
 
 def display_frame(ds: Dataset, frame_index: int = 0) -> np.ndarray:
@@ -110,11 +228,4 @@ def display_frame(ds: Dataset, frame_index: int = 0) -> np.ndarray:
     ``(rows, cols)`` uint8 grey, or ``(rows, cols, 3)`` uint8 RGB for colour images.
     Raises :class:`DisplayError` for a frame that does not exist or cannot be decoded.
     """
-    pixels = _frame_pixels(ds, frame_index)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR" or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4)):
-        return _colour(ds, pixels)
-    unit = grey_unit(ds, frame_index, pixels)
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    return np.rint(unit * 255.0).astype(np.uint8)
+    return display_frame_windowed(ds, frame_index)[0]

@@ -60,6 +60,18 @@ def _lesion_mask(datasets: list[pydicom.Dataset]) -> np.ndarray:
     return mask
 
 
+def _probabilities(mask: np.ndarray) -> np.ndarray:
+    """An ensemble's probability for the lesion label, (1, frames, rows, cols): a smooth blob
+    peaking inside the lesion and fading out over a few slices and ~30 pixels, so a heat map
+    differs from the binary mask."""
+    frames, rows, cols = mask.shape
+    yy, xx = np.mgrid[:rows, :cols]
+    plane = np.exp(-(((yy - rows * 0.45) ** 2 + (xx - cols * 0.55) ** 2) / (2 * 15.0**2)))
+    centre = (LESION_SLICES[0] + LESION_SLICES[-1]) / 2
+    depth = np.exp(-((np.arange(frames) - centre) ** 2) / (2 * 2.0**2))
+    return (0.95 * depth[:, None, None] * plane[None]).astype(np.float32)[None]
+
+
 def _write_seg(datasets: list[pydicom.Dataset], path: Path) -> hd.seg.Segmentation:
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -157,7 +169,7 @@ def _pipeline_result(datasets: list[pydicom.Dataset], mask: np.ndarray) -> Pipel
                 1.1,
             ),
         ),
-        segmentation=SegmentationOutput((label,), mask.astype(np.uint8)),
+        segmentation=SegmentationOutput((label,), mask.astype(np.uint8), _probabilities(mask)),
         classification=ClassificationOutput(("normal", "lesion"), (0.13, 0.87), 0.5, "lesion"),
         detections=(box,),
         findings=(finding,),

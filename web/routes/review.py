@@ -1,4 +1,9 @@
-"""The review page (source frames, mask overlay, boxes, findings) and the review actions.
+"""The review page (source frames, mask overlay, heat map, boxes, findings) and the review actions.
+
+The viewer (``web/static/review.js``) zooms and pans in the browser; window/level is the server's:
+each frame PNG is rendered under the ``window`` query parameter by the one windowing
+implementation (:mod:`pipelines.preprocess.display`). Next/previous study follow the review
+worklist's order under the filters the reviewer came with (carried in the query string).
 
 Approving releases the job's held deliveries. Rejecting cancels every delivery not yet sent and,
 for results a destination already stored, queues an IHE IOCM rejection note to it; the page says
@@ -12,20 +17,29 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from core.domain import ReviewState
 from node.db.orm import Job
-from node.db.repositories import audit, instances
+from node.db.repositories import audit, instances, worklist
 from node.db.repositories import deliveries as delivery_repo
 from node.db.repositories import jobs as job_repo
 from node.db.repositories import studies as study_repo
 from node.dispatch.rejection import RejectionPreview
+from pipelines.preprocess.display import WINDOW_PRESETS, WindowChoice, parse_window
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
-from web.imaging import RenderError, SegMasks, read_seg_masks, render_frame_png, render_mask_png
+from web.imaging import (
+    RenderError,
+    SegMasks,
+    read_seg_masks,
+    render_frame,
+    render_heatmap_png,
+    render_mask_png,
+)
 from web.integrations import (
     preview_rejection,
     reject_results,
@@ -34,7 +48,16 @@ from web.integrations import (
     resend,
 )
 from web.pages import flash, redirect, render
-from web.result_views import artifact_file, data_file, review_data
+from web.result_views import (
+    artifact_file,
+    data_file,
+    finding_views,
+    heatmap,
+    result_frame_keys,
+    review_data,
+    review_result,
+)
+from web.routes.worklist import WorklistQuery
 
 router = APIRouter(
     tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False
@@ -110,22 +133,38 @@ def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     return boxes
 
 
+def _worklist_query(flt: worklist.WorklistFilter, sort: str) -> str:
+    """The worklist filters (and sort) a reviewer came with, to carry on every review link."""
+    query = {k: v for k, v in vars(flt).items() if v}
+    if sort != "newest":
+        query["sort"] = sort
+    return urlencode(query)
+
+
+WorklistSortQuery = Annotated[worklist.WorklistSort, Query()]
+
+
 @router.get("/review/{job_id}")
 def review_page(
-    request: Request, session: SessionDep, state: StateDep, user: Reader, job_id: RowId
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    user: Reader,
+    job_id: RowId,
+    flt: WorklistQuery,
+    sort: WorklistSortQuery = "newest",
 ) -> Response:
     job = _job_or_404(session, job_id)
-    data = review_data(state.settings, job)
+    loaded = review_result(state.settings, job)
+    data = loaded[1] if loaded else review_data(state.settings, job)
     frames = source_frames(session, job, data)
     masks = _seg_masks(state, job, frames)
     frame_index = {(f.sop_instance_uid, f.frame): i for i, f in enumerate(frames)}
-    result_frames = data.get("source_frames") or []
+    result_keys = result_frame_keys(data.get("source_frames") or [])
     boxes: list[dict[str, Any]] = []
     for idx, items in _boxes_by_frame(data).items():
-        if 0 <= idx < len(result_frames):
-            ref = result_frames[idx]
-            frame = (ref.get("frame_number") or 1) - 1
-            shown = frame_index.get((ref.get("sop_instance_uid"), frame))
+        if 0 <= idx < len(result_keys):
+            shown = frame_index.get(result_keys[idx])
             if shown is not None:
                 boxes += [{**b, "shown_frame": shown} for b in items]
     mask_frames = [
@@ -133,7 +172,16 @@ def review_page(
         for i, f in enumerate(frames)
         if masks is not None and (f.sop_instance_uid, f.frame) in masks.frames
     ]
+    findings = finding_views(loaded[0], frame_index) if loaded else []
+    try:
+        has_heatmap = loaded is not None and heatmap(state.settings, job) is not None
+    except FileNotFoundError:
+        has_heatmap = False
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
+    keyed = [f for f in findings if f.key_frame is not None]
+    if keyed:
+        start = keyed[0].key_frame  # type: ignore[assignment]
+    previous_job, next_job = worklist.neighbours(session, flt, job.id, sort=sort)
     return render(
         request,
         "review.html",
@@ -144,8 +192,14 @@ def review_page(
             "frames": frames,
             "start": start,
             "has_mask": masks is not None,
+            "has_heatmap": has_heatmap,
             "mask_frames": mask_frames,
             "boxes": boxes,
+            "findings": findings,
+            "window_presets": WINDOW_PRESETS,
+            "previous_job": previous_job,
+            "next_job": next_job,
+            "worklist_query": _worklist_query(flt, sort),
             "reviews": job_repo.job_reviews(session, job.id),
             "decisions": _decisions(job),
             "rejection": _rejection_preview(session, job),
@@ -165,15 +219,56 @@ def _frames_or_404(
     return frames, frames[index]
 
 
+def _window(window: Annotated[str, Query(max_length=40)] = "file") -> WindowChoice:
+    """The ``window`` query parameter: file, auto, lung, soft, bone, or center,width (400 else)."""
+    try:
+        return parse_window(window)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
 @router.get("/review/{job_id}/frames/{index}.png")
 def frame_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
+    session: SessionDep,
+    state: StateDep,
+    user: Reader,
+    job_id: RowId,
+    index: int,
+    window: Annotated[WindowChoice, Depends(_window)],
 ) -> Response:
+    """One source frame under ``window``; the window applied (centre,width in modality units)
+    comes back in ``X-Window`` for the viewer to start a window/level drag from."""
     _, ref = _frames_or_404(session, state, _job_or_404(session, job_id), index)
     try:
-        png = render_frame_png(data_file(state.settings, ref.path), ref.frame)
+        png, applied = render_frame(data_file(state.settings, ref.path), ref.frame, window)
     except (RenderError, FileNotFoundError) as exc:
         raise HTTPException(422, f"cannot render this frame: {exc}") from exc
+    headers = dict(PNG_HEADERS)
+    if applied is not None:
+        headers["X-Window"] = applied.text()
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@router.get("/review/{job_id}/heatmap/{index}.png")
+def heatmap_png(
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
+) -> Response:
+    """The ensemble's probability for one shown frame as a colour map (transparent where the
+    probability is negligible); a frame outside the result's frames is fully transparent."""
+    job = _job_or_404(session, job_id)
+    frames, ref = _frames_or_404(session, state, job, index)
+    try:
+        heat = heatmap(state.settings, job)
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "this job's result is not on disk") from exc
+    if heat is None:
+        raise HTTPException(404, "this job's pipeline produced no probabilities")
+    keys = result_frame_keys(review_data(state.settings, job).get("source_frames") or [])
+    plane = None
+    key = (ref.sop_instance_uid, ref.frame)
+    if key in keys and keys.index(key) < heat.shape[0]:
+        plane = heat[keys.index(key)]
+    png = render_heatmap_png(plane, (int(heat.shape[1]), int(heat.shape[2])))
     return Response(png, media_type="image/png", headers=PNG_HEADERS)
 
 
@@ -240,13 +335,25 @@ def _decide(session: Session, job: Job, user: Reviewer, decision: ReviewState, r
     )
 
 
+def _back_to_review(job_id: int, flt: worklist.WorklistFilter, sort: str) -> Response:
+    query = _worklist_query(flt, sort)
+    return redirect(f"/review/{job_id}" + (f"?{query}" if query else ""))
+
+
 @router.post("/review/{job_id}/approve")
-def approve(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
+def approve(
+    request: Request,
+    session: SessionDep,
+    user: Reviewer,
+    job_id: RowId,
+    flt: WorklistQuery,
+    sort: WorklistSortQuery = "newest",
+) -> Response:
     job = _job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.APPROVED, "")
     released = release_held(session, job, user.username)
     flash(request, f"Approved; {released} held delivery(ies) released.")
-    return redirect(f"/review/{job_id}")
+    return _back_to_review(job_id, flt, sort)
 
 
 @router.post("/review/{job_id}/reject")
@@ -256,7 +363,9 @@ def reject(
     state: StateDep,
     user: Reviewer,
     job_id: RowId,
+    flt: WorklistQuery,
     reason: Annotated[str, Form(max_length=2000)] = "",
+    sort: WorklistSortQuery = "newest",
 ) -> Response:
     if not reason.strip():
         raise HTTPException(400, "A rejection needs a reason.")
@@ -268,7 +377,7 @@ def reject(
         sent_to = ", ".join(f"{dest} ({n} objects)" for dest, n in outcome.notes.items())
         message += f" Results had already reached {sent_to}: a rejection note is being sent there."
     flash(request, message)
-    return redirect(f"/review/{job_id}")
+    return _back_to_review(job_id, flt, sort)
 
 
 @router.post("/review/{job_id}/comment")

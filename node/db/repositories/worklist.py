@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from core.domain import JobState, ReviewState
@@ -61,26 +61,56 @@ class WorklistRow:
     modalities: str
 
 
-def _filtered(flt: WorklistFilter) -> Select[Job, Study]:
-    stmt = select(Job, Study).join(Study, Study.id == Job.study_pk)
+def _conditions(flt: WorklistFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
     if flt.review:
-        stmt = stmt.where(Job.review_state == flt.review)
+        where.append(Job.review_state == flt.review)
     if flt.state:
-        stmt = stmt.where(Job.state == flt.state)
+        where.append(Job.state == flt.state)
     if flt.severity:
-        stmt = stmt.where(Job.summary["severity"].as_string() == flt.severity)
+        where.append(Job.summary["severity"].as_string() == flt.severity)
     if flt.classification:
-        stmt = stmt.where(Job.summary["top_class"].as_string() == flt.classification)
+        where.append(Job.summary["top_class"].as_string() == flt.classification)
     if flt.modality:  # "CT\\SEG": a whole value between backslashes
         padded = "\\" + Study.modalities + "\\"
-        stmt = stmt.where(padded.contains("\\" + flt.modality.upper() + "\\", autoescape=True))
+        where.append(padded.contains("\\" + flt.modality.upper() + "\\", autoescape=True))
     if flt.pipeline:
-        stmt = stmt.where(Job.pipeline_name == flt.pipeline)
+        where.append(Job.pipeline_name == flt.pipeline)
     if flt.date_from:
-        stmt = stmt.where(Study.study_date >= flt.date_from)
+        where.append(Study.study_date >= flt.date_from)
     if flt.date_to:
-        stmt = stmt.where(Study.study_date <= flt.date_to)
-    return stmt
+        where.append(Study.study_date <= flt.date_to)
+    return where
+
+
+def _filtered(flt: WorklistFilter) -> Select[Job, Study]:
+    return select(Job, Study).join(Study, Study.id == Job.study_pk).where(*_conditions(flt))
+
+
+def neighbours(
+    session: Session, flt: WorklistFilter, job_id: int, *, sort: str = "newest"
+) -> tuple[int | None, int | None]:
+    """The jobs before and after ``job_id`` in the worklist's order under ``flt``, among those a
+    reviewer can open (succeeded). The job itself need not match any more (it was just approved
+    and left a "pending" list): it keeps its place in the order, so "next" is the one after it."""
+    where = [*_conditions(flt), Job.state == JobState.SUCCEEDED.value]
+    order = (SORTS.get(sort, SORTS["newest"]), Job.id.desc())
+    listed = (
+        select(
+            Job.id.label("id"),
+            func.lag(Job.id).over(order_by=order).label("before"),
+            func.lead(Job.id).over(order_by=order).label("after"),
+        )
+        .join(Study, Study.id == Job.study_pk)
+        .where(or_(and_(true(), *where), Job.id == job_id))
+        .subquery()
+    )
+    row = session.execute(
+        select(listed.c.before, listed.c.after).where(listed.c.id == job_id)
+    ).first()
+    if row is None:
+        return None, None
+    return row.before, row.after
 
 
 def _row(job: Job, study: Study) -> WorklistRow:

@@ -15,7 +15,14 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from pipelines.preprocess.display import DisplayError, display_frame
+from pipelines.preprocess.display import (
+    WINDOW_PRESETS,
+    DisplayError,
+    Window,
+    display_frame,
+    display_frame_windowed,
+    parse_window,
+)
 from pipelines.preprocess.frame_luts import frame_lut_view
 
 
@@ -117,3 +124,93 @@ def test_a_window_pydicom_refuses_falls_back_to_the_auto_window() -> None:
     auto = display_frame(ds)
     ds.WindowCenter, ds.WindowWidth = 40, 0  # LINEAR needs a width of at least 1
     np.testing.assert_array_equal(display_frame(ds), auto)
+
+
+# -- the reviewer's window (the console's ``window`` parameter) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "file"),
+        ("file", "file"),
+        ("AUTO", "auto"),
+        ("lung", WINDOW_PRESETS["lung"]),
+        (" soft ", WINDOW_PRESETS["soft"]),
+        ("bone", WINDOW_PRESETS["bone"]),
+        ("-600,1500", Window(-600.0, 1500.0)),
+        ("40.5, 400", Window(40.5, 400.0)),
+    ],
+)
+def test_window_parameter_accepts_presets_and_center_width(text: str, expected: object) -> None:
+    assert parse_window(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "brain",
+        "40",
+        "40,0",
+        "40,0.5",
+        "40,-400",
+        "nan,400",
+        "1e3,400",
+        "40,400,1",
+        "40;400",
+        "99999999,400",
+        "0,99999999",
+        "<script>",
+    ],
+)
+def test_window_parameter_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="window must be"):
+        parse_window(text)
+
+
+def test_a_chosen_window_is_pydicoms_linear_window_after_rescale() -> None:
+    ds = _read("CT_small.dcm")
+    window = Window(40.0, 400.0)
+    shown, applied = display_frame_windowed(ds, 0, window)
+    assert applied == window
+    view = copy.deepcopy(ds)
+    view.WindowCenter, view.WindowWidth = 40.0, 400.0
+    if "VOILUTFunction" in view:
+        del view.VOILUTFunction  # linear, whatever the file says
+    hu = apply_modality_lut(ds.pixel_array, ds)
+    low, high = _window_range(ds, float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    expected = (apply_voi_lut(hu, view).astype(np.float64) - low) / (high - low)
+    assert np.array_equal(shown, _to_uint8(expected))
+    # a different window gives other pixels; the file's window is what display_frame shows
+    assert not np.array_equal(shown, display_frame_windowed(ds, 0, WINDOW_PRESETS["bone"])[0])
+    ds.WindowCenter, ds.WindowWidth = [60, 300], [500, 1500]
+    file_shown, file_window = display_frame_windowed(ds, 0)
+    assert np.array_equal(file_shown, display_frame(ds, 0))
+    assert file_window == Window(60.0, 500.0)  # the first of the file's windows
+
+
+def test_auto_window_reports_the_percentiles_it_used() -> None:
+    ds = _read("CT_small.dcm")
+    shown, applied = display_frame_windowed(ds, 0, "auto")
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    low, high = np.percentile(hu, (0.5, 99.5))
+    assert applied == Window((low + high) / 2, high - low)
+    assert shown.min() == 0 and shown.max() == 255
+    # the reported window, asked for explicitly, shows (almost) the same pixels
+    again, _ = display_frame_windowed(ds, 0, applied)
+    assert np.abs(again.astype(int) - shown.astype(int)).max() <= 2
+
+
+def test_colour_frames_ignore_the_window() -> None:
+    ybr = _read("SC_ybr_full_uncompressed.dcm")
+    shown, applied = display_frame_windowed(ybr, 0, WINDOW_PRESETS["lung"])
+    assert applied is None and np.array_equal(shown, display_frame(ybr, 0))
+
+
+def test_a_voi_lut_reports_no_window_to_drag_from() -> None:
+    ds = _read("vlut_04.dcm")
+    shown, applied = display_frame_windowed(ds)
+    assert applied is None and np.array_equal(shown, display_frame(ds))
+    # a chosen window replaces the LUT
+    chosen, applied = display_frame_windowed(ds, 0, Window(2000.0, 1000.0))
+    assert applied == Window(2000.0, 1000.0) and not np.array_equal(chosen, shown)

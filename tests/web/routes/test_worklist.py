@@ -52,8 +52,9 @@ def test_rows_and_failures(three_jobs: tuple[Console, ProcessedStudy, int, int])
     row = page.text.split(f'data-job="{failed}"')[1].split("</tr>")[0]
     assert "failed" in row and "model crashed: OOM" in row
     assert "ghost" not in row and "High" not in row  # a failure is not a result
-    assert f'href="/review/{study.job_id}">Review<' in page.text
-    assert f'href="/review/{failed}"' not in page.text
+    # the review link carries the worklist's filters and sort (next/previous study follow them)
+    assert f'href="/review/{study.job_id}?sort=newest">Review<' in page.text
+    assert f'href="/review/{failed}' not in page.text
 
 
 @pytest.mark.parametrize(
