@@ -10,7 +10,11 @@ CR/DX) TID 1410 with the segment's SEG frame ("Referenced Segmentation Frame"); 
 series, enhanced multi-frame) TID 1411 with the "Referenced Segment". Every finding also gets a
 TID 1410 group on its key slice with an SCOORD POLYLINE (its outline, or its box for a detection)
 on the source image, because OHIF v3 lists and draws only groups with coordinates; it shares the
-finding's tracking UID (the same finding, as viewers merge it). Boxes are always SCOORD polylines.
+finding's tracking UID (the same finding, as viewers merge it). Because viewers merge them, each
+measurement is written once per finding: area and circularity (of the largest cross-section) in the
+outline's group, volume and mean intensity (of the whole finding) in the segment's; OHIF then lists
+each finding once with each value once. Boxes are always SCOORD polylines; a box attached to a
+finding that has other groups gets its own tracking UID and no measurements of its own.
 pixelmed's DicomSRValidator accepts the mix (0 errors, tests/node/results/test_conformance.py).
 
 The study-level CAD summary ("with"/"without findings"), the classification decision, the class
@@ -181,6 +185,18 @@ def _bbox_as_box(finding: Finding) -> DetectionBox:
     )
 
 
+_KEY_SLICE_MEASURES = (c.AREA, c.CIRCULARITY)
+
+
+def _of_key_slice(measurement: hd.sr.Measurement) -> bool:
+    """Area and circularity are of the largest cross-section, the key slice the outline is on;
+    volume and mean intensity are of the whole finding, its segment.
+
+    Each measurement is written in one group only: viewers merge a finding's groups by tracking
+    UID (OHIF v3 concatenates their measurements), so one written in both is listed twice."""
+    return any(measurement.name == name for name in _KEY_SLICE_MEASURES)
+
+
 def _finding_groups(
     finding: Finding,
     result: PipelineResult,
@@ -192,10 +208,12 @@ def _finding_groups(
     ROI on its key slice (outline, or box for a detection) that viewers list and draw, and an
     attached detection box."""
     tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+    has_outline = finding.segment_number is not None and result.segmentation is not None
+    measurements = _measurements(result, finding)
     common = {
         "finding_type": c.coded(finding.label.type),
         "finding_category": c.coded(finding.label.category),
-        "measurements": _measurements(result, finding),
+        "measurements": measurements,
         "qualitative_evaluations": [
             hd.sr.QualitativeEvaluation(c.SEVERITY, c.SEVERITY_VALUES[finding.severity]),
             *_classification_items(result)[0],
@@ -204,22 +222,40 @@ def _finding_groups(
     segment_number = seg.segment_of(finding) if seg is not None else None
     groups: list[Group] = []
     if segment_number is not None and seg is not None:
-        group = _segment_group(finding, result, seg, segment_number, tracking, common, planar)
+        whole = [m for m in measurements if not _of_key_slice(m)] if has_outline else measurements
+        group = _segment_group(
+            finding,
+            result,
+            seg,
+            segment_number,
+            tracking,
+            {**common, "measurements": whole},
+            planar,
+        )
         if group is not None:
             groups.append(group)
-    if finding.segment_number is not None and result.segmentation is not None:
-        groups.append(_outline_group(finding, result, tracking, common))
+    if has_outline:
+        cited = bool(groups)  # the segment's group holds the whole-finding measurements
+        slice_measures = [m for m in measurements if _of_key_slice(m) or not cited]
+        outline_common = {
+            **common,
+            "measurements": [m for m in slice_measures if m.name != c.VOLUME],
+        }
+        groups.append(_outline_group(finding, result, tracking, outline_common))
     box = finding.box
     if box is None and not groups:
         box = _bbox_as_box(finding)  # no pixels to outline: the finding's bounding box instead
     if box is not None:
-        box_tracking = tracking
+        box_tracking, box_common = tracking, common
         if groups:  # one region per group: the box gets its own group and tracking UID
             box_tracking = hd.sr.TrackingIdentifier(
                 uid=deterministic_uid(*[finding.tracking_uid, "box"]),
                 identifier=f"{finding.tracking_id} box"[:64],
             )
-        groups.append(_box_group(box, box_tracking, result, common))
+            # the finding's measurements are its segment's and outline's, not the box's: a
+            # viewer listing the box would otherwise show them a second time as the box's own
+            box_common = {**common, "measurements": None}
+        groups.append(_box_group(box, box_tracking, result, box_common))
     return groups
 
 
@@ -230,16 +266,11 @@ def _outline_group(
     common: dict[str, object],
 ) -> Group:
     """TID 1410: the finding's outline on its key slice as a closed SCOORD polyline (column, row)
-    on the source image; OHIF v3 lists and draws only groups with such coordinates. Its area is
-    the key slice's (the largest cross-section); a volume belongs to the volumetric group."""
+    on the source image; OHIF v3 lists and draws only groups with such coordinates. ``common``
+    holds the measurements of this slice (see ``_of_key_slice``)."""
     index = result.key_index_of(finding)
     frame = result.source_frames[index]
     points = outline(finding_slice_mask(result, finding, index))
-    measurements = [
-        m
-        for m in common["measurements"]  # type: ignore[attr-defined]
-        if m.name != c.VOLUME
-    ]
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=points,
@@ -248,7 +279,7 @@ def _outline_group(
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=region,
-        **{**common, "measurements": measurements},  # type: ignore[arg-type]
+        **common,  # type: ignore[arg-type]
     )
 
 

@@ -2,12 +2,22 @@
 
 The node's SEG and SR for the real GE MR series are stored in a real Orthanc (DICOMweb plugin);
 OHIF's prebuilt app, served on the same origin, opens the study; the SR is loaded as a reader
-would (double-click its series). Asserted from the page, not from a screenshot: each finding's
-measurement is drawn with its own values, navigating the SR's measurements moves from one
-finding to the next, the SEG (loaded after it) lists one segment per finding named by its
-tracking ID, and the browser console has no errors. Not asserted: that clicking a segment row
-jumps to it (OHIF's own behaviour). Screenshots are kept in the test's
-folder (and in PACSNODE_VIEWER_ARTEFACTS when set).
+would (double-click its series). Asserted from the page and OHIF's own state (its display set,
+segmentation service and cornerstone viewport), not from a screenshot:
+
+- the SR's measurements are listed once per finding, each value once (OHIF merges a finding's
+  groups by tracking UID; the SR writes each measurement in one of them), a box attached to a
+  finding without values of its own;
+- selecting each finding's measurement (the SR viewport's < > navigation: OHIF cannot hydrate
+  this SR into its measurement panel, whose tool adapters want Cornerstone's own SR encoding)
+  jumps to its key slice and draws its own values there, each once;
+- the SEG (loaded after it) lists one segment per finding named by its tracking ID; clicking a
+  segment row makes that finding's segment the active one and jumps from a slice without it to
+  one of its own slices, where the labelmap holds it; the key slice its measurement jumped to
+  shows its own segment too;
+- the browser console has no errors.
+
+Screenshots are kept in the test's folder (and in PACSNODE_VIEWER_ARTEFACTS when set).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+import highdicom as hd
 import httpx
 import pytest
 
@@ -63,19 +74,43 @@ def _browser():  # type: ignore[no-untyped-def]
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-def _drawn_text(driver) -> str:  # type: ignore[no-untyped-def]
+def _js(driver, script: str, *args: object) -> object:  # type: ignore[no-untyped-def]
+    """Run ``script`` with ``cs`` (cornerstone), ``vp`` (the one viewport) and ``ss`` (OHIF's
+    segmentation service) defined."""
+    prelude = (
+        "const cs = window.cornerstone, ct = window.cornerstoneTools;"
+        "const ss = window.services.segmentationService;"
+        "const vp = cs.getRenderingEngines()[0].getViewports()[0];"
+        "const sopOf = id => id.split('/instances/')[1].split('/')[0];"
+    )
+    return driver.execute_script(prelude + script, *args)
+
+
+def _render(driver) -> None:  # type: ignore[no-untyped-def]
+    """Re-render the viewports. On a loaded machine OHIF can draw the image before the SR's
+    annotations are added and then wait for an interaction to draw them; a user's first mouse
+    move does that, here the test does."""
+    driver.execute_script("window.cornerstone.getRenderingEngines().forEach(e => e.render())")
+
+
+def _drawn_text(driver, uid: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    """The text the SVG layer draws: all of it, or the one annotation's (``uid``)."""
+    where = f"g[data-annotation-uid='{uid}'] text" if uid else "svg text"
     return str(driver.execute_script(
-        "return Array.from(document.querySelectorAll('svg text')).map(t => t.textContent).join('|')"
+        f"return Array.from(document.querySelectorAll(\"{where}\"))"
+        ".map(t => Array.from(t.querySelectorAll('tspan')).map(s => s.textContent).join('|')"
+        " || t.textContent).join('|')"
     ))  # fmt: skip
 
 
-def _wait_for(driver, texts: list[str], timeout_s: float = 90.0) -> str:  # type: ignore[no-untyped-def]
+def _wait_for(driver, texts: list[str], timeout_s: float = 90.0, uid: str | None = None) -> str:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     drawn = ""
     while time.monotonic() < deadline:
-        drawn = _drawn_text(driver)
+        drawn = _drawn_text(driver, uid)
         if all(t in drawn for t in texts):
             return drawn
+        _render(driver)
         time.sleep(1)
     raise AssertionError(f"{texts} not drawn; the page shows {drawn!r}")
 
@@ -84,22 +119,74 @@ def _area(finding) -> str:  # type: ignore[no-untyped-def]
     return f"Area: {finding.measurements.area_mm2:.2f} mm2"
 
 
-def _next_measurement(driver, expected: str) -> None:  # type: ignore[no-untyped-def]
-    """Click the SR viewport's measurement arrows (< >) until ``expected`` is drawn."""
+def _listed(driver) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The SR display set's measurements as OHIF parsed them (what its SR viewport navigates)."""
+    return list(driver.execute_script(
+        "const sr = window.services.displaySetService.getActiveDisplaySets()"
+        "  .find(d => d.Modality === 'SR' && d.measurements);"
+        "return sr ? sr.measurements.map(m => ({uid: m.TrackingUniqueIdentifier,"
+        "  id: m.TrackingIdentifier, labels: m.labels.map(l => l.label + ': ' + l.value),"
+        "  sop: m.imageId.split('/instances/')[1].split('/')[0]})) : [];"
+    ))  # fmt: skip
+
+
+def _next_measurement(driver, expected_sop: str) -> None:  # type: ignore[no-untyped-def]
+    """Click the SR viewport's "next measurement" arrow (>) once; OHIF then shows the next
+    measurement's image (``expected_sop``)."""
     arrows = driver.find_elements(
         By.XPATH,
         "//div[contains(@class, 'cursor-pointer') and contains(@class, 'shrink-0')"
         " and contains(@class, 'text-highlight')]",
     )
     assert arrows, "the SR viewport has no measurement navigation"
-    for arrow in reversed(arrows):  # "next" is the right-hand one
-        arrow.click()
-        try:
-            _wait_for(driver, [expected], timeout_s=20)
-            return
-        except AssertionError:
-            continue
-    raise AssertionError(f"no measurement navigation reached {expected!r}")
+    arrows[-1].click()  # "next" is the right-hand one
+    assert _wait_until(lambda: _current_sop(driver) == expected_sop), (
+        f"the next measurement's image {expected_sop} is not shown: {_current_sop(driver)}"
+    )
+
+
+def _current_sop(driver) -> str:  # type: ignore[no-untyped-def]
+    return str(_js(driver, "return sopOf(vp.getCurrentImageId());"))
+
+
+def _segment_state(driver) -> dict:  # type: ignore[no-untyped-def]
+    """The active segment, the image shown and the segment indices its labelmap slice holds."""
+    return dict(_js(driver, """
+        const seg = ss.getSegmentations()[0];
+        const active = ss.getActiveSegment(vp.id);
+        const lm = ct.segmentation.state.getCurrentLabelmapImageIdForViewport(
+            vp.id, seg.segmentationId);
+        const px = lm ? cs.cache.getImage(lm).getPixelData() : [];
+        return {active: active ? active.segmentIndex : null, sop: sopOf(vp.getCurrentImageId()),
+                present: Array.from(new Set(px)).filter(v => v > 0)};
+    """))  # fmt: skip
+
+
+def _show_image(driver, sop_uids: list[str], inside: bool) -> None:  # type: ignore[no-untyped-def]
+    """Scroll the viewport to the first image whose SOP is (``inside``) or is not in ``sop_uids``."""
+    _js(driver, """
+        const [uids, inside] = arguments;
+        const index = vp.getImageIds().findIndex(id => uids.includes(sopOf(id)) === inside);
+        vp.setImageIdIndex(index);
+    """, sop_uids, inside)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while (_current_sop(driver) in sop_uids) != inside and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _tour_message(message: str) -> bool:
+    """OHIF's onboarding tour (Shepherd) logs errors when its steps' elements are not there yet;
+    the tour is OHIF's own, not about the data shown."""
+    return "advanceOn" in message or "Shepherd step" in message
+
+
+def _wait_until(check, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = check()
+    return value
 
 
 def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
@@ -109,6 +196,15 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
     sources = mr_series()
     result = make_result(sources)
     objects = produce_results(result, sources, OutputOptions(), tmp_path / "results")
+    seg_path = next(o.path for o in objects if o.kind.value == "seg")
+    seg = hd.seg.segread(seg_path)
+    segment_of = {
+        seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers
+    }  # the SEG's segment per tracking ID, as the node wrote it
+    frames_of = {
+        f.tracking_id: [result.source_frames[i].sop_instance_uid for i in f.frame_indices]
+        for f in result.findings
+    }
     with running_orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
         files = sorted(MR_SERIES_DIR.glob("*.dcm"))
         files += [o.path for o in objects if o.kind.value in ("seg", "sr")]
@@ -130,42 +226,102 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
                         with contextlib.suppress(Exception):  # a tour step already gone
                             el.click()
                 ActionChains(driver).double_click(sr_item).perform()
-                # each finding's measurement is drawn with its own values, one after the other
-                seen = []
-                for index, finding in enumerate(result.findings):
-                    drawn = _wait_for(driver, [_area(finding)])
-                    seen.append(drawn)
+                _wait_for(driver, [_area(result.findings[0])])
+
+                # listed: each finding once, each of its values once
+                listed = _listed(driver)
+                for finding in result.findings:
+                    own = [m for m in listed if m["uid"] == finding.tracking_uid]
+                    assert len(own) == 1, listed
+                    names = [label.split(":")[0] for label in own[0]["labels"]]
+                    assert len(names) == len(set(names)), own[0]["labels"]
+                    assert own[0]["id"] == finding.tracking_id
+                    assert _area(finding) in own[0]["labels"]
+                finding_uids = {f.tracking_uid for f in result.findings}
+                boxes = [m for m in listed if m["uid"] not in finding_uids]
+                assert all(not m["labels"] for m in boxes), f"a box repeats values: {listed}"
+
+                # selecting each finding's measurement (OHIF starts on the first, > goes to the
+                # next) jumps to its key slice and draws its own values, each once
+                key_sop = {}
+                selected = 0
+                for finding in result.findings:
+                    index = next(
+                        i for i, m in enumerate(listed) if m["uid"] == finding.tracking_uid
+                    )
+                    while selected < index:
+                        selected += 1
+                        _next_measurement(driver, listed[selected]["sop"])
+                    key = result.source_frames[result.key_index_of(finding)].sop_instance_uid
+                    assert listed[index]["sop"] == key == _current_sop(driver), finding
+                    own = _wait_for(driver, [_area(finding)], uid=finding.tracking_uid)
+                    assert own.count("Area:") == 1, own
+                    if finding.measurements.volume_mm3 is not None:
+                        assert f"Volume: {finding.measurements.volume_mm3:.2f} mm3" in own, own
+                    key_sop[finding.tracking_id] = key
                     driver.save_screenshot(str(artefacts / f"ohif-{finding.tracking_id}.png"))
-                    if index + 1 < len(result.findings):
-                        _next_measurement(driver, _area(result.findings[index + 1]))
+
                 seg_item = driver.find_element(By.XPATH, "//*[contains(text(), 'SEG (AI)')]")
                 ActionChains(driver).double_click(seg_item).perform()
-                time.sleep(15)  # OHIF asks "Do you want to open this Segmentation?"
-                for el in driver.find_elements(By.XPATH, "//*[normalize-space()='Yes']"):
-                    with contextlib.suppress(Exception):
-                        el.click()
-                time.sleep(15)  # then the segmentation panel is opened
-                segmentation_panel = "[data-cy*='egmentation' i], [aria-label*='egmentation' i]"
-                for el in driver.find_elements(By.CSS_SELECTOR, segmentation_panel):
-                    with contextlib.suppress(Exception):
-                        el.click()
+                # OHIF asks "Do you want to open this Segmentation?"
+                yes = _wait_until(
+                    lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"),
+                    60,
+                )
+                assert yes, "OHIF did not offer to open the segmentation"
+                yes[0].click()
+                panel = _wait_until(
+                    lambda: driver.find_elements(
+                        By.CSS_SELECTOR, "[data-cy='panelSegmentation-btn']"
+                    ),
+                    60,
+                )
+                with contextlib.suppress(Exception):  # already open
+                    panel[0].click()
                 # the segmentation panel lists one segment per finding, named by its tracking ID
-                listed = "\n".join(
+                listed_rows = "\n".join(
                     f"{n}\n{f.tracking_id}" for n, f in enumerate(result.findings, start=1)
                 )
-                deadline = time.monotonic() + 60
-                body = ""
-                while listed not in body and time.monotonic() < deadline:
-                    time.sleep(1)
-                    body = driver.find_element(By.TAG_NAME, "body").text
+                body = _wait_until(
+                    lambda: (
+                        listed_rows in (b := driver.find_element(By.TAG_NAME, "body").text) and b
+                    ),
+                    60,
+                )
                 driver.save_screenshot(str(artefacts / "ohif-seg.png"))
-                assert listed in body, body
-                volume = f"Volume: {result.findings[0].measurements.volume_mm3:.2f} mm3"
-                assert volume in seen[0]  # the segment's volume: the groups of one finding merged
+                assert body, driver.find_element(By.TAG_NAME, "body").text
+                assert _wait_until(lambda: _js(driver, "return ss.getSegmentations().length;"))
+
+                # clicking a segment row selects that finding's segment and jumps to its slices
+                for finding in result.findings:
+                    number = segment_of[finding.tracking_id]
+                    _show_image(driver, frames_of[finding.tracking_id], inside=False)
+                    assert number not in _segment_state(driver)["present"]
+                    row = driver.find_element(
+                        By.XPATH, f"//span[normalize-space(text())='{finding.tracking_id}']"
+                    )
+                    row.click()
+                    state = _wait_until(
+                        lambda number=number, finding=finding: (
+                            (st := _segment_state(driver))["active"] == number
+                            and st["sop"] in frames_of[finding.tracking_id]
+                            and st
+                        )
+                    )
+                    assert state, f"{finding.tracking_id}: {_segment_state(driver)}"
+                    assert number in state["present"], state
+                    _render(driver)
+                    driver.save_screenshot(str(artefacts / f"ohif-seg-{finding.tracking_id}.png"))
+                    # the key slice its measurement jumped to shows its own segment
+                    _show_image(driver, [key_sop[finding.tracking_id]], inside=True)
+                    shown = _segment_state(driver)
+                    assert shown["sop"] == key_sop[finding.tracking_id], shown
+                    assert number in shown["present"], shown
+
                 errors = [
                     e["message"]
                     for e in driver.get_log("browser")
-                    if e["level"] == "SEVERE" and "advanceOn" not in e["message"]
+                    if e["level"] == "SEVERE" and not _tour_message(e["message"])
                 ]
                 assert errors == [], errors
             finally:

@@ -150,3 +150,48 @@ def test_planar_source_groups_cite_their_own_segment_frame(tmp_path: Path) -> No
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         assert seg.get_segment_description(number).tracking_uid == finding.tracking_uid
     assert cited == {f.tracking_uid for f in result.findings}
+
+
+@pytest.mark.parametrize("volumetric", [True, False])
+def test_each_measurement_is_written_once_per_finding(tmp_path: Path, volumetric: bool) -> None:
+    """Viewers merge the groups of one tracking UID (OHIF v3 concatenates their measurements, and
+    listed "Area" twice): each measurement is in one group only, all of them are there, and a
+    box group beside them carries none of the finding's values as its own."""
+    sources = synthetic_ct_series(slices=4) if volumetric else load_sources("cr-monochrome1")
+    result = _result_with_components(sources, volumetric=volumetric)
+    result = replace(
+        result,
+        findings=(
+            replace(result.findings[0], box=_box_of(result.findings[0])),
+            *result.findings[1:],
+        ),
+    )
+    objects = {p.kind: p for p in produce_results(result, sources, OutputOptions(), tmp_path)}
+    sr = hd.sr.srread(objects[ArtifactKind.SR].path)
+    groups = [
+        *sr.content.get_planar_roi_measurement_groups(),
+        *sr.content.get_volumetric_roi_measurement_groups(),
+    ]
+    for finding in result.findings:
+        own = [g for g in groups if str(g.tracking_uid) == finding.tracking_uid]
+        assert len(own) == 2  # the segment's group and the outline's
+        names = [m.name.meaning for g in own for m in g.get_measurements()]
+        assert len(names) == len(set(names)), names
+        m = finding.measurements
+        expected = {"Area", "Circularity", *(["Volume"] if volumetric else [])}
+        assert expected <= set(names), names
+        assert m.mean_intensity is not None and len(names) == len(expected) + 1  # and the mean
+        outline = next(g for g in own if g.reference_type.value == "111030")  # Image Region
+        assert {x.name.meaning for x in outline.get_measurements()} == {"Area", "Circularity"}
+    box_uid = {str(g.tracking_uid) for g in groups} - {f.tracking_uid for f in result.findings}
+    assert len(box_uid) == 1
+    box = next(g for g in groups if str(g.tracking_uid) in box_uid)
+    assert str(box.tracking_identifier) == f"{result.findings[0].tracking_id} box"
+    assert box.get_measurements() == []
+
+
+def _box_of(finding):  # type: ignore[no-untyped-def]
+    from pipelines.contract import DetectionBox
+
+    f0, r0, c0, _f1, r1, c1 = finding.measurements.bbox
+    return DetectionBox(f0, c0, r0, c1 + 1.0, r1 + 1.0, finding.label, 0.9)

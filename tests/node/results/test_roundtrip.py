@@ -65,7 +65,16 @@ def test_sr_round_trip_measurements_and_references(produced) -> None:
     groups = {str(g.tracking_uid): g for g in sr.content.get_volumetric_roi_measurement_groups()}
     lesion = next(f for f in result.findings if f.tracking_id == "lesion-1")
     group = groups[lesion.tracking_uid]
-    area = next(m for m in group.get_measurements() if m.name.value == "42798000")
+    volume = next(m for m in group.get_measurements() if m.name.value == "118565006")
+    assert volume.value == pytest.approx(lesion.measurements.volume_mm3)
+    assert volume.unit.value == "mm3"
+    # the area (of the largest cross-section) is in the outline's group on the key slice
+    outline = next(
+        g
+        for g in sr.content.get_planar_roi_measurement_groups()
+        if str(g.tracking_uid) == lesion.tracking_uid
+    )
+    area = next(m for m in outline.get_measurements() if m.name.value == "42798000")
     assert area.value == pytest.approx(lesion.measurements.area_mm2)
     assert area.unit.value == "mm2"
     assert group.reference_type.value == "121191"  # Referenced Segment
