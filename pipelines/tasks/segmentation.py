@@ -1,7 +1,7 @@
 """Segmentation ensembles: per-member probabilities in source geometry, weighted mean, counts.
 
 2D models run on every frame (batched slices for volumes); 3D models run by sliding-window
-inference at the card's spacing. Each member's probabilities are mapped back to the source grid
+inference on the card's grid (its orientation and spacing, :mod:`pipelines.preprocess.orientation`). Each member's probabilities are mapped back to the source grid
 and added, weighted, into one accumulator, so memory holds one member's output at a time plus
 the ensemble (not all members at once) — a 512x512x100 CT stays affordable.
 """
@@ -80,7 +80,7 @@ def member_probabilities(
         )
     assert isinstance(window_probs, torch.Tensor)
     _check_channels(member, window_probs.shape[1])
-    return prepared3.resampling.inverse(window_probs[:, 1:].float().cpu())[0].numpy()
+    return prepared3.grid.to_source(window_probs[:, 1:].float().cpu())[0].numpy()
 
 
 def _check_channels(member: Member, channels: int) -> None:
