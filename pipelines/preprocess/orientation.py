@@ -120,7 +120,7 @@ def to_model_grid(
     steps: list[Any] = [Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if pixdim is not None:
         # float32 resampling: float64 (MONAI's default) would double the memory of a large CT
-        steps.append(Spacing(pixdim=pixdim, mode="bilinear", dtype=torch.float32))
+        steps.append(Spacing(pixdim=pixdim, mode="bilinear", dtype=np.float32))
     transform = Compose(steps)
     image = as_metatensor(
         images.transpose(1, 3, 2, 0), affine_ras(series), series.series_instance_uid, True

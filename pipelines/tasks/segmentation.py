@@ -17,7 +17,13 @@ import torch
 
 from pipelines.contract import LabelSpec
 from pipelines.errors import PipelineModelError
-from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
+from pipelines.members import (
+    Member,
+    MemberOutcome,
+    member_forward,
+    run_per_device,
+    same_labels,
+)
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import SegmentationTask
 from pipelines.tasks.bundle import bundle_probabilities
@@ -53,13 +59,14 @@ def member_probabilities(
         _check_channels(member, label_probs.shape[0] + 1)
         return label_probs
     card_input = member.model.card.input
+    forward = member_forward(member)
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
         frames = prepared.batch.shape[0]
         rows, cols = inputs.series.shape
         out: np.ndarray | None = None
         for start in range(0, frames, task.batch_size):
-            probs = member.model.forward(prepared.batch[start : start + task.batch_size])
+            probs = forward(prepared.batch[start : start + task.batch_size])
             _check_channels(member, probs.shape[1])
             source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
             if out is None:
@@ -75,7 +82,7 @@ def member_probabilities(
             prepared3.volume,
             roi_size=tuple(int(s) for s in card_input.spatial_size),
             sw_batch_size=task.sw_batch_size,
-            predictor=member.model.forward,
+            predictor=forward,
             overlap=task.sw_overlap,
         )
     assert isinstance(window_probs, torch.Tensor)
