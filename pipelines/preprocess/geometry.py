@@ -136,3 +136,34 @@ class Letterbox:
         out[:, [0, 2]] = out[:, [0, 2]] * (rw / w) + left
         out[:, [1, 3]] = out[:, [1, 3]] * (rh / h) + top
         return out
+
+
+@dataclass(frozen=True)
+class VolumeResampling:
+    """Resample a (D, H, W) volume from its spacing to a model's target spacing and back."""
+
+    source_shape: tuple[int, int, int]
+    source_spacing: tuple[float, float, float]  # slice, row, column (mm)
+    target_spacing: tuple[float, float, float] | None
+
+    @property
+    def target_shape(self) -> tuple[int, int, int]:
+        if self.target_spacing is None:
+            return self.source_shape
+        return tuple(  # type: ignore[return-value]
+            max(1, round(n * s / t))
+            for n, s, t in zip(
+                self.source_shape, self.source_spacing, self.target_spacing, strict=True
+            )
+        )
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) → resampled (trilinear)."""
+        if self.target_shape == self.source_shape:
+            return volume
+        return F.interpolate(volume, size=self.target_shape, mode="trilinear", align_corners=False)
+
+    def inverse(self, maps: torch.Tensor) -> torch.Tensor:
+        if tuple(maps.shape[-3:]) == self.source_shape:
+            return maps
+        return F.interpolate(maps, size=self.source_shape, mode="trilinear", align_corners=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.preprocess.geometry import Letterbox, orientation_label
+from pipelines.preprocess.geometry import Letterbox, VolumeResampling, orientation_label
 
 
 def _disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
@@ -47,6 +47,16 @@ def test_boxes_round_trip() -> None:
     model_boxes = box.boxes_to_model(source_boxes)
     assert model_boxes[:, [1, 3]].min() >= box.pad[0]  # inside the image part, not the padding
     np.testing.assert_allclose(box.boxes_to_source(model_boxes), source_boxes, atol=1e-9)
+
+
+def test_volume_resampling_shape_and_inverse() -> None:
+    resampling = VolumeResampling((20, 64, 64), (3.0, 0.7, 0.7), (1.5, 1.4, 1.4))
+    assert resampling.target_shape == (40, 32, 32)
+    volume = torch.zeros(1, 1, 20, 64, 64)
+    volume[..., 5:15, 16:48, 16:48] = 1
+    back = resampling.inverse(resampling.forward(volume))
+    assert tuple(back.shape) == (1, 1, 20, 64, 64)
+    assert ((back >= 0.5) == (volume >= 0.5)).float().mean() > 0.99
 
 
 def test_orientation_labels() -> None:

@@ -1,4 +1,4 @@
-"""The 3D model grid: MONAI's Orientation/Spacing forward, and their inverse back to the source."""
+"""The 3D model grid: MONAI's Orientation and the node's resampling, and their way back."""
 
 from __future__ import annotations
 
@@ -51,8 +51,7 @@ def test_reorientation_alone_maps_back_exactly(axial: DecodedSeries, axcodes: st
 def test_resampling_reaches_the_pixdim_and_comes_back(axial: DecodedSeries) -> None:
     # the series: 2.5 mm columns (x) and rows (y), 3 mm slices (z); 48 x 48 x 20 voxels
     volume, grid = to_model_grid(axial, _images(axial), "RAS", (5.0, 1.25, 6.0))
-    # MONAI keeps the extent between the outer voxel centres: (n - 1) x spacing / pixdim + 1
-    assert tuple(volume.shape[1:]) == (24, 95, 10)
+    assert tuple(volume.shape[1:]) == (24, 96, 10)  # the field of view at the pixdim
     mask = (axial.values > 100).astype(np.float32)  # the organ
     on_grid, _ = to_model_grid(axial, mask[:, None], "RAS", (5.0, 1.25, 6.0))
     back = grid.to_source(on_grid[None])[0, 0].numpy()
