@@ -257,3 +257,28 @@ def test_a_2d_model_with_a_third_flip_axis_is_refused(
 
     with pytest.raises(PipelineModelError, match="lacks"):
         _seg_run(model_registry, cr_study, tta="flip", flip_axes=[2])
+
+
+class _Provider:
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def get(self, name: str, device: str) -> LoadedModel:
+        return self.model
+
+
+@pytest.mark.parametrize("own", ["bundle", "nnunet"])
+@pytest.mark.parametrize("option", [{"tta": "flip"}, {"precision": "bf16"}])
+def test_members_with_their_own_inferer_refuse_tta_and_precision(
+    own: str, option: dict[str, str]
+) -> None:
+    from pipelines.errors import PipelineModelError
+    from pipelines.members import resolve_members
+
+    model = _loaded(3, symmetric=False)
+    setattr(model, own, object())  # a bundle / nnU-Net predictor runs its own inference
+    spec = MemberSpec(model="own", device="cpu", **option)  # type: ignore[arg-type]
+    with pytest.raises(PipelineModelError, match="not applied"):
+        resolve_members("segmentation", [spec], [1.0], _Provider(model))
+    plain = MemberSpec(model="own", device="cpu")
+    assert resolve_members("segmentation", [plain], [1.0], _Provider(model))[0].spec == plain
