@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import DecodedSeries
 from pipelines.preprocess.geometry import VolumeResampling
 
@@ -70,7 +71,16 @@ def as_metatensor(
 
 
 def series_as_metatensor(series: DecodedSeries) -> Any:
-    """The series' values as MONAI's readers load them: channel-less, (column, row, frame), RAS."""
+    """The series' values as MONAI's readers load them: channel-less, (column, row, frame), RAS.
+
+    For a MONAI bundle, whose own transforms decide everything from the affine, a series without
+    full geometry is refused rather than guessed.
+    """
+    if series.affine_lps is None:
+        raise PipelineInputError(
+            f"series {series.series_instance_uid}: a MONAI bundle needs each slice's position, "
+            "the image orientation and the pixel spacing"
+        )
     return as_metatensor(
         series.values.transpose(2, 1, 0),
         affine_ras(series),

@@ -1,8 +1,9 @@
 """Segmentation ensembles: per-member probabilities in source geometry, weighted mean, counts.
 
 2D models run on every frame (batched slices for volumes); 3D models run by sliding-window
-inference on the card's grid (its orientation and spacing, :mod:`pipelines.preprocess.orientation`). Each member's probabilities are mapped back to the source grid
-and added, weighted, into one accumulator, so memory holds one member's output at a time plus
+inference on the card's grid (its orientation and spacing: :mod:`pipelines.preprocess.orientation`).
+Each member's probabilities are mapped back to the source grid and added, weighted, into one
+accumulator, so memory holds one member's output at a time plus
 the ensemble (not all members at once) — a 512x512x100 CT stays affordable.
 """
 
