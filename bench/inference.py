@@ -118,7 +118,8 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
             {
                 "dims": 3,
                 "spatial_size": [32, 128, 128],
-                "spacing_mm": [2.5, 1.5, 1.5],
+                "axcodes": "SPL",
+                "pixdim": [2.5, 1.5, 1.5],
                 "intensity": CT_WINDOW,
             },
         ),
@@ -138,7 +139,8 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
             {
                 "dims": 3,
                 "spatial_size": [96, 96, 96],
-                "spacing_mm": [2.0, 1.5, 1.5],
+                "axcodes": "SPL",
+                "pixdim": [2.0, 1.5, 1.5],
                 "intensity": SPLEEN_WINDOW,
             },
         ),

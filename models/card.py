@@ -97,14 +97,64 @@ class IntensitySpec(_Strict):
         return self
 
 
+_AXIS_PAIRS = ("LR", "AP", "SI")
+
+
 class InputSpec(_Strict):
-    """What the network expects; pipelines pre-process to exactly this."""
+    """What the network expects; pipelines pre-process to exactly this.
+
+    3D networks declare the orientation and spacing they were trained in, in MONAI's terms:
+    ``axcodes`` names the direction each array axis of the network input runs towards (``RAS``:
+    the first index grows towards the patient's right, the second anterior, the third superior, as
+    after MONAI's ``Orientationd``); ``pixdim`` is the spacing in mm along those same axes (MONAI's
+    ``Spacingd`` ``pixdim``: x, y, z for ``RAS``). The node reorients and resamples every series to
+    that grid and maps the output back to the source slices, so the same anatomy stored in any
+    plane or slice order gives the same result. ``spatial_size`` of a 3D card is the
+    sliding-window roi along the same axes. Without ``axcodes`` a 3D network gets the volume in
+    storage order (frame, row, column) at its own spacing: not orientation-aware.
+    """
 
     dims: Literal[2, 3]
     channels: int = Field(1, ge=1)
-    spatial_size: tuple[int, ...]  # 2D: model input size (H, W); 3D: sliding-window roi (D, H, W)
-    spacing_mm: tuple[float, ...] | None = None  # 3D resampling target (z, y, x)
+    spatial_size: tuple[int, ...]  # 2D: model input size (H, W); 3D: sliding-window roi
+    axcodes: str | None = None  # 3D: orientation of the network's array axes, e.g. "RAS"
+    pixdim: tuple[float, float, float] | None = None  # 3D: mm along the axcodes axes
     intensity: IntensitySpec = Field(default_factory=IntensitySpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spacing_key(cls, data: Any) -> Any:
+        """``spacing_mm`` was (z, y, x) in storage order, the reverse of MONAI's ``pixdim``:
+        pasting a bundle's value there was silently wrong, so the key is refused, not guessed.
+        A ``null`` value (written by older ``card_to_yaml``) says nothing and is dropped."""
+        if isinstance(data, dict) and "spacing_mm" in data:
+            value = data["spacing_mm"]
+            if value is not None:
+                raise ValueError(
+                    f"spacing_mm ({value}) is no longer read: it was (z, y, x) in DICOM storage "
+                    "order. Write the orientation and spacing the network was trained in, as "
+                    "MONAI names them: 'axcodes' (e.g. RAS, as after Orientationd) and 'pixdim' "
+                    "(mm along those axes, e.g. [x, y, z] for RAS, as in Spacingd). The node's old "
+                    "behaviour for axial series is axcodes: SPL with pixdim = the spacing_mm "
+                    "numbers in the same order"
+                )
+            data = {k: v for k, v in data.items() if k != "spacing_mm"}
+        return data
+
+    @field_validator("axcodes")
+    @classmethod
+    def _axcodes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        codes = value.strip().upper()
+        if len(codes) != 3 or sorted(
+            next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in codes
+        ) != [0, 1, 2]:
+            raise ValueError(
+                f"{value!r} is not an orientation: three letters, one of L/R, one of A/P and one "
+                "of S/I (MONAI's axcodes, e.g. RAS)"
+            )
+        return codes
 
     @model_validator(mode="after")
     def _sizes_match_dims(self) -> InputSpec:
@@ -112,10 +162,16 @@ class InputSpec(_Strict):
             raise ValueError(
                 f"spatial_size needs {self.dims} positive sizes, got {self.spatial_size}"
             )
-        if self.spacing_mm is not None and (
-            len(self.spacing_mm) != self.dims or any(s <= 0 for s in self.spacing_mm)
-        ):
-            raise ValueError(f"spacing_mm needs {self.dims} positive values")
+        if self.dims == 2 and (self.axcodes is not None or self.pixdim is not None):
+            raise ValueError("axcodes and pixdim are for 3D models (2D models run frame by frame)")
+        if self.pixdim is not None:
+            if self.axcodes is None:
+                raise ValueError(
+                    "pixdim needs axcodes: the spacing is given along the axes of the reoriented "
+                    "volume (e.g. axcodes: RAS, pixdim: [x, y, z])"
+                )
+            if any(s <= 0 for s in self.pixdim):
+                raise ValueError(f"pixdim needs 3 positive values, got {self.pixdim}")
         return self
 
 

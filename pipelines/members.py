@@ -20,6 +20,7 @@ import torch
 from models.card import ModelCard
 from models.devices import DevicePlacement
 from models.loaders import RawBox
+from pipelines.augment import augmented_forward, effective_precision
 from pipelines.contract import LabelSpec, ModelRun
 from pipelines.errors import PipelineModelError
 from pipelines.spec import MemberSpec
@@ -103,8 +104,34 @@ def resolve_members(
             raise PipelineModelError(
                 f"{task} member {spec.model!r} is a {model.card.task} model (see its card)"
             )
+        _check_own_inference(task, spec, model)
+        spec, precision_warning = effective_precision(spec, str(model.placement.used))
+        if precision_warning and warnings is not None:
+            warnings.append(precision_warning)
         members.append(Member(task=task, spec=spec, weight=weight, model=model))
     return members
+
+
+def _check_own_inference(task: str, spec: MemberSpec, model: LoadedModelLike) -> None:
+    """A MONAI bundle or nnU-Net folder runs its own inferer: the node's TTA and autocast would
+    not reach it, and nnU-Net already mirrors as its plans say. Refused rather than ignored."""
+    own = (
+        "a MONAI bundle (its own inferer)"
+        if getattr(model, "bundle", None) is not None
+        else "an nnU-Net model (it mirrors as its plans say)"
+        if getattr(model, "nnunet", None) is not None
+        else None
+    )
+    if own and (spec.tta != "none" or spec.precision != "fp32"):
+        raise PipelineModelError(
+            f"{task} member {spec.model!r} is {own}: tta and precision are not applied to it; "
+            "remove them from the member"
+        )
+
+
+def member_forward(member: Member) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The member's ``forward`` with its pipeline's TTA and precision (:mod:`pipelines.augment`)."""
+    return augmented_forward(member.model.forward, member.spec, member.device)
 
 
 def run_per_device(

@@ -27,7 +27,8 @@ from pipelines.findings import FindingContext, attach_boxes, segment_findings_an
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
 from pipelines.postprocess import Components, postprocess_components
 from pipelines.preprocess.decode import DecodedSeries, decode_series
-from pipelines.preprocess.prepare import PreparedInputs, source_spacing
+from pipelines.preprocess.orientation import source_spacing
+from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
 from pipelines.tasks.classification import classify_from_segmentation, run_classification

@@ -118,6 +118,14 @@ class MemberSpec(_Strict):
     # this member's label (class) names -> the task's names (its first member's), for members
     # trained with other names or another order; without it, members must agree exactly
     label_map: dict[str, str] = Field(default_factory=dict)
+    # test-time augmentation: ``flip`` averages the probabilities of the input mirrored along
+    # every combination of ``flip_axes`` (spatial axes of the network input, 0-based; empty: all),
+    # each mirrored back first — nnU-Net's mirroring, 2^axes forward passes
+    tta: Literal["none", "flip"] = "none"
+    flip_axes: tuple[int, ...] = ()
+    # fp16/bf16: autocast (mixed precision) on the member's device; fp16 needs CUDA and falls
+    # back to fp32 with a warning elsewhere, bf16 also runs on the CPU
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     @field_validator("device")
     @classmethod
@@ -125,6 +133,19 @@ class MemberSpec(_Strict):
         if not DEVICE_PATTERN.match(value):
             raise ValueError("must be cpu, auto, cuda, cuda:N or mps")
         return value
+
+    @model_validator(mode="after")
+    def _flip_axes(self) -> MemberSpec:
+        if self.flip_axes and self.tta != "flip":
+            raise ValueError("flip_axes needs tta: flip")
+        if len(set(self.flip_axes)) != len(self.flip_axes) or any(
+            not 0 <= a <= 2 for a in self.flip_axes
+        ):
+            raise ValueError(
+                f"flip_axes are distinct spatial axes 0, 1 (2D) or 0, 1, 2 (3D), got "
+                f"{list(self.flip_axes)}"
+            )
+        return self
 
 
 class _TaskSpec(_Strict):
@@ -207,6 +228,19 @@ class DetectionTask(_TaskSpec):
     iou_threshold: float = Field(0.55, gt=0, lt=1)
     skip_threshold: float = Field(0.05, ge=0, lt=1)  # member boxes below this are dropped
     score_threshold: float = Field(0.25, ge=0, lt=1)  # fused boxes below this are dropped
+
+    @field_validator("members")
+    @classmethod
+    def _no_tta_or_precision(cls, members: tuple[MemberSpec, ...]) -> tuple[MemberSpec, ...]:
+        """Detectors run through their framework's own predictor (boxes, not probability maps):
+        flipped boxes would need fusing, not averaging, and ultralytics picks its own precision."""
+        for member in members:
+            if member.tta != "none" or member.precision != "fp32":
+                raise ValueError(
+                    f"{member.model}: tta and precision apply to segmentation and "
+                    "classification members, not detection"
+                )
+        return members
 
 
 class TasksSpec(_Strict):

@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from models.card import CardLabel, CodedConceptModel, InputSpec, IntensitySpec
 from models.training.datasets import CT_WINDOW
-from models.training.phantoms import FIELD_OF_VIEW_3D_MM
+from models.training.phantoms import FIELD_OF_VIEW_3D_MM, PHANTOM_AXCODES
 
 INPUT_SIZE_2D = 96
-# 3D models see a whole phantom abdomen at 5 mm (the node resamples any series to that spacing,
+# 3D models see a whole phantom abdomen at 5 mm (the node reorients and resamples any series to that,
 # and its sliding window covers larger volumes with this roi)
 VOLUME_SHAPE_3D = (32, 64, 64)
 YOLO_DEFINITION = Path(__file__).with_name("yolo_tiny.yaml")
@@ -56,7 +56,10 @@ CT_INPUT = InputSpec(
     dims=3,
     channels=1,
     spatial_size=VOLUME_SHAPE_3D,
-    spacing_mm=tuple(f / n for f, n in zip(FIELD_OF_VIEW_3D_MM, VOLUME_SHAPE_3D, strict=True)),
+    # the networks train on phantom arrays as they are: (z, y, x) axes running inferior,
+    # posterior, left (PHANTOM_AXCODES), the way models.training.dicom_export writes them
+    axcodes=PHANTOM_AXCODES,
+    pixdim=tuple(f / n for f, n in zip(FIELD_OF_VIEW_3D_MM, VOLUME_SHAPE_3D, strict=True)),  # type: ignore[arg-type]
     intensity=IntensitySpec(mode="window", center=CT_WINDOW[0], width=CT_WINDOW[1]),
 )
 

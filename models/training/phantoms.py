@@ -9,7 +9,9 @@ passed in, so a seed reproduces a dataset exactly.
 3D phantoms have a physical scale: the anatomy fills a fixed field of view and lesion sizes are in
 millimetres, so the same patient at any matrix size has the same lesions in mm. A 3D model trained at
 one voxel spacing then meets the same anatomy after the node resamples any phantom series to that
-spacing (the card's ``spacing_mm``).
+spacing (the card's ``pixdim``). A phantom's (z, y, x) array axes run towards the patient's inferior,
+posterior and left (:data:`PHANTOM_AXCODES`, MONAI's axcodes), the way
+:mod:`models.training.dicom_export` writes its slices head to foot.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from scipy import ndimage
 
 Box = tuple[int, int, int, int, int]  # x0, y0, x1, y1 (exclusive), label
 SHAPES = ("ellipse", "lobulated", "ring")
+PHANTOM_AXCODES = "IPL"  # where a 3D phantom's (z, y, x) axes point: what its cards declare
 
 
 @dataclass(frozen=True)

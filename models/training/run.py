@@ -115,7 +115,7 @@ def _train_3d(
         batch_size=model.batch_size,
         desc=model.name,
     )
-    spacing = "x".join(f"{s:g}" for s in model.input.spacing_mm or ())
+    spacing = "x".join(f"{s:g}" for s in model.input.pixdim or ())
     data = (
         f"procedural 3D CT phantoms (models.training.phantoms), {len(train.volumes)} volumes at "
         f"{'x'.join(map(str, shape))} voxels of {spacing} mm, "

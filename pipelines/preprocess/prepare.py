@@ -15,8 +15,9 @@ import torch
 
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import DecodedSeries
-from pipelines.preprocess.geometry import Letterbox, VolumeResampling
+from pipelines.preprocess.geometry import Letterbox
 from pipelines.preprocess.intensity import channels_image, normalise_channels
+from pipelines.preprocess.orientation import ModelGrid, to_model_grid
 from pipelines.spec import PreprocessingSpec
 
 
@@ -31,10 +32,10 @@ class Prepared2D:
 
 @dataclass
 class Prepared3D:
-    """The series as one volume at the model's spacing (sliding-window input)."""
+    """The series as one volume on the model's grid (sliding-window input) and the way back."""
 
-    volume: torch.Tensor  # (1, C, D, H, W) normalised
-    resampling: VolumeResampling
+    volume: torch.Tensor  # (1, C, *grid) normalised, axes as the card's axcodes say
+    grid: ModelGrid
 
 
 def prepare_2d(
@@ -59,33 +60,28 @@ def prepare_2d(
     )
 
 
-def source_spacing(series: DecodedSeries) -> tuple[float, float, float]:
-    row, col = series.pixel_spacing_mm or (1.0, 1.0)
-    return (series.slice_spacing_mm or series.slice_thickness_mm or 1.0, row, col)
-
-
 def prepare_3d(
     series: DecodedSeries, card_input: Any, preprocessing: PreprocessingSpec
 ) -> Prepared3D:
-    """The volume → (1, C, D, H, W) at the card's spacing (when it names one)."""
+    """The volume → (1, C, *grid) in the card's orientation at its spacing (when it names them).
+
+    Intensity scaling runs on the source values (percentiles and z-scores see the acquired voxels,
+    not interpolated ones); the card's mean/std runs last, on the network's grid.
+    """
     images = channels_image(
         series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
     )
-    volume = torch.from_numpy(np.ascontiguousarray(images.transpose(1, 0, 2, 3)))[None]
-    spacing = card_input.spacing_mm
-    target: tuple[float, float, float] | None = None
-    if spacing:
-        target = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
-    resampling = VolumeResampling(
-        source_shape=(series.frame_count, *series.shape),
-        source_spacing=source_spacing(series),
-        target_spacing=target,
+    pixdim = card_input.pixdim
+    volume, grid = to_model_grid(
+        series,
+        images,
+        card_input.axcodes,
+        None if pixdim is None else (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])),
     )
-    resampled = resampling.forward(volume).numpy()
-    normalised = normalise_channels(resampled, card_input.intensity.mean, card_input.intensity.std)
-    return Prepared3D(
-        volume=torch.from_numpy(np.ascontiguousarray(normalised)), resampling=resampling
+    normalised = normalise_channels(
+        volume[None].numpy(), card_input.intensity.mean, card_input.intensity.std
     )
+    return Prepared3D(volume=torch.from_numpy(np.ascontiguousarray(normalised)), grid=grid)
 
 
 class PreparedInputs:

@@ -15,29 +15,7 @@ import torch
 from models.loaders.monai_bundle import MonaiBundle
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import DecodedSeries
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def series_as_metatensor(series: DecodedSeries) -> torch.Tensor:
-    """The series as MONAI's readers load it: (i, j, k) = (column, row, frame), RAS affine."""
-    from monai.data import MetaTensor
-
-    if series.affine_lps is None:
-        raise PipelineInputError(
-            f"series {series.series_instance_uid}: a MONAI bundle needs each slice's position, "
-            "the image orientation and the pixel spacing"
-        )
-    affine = torch.as_tensor(LPS_TO_RAS @ series.affine_lps, dtype=torch.float64)
-    array = torch.from_numpy(np.ascontiguousarray(series.values.transpose(2, 1, 0)))
-    meta = {
-        "original_channel_dim": "no_channel",
-        "original_affine": affine.clone(),
-        "space": "RAS",
-        "spatial_shape": np.asarray(array.shape),
-        "filename_or_obj": series.series_instance_uid,
-    }
-    return MetaTensor(array, affine=affine, meta=meta)
+from pipelines.preprocess.orientation import series_as_metatensor
 
 
 def bundle_probabilities(bundle: MonaiBundle, series: DecodedSeries) -> np.ndarray:

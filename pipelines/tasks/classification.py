@@ -17,7 +17,7 @@ from core.domain import CodedConcept
 from pipelines.contract import ClassificationOutput
 from pipelines.ensemble import weighted_mean
 from pipelines.errors import PipelineModelError
-from pipelines.members import Member, MemberOutcome, run_per_device, task_orders
+from pipelines.members import Member, MemberOutcome, member_forward, run_per_device, task_orders
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import ClassificationTask
 
@@ -36,10 +36,11 @@ def member_probabilities(
     member: Member, inputs: PreparedInputs, task: ClassificationTask, positive_index: int
 ) -> np.ndarray:
     card_input = member.model.card.input
+    forward = member_forward(member)
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
         parts = [
-            member.model.forward(prepared.batch[start : start + task.batch_size]).numpy()
+            forward(prepared.batch[start : start + task.batch_size]).numpy()
             for start in range(0, prepared.batch.shape[0], task.batch_size)
         ]
         return aggregate_frames(np.concatenate(parts), positive_index, task.volume_aggregation)
@@ -47,7 +48,7 @@ def member_probabilities(
     size = tuple(int(s) for s in card_input.spatial_size)
     with torch.inference_mode():
         resized = F.interpolate(volume, size=size, mode="trilinear", align_corners=False)
-    return member.model.forward(resized).numpy()[0]
+    return forward(resized).numpy()[0]
 
 
 def run_classification(

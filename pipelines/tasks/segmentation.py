@@ -1,8 +1,9 @@
 """Segmentation ensembles: per-member probabilities in source geometry, weighted mean, counts.
 
 2D models run on every frame (batched slices for volumes); 3D models run by sliding-window
-inference at the card's spacing. Each member's probabilities are mapped back to the source grid
-and added, weighted, into one accumulator, so memory holds one member's output at a time plus
+inference on the card's grid (its orientation and spacing: :mod:`pipelines.preprocess.orientation`).
+Each member's probabilities are mapped back to the source grid and added, weighted, into one
+accumulator, so memory holds one member's output at a time plus
 the ensemble (not all members at once) — a 512x512x100 CT stays affordable.
 """
 
@@ -17,7 +18,13 @@ import torch
 
 from pipelines.contract import LabelSpec
 from pipelines.errors import PipelineModelError
-from pipelines.members import Member, MemberOutcome, run_per_device, same_labels
+from pipelines.members import (
+    Member,
+    MemberOutcome,
+    member_forward,
+    run_per_device,
+    same_labels,
+)
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import SegmentationTask
 from pipelines.tasks.bundle import bundle_probabilities
@@ -53,13 +60,14 @@ def member_probabilities(
         _check_channels(member, label_probs.shape[0] + 1)
         return label_probs
     card_input = member.model.card.input
+    forward = member_forward(member)
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
         frames = prepared.batch.shape[0]
         rows, cols = inputs.series.shape
         out: np.ndarray | None = None
         for start in range(0, frames, task.batch_size):
-            probs = member.model.forward(prepared.batch[start : start + task.batch_size])
+            probs = forward(prepared.batch[start : start + task.batch_size])
             _check_channels(member, probs.shape[1])
             source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
             if out is None:
@@ -75,12 +83,12 @@ def member_probabilities(
             prepared3.volume,
             roi_size=tuple(int(s) for s in card_input.spatial_size),
             sw_batch_size=task.sw_batch_size,
-            predictor=member.model.forward,
+            predictor=forward,
             overlap=task.sw_overlap,
         )
     assert isinstance(window_probs, torch.Tensor)
     _check_channels(member, window_probs.shape[1])
-    return prepared3.resampling.inverse(window_probs[:, 1:].float().cpu())[0].numpy()
+    return prepared3.grid.to_source(window_probs[:, 1:].float().cpu())[0].numpy()
 
 
 def _check_channels(member: Member, channels: int) -> None:

@@ -87,3 +87,47 @@ def test_an_all_digit_sha_read_as_a_number_is_refused_with_how_to_fix(tmp_path: 
     assert isinstance(yaml.safe_load(text)["sha256"], int)  # what YAML does with the digits
     with pytest.raises(ModelLoadError, match="sha256: .*read the SHA-256 as a number.*quote it"):
         read_card(path)
+
+
+def _input_card(tmp_path: Path, card_input: dict) -> Path:
+    data = {**_card_dict(tmp_path), "input": card_input}
+    path = tmp_path / "input.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_old_spacing_mm_key_is_refused_saying_what_to_write(tmp_path: Path) -> None:
+    """(z, y, x) spacing_mm next to MONAI's (x, y, z) pixdim was silently wrong when pasted."""
+    path = _input_card(tmp_path, {"dims": 3, "spatial_size": [16, 32, 32], "spacing_mm": [5, 2, 1]})
+    with pytest.raises(ModelLoadError) as refused:
+        read_card(path)
+    message = str(refused.value)
+    assert "input.yaml" in message and "spacing_mm" in message
+    assert "axcodes" in message and "pixdim" in message and "SPL" in message
+
+
+def test_a_null_spacing_mm_from_older_cards_is_dropped(tmp_path: Path) -> None:
+    path = _input_card(tmp_path, {"dims": 2, "spatial_size": [32, 32], "spacing_mm": None})
+    assert read_card(path).input.axcodes is None
+
+
+@pytest.mark.parametrize(
+    ("card_input", "problem"),
+    [
+        ({"dims": 3, "spatial_size": [8, 8, 8], "axcodes": "RAR"}, "one of L/R"),
+        ({"dims": 3, "spatial_size": [8, 8, 8], "axcodes": "RA"}, "one of L/R"),
+        ({"dims": 3, "spatial_size": [8, 8, 8], "pixdim": [1, 1, 1]}, "pixdim needs axcodes"),
+        ({"dims": 3, "spatial_size": [8, 8, 8], "axcodes": "RAS", "pixdim": [1, 0, 1]}, "positive"),
+        ({"dims": 3, "spatial_size": [8, 8, 8], "axcodes": "RAS", "pixdim": [1, 1]}, "pixdim"),
+        ({"dims": 2, "spatial_size": [8, 8], "axcodes": "RAS"}, "for 3D models"),
+    ],
+)
+def test_orientation_keys_are_validated(tmp_path: Path, card_input: dict, problem: str) -> None:
+    with pytest.raises(ModelLoadError, match=problem):
+        read_card(_input_card(tmp_path, card_input))
+
+
+def test_axcodes_are_read_in_capitals(tmp_path: Path) -> None:
+    card_input = {"dims": 3, "spatial_size": [8, 8, 8], "axcodes": "ras", "pixdim": [1.5, 1.5, 2]}
+    spec = read_card(_input_card(tmp_path, card_input)).input
+    assert (spec.axcodes, spec.pixdim) == ("RAS", (1.5, 1.5, 2.0))

@@ -200,7 +200,7 @@ def test_3d_pipeline_sliding_window_parity_and_geometry(
         bare = sliding_window_inference(
             prepared.volume, (16, 32, 32), 2, model.forward, overlap=0.25
         )
-    expected = prepared.resampling.inverse(bare)[0, 1:].numpy()
+    expected = prepared.grid.to_source(bare)[0, 1:].numpy()
     assert np.abs(result.segmentation.probabilities - expected).max() <= PARITY_TOLERANCE
 
     cls_model = model_registry.get("tiny-cls-resnet", "cpu")

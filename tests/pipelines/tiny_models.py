@@ -118,7 +118,8 @@ def write_tiny_models(models_dir: Path) -> Path:
             {
                 "dims": 3,
                 "spatial_size": [16, 32, 32],
-                "spacing_mm": [2.0, 1.5, 1.5],
+                "axcodes": "SPL",  # (frame, row, column) of an axial series sorted by position
+                "pixdim": [2.0, 1.5, 1.5],
                 "intensity": CT_WINDOW,
             },
         ),

@@ -61,3 +61,16 @@ def test_models_check_reports_every_card_when_one_fails_unexpectedly(
     assert "FAIL empty-seg" in out
     assert "OK   good-seg" in out  # checked after empty-seg: the broken card did not stop the check
     assert "1 of 4 model(s) load" in out
+
+
+def test_models_check_names_the_old_spacing_key_and_what_to_write(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = make_card(models_dir, "old-3d", tiny_unet_weights(models_dir / "old-3d" / "model.pt"))
+    assert card.card_path is not None
+    text = card.card_path.read_text()
+    card.card_path.write_text(text.replace("  axcodes: null\n", "  spacing_mm: [5.0, 2.0, 2.0]\n"))
+    assert main(["models", "check"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "old-3d" in line)
+    assert line.startswith("FAIL") and "spacing_mm" in line and "axcodes" in line

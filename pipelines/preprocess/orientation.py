@@ -1,0 +1,169 @@
+"""A series on the grid a 3D network was trained on, and the network's output back on the source.
+
+A card names that grid as MONAI does (``axcodes`` + ``pixdim``). The decoded series becomes what
+MONAI's DICOM readers make of it — a MetaTensor indexed (column, row, frame) with its voxel-to-RAS
+affine — MONAI's own ``Orientation`` turns it to the card's axes and the node's trilinear
+resampler (:class:`~pipelines.preprocess.geometry.VolumeResampling`) takes it to the card's
+spacing; their inverses (MONAI's recorded inverse, what ``Invertd`` runs for a bundle) take the
+network's probabilities back to the source slices. So the same anatomy stored axial head-first,
+feet-first, in reversed file order, coronal or sagittal meets the network the same way, and a MONAI
+bundle (:mod:`pipelines.tasks.bundle`) and a plain 3D card share one way of reading the geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.errors import PipelineInputError
+from pipelines.preprocess.decode import DecodedSeries
+from pipelines.preprocess.geometry import VolumeResampling
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def source_spacing(series: DecodedSeries) -> tuple[float, float, float]:
+    """(slice, row, column) spacing in mm; 1 mm where the source does not say."""
+    row, col = series.pixel_spacing_mm or (1.0, 1.0)
+    return (series.slice_spacing_mm or series.slice_thickness_mm or 1.0, row, col)
+
+
+def affine_ras(series: DecodedSeries) -> np.ndarray:
+    """Voxel (column, row, frame) → patient RAS mm.
+
+    A series without slice positions or orientation (rare for volumes: secondary captures,
+    stripped exports) is taken as axial with rows running posterior and columns left, at its
+    spacing — what MONAI's readers assume for an image without a direction.
+    """
+    affine_lps = series.affine_lps
+    if affine_lps is None:
+        slice_mm, row_mm, col_mm = source_spacing(series)
+        affine_lps = np.diag([col_mm, row_mm, slice_mm, 1.0])
+    return LPS_TO_RAS @ affine_lps
+
+
+def as_metatensor(
+    array: np.ndarray | torch.Tensor, affine: np.ndarray, name: str, channel_first: bool
+) -> Any:
+    """``array`` indexed ([channel,] column, row, frame) as a MONAI MetaTensor with ``affine``.
+
+    A tensor is wrapped as it is (a permuted view stays a view: no copy of a large volume).
+    """
+    from monai.data import MetaTensor
+
+    tensor = (
+        array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    )
+    affine_t = torch.as_tensor(affine, dtype=torch.float64)
+    spatial = tensor.shape[1:] if channel_first else tensor.shape
+    meta = {
+        "original_channel_dim": 0 if channel_first else "no_channel",
+        "original_affine": affine_t.clone(),
+        "space": "RAS",
+        "spatial_shape": np.asarray(spatial),
+        "filename_or_obj": name,
+    }
+    return MetaTensor(tensor, affine=affine_t, meta=meta)
+
+
+def series_as_metatensor(series: DecodedSeries) -> Any:
+    """The series' values as MONAI's readers load them: channel-less, (column, row, frame), RAS.
+
+    For a MONAI bundle, whose own transforms decide everything from the affine, a series without
+    full geometry is refused rather than guessed.
+    """
+    if series.affine_lps is None:
+        raise PipelineInputError(
+            f"series {series.series_instance_uid}: a MONAI bundle needs each slice's position, "
+            "the image orientation and the pixel spacing"
+        )
+    return as_metatensor(
+        series.values.transpose(2, 1, 0),
+        affine_ras(series),
+        series.series_instance_uid,
+        channel_first=False,
+    )
+
+
+@dataclass
+class ModelGrid:
+    """How one series was put on a network's grid, so outputs can be put back on the source.
+
+    Keeps the orientation MONAI applied as MONAI recorded it (not the image: its inverse replays
+    the recorded operations) and the resampling, which is exactly invertible in geometry.
+    """
+
+    source_shape: tuple[int, int, int]  # frames, rows, columns
+    resampling: VolumeResampling
+    orientation: Any = None  # MONAI's Orientation that ran; None: storage order
+    affine: torch.Tensor | None = None
+    meta: dict[str, Any] | None = None
+    applied_operations: list[Any] | None = None
+
+    def to_source(self, maps: torch.Tensor) -> torch.Tensor:
+        """(1, L, *model grid) → (1, L, frames, rows, columns) on the source slices (trilinear)."""
+        maps = self.resampling.inverse(maps)
+        if self.orientation is None:
+            return maps
+        from monai.data import MetaTensor
+
+        assert self.affine is not None and self.meta is not None
+        meta = {k: v for k, v in self.meta.items() if k != "affine"}  # affine= sets it
+        oriented = MetaTensor(maps[0], affine=self.affine.clone(), meta=meta)
+        oriented.applied_operations = copy.deepcopy(self.applied_operations or [])
+        back = self.orientation.inverse(oriented)
+        array = back.as_tensor() if isinstance(back, MetaTensor) else torch.as_tensor(back)
+        return array.permute(0, 3, 2, 1)[None]  # (L, column, row, frame) → (1, L, frame, row, col)
+
+
+def to_model_grid(
+    series: DecodedSeries,
+    images: np.ndarray,
+    axcodes: str | None,
+    pixdim: tuple[float, float, float] | None,
+) -> tuple[torch.Tensor, ModelGrid]:
+    """(frames, C, rows, cols) images of ``series`` → (C, *model grid) and the way back.
+
+    MONAI's ``Orientation`` permutes and flips the axes to ``axcodes`` (exact, no interpolation);
+    the node's trilinear :class:`VolumeResampling` then takes each axis to its ``pixdim`` —
+    ``F.interpolate`` over the whole field of view, an order of magnitude faster than MONAI's
+    grid-sampling ``Spacing`` on a CT (3.3 s + 4.5 s vs 0.15 s + 0.6 s forward + back for
+    100 x 512² on one core), at a spacing within half a voxel's worth of ``pixdim`` over the
+    field of view. Without ``axcodes`` the volume stays in storage order (frame, row, column),
+    not resampled: a card that does not say how its network was trained gets what it always got.
+    """
+    frames, rows, cols = series.values.shape
+    if axcodes is None:
+        volume = torch.from_numpy(np.ascontiguousarray(images.transpose(1, 0, 2, 3)))
+        identity = VolumeResampling((frames, rows, cols), source_spacing(series), None)
+        return volume, ModelGrid((frames, rows, cols), identity)
+    from monai.transforms import Orientation
+
+    # the labels of the RAS space the MetaTensor is in (MONAI's default, stated to pin it)
+    orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    # a view in MONAI's (channel, column, row, frame) order: Orientation then permutes (and flips)
+    # it, so a volume already in the card's orientation is never copied in between
+    view = torch.from_numpy(images).permute(1, 3, 2, 0)
+    image = as_metatensor(view, affine_ras(series), series.series_instance_uid, True)
+    oriented: Any = orientation(image)  # a MetaTensor (typed as a plain Tensor by MONAI)
+    spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
+    shape = tuple(int(n) for n in oriented.shape[1:])
+    resampling = VolumeResampling(
+        source_shape=(shape[0], shape[1], shape[2]),
+        source_spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        target_spacing=pixdim,
+    )
+    grid = ModelGrid(
+        source_shape=(frames, rows, cols),
+        resampling=resampling,
+        orientation=orientation,
+        affine=oriented.affine.clone(),
+        meta=copy.copy(oriented.meta),
+        applied_operations=copy.deepcopy(oriented.applied_operations),
+    )
+    volume = resampling.forward(oriented.as_tensor().float().contiguous()[None])[0]
+    return volume, grid

@@ -1,0 +1,75 @@
+"""The 3D model grid: MONAI's Orientation and the node's resampling, and their way back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.preprocess.decode import DecodedSeries, decode_series
+from pipelines.preprocess.orientation import affine_ras, to_model_grid
+from tests.pipelines.ct_series import write_ct_series
+
+
+@pytest.fixture(scope="module")
+def axial(tmp_path_factory: pytest.TempPathFactory) -> DecodedSeries:
+    return decode_series(write_ct_series(tmp_path_factory.mktemp("ct"), "axial-head-first"))
+
+
+def _images(series: DecodedSeries) -> np.ndarray:
+    return series.values[:, None].astype(np.float32)  # (frames, 1, rows, cols)
+
+
+def test_without_axcodes_the_volume_stays_in_storage_order(axial: DecodedSeries) -> None:
+    volume, grid = to_model_grid(axial, _images(axial), None, None)
+    assert torch.equal(volume[0], torch.from_numpy(axial.values))
+    maps = torch.rand(1, 2, *axial.values.shape)
+    assert torch.equal(grid.to_source(maps), maps)
+
+
+def test_axcodes_name_where_each_network_axis_points(axial: DecodedSeries) -> None:
+    """An axial series sorted by position runs superior, posterior, left (SPL) by frame, row,
+    column; IPL is the same volume upside down and RAS the MONAI-reader order, mirrored in-plane."""
+    spl, _ = to_model_grid(axial, _images(axial), "SPL", None)
+    assert torch.equal(spl[0], torch.from_numpy(axial.values))
+    ipl, _ = to_model_grid(axial, _images(axial), "IPL", None)
+    assert torch.equal(ipl[0], torch.from_numpy(axial.values[::-1].copy()))
+    ras, _ = to_model_grid(axial, _images(axial), "RAS", None)
+    expected = axial.values.transpose(2, 1, 0)[::-1, ::-1, :]
+    assert torch.equal(ras[0], torch.from_numpy(expected.copy()))
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PIR"])
+def test_reorientation_alone_maps_back_exactly(axial: DecodedSeries, axcodes: str) -> None:
+    volume, grid = to_model_grid(axial, _images(axial), axcodes, None)
+    back = grid.to_source(volume[None])
+    assert torch.equal(back[0, 0], torch.from_numpy(axial.values))
+
+
+def test_resampling_reaches_the_pixdim_and_comes_back(axial: DecodedSeries) -> None:
+    # the series: 2.5 mm columns (x) and rows (y), 3 mm slices (z); 48 x 48 x 20 voxels
+    volume, grid = to_model_grid(axial, _images(axial), "RAS", (5.0, 1.25, 6.0))
+    assert tuple(volume.shape[1:]) == (24, 96, 10)  # the field of view at the pixdim
+    mask = (axial.values > 100).astype(np.float32)  # the organ
+    on_grid, _ = to_model_grid(axial, mask[:, None], "RAS", (5.0, 1.25, 6.0))
+    back = grid.to_source(on_grid[None])[0, 0].numpy()
+    assert back.shape == axial.values.shape
+    assert ((back >= 0.5) == (mask >= 0.5)).mean() > 0.98
+
+
+def test_a_series_without_positions_is_read_as_axial_at_its_spacing(axial: DecodedSeries) -> None:
+    from dataclasses import replace
+
+    bare = replace(axial, affine_lps=None)
+    np.testing.assert_allclose(np.diag(affine_ras(bare)), [-2.5, -2.5, 3.0, 1.0])
+    spl, _ = to_model_grid(bare, _images(bare), "SPL", None)
+    assert torch.equal(spl[0], torch.from_numpy(axial.values))
+
+
+def test_source_geometry_written_as_tests_expect(tmp_path: Path) -> None:
+    """Guards the fixture: feet-first slices decode to the same stack as head-first ones."""
+    feet = decode_series(write_ct_series(tmp_path / "feet", "axial-feet-first"))
+    head = decode_series(write_ct_series(tmp_path / "head", "axial-head-first"))
+    np.testing.assert_array_equal(feet.values, head.values)
