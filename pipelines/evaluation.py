@@ -198,7 +198,7 @@ def evaluate_study_classification_3d(
     data = make_dataset_3d(seed + 13, HELDOUT_STUDIES_3D, VOLUME_SHAPE_3D)
     names = list(models)
     probs = {name: _batched_forward(m, data.volumes, batch=4)[:, 1:] for name, m in models.items()}
-    spacing = next(iter(models.values())).card.input.spacing_mm or (1.0, 1.0, 1.0)
+    spacing = next(iter(models.values())).card.input.pixdim or (1.0, 1.0, 1.0)
     scores = []
     for index in range(len(data.volumes)):
         fused = weighted_mean(
