@@ -35,6 +35,7 @@ class _Strict(BaseModel):
 class CompletionSettings(_Strict):
     quiet_period_s: float = Field(10.0, ge=0)
     sweep_interval_s: float = Field(2.0, gt=0)
+    safety_poll_s: float = Field(30.0, gt=0)
     late_arrival: LateArrivalPolicy = LateArrivalPolicy.IGNORE
 
 

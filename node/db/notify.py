@@ -1,7 +1,8 @@
 """Wake-up channels: a committed job or due delivery wakes the loop waiting for one, without polling.
 
-Producers need do nothing: a flush that leaves a job queued (new, retried, requeued, released) or a
-delivery pending (or delivered: an SR may follow it now) marks its channel. On PostgreSQL that flush also issues ``NOTIFY`` on the
+Producers need do nothing: a flush that leaves a job queued (new, retried, requeued, released), a
+delivery pending (or delivered: an SR may follow it now) or a study receiving marks its channel;
+code that writes with plain SQL statements calls :func:`on_commit` (the receiver's inserts). On PostgreSQL that flush also issues ``NOTIFY`` on the
 transaction's own connection, so PostgreSQL delivers it when the transaction commits, and never
 when it rolls back; every process of the node, on any host, hears it. Each process has one
 listener thread on a dedicated psycopg connection that ``LISTEN``s and then waits on the socket
@@ -33,14 +34,15 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.domain import DeliveryState, JobState
-from node.db.orm import Delivery, Job
+from core.domain import DeliveryState, JobState, StudyState
+from node.db.orm import Delivery, Job, Study
 
 log = logging.getLogger(__name__)
 
 JOBS = "pacsnode_jobs"
 DELIVERIES = "pacsnode_deliveries"
-CHANNELS = (JOBS, DELIVERIES)
+STUDIES = "pacsnode_studies"  # instances received, a completion asked for: the completion sweep
+CHANNELS = (JOBS, DELIVERIES, STUDIES)
 
 STOP_CHECK_S = 0.2  # how often a sleeping waiter looks at its stop event (no database access)
 RECONNECT_MAX_S = 5.0
@@ -65,11 +67,14 @@ _WAKING_DELIVERY_STATES = (DeliveryState.PENDING.value, DeliveryState.DELIVERED.
 
 
 def _wakes(obj: object) -> str | None:
-    """The channel a flushed object wakes: a queued job, a pending (or just delivered) delivery."""
+    """The channel a flushed object wakes: a queued job, a pending (or just delivered) delivery,
+    a study still receiving (its completion may be due: forced, or an expected series came)."""
     if isinstance(obj, Job) and obj.state == JobState.QUEUED.value:
         return JOBS
     if isinstance(obj, Delivery) and obj.state in _WAKING_DELIVERY_STATES:
         return DELIVERIES
+    if isinstance(obj, Study) and obj.state == StudyState.RECEIVING.value:
+        return STUDIES
     return None
 
 
@@ -260,6 +265,19 @@ def install(factory: sessionmaker[Session], hub: WakeHub) -> None:
                 conn.exec_driver_sql(f'NOTIFY "{hub.pg_channel(channel)}"')
             sent.update(woken)
 
+    @event.listens_for(factory, "before_commit")
+    def _before_commit(session: Session) -> None:
+        """NOTIFY what :func:`on_commit` asked for (plain statements, no flush to see them)."""
+        if not hub.postgres:
+            return
+        pending: set[str] = session.info.get(_PENDING, set())
+        sent: set[str] = session.info.setdefault(_SENT, set())
+        if pending - sent:
+            conn = session.connection()
+            for channel in sorted(pending - sent):
+                conn.exec_driver_sql(f'NOTIFY "{hub.pg_channel(channel)}"')
+            sent.update(pending)
+
     @event.listens_for(factory, "after_commit")
     def _after_commit(session: Session) -> None:
         woken = session.info.pop(_PENDING, set())
@@ -271,3 +289,9 @@ def install(factory: sessionmaker[Session], hub: WakeHub) -> None:
     def _after_rollback(session: Session) -> None:
         session.info.pop(_PENDING, None)
         session.info.pop(_SENT, None)
+
+
+def on_commit(session: Session, channel: str) -> None:
+    """Wake ``channel``'s waiters when ``session`` commits, for changes made with plain SQL
+    statements, which the flush hook cannot see (the receiver's batched instance inserts)."""
+    session.info.setdefault(_PENDING, set()).add(channel)
