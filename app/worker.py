@@ -9,25 +9,50 @@ only ``pacsnode worker`` and ``pacsnode serve`` import it, so the other processe
 from __future__ import annotations
 
 import argparse
+import logging
 from functools import partial
 
 from app.runtime import run_stages
 from core.config import Settings
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, ModelStatus
 from node.db.engine import Database
+from node.db.repositories import model_status
 from node.dispatch.delivery_plan import plan_deliveries
-from node.jobs.worker import Worker
+from node.jobs.worker import Worker, default_worker_id
 from node.results.produce import produce_results
 from pipelines.registry import PipelineRegistry
 
+log = logging.getLogger(__name__)
+
 
 def build_worker(settings: Settings, db: Database, worker_id: str | None = None) -> Worker:
-    """A worker over every configured pipeline, sharing one warm model registry."""
-    models = ModelRegistry(settings.models_dir, settings.torch_threads)
+    """A worker over every configured pipeline, sharing one warm model registry.
+
+    Before it serves, every card's weights are checked and every pipeline's members looked up:
+    one warning per broken card or pipeline, the statuses stored for the console; the worker then
+    serves the good ones (a job of a broken pipeline fails with the reason)."""
+    worker_id = worker_id or default_worker_id()
+    store = model_status.recorder(db, worker_id)
+
+    def on_status(status: ModelStatus) -> None:
+        store(status.name, status.state.value, status.device, status.error)
+
+    models = ModelRegistry(settings.models_dir, settings.torch_threads, on_status=on_status)
+    pipelines = PipelineRegistry(settings, models)
+    statuses = models.check()
+    problems = pipelines.check({name: s.error for name, s in statuses.items()})
+    usable = sum(1 for s in statuses.values() if not s.error)
+    log.info(
+        "models: %d of %d usable; pipelines: %d of %d can run",
+        usable,
+        len(statuses),
+        len(pipelines.names()) - len(problems),
+        len(pipelines.names()),
+    )
     return Worker(
         settings,
         db,
-        PipelineRegistry(settings, models),
+        pipelines,
         producer=produce_results,
         # The review gate's held/pending choice comes per job; the node's settings decide
         # whether an Orthanc source also gets the results back.

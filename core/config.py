@@ -36,6 +36,7 @@ class _Strict(BaseModel):
 class CompletionSettings(_Strict):
     quiet_period_s: float = Field(10.0, ge=0)
     sweep_interval_s: float = Field(2.0, gt=0)
+    safety_poll_s: float = Field(30.0, gt=0)
     late_arrival: LateArrivalPolicy = LateArrivalPolicy.IGNORE
 
 
@@ -222,6 +223,7 @@ class JobSettings(_Strict):
     backoff_base_s: float = Field(5.0, ge=0)
     backoff_max_s: float = Field(300.0, ge=0)
     poll_interval_s: float = Field(0.5, gt=0)
+    safety_poll_s: float = Field(30.0, gt=0)
     engine: Literal["local", "celery"] = "local"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     republish_after_s: float = Field(30.0, gt=0)
@@ -233,6 +235,7 @@ class DispatchSettings(_Strict):
     backoff_max_s: float = Field(600.0, ge=0)
     jitter: float = Field(0.2, ge=0, le=1)
     poll_interval_s: float = Field(0.5, gt=0)
+    safety_poll_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)
 
 

@@ -41,6 +41,14 @@ class JobState(enum.StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED)
 
 
+class ModelLoadState(enum.StrEnum):
+    """A model as the node's workers have it (``/api/health``, ``pacsnode models list``)."""
+
+    NOT_LOADED = "not loaded yet"  # its card and weights check out; loaded on first use
+    LOADED = "loaded"
+    FAILED = "failed"  # refused card, missing weights, SHA-256 mismatch, or the load raised
+
+
 class ArtifactKind(enum.StrEnum):
     """DICOM objects a job produces; the order is the dispatch order (SEG before the SR citing it)."""
 

@@ -295,20 +295,31 @@ def load_cards(models_dir: Path) -> dict[str, ModelCard]:
     return cards
 
 
-def scan_cards(models_dir: Path) -> tuple[dict[str, ModelCard], dict[Path, str]]:
-    """Valid cards by name, and the error message for each card file that was refused."""
+def refused_card_name(path: Path) -> str:
+    """The name a refused card goes by: its folder (``<name>/card.yaml``) or its file's stem."""
+    return path.parent.name if path.name == CARD_FILE_NAME else path.stem
+
+
+def scan_cards(
+    models_dir: Path, *, warn: bool = True
+) -> tuple[dict[str, ModelCard], dict[Path, str]]:
+    """Valid cards by name, and the error message for each card file that was refused (logged as
+    a warning unless ``warn`` is False: a health check asked every few seconds must not repeat
+    what start-up said once)."""
     cards: dict[str, ModelCard] = {}
     errors: dict[Path, str] = {}
     for path in card_files(models_dir):
         try:
             card = read_card(path)
         except ModelLoadError as exc:
-            log.warning("%s", exc)
+            if warn:
+                log.warning("%s", exc)
             errors[path] = str(exc)
             continue
         if card.name in cards:
             message = f"model card {path}: duplicate name {card.name!r} (first: {cards[card.name].card_path})"
-            log.warning("%s", message)
+            if warn:
+                log.warning("%s", message)
             errors[path] = message
             continue
         cards[card.name] = card

@@ -9,15 +9,19 @@ exception in one run is logged and the next run happens as planned.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 
 from core.config import Settings
 from core.domain import DeliveryState, StudyState
+from node.db import notify
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
@@ -31,6 +35,52 @@ from node.overrides import effective_pipeline_configs, settings_refresher
 from pipelines.spec import PipelineConfig
 
 log = logging.getLogger(__name__)
+
+
+class CompletionWakeups:
+    """Whether a tick of the completion sweep needs the database.
+
+    On PostgreSQL, with the LISTEN connection up, a tick sweeps only when a study changed
+    (instances received, a completion asked for: ``NOTIFY pacsnode_studies``), when the earliest
+    quiet period ends, or after ``completion.safety_poll_s``; an idle node is not queried every
+    ``sweep_interval_s``. While nothing can wake it (SQLite with a receiver in another process,
+    the listener reconnecting) every tick sweeps, as before."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self._quiet = timedelta(seconds=settings.completion.quiet_period_s)
+        self._safety_s = settings.completion.safety_poll_s
+        self._waker = db.wakeups.subscribe(notify.STUDIES)
+        self._next_due: datetime | None = None
+        self._last = -math.inf
+
+    def due(self, now: datetime) -> bool:
+        """Sweep now? Consumes a wake-up (one arriving during the sweep makes the next tick sweep)."""
+        if self._waker.event.is_set():
+            self._waker.event.clear()
+            return True
+        if not self._db.wakeups.listening:
+            return True
+        if self._next_due is not None and now >= self._next_due:
+            return True
+        return time.monotonic() - self._last >= self._safety_s
+
+    def swept(self) -> None:
+        """Remember when the earliest receiving study's quiet period ends."""
+        self._last = time.monotonic()
+        with self._db.read() as session:
+            oldest = session.scalar(
+                select(func.min(Study.last_received_at)).where(
+                    Study.state == StudyState.RECEIVING.value
+                )
+            )
+        self._next_due = None if oldest is None else oldest + self._quiet
+
+    def retry(self) -> None:
+        self._waker.set()
+
+    def close(self) -> None:
+        self._waker.close()
 
 
 def completion_sweep(
@@ -153,8 +203,21 @@ def build_scheduler(
 
     scheduler = BackgroundScheduler(timezone="UTC")
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+    wakeups = CompletionWakeups(db, settings)
+    scheduler.add_listener(lambda _event: wakeups.close(), EVENT_SCHEDULER_SHUTDOWN)
+
+    def completion_tick() -> None:
+        now = clock()
+        if wakeups.due(now):
+            try:
+                completion_sweep(settings, db, current_planner(), now, outbox)
+            except Exception:
+                wakeups.retry()  # the next tick tries again
+                raise
+            wakeups.swept()
+
     scheduler.add_job(
-        lambda: completion_sweep(settings, db, current_planner(), clock(), outbox),
+        completion_tick,
         "interval",
         seconds=settings.completion.sweep_interval_s,
         id="completion_sweep",

@@ -9,16 +9,20 @@ Admin overrides from the console are applied with :meth:`PipelineRegistry.apply_
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 
 from core.config import ConfigError, Settings
+from pipelines.checks import pipeline_problems
 from pipelines.errors import PipelineInputError
 from pipelines.members import ModelProvider
 from pipelines.pipeline import Pipeline
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
-__all__ = ["Pipeline", "PipelineInputError", "PipelineRegistry"]
+__all__ = ["Pipeline", "PipelineInputError", "PipelineRegistry", "pipeline_problems"]
+
+log = logging.getLogger(__name__)
 
 
 class PipelineRegistry:
@@ -36,6 +40,14 @@ class PipelineRegistry:
         self._pipelines: dict[str, Pipeline] = {}
         for name, value in (overrides or {}).items():
             self.apply_overrides(name, value)
+
+    def check(self, model_errors: Mapping[str, str]) -> dict[str, str]:
+        """Log one warning per pipeline that cannot run (see :func:`pipeline_problems`); the
+        others serve. Returns the problems by pipeline name."""
+        problems = pipeline_problems(self.configs(), model_errors)
+        for name, reason in problems.items():
+            log.warning("pipeline %s cannot run: %s", name, reason)
+        return problems
 
     def names(self) -> list[str]:
         return sorted(self._configs)

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
-from models.card import ModelCard, load_cards
+from models.card import ModelCard, refused_card_name, scan_cards
 from node.db.engine import Database
 from node.db.repositories.config_overrides import effective_settings
 from node.db.repositories.studies import study_facts
@@ -38,6 +38,7 @@ from node.results.exports import CSV_COLUMNS, csv_lines, finding_rows, stream_zi
 from node.results.locations import finding_slice_mask, outline
 from node.results.store import load_heatmap, load_result
 from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
+from pipelines.checks import pipeline_problems
 from pipelines.contract import PipelineResult
 from pipelines.spec import PipelineConfig, apply_overrides, load_pipeline_configs
 
@@ -61,7 +62,9 @@ __all__ = [
     "ping_destination",
     "pipeline_classes",
     "pipeline_configs",
+    "pipeline_problems",
     "preview_rejection",
+    "refused_model_cards",
     "reject_results",
     "release_held",
     "remove_study",
@@ -100,9 +103,16 @@ def explain_routes(settings: Settings, session: Session, study_uid: str) -> str:
 
 
 def model_cards(settings: Settings) -> dict[str, ModelCard]:
-    """The node's valid model cards by name (a broken card is logged and skipped, and shown by
-    ``pacsnode models check``)."""
-    return load_cards(settings.models_dir)
+    """The node's valid model cards by name (a broken card is skipped: the worker warned about it
+    once at start-up, the health and ``pacsnode models list`` show it)."""
+    return scan_cards(settings.models_dir, warn=False)[0]
+
+
+def refused_model_cards(settings: Settings) -> dict[str, str]:
+    """Card files the node refused, by the name they go by, with the reason (not logged again:
+    the worker warned once at start-up)."""
+    _cards, errors = scan_cards(settings.models_dir, warn=False)
+    return {refused_card_name(path): message for path, message in errors.items()}
 
 
 def pipeline_configs(

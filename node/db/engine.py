@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
+from node.db import notify
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -65,6 +66,12 @@ class Database:
         writer = self.engine.execution_options(sqlite_write=True)
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
         self.write_session_factory = sessionmaker(writer, expire_on_commit=False)
+        # committed jobs and deliveries wake the loops waiting for them (node/db/notify.py)
+        self.wakeups = notify.WakeHub(
+            None if self.sqlite else self.engine.url, notify.namespace_of(self.engine.url)
+        )
+        notify.install(self.session_factory, self.wakeups)
+        notify.install(self.write_session_factory, self.wakeups)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -93,6 +100,7 @@ class Database:
         migrate(self.url, self.engine)
 
     def dispose(self) -> None:
+        self.wakeups.close()
         self.engine.dispose()
 
 

@@ -336,6 +336,20 @@ class ConfigOverride(Base):
     updated_by: Mapped[str] = mapped_column(String(64), default="")
 
 
+class ModelStatus(Base):
+    """The latest load status of each model as a worker reported it (start-up check, first load),
+    so the console and ``pacsnode models list`` in other processes can show it."""
+
+    __tablename__ = "model_status"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # core.domain.ModelLoadState
+    device: Mapped[str] = mapped_column(String(32), default="")
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OrthancPull(Base):
     """A study an Orthanc announced (hook or ``/changes``) that the node must pull; the durable
     acknowledgement of the hook, deleted once the study's instances are persisted."""

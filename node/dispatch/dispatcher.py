@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from core.config import DestinationSettings, Settings
 from core.domain import ArtifactKind, DeliveryState, ReviewState
 from node.backoff import backoff_delay
+from node.db import notify
 from node.db.engine import Database
 from node.db.orm import Delivery, Job, utcnow
 from node.db.repositories import deliveries as repo
@@ -85,30 +86,42 @@ class Dispatcher:
             return sum(f.result() for f in futures)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; a destination still busy sending is not claimed for again."""
+        """Loop until ``stop`` is set; a destination still busy sending is not claimed for again.
+
+        Between claims it sleeps until a committed delivery wakes it (``node.db.notify``), a
+        destination it was sending to is free again, the next retry is due, or the safety poll
+        comes round."""
+        cfg = self.settings.dispatch
+        waker = self.db.wakeups.subscribe(notify.DELIVERIES)
+        self._wake = waker.event  # wake() and finished sends set the same event
         pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dispatch")
         try:
             while not stop.is_set():
                 with self._busy_lock:
                     busy = set(self._busy)
                 try:
-                    batches = self._claim(utcnow(), exclude=busy)
+                    batches, due_in = self._claim_due(utcnow(), exclude=busy)
                 except Exception:  # noqa: BLE001 - process boundary: log, wait, go on
                     log.exception("claiming deliveries failed; retrying")
-                    batches = {}
+                    batches, due_in = {}, cfg.poll_interval_s
                 for name, items in batches.items():
                     with self._busy_lock:
                         self._busy.add(name)
                     future = pool.submit(self._deliver, name, items, timedelta(0))
                     future.add_done_callback(self._done_callback(name))
-                if self._wake.wait(self.settings.dispatch.poll_interval_s):
-                    self._wake.clear()
+                if due_in is None or due_in > 0:
+                    waker.wait(
+                        stop,
+                        due_in_s=due_in,
+                        poll_s=cfg.poll_interval_s,
+                        safety_s=cfg.safety_poll_s,
+                    )
         finally:
             pool.shutdown(wait=True)
+            waker.close()
 
     def wake(self) -> None:
-        """Look for due deliveries now instead of at the next poll (a job in this process just
-        planned some); a no-op for dispatchers in other processes, which poll."""
+        """Look for due deliveries now (committed deliveries do this by themselves)."""
         self._wake.set()
 
     def _done_callback(self, name: str) -> Callable[[Future[int]], None]:
@@ -123,12 +136,22 @@ class Dispatcher:
 
     # -- claim --------------------------------------------------------------------------------
     def _claim(self, now: datetime, exclude: set[str]) -> dict[str, list[ClaimedItem]]:
+        return self._claim_due(now, exclude)[0]
+
+    def _claim_due(
+        self, now: datetime, exclude: set[str]
+    ) -> tuple[dict[str, list[ClaimedItem]], float | None]:
+        """The batches claimed now per destination and 0; or none and the seconds until the next
+        delivery is due (None: nothing pending, or what is due waits for another delivery)."""
         timeout = self.settings.dispatch.timeout_s
         batches: dict[str, list[ClaimedItem]] = defaultdict(list)
         disabled = {d.name for d in self.settings.destinations if not d.enabled}
-        with self.db.read() as session:
-            if not repo.any_due(session, now=now, exclude_destinations=exclude | disabled):
-                return {}
+        with self.db.read() as session:  # a read: an idle dispatcher never takes a write lock
+            due = repo.next_due_at(session, exclude_destinations=exclude | disabled)
+        if due is None:
+            return {}, None
+        if (due - now).total_seconds() > 0:
+            return {}, (due - now).total_seconds()
         with self.db.write() as session:
             claimed = repo.claim_due(
                 session, now=now, limit=BATCH_LIMIT, exclude_destinations=exclude | disabled
@@ -147,7 +170,13 @@ class Dispatcher:
                     batches[item.destination_name].append(item)
         for items in batches.values():
             items.sort(key=lambda i: (i.kind.dispatch_rank, i.delivery_id))
-        return dict(batches)
+        if batches:
+            return dict(batches), 0.0
+        # Due but nothing claimable: SRs waiting for their SEG, rows locked by another dispatcher.
+        # A delivered SEG or a released row wakes this one; else sleep until the next retry.
+        with self.db.read() as session:
+            later = repo.next_due_at(session, exclude_destinations=exclude | disabled, after=now)
+        return {}, None if later is None else (later - now).total_seconds()
 
     def _claim_one(
         self, session: Session, delivery: Delivery, now: datetime, lease_s: float

@@ -62,6 +62,17 @@ def claim_next(
         return None if job is None else _take(session, job, worker_id, now, settings)
 
 
+def next_due_at(session: Session, pipelines: Collection[str] | None = None) -> datetime | None:
+    """When the earliest queued job (of ``pipelines``) is due; None when none is queued.
+
+    A read, so an idle worker asks it instead of trying a claim (no write lock on SQLite), and
+    sleeps until that time when it lies ahead (a retry's backoff)."""
+    stmt = select(func.min(Job.next_attempt_at)).where(Job.state == JobState.QUEUED.value)
+    if pipelines is not None:
+        stmt = stmt.where(Job.pipeline_name.in_(list(pipelines)))
+    return session.scalar(stmt)
+
+
 def claim_job(
     db: Database, job_id: int, worker_id: str, now: datetime, settings: JobSettings
 ) -> ClaimedJob | None:

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
+from node.db import notify
 from node.db.engine import Database
 from node.db.orm import Artifact, Job, utcnow
 from node.db.repositories import studies
@@ -181,16 +182,42 @@ class Worker:
 
     # -- loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        """Work while jobs are due; otherwise sleep until a committed job wakes this worker
+        (``node.db.notify``), the next retry is due, or the safety poll comes round."""
         log.info("worker %s started", self.worker_id)
-        while not stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # noqa: BLE001 - process boundary: log, back off, keep serving
-                log.exception("worker %s: unexpected error outside a job", self.worker_id)
-                worked = False
-            if not worked:
-                stop.wait(self.settings.jobs.poll_interval_s)
+        cfg = self.settings.jobs
+        waker = self.db.wakeups.subscribe(notify.JOBS)
+        try:
+            while not stop.is_set():
+                try:
+                    due_in = self.step()
+                except Exception:  # noqa: BLE001 - process boundary: log, back off, keep serving
+                    log.exception("worker %s: unexpected error outside a job", self.worker_id)
+                    due_in = cfg.poll_interval_s
+                if due_in is None or due_in > 0:
+                    waker.wait(
+                        stop,
+                        due_in_s=due_in,
+                        poll_s=cfg.poll_interval_s,
+                        safety_s=cfg.safety_poll_s,
+                    )
+        finally:
+            waker.close()
         log.info("worker %s stopped", self.worker_id)
+
+    def step(self) -> float | None:
+        """Run one due job if there is one: 0 after a job (look again at once); else seconds
+        until the next queued job is due, None when none is queued."""
+        with self.db.read() as session:
+            due = queue.next_due_at(session, self.only_pipelines)
+        if due is None:
+            return None
+        wait_s = (due - utcnow()).total_seconds()
+        if wait_s > 0:
+            return wait_s
+        if self.run_once():
+            return 0.0
+        return None  # due but locked by another worker: its outcome wakes us if needed
 
     def run_once(self) -> bool:
         claimed = queue.claim_next(

@@ -17,13 +17,21 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import ConfigError
+from core.domain import ModelLoadState
 from node.db.orm import Job, Study
 from node.db.repositories import dashboard as dashboard_repo
 from node.db.repositories import jobs as job_repo
+from node.db.repositories import model_status as model_status_repo
 from node.db.repositories import search as study_search
 from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
-from web.integrations import model_cards, pipeline_classes, pipeline_configs
+from web.integrations import (
+    model_cards,
+    pipeline_classes,
+    pipeline_configs,
+    pipeline_problems,
+    refused_model_cards,
+)
 from web.result_views import review_data
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -34,17 +42,26 @@ class ModelInfo(BaseModel):
     version: str
     task: str
     framework: str
-    weights_present: bool
+    weights_present: bool = Field(description="the weights file or bundle folder exists")
     last_device: str | None
     classes: list[str]
+    load_status: ModelLoadState = Field(
+        description="as the workers last reported it: loaded, not loaded yet, or failed"
+    )
+    error: str = Field("", description="why the model failed (refused card, weights, load)")
+    status_worker: str = Field("", description="the worker that reported the status")
+    status_at: datetime | None = None
 
 
 class HealthOut(BaseModel):
     status: str
     database: str
     listener: str
-    models_available: bool = Field(description="at least one valid model card is installed")
+    models_available: bool = Field(description="at least one model is not failed")
     models: list[ModelInfo]
+    pipeline_problems: dict[str, str] = Field(
+        default_factory=dict, description="enabled pipelines that cannot run, with the reason"
+    )
 
 
 class PipelineInfo(BaseModel):
@@ -167,20 +184,50 @@ def _listener_state(state: StateDep) -> str:
 
 
 def _models(state: StateDep, session: SessionDep) -> list[ModelInfo]:
+    """Every card, refused ones included, with the load status the workers reported; weights
+    that are missing now show as failed even before a worker said so."""
     cards = model_cards(state.settings)
     devices = dashboard_repo.chart_data(session, days=1).devices
-    return [
-        ModelInfo(
-            name=name,
-            version=card.version,
-            task=card.task,
-            framework=card.framework,
-            weights_present=card.weights_path.is_file(),
-            last_device=devices.get(name),
-            classes=list(card.class_names),
+    reported = model_status_repo.by_name(session)
+    out = []
+    for name, card in sorted(cards.items()):
+        row = reported.get(name)
+        present = card.weights_path.exists()  # a MONAI bundle or nnU-Net model is a folder
+        load = ModelLoadState(row.state) if row is not None else ModelLoadState.NOT_LOADED
+        error = row.error if row is not None else ""
+        if not present and load != ModelLoadState.FAILED:
+            load, error = ModelLoadState.FAILED, f"weights {card.weights_path} not found"
+        out.append(
+            ModelInfo(
+                name=name,
+                version=card.version,
+                task=card.task,
+                framework=card.framework,
+                weights_present=present,
+                last_device=devices.get(name),
+                classes=list(card.class_names),
+                load_status=load,
+                error=error,
+                status_worker=row.worker if row is not None else "",
+                status_at=row.updated_at if row is not None else None,
+            )
         )
-        for name, card in sorted(cards.items())
-    ]
+    for name, message in sorted(refused_model_cards(state.settings).items()):
+        if name not in cards:
+            out.append(
+                ModelInfo(
+                    name=name,
+                    version="",
+                    task="",
+                    framework="",
+                    weights_present=False,
+                    last_device=None,
+                    classes=[],
+                    load_status=ModelLoadState.FAILED,
+                    error=message,
+                )
+            )
+    return out
 
 
 @router.get("/health", response_model=HealthOut)
@@ -190,13 +237,21 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
         database = "ok"
     except SQLAlchemyError as exc:
         database = f"error: {type(exc).__name__}"
-    models = _models(state, session)
+    models = _models(state, session) if database == "ok" else []
+    try:
+        configs = pipeline_configs(state.settings) if database == "ok" else {}
+    except ConfigError as exc:
+        configs, broken = {}, {"(definitions)": str(exc)}
+    else:
+        broken = {}
+    broken |= pipeline_problems(configs, {m.name: m.error for m in models})
     return HealthOut(
         status="ok" if database == "ok" else "degraded",
         database=database,
         listener=_listener_state(state),
-        models_available=bool(models),
+        models_available=any(m.load_status != ModelLoadState.FAILED for m in models),
         models=models,
+        pipeline_problems=broken,
     )
 
 

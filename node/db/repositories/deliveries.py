@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from core.domain import ArtifactKind, DeliveryState
@@ -90,12 +90,26 @@ def _due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def any_due(session: Session, *, now: datetime, exclude_destinations: Collection[str] = ()) -> bool:
-    """A cheap read-only check, so an idle dispatcher never takes SQLite's write lock."""
-    stmt = select(Delivery.id).where(_due(now)).limit(1)
+def next_due_at(
+    session: Session,
+    *,
+    exclude_destinations: Collection[str] = (),
+    after: datetime | None = None,
+) -> datetime | None:
+    """When the next delivery falls due (a pending one's retry time, or an expired lease of one
+    in progress), only counting times later than ``after`` if given; None when there is none.
+    An idle dispatcher sleeps until then."""
+    pending = Delivery.state == DeliveryState.PENDING.value
+    leased = and_(
+        Delivery.state == DeliveryState.IN_PROGRESS.value, Delivery.lease_expires_at.is_not(None)
+    )
+    due_time = case((pending, Delivery.next_attempt_at), else_=Delivery.lease_expires_at)
+    stmt = select(func.min(due_time)).where(or_(pending, leased))
     if exclude_destinations:
         stmt = stmt.where(Delivery.destination_name.not_in(list(exclude_destinations)))
-    return session.scalar(stmt) is not None
+    if after is not None:
+        stmt = stmt.where(due_time > after)
+    return session.scalar(stmt)
 
 
 def claim_due(

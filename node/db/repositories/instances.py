@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.domain import Association, InstanceHeader, LateArrivalPolicy, StudyState
+from node.db import notify
 from node.db.orm import Instance, Series, Study, utcnow
 from node.db.repositories import audit
 
@@ -236,6 +237,8 @@ def upsert_instances(
         conn.execute(_COUNT_STUDY, params)
         if late:
             conn.execute(update(_S).where(_S.c.id == study_pk[uid]).values(late))
+    if study_items:  # the completion sweep may have work now (expected series, quiet period)
+        notify.on_commit(session, notify.STUDIES)
     return result
 
 

@@ -32,9 +32,10 @@ def test_models_list_shows_sha_device_and_problems(
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     good = next(line for line in out.splitlines() if line.startswith("good-seg"))
-    assert "monai" in good and "cpu" in good and good.endswith("ok")
+    assert "monai" in good and "cpu" in good and " ok " in good
+    assert good.endswith("not loaded yet")  # no worker has reported on it
     swapped = next(line for line in out.splitlines() if line.startswith("swapped-seg"))
-    assert "SHA-256 MISMATCH" in swapped
+    assert "SHA-256 MISMATCH" in swapped and swapped.endswith("failed")
     assert "broken.yaml" in out and "INVALID CARD" in out and "framework" in out
 
 

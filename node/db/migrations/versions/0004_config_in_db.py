@@ -4,7 +4,7 @@ Destinations and routing rules edited in the console are ConfigOverride rows (no
 console's health column needs the time of each destination's last error, which only this column
 records (``last_error`` has the text).
 
-Revision ID: 0005_config_in_db
+Revision ID: 0004_config_in_db
 Revises: 0003_study_outcome
 Create Date: 2026-12-05 22:00:00
 """
@@ -16,7 +16,7 @@ from alembic import op
 
 import node.db.orm
 
-revision = "0005_config_in_db"
+revision = "0004_config_in_db"
 down_revision = "0003_study_outcome"
 branch_labels = None
 depends_on = None
