@@ -13,6 +13,7 @@ from functools import partial
 
 from app.runtime import run_stages
 from core.config import Settings
+from models.devices import available_devices
 from models.registry import ModelRegistry
 from node.db.engine import Database
 from node.dispatch.delivery_plan import plan_deliveries
@@ -55,6 +56,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         worker_id=getattr(args, "worker_id", None),
         build_worker=build_worker,
         queues=queues,
+        devices=available_devices(),
     )
 
 

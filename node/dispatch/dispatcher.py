@@ -84,6 +84,15 @@ class Dispatcher:
             ]
             return sum(f.result() for f in futures)
 
+    def run_destination(self, name: str) -> int:
+        """Claim, send and record the due deliveries of one destination: the body of a Celery
+        delivery message (``jobs.engine: celery``). A duplicate or late message finds them
+        claimed or delivered already and sends nothing; a failure is rescheduled with the
+        dispatcher's own backoff, which the delivery outbox publishes as the next message's ETA."""
+        batches = self._claim(utcnow(), exclude=set(), only=name)
+        items = batches.get(name)
+        return self._deliver(name, items, timedelta(0)) if items else 0
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; a destination still busy sending is not claimed for again."""
         pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dispatch")
@@ -122,16 +131,23 @@ class Dispatcher:
         return done
 
     # -- claim --------------------------------------------------------------------------------
-    def _claim(self, now: datetime, exclude: set[str]) -> dict[str, list[ClaimedItem]]:
+    def _claim(
+        self, now: datetime, exclude: set[str], only: str | None = None
+    ) -> dict[str, list[ClaimedItem]]:
         timeout = self.settings.dispatch.timeout_s
         batches: dict[str, list[ClaimedItem]] = defaultdict(list)
         disabled = {d.name for d in self.settings.destinations if not d.enabled}
+        skip = exclude | disabled
         with self.db.read() as session:
-            if not repo.any_due(session, now=now, exclude_destinations=exclude | disabled):
+            if not repo.any_due(session, now=now, exclude_destinations=skip, only_destination=only):
                 return {}
         with self.db.write() as session:
             claimed = repo.claim_due(
-                session, now=now, limit=BATCH_LIMIT, exclude_destinations=exclude | disabled
+                session,
+                now=now,
+                limit=BATCH_LIMIT,
+                exclude_destinations=skip,
+                only_destination=only,
             )
             per_destination: dict[str, int] = defaultdict(int)
             for delivery in claimed:

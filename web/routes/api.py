@@ -2,12 +2,14 @@
 
 Machine clients authenticate with ``Authorization: Bearer <token>`` (scope ``read``); a logged-in
 browser session works too. ``/api/health`` is open so that monitors need no credentials; it names
-models and devices but no patient data.
+models, devices and the queues in use with their live workers (status "degraded" and a problem
+"queue gpu has no worker" when none consumes one), but no patient data.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,6 +27,7 @@ from node.db.repositories import studies as study_repo
 from web.deps import Reader, SessionDep, StateDep
 from web.integrations import model_cards, pipeline_classes, pipeline_configs
 from web.result_views import review_data
+from web.worker_status import worker_status
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -39,12 +42,23 @@ class ModelInfo(BaseModel):
     classes: list[str]
 
 
+class QueueOut(BaseModel):
+    name: str
+    serves: str
+    workers: list[str] = Field(description="live workers consuming it (registry names)")
+    ok: bool = Field(description="false: no live worker takes this queue's work")
+
+
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(description='"ok", or "degraded" with the reasons in problems')
+    problems: list[str]
     database: str
     listener: str
     models_available: bool = Field(description="at least one valid model card is installed")
     models: list[ModelInfo]
+    queues: list[QueueOut] = Field(
+        description="queues in use (enabled pipelines', the delivery queue) and their workers"
+    )
 
 
 class PipelineInfo(BaseModel):
@@ -191,12 +205,20 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
     except SQLAlchemyError as exc:
         database = f"error: {type(exc).__name__}"
     models = _models(state, session)
+    problems = [] if database == "ok" else [f"database {database}"]
+    queues: list[QueueOut] = []
+    if database == "ok":
+        status = worker_status(state.settings, session, state.clock())
+        problems += status.problems
+        queues = [QueueOut(**asdict(q), ok=q.ok) for q in status.queues]
     return HealthOut(
-        status="ok" if database == "ok" else "degraded",
+        status="degraded" if problems else "ok",
+        problems=problems,
         database=database,
         listener=_listener_state(state),
         models_available=bool(models),
         models=models,
+        queues=queues,
     )
 
 

@@ -35,6 +35,8 @@ def transition(
     """Change a delivery's state and write the audit row in the same transaction."""
     from_state = delivery.state
     delivery.state = to_state.value
+    if to_state is DeliveryState.PENDING:
+        delivery.published_at = None  # a new attempt: the delivery outbox publishes it again
     audit.record(
         session,
         action,
@@ -89,11 +91,19 @@ def _due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def any_due(session: Session, *, now: datetime, exclude_destinations: Collection[str] = ()) -> bool:
+def any_due(
+    session: Session,
+    *,
+    now: datetime,
+    exclude_destinations: Collection[str] = (),
+    only_destination: str | None = None,
+) -> bool:
     """A cheap read-only check, so an idle dispatcher never takes SQLite's write lock."""
     stmt = select(Delivery.id).where(_due(now)).limit(1)
     if exclude_destinations:
         stmt = stmt.where(Delivery.destination_name.not_in(list(exclude_destinations)))
+    if only_destination is not None:
+        stmt = stmt.where(Delivery.destination_name == only_destination)
     return session.scalar(stmt) is not None
 
 
@@ -103,16 +113,20 @@ def claim_due(
     now: datetime,
     limit: int,
     exclude_destinations: Collection[str] = (),
+    only_destination: str | None = None,
 ) -> list[Delivery]:
     """Lock and return due deliveries: PENDING whose time has come, or IN_PROGRESS whose lease
     expired (the dispatcher holding it died). The caller marks them claimed in this transaction.
 
     An SR is left out while a SEG or overlay delivery of the same job to the same destination is
-    neither delivered nor among the rows claimed now (those are sent first, in rank order)."""
+    neither delivered nor among the rows claimed now (those are sent first, in rank order).
+    ``only_destination``: one destination's batch (what a Celery delivery message names)."""
     due = _due(now)
     stmt = select(Delivery).where(due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
     if exclude_destinations:
         stmt = stmt.where(Delivery.destination_name.not_in(list(exclude_destinations)))
+    if only_destination is not None:
+        stmt = stmt.where(Delivery.destination_name == only_destination)
     stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
     candidates = list(session.scalars(stmt).all())
     if not candidates:
