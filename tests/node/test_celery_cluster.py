@@ -31,15 +31,7 @@ STUDIES = int(os.environ.get("PACSNODE_TEST_CLUSTER_STUDIES", "12"))
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rabbitmq.PrivateRabbitMQ]:
-    if not rabbitmq.available():
-        if os.environ.get("CI"):
-            pytest.fail("rabbitmq-server is not installed (Debian package rabbitmq-server)")
-        pytest.skip("rabbitmq-server is not installed")
-    server = rabbitmq.PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from rabbitmq.serve_private(tmp_path_factory.mktemp("rabbitmq"))
 
 
 @pytest.fixture
