@@ -70,21 +70,19 @@ class DeliveryOutbox:
         if stale and not self._queue_needs(len(stale)):
             stale = {}
         published: list[_Row] = []
-        names: list[str] = []
-        for name in sorted(set(fresh) | set(stale)):
-            group = fresh.get(name, []) + stale.get(name, [])
-            eta = None if name in stale else min(r.due for r in group)
+        names: set[str] = set()
+        for name, eta, group in _messages(fresh, stale, now):
             try:
                 self.publisher.publish_destination(name, self.queue, eta)
             except BrokerUnavailable as exc:
                 log.warning("deliveries to %s: publish failed (%s); retried next run", name, exc)
                 break
             published.extend(group)
-            names.append(name)
+            names.add(name)
         if stale and names:
             log.warning("delivery outbox: re-published stale deliveries for %s", sorted(stale))
         self._mark(published, now)
-        return names
+        return sorted(names)
 
     def _queue_needs(self, stale_destinations: int) -> bool:
         """Re-publish only when the queue holds fewer ready messages than stale destinations (a
@@ -156,6 +154,26 @@ class DeliveryOutbox:
                     )
                     .values(published_at=now)
                 )
+
+
+def _messages(
+    fresh: dict[str, list[_Row]], stale: dict[str, list[_Row]], now: datetime
+) -> list[tuple[str, datetime | None, list[_Row]]]:
+    """(destination, ETA, rows it covers): one message now for what is due now, and one per
+    second in which later attempts fall due (a failed SEG's retry and the SR already due that
+    waits for it need different messages: a single earliest-ETA one would miss the retry)."""
+    out: list[tuple[str, datetime | None, list[_Row]]] = []
+    for name in sorted(set(fresh) | set(stale)):
+        due_now = stale.get(name, []) + [r for r in fresh.get(name, []) if r.due <= now]
+        if due_now:
+            out.append((name, None, due_now))
+        later: dict[datetime, list[_Row]] = {}
+        for row in fresh.get(name, []):
+            if row.due > now:
+                later.setdefault(row.due.replace(microsecond=0), []).append(row)
+        for _, rows in sorted(later.items()):
+            out.append((name, max(r.due for r in rows), rows))
+    return out
 
 
 def _aware(value: datetime) -> datetime:
