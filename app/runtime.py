@@ -139,8 +139,8 @@ class Node:
         s = self.settings
         queues: list[str] = []
         if s.jobs.engine != "celery" and not self.stop_event.is_set():
-            if self._worker is not None:
-                queues += list(self._queues or ("*",))
+            if self._worker is not None:  # a local worker runs pipelines, never deliveries
+                queues += [q for q in self._queues or ("*",) if q != s.dispatch.queue]
             if "dispatcher" in self.stages:
                 queues.append(s.dispatch.queue)
         if not queues:

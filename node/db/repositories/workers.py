@@ -104,4 +104,4 @@ def queue_consumers(
         out[queue] = [w.name for w in live if queue in w.queues or ANY_QUEUE in w.queues]
     for queue in sorted(set(other_queues) - set(pipeline_queues)):
         out[queue] = [w.name for w in live if queue in w.queues]
-    return out
+    return dict(sorted(out.items()))
