@@ -1,10 +1,11 @@
 """Several hosts on one machine with ``jobs.engine: celery``: a receiver, two schedulers (one
-active, one standby), a dispatcher and three Celery workers named for three hosts, as separate
-processes on PostgreSQL and a private RabbitMQ (its own port and data directory; the machine's
-broker is never restarted). Studies arrive by C-STORE while a worker is SIGKILLed mid-job, a worker
-starts late, the active scheduler is SIGKILLed and RabbitMQ restarts: every study still gets
-exactly one result set, every destination object arrives once, and no job stays queued. A
-pipeline routed to queue ``gpu`` never runs on a worker that consumes only ``cpu``."""
+active, one standby), a dispatcher (a Celery consumer of queue ``deliveries``) and three Celery
+workers named for three hosts, as separate processes on PostgreSQL and a private RabbitMQ (its own
+port and data directory; the machine's broker is never restarted). Studies arrive by C-STORE while
+a worker is SIGKILLed mid-job, a worker starts late, the active scheduler is SIGKILLed and RabbitMQ
+restarts: every study still gets exactly one result set, every destination object arrives once,
+and no job stays queued. A pipeline routed to queue ``gpu`` never runs on a worker that consumes
+only ``cpu``."""
 
 from __future__ import annotations
 
