@@ -140,3 +140,27 @@ def test_moving_back_to_pending_asks_for_a_new_message(
         assert delivery.state == DeliveryState.PENDING.value and delivery.published_at is None
     recorder.sent.clear()
     assert outbox.publish(utcnow(), republish_after_s=30) == ["b"]
+
+
+def test_a_consumer_killed_mid_send_is_republished_once_its_lease_expired(
+    db: Database, settings: Settings, tmp_path: Path, results: dict[ArtifactKind, MadeObject]
+) -> None:
+    cfg, _ = _setup(db, settings, tmp_path, results)
+    recorder = Recorder()
+    outbox = DeliveryOutbox(db, recorder, "deliveries")
+    t0 = utcnow()
+    outbox.publish(t0, republish_after_s=30)
+    with db.write() as session:  # a consumer claimed destination a, then died (no record)
+        session.execute(
+            update(Delivery)
+            .where(Delivery.destination_name == "a")
+            .values(
+                state="in_progress", lease_owner="dead", lease_expires_at=t0 + timedelta(seconds=60)
+            )
+        )
+    Dispatcher(cfg, db).run_destination("b")
+    recorder.sent.clear()
+    assert outbox.publish(t0 + timedelta(seconds=40), republish_after_s=30) == []  # lease holds
+    later = t0 + timedelta(seconds=90)
+    assert outbox.publish(later, republish_after_s=30) == ["a"]
+    assert recorder.sent == [("a", "deliveries", None)]
