@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--concurrency", type=int, default=1, help="celery jobs at once (default 1)"
             )
+        if stage == "dispatcher":
+            p.add_argument(
+                "--engine",
+                choices=["local", "celery"],
+                help="local: poll the database; celery: consume the delivery queue"
+                " (dispatch.queue) from the broker (default: setting jobs.engine)",
+            )
+            p.add_argument(
+                "-n",
+                "--hostname",
+                dest="node_name",
+                help="celery node name, e.g. d1@hostA (default: worker<pid>@<host>)",
+            )
+            p.add_argument(
+                "--concurrency",
+                type=int,
+                default=4,
+                help="celery: destinations sent to at once (default 4)",
+            )
     db = sub.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_cmd", required=True
     )

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import FrameType
 from typing import Protocol
 
@@ -28,6 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.config import Settings
 from node.db.engine import Database, open_database
 from node.dispatch.dispatcher import Dispatcher
+from node.dispatch.outbox import DeliveryOutbox
+from node.heartbeat import Heartbeat, Registration
 from node.ingest.receiver_pool import PoolHandle, start_receiver_pool
 from node.ingest.scp import ReceiverHandle, start_receiver
 from node.jobs import queue
@@ -75,6 +79,7 @@ class Node:
         worker_id: str | None = None,
         build_worker: WorkerFactory | None = None,
         queues: tuple[str, ...] | None = None,
+        devices: Sequence[str] = (),
     ) -> None:
         unknown = set(stages) - set(ALL_STAGES)
         if unknown:
@@ -92,6 +97,8 @@ class Node:
         self._worker_id = worker_id
         self._build_worker = build_worker
         self._queues = queues
+        self._devices = tuple(devices)
+        self._heartbeat: Heartbeat | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -115,8 +122,32 @@ class Node:
                 self._worker = worker
                 self._spawn("worker", worker.run)
         if "dispatcher" in self.stages and not self.stop_event.is_set():
-            dispatcher = Dispatcher(s, self.db)
-            self._spawn("dispatcher", dispatcher.run)
+            if s.jobs.engine == "celery":
+                log.info(
+                    "jobs.engine is celery: deliveries run on consumers of queue %r"
+                    " (`pacsnode dispatcher`), not here",
+                    s.dispatch.queue,
+                )
+            else:
+                dispatcher = Dispatcher(s, self.db)
+                self._spawn("dispatcher", dispatcher.run)
+        self._register()
+
+    def _register(self) -> None:
+        """The worker registry row of this process, when it runs a local worker or dispatcher:
+        the queues it serves (``*`` for a worker of every pipeline) and its devices."""
+        s = self.settings
+        queues: list[str] = []
+        if s.jobs.engine != "celery" and not self.stop_event.is_set():
+            if self._worker is not None:  # a local worker runs pipelines, never deliveries
+                queues += [q for q in self._queues or ("*",) if q != s.dispatch.queue]
+            if "dispatcher" in self.stages:
+                queues.append(s.dispatch.queue)
+        if not queues:
+            return
+        name = self._worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        registration = Registration(name, "local", queues, self._devices if self._worker else ())
+        self._heartbeat = Heartbeat(self.db, registration, s.jobs.heartbeat_s).start()
 
     def _lead_scheduler(self, stop: threading.Event) -> None:
         """Run the scheduler while this process holds the leader lock; stand by otherwise."""
@@ -143,8 +174,13 @@ class Node:
         if self._scheduler is None:
             if lock.try_acquire():
                 configs = load_pipeline_configs(self.settings.pipelines_dir)
+                outbox, delivery_outbox = self._outboxes(configs)
                 self._scheduler = build_scheduler(
-                    self.settings, self.db, configs, outbox=self._outbox(configs)
+                    self.settings,
+                    self.db,
+                    configs,
+                    outbox=outbox,
+                    delivery_outbox=delivery_outbox,
                 )
                 self._scheduler.start()
                 log.info("scheduler: active (leader lock held)")
@@ -157,15 +193,20 @@ class Node:
             return False
         return standby_logged
 
-    def _outbox(self, configs: Mapping[str, PipelineConfig]) -> Outbox | None:
-        """With the Celery engine, the scheduler publishes committed jobs (else None). Celery is
-        imported only then: the embedded default never loads it."""
+    def _outboxes(
+        self, configs: Mapping[str, PipelineConfig]
+    ) -> tuple[Outbox | None, DeliveryOutbox | None]:
+        """With the Celery engine, the scheduler publishes committed jobs and due deliveries
+        (else None). Celery is imported only then: the embedded default never loads it."""
         if self.settings.jobs.engine != "celery":
-            return None
+            return None, None
         from node.jobs.celery_engine import CeleryPublisher, make_celery
 
         publisher = CeleryPublisher(make_celery(self.settings))
-        return Outbox(self.db, publisher, queue_lookup(configs))
+        return (
+            Outbox(self.db, publisher, queue_lookup(configs)),
+            DeliveryOutbox(self.db, publisher, self.settings.dispatch.queue),
+        )
 
     def _follow_allowlist(self, receiver: ReceiverHandle, stop: threading.Event) -> None:
         """Apply the AE allowlist an admin edits in the console to new associations."""
@@ -189,6 +230,8 @@ class Node:
             thread.join(timeout=grace_s)
         if self._worker is not None and self._worker.current_job is not None:
             self._release_running_job(self._worker.current_job, self._worker.worker_id)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         self.db.dispose()
 
     def _release_running_job(self, job_id: int, worker_id: str) -> None:
@@ -219,9 +262,17 @@ def run_stages(
     worker_id: str | None = None,
     build_worker: WorkerFactory | None = None,
     queues: tuple[str, ...] | None = None,
+    devices: Sequence[str] = (),
 ) -> int:
     """Run ``stages`` in this process until SIGTERM/SIGINT, then stop them cleanly."""
-    node = Node(settings, stages, worker_id=worker_id, build_worker=build_worker, queues=queues)
+    node = Node(
+        settings,
+        stages,
+        worker_id=worker_id,
+        build_worker=build_worker,
+        queues=queues,
+        devices=devices,
+    )
     remember_signals(node.stop_event)  # before start: a SIGTERM during start-up counts
     try:
         node.start()
@@ -250,6 +301,17 @@ def run_receiver(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
+    """The polling dispatcher, or with the Celery engine a consumer of the delivery queue."""
+    engine = getattr(args, "engine", None) or settings.jobs.engine
+    if engine == "celery":
+        from app.celery_worker import run_celery_worker  # Celery only for its engine
+
+        return run_celery_worker(
+            settings,
+            (settings.dispatch.queue,),
+            node_name=getattr(args, "node_name", None),
+            concurrency=getattr(args, "concurrency", None) or 4,
+        )
     return run_stages(settings, ("dispatcher",))
 
 

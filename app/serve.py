@@ -9,12 +9,13 @@ from app.console import serve_web
 from app.runtime import ALL_STAGES, Node, remember_signals
 from app.worker import build_worker
 from core.config import Settings
+from models.devices import available_devices
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    node = Node(settings, ALL_STAGES, build_worker=build_worker)
+    node = Node(settings, ALL_STAGES, build_worker=build_worker, devices=available_devices())
     remember_signals(node.stop_event)  # before start: a SIGTERM during start-up counts
     try:
         node.start()

@@ -14,6 +14,7 @@ from functools import partial
 
 from app.runtime import run_stages
 from core.config import Settings
+from models.devices import available_devices
 from models.registry import ModelRegistry, ModelStatus
 from node.db.engine import Database
 from node.db.repositories import model_status
@@ -80,6 +81,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         worker_id=getattr(args, "worker_id", None),
         build_worker=build_worker,
         queues=queues,
+        devices=available_devices(),
     )
 
 

@@ -227,6 +227,14 @@ class JobSettings(_Strict):
     engine: Literal["local", "celery"] = "local"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     republish_after_s: float = Field(30.0, gt=0)
+    # every worker process (and delivery consumer) writes a heartbeat row this often; it counts
+    # as gone after ``stale_after_beats`` missed beats (health then flags its queues)
+    heartbeat_s: float = Field(5.0, gt=0)
+    stale_after_beats: int = Field(3, ge=1)
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.heartbeat_s * self.stale_after_beats
 
 
 class DispatchSettings(_Strict):
@@ -237,6 +245,9 @@ class DispatchSettings(_Strict):
     poll_interval_s: float = Field(0.5, gt=0)
     safety_poll_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)
+    # with ``jobs.engine: celery``: the broker queue that carries deliveries (one message names a
+    # destination whose due deliveries the consumer claims), consumed by ``pacsnode dispatcher``
+    queue: str = Field("deliveries", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class RetentionSettings(_Strict):

@@ -87,3 +87,14 @@ def configure_torch_threads(threads: int) -> None:
     """Apply ``settings.torch_threads`` (0 keeps torch's default) once per process."""
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def available_devices() -> list[str]:
+    """The devices this process can place a model on (``cpu``, ``cuda:N``, ``mps``): what a
+    worker reports in its heartbeat, so the console offers only devices some worker has."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found

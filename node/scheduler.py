@@ -1,5 +1,6 @@
 """The one APScheduler instance: completion sweep, lease expiry, retention, Orthanc polling,
-and — with ``jobs.engine: celery`` — publishing jobs after commit and outbox reconciliation.
+and — with ``jobs.engine: celery`` — publishing jobs after commit, outbox reconciliation and the
+delivery outbox (due deliveries published per destination, with their backoff as ETA).
 
 Each periodic job is a plain function of (settings, db, now) defined next to its domain; this
 module only wires them to intervals. Jobs never overlap themselves (``max_instances=1``) and an
@@ -25,6 +26,7 @@ from node.db import notify
 from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job, Study, utcnow
 from node.db.repositories import audit
+from node.dispatch.outbox import DeliveryOutbox
 from node.grouping import completion
 from node.ingest.orthanc_source import poll_changes
 from node.ingest.spool import safe_component
@@ -194,6 +196,7 @@ def build_scheduler(
     *,
     clock: Callable[[], datetime] = utcnow,
     outbox: Outbox | None = None,
+    delivery_outbox: DeliveryOutbox | None = None,
 ) -> BackgroundScheduler:
     current_settings = settings_refresher(settings, db)
 
@@ -236,6 +239,14 @@ def build_scheduler(
             "interval",
             seconds=max(settings.jobs.republish_after_s / 2, 1.0),
             id="outbox_reconcile",
+            **common,
+        )
+    if delivery_outbox is not None:
+        scheduler.add_job(
+            lambda: delivery_outbox.publish(clock(), settings.jobs.republish_after_s),
+            "interval",
+            seconds=max(settings.dispatch.poll_interval_s, 0.2),
+            id="delivery_outbox",
             **common,
         )
     scheduler.add_job(

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -125,3 +126,19 @@ class PrivateRabbitMQ:
     def output(self) -> str:
         path = self.base / "server.out"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def serve_private(base: Path) -> Iterator[PrivateRabbitMQ]:
+    """The body of a module-scoped ``broker`` fixture: skip without the Debian package (fail
+    in CI), start one broker, close it after the module."""
+    import pytest
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("rabbitmq-server is not installed (Debian package rabbitmq-server)")
+        pytest.skip("rabbitmq-server is not installed")
+    server = PrivateRabbitMQ(base).start()
+    try:
+        yield server
+    finally:
+        server.close()

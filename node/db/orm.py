@@ -222,6 +222,9 @@ class Delivery(Base):
     last_error_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    # jobs.engine celery: when the leader's outbox last published this delivery's destination;
+    # None while not yet published for its current attempt (every move to PENDING clears it)
+    published_at: Mapped[datetime | None] = mapped_column(default=None)
 
     artifact: Mapped[Artifact] = relationship(back_populates="deliveries")
 
@@ -375,3 +378,22 @@ class SourceCursor(Base):
     source: Mapped[str] = mapped_column(String(255), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerProcess(Base):
+    """A running worker or delivery consumer, as its own heartbeat last wrote it: which queues it
+    consumes and which devices it has, so health can say "queue gpu has no worker" and the
+    console offers only devices some live worker has. A row whose ``last_seen_at`` is older than
+    ``jobs.stale_after_s`` is a process that died (a clean stop deletes its row)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(160), unique=True)  # w1@hostA, host:pid:worker
+    host: Mapped[str] = mapped_column(String(128), default="")
+    engine: Mapped[str] = mapped_column(String(16), default="local")
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)  # "*": every pipeline's queue
+    devices: Mapped[list[str]] = mapped_column(JSON, default=list)  # cpu, cuda:N, mps
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -85,6 +85,15 @@ class Dispatcher:
             ]
             return sum(f.result() for f in futures)
 
+    def run_destination(self, name: str) -> int:
+        """Claim, send and record the due deliveries of one destination: the body of a Celery
+        delivery message (``jobs.engine: celery``). A duplicate or late message finds them
+        claimed or delivered already and sends nothing; a failure is rescheduled with the
+        dispatcher's own backoff, which the delivery outbox publishes as the next message's ETA."""
+        batches = self._claim(utcnow(), exclude=set(), only=name)
+        items = batches.get(name)
+        return self._deliver(name, items, timedelta(0)) if items else 0
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; a destination still busy sending is not claimed for again.
 
@@ -135,26 +144,34 @@ class Dispatcher:
         return done
 
     # -- claim --------------------------------------------------------------------------------
-    def _claim(self, now: datetime, exclude: set[str]) -> dict[str, list[ClaimedItem]]:
-        return self._claim_due(now, exclude)[0]
+    def _claim(
+        self, now: datetime, exclude: set[str], only: str | None = None
+    ) -> dict[str, list[ClaimedItem]]:
+        return self._claim_due(now, exclude, only)[0]
 
     def _claim_due(
-        self, now: datetime, exclude: set[str]
+        self, now: datetime, exclude: set[str], only: str | None = None
     ) -> tuple[dict[str, list[ClaimedItem]], float | None]:
-        """The batches claimed now per destination and 0; or none and the seconds until the next
-        delivery is due (None: nothing pending, or what is due waits for another delivery)."""
+        """The batches claimed now per destination (only ``only``'s when given) and 0; or none
+        and the seconds until the next delivery is due (None: nothing pending, or what is due
+        waits for another delivery)."""
         timeout = self.settings.dispatch.timeout_s
         batches: dict[str, list[ClaimedItem]] = defaultdict(list)
         disabled = {d.name for d in self.settings.destinations if not d.enabled}
+        skip = exclude | disabled
         with self.db.read() as session:  # a read: an idle dispatcher never takes a write lock
-            due = repo.next_due_at(session, exclude_destinations=exclude | disabled)
+            due = repo.next_due_at(session, exclude_destinations=skip, only_destination=only)
         if due is None:
             return {}, None
         if (due - now).total_seconds() > 0:
             return {}, (due - now).total_seconds()
         with self.db.write() as session:
             claimed = repo.claim_due(
-                session, now=now, limit=BATCH_LIMIT, exclude_destinations=exclude | disabled
+                session,
+                now=now,
+                limit=BATCH_LIMIT,
+                exclude_destinations=skip,
+                only_destination=only,
             )
             per_destination: dict[str, int] = defaultdict(int)
             for delivery in claimed:

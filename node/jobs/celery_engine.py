@@ -17,6 +17,11 @@ Delivery settings, chosen so a killed worker's job is never lost:
 - Redis as broker: ``visibility_timeout`` (set here to ``jobs.lease_s`` plus an hour) must exceed
   the longest job, or Redis redelivers a message still being worked on (harmless, just wasted).
 
+Deliveries (``pacsnode dispatcher`` with this engine, or ``pacsnode worker --queues deliveries``)
+ride the same app on their own queue (``dispatch.queue``): a message names a destination, and the
+consumer claims that destination's due deliveries under the dispatcher's lease
+(``Dispatcher.run_destination``); ``node.dispatch.outbox`` publishes them.
+
 The redelivered message of a killed worker usually arrives while the dead worker's lease still
 holds the job; it is dropped then, and the scheduler's lease expiry re-queues and re-publishes the
 job. A retry after a failure is published with its backoff as the message's ETA.
@@ -38,6 +43,7 @@ from core.config import Settings
 from core.domain import JobState
 from node.db.engine import Database
 from node.db.orm import Job, utcnow
+from node.dispatch.dispatcher import Dispatcher
 from node.jobs import queue
 from node.jobs.outbox import BrokerUnavailable, QueueDepth, QueueOf
 from node.jobs.worker import Worker
@@ -45,6 +51,7 @@ from node.jobs.worker import Worker
 log = logging.getLogger(__name__)
 
 TASK_NAME = "pacsnode.run_job"
+DELIVER_TASK_NAME = "pacsnode.deliver"
 DEFAULT_QUEUE = "cpu"
 
 
@@ -87,6 +94,16 @@ class CeleryPublisher:
             options["eta"] = eta
         try:
             self.app.send_task(TASK_NAME, args=[job_id], **options)
+        except (OperationalError, OSError) as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def publish_destination(self, destination: str, queue: str, eta: datetime | None) -> None:
+        """A delivery message: the destination whose due deliveries the consumer claims."""
+        options: dict[str, Any] = {"queue": queue}
+        if eta is not None and eta > datetime.now(UTC):
+            options["eta"] = eta
+        try:
+            self.app.send_task(DELIVER_TASK_NAME, args=[destination], **options)
         except (OperationalError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
@@ -148,6 +165,15 @@ def register_task(app: Celery, runner: JobRunner) -> None:
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(job_id: int) -> str:
         return runner(int(job_id))
+
+
+def register_delivery_task(app: Celery, dispatcher: Dispatcher) -> None:
+    """Bind the delivery task to ``dispatcher`` in this (consumer) process. No Celery retries:
+    a failed send is rescheduled by the dispatcher's backoff and published again by the outbox."""
+
+    @app.task(name=DELIVER_TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def deliver(destination: str) -> int:
+        return dispatcher.run_destination(str(destination))
 
 
 def worker_argv(

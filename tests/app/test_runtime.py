@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -61,7 +62,12 @@ def test_serve_runs_every_stage_and_stops_on_sigterm(tmp_path: Path) -> None:
         assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
+        # no broker anywhere: the embedded worker and dispatcher serve every queue in use
+        health = httpx.get(f"http://127.0.0.1:{web}/api/health", timeout=10).json()
+        assert health["status"] == "ok", health
+        assert {q["name"] for q in health["queues"]} == {"cpu"}
         assert proc.terminate(timeout=60) == 0, proc.output()[-3000:]
+        assert "celery" not in proc.output().lower()
     finally:
         proc.kill()
 

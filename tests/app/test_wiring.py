@@ -20,9 +20,11 @@ from tests.conftest import free_port
 from tests.processes import PROJECT_ROOT, node_env
 
 # Starts the receiver, dispatcher and scheduler stages for real, stops them, loads the web
-# console's command, then reports which heavy libraries the process loaded.
+# console's command and the Celery consumer (``pacsnode dispatcher --engine celery``), then
+# reports which heavy libraries the process loaded.
 _START_STOP = """
 import sys
+import app.celery_worker
 import app.console
 from app.runtime import Node
 from core.config import load_settings

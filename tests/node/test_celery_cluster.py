@@ -1,10 +1,11 @@
 """Several hosts on one machine with ``jobs.engine: celery``: a receiver, two schedulers (one
-active, one standby), a dispatcher and three Celery workers named for three hosts, as separate
-processes on PostgreSQL and a private RabbitMQ (its own port and data directory; the machine's
-broker is never restarted). Studies arrive by C-STORE while a worker is SIGKILLed mid-job, a worker
-starts late, the active scheduler is SIGKILLed and RabbitMQ restarts: every study still gets
-exactly one result set, every destination object arrives once, and no job stays queued. A
-pipeline routed to queue ``gpu`` never runs on a worker that consumes only ``cpu``."""
+active, one standby), a dispatcher (a Celery consumer of queue ``deliveries``) and three Celery
+workers named for three hosts, as separate processes on PostgreSQL and a private RabbitMQ (its own
+port and data directory; the machine's broker is never restarted). Studies arrive by C-STORE while
+a worker is SIGKILLed mid-job, a worker starts late, the active scheduler is SIGKILLed and RabbitMQ
+restarts: every study still gets exactly one result set, every destination object arrives once,
+and no job stays queued. A pipeline routed to queue ``gpu`` never runs on a worker that consumes
+only ``cpu``."""
 
 from __future__ import annotations
 
@@ -31,15 +32,7 @@ STUDIES = int(os.environ.get("PACSNODE_TEST_CLUSTER_STUDIES", "12"))
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rabbitmq.PrivateRabbitMQ]:
-    if not rabbitmq.available():
-        if os.environ.get("CI"):
-            pytest.fail("rabbitmq-server is not installed (Debian package rabbitmq-server)")
-        pytest.skip("rabbitmq-server is not installed")
-    server = rabbitmq.PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from rabbitmq.serve_private(tmp_path_factory.mktemp("rabbitmq"))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from node.db.repositories import users as user_repo
 from node.db.repositories.config_overrides import (
     ALLOWLIST_OVERRIDE_KEY,
 )
+from pipelines.spec import PipelineConfig
 from web.deps import AdminUser, RowId, SessionDep, StateDep, verify_csrf
 from web.integrations import (
     PIPELINE_OVERRIDE_PREFIX,
@@ -32,6 +33,7 @@ from web.integrations import (
 from web.pages import flash, redirect, render
 from web.routes.auth import public_base_url, reset_link
 from web.security import API_SCOPES, generate_password, generate_token, hash_password
+from web.worker_status import worker_status
 
 # where each task keeps the decision threshold the console edits (pipelines/spec.py)
 THRESHOLD_PATHS = {
@@ -293,7 +295,41 @@ def pipelines_page(
         n: pipeline_classes(c, context["cards"]) for n, c in context["pipelines"].items()
     }
     context["overrides"] = config_overrides.list_overrides(session, PIPELINE_OVERRIDE_PREFIX)
+    context["devices"] = _device_choices(state, session)
     return render(request, "admin_pipelines.html", context, user=user)
+
+
+def _device_choices(state: StateDep, session: SessionDep) -> list[str]:
+    """What a model may be placed on: the devices live workers report, ``cpu`` (always there)
+    and ``auto`` (each worker resolves it to its GPU or its CPU). The page adds each member's
+    current value, so saving a form never changes a device the admin did not touch."""
+    return ["auto", *worker_status(state.settings, session, state.clock()).devices]
+
+
+def _member_devices(cfg: PipelineConfig) -> dict[tuple[str, str], str]:
+    """(task, model) -> device, of one pipeline as it stands (console overrides included)."""
+    out: dict[tuple[str, str], str] = {}
+    for task_name in ("segmentation", "classification", "detection"):
+        task = getattr(cfg.tasks, task_name, None)
+        if task is not None:
+            out.update({(task_name, m.model): m.device for m in task.members})
+    return out
+
+
+def _check_device(device: str, allowed: list[str], current: str | None, field: str) -> None:
+    """Reject a device no live worker has (``cuda`` names ``cuda:0``)."""
+    wanted = device.strip().lower()
+    if (
+        wanted == (current or "").strip().lower()
+        or wanted in allowed
+        or (wanted == "cuda" and "cuda:0" in allowed)
+    ):
+        return
+    raise HTTPException(
+        400,
+        f"{field}: no live worker has device {device!r} (available: {', '.join(allowed)});"
+        " start a worker on a host that has it first",
+    )
 
 
 @router.post("/pipelines/{name}")
@@ -308,6 +344,11 @@ async def update_pipeline(
     if name not in configs:
         raise HTTPException(404, f"No pipeline {name!r}")
     form = await request.form()
+    try:
+        current = _member_devices(pipeline_configs(state.settings, session)[name])
+    except (ConfigError, KeyError):
+        current = _member_devices(configs[name])
+    allowed = _device_choices(state, session)
     override: dict[str, Any] = {"enabled": form.get("enabled") == "on"}
     kept = config_overrides.get_override(session, PIPELINE_OVERRIDE_PREFIX + name) or {}
     if "review_required" in kept:  # switched on its own form (web.routes.admin_config)
@@ -325,6 +366,8 @@ async def update_pipeline(
                     target = target.setdefault(parent, {})
                 target[leaf] = float(raw)
             elif len(parts) == 3 and parts[2] in ("device", "weight"):
+                if parts[2] == "device":
+                    _check_device(raw, allowed, current.get((parts[0], parts[1])), key)
                 value: Any = float(raw) if parts[2] == "weight" else raw.strip()
                 members = tasks.setdefault(parts[0], {}).setdefault("members", {})
                 members.setdefault(parts[1], {})[parts[2]] = value

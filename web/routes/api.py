@@ -2,12 +2,14 @@
 
 Machine clients authenticate with ``Authorization: Bearer <token>`` (scope ``read``); a logged-in
 browser session works too. ``/api/health`` is open so that monitors need no credentials; it names
-models and devices but no patient data.
+models, devices and the queues in use with their live workers (status "degraded" and a problem
+"queue gpu has no worker" when none consumes one), but no patient data.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,6 +35,7 @@ from web.integrations import (
     refused_model_cards,
 )
 from web.result_views import review_data
+from web.worker_status import worker_status
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -53,14 +56,25 @@ class ModelInfo(BaseModel):
     status_at: datetime | None = None
 
 
+class QueueOut(BaseModel):
+    name: str
+    serves: str
+    workers: list[str] = Field(description="live workers consuming it (registry names)")
+    ok: bool = Field(description="false: no live worker takes this queue's work")
+
+
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(description='"ok", or "degraded" with the reasons in problems')
+    problems: list[str]
     database: str
     listener: str
     models_available: bool = Field(description="at least one model is not failed")
     models: list[ModelInfo]
     pipeline_problems: dict[str, str] = Field(
         default_factory=dict, description="enabled pipelines that cannot run, with the reason"
+    )
+    queues: list[QueueOut] = Field(
+        description="queues in use (enabled pipelines', the delivery queue) and their workers"
     )
 
 
@@ -245,13 +259,22 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
     else:
         broken = {}
     broken |= pipeline_problems(configs, {m.name: m.error for m in models})
+    problems = [] if database == "ok" else [f"database {database}"]
+    problems += [f"pipeline {name}: {reason}" for name, reason in sorted(broken.items())]
+    queues: list[QueueOut] = []
+    if database == "ok":
+        status = worker_status(state.settings, session, state.clock())
+        problems += status.problems
+        queues = [QueueOut(**asdict(q), ok=q.ok) for q in status.queues]
     return HealthOut(
-        status="ok" if database == "ok" else "degraded",
+        status="degraded" if problems else "ok",
+        problems=problems,
         database=database,
         listener=_listener_state(state),
         models_available=any(m.load_status != ModelLoadState.FAILED for m in models),
         models=models,
         pipeline_problems=broken,
+        queues=queues,
     )
 
 

@@ -1,5 +1,6 @@
 """The jobs page: the live queue with its actions (retry, cancel, re-run with another pipeline,
-resend every failed delivery), for admins and radiologists.
+resend every failed delivery), for admins and radiologists; above it a warning for each queue no
+live worker consumes ("queue gpu has no worker") and, below, the worker registry.
 
 The page polls ``/jobs/rows`` (the same table body, rendered by the same template) every few
 seconds from ``web/static/live.js``, so the queue moves without a reload and without a second
@@ -27,6 +28,7 @@ from web.integrations import (
     resend,
 )
 from web.pages import flash, redirect, render
+from web.worker_status import worker_status
 
 router = APIRouter(
     tags=["console: jobs"], dependencies=[Depends(verify_csrf)], include_in_schema=False
@@ -75,6 +77,7 @@ def jobs_page(
         "runnable": _pipeline_names(state, session),
         "failed_deliveries": len(job_list.failed_delivery_ids(session)),
         "rows_url": "/jobs/rows?" + urlencode(filters),
+        "workers": worker_status(state.settings, session, state.clock()),
     }
     return render(request, "jobs.html", context, user=user)
 

@@ -36,6 +36,8 @@ def transition(
     """Change a delivery's state and write the audit row in the same transaction."""
     from_state = delivery.state
     delivery.state = to_state.value
+    if to_state is DeliveryState.PENDING:
+        delivery.published_at = None  # a new attempt: the delivery outbox publishes it again
     audit.record(
         session,
         action,
@@ -94,6 +96,7 @@ def next_due_at(
     session: Session,
     *,
     exclude_destinations: Collection[str] = (),
+    only_destination: str | None = None,
     after: datetime | None = None,
 ) -> datetime | None:
     """When the next delivery falls due (a pending one's retry time, or an expired lease of one
@@ -107,6 +110,8 @@ def next_due_at(
     stmt = select(func.min(due_time)).where(or_(pending, leased))
     if exclude_destinations:
         stmt = stmt.where(Delivery.destination_name.not_in(list(exclude_destinations)))
+    if only_destination is not None:
+        stmt = stmt.where(Delivery.destination_name == only_destination)
     if after is not None:
         stmt = stmt.where(due_time > after)
     return session.scalar(stmt)
@@ -118,16 +123,20 @@ def claim_due(
     now: datetime,
     limit: int,
     exclude_destinations: Collection[str] = (),
+    only_destination: str | None = None,
 ) -> list[Delivery]:
     """Lock and return due deliveries: PENDING whose time has come, or IN_PROGRESS whose lease
     expired (the dispatcher holding it died). The caller marks them claimed in this transaction.
 
     An SR is left out while a SEG or overlay delivery of the same job to the same destination is
-    neither delivered nor among the rows claimed now (those are sent first, in rank order)."""
+    neither delivered nor among the rows claimed now (those are sent first, in rank order).
+    ``only_destination``: one destination's batch (what a Celery delivery message names)."""
     due = _due(now)
     stmt = select(Delivery).where(due).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
     if exclude_destinations:
         stmt = stmt.where(Delivery.destination_name.not_in(list(exclude_destinations)))
+    if only_destination is not None:
+        stmt = stmt.where(Delivery.destination_name == only_destination)
     stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
     candidates = list(session.scalars(stmt).all())
     if not candidates:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from node.db.orm import utcnow
 from node.db.repositories import users as user_repo
+from node.db.repositories import workers
 from tests.web.conftest import Console
 from tests.web.processed import ProcessedStudy
 
@@ -19,8 +21,25 @@ def _token(console: Console, username: str, scopes: list[str]) -> dict[str, str]
 
 def test_health_is_open_and_reports_database_and_listener(console: Console) -> None:
     body = console.client().get("/api/health").json()
-    assert body["database"] == "ok" and body["status"] == "ok"
-    assert body["listener"] == "not reachable"  # no receiver runs in this test
+    assert body["database"] == "ok" and body["listener"] == "not reachable"  # no receiver here
+    # no worker runs in this test either: the demo pipelines' queue has nobody to run its jobs
+    assert body["status"] == "degraded" and body["problems"] == ["queue cpu has no worker"]
+    with console.db.write() as session:
+        workers.beat(
+            session,
+            name="w1@hostA",
+            host="hostA",
+            engine="local",
+            queues=["cpu"],
+            devices=["cpu"],
+            pid=1,
+            now=utcnow(),
+        )
+    body = console.client().get("/api/health").json()
+    assert body["status"] == "ok" and body["problems"] == []
+    assert body["queues"] == [
+        {"name": "cpu", "serves": "pipelines demo-2d, demo-3d", "workers": ["w1@hostA"], "ok": True}
+    ]
 
 
 def test_bearer_token_reads_studies_and_results(processed: tuple[Console, ProcessedStudy]) -> None:

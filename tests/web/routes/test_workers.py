@@ -1,0 +1,195 @@
+"""Workers as the console sees them: ``/api/health`` flags each queue in use that no live worker
+consumes, the jobs page warns about it and lists the workers, and a model's device can be set only
+to one a live worker has. A real ``pacsnode worker`` process provides the heartbeat in the first
+test; the others write registry rows and move the console's clock past their staleness."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings, load_settings
+from node.db.engine import Database
+from node.db.orm import utcnow
+from node.db.repositories import workers as registry
+from tests.cluster import pipelines_dir
+from tests.conftest import free_port
+from tests.processes import NodeProcess, node_env
+from tests.web.conftest import Clock, Console, csrf_of, make_console
+
+HEARTBEAT_S, STALE_AFTER_BEATS = 0.5, 2
+
+
+@pytest.fixture
+def two_queues(settings: Settings, sqlite_db: Database, tmp_path: Path) -> Console:
+    """demo-2d on queue ``cpu``, demo-3d on queue ``gpu``, a folder destination, fast beats."""
+    folder = pipelines_dir(tmp_path, "cpu")
+    text = (settings.pipelines_dir / "demo-3d.yaml").read_text()
+    (folder / "demo-3d.yaml").write_text(text.replace("enabled: true", "enabled: true\nqueue: gpu"))
+    data = settings.model_dump()
+    data["pipelines_dir"] = folder
+    data["jobs"] = {
+        **data["jobs"],
+        "heartbeat_s": HEARTBEAT_S,
+        "stale_after_beats": STALE_AFTER_BEATS,
+    }
+    data["destinations"] = [{"name": "out", "kind": "folder", "path": str(tmp_path / "out")}]
+    return make_console(load_settings(None, **data), sqlite_db)
+
+
+@pytest.fixture
+def later(two_queues: Console) -> Clock:
+    """The console's clock, moved by the test past a worker's staleness instead of sleeping."""
+    fake = Clock(utcnow())
+    two_queues.app.state.web.clock = fake
+    return fake
+
+
+def _beat(db: Database, name: str, queues: list[str], devices: list[str]) -> None:
+    with db.write() as session:
+        registry.beat(
+            session,
+            name=name,
+            host="hostA",
+            engine="celery",
+            queues=queues,
+            devices=devices,
+            pid=1,
+            now=utcnow(),
+        )
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, proc: NodeProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        assert proc.alive(), proc.output()[-3000:]
+        time.sleep(0.2)
+    raise TimeoutError(proc.output()[-3000:])
+
+
+@pytest.mark.slow
+def test_health_flags_the_queue_no_live_worker_consumes(
+    two_queues: Console, tmp_path: Path
+) -> None:
+    console = two_queues
+    client = console.client()
+    env = node_env(
+        console.settings.data_dir,
+        console.db.url,
+        free_port(),
+        free_port(),
+        {
+            "PACSNODE_PIPELINES_DIR": str(console.settings.pipelines_dir),
+            "PACSNODE_JOBS__HEARTBEAT_S": str(HEARTBEAT_S),
+            "PACSNODE_TORCH_THREADS": "1",
+        },
+    )
+    worker = NodeProcess(
+        ["worker", "--engine", "local", "--queues", "cpu", "--worker-id", "w1@hostA"],
+        env,
+        tmp_path / "logs",
+        "w1",
+    ).start()
+    try:
+        _wait_for(lambda: "w1@hostA" in str(client.get("/api/health").json()), 120, worker)
+        body = client.get("/api/health").json()
+        queues = {q["name"]: q for q in body["queues"]}
+        assert queues["cpu"]["workers"] == ["w1@hostA"] and queues["cpu"]["ok"]
+        assert queues["gpu"] == {
+            "name": "gpu",
+            "serves": "pipelines demo-3d",
+            "workers": [],
+            "ok": False,
+        }
+        assert body["status"] == "degraded"
+        # no dispatcher runs either: the delivery queue is flagged too
+        assert body["problems"] == ["queue deliveries has no worker", "queue gpu has no worker"]
+        worker.kill()  # no clean stop: the row stays, and goes stale
+        killed = time.monotonic()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body = client.get("/api/health").json()
+            if "queue cpu has no worker" in body["problems"]:
+                break
+            time.sleep(0.2)
+        stale_s = time.monotonic() - killed
+        assert set(body["problems"]) >= {"queue cpu has no worker", "queue gpu has no worker"}
+        assert stale_s < HEARTBEAT_S * STALE_AFTER_BEATS + 3
+        print(f"cpu flagged {stale_s:.1f} s after its only worker was killed")
+    finally:
+        worker.terminate()
+
+
+def test_health_is_ok_when_every_queue_has_a_live_worker(two_queues: Console) -> None:
+    _beat(two_queues.db, "cpu1@hostA", ["cpu", "deliveries"], ["cpu"])
+    _beat(two_queues.db, "gpu1@hostB", ["gpu"], ["cpu", "cuda:0"])
+    body = two_queues.client().get("/api/health").json()
+    assert body["status"] == "ok" and body["problems"] == []
+    assert {q["name"]: q["ok"] for q in body["queues"]} == {
+        "cpu": True,
+        "deliveries": True,
+        "gpu": True,
+    }
+
+
+def test_jobs_page_warns_about_a_queue_without_worker_and_lists_workers(
+    two_queues: Console, later: Clock
+) -> None:
+    _beat(two_queues.db, "cpu1@hostA", ["cpu", "deliveries"], ["cpu"])
+    page = two_queues.login("radiologist1").get("/jobs").text
+    assert re.search(r'class="flash warning queue-warning">queue gpu has no worker', page)
+    assert "queue cpu has no worker" not in page
+    assert 'data-worker="cpu1@hostA" data-live="yes"' in page
+    later.advance(seconds=HEARTBEAT_S * STALE_AFTER_BEATS + 1)
+    page = two_queues.login("radiologist1").get("/jobs").text
+    assert "queue cpu has no worker" in page and "queue deliveries has no worker" in page
+    assert 'data-worker="cpu1@hostA" data-live="no"' in page
+
+
+def test_model_device_is_chosen_from_live_workers_devices(
+    two_queues: Console, later: Clock
+) -> None:
+    _beat(two_queues.db, "gpu1@hostB", ["gpu"], ["cpu", "cuda:0"])
+    admin = two_queues.login("admin1")
+    page = admin.get("/admin/pipelines").text
+    select = re.search(
+        r'<select name="segmentation.demo-seg-unet.device"[^>]*>(.*?)</select>', page, re.S
+    )
+    assert select, page
+    options = re.findall(r'<option value="([^"]+)"', select.group(1))
+    assert options == ["auto", "cpu", "cuda:0"]  # the current value (auto) first
+    token = csrf_of(admin, "/admin/pipelines")
+    field = "segmentation.demo-seg-unet.device"
+    refused = admin.post(
+        "/admin/pipelines/demo-2d", data={"csrf_token": token, "enabled": "on", field: "cuda:1"}
+    )
+    assert refused.status_code == 400
+    assert "no live worker has device 'cuda:1'" in html.unescape(refused.text)
+    accepted = admin.post(
+        "/admin/pipelines/demo-2d", data={"csrf_token": token, "enabled": "on", field: "cuda:0"}
+    )
+    assert accepted.status_code == 303
+    # the GPU host goes away: cuda:0 stays the current value (marked) and saving it again works
+    later.advance(seconds=HEARTBEAT_S * STALE_AFTER_BEATS + 1)
+    page = admin.get("/admin/pipelines").text
+    assert "cuda:0 (no live worker has it)" in page
+    again = admin.post(
+        "/admin/pipelines/demo-2d", data={"csrf_token": token, "enabled": "on", field: "cuda:0"}
+    )
+    assert again.status_code == 303
+    other = admin.post(
+        "/admin/pipelines/demo-2d",
+        data={
+            "csrf_token": token,
+            "enabled": "on",
+            "segmentation.demo-seg-segresnet.device": "cuda:0",
+        },
+    )
+    assert other.status_code == 400  # another model may not be moved to the vanished GPU
