@@ -137,7 +137,7 @@ def _assert_prediction(body: dict, study_uid: str) -> None:  # type: ignore[type
     result = body["result"]
     assert result["pipeline_name"] == PIPELINE
     classification = result["classification"]
-    assert len(classification["probabilities"]) == len(classification["class_names"]) == 2
+    assert len(classification["probabilities"]) == len(classification["classes"]) == 2
     assert abs(sum(classification["probabilities"]) - 1) < 1e-4
     assert {r["task"] for r in result["model_runs"]} >= {"segmentation", "classification"}
     assert all(r["device_used"] for r in result["model_runs"])
@@ -188,7 +188,10 @@ def test_jpeg_with_pixel_spacing_answers_dicom_objects(console: Console, worker:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("multipart/mixed; boundary=")
     message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content
+        b"Content-Type: "
+        + response.headers["content-type"].encode()
+        + b"\r\n\r\n"
+        + response.content
     )
     parts = list(message.iter_parts())
     assert parts[0].get_content_type() == "application/json"
@@ -343,9 +346,7 @@ def test_documented_in_openapi(console: Console) -> None:
     post = spec["paths"]["/api/predict"]["post"]
     assert post["security"][0] == {"bearerToken": ["predict"]}
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert {"files", "pipeline", "pixel_spacing_mm", "deliver", "keep"} <= set(
-        schema["properties"]
-    )
+    assert {"files", "pipeline", "pixel_spacing_mm", "deliver", "keep"} <= set(schema["properties"])
     assert "504" in post["responses"] and "413" in post["responses"]
     assert "/api/predict/batch" in spec["paths"]
     assert "/api/predict/batch/{batch_id}" in spec["paths"]
