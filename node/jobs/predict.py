@@ -22,8 +22,17 @@ from sqlalchemy.orm import Session
 from core.domain import JobState, ReviewState, StudyState
 from node.db.orm import Artifact, Job, Study
 from node.db.repositories import audit
+from node.db.repositories.search import TRANSIENT_SOURCE  # hidden from the study list
 
-TRANSIENT_SOURCE = "predict"  # removed after the answer (or the retention, for batches)
+__all__ = [
+    "KEPT_SOURCE",
+    "TRANSIENT_SOURCE",
+    "PredictionRefused",
+    "PredictionState",
+    "prediction_states",
+    "queue_prediction",
+    "stale_transient_studies",
+]
 KEPT_SOURCE = "api"  # ``keep=true``: stays in the study list like an upload
 OPEN_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 

@@ -23,7 +23,8 @@ from core.config import Settings, load_settings
 from node.db.engine import Database
 from node.db.orm import Delivery, Job, Study
 from node.db.repositories import users as user_repo
-from tests.web.conftest import Console, make_console, with_web
+from node.db.repositories.config_overrides import set_override
+from tests.web.conftest import Console, make_console, with_archive, with_web
 
 PIPELINE = "demo-2d"
 TOKEN = "predict-token-for-tests"
@@ -43,7 +44,9 @@ def _settings(settings: Settings, **web: object) -> Settings:
 
 
 def _console(settings: Settings, db: Database, **web: object) -> Console:
-    console = make_console(_settings(settings, **web), db)
+    """A console whose node has a destination: a prediction must still send nothing unasked."""
+    archive = settings.data_dir.parent / "archive"
+    console = make_console(with_archive(_settings(settings, **web), archive), db)
     with db.write() as session:
         for name, token, scopes in (
             ("scripts", TOKEN, ["predict"]),
@@ -205,6 +208,24 @@ def test_jpeg_with_pixel_spacing_answers_dicom_objects(console: Console, worker:
 
 
 @pytest.mark.slow
+def test_deliver_sends_where_routing_sends(console: Console, worker: None, tmp_path: Path) -> None:
+    path = _cr(tmp_path, seed=5)
+    response = _post(
+        console.client(), [("cr.dcm", path.read_bytes(), "application/dicom")], deliver="true"
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    with console.db.read() as session:
+        job = session.get(Job, body["job_id"])
+        assert job is not None and job.destinations == ["archive"]
+        planned = {d.destination_name for d in session.query(Delivery).all()}
+    assert planned == {"archive"}
+    # kept (hidden from the list) until the dispatcher has sent it and the retention is over
+    assert [source for _, source in _studies(console)] == ["predict"]
+    assert all(a["download_url"] for a in body["artifacts"])
+
+
+@pytest.mark.slow
 def test_zip_kept_on_request(console: Console, worker: None, tmp_path: Path) -> None:
     path = _cr(tmp_path, seed=3)
     buffer = io.BytesIO()
@@ -238,6 +259,9 @@ def test_timeout_answers_504_and_the_batch_is_polled(
     poll = response.json()["poll_url"]
     state = console.client().get(poll, headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert state["done"] is False and state["predictions"][0]["state"] == "queued"
+    # a transient study is not in the study list, even while it waits
+    listed = console.client().get("/api/studies", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert listed.json()["total"] == 0
     # another user's token cannot read the batch
     other = console.client().get(poll, headers={"Authorization": f"Bearer {READ_TOKEN}"})
     assert other.status_code == 403
@@ -300,6 +324,14 @@ def test_unknown_and_missing_pipeline_are_named(console: Console) -> None:
     )
     assert missing.status_code == 400
     assert "pipeline" in missing.json()["detail"]
+
+
+def test_disabled_pipeline_is_409(console: Console) -> None:
+    with console.db.write() as session:
+        set_override(session, "pipeline:" + PIPELINE, {"enabled": False}, "admin1")
+    response = _post(console.client(), [("a.jpg", _jpeg(), "image/jpeg")])
+    assert response.status_code == 409
+    assert f"pipeline {PIPELINE!r} is disabled" in response.json()["detail"]
 
 
 def test_bad_pixel_spacing_is_400(console: Console) -> None:
