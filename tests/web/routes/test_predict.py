@@ -382,3 +382,33 @@ def test_documented_in_openapi(console: Console) -> None:
     assert "504" in post["responses"] and "413" in post["responses"]
     assert "/api/predict/batch" in spec["paths"]
     assert "/api/predict/batch/{batch_id}" in spec["paths"]
+
+
+@pytest.mark.slow
+def test_input_the_pipeline_cannot_take_is_422(
+    console: Console, worker: None, tmp_path: Path
+) -> None:
+    from models.training.dicom_export import write_series
+    from models.training.phantoms import make_3d_phantom
+
+    phantom = make_3d_phantom(np.random.default_rng(1), shape=(4, 48, 48), lesion_count=1)
+    files = write_series(phantom, tmp_path / "ct")
+    response = _post(
+        console.client(), [(p.name, p.read_bytes(), "application/dicom") for p in files]
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"].startswith(f"pipeline {PIPELINE} failed: ")
+    assert body["state"] == "failed" and body["result"] is None
+    assert _studies(console) == []
+
+
+def test_console_session_needs_the_csrf_token(console: Console) -> None:
+    client = console.login("radiologist1")
+    response = client.post(
+        "/api/predict",
+        data={"pipeline": PIPELINE},
+        files=[("files", ("a.jpg", _jpeg(), "image/jpeg"))],
+    )
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
