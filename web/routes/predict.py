@@ -267,7 +267,9 @@ def remove_stale_predictions(state: WebState) -> None:
         stale = stale_transient_studies(session, cutoff)
     for study_uid in stale:
         try:
-            remove_study(state.settings, state.db, study_uid, actor="api", why="prediction kept")
+            remove_study(
+                state.settings, state.db, study_uid, actor="api", why="prediction retention over"
+            )
         except StudyBusy:
             continue
 

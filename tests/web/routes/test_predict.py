@@ -312,6 +312,15 @@ def test_undecodable_picture_is_400(console: Console) -> None:
     assert _studies(console) == []
 
 
+def test_undecodable_dicom_is_400(console: Console) -> None:
+    broken = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f" + b"\x01" * 64
+    response = _post(console.client(), [("broken.dcm", broken, "application/dicom")])
+    assert response.status_code == 400, response.text
+    assert "nothing could be imported" in response.json()["detail"]
+    assert str(console.settings.data_dir) not in response.json()["detail"]  # no server paths
+    assert _studies(console) == []
+
+
 def test_unknown_and_missing_pipeline_are_named(console: Console) -> None:
     response = _post(console.client(), [("a.jpg", _jpeg(), "image/jpeg")], pipeline="nope")
     assert response.status_code == 404
