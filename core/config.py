@@ -280,6 +280,10 @@ class WebSettings(_Strict):
     session_absolute_hours: float = Field(12.0, gt=0)
     self_registration: bool = False
     max_upload_mb: float = Field(512.0, gt=0)
+    # POST /api/predict waits this long for the worker, then answers 504 with a batch id to poll
+    predict_timeout_s: float = Field(120.0, gt=0, le=3600)
+    # a batch's (or a timed-out prediction's) study and results stay this long after its jobs end
+    predict_retention_s: float = Field(86400.0, gt=0)
     login_max_failures: int = Field(5, ge=1)
     login_max_delay_s: float = Field(300.0, ge=0)
     login_address_max_failures: int = Field(20, ge=1)

@@ -147,8 +147,9 @@ _SCOPE_FOR_ROLES: dict[frozenset[Role], str] = {
 }
 
 
-def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signatures
-    """``Annotated[Principal, RequireRole(Role.ADMIN)]``: 403 for callers without one of ``roles``."""
+def RequireRole(*roles: Role, scope: str | None = None) -> Any:  # noqa: N802 - reads like a type
+    """``Annotated[Principal, RequireRole(Role.ADMIN)]``: 403 for callers without one of ``roles``;
+    an API token also needs ``scope`` (by default the one that goes with ``roles``)."""
     allowed = frozenset(roles)
 
     def check(user: CurrentUser) -> Principal:
@@ -160,7 +161,7 @@ def RequireRole(*roles: Role) -> Any:  # noqa: N802 - reads like a type in signa
             raise HTTPException(403, f"this API token lacks the {scope!r} scope")
         return user
 
-    scope = _SCOPE_FOR_ROLES.get(allowed, "read")
+    scope = scope or _SCOPE_FOR_ROLES.get(allowed, "read")
     setattr(check, TOKEN_SCOPE_ATTR, scope)
     return Depends(check)
 
@@ -203,6 +204,8 @@ SessionUser = Annotated[Principal, Depends(session_user)]
 AdminUser = Annotated[Principal, RequireRole(Role.ADMIN)]
 Reviewer = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST)]
 Reader = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST, Role.VIEWER)]
+# runs a pipeline on files the caller sends (/api/predict): the roles that may upload studies
+Predictor = Annotated[Principal, RequireRole(Role.ADMIN, Role.RADIOLOGIST, scope="predict")]
 
 
 def csrf_token(request: Request) -> str:

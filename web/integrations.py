@@ -71,6 +71,7 @@ __all__ = [
     "requeue_job",
     "rerun_with_pipeline",
     "resend",
+    "route_destinations",
     "result_export",
     "stored_instances",
     "stream_zip",
@@ -97,6 +98,17 @@ def explain_routes(settings: Settings, session: Session, study_uid: str) -> str:
     configs = pipeline_configs(settings, session)
     current = effective_settings(session, settings)
     return routing.explain_routes(current, configs, facts).explain()
+
+
+def route_destinations(settings: Settings, session: Session, study_uid: str) -> tuple[str, ...]:
+    """Where the routing rules would send a study's results (``/api/predict`` with
+    ``deliver=true``): the same decision the scheduler takes, destinations only."""
+    facts = study_facts(session, study_uid)
+    if facts is None:
+        raise KeyError(study_uid)
+    configs = pipeline_configs(settings, session)
+    current = effective_settings(session, settings)
+    return routing.explain_routes(current, configs, facts).destinations
 
 
 # -- models and pipelines ---------------------------------------------------------------------
@@ -173,7 +185,12 @@ def result_export(name: str, result_dir: Path) -> bytes | str:
 
 
 def import_paths(
-    db: Database, settings: Settings, paths: list[Path], actor: str = "system"
+    db: Database,
+    settings: Settings,
+    paths: list[Path],
+    actor: str = "system",
+    source: str = "upload",
 ) -> importer.ImportReport:
-    """Files uploaded in the console, persisted like any received instance."""
-    return importer.import_paths(db, settings, paths, source="upload", actor=actor)
+    """Files uploaded in the console (or sent to ``/api/predict``: source ``predict``/``api``),
+    persisted like any received instance."""
+    return importer.import_paths(db, settings, paths, source=source, actor=actor)

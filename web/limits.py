@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import WebSettings
 
-UPLOAD_PATHS = frozenset({"/studies/upload"})
+UPLOAD_PATHS = frozenset({"/studies/upload", "/api/predict", "/api/predict/batch"})
 ADMIN_PREFIX = "/admin/"  # the allowlist and pipeline forms carry more than a login form
 KIB = 1024
 MIB = 1024 * 1024

@@ -39,6 +39,7 @@ from web.routes import (
     hooks,
     jobs,
     metrics,
+    predict,
     review,
     studies,
     study_admin,
@@ -107,7 +108,7 @@ def ensure_first_admin(db: Database) -> str | None:
 
 def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
-    for module in (auth, dashboard, uploads, studies, review, admin, api, hooks):
+    for module in (auth, dashboard, uploads, studies, review, admin, api, predict, hooks):
         app.include_router(module.router)
     for module in (jobs, metrics, admin_accounts, study_admin, worklist, admin_config, exports):
         app.include_router(module.router)

@@ -23,7 +23,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "type": "http",
         "scheme": "bearer",
         "description": "API token from Admin > Tokens; the operation names the scope it needs "
-        "(read, review, hooks, admin).",
+        "(read, review, hooks, admin, predict).",
     },
     "consoleSession": {
         "type": "apiKey",

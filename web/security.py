@@ -23,7 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 MIN_PASSWORD_LENGTH = 10
-API_SCOPES = ("read", "review", "hooks", "admin")
+API_SCOPES = ("read", "review", "hooks", "admin", "predict")
 
 
 def hash_password(password: str) -> str:

@@ -59,9 +59,20 @@ def sniff(head: bytes) -> str:
 
 
 def picture_to_secondary_capture(
-    data: bytes, details: PatientDetails, study_uid: str, series_uid: str, number: int
+    data: bytes,
+    details: PatientDetails,
+    study_uid: str,
+    series_uid: str,
+    number: int,
+    *,
+    greyscale: bool = False,
+    pixel_spacing_mm: float | None = None,
 ) -> FileDataset:
-    """Wrap one PNG/JPEG as a Secondary Capture instance of the given study and series."""
+    """Wrap one PNG/JPEG as a Secondary Capture instance of the given study and series.
+
+    ``greyscale`` turns a colour picture into MONOCHROME2 (ITU-R 601 luma, Pillow's "L"): the
+    models read one channel. ``pixel_spacing_mm`` (a scanned film, an exported radiograph) is
+    written as Pixel Spacing and Nominal Scanned Pixel Spacing so that areas come out in mm²."""
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_PICTURE_PIXELS:
@@ -71,7 +82,7 @@ def picture_to_secondary_capture(
         # ImportError: ultralytics patches Image.open process-wide to import an optional HEIF
         # plugin on unidentified images; an undecodable upload is still the user's error
         raise UploadError(f"image {number}: cannot be decoded ({exc})") from exc
-    grey = image.mode in ("L", "I;16", "I", "1", "LA")
+    grey = greyscale or image.mode in ("L", "I;16", "I", "1", "LA")
     pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
     now = datetime.now(UTC)
     meta = FileMetaDataset()
@@ -108,4 +119,6 @@ def picture_to_secondary_capture(
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.tobytes()
+    if pixel_spacing_mm is not None:
+        ds.PixelSpacing = ds.NominalScannedPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
     return ds

@@ -56,7 +56,12 @@ def _like(term: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+# studies imported only to answer an API prediction (``node.jobs.predict``): not in the list
+TRANSIENT_SOURCE = "predict"
+
+
 def _apply_filter(stmt: Select[Any], flt: StudyFilter) -> Select[Any]:
+    stmt = stmt.where(Study.source != TRANSIENT_SOURCE)
     if flt.patient:
         pattern = _like(flt.patient)
         stmt = stmt.where(

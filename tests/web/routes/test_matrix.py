@@ -25,11 +25,13 @@ PUBLIC = "public"  # everyone, same answer (PUBLIC_STATUS)
 SESSION = "session"  # any logged-in console session; API tokens get 403
 READ, REVIEW, ADMIN = "read", "review", "admin"  # roles, and the token scope of the same name
 HOOKS = "hooks"  # an API token with the hooks scope, or the shared secret; sessions get 403
+PREDICT = "predict"  # radiologists and admins; their tokens need the predict scope
 ROLES_FOR = {
     SESSION: {"viewer", "radiologist", "admin"},
     READ: {"viewer", "radiologist", "admin"},
     REVIEW: {"radiologist", "admin"},
     ADMIN: {"admin"},
+    PREDICT: {"radiologist", "admin"},
 }
 HOOK_SECRET = "matrix-hook-secret"
 
@@ -134,6 +136,9 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/admin/users/{user_id}/delete"): (ADMIN, {}),  # after every other user_id rule
     ("POST", "/studies/{study_uid}/delete"): (ADMIN, {"confirm": "yes"}),  # last of study_uid's
     ("POST", "/api/hooks/orthanc"): (HOOKS, {}),
+    ("POST", "/api/predict"): (PREDICT, {"pipeline": "demo-2d"}),
+    ("POST", "/api/predict/batch"): (PREDICT, {"pipeline": "demo-2d"}),
+    ("GET", "/api/predict/batch/{batch_id}"): (PREDICT, {}),
 }
 # public routes answer the same to everyone (bad input on purpose; no SMTP; registration off)
 PUBLIC_STATUS = {
@@ -159,7 +164,7 @@ class Caller:
         return f"matrix-token-{self.name}"
 
 
-ALL_SCOPES = ("read", "review", "hooks", "admin")
+ALL_SCOPES = ("read", "review", "hooks", "admin", "predict")
 CALLERS = [
     Caller("anonymous"),
     *(Caller(f"{role}-session", role) for role in ("viewer", "radiologist", "admin")),
@@ -236,6 +241,7 @@ def _params(console: Console, study: ProcessedStudy) -> dict[str, str]:
         "token_id": "1",
         "name": "archive",
         "rule": "r-admin-session",
+        "batch_id": "1.not-a-signature",
     }
 
 
@@ -260,7 +266,7 @@ def _call(console: Console, caller: Caller, method: str, path: str, data: dict[s
         return client.post(path, json={"study_id": "abc"}, headers=headers).status_code
     if path.startswith("/admin/pipelines/") and path.count("/") == 3:
         path = "/admin/pipelines/not-a-pipeline"  # no pipelines installed in tests: 404 is fine
-    if path == "/studies/upload":
+    if path in ("/studies/upload", "/api/predict", "/api/predict/batch"):
         files = {"files": ("x.txt", b"not an image", "text/plain")}
         return client.post(path, data=form, files=files, headers=headers).status_code
     return client.post(path, data=form, headers=headers).status_code
