@@ -122,6 +122,7 @@ def output_options(config: PipelineConfig | None, result_version: int) -> Output
         seg_segments=outputs.seg_segments,
         omit_empty_frames=outputs.omit_empty_frames,
         overlay=outputs.overlay,
+        skip_empty_overlay=outputs.skip_empty_overlay,
         pdf=outputs.pdf,
         sr=outputs.sr,
         result_version=result_version,
@@ -278,6 +279,7 @@ class Worker:
             f" in {time.perf_counter() - t0:.2f} s"
         )
         lines += [f"  warning: {w}" for w in produced.warnings]
+        lines += [f"  note: {n}" for n in produced.notes]
         return produced, result
 
     def _apply_console_overrides(self, name: str) -> None:
@@ -337,4 +339,6 @@ class Worker:
             summary = result.summary()
             if produced.warnings:  # optional outputs left out: succeeded with warnings
                 summary["output_warnings"] = list(produced.warnings)
+            if produced.notes:  # left out by design (an empty overlay)
+                summary["output_notes"] = list(produced.notes)
             queue.mark_succeeded(session, job, self.worker_id, utcnow(), summary, job_log)

@@ -149,12 +149,12 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     png = io.BytesIO()
     picture.save(png, format="PNG")
     png.seek(0)
-    side = 80 * mm
-    ratio = picture.height / picture.width
+    side = 80 * mm  # the longer edge: a tall whole-body NM (1024x256) must fit a page too
+    scale = side / max(picture.width, picture.height)
     story += [
         Paragraph(f"Conclusion: {escape(result.conclusion())}", styles["Heading2"]),
         Paragraph(f"Key image: {escape(key_image_text(result, frame))}", styles["Heading3"]),
-        FlowImage(png, width=side, height=side * ratio),
+        FlowImage(png, width=picture.width * scale, height=picture.height * scale),
     ]
     if result.findings:
         rows = [
