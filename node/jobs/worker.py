@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Collection, Sequence
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -112,10 +112,13 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def output_options(config: PipelineConfig | None, result_version: int) -> OutputOptions:
-    """The objects to produce, as the pipeline's definition asks (defaults without one)."""
+def output_options(
+    config: PipelineConfig | None, result_version: int, zone: tzinfo = UTC
+) -> OutputOptions:
+    """The objects to produce, as the pipeline's definition asks (defaults without one), dated
+    in the node's time zone."""
     if config is None:
-        return OutputOptions(result_version=result_version)
+        return OutputOptions(result_version=result_version, zone=zone)
     outputs = config.outputs
     return OutputOptions(
         seg_type=outputs.seg_type,
@@ -126,6 +129,7 @@ def output_options(config: PipelineConfig | None, result_version: int) -> Output
         pdf=outputs.pdf,
         sr=outputs.sr,
         result_version=result_version,
+        zone=zone,
     )
 
 
@@ -272,7 +276,10 @@ class Worker:
         save_result(result, out_dir)
         t0 = time.perf_counter()
         produced = self._producer(
-            result, sources, output_options(pipeline.config, claimed.result_version), out_dir
+            result,
+            sources,
+            output_options(pipeline.config, claimed.result_version, self.settings.zone),
+            out_dir,
         )
         lines.append(
             f"results: {', '.join(str(p.kind) for p in produced)}"

@@ -224,7 +224,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     story.append(
         Paragraph(
             f"Processing time {result.processing_seconds:.2f} s; created "
-            f"{when.moment.isoformat()}. {DISCLAIMER}",
+            f"{when.display}. {DISCLAIMER}",
             styles["Normal"],
         )
     )

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from pathlib import Path
 
 import pydicom
@@ -63,6 +64,7 @@ class OutputOptions:
     seg_segments: str = "per_finding"  # or "per_label"
     result_version: int = 1
     institution_name: str = ""
+    zone: tzinfo = UTC  # the node's time zone (Settings.zone): ContentDate/Time, the PDF
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ EMPTY_OVERLAY_NOTE = (
 def _build_all(
     result: PipelineResult, sources: Sequence[Dataset], options: OutputOptions
 ) -> tuple[Built, list[str], list[str]]:
-    when = content_time(result)
+    when = content_time(result, options.zone)
     cleaned = clean_sources(sources)
     result = with_locations(result, cleaned)
     built: Built = []

@@ -14,12 +14,13 @@ import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from core.timezones import dicom_offset
 from node.results.retired_classes import register as register_retired_classes
 from pipelines.contract import PipelineResult
 
@@ -200,23 +201,40 @@ def _unify_orientation(datasets: list[Dataset]) -> None:
 
 @dataclass(frozen=True)
 class ContentTime:
-    """The fixed content date/time of a result (from ``PipelineResult.created_at``)."""
+    """The fixed content date/time of a result (from ``PipelineResult.created_at``), in the
+    node's time zone: DICOM dates and times are local, with TimezoneOffsetFromUTC saying which."""
 
     date: str  # YYYYMMDD
     time: str  # HHMMSS
-    moment: datetime
+    moment: datetime  # aware, in the node's zone
 
     @property
     def datetime_str(self) -> str:
         return f"{self.date}{self.time}"
 
+    @property
+    def offset(self) -> str:
+        """TimezoneOffsetFromUTC: ``+0200``."""
+        return dicom_offset(self.moment)
 
-def content_time(result: PipelineResult) -> ContentTime:
-    """The result's creation time, so that rebuilding a result yields identical bytes."""
+    @property
+    def display(self) -> str:
+        """For people (the PDF): ``2024-05-06 09:08 CEST (UTC+0200)``."""
+        name = self.moment.tzname() or ""
+        label = f" {name}" if name and not name.startswith(("+", "-")) else ""
+        return f"{self.moment:%Y-%m-%d %H:%M}{label} (UTC{self.offset})"
+
+
+def content_time(result: PipelineResult, zone: tzinfo = UTC) -> ContentTime:
+    """The result's creation time in ``zone``, so that rebuilding a result yields identical
+    bytes. A ``created_at`` without an offset is UTC (the worker writes UTC)."""
     moment = datetime.now(UTC)
     if result.created_at:
         try:
             moment = datetime.fromisoformat(result.created_at)
         except ValueError as exc:
             raise ValueError(f"created_at is not ISO 8601: {result.created_at!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(zone)
     return ContentTime(moment.strftime("%Y%m%d"), moment.strftime("%H%M%S"), moment)
