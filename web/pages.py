@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from node.db.repositories import worklist
+from node.results.units import unit_for_people
 from web.deps import LoginRequired, Principal, WebState, csrf_token, optional_user, web_state
 from web.sessions import handle
 from web.study_files import retention_after
@@ -49,6 +50,7 @@ def build_templates(zone: tzinfo = UTC) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     templates.env.filters["dt"] = _dt_filter(zone)
     templates.env.filters["num"] = _fmt_num
+    templates.env.filters["unit"] = unit_for_people  # UCUM codes as people read them
     templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
     templates.env.filters["retention_after"] = retention_after
     return templates

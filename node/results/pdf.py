@@ -31,6 +31,7 @@ from node.results.fonts import markup, report_fonts
 from node.results.overlay import key_frame_index, render_overlay
 from node.results.source import TYPE2_PATIENT_STUDY_ATTRIBUTES, ContentTime
 from node.results.uids import result_uid, series_number
+from node.results.units import with_unit
 from pipelines.contract import PipelineResult
 
 DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
@@ -177,7 +178,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
                 result.key_image_of(f) or "-",
                 _fmt(f.measurements.area_mm2),
                 _fmt(f.measurements.volume_mm3),
-                _fmt(f.measurements.mean_intensity),
+                with_unit(_fmt(f.measurements.mean_intensity), f.measurements.intensity_unit),
                 _fmt(f.measurements.circularity, 2),
             ]
             for f in result.findings
