@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -33,9 +34,30 @@ class SweepInput:
     name: str
     paths: tuple[Path, ...]
     pipeline: str
+    nul_padded_codes: bool = False  # as NEMA WG04 files carry them (issue 17)
 
     def datasets(self) -> list[Dataset]:
-        return [pydicom.dcmread(p) for p in self.paths]
+        datasets = [pydicom.dcmread(p) for p in self.paths]
+        return [_with_nul_padded_codes(d) for d in datasets] if self.nul_padded_codes else datasets
+
+
+def _with_nul_padded_codes(source: Dataset) -> Dataset:
+    """The source as a file whose procedure and anatomy codes are padded with NUL bytes (the
+    bytes on disk, read back by pydicom as any received file is; pydicom drops trailing NULs
+    itself, leading ones stay)."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "\0CTHEAD\0", "\099WG04\0"
+    item.CodeMeaning = "\0CT HEAD WITHOUT CONTRAST\0"
+    anatomy = Dataset()
+    anatomy.CodeValue, anatomy.CodingSchemeDesignator = "\0T-A0100", "\0SRT"
+    anatomy.CodeMeaning = "\0Brain"
+    source.ProcedureCodeSequence = [item]
+    source.AnatomicRegionSequence = [anatomy]
+    buffer = BytesIO()
+    source.save_as(buffer, enforce_file_format=True)
+    read = pydicom.dcmread(BytesIO(buffer.getvalue()))
+    assert str(read.ProcedureCodeSequence[0].CodeValue).startswith("\0")
+    return read
 
 
 def _pipeline_for(series: SourceSeries) -> str | None:
@@ -88,4 +110,7 @@ def sweep_inputs() -> list[SweepInput]:
     if MR_SERIES_DIR.is_dir():
         files = tuple(sorted(MR_SERIES_DIR.glob("*.dcm")))
         found.append(SweepInput("mr-series-ge-adc", files, "demo-3d"))
+        found.append(SweepInput("mr-series-ge-adc+nul-codes", files, "demo-3d", True))
+    for item in [i for i in found if i.name in ("CT_small.dcm", "RG3_UNCR.dcm")]:
+        found.append(SweepInput(f"{item.name}+nul-codes", item.paths, item.pipeline, True))
     return found

@@ -1,6 +1,8 @@
 """dciodvfy sweep: the node's result production on every real input a shipped pipeline would
 process (pydicom-data and the shared GE MR series, see ``sweep_inputs.py``), with and without
-findings; every object produced (SEG, SR, PDF, overlay) must have 0 dciodvfy errors.
+findings, and on the shared labelled MR volumes with their real lesions as findings
+(``labelled_volumes.py``); every object produced (SEG, SR, PDF, overlay) must have 0 dciodvfy
+errors.
 
 A few real inputs cannot give a SEG (and so no results: the SEG carries them); each is listed
 with the reason the job records, and any other failure fails the sweep.
@@ -14,12 +16,14 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node.results.produce import OutputOptions, produce_results
 from node.results.validate import ResultValidationError
 from tests.node.results.factories import make_result
+from tests.node.results.labelled_volumes import LABELLED_DIR, VOLUMES, labelled_result
 from tests.node.results.sweep_inputs import SweepInput, sweep_inputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +57,7 @@ def _errors(path: Path) -> list[str]:
 @pytest.mark.parametrize("findings", [True, False], ids=["findings", "nofindings"])
 @pytest.mark.parametrize("source", INPUTS, ids=[i.name for i in INPUTS])
 def test_every_object_from_a_real_input_has_no_dciodvfy_errors(
-    source: SweepInput, findings: bool, tmp_path: Path
+    source: SweepInput, findings: bool, tmp_path: Path, record_property: Any
 ) -> None:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed")
@@ -75,4 +79,27 @@ def test_every_object_from_a_real_input_has_no_dciodvfy_errors(
     assert produced.warnings == (), produced.warnings
     assert {o.kind.value for o in produced} == {"seg", "sr", "pdf", "overlay"} if findings else True
     problems = {o.kind.value: _errors(o.path) for o in produced}
+    record_property("objects_checked", len(produced))  # --junitxml: the sweep's totals
+    record_property("dciodvfy_errors", sum(len(e) for e in problems.values()))
+    assert not any(problems.values()), problems
+
+
+@pytest.mark.parametrize("name", sorted(VOLUMES))
+def test_results_of_the_real_labelled_mr_volumes_have_no_dciodvfy_errors(
+    name: str, tmp_path: Path, record_property: Any
+) -> None:
+    """The shared labelled volumes (real anatomy, real lesion shapes) as MR series, their labels
+    as the findings: one segment, outline and measurement group per lesion."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed")
+    if not LABELLED_DIR.is_dir():
+        pytest.skip(f"shared sample data absent: {LABELLED_DIR}")
+    sources, result = labelled_result(name, tmp_path / "source")
+    assert result.findings, "every labelled volume has at least one lesion"
+    produced = produce_results(result, sources, OutputOptions(), tmp_path / "out")
+    assert {o.kind.value for o in produced} == {"seg", "sr", "pdf", "overlay"}
+    assert produced.warnings == ()
+    problems = {o.kind.value: _errors(o.path) for o in produced}
+    record_property("objects_checked", len(produced))  # --junitxml: the sweep's totals
+    record_property("dciodvfy_errors", sum(len(e) for e in problems.values()))
     assert not any(problems.values()), problems
