@@ -79,6 +79,12 @@ def key_image_text(result: PipelineResult, frame: int) -> str:
     return described or f"frame {frame + 1} of {len(result.source_frames)}"
 
 
+def _date(value: object) -> str:
+    """A DICOM date (DA, already the acquisition's local date) as people write it: 2024-05-06."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -130,13 +136,13 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
         ],
         [
             "Birth date",
-            str(first.get("PatientBirthDate", "")),
+            _date(first.get("PatientBirthDate", "")),
             "Sex",
             str(first.get("PatientSex", "")),
         ],
         [
             "Study date",
-            str(first.get("StudyDate", "")),
+            _date(first.get("StudyDate", "")),
             "Accession",
             str(first.get("AccessionNumber", "")),
         ],

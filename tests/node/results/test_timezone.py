@@ -52,4 +52,8 @@ def test_same_moment_in_winter_berlin_and_the_pdf_prints_it(tmp_path: Path) -> N
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength])
     text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, check=True).stdout
-    assert "2024-01-07 00:15 CET (UTC+0100)" in text.decode().replace("\n", " ")
+    words = text.decode().replace("\n", " ")
+    assert "2024-01-07 00:15 CET (UTC+0100)" in words
+    study_date = str(pdf.StudyDate)
+    assert len(study_date) == 8
+    assert f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}" in words  # DA for people
