@@ -74,9 +74,15 @@ class Annotation:
 def annotation_layout(
     result: PipelineResult, frame_index: int, size: tuple[int, int]
 ) -> list[Annotation]:
-    """Where the finding IDs and the "AI" mark go on a ``size`` = (width, height) image."""
+    """Where the finding IDs and the "AI" mark go on a ``size`` = (width, height) image: the mark
+    in the top right corner, each ID above its finding (below its top edge when there is no
+    room), moved left of the mark rather than under it."""
     width, height = size
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    mark_font = _font(max(10, min(width, height) // 14))
+    left, top, right, bottom = (round(v) for v in probe.textbbox((0, 0), AI_MARK, font=mark_font))
+    pad = max(2, (bottom - top) // 4)
+    mark = (width - (right - left) - 3 * pad, pad, width - pad, (bottom - top) + 3 * pad)
     font = _font(max(9, min(width, height) // 20))
     out: list[Annotation] = []
     for text, col, row in finding_labels(result, frame_index):
@@ -85,14 +91,12 @@ def annotation_layout(
         )
         w, h = right - left, bottom - top
         x = min(max(col, 0), max(width - w - 1, 0))
-        y = row - h - 3  # above the finding; below its top edge when there is no room
+        y = row - h - 3
         y = y if y >= 0 else min(row + 2, max(height - h - 1, 0))
+        if y <= mark[3] + 2 and x + w >= mark[0] - 2:  # would sit under the mark
+            x = max(mark[0] - w - 4, 0)
         out.append(Annotation(text, (x, y, x + w, y + h), False))
-    mark_font = _font(max(10, min(width, height) // 14))
-    left, top, right, bottom = (round(v) for v in probe.textbbox((0, 0), AI_MARK, font=mark_font))
-    pad = max(2, (bottom - top) // 4)
-    box = (width - (right - left) - 3 * pad, pad, width - pad, (bottom - top) + 3 * pad)
-    out.append(Annotation(AI_MARK, box, True))
+    out.append(Annotation(AI_MARK, mark, True))
     return out
 
 

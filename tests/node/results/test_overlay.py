@@ -39,6 +39,10 @@ def test_finding_ids_and_the_ai_mark_are_burned_in_and_nothing_else_changes(name
     mark = next(a for a in layout if a.is_mark)
     x0, _y0, x1, _y1 = mark.box
     assert x1 < overlay.shape[1] and x0 > overlay.shape[1] * 0.6  # top right, inside the image
+    for item in layout:  # no ID hidden under the mark
+        if not item.is_mark:
+            ix0, iy0, ix1, iy1 = item.box
+            assert ix1 < mark.box[0] or iy0 > mark.box[3], item.text
     untouched = np.ones(overlay.shape[:2], bool)  # away from the mask, boxes and texts
     assert result.segmentation is not None
     untouched &= result.segmentation.label_map[frame] == 0
