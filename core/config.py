@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import string
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.domain import DestinationKind, LateArrivalPolicy
+from core.timezones import node_zone, zone_named
 
 DEFAULT_SECRET = "change-me-development-only"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -387,6 +389,8 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT / "var"
     database_url: str = ""  # default: SQLite file under data_dir
     log_level: str = "INFO"
+    # IANA zone for result dates/times, the PDF and the console; empty: the machine's local zone
+    timezone: str = ""
 
     # DICOM listener
     ae_title: str = "PACSNODE"
@@ -424,6 +428,14 @@ class Settings(BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     orthanc_sources: list[OrthancSourceSettings] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            zone_named(value)  # ValueError naming the value; load_settings names the key
+        return value
 
     @field_validator("ae_title")
     @classmethod
@@ -463,6 +475,11 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'pacsnode.db'}"
+
+    @property
+    def zone(self) -> tzinfo:
+        """The node's time zone (``timezone``, else the machine's)."""
+        return node_zone(self.timezone)
 
     @property
     def spool_dir(self) -> Path:

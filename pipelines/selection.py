@@ -34,8 +34,17 @@ def series_facts(series: SourceSeries) -> SeriesFacts:
         instance_count=len(series.files),
         image_type=tuple(str(v) for v in (ds.get("ImageType") or ())),
         orientation=orientation_label(tuple(float(v) for v in iop)) if iop else None,
-        number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
+        number_of_frames=_frames(ds, series),
     )
+
+
+def _frames(ds: pydicom.Dataset, series: SourceSeries) -> int:
+    """NumberOfFrames as a count; a value that is not one (``1A`` is in the wild) is an input
+    error naming the file, not a crash of the planner."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise PipelineInputError(f"{series.files[0]}: NumberOfFrames is not a number") from exc
 
 
 def select_series(study: StudyInput, selection: SelectionSpec) -> SourceSeries:

@@ -303,6 +303,8 @@ class OutputsSpec(_Strict):
     seg_segments: Literal["per_finding", "per_label"] = "per_finding"
     omit_empty_frames: bool = True
     overlay: bool = True
+    # no overlay when nothing is on it (no findings, mask or boxes); the job notes why
+    skip_empty_overlay: bool = True
     pdf: bool = True
     sr: bool = True
 

@@ -132,4 +132,5 @@ def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         dicom_port=free_port(),
         web_port=free_port(),
         min_free_disk_mb=0,
+        timezone="UTC",  # dates in pages and results do not depend on the machine's zone
     )

@@ -189,7 +189,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         docs_url=None,  # served from vendored assets by _install_offline_docs
         redoc_url=None,
     )
-    app.state.web = WebState(settings=settings, db=db, templates=build_templates())
+    app.state.web = WebState(settings=settings, db=db, templates=build_templates(settings.zone))
     app.add_middleware(NoStore)
     app.add_middleware(SecurityHeaders, hsts=settings.web.secure_cookies)
     app.add_middleware(ServerSessions)

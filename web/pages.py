@@ -6,6 +6,8 @@ never reach into the request themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from core.units import readable_unit
 from node.db.repositories import worklist
 from web.deps import LoginRequired, Principal, WebState, csrf_token, optional_user, web_state
 from web.sessions import handle
@@ -23,8 +26,17 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def _fmt_dt(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "—"
+def _dt_filter(zone: tzinfo) -> Callable[[Any], str]:
+    """Stored times are UTC; the console shows them in the node's time zone (``timezone``)."""
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(zone)
+        return str(value.strftime("%Y-%m-%d %H:%M:%S"))
+
+    return fmt
 
 
 def _fmt_num(value: Any, digits: int = 2) -> str:
@@ -35,10 +47,11 @@ def _fmt_num(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def build_templates() -> Jinja2Templates:
+def build_templates(zone: tzinfo = UTC) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-    templates.env.filters["dt"] = _fmt_dt
+    templates.env.filters["dt"] = _dt_filter(zone)
     templates.env.filters["num"] = _fmt_num
+    templates.env.filters["unit"] = readable_unit  # UCUM codes as people read them
     templates.env.filters["zip"] = lambda a, b: list(zip(a or [], b or [], strict=False))
     templates.env.filters["retention_after"] = retention_after
     templates.env.filters["viewer_url"] = viewer_url

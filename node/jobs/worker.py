@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Collection, Sequence
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -113,19 +113,24 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def output_options(config: PipelineConfig | None, result_version: int) -> OutputOptions:
-    """The objects to produce, as the pipeline's definition asks (defaults without one)."""
+def output_options(
+    config: PipelineConfig | None, result_version: int, zone: tzinfo = UTC
+) -> OutputOptions:
+    """The objects to produce, as the pipeline's definition asks (defaults without one), dated
+    in the node's time zone."""
     if config is None:
-        return OutputOptions(result_version=result_version)
+        return OutputOptions(result_version=result_version, zone=zone)
     outputs = config.outputs
     return OutputOptions(
         seg_type=outputs.seg_type,
         seg_segments=outputs.seg_segments,
         omit_empty_frames=outputs.omit_empty_frames,
         overlay=outputs.overlay,
+        skip_empty_overlay=outputs.skip_empty_overlay,
         pdf=outputs.pdf,
         sr=outputs.sr,
         result_version=result_version,
+        zone=zone,
     )
 
 
@@ -298,13 +303,17 @@ class Worker:
         save_result(result, out_dir)
         t0 = time.perf_counter()
         produced = self._producer(
-            result, sources, output_options(pipeline.config, claimed.result_version), out_dir
+            result,
+            sources,
+            output_options(pipeline.config, claimed.result_version, self.settings.zone),
+            out_dir,
         )
         lines.append(
             f"results: {', '.join(str(p.kind) for p in produced)}"
             f" in {time.perf_counter() - t0:.2f} s"
         )
         lines += [f"  warning: {w}" for w in produced.warnings]
+        lines += [f"  note: {n}" for n in produced.notes]
         return produced, result
 
     def _apply_console_overrides(self, name: str) -> None:
@@ -364,4 +373,6 @@ class Worker:
             summary = result.summary()
             if produced.warnings:  # optional outputs left out: succeeded with warnings
                 summary["output_warnings"] = list(produced.warnings)
+            if produced.notes:  # left out by design (an empty overlay)
+                summary["output_notes"] = list(produced.notes)
             queue.mark_succeeded(session, job, self.worker_id, utcnow(), summary, job_log)

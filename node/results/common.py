@@ -55,6 +55,7 @@ def finalise(
     for keyword in ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"):
         if keyword in dataset:
             setattr(dataset, keyword, when.date if keyword.startswith("Date") else when.time)
+    dataset.TimezoneOffsetFromUTC = when.offset  # the dates and times above are the node's
     dataset.SeriesDescription = series_description(result, kind)
     if institution_name:
         dataset.InstitutionName = institution_name[:64]

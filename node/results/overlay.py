@@ -1,26 +1,131 @@
 """Burned-in overlay for viewers that cannot show SEG: Secondary Capture, BurnedInAnnotation YES.
 
 The key source frame (the one with most mask pixels) is shown as a viewer shows it
-(:func:`pipelines.preprocess.display.display_frame`: modality LUT, the file's VOI), the mask
-drawn as a translucent red-green heatmap (probabilities when present) and boxes as rectangles.
-Colour sources (ultrasound, secondary capture: three samples per pixel, RGB or YBR, which pydicom
-returns as RGB) keep their colours under the heatmap.
+(:func:`pipelines.preprocess.display.display_frame`: modality LUT, the file's Window Center/Width
+or VOI LUT, else the modality's default window), the mask drawn as a translucent red-green heatmap
+(probabilities when present) and boxes as rectangles. Each finding on the frame is labelled with
+its tracking ID (the name the SR, the PDF and the console give it), and an "AI" mark in the top
+right corner says, in the pixels themselves, that the picture is a machine's output: a secondary
+capture travels without its series description. Colour sources (ultrasound, secondary capture:
+three samples per pixel, RGB or YBR, which pydicom returns as RGB) keep their colours under the
+heatmap.
+
+An overlay with nothing on it (no mask pixels, no boxes, no findings) repeats the source image;
+:func:`has_content` lets the producer leave it out (``outputs.skip_empty_overlay``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
+from node.results.fonts import find_font
 from node.results.uids import result_uid, series_number
 from pipelines.contract import PipelineResult
 from pipelines.preprocess.display import display_frame, frame_count
+
+AI_MARK = "AI"
+LABEL_COLOUR = (255, 255, 0)
+AI_MARK_COLOUR = (255, 140, 0)
+
+
+def has_content(result: PipelineResult) -> bool:
+    """Whether an overlay would show anything beyond the source image."""
+    seg = result.segmentation
+    return bool(result.findings or result.detections or (seg is not None and seg.label_map.any()))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    path = find_font("DejaVuSans-Bold.ttf") or find_font("DejaVuSans.ttf")
+    if path is None:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(str(path), size=size)
+
+
+def finding_labels(result: PipelineResult, frame_index: int) -> list[tuple[str, int, int]]:
+    """(tracking ID, column, row) of the top-left corner of each finding shown on the frame:
+    its detection box there, else its segmented extent."""
+    anchors: list[tuple[str, int, int]] = []
+    for finding in result.findings:
+        if finding.box is not None and finding.box.frame_index == frame_index:
+            anchors.append((finding.tracking_id, int(finding.box.x0), int(finding.box.y0)))
+        elif frame_index in finding.frame_indices:
+            _f0, row0, col0, _f1, _r1, _c1 = finding.measurements.bbox
+            anchors.append((finding.tracking_id, int(col0), int(row0)))
+    return anchors
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A text burned into the overlay and the rectangle (x0, y0, x1, y1, inclusive) it covers."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    is_mark: bool
+
+
+def annotation_layout(
+    result: PipelineResult, frame_index: int, size: tuple[int, int]
+) -> list[Annotation]:
+    """Where the finding IDs and the "AI" mark go on a ``size`` = (width, height) image: the mark
+    in the top right corner, each ID above its finding (below its top edge when there is no
+    room), moved left of the mark rather than under it."""
+    width, height = size
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    mark_font = _font(max(10, min(width, height) // 14))
+    left, top, right, bottom = (round(v) for v in probe.textbbox((0, 0), AI_MARK, font=mark_font))
+    pad = max(2, (bottom - top) // 4)
+    mark = (width - (right - left) - 3 * pad, pad, width - pad, (bottom - top) + 3 * pad)
+    font = _font(max(9, min(width, height) // 20))
+    out: list[Annotation] = []
+    for text, col, row in finding_labels(result, frame_index):
+        left, top, right, bottom = (
+            round(v) for v in probe.textbbox((0, 0), text, font=font, stroke_width=_stroke(font))
+        )
+        w, h = right - left, bottom - top
+        x = min(max(col, 0), max(width - w - 1, 0))
+        y = row - h - 3
+        y = y if y >= 0 else min(row + 2, max(height - h - 1, 0))
+        if y <= mark[3] + 2 and x + w >= mark[0] - 2:  # would sit under the mark
+            x = max(mark[0] - w - 4, 0)
+        out.append(Annotation(text, (x, y, x + w, y + h), False))
+    out.append(Annotation(AI_MARK, mark, True))
+    return out
+
+
+def _stroke(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    return max(1, int(getattr(font, "size", 10)) // 8)
+
+
+def _annotate(image: Image.Image, result: PipelineResult, frame_index: int) -> None:
+    """Finding IDs in yellow with a black outline (legible on bright and dark tissue), and the
+    "AI" mark: orange on a black box."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    font = _font(max(9, min(width, height) // 20))
+    mark_font = _font(max(10, min(width, height) // 14))
+    for item in annotation_layout(result, frame_index, image.size):
+        x0, y0, x1, y1 = item.box
+        if item.is_mark:
+            pad = max(2, (y1 - y0) // 7)
+            draw.rectangle(item.box, fill=(0, 0, 0), outline=AI_MARK_COLOUR, width=max(1, pad // 2))
+            left, top, right, bottom = draw.textbbox((0, 0), item.text, font=mark_font)
+            x = x0 + ((x1 - x0) - (right - left)) // 2 - left
+            y = y0 + ((y1 - y0) - (bottom - top)) // 2 - top
+            draw.text((x, y), item.text, font=mark_font, fill=AI_MARK_COLOUR)
+        else:
+            left, top, _r, _b = draw.textbbox(
+                (0, 0), item.text, font=font, stroke_width=_stroke(font)
+            )
+            draw.text((x0 - left, y0 - top), item.text, font=font, fill=LABEL_COLOUR,
+                      stroke_width=_stroke(font), stroke_fill=(0, 0, 0))  # fmt: skip
 
 
 def key_frame_index(result: PipelineResult) -> int:
@@ -43,7 +148,8 @@ def source_frame_pixels(sources: Sequence[Dataset], frame_index: int) -> np.ndar
 def render_overlay(
     result: PipelineResult, sources: Sequence[Dataset], frame_index: int
 ) -> np.ndarray:
-    """(rows, cols, 3) uint8 RGB: the displayed source, red-green heatmap of the mask, boxes."""
+    """(rows, cols, 3) uint8 RGB: the displayed source, red-green heatmap of the mask, boxes,
+    finding IDs and the "AI" mark."""
     shown = source_frame_pixels(sources, frame_index)
     if shown.ndim == 2:
         shown = np.repeat(shown[:, :, None], 3, axis=2)
@@ -66,6 +172,7 @@ def render_overlay(
             draw.rectangle(
                 [box.x0, box.y0, box.x1 - 1, box.y1 - 1], outline=(255, 255, 0), width=width
             )
+    _annotate(image, result, frame_index)
     return np.asarray(image)
 
 
@@ -78,7 +185,8 @@ def _direction_letter(vector: Sequence[float]) -> str:
 def patient_orientation(source: Dataset) -> tuple[str, str]:
     """PatientOrientation of the source (or derived from its orientation; SC needs one)."""
     existing = source.get("PatientOrientation")
-    if existing and len(existing) == 2 and all(existing):
+    # an oblique "L\\PF" is valid DICOM but highdicom takes one letter per axis: derive instead
+    if existing and len(existing) == 2 and all(len(str(v)) == 1 for v in existing):
         return (str(existing[0]), str(existing[1]))
     orientation = source.get("ImageOrientationPatient")
     if orientation and len(orientation) == 6:

@@ -26,6 +26,7 @@ from reportlab.platypus import Image as FlowImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from core.domain import ArtifactKind, Severity
+from core.units import with_unit
 from node.results.equipment import MANUFACTURER
 from node.results.fonts import markup, report_fonts
 from node.results.overlay import key_frame_index, render_overlay
@@ -76,6 +77,12 @@ def key_image_text(result: PipelineResult, frame: int) -> str:
     index only where the source has no InstanceNumber."""
     described = result.source_frames[frame].describe()
     return described or f"frame {frame + 1} of {len(result.source_frames)}"
+
+
+def _date(value: object) -> str:
+    """A DICOM date (DA, already the acquisition's local date) as people write it: 2024-05-06."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -129,13 +136,13 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
         ],
         [
             "Birth date",
-            str(first.get("PatientBirthDate", "")),
+            _date(first.get("PatientBirthDate", "")),
             "Sex",
             str(first.get("PatientSex", "")),
         ],
         [
             "Study date",
-            str(first.get("StudyDate", "")),
+            _date(first.get("StudyDate", "")),
             "Accession",
             str(first.get("AccessionNumber", "")),
         ],
@@ -149,12 +156,12 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     png = io.BytesIO()
     picture.save(png, format="PNG")
     png.seek(0)
-    side = 80 * mm
-    ratio = picture.height / picture.width
+    side = 80 * mm  # the longer edge: a tall whole-body NM (1024x256) must fit a page too
+    scale = side / max(picture.width, picture.height)
     story += [
         Paragraph(f"Conclusion: {escape(result.conclusion())}", styles["Heading2"]),
         Paragraph(f"Key image: {escape(key_image_text(result, frame))}", styles["Heading3"]),
-        FlowImage(png, width=side, height=side * ratio),
+        FlowImage(png, width=picture.width * scale, height=picture.height * scale),
     ]
     if result.findings:
         rows = [
@@ -177,7 +184,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
                 result.key_image_of(f) or "-",
                 _fmt(f.measurements.area_mm2),
                 _fmt(f.measurements.volume_mm3),
-                _fmt(f.measurements.mean_intensity),
+                with_unit(_fmt(f.measurements.mean_intensity), f.measurements.intensity_unit),
                 _fmt(f.measurements.circularity, 2),
             ]
             for f in result.findings
@@ -224,7 +231,7 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     story.append(
         Paragraph(
             f"Processing time {result.processing_seconds:.2f} s; created "
-            f"{when.moment.isoformat()}. {DISCLAIMER}",
+            f"{when.display}. {DISCLAIMER}",
             styles["Normal"],
         )
     )

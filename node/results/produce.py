@@ -14,15 +14,17 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from reportlab.platypus.doctemplate import LayoutError
 
 from core.domain import ArtifactKind
 from node.results.common import finalise
 from node.results.locations import with_locations
-from node.results.overlay import build_overlay
+from node.results.overlay import build_overlay, has_content
 from node.results.pdf import build_pdf
 from node.results.seg import SegOptions, build_segmentation
 from node.results.source import clean_sources, content_time
@@ -45,8 +47,9 @@ __all__ = [
     "produce_results",
 ]
 log = logging.getLogger(__name__)
-# what a builder raises on input it cannot render (highdicom/pydicom/numpy/PIL), besides the gate
-BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+# what a builder raises on input it cannot render (highdicom/pydicom/numpy/PIL/reportlab's page
+# layout), besides the gate
+BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, LayoutError)
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,14 @@ class OutputOptions:
     seg_type: str = "BINARY"  # or "FRACTIONAL"
     omit_empty_frames: bool = True
     overlay: bool = True
+    skip_empty_overlay: bool = True  # no overlay when nothing is on it (no mask, box, finding)
     pdf: bool = True
     sr: bool = True
     seg: bool = True
     seg_segments: str = "per_finding"  # or "per_label"
     result_version: int = 1
     institution_name: str = ""
+    zone: tzinfo = UTC  # the node's time zone (Settings.zone): ContentDate/Time, the PDF
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,19 @@ class ProducedObject:
 
 
 class ProducedResults(list[ProducedObject]):
-    """The objects written, in dispatch order, plus why an optional one is missing."""
+    """The objects written, in dispatch order, plus why an optional one is missing: ``warnings``
+    when it failed (the job succeeds with warnings), ``notes`` when it was left out by design
+    (an overlay with nothing on it)."""
 
-    def __init__(self, objects: Iterable[ProducedObject] = (), warnings: Sequence[str] = ()):
+    def __init__(
+        self,
+        objects: Iterable[ProducedObject] = (),
+        warnings: Sequence[str] = (),
+        notes: Sequence[str] = (),
+    ):
         super().__init__(objects)
         self.warnings = tuple(warnings)
+        self.notes = tuple(notes)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -97,14 +110,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
 Built = list[tuple[ArtifactKind, Dataset, bytes]]
 
 
+EMPTY_OVERLAY_NOTE = (
+    "overlay not made: nothing to show (no findings, no segmented pixels, no boxes);"
+    " outputs.skip_empty_overlay is on"
+)
+
+
 def _build_all(
     result: PipelineResult, sources: Sequence[Dataset], options: OutputOptions
-) -> tuple[Built, list[str]]:
-    when = content_time(result)
+) -> tuple[Built, list[str], list[str]]:
+    when = content_time(result, options.zone)
     cleaned = clean_sources(sources)
     result = with_locations(result, cleaned)
     built: Built = []
     warnings: list[str] = []
+    notes: list[str] = []
 
     def add(kind: ArtifactKind, dataset: Dataset, validate: Callable[[bytes], None]) -> None:
         finalise(dataset, result, kind, when, options.institution_name)
@@ -139,7 +159,9 @@ def _build_all(
                 seg.dataset,
                 lambda data: validate_seg(data, result, built_seg, options.seg_type.upper()),
             )
-    if options.overlay:
+    if options.overlay and options.skip_empty_overlay and not has_content(result):
+        notes.append(EMPTY_OVERLAY_NOTE)
+    elif options.overlay:
         optional(
             ArtifactKind.OVERLAY,
             lambda: add(
@@ -163,7 +185,7 @@ def _build_all(
         )
         seg_uid = str(seg.dataset.SOPInstanceUID) if seg else None
         add(ArtifactKind.SR, report, lambda data: validate_sr(data, result, seg_uid))
-    return built, warnings
+    return built, warnings, notes
 
 
 def produce_results(
@@ -174,14 +196,15 @@ def produce_results(
 ) -> ProducedResults:
     """Build, validate and write every enabled object; dispatch order SEG, overlay, PDF, SR.
 
-    ``warnings`` on the returned list name the optional objects that could not be made."""
+    ``warnings`` on the returned list name the optional objects that could not be made, ``notes``
+    those left out by design."""
     try:
-        built, warnings = _build_all(result, sources, options)
+        built, warnings, notes = _build_all(result, sources, options)
     except ResultValidationError:
         raise
     except BUILD_ERRORS as exc:
         raise ResultValidationError(_failing_kind(exc), f"could not build: {exc}") from exc
-    produced = ProducedResults(warnings=warnings)
+    produced = ProducedResults(warnings=warnings, notes=notes)
     for kind, dataset, data in sorted(built, key=lambda b: b[0].dispatch_rank):
         path = Path(out_dir) / f"{kind.value}.dcm"
         _write_atomically(path, data)

@@ -168,8 +168,9 @@ def build_segmentation(
         content_label="AI_SEGMENTATION",
         content_description=f"{result.pipeline_name} v{result.pipeline_version}"[:64],
     )
-    if "FrameOfReferenceUID" not in dataset and "PatientOrientation" not in dataset:
-        # General Image: PatientOrientation is type 2C without a frame of reference (CR/DX).
+    if "PatientOrientation" not in dataset and not _has_plane_orientation(dataset):
+        # General Image: PatientOrientation is type 2C when no Plane Orientation is given
+        # (CR/DX without a frame of reference, a whole-body NM with one but no plane).
         dataset.PatientOrientation = sources[0].get("PatientOrientation", "")
     return BuiltSegmentation(dataset, numbers, expected, finding_segments)
 
@@ -216,16 +217,26 @@ def _per_finding(
     return descriptions, fractions, expected, numbers
 
 
+def _has_plane_orientation(dataset: Dataset) -> bool:
+    frames = dataset.get("PerFrameFunctionalGroupsSequence") or [Dataset()]
+    return frame_group_item(dataset, frames[0], "PlaneOrientationSequence") is not None
+
+
 def _without_projection_spacing(sources: Sequence[Dataset]) -> list[Dataset]:
-    """Sources for highdicom, without PixelSpacing where there is no frame of reference.
+    """Sources for highdicom, without PixelSpacing where there is no image plane in patient space.
 
     A projection radiograph (CR/DX/MG) has no patient coordinate system; given its PixelSpacing,
     highdicom writes a Pixel Measures item without SliceThickness, which its own ``segread`` (and
     so our validation gate) then refuses. Real CRs usually carry only ImagerPixelSpacing and get no
-    Pixel Measures at all; we make the same SEG for those that also carry PixelSpacing."""
+    Pixel Measures at all; we make the same SEG for those that also carry PixelSpacing, and for
+    images with a frame of reference but no plane (a whole-body NM secondary capture carries
+    FrameOfReferenceUID and PixelSpacing without ImageOrientationPatient)."""
     out: list[Dataset] = []
     for source in sources:
-        if "FrameOfReferenceUID" not in source and "PixelSpacing" in source:
+        planar = "FrameOfReferenceUID" in source and (
+            "ImageOrientationPatient" in source or "SharedFunctionalGroupsSequence" in source
+        )
+        if not planar and "PixelSpacing" in source:
             source = copy.deepcopy(source)
             del source.PixelSpacing
         out.append(source)

@@ -11,15 +11,20 @@ cannot be repaired is dropped or left empty, never invented (an unknown sex stay
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from core.timezones import dicom_offset
+from node.results.retired_classes import register as register_retired_classes
 from pipelines.contract import PipelineResult
+
+register_retired_classes()  # sources of retired SOP classes (old US, NM) are copied from too
 
 # Type-2 patient/study attributes every composite object must carry (may be empty).
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (
@@ -69,9 +74,18 @@ def clean_source(source: Dataset) -> Dataset:
             dataset[keyword].value = PersonName(clean_person_name(dataset[keyword].value))
     if str(dataset.get("PatientSex", "")).upper() not in _VALID_SEX:
         dataset.PatientSex = ""  # unknown: type 2 allows empty; "O" (other) would be invented
-    for keyword in ("StudyDate", "PatientBirthDate"):
-        if len(str(dataset.get(keyword, ""))) not in (0, 8):
-            setattr(dataset, keyword, "")
+    _clean_dates_and_times(dataset)
+    age = str(dataset.get("PatientAge", "") or "").strip()
+    if age:  # AS is nnnD/W/M/Y: "22Y" is written by some modalities, "022Y" is meant
+        match = _AGE.match(age)
+        dataset.PatientAge = f"{int(match[1]):03d}{match[2].upper()}" if match else ""
+    orientation = dataset.get("PatientOrientation")
+    if orientation is not None and not _valid_patient_orientation(orientation):
+        del dataset.PatientOrientation  # e.g. "L\\PF" for an oblique CT: derived again if needed
+    if str(dataset.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+        dataset.get("DeidentificationMethod") or dataset.get("DeidentificationMethodCodeSequence")
+    ):  # Patient module: one of the two is type 1C; say what we know rather than drop the flag
+        dataset.DeidentificationMethod = "not stated in the source images"
     for keyword in _SPACING_ATTRIBUTES:
         if keyword in dataset and not _positive_pair(dataset[keyword].value):
             del dataset[keyword]  # "0\\0" or garbage: no spacing is better than a wrong one
@@ -80,6 +94,35 @@ def clean_source(source: Dataset) -> Dataset:
             element.value = copy.deepcopy(element.value)  # the element is ours; its items not
             _strip_codes(element.value)
     return dataset
+
+
+_AGE = re.compile(r"^(\d{1,3})([DWMYdwmy])$")
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_DATES = ("StudyDate", "PatientBirthDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+_TIMES = ("StudyTime", "PatientBirthTime", "SeriesTime", "AcquisitionTime", "ContentTime")
+_ORIENTATION_VALUE = re.compile(r"^[APRLHF]{1,3}$")
+
+
+def _clean_dates_and_times(dataset: Dataset) -> None:
+    """DA and TM in the current form: the ACR-NEMA ``2004.08.26`` and ``11:20:00`` lose their
+    separators; a value still not a date/time is emptied (highdicom refuses to copy it)."""
+    for keyword in _DATES:
+        if keyword in dataset and dataset[keyword].value:
+            text = str(dataset[keyword].value).strip().replace(".", "")
+            dataset[keyword].value = text if len(text) == 8 and text.isdigit() else ""
+    for keyword in _TIMES:
+        if keyword in dataset and dataset[keyword].value:
+            text = str(dataset[keyword].value).strip().replace(":", "")
+            dataset[keyword].value = text if _TM.match(text) else ""
+
+
+def _valid_patient_orientation(value: object) -> bool:
+    values = (
+        [str(v) for v in _as_list(value)]
+        if not isinstance(value, MultiValue)
+        else [str(v) for v in value]
+    )
+    return len(values) == 2 and all(_ORIENTATION_VALUE.match(v) for v in values)
 
 
 def _positive_pair(value: object) -> bool:
@@ -158,23 +201,40 @@ def _unify_orientation(datasets: list[Dataset]) -> None:
 
 @dataclass(frozen=True)
 class ContentTime:
-    """The fixed content date/time of a result (from ``PipelineResult.created_at``)."""
+    """The fixed content date/time of a result (from ``PipelineResult.created_at``), in the
+    node's time zone: DICOM dates and times are local, with TimezoneOffsetFromUTC saying which."""
 
     date: str  # YYYYMMDD
     time: str  # HHMMSS
-    moment: datetime
+    moment: datetime  # aware, in the node's zone
 
     @property
     def datetime_str(self) -> str:
         return f"{self.date}{self.time}"
 
+    @property
+    def offset(self) -> str:
+        """TimezoneOffsetFromUTC: ``+0200``."""
+        return dicom_offset(self.moment)
 
-def content_time(result: PipelineResult) -> ContentTime:
-    """The result's creation time, so that rebuilding a result yields identical bytes."""
+    @property
+    def display(self) -> str:
+        """For people (the PDF): ``2024-05-06 09:08 CEST (UTC+0200)``."""
+        name = self.moment.tzname() or ""
+        label = f" {name}" if name and not name.startswith(("+", "-")) else ""
+        return f"{self.moment:%Y-%m-%d %H:%M}{label} (UTC{self.offset})"
+
+
+def content_time(result: PipelineResult, zone: tzinfo = UTC) -> ContentTime:
+    """The result's creation time in ``zone``, so that rebuilding a result yields identical
+    bytes. A ``created_at`` without an offset is UTC (the worker writes UTC)."""
     moment = datetime.now(UTC)
     if result.created_at:
         try:
             moment = datetime.fromisoformat(result.created_at)
         except ValueError as exc:
             raise ValueError(f"created_at is not ISO 8601: {result.created_at!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(zone)
     return ContentTime(moment.strftime("%Y%m%d"), moment.strftime("%H%M%S"), moment)

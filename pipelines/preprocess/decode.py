@@ -1,7 +1,9 @@
 """Decode a series' pixels into values in original units, with the geometry to map results back.
 
-Pixel data of every transfer syntax the node accepts is decoded by pydicom's pixel backends
-(pylibjpeg, openjpeg, RLE, GDCM are installed). Grey images get the Modality LUT (rescale), so CT
+Pixel data of every image transfer syntax the node accepts is decoded by pydicom's pixel backends
+(pylibjpeg with libjpeg, openjpeg and RLE; GDCM), sequential JPEG with malformed scan headers
+through :mod:`.jpeg_repair`; a syntax without a decoder (video, JPIP, JPEG XL) is an input error
+naming it (:func:`undecodable_reason`). Grey images get the Modality LUT (rescale), so CT
 values are HU and measurements can report them; colour images (RGB, YBR converted by pydicom,
 PALETTE COLOR through its LUT) are kept as RGB in [0, 1]. The VOI step is separate (:mod:`.voi`)
 because models and measurements need different things from the same values.
@@ -16,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
 from pipelines.contract import SourceFrame, SourceSeries
 from pipelines.errors import PipelineInputError
@@ -26,7 +28,9 @@ from pipelines.preprocess.geometry import (
     orientation_label,
     sort_key_along_normal,
 )
+from pipelines.preprocess.jpeg_repair import register as register_jpeg_repair
 
+register_jpeg_repair()  # sequential JPEG with malformed scan headers (see the module)
 MULTIFRAME_MIN = 2
 
 
@@ -184,10 +188,32 @@ def _color_to_unit(rgb: np.ndarray, ds: Dataset, palette: bool) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) / top, 0.0, 1.0)
 
 
+def undecodable_reason(transfer_syntax: str) -> str | None:
+    """Why pixel data in ``transfer_syntax`` cannot be decoded here, or None when it can.
+
+    The listener stores every transfer syntax it negotiates (video, JPIP, JPEG XL included, so a
+    study is archived whole), but only those with an installed pydicom decoder can be processed;
+    the others get this reason as their outcome instead of a decoder traceback."""
+    if not transfer_syntax:
+        return None  # no file meta: pydicom guesses little endian
+    uid = pydicom.uid.UID(str(transfer_syntax))
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"no decoder for {uid.name} ({uid}): stored, but cannot be processed"
+    if not decoder.is_available:
+        missing = ", ".join(decoder.missing_dependencies)
+        return f"the decoder for {uid.name} ({uid}) is not installed: {missing}"
+    return None
+
+
 def _frames_of(path: Path) -> list[_Frame]:
     ds = _read(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise PipelineInputError(f"{path.name}: the instance has no pixel data")
+    reason = undecodable_reason(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if reason is not None:
+        raise PipelineInputError(f"{path.name}: {reason}")
     try:
         pixels = ds.pixel_array
     except (ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:

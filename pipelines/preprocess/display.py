@@ -6,8 +6,9 @@ frames go through pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (Modali
 or rescale; VOI LUT Sequence, else the first Window Center/Width, any VOI LUT Function); for an
 enhanced multi-frame object the frame's own functional groups supply them (Pixel Value
 Transformation and Frame VOI LUT, per-frame over shared over the top level), see
-:func:`pipelines.preprocess.frame_luts.frame_lut_view`. A frame without any VOI is windowed to its 0.5-99.5 percentiles, as
-viewers do. MONOCHROME1 is inverted after the VOI, so bright means dense everywhere. Colour
+:func:`pipelines.preprocess.frame_luts.frame_lut_view`. A frame without any VOI gets its
+modality's default window where Hounsfield units make one meaningful (CT: soft tissue, centre 40
+width 400, so soft tissue is not one flat grey), else its 0.5-99.5 percentiles, as viewers do. MONOCHROME1 is inverted after the VOI, so bright means dense everywhere. Colour
 frames come back as RGB (pydicom already converts YBR; PALETTE COLOR through its LUT).
 
 Model inputs are not display pixels: :mod:`pipelines.preprocess.decode` keeps original units and
@@ -28,8 +29,12 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from pipelines.preprocess.frame_luts import frame_lut_view
+from pipelines.preprocess.jpeg_repair import register as register_jpeg_repair
 
+register_jpeg_repair()  # sequential JPEG with malformed scan headers (see the module)
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
+# modality -> (centre, width) in modality units for frames that carry no VOI of their own
+MODALITY_DEFAULT_WINDOWS = {"CT": (40.0, 400.0)}
 
 
 class DisplayError(ValueError):
@@ -198,7 +203,15 @@ def grey_unit_windowed(
             unit = np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
             lut = view.get("VOILUTSequence")  # pydicom applies a LUT before any window
             return unit, None if lut and "LUTData" in lut[0] else _file_window(view)
+    default = MODALITY_DEFAULT_WINDOWS.get(str(ds.get("Modality", "")).upper())
+    if default is not None:  # no VOI in the file: the modality's usual window (CT soft tissue)
+        return _linear_window(values.astype(np.float64), *default), Window(*default)
     return _auto_window(values.astype(np.float64))
+
+
+def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 LINEAR windowing, to [0, 1]."""
+    return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
 
 
 def grey_unit(ds: Dataset, frame_index: int, pixels: np.ndarray) -> np.ndarray:

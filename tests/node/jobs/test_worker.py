@@ -23,7 +23,7 @@ from node.db.orm import Artifact, Instance, Job, utcnow
 from node.jobs import queue
 from node.jobs.creation import JobPlanner
 from node.jobs.worker import NonRetryableError, Worker
-from node.results.produce import ProducedResults, produce_results
+from node.results.produce import EMPTY_OVERLAY_NOTE, ProducedResults, produce_results
 from node.scheduler import completion_sweep
 from pipelines.contract import PipelineResult, SourceFrame, StudyInput
 from tests.node.jobs.rows import add_study
@@ -220,6 +220,9 @@ def test_optional_output_that_fails_makes_the_job_succeed_with_warnings(
         job = s.scalar(select(Job))
         assert job is not None and job.state == "succeeded", job.error
         warnings = job.summary["output_warnings"]
-        assert [w.split(":")[0] for w in warnings] == ["overlay not made", "pdf not made"]
+        assert [w.split(":")[0] for w in warnings] == ["pdf not made"]
         assert all(f"warning: {w}" in job.log for w in warnings)
+        # nothing to draw (the stub finds nothing): no overlay, by design, and the job says why
+        assert job.summary["output_notes"] == [EMPTY_OVERLAY_NOTE]
+        assert f"note: {EMPTY_OVERLAY_NOTE}" in job.log
     assert planned == [["sr"]]  # the SR is still made and delivered

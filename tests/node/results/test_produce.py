@@ -13,16 +13,17 @@ import pydicom
 import pytest
 
 from core.domain import ArtifactKind
+from node.results.overlay import annotation_layout
 from node.results.produce import (
     OutputOptions,
-    ProducedObject,
+    ProducedResults,
     ResultValidationError,
     produce_results,
 )
 from tests.node.results.factories import make_result, read_testdata, synthetic_ct_series
 
 
-def _produce(sources, tmp_path: Path, **kwargs) -> list[ProducedObject]:
+def _produce(sources, tmp_path: Path, **kwargs) -> ProducedResults:
     result = make_result(sources, with_findings=kwargs.pop("with_findings", True))
     return produce_results(result, sources, OutputOptions(**kwargs), tmp_path / "out")
 
@@ -72,9 +73,10 @@ def test_retry_is_byte_identical_and_new_version_is_new(tmp_path: Path) -> None:
     assert not {p.sop_instance_uid for p in first} & {p.sop_instance_uid for p in new_model}
 
 
-def test_no_findings_gives_sr_and_pdf_but_no_seg(tmp_path: Path) -> None:
+def test_no_findings_gives_sr_and_pdf_but_no_seg_nor_empty_overlay(tmp_path: Path) -> None:
     produced = _produce(synthetic_ct_series(), tmp_path, with_findings=False)
-    assert [p.kind for p in produced] == [ArtifactKind.OVERLAY, ArtifactKind.PDF, ArtifactKind.SR]
+    assert [p.kind for p in produced] == [ArtifactKind.PDF, ArtifactKind.SR]
+    assert produced.notes and "nothing to show" in produced.notes[0]
     sr = hd.sr.srread(next(p.path for p in produced if p.kind == ArtifactKind.SR))
     assert "All algorithms succeeded; without findings" in str(sr.ContentSequence)
 
@@ -179,6 +181,9 @@ def test_colour_ultrasound_gets_every_object_and_a_colour_overlay(
     untouched = result.segmentation.label_map[0] == 0  # away from the mask and the boxes
     for box in result.detections:
         untouched[int(box.y0) - 4 : int(box.y1) + 4, int(box.x0) - 4 : int(box.x1) + 4] = False
+    for item in annotation_layout(result, 0, (source.shape[1], source.shape[0])):  # IDs, "AI"
+        x0, y0, x1, y1 = item.box
+        untouched[max(y0 - 3, 0) : y1 + 4, max(x0 - 3, 0) : x1 + 4] = False
     # the source's own colours (the Doppler flow) come through unchanged where nothing is drawn
     assert np.array_equal(overlay[untouched], source[untouched])
     assert (np.ptp(source[untouched], axis=-1) > 50).sum() > 1000  # there is colour to keep

@@ -35,6 +35,9 @@ def test_review_page_shows_result_and_slices(processed: tuple[Console, Processed
     assert abs(last - first) == 3  # the lesion's four slices, by InstanceNumber
     assert "image " in page.text and "series " in page.text  # its key image, named
     assert 'id="approve"' not in page.text  # viewers are read-only
+    # the MR's mean intensity in words, not the UCUM code the SR keeps (issue 17)
+    assert "arbitrary units" in page.text and "[arb&#39;U]" not in page.text
+    assert "[arb'U]" not in page.text
 
 
 def test_frames_and_masks_render_as_png(processed: tuple[Console, ProcessedStudy]) -> None:

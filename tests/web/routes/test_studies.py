@@ -188,9 +188,15 @@ def test_every_study_shows_its_outcome_and_a_failed_job_is_not_success(console: 
             state="succeeded",
             summary={"output_warnings": ["overlay not made: ValueError: bad pixel data"]},
         )
-        session.add_all([skipped, failed, job, warned])
+        noted = Job(
+            study=failed,
+            pipeline_name="demo-lite",
+            state="succeeded",
+            summary={"output_notes": ["overlay not made: nothing to show"]},
+        )
+        session.add_all([skipped, failed, job, warned, noted])
         session.flush()
-        job_id, warned_id = job.id, warned.id
+        job_id, warned_id, noted_id = job.id, warned.id, noted.id
     client = console.login("viewer1")
     listing = client.get("/studies").text
     assert '<span class="state skipped">skipped</span>' in listing
@@ -203,6 +209,9 @@ def test_every_study_shows_its_outcome_and_a_failed_job_is_not_success(console: 
     assert f"/jobs/{job_id}/export/" not in failed_page  # no empty downloads offered
     assert f'id="warnings-{warned_id}">with warnings<' in failed_page
     assert "overlay not made: ValueError: bad pixel data" in failed_page
+    # an overlay left out by design is noted, not a warning (issue 17)
+    assert f'id="notes-{noted_id}"><li>overlay not made: nothing to show</li>' in failed_page
+    assert f'id="warnings-{noted_id}"' not in failed_page
     for which in ("csv", "json", "masks", "pdfs"):
         export = client.get(f"/jobs/{job_id}/export/{which}")
         assert export.status_code == 409, which
