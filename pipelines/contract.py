@@ -75,6 +75,14 @@ class LabelSpec:
     category: CodedConcept
     type: CodedConcept
     color_rgb: tuple[int, int, int] = (255, 0, 0)
+    # "finding": each connected component is a lesion with severity; "anatomy": one measured
+    # structure (segment + volume), never a lesion (see models/card.py CardLabel)
+    kind: str = "finding"
+    type_modifier: CodedConcept | None = None  # laterality of a paired organ (SNOMED Left/Right)
+
+    @property
+    def is_anatomy(self) -> bool:
+        return self.kind == "anatomy"
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,21 @@ class Finding:
     box: DetectionBox | None = None
     # its value in SegmentationOutput.finding_map (None: detection only, or an older result)
     component: int | None = None
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One anatomical structure a model outlined: a segment and its measurements, no severity.
+
+    All pixels of the label count, however many pieces they form (a rib cut by the field of view
+    is one rib): ``measurements`` are of the whole label, its largest cross-section for the area.
+    """
+
+    tracking_id: str  # the label's name
+    tracking_uid: str
+    label: LabelSpec
+    measurements: Measurements
+    frame_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,7 @@ class PipelineResult:
     classification: ClassificationOutput | None = None
     detections: tuple[DetectionBox, ...] = ()
     findings: tuple[Finding, ...] = ()
+    structures: tuple[Structure, ...] = ()  # anatomy labels: measured, never lesions
     processing_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     review_required: bool = False
@@ -216,16 +240,16 @@ class PipelineResult:
 
     def images_of(self, finding: Finding) -> str:
         """The source images a finding spans, by the scanner's InstanceNumber: "12-17" or "14"."""
+        return self.images_at(finding.frame_indices)
+
+    def images_at(self, frame_indices: tuple[int, ...]) -> str:
+        """The source images of these frame indices by InstanceNumber: "12-17" or "14"."""
         numbers = sorted(
-            {
-                n
-                for i in finding.frame_indices
-                if (n := self.source_frames[i].instance_number) is not None
-            }
+            {n for i in frame_indices if (n := self.source_frames[i].instance_number) is not None}
         )
         if not numbers:
             return ""
-        frames = {self.source_frames[i].frame_number for i in finding.frame_indices} - {None}
+        frames = {self.source_frames[i].frame_number for i in frame_indices} - {None}
         if len(numbers) == 1 and frames:  # frames of one multi-frame image
             low, high = min(frames), max(frames)  # type: ignore[type-var]
             span = f"{low}" if low == high else f"{low}-{high}"
@@ -264,8 +288,13 @@ class PipelineResult:
         if found:
             worst = max((f.severity for f in found), key=lambda s: _SEVERITY_ORDER.index(s.value))
             text = f"{len(found)} finding{'s' if len(found) != 1 else ''} (most severe: {worst.meaning})"
-        elif self.segmentation is not None:
+        elif self.segmentation is not None and not all(
+            lab.is_anatomy for lab in self.segmentation.labels
+        ):
             text = "no lesion segmented"
+        elif self.segmentation is not None:  # an anatomy model: it looks for no lesion
+            count = len(self.structures)
+            text = f"{count} anatomical structure{'s' if count != 1 else ''} segmented"
         elif (
             self.detections
             or self.model_runs
@@ -315,6 +344,9 @@ class PipelineResult:
                     "key_image": self.key_image_of(f),
                 }
                 for f in self.findings
+            ],
+            "structures": [
+                {**asdict(st), "images": self.images_at(st.frame_indices)} for st in self.structures
             ],
             "conclusion": self.conclusion(),
             "processing_seconds": self.processing_seconds,

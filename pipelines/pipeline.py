@@ -20,10 +20,16 @@ from pipelines.contract import (
     ModelRun,
     PipelineResult,
     SegmentationOutput,
+    Structure,
     StudyInput,
 )
 from pipelines.errors import PipelineInputError
-from pipelines.findings import FindingContext, attach_boxes, segment_findings_and_map
+from pipelines.findings import (
+    FindingContext,
+    attach_boxes,
+    measure_structures,
+    segment_findings_and_map,
+)
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
 from pipelines.postprocess import Components, postprocess_components
 from pipelines.preprocess.decode import DecodedSeries, decode_series
@@ -151,10 +157,12 @@ class Pipeline:
             severity_rules=self.config.severity,
         )
         findings: list[Finding] = []
+        structures: list[Structure] = []
         if segmentation is not None:
             findings, segmentation.finding_map = segment_findings_and_map(
                 ctx, segmentation.label_map, segmentation.labels, components
             )
+            structures = measure_structures(ctx, segmentation.label_map, segmentation.labels)
         del components
         findings = attach_boxes(
             ctx, findings, segmentation.label_map if segmentation else None, detections
@@ -180,6 +188,7 @@ class Pipeline:
             classification=classification,
             detections=detections,
             findings=tuple(findings),
+            structures=tuple(structures),
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

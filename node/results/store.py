@@ -23,6 +23,7 @@ from pipelines.contract import (
     PipelineResult,
     SegmentationOutput,
     SourceFrame,
+    Structure,
 )
 
 RESULT_JSON = "result.json"
@@ -55,13 +56,32 @@ def _concept(data: dict[str, Any]) -> CodedConcept:
 
 
 def _label(data: dict[str, Any]) -> LabelSpec:
+    modifier = data.get("type_modifier")
     return LabelSpec(
         data["value"],
         data["name"],
         _concept(data["category"]),
         _concept(data["type"]),
-        tuple(data["color_rgb"]),
-    )  # type: ignore[arg-type]
+        tuple(data["color_rgb"]),  # type: ignore[arg-type]
+        data.get("kind", "finding"),  # results saved before labels had a kind were all findings
+        _concept(modifier) if modifier else None,
+    )
+
+
+def _measurements(data: dict[str, Any]) -> Measurements:
+    m = dict(data)
+    m["bbox"] = tuple(m["bbox"])
+    return Measurements(**m)
+
+
+def _structure(data: dict[str, Any]) -> Structure:
+    return Structure(
+        data["tracking_id"],
+        data["tracking_uid"],
+        _label(data["label"]),
+        _measurements(data["measurements"]),
+        tuple(data["frame_indices"]),
+    )
 
 
 def _box(data: dict[str, Any]) -> DetectionBox:
@@ -78,13 +98,11 @@ def _box(data: dict[str, Any]) -> DetectionBox:
 
 
 def _finding(data: dict[str, Any]) -> Finding:
-    m = dict(data["measurements"])
-    m["bbox"] = tuple(m["bbox"])
     return Finding(
         data["tracking_id"],
         data["tracking_uid"],
         _label(data["label"]),
-        Measurements(**m),
+        _measurements(data["measurements"]),
         Severity(data["severity"]),
         data["segment_number"],
         tuple(data["frame_indices"]),
@@ -137,6 +155,7 @@ def load_result(directory: Path) -> PipelineResult:
         classification=classification,
         detections=tuple(_box(d) for d in data["detections"]),
         findings=tuple(_finding(f) for f in data["findings"]),
+        structures=tuple(_structure(st) for st in data.get("structures", [])),
         processing_seconds=data["processing_seconds"],
         warnings=tuple(data["warnings"]),
         review_required=data["review_required"],
