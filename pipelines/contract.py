@@ -200,12 +200,15 @@ class ClassificationOutput:
 @dataclass
 class SegmentationOutput:
     labels: tuple[LabelSpec, ...]
-    label_map: np.ndarray  # (frames, rows, cols) uint8, 0 = background, source geometry
+    label_map: np.ndarray  # (frames, rows, cols) uint8 (uint16 past 255 labels), 0 = background
     probabilities: np.ndarray | None = None  # (labels, frames, rows, cols) float32 ensemble mean
     member_pixel_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # (frames, rows, cols): each finding's own pixels, value = Finding.component (0 = none), so
     # a SEG can give every finding its own segment; None for results made before it existed
     finding_map: np.ndarray | None = None
+    # (frames, rows, cols) float32: the highest label probability per pixel, kept for the heat
+    # map instead of ``probabilities`` when those would be too large (many labels, no FRACTIONAL)
+    heat: np.ndarray | None = None
 
     def binary_mask(self, label_value: int) -> np.ndarray:
         return self.label_map == label_value

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from core.dicom_uids import deterministic_uid
 from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements, Structure
@@ -126,22 +127,28 @@ def measure_structures(
     104 small passes, not 104 passes over the whole volume.
     """
     structures: list[Structure] = []
-    for label in labels:
-        if not label.is_anatomy:
+    wanted = [label for label in labels if label.is_anatomy]
+    if not wanted:
+        return structures
+    boxes = ndimage.find_objects(label_map, max_label=max(label.value for label in wanted))
+    rows, cols = label_map.shape[1:]
+    for label in wanted:
+        box = boxes[label.value - 1]
+        if box is None:
             continue
-        mask = label_map == label.value
+        mask = label_map[box] == label.value
         measured = measure_labels(
             mask.view(np.uint8),
-            1 if mask.any() else 0,
-            ctx.values,
+            1,
+            ctx.values[box],
             ctx.pixel_spacing_mm,
             ctx.slice_spacing_mm,
             ctx.volumetric,
             ctx.intensity_unit,
+            offset=(box[0].start, box[1].start, box[2].start),
+            image_shape=(rows, cols),
         )
         del mask
-        if not measured:
-            continue
         measurements, frame_indices = measured[0]
         structures.append(
             Structure(

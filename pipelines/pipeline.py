@@ -31,7 +31,7 @@ from pipelines.findings import (
     segment_findings_and_map,
 )
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
-from pipelines.postprocess import Components, postprocess_components
+from pipelines.postprocess import Components, clean_label_map
 from pipelines.preprocess.decode import DecodedSeries, decode_series
 from pipelines.preprocess.prepare import PreparedInputs, source_spacing
 from pipelines.selection import select_series
@@ -114,24 +114,33 @@ class Pipeline:
         segmentation: SegmentationOutput | None = None
         components: dict[int, Components] = {}  # kept from post-processing for the findings
         if tasks.segmentation is not None:
-            seg = run_segmentation(tasks.segmentation, members.segmentation, inputs)
+            seg = run_segmentation(
+                tasks.segmentation,
+                members.segmentation,
+                inputs,
+                exclusive=members.segmentation[0].model.card.labels_exclusive,
+                # a FRACTIONAL SEG is made of them; else kept only while they are small
+                keep_probabilities=True if self.config.outputs.seg_type == "FRACTIONAL" else None,
+            )
             runs.extend(model_run(o) for o in seg.outcomes)
             spacing = source_spacing(decoded)
-            label_map, components = postprocess_components(
-                seg.probabilities,
-                [lab.name for lab in seg.labels],
+            label_map, components = clean_label_map(
+                seg.label_map,
+                len(seg.labels),
                 tasks.segmentation.postprocess,
                 volumetric=self.volumetric,
                 pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
                 voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
-                exclusive=members.segmentation[0].model.card.labels_exclusive,
+                components_of={lab.value for lab in seg.labels if not lab.is_anatomy},
             )
             segmentation = SegmentationOutput(
                 labels=seg.labels,
                 label_map=label_map,
                 probabilities=seg.probabilities,
                 member_pixel_counts=seg.member_pixel_counts,
+                heat=seg.heat,
             )
+            del seg
 
         classification: ClassificationOutput | None = None
         if tasks.classification is not None:

@@ -41,6 +41,8 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
             arrays["probabilities"] = result.segmentation.probabilities
         if result.segmentation.finding_map is not None:
             arrays["finding_map"] = result.segmentation.finding_map
+        if result.segmentation.heat is not None:
+            arrays["heat"] = result.segmentation.heat
         tmp = directory / (ARRAYS_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(directory / ARRAYS_NPZ)
@@ -121,6 +123,7 @@ def load_result(directory: Path) -> PipelineResult:
             label_map = arrays["label_map"]
             probabilities = arrays.get("probabilities", None)
             finding_map = arrays.get("finding_map", None)
+            heat = arrays.get("heat", None)
         s = data["segmentation"]
         segmentation = SegmentationOutput(
             tuple(_label(lbl) for lbl in s["labels"]),
@@ -128,6 +131,7 @@ def load_result(directory: Path) -> PipelineResult:
             probabilities,
             s["member_pixel_counts"],
             finding_map,
+            heat,
         )
     classification = None
     if data["classification"] is not None:

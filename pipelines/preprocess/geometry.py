@@ -167,3 +167,40 @@ class VolumeResampling:
         if tuple(maps.shape[-3:]) == self.source_shape:
             return maps
         return F.interpolate(maps, size=self.source_shape, mode="trilinear", align_corners=False)
+
+    def inverse_slab(self, maps: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Source frames ``start:stop`` of :meth:`inverse` — (N, C, stop - start, H, W) — with
+        only that slab at source resolution in memory.
+
+        Trilinear interpolation is separable: linear along the slices (PyTorch's
+        ``align_corners=False`` source index, clamped at the edges, as ``F.interpolate`` computes
+        it), then bilinear within each slice. A 105-label map of a 300 x 512² CT would need 33 GB
+        as one float32 array; a slab of a few slices needs a few hundred MB.
+        """
+        depth, rows, cols = (int(n) for n in maps.shape[-3:])
+        if (depth, rows, cols) == self.source_shape:
+            return maps[:, :, start:stop]
+        low, high, weight = _linear_source_indices(depth, self.source_shape[0])
+        lam = torch.from_numpy(weight[start:stop]).to(maps.dtype).view(1, 1, -1, 1, 1)
+        slab = maps.index_select(2, torch.from_numpy(low[start:stop])) * (1 - lam)
+        slab += maps.index_select(2, torch.from_numpy(high[start:stop])) * lam
+        if (rows, cols) == self.source_shape[1:]:
+            return slab
+        n, c, s = slab.shape[:3]
+        planes = slab.permute(0, 2, 1, 3, 4).reshape(n * s, c, rows, cols)
+        planes = F.interpolate(
+            planes, size=self.source_shape[1:], mode="bilinear", align_corners=False
+        )
+        return planes.reshape(n, s, c, *self.source_shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def _linear_source_indices(
+    size_in: int, size_out: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the two input indices and the weight of the second, as PyTorch's
+    linear interpolation with ``align_corners=False`` and an output size computes them."""
+    scale = size_in / size_out
+    real = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(real).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, (real - low).astype(np.float32)
