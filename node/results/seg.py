@@ -161,12 +161,14 @@ def build_segmentation(
             _segment_description(number, label, algorithm)
             for number, label in enumerate(labels, start=1)
         ]
-        pixels = _pixel_array(seg, labels, seg_type)
         numbers = {label.value: number for number, label in enumerate(labels, start=1)}
-        lookup = np.zeros(256, np.uint16)
+        lookup = np.zeros(max(int(seg.label_map.max()), *numbers) + 1, np.uint16)
         for value, number in numbers.items():
             lookup[value] = number
         expected, finding_segments = lookup[seg.label_map], {}
+        # BINARY: the segment-number map itself (labels never overlap), not a stack of one
+        # boolean volume per label (8 GB for 104 organs on a 300-slice CT)
+        pixels = expected if seg_type == "BINARY" else _pixel_array(seg, labels, seg_type)
     dataset = hd.seg.Segmentation(
         source_images=_without_projection_spacing(sources),
         pixel_array=pixels,
