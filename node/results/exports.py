@@ -39,7 +39,7 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def findings_csv(result: PipelineResult) -> str:
-    """One row per finding, measurements in source units."""
+    """One row per finding, then one per anatomical structure (empty severity), in source units."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -65,6 +65,30 @@ def findings_csv(result: PipelineResult) -> str:
                 f.box.score if f.box else "",
                 result.images_of(f),
                 result.key_image_of(f),
+            ]
+        )
+    for st in result.structures:  # anatomy: measured, no severity (not a lesion)
+        m = st.measurements
+        writer.writerow(
+            [
+                st.tracking_id,
+                st.tracking_uid,
+                st.label.name,
+                st.label.type.meaning,
+                "",
+                st.label.value,
+                " ".join(str(i) for i in st.frame_indices),
+                m.area_mm2,
+                m.area_pct,
+                m.volume_mm3,
+                m.mean_intensity,
+                m.max_intensity,
+                m.intensity_unit,
+                "",
+                m.pixel_count,
+                "",
+                result.images_at(st.frame_indices),
+                "",
             ]
         )
     return buffer.getvalue()

@@ -7,6 +7,8 @@ shipped TotalSegmentator SNOMED CT map), so what is checked is what a 104-organ 
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from core.domain import ArtifactKind
 from models.label_codes import standard_label
 from node.results.concepts import SEVERITY
+from node.results.exports import findings_csv
 from node.results.produce import OutputOptions, produce_results
 from node.results.store import load_result, save_result
 from pipelines.contract import LabelSpec, PipelineResult
@@ -164,6 +167,16 @@ def test_anatomy_only_report_says_no_lesion_word(tmp_path: Path) -> None:
     assert "Anatomical structures" in text and "kidney_left" in text
     assert "lesion" not in text.lower(), text
     assert "Severity: none" in text
+
+
+def test_findings_csv_lists_structures_without_severity() -> None:
+    result = _result(synthetic_ct_series(slices=4), with_lesion=True)
+    rows = list(csv.DictReader(io.StringIO(findings_csv(result))))
+    assert [r["tracking_id"] for r in rows] == ["lesion-1", "kidney_left", "kidney_right"]
+    assert rows[0]["severity"] and rows[1]["severity"] == "" and rows[2]["severity"] == ""
+    assert float(rows[1]["volume_mm3"]) == pytest.approx(
+        result.structures[0].measurements.volume_mm3
+    )
 
 
 def test_structures_and_label_kinds_survive_the_stored_result(tmp_path: Path) -> None:
