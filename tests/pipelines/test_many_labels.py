@@ -47,6 +47,13 @@ def test_slab_inverse_is_the_whole_inverse(
     joined = torch.cat(slabs, dim=2)
     assert joined.shape == whole.shape
     assert float((joined - whole).abs().max()) <= 1e-5
+    for axis in (1, 2):  # slabs along rows or columns (a reoriented grid's frame axis)
+        size = source[axis]
+        parts = [
+            resampling.inverse_slab(maps, s, min(s + 7, size), axis) for s in range(0, size, 7)
+        ]
+        along = torch.cat(parts, dim=2 + axis)
+        assert float((along - whole).abs().max()) <= 1e-5
 
 
 def test_label_maps_use_the_smallest_integer_type() -> None:
