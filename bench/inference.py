@@ -11,6 +11,12 @@ case in a fresh process).
     .venv/bin/python bench/inference.py             # full (several minutes on 2 cores)
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
     .venv/bin/python bench/inference.py --only "ensemble seg3d"   # the cases so labelled
+    .venv/bin/python bench/inference.py --only 105-label --repeat 1   # many labels, 300 x 512² CT
+
+The 105-label case (background + the 104 structures of MONAI's wholeBody_ct_segmentation, coded
+from the shipped SNOMED CT map) runs a cheap 105-channel 3D UNet at 3 mm on a ``--many-slices``
+(300) x 512² CT: it measures what many labels cost the node (inverse mapping, arg-max, clean-up,
+measurements), whose float32 probabilities at source resolution alone would take 33 GB.
 
 Models: moderately sized benchmark networks (random weights) written to a temporary folder, among
 them one with the network and inference settings of MONAI's model-zoo spleen_ct_segmentation
@@ -64,6 +70,21 @@ WINDOW_12BIT = {"mode": "window", "center": 2047.5, "width": 4095.0}
 CT_WINDOW = {"mode": "window", "center": 40.0, "width": 400.0}
 SPLEEN_WINDOW = {"mode": "window", "center": 53.5, "width": 221.0}  # the bundle's -57..164 HU
 SPLEEN_WINDOWS = {"sw_batch_size": 4, "sw_overlap": 0.5}  # the bundle's SlidingWindowInferer
+WHOLEBODY_METADATA = (
+    ROOT / "tests/data/monai_bundles/wholeBody_ct_segmentation/configs/metadata.json"
+)
+
+
+def wholebody_labels() -> list[dict[str, Any]]:
+    """The 104 labels of wholeBody_ct_segmentation, coded from the shipped SNOMED CT map."""
+    import json
+
+    from models.label_codes import bundle_labels
+
+    metadata = json.loads(WHOLEBODY_METADATA.read_text())
+    channel_def = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    names = [channel_def[k] for k in sorted(channel_def, key=int)]
+    return [lab.model_dump(mode="json") for lab in bundle_labels(names, [], "bench")]
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -145,6 +166,36 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
             },
         ),
     }
+    # a cheap network with the output of a 104-organ model: 105 channels, one softmax
+    many = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 105,
+        "channels": [8, 16],
+        "strides": [2],
+        "num_res_units": 0,
+    }
+    torch.manual_seed(0)
+    folder = models_dir / "bench-seg3d-105"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(build_monai_network("UNet", many).state_dict(), folder / "model.pt")
+    _card(
+        folder,
+        name="bench-seg3d-105",
+        task="segmentation",
+        framework="monai",
+        architecture="UNet",
+        arguments=many,
+        weights="model.pt",
+        input={
+            "dims": 3,
+            "spatial_size": [64, 64, 64],
+            "axcodes": "SPL",
+            "pixdim": [3.0, 3.0, 3.0],
+            "intensity": CT_WINDOW,
+        },
+        labels=wholebody_labels(),
+    )
     torch.manual_seed(0)  # random but reproducible weights
     for name, (arch, args, input_spec) in monai_specs.items():
         folder = models_dir / name
@@ -187,6 +238,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
         "cls": "bench-cls-resnet",
         "seg3d": "bench-seg3d-unet",
         "spleen": "bench-seg3d-spleen",
+        "many": "bench-seg3d-105",
     }
 
 
@@ -235,7 +287,7 @@ class Timing:
 @dataclass(frozen=True)
 class Case:
     label: str
-    study: str  # "cr" | "ct"
+    study: str  # "cr" | "ct" | "ct-many" (--many-slices)
     dims: int
     tasks: dict[str, Any]
     bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d", model name)
@@ -375,6 +427,16 @@ def cases(roles: dict[str, str]) -> list[Case]:
                 (("3d", spleen), ("2d-volume", cls)),
             ),
         ]
+    if "many" in roles:
+        bundle.append(
+            Case(
+                "105-label UNet 3D (3 mm)",
+                "ct-many",
+                3,
+                {"segmentation": {**seg_members(roles["many"]), "sw_batch_size": 4}},
+                (("3d", roles["many"]),),
+            )
+        )
     return [
         Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
         Case(seg2, "cr", 2, {"segmentation": seg_members(seg2)}, (("2d", seg2),)),
@@ -416,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         help="models to time (default: benchmark networks); models/cards: the demo models",
     )
     parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--many-slices", type=int, default=300, help="CT of the 105-label case")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="20 slices, one repeat")
@@ -441,12 +504,18 @@ def main(argv: list[str] | None = None) -> int:
             if found is None:
                 parser.error(f"{models_dir} lacks one of the demo models the cases need")
             roles = found
+        selected = [
+            case
+            for case in cases(roles)
+            if not args.only or any(text in case.label for text in args.only)
+        ]
         cr, ct = write_studies(work, args.slices)
         studies = {"cr": (cr, "CR 512x512"), "ct": (ct, f"CT {args.slices}x512x512")}
+        if any(case.study == "ct-many" for case in selected):
+            _, many = write_studies(work / "many", args.many_slices)
+            studies["ct-many"] = (many, f"CT {args.many_slices}x512x512")
         rows: list[tuple[str, str, Timing, Timing]] = []
-        for case in cases(roles):
-            if args.only and not any(text in case.label for text in args.only):
-                continue
+        for case in selected:
             study, study_name = studies[case.study]
             common = (study, str(models_dir), args.repeat, args.threads)
             bare = in_child(case, "bare", *common)

@@ -52,13 +52,24 @@ class CodedConceptModel(_Strict):
         return CodedConcept(self.value, self.scheme, self.meaning)
 
 
+LabelKind = Literal["anatomy", "finding"]
+
+
 class CardLabel(_Strict):
-    """One output label: value 1..L for segmentation/detection, class index+1 for classification."""
+    """One output label: value 1..L for segmentation/detection, class index+1 for classification.
+
+    ``kind`` says what a segment of it is: a ``finding`` (a lesion: one finding per connected
+    component, measured and graded by severity) or ``anatomy`` (an organ or bone a model outlines:
+    one SEG segment and a volume, never a "lesion" nor a severity). ``type_modifier`` carries the
+    laterality of paired organs (SNOMED CT Left/Right), as DICOM's Segmented Property Type Modifier.
+    """
 
     value: int = Field(ge=1)
     name: str = Field(min_length=1)
     category: CodedConceptModel
     type: CodedConceptModel
+    type_modifier: CodedConceptModel | None = None
+    kind: LabelKind = "finding"
     color: tuple[int, int, int] = (255, 0, 0)
 
     @field_validator("color")
@@ -192,7 +203,9 @@ class ModelCard(_Strict):
     # false: independent labels, each thresholded on its own (overlapping structures)
     labels_exclusive: bool = True
     input: InputSpec
-    labels: list[CardLabel] = Field(min_length=1)
+    # may be empty only for a MONAI bundle: its labels then come from metadata.json's channel_def
+    # with codes from the shipped SNOMED CT map (models/label_codes.py); listed labels override
+    labels: list[CardLabel] = Field(default_factory=list)
     device_uid: str
     manufacturer: str = "pacsnode project"
     disclaimer: str = ""
@@ -226,6 +239,11 @@ class ModelCard(_Strict):
 
     @model_validator(mode="after")
     def _labels_unique(self) -> ModelCard:
+        if not self.labels and self.framework != "monai":
+            raise ValueError(
+                "labels: at least one label is needed (only a MONAI bundle may take its labels "
+                "from its metadata.json channel_def)"
+            )
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError(f"label values must be unique, got {values}")

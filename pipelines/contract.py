@@ -75,6 +75,14 @@ class LabelSpec:
     category: CodedConcept
     type: CodedConcept
     color_rgb: tuple[int, int, int] = (255, 0, 0)
+    # "finding": each connected component is a lesion with severity; "anatomy": one measured
+    # structure (segment + volume), never a lesion (see models/card.py CardLabel)
+    kind: str = "finding"
+    type_modifier: CodedConcept | None = None  # laterality of a paired organ (SNOMED Left/Right)
+
+    @property
+    def is_anatomy(self) -> bool:
+        return self.kind == "anatomy"
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,21 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Structure:
+    """One anatomical structure a model outlined: a segment and its measurements, no severity.
+
+    All pixels of the label count, however many pieces they form (a rib cut by the field of view
+    is one rib): ``measurements`` are of the whole label, its largest cross-section for the area.
+    """
+
+    tracking_id: str  # the label's name
+    tracking_uid: str
+    label: LabelSpec
+    measurements: Measurements
+    frame_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ClassificationOutput:
     classes: tuple[str, ...]
     probabilities: tuple[float, ...]  # weighted ensemble mean, sums to 1
@@ -180,12 +203,15 @@ class ClassificationOutput:
 @dataclass
 class SegmentationOutput:
     labels: tuple[LabelSpec, ...]
-    label_map: np.ndarray  # (frames, rows, cols) uint8, 0 = background, source geometry
+    label_map: np.ndarray  # (frames, rows, cols) uint8 (uint16 past 255 labels), 0 = background
     probabilities: np.ndarray | None = None  # (labels, frames, rows, cols) float32 ensemble mean
     member_pixel_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # (frames, rows, cols): each finding's own pixels, value = Finding.component (0 = none), so
     # a SEG can give every finding its own segment; None for results made before it existed
     finding_map: np.ndarray | None = None
+    # (frames, rows, cols) float32: the highest label probability per pixel, kept for the heat
+    # map instead of ``probabilities`` when those would be too large (many labels, no FRACTIONAL)
+    heat: np.ndarray | None = None
 
     def binary_mask(self, label_value: int) -> np.ndarray:
         return self.label_map == label_value
@@ -206,6 +232,7 @@ class PipelineResult:
     classification: ClassificationOutput | None = None
     detections: tuple[DetectionBox, ...] = ()
     findings: tuple[Finding, ...] = ()
+    structures: tuple[Structure, ...] = ()  # anatomy labels: measured, never lesions
     processing_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     review_required: bool = False
@@ -219,16 +246,16 @@ class PipelineResult:
 
     def images_of(self, finding: Finding) -> str:
         """The source images a finding spans, by the scanner's InstanceNumber: "12-17" or "14"."""
+        return self.images_at(finding.frame_indices)
+
+    def images_at(self, frame_indices: tuple[int, ...]) -> str:
+        """The source images of these frame indices by InstanceNumber: "12-17" or "14"."""
         numbers = sorted(
-            {
-                n
-                for i in finding.frame_indices
-                if (n := self.source_frames[i].instance_number) is not None
-            }
+            {n for i in frame_indices if (n := self.source_frames[i].instance_number) is not None}
         )
         if not numbers:
             return ""
-        frames = {self.source_frames[i].frame_number for i in finding.frame_indices} - {None}
+        frames = {self.source_frames[i].frame_number for i in frame_indices} - {None}
         if len(numbers) == 1 and frames:  # frames of one multi-frame image
             low, high = min(frames), max(frames)  # type: ignore[type-var]
             span = f"{low}" if low == high else f"{low}-{high}"
@@ -267,8 +294,13 @@ class PipelineResult:
         if found:
             worst = max((f.severity for f in found), key=lambda s: _SEVERITY_ORDER.index(s.value))
             text = f"{len(found)} finding{'s' if len(found) != 1 else ''} (most severe: {worst.meaning})"
-        elif self.segmentation is not None:
+        elif self.segmentation is not None and not all(
+            lab.is_anatomy for lab in self.segmentation.labels
+        ):
             text = "no lesion segmented"
+        elif self.segmentation is not None:  # an anatomy model: it looks for no lesion
+            count = len(self.structures)
+            text = f"{count} anatomical structure{'s' if count != 1 else ''} segmented"
         elif (
             self.detections
             or self.model_runs
@@ -318,6 +350,9 @@ class PipelineResult:
                 }
                 for f in self.findings
             ],
+            "structures": [
+                {**asdict(st), "images": self.images_at(st.frame_indices)} for st in self.structures
+            ],
             "conclusion": self.conclusion(),
             "processing_seconds": self.processing_seconds,
             "warnings": list(self.warnings),
@@ -339,9 +374,7 @@ class PipelineResult:
             data["segmentation"] = {
                 "labels": [asdict(lbl) for lbl in s.labels],
                 "shape": list(s.label_map.shape),
-                "pixel_counts": {
-                    lbl.name: int((s.label_map == lbl.value).sum()) for lbl in s.labels
-                },
+                "pixel_counts": _pixel_counts(s),
                 "member_pixel_counts": s.member_pixel_counts,
             }
         return json.loads(json.dumps(data, default=_json_default))
@@ -368,6 +401,17 @@ class PipelineResult:
 
 
 _SEVERITY_ORDER = [s.value for s in Severity]
+
+
+def _pixel_counts(seg: SegmentationOutput) -> dict[str, int]:
+    """Pixels per label from one pass over the map (not one per label: 104 organs)."""
+    flat = seg.label_map.reshape(-1)
+    top = max([lbl.value for lbl in seg.labels], default=0) + 1
+    counts = np.zeros(max(top, int(flat.max(initial=0)) + 1), np.int64)
+    for start in range(0, flat.size, 1 << 24):
+        chunk = np.bincount(flat[start : start + (1 << 24)], minlength=counts.size)
+        counts += chunk[: counts.size]
+    return {lbl.name: int(counts[lbl.value]) for lbl in seg.labels}
 
 
 def _json_default(value: Any) -> Any:

@@ -1,5 +1,9 @@
 """Findings: one per connected component of each segment, plus detection boxes no segment covers.
 
+Only ``finding`` labels make findings. An ``anatomy`` label (an organ of a 104-organ model) is a
+:class:`Structure`: the whole label measured once (volume, intensity), with no severity — an organ
+is not a lesion, and grading a spleen "High" because it is large would be nonsense.
+
 Tracking UIDs are derived from (study, pipeline, version, tracking id), so re-running the same
 pipeline version on the same study gives the same UIDs: a PACS sees a retry as the same finding,
 not a new one, and SR/SEG written on retry are identical.
@@ -11,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from core.dicom_uids import deterministic_uid
-from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements
+from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements, Structure
 from pipelines.measurements import measure_labels
 from pipelines.postprocess import Components, label_components
 from pipelines.severity import classify_severity
@@ -70,6 +75,8 @@ def segment_findings_and_map(
     findings: list[Finding] = []
     finding_map = np.zeros(label_map.shape, np.uint16)
     for label in labels:
+        if label.is_anatomy:  # measured as a structure, never a lesion
+            continue
         found = (components or {}).get(label.value)
         if found is None or found.volumetric != ctx.volumetric:
             found = label_components(label_map == label.value, ctx.volumetric)
@@ -109,6 +116,50 @@ def segment_findings_and_map(
                 )
             )
     return findings, finding_map
+
+
+def measure_structures(
+    ctx: FindingContext, label_map: np.ndarray, labels: tuple[LabelSpec, ...]
+) -> list[Structure]:
+    """One :class:`Structure` per anatomy label present in ``label_map`` (in label order).
+
+    Each label is measured as one region over the box of its pixels, so a 104-organ map costs
+    104 small passes, not 104 passes over the whole volume.
+    """
+    structures: list[Structure] = []
+    wanted = [label for label in labels if label.is_anatomy]
+    if not wanted:
+        return structures
+    boxes = ndimage.find_objects(label_map, max_label=max(label.value for label in wanted))
+    rows, cols = label_map.shape[1:]
+    for label in wanted:
+        box = boxes[label.value - 1]
+        if box is None:
+            continue
+        mask = label_map[box] == label.value
+        measured = measure_labels(
+            mask.view(np.uint8),
+            1,
+            ctx.values[box],
+            ctx.pixel_spacing_mm,
+            ctx.slice_spacing_mm,
+            ctx.volumetric,
+            ctx.intensity_unit,
+            offset=(box[0].start, box[1].start, box[2].start),
+            image_shape=(rows, cols),
+        )
+        del mask
+        measurements, frame_indices = measured[0]
+        structures.append(
+            Structure(
+                tracking_id=label.name,
+                tracking_uid=ctx.uid(f"structure-{label.name}"),
+                label=label,
+                measurements=measurements,
+                frame_indices=frame_indices,
+            )
+        )
+    return structures
 
 
 def _box_pixels(box: DetectionBox, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -190,6 +190,8 @@ def label_specs(card: ModelCard) -> tuple[LabelSpec, ...]:
                 category=label.category.to_domain(),
                 type=label.type.to_domain(),
                 color_rgb=tuple(int(c) for c in label.color),  # type: ignore[arg-type]
+                kind=label.kind,
+                type_modifier=label.type_modifier.to_domain() if label.type_modifier else None,
             )
         )
     return tuple(out)

@@ -20,12 +20,18 @@ from pipelines.contract import (
     ModelRun,
     PipelineResult,
     SegmentationOutput,
+    Structure,
     StudyInput,
 )
 from pipelines.errors import PipelineInputError
-from pipelines.findings import FindingContext, attach_boxes, segment_findings_and_map
+from pipelines.findings import (
+    FindingContext,
+    attach_boxes,
+    measure_structures,
+    segment_findings_and_map,
+)
 from pipelines.members import Member, ModelProvider, model_run, resolve_members
-from pipelines.postprocess import Components, postprocess_components
+from pipelines.postprocess import Components, clean_label_map
 from pipelines.preprocess.decode import DecodedSeries, decode_series
 from pipelines.preprocess.orientation import source_spacing
 from pipelines.preprocess.prepare import PreparedInputs
@@ -109,39 +115,39 @@ class Pipeline:
         segmentation: SegmentationOutput | None = None
         components: dict[int, Components] = {}  # kept from post-processing for the findings
         if tasks.segmentation is not None:
-            seg = run_segmentation(tasks.segmentation, members.segmentation, inputs)
+            seg = run_segmentation(
+                tasks.segmentation,
+                members.segmentation,
+                inputs,
+                exclusive=members.segmentation[0].model.card.labels_exclusive,
+                # a FRACTIONAL SEG is made of them; else kept only while they are small
+                keep_probabilities=True if self.config.outputs.seg_type == "FRACTIONAL" else None,
+            )
             runs.extend(model_run(o) for o in seg.outcomes)
             spacing = source_spacing(decoded)
-            label_map, components = postprocess_components(
-                seg.probabilities,
-                [lab.name for lab in seg.labels],
+            label_map, components = clean_label_map(
+                seg.label_map,
+                len(seg.labels),
                 tasks.segmentation.postprocess,
                 volumetric=self.volumetric,
                 pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
                 voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
-                exclusive=members.segmentation[0].model.card.labels_exclusive,
+                components_of={lab.value for lab in seg.labels if not lab.is_anatomy},
             )
             segmentation = SegmentationOutput(
                 labels=seg.labels,
                 label_map=label_map,
                 probabilities=seg.probabilities,
                 member_pixel_counts=seg.member_pixel_counts,
+                heat=seg.heat,
             )
+            del seg
 
         classification: ClassificationOutput | None = None
         if tasks.classification is not None and tasks.classification.source == "segmentation":
-            # the spec requires a segmentation task for this source, and it keeps probabilities
-            assert segmentation is not None and segmentation.probabilities is not None
-            assert tasks.segmentation is not None
-            post = tasks.segmentation.postprocess
+            assert segmentation is not None and tasks.segmentation is not None  # spec-checked
             classification = classify_from_segmentation(
-                tasks.classification,
-                segmentation.probabilities,
-                segmentation.label_map,
-                [
-                    post.label_thresholds.get(lab.name, post.threshold)
-                    for lab in segmentation.labels
-                ],
+                tasks.classification, segmentation, tasks.segmentation.postprocess
             )
         elif tasks.classification is not None:
             classification, cls_outcomes = run_classification(
@@ -166,10 +172,12 @@ class Pipeline:
             severity_rules=self.config.severity,
         )
         findings: list[Finding] = []
+        structures: list[Structure] = []
         if segmentation is not None:
             findings, segmentation.finding_map = segment_findings_and_map(
                 ctx, segmentation.label_map, segmentation.labels, components
             )
+            structures = measure_structures(ctx, segmentation.label_map, segmentation.labels)
         del components
         findings = attach_boxes(
             ctx, findings, segmentation.label_map if segmentation else None, detections
@@ -195,6 +203,7 @@ class Pipeline:
             classification=classification,
             detections=detections,
             findings=tuple(findings),
+            structures=tuple(structures),
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

@@ -12,11 +12,13 @@ labels, and the labelling that decided which components stay is handed on (as
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import cc3d
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from pipelines.spec import PostprocessSpec
 
@@ -116,7 +118,8 @@ def threshold_labels(
     spec: PostprocessSpec,
     exclusive: bool = False,
 ) -> np.ndarray:
-    """(L, F, H, W) label probabilities (no background) → (F, H, W) uint8 label map.
+    """(L, F, H, W) label probabilities (no background) → (F, H, W) label map (uint8 up to 255
+    labels, else uint16: the smallest type, see :func:`label_map_dtype`).
 
     Independent labels: a pixel gets the most probable label among those reaching their own
     threshold, else 0. Mutually exclusive labels (one softmax over background and L ≥ 2 labels,
@@ -129,19 +132,23 @@ def threshold_labels(
         raise ValueError(
             f"expected {len(label_names)} label channels, got {probabilities.shape[0]}"
         )
-    if len(label_names) > 255:
-        raise ValueError(f"{len(label_names)} labels do not fit the 8-bit label map (at most 255)")
     if len(label_names) == 1:  # the common case, without the argmax pass
         passing = probabilities[0] >= spec.threshold_for(label_names[0])
         return passing.view(np.uint8)  # a bool array is 0/1 bytes: no second copy
     if exclusive:
         return _argmax_with_background(probabilities, label_names, spec)
+    dtype = label_map_dtype(len(label_names))
     thresholds = np.asarray([spec.threshold_for(n) for n in label_names], dtype=np.float32)
     passing = probabilities >= thresholds.reshape((-1,) + (1,) * (probabilities.ndim - 1))
     scored = np.where(passing, probabilities, -1.0)
     best = np.argmax(scored, axis=0)
     any_pass = passing.any(axis=0)
-    return np.where(any_pass, best + 1, 0).astype(np.uint8)
+    return np.where(any_pass, best + 1, 0).astype(dtype)
+
+
+def label_map_dtype(labels: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type that holds label values 0..``labels``."""
+    return np.uint8 if labels < 2**8 else np.uint16 if labels < 2**16 else np.uint32
 
 
 TIE_TOLERANCE = np.float32(1e-6)
@@ -152,7 +159,7 @@ def _argmax_with_background(
 ) -> np.ndarray:
     """Arg-max over (1 − Σ labels, labels...), one label at a time: no (L+1)-sized copy."""
     best = 1.0 - probabilities.sum(axis=0, dtype=np.float32)  # background
-    out = np.zeros(best.shape, dtype=np.uint8)
+    out = np.zeros(best.shape, dtype=label_map_dtype(len(label_names)))
     for index, name in enumerate(label_names):
         channel = probabilities[index]
         # background rebuilt as 1 - sum carries rounding error: a tie goes to the earlier class,
@@ -281,26 +288,54 @@ def postprocess_components(
     voxel_volume_mm3: float | None,
     exclusive: bool = False,
 ) -> tuple[np.ndarray, dict[int, Components]]:
-    """:func:`postprocess_label_map`, and each label value's components in the label map.
-
-    A label's components are returned only where they are exactly those of ``label_map ==
-    value``: when no earlier label claimed any of its cleaned pixels (else the overlap may split
-    a component, and a caller must label the map itself).
-    """
+    """:func:`postprocess_label_map`, and each label value's components in the label map."""
     raw = threshold_labels(probabilities, label_names, spec, exclusive)
-    out = np.zeros(raw.shape, dtype=np.uint8)
+    return clean_label_map(
+        raw, len(label_names), spec, volumetric, pixel_area_mm2, voxel_volume_mm3
+    )
+
+
+def clean_label_map(
+    raw: np.ndarray,
+    labels: int,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+    components_of: Collection[int] | None = None,
+) -> tuple[np.ndarray, dict[int, Components]]:
+    """Clean each label of a thresholded label map (``raw``, which it may overwrite).
+
+    Returns the cleaned map and each label value's components, where they are exactly those of
+    ``label_map == value``: when no earlier label claimed any of its cleaned pixels (else the
+    overlap may split a component, and a caller must label the map itself). Only the values in
+    ``components_of`` (all when None) are returned: each holds a volume-sized array, and a
+    104-organ model's anatomy labels never need them.
+    """
+    out = np.zeros(raw.shape, dtype=label_map_dtype(labels))
     found: dict[int, Components] = {}
-    single = len(label_names) == 1  # then ``raw`` is a fresh 0/1 array _clean may overwrite
-    for value in range(1, len(label_names) + 1):
-        mask = raw.view(bool) if single else raw == value
+    # each label is cleaned inside the box of its pixels (one pass finds every box): components,
+    # holes and sizes never reach past it, and a 104-organ map is 104 small crops, not 104
+    # passes over the whole volume
+    boxes = ndimage.find_objects(raw, max_label=labels)
+    for value, box in enumerate(boxes, start=1):
+        wanted = components_of is None or value in components_of
+        if box is None:
+            if wanted:
+                found[value] = Components(np.zeros((0, 0, 0), np.uint8), 0, volumetric)
+            continue
+        mask = raw[box] == value
         cleaned, components = _clean(mask, spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
         del mask
-        if value > 1 and (overlap := cleaned & (out != 0)).any():
+        region = out[box]
+        if value > 1 and (overlap := cleaned & (region != 0)).any():
             cleaned &= ~overlap  # later labels never overwrite a cleaned earlier one
-        else:
-            found[value] = components
+        elif wanted:
+            whole = np.zeros(raw.shape, components.labels.dtype)
+            whole[box] = components.labels
+            found[value] = Components(whole, components.count, volumetric)
         del components
-        out += cleaned.view(np.uint8) * np.uint8(value)  # disjoint from ``out``'s labels by now
+        region[cleaned] = value  # disjoint from ``out``'s labels by now
     return out, found
 
 

@@ -9,9 +9,10 @@ import torch
 
 from models.card import ModelCard, ModelLoadError
 from models.devices import DevicePlacement
+from models.label_codes import bundle_labels
 from models.loaders import LoadedModel, read_state_dict
 from models.loaders.monai_bundle import (
-    MonaiBundle,
+    bundle_channel_names,
     find_config,
     has_own_pipeline,
     load_bundle,
@@ -34,12 +35,12 @@ def build_monai_network(architecture: str, arguments: dict[str, object]) -> torc
 def load_monai(card: ModelCard, placement: DevicePlacement, sha: str) -> LoadedModel:
     path = card.weights_path
     if path.is_dir():
+        card = with_bundle_labels(card, path)
         network, parser = _network_from_bundle(path, card)
         network.to(placement.used)
         if not has_own_pipeline(parser):
             return LoadedModel(card, placement, sha, network=network)
         bundle = load_bundle(path, network, parser, placement.used)
-        _check_bundle_labels(card, bundle)
         return LoadedModel(card, placement, sha, network=network, bundle=bundle)
     network = build_monai_network(card.architecture, card.arguments)
     network.load_state_dict(read_state_dict(path), strict=True)
@@ -47,17 +48,22 @@ def load_monai(card: ModelCard, placement: DevicePlacement, sha: str) -> LoadedM
     return LoadedModel(card, placement, sha, network=network)
 
 
-def _check_bundle_labels(card: ModelCard, bundle: MonaiBundle) -> None:
-    """The card's labels must be the bundle's ``channel_def`` (background first), by name."""
-    if not bundle.channel_names:
-        return
-    expected = [name.lower() for name in bundle.channel_names[1:]]
-    named = [label.name.lower() for label in sorted(card.labels, key=lambda lab: lab.value)]
-    if named != expected:
-        raise ModelLoadError(
-            f"model {card.name!r}: the card's labels {named} are not the bundle's channel_def "
-            f"{list(bundle.channel_names)} (after the background channel)"
-        )
+def with_bundle_labels(card: ModelCard, bundle: Path) -> ModelCard:
+    """The card with the bundle's labels: its ``channel_def`` names (background first), coded from
+    the shipped SNOMED CT map where the card does not list a label itself.
+
+    A card's labels must name the channel at their value; a bundle without a ``channel_def``
+    needs every label in its card.
+    """
+    channels = bundle_channel_names(bundle)
+    if not channels:
+        if not card.labels:
+            raise ModelLoadError(
+                f"model {card.name!r}: the card lists no labels and the bundle's metadata.json "
+                "has no channel_def to take them from"
+            )
+        return card
+    return card.model_copy(update={"labels": bundle_labels(channels, card.labels, card.name)})
 
 
 def _network_from_bundle(bundle: Path, card: ModelCard) -> tuple[torch.nn.Module, Any]:

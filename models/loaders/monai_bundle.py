@@ -5,8 +5,8 @@ What reads or writes files is left out — ``LoadImage*`` (the node hands over t
 a MetaTensor with its true affine) and ``SaveImage*`` (the node writes DICOM) — and everything else
 runs unchanged: orientation, spacing, intensity scaling, the bundle's inferer and its
 post-processing, including ``Invertd`` back to the source grid. The post-processing is split at its
-first discretising step (``AsDiscreted``), so ensembles can average the bundle's probabilities on
-the source grid; a lone member's label map is argmax of the same tensor, exactly as the bundle's own
+first discretising step (``AsDiscreted``; an ``Invertd`` after it is kept), so ensembles can average
+the bundle's probabilities on the source grid; a lone member's label map is argmax of the same tensor, exactly as the bundle's own
 ``AsDiscreted(argmax=True)`` gives it.
 """
 
@@ -25,6 +25,7 @@ from models.card import ModelLoadError
 _READERS = ("LoadImage", "LoadImaged")
 _WRITERS = ("SaveImage", "SaveImaged", "SaveClassificationd")
 _DISCRETISERS = ("AsDiscrete", "AsDiscreted")
+_INVERTERS = ("Invertd",)
 _CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
 
@@ -99,6 +100,11 @@ def _channel_names(metadata: dict[str, Any], pred_key: str) -> tuple[str, ...]:
     return tuple(str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k)))
 
 
+def bundle_channel_names(bundle: Path) -> tuple[str, ...]:
+    """The bundle's output channel names from ``metadata.json`` (background first), or ()."""
+    return _channel_names(_metadata(bundle), "pred")
+
+
 def has_own_pipeline(parser: Any) -> bool:
     """Whether the bundle brings its own transforms; one with only ``network_def`` does not, and
     its network is fed as the card's ``input`` says, like any MONAI network."""
@@ -110,13 +116,21 @@ def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str
     pre = [t for t in _transforms(parser, "preprocessing") if _target_name(t) not in _READERS]
     post = [t for t in _transforms(parser, "postprocessing") if _target_name(t) not in _WRITERS]
     cut = next((i for i, t in enumerate(post) if _target_name(t) in _DISCRETISERS), len(post))
+    # an Invertd after the discretiser (wholeBody_ct_segmentation: softmax, argmax, invert) still
+    # maps back to the source grid: it runs on the probabilities, with the bundle's own
+    # interpolation (nearest there: the arg-max of nearest-resampled probabilities is exactly
+    # the nearest-resampled arg-max the bundle saves)
+    after = [t for t in post[cut:] if _target_name(t) in _INVERTERS]
     if "inferer" not in parser:  # MONAI's evaluators default to one forward pass as well
         parser["inferer"] = {"_target_": "SimpleInferer"}
     # Every item is set before anything is instantiated: setting an item resets the parser's
     # cache, and Invertd must invert the very Compose instance that ran (MONAI checks its id).
     parser["device"] = f"$torch.device({device!r})"  # where the node placed the network
     parser["preprocessing"] = {"_target_": "Compose", "transforms": pre}
-    parser["_pacsnode_to_probabilities"] = {"_target_": "Compose", "transforms": post[:cut]}
+    parser["_pacsnode_to_probabilities"] = {
+        "_target_": "Compose",
+        "transforms": post[:cut] + after,
+    }
     try:
         preprocessing = parser.get_parsed_content("preprocessing")
         to_probabilities = parser.get_parsed_content("_pacsnode_to_probabilities")

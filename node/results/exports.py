@@ -40,7 +40,8 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def finding_rows(result: PipelineResult) -> Iterator[list[object]]:
-    """One row per finding in :data:`CSV_COLUMNS` order, measurements in source units."""
+    """One row per finding in :data:`CSV_COLUMNS` order, then one per anatomical structure
+    (empty severity), measurements in source units."""
     for f in result.findings:
         m = f.measurements
         yield [
@@ -63,10 +64,32 @@ def finding_rows(result: PipelineResult) -> Iterator[list[object]]:
             result.images_of(f),
             result.key_image_of(f),
         ]
+    for st in result.structures:  # anatomy: measured, no severity (not a lesion)
+        m = st.measurements
+        yield [
+            st.tracking_id,
+            st.tracking_uid,
+            st.label.name,
+            st.label.type.meaning,
+            "",
+            st.label.value,
+            " ".join(str(i) for i in st.frame_indices),
+            m.area_mm2,
+            m.area_pct,
+            m.volume_mm3,
+            m.mean_intensity,
+            m.max_intensity,
+            m.intensity_unit,
+            "",
+            m.pixel_count,
+            "",
+            result.images_at(st.frame_indices),
+            "",
+        ]
 
 
 def findings_csv(result: PipelineResult) -> str:
-    """One row per finding, measurements in source units."""
+    """One row per finding, then one per anatomical structure, measurements in source units."""
     return "".join(csv_lines(CSV_COLUMNS, finding_rows(result)))
 
 

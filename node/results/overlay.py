@@ -159,6 +159,8 @@ def render_overlay(
         mask = seg.label_map[frame_index] > 0
         if seg.probabilities is not None:
             heat = np.clip(seg.probabilities[:, frame_index].max(axis=0), 0, 1)
+        elif seg.heat is not None:
+            heat = np.clip(seg.heat[frame_index], 0, 1)
         else:
             heat = mask.astype(np.float32)
         colour = np.stack([heat, 1.0 - heat, np.zeros_like(heat)], axis=-1) * 255

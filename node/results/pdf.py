@@ -190,6 +190,19 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
             for f in result.findings
         ]
         story += [Paragraph("Measurements", styles["Heading3"]), _table(rows, styles)]
+    if result.structures:  # anatomy: measured structures, never lesions (no severity)
+        rows = [["Structure", "Images", "Volume ml", "Largest area mm²", "Mean"]]
+        rows += [
+            [
+                st.tracking_id,
+                result.images_at(st.frame_indices) or "-",
+                _fmt(st.measurements.volume_mm3 / 1000.0 if st.measurements.volume_mm3 else None),
+                _fmt(st.measurements.area_mm2),
+                _fmt(st.measurements.mean_intensity),
+            ]
+            for st in result.structures
+        ]
+        story += [Paragraph("Anatomical structures", styles["Heading3"]), _table(rows, styles)]
     chart = _probability_chart(result)
     if chart is not None and result.classification is not None:
         cls = result.classification

@@ -2,7 +2,8 @@
 
 ``per_finding`` (the default): one segment per finding, labelled and tracked with the finding's
 tracking ID/UID and coded with its label's SNOMED CT category/type, so each SR measurement group
-can cite exactly its own lesion (dcmqi's TID 1500 practice). ``per_label``: one segment per label
+can cite exactly its own lesion (dcmqi's TID 1500 practice); then one segment per anatomical
+structure (an ``anatomy`` label: the organ, not a lesion), named after its label. ``per_label``: one segment per label
 of the model card. Either way with algorithm identification and AUTOMATIC algorithm type. Geometry (frame of reference, plane positions, pixel
 measures) comes from the source images, so 2D (CR/DX), single-frame series (CT/MR) and multi-frame
 sources are all handled by highdicom. Only BINARY/FRACTIONAL: Orthanc 1.10 and dciodvfy do not know
@@ -28,7 +29,7 @@ from core.domain import ArtifactKind, CodedConcept
 from node.results.equipment import MANUFACTURER, software_versions
 from node.results.locations import finding_mask
 from node.results.uids import result_uid, series_number
-from pipelines.contract import Finding, LabelSpec, PipelineResult, SegmentationOutput
+from pipelines.contract import Finding, LabelSpec, PipelineResult, SegmentationOutput, Structure
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,14 @@ class BuiltSegmentation:
     segment_numbers: dict[int, int]  # label value -> SEG segment number (per_label)
     # (frames, rows, cols): the segment number each pixel belongs to, what a re-read must give
     expected: np.ndarray
-    finding_segments: dict[str, int] = field(default_factory=dict)  # tracking UID -> number
+    # tracking UID -> number, of findings and anatomical structures
+    finding_segments: dict[str, int] = field(default_factory=dict)
+
+    def segment_of_structure(self, structure: Structure) -> int | None:
+        """The segment that holds an anatomical structure: its own, else its label's."""
+        if self.finding_segments:
+            return self.finding_segments.get(structure.tracking_uid)
+        return self.segment_numbers.get(structure.label.value)
 
     def segment_of(self, finding: Finding) -> int | None:
         """The segment that holds ``finding``: its own, else its label's."""
@@ -76,10 +84,10 @@ def _segment_description(
     number: int,
     label: LabelSpec,
     algorithm: hd.AlgorithmIdentificationSequence,
-    finding: Finding | None = None,
+    finding: Finding | Structure | None = None,
 ) -> hd.seg.SegmentDescription:
     red, green, blue = (min(max(int(c), 0), 255) for c in label.color_rgb)
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=(finding.tracking_id if finding else label.name)[:64],
         tracking_id=finding.tracking_id[:64] if finding else None,
@@ -90,6 +98,15 @@ def _segment_description(
         algorithm_identification=algorithm,
         display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
     )
+    if label.type_modifier is not None:  # left/right kidney: same type, laterality modifier
+        modifier = Dataset()
+        modifier.CodeValue = label.type_modifier.value
+        modifier.CodingSchemeDesignator = label.type_modifier.scheme_designator
+        modifier.CodeMeaning = label.type_modifier.meaning
+        description.SegmentedPropertyTypeCodeSequence[
+            0
+        ].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+    return description
 
 
 def expected_frames(sources: Sequence[Dataset]) -> int:
@@ -133,9 +150,9 @@ def build_segmentation(
         raise ValueError(f"label map is {seg.label_map.shape[1:]}, source is {(rows, columns)}")
     algorithm = algorithm_identification(result)
     per_finding = [f for f in result.findings if f.segment_number is not None]
-    if options.segments == "per_finding" and per_finding:
+    if options.segments == "per_finding" and (per_finding or result.structures):
         descriptions, pixels, expected, finding_segments = _per_finding(
-            result, seg, per_finding, seg_type, algorithm
+            result, seg, [*per_finding, *result.structures], seg_type, algorithm
         )
         numbers: dict[int, int] = {}
     else:
@@ -144,12 +161,14 @@ def build_segmentation(
             _segment_description(number, label, algorithm)
             for number, label in enumerate(labels, start=1)
         ]
-        pixels = _pixel_array(seg, labels, seg_type)
         numbers = {label.value: number for number, label in enumerate(labels, start=1)}
-        lookup = np.zeros(256, np.uint16)
+        lookup = np.zeros(max(int(seg.label_map.max()), *numbers) + 1, np.uint16)
         for value, number in numbers.items():
             lookup[value] = number
         expected, finding_segments = lookup[seg.label_map], {}
+        # BINARY: the segment-number map itself (labels never overlap), not a stack of one
+        # boolean volume per label (8 GB for 104 organs on a 300-slice CT)
+        pixels = expected if seg_type == "BINARY" else _pixel_array(seg, labels, seg_type)
     dataset = hd.seg.Segmentation(
         source_images=_without_projection_spacing(sources),
         pixel_array=pixels,
@@ -178,19 +197,23 @@ def build_segmentation(
 def _per_finding(
     result: PipelineResult,
     seg: SegmentationOutput,
-    findings: Sequence[Finding],
+    entries: Sequence[Finding | Structure],
     seg_type: str,
     algorithm: hd.AlgorithmIdentificationSequence,
 ) -> tuple[list[hd.seg.SegmentDescription], np.ndarray, np.ndarray, dict[str, int]]:
-    """Segments 1..N for the N segment findings: descriptions, pixels for highdicom, the
-    segment-number map a re-read must give, and tracking UID → segment number.
+    """Segments 1..N for the segment findings, then one per anatomical structure: descriptions,
+    pixels for highdicom, the segment-number map a re-read must give, and tracking UID →
+    segment number.
 
     BINARY pixels go to highdicom as that map (an integer label array: one frame per segment and
     source frame, without an (N × frames) boolean stack); FRACTIONAL ones as each finding's
     label probability inside its own pixels.
     """
-    expected = np.zeros(seg.label_map.shape, np.uint16 if len(findings) < 65535 else np.uint32)
-    if seg.finding_map is not None and all(f.component is not None for f in findings):
+    findings = [f for f in entries if isinstance(f, Finding)]
+    expected = np.zeros(seg.label_map.shape, np.uint16 if len(entries) < 65535 else np.uint32)
+    if not findings:
+        pass
+    elif seg.finding_map is not None and all(f.component is not None for f in findings):
         lookup = np.zeros(int(seg.finding_map.max()) + 1, expected.dtype)
         for number, finding in enumerate(findings, start=1):
             lookup[finding.component] = number
@@ -198,21 +221,29 @@ def _per_finding(
     else:  # a result without a finding map: each finding's label inside its box
         for number, finding in enumerate(findings, start=1):
             expected[finding_mask(result, finding) & (expected == 0)] = number
+    if len(findings) < len(entries):  # anatomical structures: every pixel of their label
+        lookup = np.zeros(int(seg.label_map.max()) + 1, expected.dtype)
+        for number, entry in enumerate(entries, start=1):
+            if isinstance(entry, Structure) and entry.label.value < lookup.size:
+                lookup[entry.label.value] = number
+        structure_numbers = lookup[seg.label_map]
+        np.copyto(expected, structure_numbers, where=expected == 0)
+        del structure_numbers
     descriptions = [
-        _segment_description(number, finding.label, algorithm, finding)
-        for number, finding in enumerate(findings, start=1)
+        _segment_description(number, entry.label, algorithm, entry)
+        for number, entry in enumerate(entries, start=1)
     ]
-    numbers = {finding.tracking_uid: number for number, finding in enumerate(findings, start=1)}
+    numbers = {entry.tracking_uid: number for number, entry in enumerate(entries, start=1)}
     if seg_type == "BINARY":
         return descriptions, expected, expected, numbers
     order = {label.value: i for i, label in enumerate(seg.labels)}
-    fractions = np.zeros((*expected.shape, len(findings)), np.float32)
-    for number, finding in enumerate(findings, start=1):
+    fractions = np.zeros((*expected.shape, len(entries)), np.float32)
+    for number, entry in enumerate(entries, start=1):
         own = expected == number
         if seg.probabilities is None:
             fractions[..., number - 1] = own
         else:
-            probability = seg.probabilities[order[finding.label.value]]
+            probability = seg.probabilities[order[entry.label.value]]
             fractions[..., number - 1] = np.where(own, np.clip(probability, 0.0, 1.0), 0.0)
     return descriptions, fractions, expected, numbers
 

@@ -43,7 +43,7 @@ from node.results.locations import finding_slice_mask, outline
 from node.results.overlay import key_frame_index
 from node.results.seg import BuiltSegmentation, seg_frame_for
 from node.results.uids import result_uid, series_number
-from pipelines.contract import DetectionBox, Finding, PipelineResult, SourceFrame
+from pipelines.contract import DetectionBox, Finding, PipelineResult, SourceFrame, Structure
 
 _log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def procedure_reported(source: Dataset, modality: str) -> hd.sr.CodedConcept:
     return c.procedure_for_modality(modality)
 
 
-def _measurements(result: PipelineResult, finding: Finding) -> list[hd.sr.Measurement]:
+def _measurements(result: PipelineResult, finding: Finding | Structure) -> list[hd.sr.Measurement]:
     m = finding.measurements
     items: list[hd.sr.Measurement] = []
     if m.area_mm2 is not None:
@@ -283,8 +283,30 @@ def _outline_group(
     )
 
 
+def _structure_groups(
+    structure: Structure,
+    result: PipelineResult,
+    seg: BuiltSegmentation | None,
+    planar: bool,
+) -> list[Group]:
+    """An anatomical structure: its segment with its measurements, no severity (not a lesion)."""
+    segment_number = seg.segment_of_structure(structure) if seg is not None else None
+    if segment_number is None or seg is None:
+        return []
+    tracking = hd.sr.TrackingIdentifier(
+        uid=structure.tracking_uid, identifier=structure.tracking_id[:64]
+    )
+    common: dict[str, object] = {
+        "finding_type": c.coded(structure.label.type),
+        "finding_category": c.coded(structure.label.category),
+        "measurements": _measurements(result, structure),
+    }
+    group = _segment_group(structure, result, seg, segment_number, tracking, common, planar)
+    return [group] if group is not None else []
+
+
 def _segment_group(
-    finding: Finding,
+    finding: Finding | Structure,
     result: PipelineResult,
     seg: BuiltSegmentation,
     segment_number: int,
@@ -314,7 +336,7 @@ def _segment_group(
 
 
 def _segment_frame_group(
-    finding: Finding,
+    finding: Finding | Structure,
     result: PipelineResult,
     seg: BuiltSegmentation,
     segment_number: int,
@@ -499,6 +521,8 @@ def build_sr(
     roi_groups: list[Group] = []
     for finding in result.findings:
         roi_groups.extend(_finding_groups(finding, result, sources, seg, planar_report))
+    for structure in result.structures:
+        roi_groups.extend(_structure_groups(structure, result, seg, planar_report))
     # TID 1500 lists planar (1410), then volumetric (1411), then plain (1501) groups; validators
     # match the groups against the rows in that order.
     planar = [

@@ -26,6 +26,7 @@ from pipelines.contract import (
     PipelineResult,
     SegmentationOutput,
     SourceFrame,
+    Structure,
 )
 
 RESULT_JSON = "result.json"
@@ -51,12 +52,19 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
             arrays["probabilities"] = result.segmentation.probabilities
         if result.segmentation.finding_map is not None:
             arrays["finding_map"] = result.segmentation.finding_map
+        if result.segmentation.heat is not None:
+            arrays["heat"] = result.segmentation.heat
         tmp = directory / (ARRAYS_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(directory / ARRAYS_NPZ)
-        if result.segmentation.probabilities is not None:
+        # the probabilities, or where many labels made the pipeline keep only their per-pixel
+        # maximum (``SegmentationOutput.heat``), that maximum
+        shown = result.segmentation.probabilities
+        if shown is None and result.segmentation.heat is not None:
+            shown = result.segmentation.heat[None]
+        if shown is not None:
             tmp = directory / (HEATMAP_NPZ + ".tmp.npz")
-            np.savez_compressed(tmp, heat=heatmap_of(result.segmentation.probabilities))
+            np.savez_compressed(tmp, heat=heatmap_of(shown))
             tmp.replace(directory / HEATMAP_NPZ)
     path = directory / RESULT_JSON
     tmp_json = directory / (RESULT_JSON + ".tmp")
@@ -70,13 +78,32 @@ def _concept(data: dict[str, Any]) -> CodedConcept:
 
 
 def _label(data: dict[str, Any]) -> LabelSpec:
+    modifier = data.get("type_modifier")
     return LabelSpec(
         data["value"],
         data["name"],
         _concept(data["category"]),
         _concept(data["type"]),
-        tuple(data["color_rgb"]),
-    )  # type: ignore[arg-type]
+        tuple(data["color_rgb"]),  # type: ignore[arg-type]
+        data.get("kind", "finding"),  # results saved before labels had a kind were all findings
+        _concept(modifier) if modifier else None,
+    )
+
+
+def _measurements(data: dict[str, Any]) -> Measurements:
+    m = dict(data)
+    m["bbox"] = tuple(m["bbox"])
+    return Measurements(**m)
+
+
+def _structure(data: dict[str, Any]) -> Structure:
+    return Structure(
+        data["tracking_id"],
+        data["tracking_uid"],
+        _label(data["label"]),
+        _measurements(data["measurements"]),
+        tuple(data["frame_indices"]),
+    )
 
 
 def _box(data: dict[str, Any]) -> DetectionBox:
@@ -93,13 +120,11 @@ def _box(data: dict[str, Any]) -> DetectionBox:
 
 
 def _finding(data: dict[str, Any]) -> Finding:
-    m = dict(data["measurements"])
-    m["bbox"] = tuple(m["bbox"])
     return Finding(
         data["tracking_id"],
         data["tracking_uid"],
         _label(data["label"]),
-        Measurements(**m),
+        _measurements(data["measurements"]),
         Severity(data["severity"]),
         data["segment_number"],
         tuple(data["frame_indices"]),
@@ -121,9 +146,11 @@ def load_heatmap(directory: Path) -> np.ndarray | None:
     if not (directory / ARRAYS_NPZ).is_file():
         return None
     with np.load(directory / ARRAYS_NPZ) as arrays:
-        if "probabilities" not in arrays:
-            return None
-        return heatmap_of(arrays["probabilities"])
+        if "probabilities" in arrays:
+            return heatmap_of(arrays["probabilities"])
+        if "heat" in arrays:
+            return heatmap_of(arrays["heat"][None])
+        return None
 
 
 def load_result(directory: Path) -> PipelineResult:
@@ -136,6 +163,7 @@ def load_result(directory: Path) -> PipelineResult:
             label_map = arrays["label_map"]
             probabilities = arrays.get("probabilities", None)
             finding_map = arrays.get("finding_map", None)
+            heat = arrays.get("heat", None)
         s = data["segmentation"]
         segmentation = SegmentationOutput(
             tuple(_label(lbl) for lbl in s["labels"]),
@@ -143,6 +171,7 @@ def load_result(directory: Path) -> PipelineResult:
             probabilities,
             s["member_pixel_counts"],
             finding_map,
+            heat,
         )
     classification = None
     if data["classification"] is not None:
@@ -171,6 +200,7 @@ def load_result(directory: Path) -> PipelineResult:
         classification=classification,
         detections=tuple(_box(d) for d in data["detections"]),
         findings=tuple(_finding(f) for f in data["findings"]),
+        structures=tuple(_structure(st) for st in data.get("structures", [])),
         processing_seconds=data["processing_seconds"],
         warnings=tuple(data["warnings"]),
         review_required=data["review_required"],

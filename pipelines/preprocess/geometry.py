@@ -167,3 +167,46 @@ class VolumeResampling:
         if tuple(maps.shape[-3:]) == self.source_shape:
             return maps
         return F.interpolate(maps, size=self.source_shape, mode="trilinear", align_corners=False)
+
+    def inverse_slab(
+        self, maps: torch.Tensor, start: int, stop: int, axis: int = 0
+    ) -> torch.Tensor:
+        """Indices ``start:stop`` along source ``axis`` (0: frames) of :meth:`inverse` — e.g.
+        (N, C, stop - start, H, W) for frames — with only that slab at source resolution in memory.
+
+        Trilinear interpolation is separable: linear along ``axis`` (PyTorch's
+        ``align_corners=False`` source index, clamped at the edges, as ``F.interpolate`` computes
+        it), then bilinear over the other two axes. A 105-label map of a 300 x 512² CT would need
+        33 GB as one float32 array; a slab of a few slices needs a few hundred MB. ``axis`` lets a
+        caller whose source frames run along another axis of this grid (a reoriented volume) cut
+        its slabs there.
+        """
+        if tuple(int(n) for n in maps.shape[-3:]) == self.source_shape:
+            return maps.narrow(2 + axis, start, stop - start)
+        order = [axis] + [a for a in range(3) if a != axis]
+        moved = maps.permute(0, 1, *(2 + a for a in order))  # slab axis first
+        depth, rows, cols = (int(n) for n in moved.shape[-3:])
+        out_shape = tuple(self.source_shape[a] for a in order)
+        low, high, weight = _linear_source_indices(depth, out_shape[0])
+        lam = torch.from_numpy(weight[start:stop]).to(maps.dtype).view(1, 1, -1, 1, 1)
+        slab = moved.index_select(2, torch.from_numpy(low[start:stop])) * (1 - lam)
+        slab += moved.index_select(2, torch.from_numpy(high[start:stop])) * lam
+        if (rows, cols) != out_shape[1:]:
+            n, c, s = slab.shape[:3]
+            planes = slab.permute(0, 2, 1, 3, 4).reshape(n * s, c, rows, cols)
+            planes = F.interpolate(planes, size=out_shape[1:], mode="bilinear", align_corners=False)
+            slab = planes.reshape(n, s, c, *out_shape[1:]).permute(0, 2, 1, 3, 4)
+        back = [0, 1] + [2 + order.index(a) for a in range(3)]
+        return slab.permute(*back)
+
+
+def _linear_source_indices(
+    size_in: int, size_out: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the two input indices and the weight of the second, as PyTorch's
+    linear interpolation with ``align_corners=False`` and an output size computes them."""
+    scale = size_in / size_out
+    real = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(real).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, (real - low).astype(np.float32)

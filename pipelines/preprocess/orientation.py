@@ -103,6 +103,9 @@ class ModelGrid:
     affine: torch.Tensor | None = None
     meta: dict[str, Any] | None = None
     applied_operations: list[Any] | None = None
+    # the series' own RAS affine, voxel (column, row, frame): with ``affine`` it says which model
+    # grid axis holds the source frames (and rows, columns), and which way each runs
+    source_affine: np.ndarray | None = None
 
     def to_source(self, maps: torch.Tensor) -> torch.Tensor:
         """(1, L, *model grid) → (1, L, frames, rows, columns) on the source slices (trilinear)."""
@@ -118,6 +121,40 @@ class ModelGrid:
         back = self.orientation.inverse(oriented)
         array = back.as_tensor() if isinstance(back, MetaTensor) else torch.as_tensor(back)
         return array.permute(0, 3, 2, 1)[None]  # (L, column, row, frame) → (1, L, frame, row, col)
+
+    def to_source_slab(self, maps: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Source frames ``start:stop`` of :meth:`to_source` — (1, L, stop - start, rows, columns)
+        — with only that slab at source resolution in memory.
+
+        The orientation only permutes and flips axes, so the slab is cut along the model grid axis
+        that holds the source frames (read from the two affines), resampled there
+        (:meth:`VolumeResampling.inverse_slab`), then permuted and flipped to storage order.
+        """
+        if self.orientation is None:
+            return self.resampling.inverse_slab(maps, start, stop)
+        assert self.affine is not None and self.source_affine is not None
+        axes, flips = _axis_map(self.source_affine, self.affine.numpy())
+        frame_axis = axes[2]  # view axes: 0 column, 1 row, 2 frame
+        length = self.resampling.source_shape[frame_axis]
+        if flips[2]:
+            start, stop = length - stop, length - start
+        slab = self.resampling.inverse_slab(maps, start, stop, axis=frame_axis)
+        # (1, L, o0, o1, o2) → (1, L, frame, row, column)
+        slab = slab.permute(0, 1, 2 + axes[2], 2 + axes[1], 2 + axes[0])
+        flipped = [d for d, view_axis in ((2, 2), (3, 1), (4, 0)) if flips[view_axis]]
+        return slab.flip(flipped) if flipped else slab
+
+
+def _axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[bool]]:
+    """For each source view axis (column, row, frame): the oriented grid axis along the same
+    patient direction, and whether it runs the other way."""
+    src = source[:3, :3] / np.linalg.norm(source[:3, :3], axis=0)
+    ori = oriented[:3, :3] / np.linalg.norm(oriented[:3, :3], axis=0)
+    dots = src.T @ ori  # [source axis, oriented axis]
+    axes = [int(np.argmax(np.abs(dots[i]))) for i in range(3)]
+    if sorted(axes) != [0, 1, 2]:
+        raise PipelineInputError("the model grid's axes do not match the series' axes")
+    return axes, [bool(dots[i, axes[i]] < 0) for i in range(3)]
 
 
 def to_model_grid(
@@ -164,6 +201,7 @@ def to_model_grid(
         affine=oriented.affine.clone(),
         meta=copy.copy(oriented.meta),
         applied_operations=copy.deepcopy(oriented.applied_operations),
+        source_affine=np.asarray(affine_ras(series), dtype=np.float64),
     )
     volume = resampling.forward(oriented.as_tensor().float().contiguous()[None])[0]
     return volume, grid

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from core.domain import CodedConcept
-from pipelines.contract import ClassificationOutput
+from pipelines.contract import ClassificationOutput, SegmentationOutput
 from pipelines.ensemble import weighted_mean
 from pipelines.errors import PipelineModelError
 from pipelines.members import Member, MemberOutcome, member_forward, run_per_device, task_orders
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.spec import ClassificationTask
+from pipelines.spec import ClassificationTask, PostprocessSpec
 
 NORMAL = CodedConcept("17621005", "SCT", "Normal")
 ABNORMAL = CodedConcept("263654008", "SCT", "Abnormal")
@@ -105,13 +105,33 @@ def segmentation_study_score(
 
 
 def classify_from_segmentation(
-    task: ClassificationTask,
-    probabilities: np.ndarray,
-    label_map: np.ndarray,
-    thresholds: list[float],
+    task: ClassificationTask, segmentation: SegmentationOutput, postprocess: PostprocessSpec
 ) -> ClassificationOutput:
-    """The study-level decision of a ``source: segmentation`` classification task."""
-    score = segmentation_study_score(probabilities, label_map, thresholds)
+    """The study-level decision of a ``source: segmentation`` classification task.
+
+    Only finding labels count (anatomy is not abnormal). Where the probabilities were not kept
+    (many labels on a large volume), the heat map — each voxel's highest label probability —
+    stands in for them, against the lowest label threshold.
+    """
+    thresholds = [
+        postprocess.label_thresholds.get(lab.name, postprocess.threshold)
+        for lab in segmentation.labels
+    ]
+    findings = [i for i, lab in enumerate(segmentation.labels) if not lab.is_anatomy]
+    if segmentation.probabilities is not None:
+        probabilities = segmentation.probabilities[findings]
+        label_map = np.isin(
+            segmentation.label_map, [segmentation.labels[i].value for i in findings]
+        )
+        score = segmentation_study_score(
+            probabilities, label_map, [thresholds[i] for i in findings]
+        )
+    elif segmentation.heat is not None and findings:
+        score = segmentation_study_score(
+            segmentation.heat[None], segmentation.label_map, [min(thresholds)]
+        )
+    else:  # nothing but anatomy was segmented
+        score = 0.0
     return ClassificationOutput(
         classes=("normal", "abnormal"),
         probabilities=(1.0 - score, score),

@@ -1,15 +1,18 @@
 """Segmentation ensembles: per-member probabilities in source geometry, weighted mean, counts.
 
 2D models run on every frame (batched slices for volumes); 3D models run by sliding-window
-inference on the card's grid (its orientation and spacing: :mod:`pipelines.preprocess.orientation`).
-Each member's probabilities are mapped back to the source grid and added, weighted, into one
-accumulator, so memory holds one member's output at a time plus
-the ensemble (not all members at once) — a 512x512x100 CT stays affordable.
+inference on the card's grid (its orientation and spacing: :mod:`pipelines.preprocess.orientation`)
+and stay at that (model) resolution. The ensemble is then formed
+on the source grid one slab of slices at a time: each member's slab is mapped back
+(:meth:`ModelGrid.to_source_slab`), weighted and added, and the slab's label map is decided
+there. Probabilities for every label at source resolution are kept only when an output needs them
+(a FRACTIONAL SEG, or when they are small); otherwise only the heat map (the highest label
+probability per voxel) is kept. A 105-label model on a 300 x 512² CT would need 33 GB of float32
+probabilities at source resolution; the label map is 79 MB and a slab a few hundred MB.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,20 +28,54 @@ from pipelines.members import (
     run_per_device,
     same_labels,
 )
+from pipelines.postprocess import label_map_dtype, threshold_labels
+from pipelines.preprocess.orientation import ModelGrid
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import SegmentationTask
 from pipelines.tasks.bundle import bundle_probabilities
 from pipelines.tasks.nnunet import nnunet_probabilities
 
+SLAB_BYTES = 256 << 20  # float32 label probabilities of one slab at source resolution
+KEEP_PROBABILITIES_BYTES = 1 << 30  # below this the full probabilities are kept anyway
+
+
+@dataclass
+class SourceProbabilities:
+    """One member's (L, F, H, W) label probabilities on the source grid, read slab by slab.
+
+    ``on_source`` holds them at source resolution already (2D models, bundles, nnU-Net); else
+    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, resampled per slab.
+    """
+
+    labels: int
+    frames: int
+    on_source: np.ndarray | None = None
+    at_model: torch.Tensor | None = None
+    grid: ModelGrid | None = None
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        """(L, stop - start, H, W) float32; a view of ``on_source`` (do not write to it)."""
+        if self.on_source is not None:
+            return self.on_source[:, start:stop]
+        assert self.at_model is not None and self.grid is not None
+        return self.grid.to_source_slab(self.at_model, start, stop)[0].numpy()
+
+    def full(self) -> np.ndarray:
+        if self.on_source is not None:
+            return self.on_source
+        return self.slab(0, self.frames)
+
 
 @dataclass
 class SegmentationRun:
     labels: tuple[LabelSpec, ...]
-    probabilities: (
-        np.ndarray
-    )  # (L, F, H, W) ensemble mean of the labels (no background), source grid
+    # (L, F, H, W) ensemble mean of the labels (no background), source grid; None when no output
+    # needs it (see the module docstring): ``heat`` holds its maximum over the labels then
+    probabilities: np.ndarray | None
+    label_map: np.ndarray  # (F, H, W) thresholded / arg-max label values, before clean-up
+    heat: np.ndarray | None
     member_pixel_counts: dict[str, dict[str, int]]
-    outcomes: list[MemberOutcome[dict[str, int]]]
+    outcomes: list[MemberOutcome[SourceProbabilities]]
 
 
 def member_probabilities(
@@ -75,9 +112,23 @@ def member_probabilities(
             out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
         assert out is not None
         return out
+    return member_output(member, inputs, task).full()
+
+
+def member_output(
+    member: Member, inputs: PreparedInputs, task: SegmentationTask
+) -> SourceProbabilities:
+    """One member's label probabilities, 3D sliding-window ones left at model resolution."""
+    frames = inputs.series.frame_count
+    card_input = member.model.card.input
+    own = getattr(member.model, "bundle", None) or getattr(member.model, "nnunet", None)
+    if own is not None or card_input.dims == 2:
+        probs = member_probabilities(member, inputs, task)
+        return SourceProbabilities(probs.shape[0], frames, on_source=probs)
     from monai.inferers import sliding_window_inference
 
     prepared3 = inputs.for_3d(card_input)
+    forward = member_forward(member)
     with torch.inference_mode():
         window_probs: Any = sliding_window_inference(
             prepared3.volume,
@@ -88,7 +139,11 @@ def member_probabilities(
         )
     assert isinstance(window_probs, torch.Tensor)
     _check_channels(member, window_probs.shape[1])
-    return prepared3.grid.to_source(window_probs[:, 1:].float().cpu())[0].numpy()
+    at_model = window_probs[:, 1:].float().cpu()
+    del window_probs
+    return SourceProbabilities(
+        int(at_model.shape[1]), frames, at_model=at_model, grid=prepared3.grid
+    )
 
 
 def _check_channels(member: Member, channels: int) -> None:
@@ -100,35 +155,78 @@ def _check_channels(member: Member, channels: int) -> None:
         )
 
 
+def slab_frames(labels: int, rows: int, cols: int, budget: int = SLAB_BYTES) -> int:
+    """How many source slices one slab of ``labels`` float32 probability maps may hold."""
+    return max(1, budget // max(1, labels * rows * cols * 4))
+
+
 def run_segmentation(
-    task: SegmentationTask, members: list[Member], inputs: PreparedInputs
+    task: SegmentationTask,
+    members: list[Member],
+    inputs: PreparedInputs,
+    exclusive: bool = False,
+    keep_probabilities: bool | None = None,
 ) -> SegmentationRun:
+    """The ensemble's label map (and probabilities where kept) on the source grid.
+
+    ``keep_probabilities``: True keeps the (L, F, H, W) probabilities (a FRACTIONAL SEG needs
+    them), False keeps only the heat map; None keeps them when they take at most
+    ``KEEP_PROBABILITIES_BYTES``.
+    """
     labels, orders = same_labels(members)
-    accumulator: list[np.ndarray] = []
-    lock = threading.Lock()
-
-    def work(member: Member) -> dict[str, int]:
-        probs = member_probabilities(member, inputs, task)
-        order = orders[member.name]
-        if order != sorted(order):  # a label_map reordered this member's labels
-            probs = probs[order]
-        counts = {
-            lab.name: int(np.count_nonzero(probs[i] >= task.postprocess.threshold_for(lab.name)))
-            for i, lab in enumerate(labels)
-        }
-        if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
-            np.multiply(probs, np.float32(member.weight), out=probs)  # in place: no extra copy
-        with lock:
-            if accumulator:
-                accumulator[0] += probs
+    outcomes = run_per_device(members, lambda member: member_output(member, inputs, task))
+    frames = inputs.series.frame_count
+    rows, cols = inputs.series.shape
+    count = len(labels)
+    if keep_probabilities is None:
+        keep_probabilities = count * frames * rows * cols * 4 <= KEEP_PROBABILITIES_BYTES
+    names = [lab.name for lab in labels]
+    spec = task.postprocess
+    lone = outcomes[0].value if len(outcomes) == 1 and members[0].weight == 1.0 else None
+    in_order = orders[members[0].name] == sorted(orders[members[0].name])
+    if keep_probabilities and lone is not None and lone.on_source is not None and in_order:
+        probabilities: np.ndarray | None = lone.on_source  # already whole: no second copy
+    elif keep_probabilities:
+        probabilities = np.empty((count, frames, rows, cols), np.float32)
+    else:
+        probabilities = None
+    heat = None if keep_probabilities else np.empty((frames, rows, cols), np.float32)
+    label_map = np.empty((frames, rows, cols), label_map_dtype(count))
+    counts = {o.member.name: {name: 0 for name in names} for o in outcomes}
+    step = slab_frames(count, rows, cols)
+    for start in range(0, frames, step):
+        stop = min(start + step, frames)
+        total: np.ndarray | None = None
+        for outcome in outcomes:
+            member = outcome.member
+            probs = outcome.value.slab(start, stop)
+            order = orders[member.name]
+            if order != sorted(order):  # a label_map reordered this member's labels
+                probs = probs[order]
+            for i, name in enumerate(names):
+                counts[member.name][name] += int(
+                    np.count_nonzero(probs[i] >= spec.threshold_for(name))
+                )
+            if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
+                probs = probs * np.float32(member.weight)
+            if total is None:
+                total = probs if len(outcomes) == 1 else np.array(probs, np.float32)
             else:
-                accumulator.append(probs)
-        return counts
-
-    outcomes = run_per_device(members, work)
+                total += probs
+        assert total is not None
+        label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
+        if probabilities is not None and not np.may_share_memory(probabilities, total):
+            probabilities[:, start:stop] = total
+        if heat is not None:
+            np.max(total, axis=0, out=heat[start:stop])
+        del total
+    for outcome in outcomes:  # model-resolution outputs are not needed any more
+        outcome.value.at_model = None
     return SegmentationRun(
         labels=labels,
-        probabilities=accumulator[0],
-        member_pixel_counts={o.member.name: o.value for o in outcomes},
+        probabilities=probabilities,
+        label_map=label_map,
+        heat=heat,
+        member_pixel_counts=counts,
         outcomes=outcomes,
     )

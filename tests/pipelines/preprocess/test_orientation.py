@@ -73,3 +73,19 @@ def test_source_geometry_written_as_tests_expect(tmp_path: Path) -> None:
     feet = decode_series(write_ct_series(tmp_path / "feet", "axial-feet-first"))
     head = decode_series(write_ct_series(tmp_path / "head", "axial-head-first"))
     np.testing.assert_array_equal(feet.values, head.values)
+
+
+@pytest.mark.parametrize("layout", ["axial-head-first", "axial-feet-first", "coronal", "sagittal"])
+@pytest.mark.parametrize(("axcodes", "pixdim"), [("RAS", (5.0, 1.25, 6.0)), ("IPL", None)])
+def test_slabs_of_the_way_back_are_the_whole_way_back_cut(
+    tmp_path: Path, layout: str, axcodes: str, pixdim: tuple[float, float, float] | None
+) -> None:
+    """Many-label outputs go back slab by slab (bounded memory): the same voxels as at once."""
+    series = decode_series(write_ct_series(tmp_path, layout))
+    volume, grid = to_model_grid(series, _images(series), axcodes, pixdim)
+    maps = torch.rand(1, 3, *volume.shape[1:], generator=torch.Generator().manual_seed(0))
+    whole = grid.to_source(maps)
+    frames = series.values.shape[0]
+    cuts = [0, 1, frames // 3, frames - 2, frames]
+    slabs = [grid.to_source_slab(maps, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+    torch.testing.assert_close(torch.cat(slabs, dim=2), whole, atol=1e-5, rtol=0)

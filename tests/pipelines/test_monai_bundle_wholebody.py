@@ -1,0 +1,156 @@
+"""A real 104-organ MONAI model-zoo bundle run by the node as MONAI runs it (issue 16).
+
+The bundle is ``wholeBody_ct_segmentation`` (its real ``configs/inference.json`` and
+``metadata.json``, tests/data/monai_bundles): SegResNet with 105 output channels, softmax, arg-max
+and ``Invertd`` with nearest interpolation *after* the arg-max. Its real network gets seeded random
+weights, the last layer scaled so the arg-max changes across the field (dozens of labels, not one).
+The card lists no labels: they come from the bundle's ``channel_def`` with SNOMED CT codes from the
+shipped TotalSegmentator map, all anatomy. MONAI's reference reads the DICOM series with its own
+``PydicomReader`` and runs the bundle's preprocessing, inferer and postprocessing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.card import ModelCard, read_card, write_card
+from models.loaders import load_model, weights_digest
+from models.registry import ModelRegistry
+from pipelines.contract import StudyInput
+from pipelines.pipeline import Pipeline
+from tests.pipelines.ct_series import write_ct_series
+from tests.pipelines.test_pipeline import config
+
+pytestmark = pytest.mark.slow
+
+BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
+NAME = "wholeBody_ct_segmentation"
+
+
+def _parser(bundle: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    parser["inferer"]["device"] = "$torch.device('cpu')"
+    return parser
+
+
+@pytest.fixture(scope="module")
+def wholebody(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    root = tmp_path_factory.mktemp("bundles")
+    bundle = root / "wholebody" / NAME
+    shutil.copytree(BUNDLES / NAME, bundle)
+    torch.manual_seed(0)
+    network = _parser(bundle).get_parsed_content("network_def").eval()
+    with torch.no_grad():  # sharper random logits: the arg-max varies voxel to voxel region
+        last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        last.weight.mul_(20.0)
+    (bundle / "models").mkdir()
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    card = ModelCard.model_validate(
+        {
+            "name": "wholebody",
+            "version": "0.2.5",
+            "task": "segmentation",
+            "framework": "monai",
+            "architecture": "bundle",
+            "weights": str(bundle),
+            "sha256": weights_digest(bundle),
+            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
+            "device_uid": "2.25.99016",
+            "disclaimer": "test bundle with random weights",
+        }
+    )
+    write_card(card, root / "wholebody" / "card.yaml")
+    return root, network
+
+
+def _reference(bundle: Path, folder: Path, network: torch.nn.Module) -> tuple[np.ndarray, ...]:
+    """MONAI's own run on the DICOM folder: (label map, probabilities) as (…, i, j, k)."""
+    out = []
+    for discrete in (True, False):
+        parser = _parser(bundle)
+        parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
+        post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
+        if not discrete:
+            post = [t for t in post if t["_target_"] != "AsDiscreted"]
+        parser["postprocessing"]["transforms"] = post
+        preprocessing = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer")
+        postprocessing = parser.get_parsed_content("postprocessing")
+        data = preprocessing({"image": str(folder)})
+        with torch.no_grad():
+            data["pred"] = inferer(data["image"][None], network)[0]
+        out.append(np.asarray(postprocessing(data)["pred"]))
+    return out[0][0], out[1]
+
+
+def test_card_without_labels_takes_coded_anatomy_from_channel_def(
+    wholebody: tuple[Path, torch.nn.Module],
+) -> None:
+    root, _ = wholebody
+    card = read_card(root / "wholebody" / "card.yaml")
+    assert card.labels == []
+    loaded = load_model(card, "cpu")
+    labels = sorted(loaded.card.labels, key=lambda lab: lab.value)
+    assert len(labels) == 104 and all(lab.kind == "anatomy" for lab in labels)
+    assert (labels[0].name, labels[0].type.value) == ("spleen", "78961009")
+    kidney_right, kidney_left = labels[1], labels[2]
+    assert kidney_right.type.value == kidney_left.type.value == "64033007"
+    assert kidney_right.type_modifier is not None and kidney_left.type_modifier is not None
+    assert (kidney_right.type_modifier.meaning, kidney_left.type_modifier.meaning) == (
+        "Right",
+        "Left",
+    )
+    assert labels[-1].name == "urinary_bladder"
+    assert len({lab.color for lab in labels}) == 104
+
+
+def test_node_runs_the_104_label_bundle_as_monai_does(
+    wholebody: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    root, network = wholebody
+    series = write_ct_series(tmp_path / "ct", "axial-head-first")
+    reference_labels, reference_probs = _reference(
+        root / "wholebody" / NAME, tmp_path / "ct", network
+    )
+    task = {
+        "members": [{"model": "wholebody", "device": "cpu"}],
+        "postprocess": {
+            "min_component_mm3": 0,
+            "min_component_pixels": 1,
+            "fill_holes": False,
+            "max_components": 100000,
+        },
+    }
+    study = StudyInput(study_instance_uid="1.2.3", series=(series,))
+    result = Pipeline(config(3, {"segmentation": task}, ["CT"]), ModelRegistry(root)).run(study)
+    seg = result.segmentation
+    assert seg is not None and seg.probabilities is not None
+    expected_labels = reference_labels.transpose(2, 1, 0)
+    present = np.unique(expected_labels)
+    assert present.size >= 10, present  # a spatially varying answer over many organs
+    assert seg.label_map.dtype == np.uint8
+    agreement = float((seg.label_map == expected_labels).mean())
+    assert agreement >= 0.999, agreement
+    expected_probs = reference_probs[1:].transpose(0, 3, 2, 1)
+    assert seg.probabilities.shape == expected_probs.shape
+    difference = float(np.abs(seg.probabilities - expected_probs).max())
+    print(
+        f"wholeBody parity: {agreement:.6f} voxel agreement, {difference:.2e} max probability "
+        f"difference, {present.size} labels present"
+    )  # shown with pytest -s
+    assert difference <= 1e-4
+    # organs are anatomy: measured structures, never lesions with a severity
+    assert result.findings == ()
+    assert {s.label.value for s in result.structures} == set(int(v) for v in present if v)
+    assert result.conclusion().endswith("anatomical structures segmented")
