@@ -135,6 +135,9 @@ class ModelCard(_Strict):
     # one softmax over background and the labels (arg-max decides), as the loaders compute it;
     # false: independent labels, each thresholded on its own (overlapping structures)
     labels_exclusive: bool = True
+    # the layer Grad-CAM explains a classifier at (a module name of the network); None: the last
+    # module with a spatial output, found by tracing one forward pass (pipelines/tasks/explanation)
+    explain_layer: str | None = None
     input: InputSpec
     labels: list[CardLabel] = Field(min_length=1)
     device_uid: str

@@ -16,6 +16,7 @@ import numpy as np
 from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
+    ExplanationOutput,
     Finding,
     ModelRun,
     PipelineResult,
@@ -32,6 +33,7 @@ from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
+from pipelines.tasks.explanation import run_explanation
 from pipelines.tasks.segmentation import run_segmentation
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ class Pipeline:
             )
 
         classification: ClassificationOutput | None = None
+        explanation: ExplanationOutput | None = None
         if tasks.classification is not None and tasks.classification.source == "segmentation":
             # the spec requires a segmentation task for this source, and it keeps probabilities
             assert segmentation is not None and segmentation.probabilities is not None
@@ -147,6 +150,9 @@ class Pipeline:
                 tasks.classification, members.classification, inputs
             )
             runs.extend(model_run(o) for o in cls_outcomes)
+            explanation = run_explanation(
+                tasks.classification, members.classification, inputs, classification
+            )
 
         detections: tuple[DetectionBox, ...] = ()
         if tasks.detection is not None:
@@ -194,6 +200,7 @@ class Pipeline:
             classification=classification,
             detections=detections,
             findings=tuple(findings),
+            explanation=explanation,
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

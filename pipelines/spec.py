@@ -118,6 +118,8 @@ class MemberSpec(_Strict):
     # this member's label (class) names -> the task's names (its first member's), for members
     # trained with other names or another order; without it, members must agree exactly
     label_map: dict[str, str] = Field(default_factory=dict)
+    # classification: the layer Grad-CAM uses for this member (overrides the card's explain_layer)
+    explain_layer: str | None = None
 
     @field_validator("device")
     @classmethod
@@ -188,6 +190,10 @@ class ClassificationTask(_TaskSpec):
     positive_class: str = "abnormal"
     threshold: float = Field(0.5, gt=0, lt=1)
     volume_aggregation: Literal["max", "mean"] = "max"  # 2D classifiers on a volume's slices
+    # a map of what drove the decision, per member and weighted like the probabilities, written
+    # as a Parametric Map (none: no map, no object). gradcam/gradcampp fall back to occlusion for
+    # a member without a spatial layer (see pipelines/tasks/explanation.py)
+    explain: Literal["gradcam", "gradcampp", "occlusion", "none"] = "none"
 
     @model_validator(mode="after")
     def _members_match_source(self) -> ClassificationTask:
@@ -200,6 +206,8 @@ class ClassificationTask(_TaskSpec):
             )
         if self.source == "segmentation" and self.positive_class != "abnormal":
             raise ValueError("classification from segmentation decides normal/abnormal only")
+        if self.source == "segmentation" and self.explain != "none":
+            raise ValueError("explain needs classifier members (source: models)")
         return self
 
 
