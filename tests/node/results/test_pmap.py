@@ -87,3 +87,39 @@ def test_explanation_survives_save_and_load(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.explanation.maps, result.explanation.maps)
     assert loaded.explanation.member_layers == {"tiny-resnet": "layer4"}
     assert loaded.to_json_dict()["explanation"]["method"] == "gradcam"
+
+
+@pytest.mark.skipif(shutil.which("pdfimages") is None, reason="poppler-utils not installed")
+def test_pdf_shows_the_explanation_beside_the_classification(tmp_path: Path) -> None:
+    sources = load_sources("cr-monochrome1")
+    texts, images = {}, {}
+    for explain in (False, True):
+        out = tmp_path / str(explain)
+        produced = produce_results(
+            make_result(sources, explain=explain), sources, OutputOptions(overlay=False), out
+        )
+        ds = pydicom.dcmread(next(p.path for p in produced if p.kind is ArtifactKind.PDF))
+        pdf = out / "report.pdf"
+        pdf.write_bytes(ds.EncapsulatedDocument[: ds.EncapsulatedDocumentLength])
+        run = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, check=True)
+        texts[explain] = run.stdout.decode()
+        listing = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, check=True)
+        images[explain] = len(listing.stdout.decode().splitlines()) - 2
+    assert "Grad-CAM for abnormal" in texts[True] and "Grad-CAM" not in texts[False]
+    assert images[True] == images[False] + 1  # the key image, and now the explanation map
+
+
+def test_explanation_render_is_the_map_in_colour_over_the_source() -> None:
+    from node.results.overlay import render_explanation, source_frame_pixels
+
+    sources = load_sources("ct-small")
+    assert render_explanation(make_result(sources), sources, 0) is None
+    result = make_result(sources, explain=True)
+    picture = render_explanation(result, sources, 0)
+    assert result.explanation is not None and picture is not None
+    grey = source_frame_pixels(sources, 0)
+    low = result.explanation.maps[0] < 0.01
+    # where the map is ~0 the source shows through; at its peak the colour is jet's red
+    assert np.abs(picture[low][:, 0].astype(int) - grey[low].astype(int)).max() <= 2
+    peak = np.unravel_index(np.argmax(result.explanation.maps[0]), grey.shape)
+    assert picture[peak][0] > picture[peak][2]
