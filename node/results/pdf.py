@@ -14,6 +14,7 @@ import io
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
+import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
@@ -245,18 +246,16 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
 
 
 def _chart_with_explanation(
-    chart: Drawing, explained: object, result: PipelineResult, styles: StyleSheet1
+    chart: Drawing, explained: np.ndarray, result: PipelineResult, styles: StyleSheet1
 ) -> Table:
-    picture = Image.fromarray(explained)  # type: ignore[call-overload]
+    picture = Image.fromarray(explained)
     picture.thumbnail((256, 256))
     png = io.BytesIO()
     picture.save(png, format="PNG")
     png.seek(0)
     side = 45 * mm
     image = FlowImage(png, width=side, height=side * picture.height / picture.width)
-    caption = Paragraph(
-        escape(f"{explanation_description(result)} (key image)"), styles["Normal"]
-    )
+    caption = Paragraph(escape(f"{explanation_description(result)} (key image)"), styles["Normal"])
     table = Table([[chart, [image, caption]]], colWidths=[125 * mm, 50 * mm])
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     return table

@@ -17,10 +17,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
 from node.results.concepts import PRIVATE_SCHEME
 from node.results.equipment import MANUFACTURER, software_versions
-from core.dicom_uids import deterministic_uid
 from node.results.seg import expected_frames
 from node.results.uids import result_uid, series_number
 from pipelines.contract import PipelineResult
@@ -116,4 +116,3 @@ def build_parametric_map(
     if "Laterality" not in dataset:  # General Series type 2C
         dataset.Laterality = sources[0].get("Laterality", "")
     return dataset
-

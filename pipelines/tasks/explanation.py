@@ -170,7 +170,11 @@ def member_explanation(
     requested = task.explain
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
-        layer = target_layer(member, prepared.batch[:1].to(device)) if requested != "occlusion" else None
+        layer = (
+            target_layer(member, prepared.batch[:1].to(device))
+            if requested != "occlusion"
+            else None
+        )
         method = requested if layer is not None else "occlusion"
         parts = []
         for start in range(0, prepared.batch.shape[0], task.batch_size):

@@ -84,7 +84,7 @@ def test_ensemble_map_is_the_weighted_mean_of_the_members(
         )
     expected = (2.0 * singles[0] + 1.0 * singles[1]) / 3.0
     assert np.abs(both.explanation.maps - expected).max() <= PARITY_TOLERANCE
-    assert 0.0 <= both.explanation.maps.min() and both.explanation.maps.max() <= 1.0
+    assert both.explanation.maps.min() >= 0.0 and both.explanation.maps.max() <= 1.0
     assert max(m.max() for m in singles) > 0.99  # not a mean of empty maps
     assert set(both.explanation.member_methods.values()) == {method}
 
@@ -97,9 +97,7 @@ def test_option_off_gives_no_explanation(model_registry: Any, cr_study: StudyInp
     assert result.explanation is None and result.to_json_dict()["explanation"] is None
 
 
-def test_explain_layer_override_and_a_wrong_name(
-    model_registry: Any, cr_study: StudyInput
-) -> None:
+def test_explain_layer_override_and_a_wrong_name(model_registry: Any, cr_study: StudyInput) -> None:
     spec = {"model": "tiny-cls-resnet", "weight": 1.0, "device": "cpu", "explain_layer": "layer3"}
     cfg = config(2, {"classification": {"members": [spec], "explain": "gradcam"}}, ["CR"])
     result = Pipeline(cfg, model_registry).run(cr_study)

@@ -218,7 +218,9 @@ def test_explanation_png_toggle_and_absence(processed: tuple[Console, ProcessedS
 
     result = load_result(directory)
     assert result.segmentation is not None
-    save_result(replace(result, explanation=explanation_for(result.segmentation.label_map)), directory)
+    save_result(
+        replace(result, explanation=explanation_for(result.segmentation.label_map)), directory
+    )
     assert (directory / EXPLANATION_NPZ).is_file()
     _touch_result(console, study.job_id)
     page = client.get(f"/review/{study.job_id}").text
