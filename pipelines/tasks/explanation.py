@@ -141,10 +141,15 @@ def explain_batch(
     if method in ("gradcam", "gradcampp") and layer is not None:
         cam_class = GradCAM if method == "gradcam" else GradCAMpp
         cam = cam_class(network, target_layers=layer, postprocessing=_identity)
+        # MONAI's Grad-CAM++ weighs by exp(score) broadcast against the gradients, right only for
+        # one image at a time; Grad-CAM takes the batch
+        chunks = batch.split(1) if method == "gradcampp" else (batch,)
+        maps = []
         with torch.enable_grad():
-            x = batch.detach().clone().requires_grad_(True)
-            maps = cam(x, class_idx=class_index)
-        return maps.detach().float()
+            for chunk in chunks:
+                x = chunk.detach().clone().requires_grad_(True)
+                maps.append(cam(x, class_idx=class_index).detach().float())
+        return torch.cat(maps)
     occlusion = OcclusionSensitivity(
         network, mask_size=max(4, min(int(s) for s in batch.shape[2:]) // 8), verbose=False
     )

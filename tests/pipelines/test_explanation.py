@@ -29,7 +29,7 @@ def _classify(*pairs: tuple[str, float], explain: str = "gradcam", **extra: Any)
 def test_member_map_equals_monai_gradcam_run_directly(
     model_registry: Any, cr_study: StudyInput
 ) -> None:
-    from monai.visualize import GradCAM
+    from monai.visualize import GradCAM, GradCAMpp
 
     model = model_registry.get("tiny-cls-resnet", "cpu")
     prepared = prepare_2d(decode_series(cr_study.series[0]), model.card.input, PreprocessingSpec())
@@ -44,6 +44,11 @@ def test_member_map_equals_monai_gradcam_run_directly(
     theirs = direct(batch.clone().requires_grad_(True), class_idx=1)[:, 0].detach().numpy()
     assert ours.max() == pytest.approx(1.0)
     assert np.abs(ours - (1.0 - theirs)).max() <= PARITY_TOLERANCE
+    plus = GradCAMpp(copy.deepcopy(model.network), target_layers="layer4")
+    theirs_pp = plus(batch[:1].clone().requires_grad_(True), class_idx=1)[:, 0].detach().numpy()
+    ours_pp = explain_batch(copy.deepcopy(model.network), batch, 1, "gradcampp", "layer4")
+    ours_pp_frames = normalise_frames(ours_pp[:1, 0].numpy())
+    assert np.abs(ours_pp_frames - (1.0 - theirs_pp)).max() <= PARITY_TOLERANCE
 
     # through the pipeline: MONAI's map, on the source grid, scaled 0..1, for the decided class
     result = Pipeline(_classify(("tiny-cls-resnet", 1.0)), model_registry).run(cr_study)
@@ -116,3 +121,22 @@ def test_a_network_without_a_spatial_layer_falls_back_to_occlusion() -> None:
     assert spatial_layer(network, torch.zeros(1, 1, 8, 8)) is None
     maps = explain_batch(network, torch.rand(2, 1, 8, 8), 1, "occlusion", None)
     assert maps.shape == (2, 1, 8, 8)
+
+
+def test_volume_gets_a_map_per_slice_for_a_2d_classifier(
+    model_registry: Any, ct_study: StudyInput
+) -> None:
+    cfg = config(
+        3,
+        {"classification": {**members(("tiny-cls-resnet", 1.0)), "explain": "gradcampp"}},
+        ["CT"],
+    )
+    result = Pipeline(cfg, model_registry).run(ct_study)
+    explanation = result.explanation
+    assert explanation is not None
+    frames = len(result.source_frames)
+    assert frames == 12 and explanation.maps.shape == (frames, 48, 48)
+    per_frame = explanation.maps.reshape(frames, -1)
+    # each slice scaled on its own: 1 at its own peak (or all 0 where nothing drove the class)
+    assert all(m.max() == pytest.approx(1.0) or m.max() == 0.0 for m in per_frame)
+    assert explanation.member_methods == {"tiny-cls-resnet": "gradcampp"}
