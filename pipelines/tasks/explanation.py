@@ -87,22 +87,24 @@ def spatial_layer(network: torch.nn.Module, example: torch.Tensor) -> str | None
 
         return record
 
-    for name, module in network.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook(name)))
     try:
+        for name, module in network.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
         with torch.inference_mode():
             network(example)
+    except RuntimeError:  # TorchScript modules take no Python hooks: no layer to explain at
+        return None
     finally:
         for handle in handles:
             handle.remove()
     return finished[-1] if finished else None
 
 
-def target_layer(member: Member, example: torch.Tensor) -> str | None:
-    """The member's Grad-CAM layer: spec override, card, else traced (cached per weights)."""
+def target_layer(member: Member, network: torch.nn.Module, example: torch.Tensor) -> str | None:
+    """The member's Grad-CAM layer: spec override, card, else traced on ``network`` (the
+    member's private copy, so the shared model never carries a hook) and cached per weights."""
     chosen = member.spec.explain_layer or member.model.card.explain_layer
-    network = _network(member)
     if chosen is not None:
         names = {name for name, _ in network.named_modules()}
         if chosen not in names:
@@ -176,7 +178,7 @@ def member_explanation(
     if card_input.dims == 2:
         prepared = inputs.for_2d(card_input)
         layer = (
-            target_layer(member, prepared.batch[:1].to(device))
+            target_layer(member, network, prepared.batch[:1].to(device))
             if requested != "occlusion"
             else None
         )
@@ -192,7 +194,7 @@ def member_explanation(
     with torch.inference_mode():
         resized = F.interpolate(prepared3.volume, size=size, mode="trilinear", align_corners=False)
     resized = resized.to(device, torch.float32)
-    layer = target_layer(member, resized) if requested != "occlusion" else None
+    layer = target_layer(member, network, resized) if requested != "occlusion" else None
     method = requested if layer is not None else "occlusion"
     raw = explain_batch(network, resized, class_index, method, layer).cpu()
     with torch.inference_mode():

@@ -140,3 +140,18 @@ def test_volume_gets_a_map_per_slice_for_a_2d_classifier(
     # each slice scaled on its own: 1 at its own peak (or all 0 where nothing drove the class)
     assert all(m.max() == pytest.approx(1.0) or m.max() == 0.0 for m in per_frame)
     assert explanation.member_methods == {"tiny-cls-resnet": "gradcampp"}
+
+
+def test_layer_search_on_plain_and_torchscript_networks() -> None:
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2, 2),
+    )
+    example = torch.zeros(1, 1, 8, 8)
+    assert spatial_layer(network, example) == "1"  # the ReLU: the last output with a 6x6 grid
+    assert not any(m._forward_hooks for m in network.modules())  # the search leaves no hook
+    # TorchScript takes no Python hooks: no Grad-CAM layer, so the member gets occlusion
+    assert spatial_layer(torch.jit.script(network), example) is None
