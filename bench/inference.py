@@ -17,6 +17,10 @@ The 105-label case (background + the 104 structures of MONAI's wholeBody_ct_segm
 from the shipped SNOMED CT map) runs a cheap 105-channel 3D UNet at 3 mm on a ``--many-slices``
 (300) x 512² CT: it measures what many labels cost the node (inverse mapping, arg-max, clean-up,
 measurements), whose float32 probabilities at source resolution alone would take 33 GB.
+    .venv/bin/python bench/inference.py --models-dir models/cards --only explain  # Grad-CAM cost
+
+The "explain" rows (demo models only) run demo-2d's three classifiers with the classification
+option ``explain`` off and on (Grad-CAM): their node columns differ by the explanation's cost.
 
 Models: moderately sized benchmark networks (random weights) written to a temporary folder, among
 them one with the network and inference settings of MONAI's model-zoo spleen_ct_segmentation
@@ -251,6 +255,9 @@ def demo_models(models_dir: Path) -> dict[str, str] | None:
         "seg2": "demo-seg-segresnet",
         "cls": "demo-cls-resnet",
         "seg3d": "demo-seg3d-unet",
+        # the rest of demo-2d's classification ensemble, for the explanation cost
+        "cls2": "demo-cls-densenet",
+        "cls3": "demo-cls-efficientnet",
     }
     return roles if set(roles.values()) <= set(cards) else None
 
@@ -437,6 +444,19 @@ def cases(roles: dict[str, str]) -> list[Case]:
                 (("3d", roles["many"]),),
             )
         )
+    explained = []
+    if "cls2" in roles and "cls3" in roles:  # the demo-2d classification ensemble (demo models)
+        ensemble = (cls, roles["cls2"], roles["cls3"])
+        explained = [
+            Case(
+                f"cls ensemble x3, explain {method}",
+                "cr",
+                2,
+                {"classification": {**members(*ensemble), "explain": method}},
+                tuple(("2d", name) for name in ensemble),
+            )
+            for method in ("none", "gradcam")
+        ]
     return [
         Case(seg, "cr", 2, {"segmentation": seg_members(seg)}, (("2d", seg),)),
         Case(seg2, "cr", 2, {"segmentation": seg_members(seg2)}, (("2d", seg2),)),
@@ -466,6 +486,7 @@ def cases(roles: dict[str, str]) -> list[Case]:
             (("3d", seg3d), ("2d-volume", cls)),
         ),
         *bundle,
+        *explained,
     ]
 
 

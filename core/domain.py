@@ -58,10 +58,15 @@ class ArtifactKind(enum.StrEnum):
     SR = "sr"
     # IHE IOCM Rejection Note (KOS) withdrawing objects already delivered; made by Reject, last
     REJECTION_NOTE = "rejection_note"
+    # Parametric Map of the classification's explanation (Grad-CAM); ranked after the others so
+    # the older kinds keep their series numbers (9901 + rank)
+    PMAP = "pmap"
 
     @property
     def dispatch_rank(self) -> int:
-        return {"seg": 0, "overlay": 1, "pdf": 2, "sr": 3, "rejection_note": 4}[self.value]
+        return {"seg": 0, "overlay": 1, "pdf": 2, "sr": 3, "rejection_note": 4, "pmap": 5}[
+            self.value
+        ]
 
     @property
     def is_result(self) -> bool:

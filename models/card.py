@@ -202,6 +202,9 @@ class ModelCard(_Strict):
     # one softmax over background and the labels (arg-max decides), as the loaders compute it;
     # false: independent labels, each thresholded on its own (overlapping structures)
     labels_exclusive: bool = True
+    # the layer Grad-CAM explains a classifier at (a module name of the network); None: the last
+    # module with a spatial output, found by tracing one forward pass (pipelines/tasks/explanation)
+    explain_layer: str | None = None
     input: InputSpec
     # may be empty only for a MONAI bundle: its labels then come from metadata.json's channel_def
     # with codes from the shipped SNOMED CT map (models/label_codes.py); listed labels override

@@ -201,6 +201,31 @@ class ClassificationOutput:
 
 
 @dataclass
+class ExplanationOutput:
+    """What drove the classification decision: a per-pixel map on the source geometry.
+
+    Each member's map (Grad-CAM, Grad-CAM++ or occlusion sensitivity for the decided class) is
+    mapped back to the source grid and scaled to 0..1 per frame; ``maps`` is their weighted mean
+    with the members' ensemble weights, so it stays in 0..1 (1: what mattered most).
+    """
+
+    method: str  # the pipeline's option: gradcam | gradcampp | occlusion
+    class_name: str  # the decision the map explains
+    maps: np.ndarray  # (frames, rows, cols) float32 in [0, 1], source geometry
+    member_methods: dict[str, str] = field(default_factory=dict)  # what each member really ran
+    member_layers: dict[str, str] = field(default_factory=dict)  # its Grad-CAM layer ("" none)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "class_name": self.class_name,
+            "shape": list(self.maps.shape),
+            "member_methods": dict(self.member_methods),
+            "member_layers": dict(self.member_layers),
+        }
+
+
+@dataclass
 class SegmentationOutput:
     labels: tuple[LabelSpec, ...]
     label_map: np.ndarray  # (frames, rows, cols) uint8 (uint16 past 255 labels), 0 = background
@@ -233,6 +258,7 @@ class PipelineResult:
     detections: tuple[DetectionBox, ...] = ()
     findings: tuple[Finding, ...] = ()
     structures: tuple[Structure, ...] = ()  # anatomy labels: measured, never lesions
+    explanation: ExplanationOutput | None = None  # classification option ``explain``
     processing_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     review_required: bool = False
@@ -360,6 +386,7 @@ class PipelineResult:
             "created_at": self.created_at,
             "classification": None,
             "segmentation": None,
+            "explanation": self.explanation.to_json_dict() if self.explanation else None,
         }
         if self.classification is not None:
             c = self.classification

@@ -16,6 +16,7 @@ import numpy as np
 from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
+    ExplanationOutput,
     Finding,
     ModelRun,
     PipelineResult,
@@ -39,6 +40,7 @@ from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
+from pipelines.tasks.explanation import run_explanation
 from pipelines.tasks.segmentation import run_segmentation
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ class Pipeline:
             del seg
 
         classification: ClassificationOutput | None = None
+        explanation: ExplanationOutput | None = None
         if tasks.classification is not None and tasks.classification.source == "segmentation":
             assert segmentation is not None and tasks.segmentation is not None  # spec-checked
             classification = classify_from_segmentation(
@@ -154,6 +157,9 @@ class Pipeline:
                 tasks.classification, members.classification, inputs
             )
             runs.extend(model_run(o) for o in cls_outcomes)
+            explanation = run_explanation(
+                tasks.classification, members.classification, inputs, classification
+            )
 
         detections: tuple[DetectionBox, ...] = ()
         if tasks.detection is not None:
@@ -204,6 +210,7 @@ class Pipeline:
             detections=detections,
             findings=tuple(findings),
             structures=tuple(structures),
+            explanation=explanation,
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

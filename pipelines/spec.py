@@ -126,6 +126,8 @@ class MemberSpec(_Strict):
     # fp16/bf16: autocast (mixed precision) on the member's device; fp16 needs CUDA and falls
     # back to fp32 with a warning elsewhere, bf16 also runs on the CPU
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # classification: the layer Grad-CAM uses for this member (overrides the card's explain_layer)
+    explain_layer: str | None = None
 
     @field_validator("device")
     @classmethod
@@ -209,6 +211,10 @@ class ClassificationTask(_TaskSpec):
     positive_class: str = "abnormal"
     threshold: float = Field(0.5, gt=0, lt=1)
     volume_aggregation: Literal["max", "mean"] = "max"  # 2D classifiers on a volume's slices
+    # a map of what drove the decision, per member and weighted like the probabilities, written
+    # as a Parametric Map (none: no map, no object). gradcam/gradcampp fall back to occlusion for
+    # a member without a spatial layer (see pipelines/tasks/explanation.py)
+    explain: Literal["gradcam", "gradcampp", "occlusion", "none"] = "none"
 
     @model_validator(mode="after")
     def _members_match_source(self) -> ClassificationTask:
@@ -221,6 +227,8 @@ class ClassificationTask(_TaskSpec):
             )
         if self.source == "segmentation" and self.positive_class != "abnormal":
             raise ValueError("classification from segmentation decides normal/abnormal only")
+        if self.source == "segmentation" and self.explain != "none":
+            raise ValueError("explain needs classifier members (source: models)")
         return self
 
 

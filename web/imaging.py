@@ -21,6 +21,7 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from node.results.overlay import jet as _jet
 from node.results.seg_read import label_maps
 from pipelines.preprocess.display import (
     DisplayError,
@@ -117,15 +118,6 @@ def render_mask_png(label_map: np.ndarray | None, shape: tuple[int, int], n_segm
 # probabilities below this are left transparent: an ensemble's near-zero background would
 # otherwise tint the whole image
 HEAT_FLOOR = 0.05
-
-
-def _jet(values: np.ndarray) -> np.ndarray:
-    """The familiar blue -> cyan -> green -> yellow -> red ramp of probability maps, (..., 3)."""
-    v = np.clip(values, 0.0, 1.0)
-    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.stack([red, green, blue], axis=-1)
 
 
 def render_heatmap_png(heat: np.ndarray | None, shape: tuple[int, int]) -> bytes:

@@ -25,6 +25,7 @@ from web.integrations import (
     csv_lines,
     finding_rows,
     finding_slice_mask,
+    load_explanation_maps,
     load_heatmap,
     load_result,
     outline,
@@ -94,6 +95,20 @@ def review_data(settings: Settings, job: Job) -> dict[str, Any]:
 @lru_cache(maxsize=4)
 def _heatmap_cached(directory: str, stamp: int) -> np.ndarray | None:
     return load_heatmap(Path(directory))
+
+
+@lru_cache(maxsize=4)
+def _explanation_cached(directory: str, stamp: int) -> np.ndarray | None:
+    maps = load_explanation_maps(Path(directory))
+    return None if maps is None else np.rint(np.clip(maps, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def explanation(settings: Settings, job: Job) -> np.ndarray | None:
+    """The job's explanation map (what drove the classification), (result frames, rows, cols)
+    uint8 with 255 = 1.0 like :func:`heatmap`; None when the pipeline made none;
+    FileNotFoundError when the result is not on disk."""
+    directory = result_dir(settings, job)
+    return _explanation_cached(str(directory), _stamp(directory / "result.json"))
 
 
 def heatmap(settings: Settings, job: Job) -> np.ndarray | None:

@@ -20,6 +20,7 @@ _KIND_LABEL = {
     ArtifactKind.OVERLAY: "overlay",
     ArtifactKind.PDF: "report PDF",
     ArtifactKind.SR: "SR",
+    ArtifactKind.PMAP: "explanation map",
 }
 
 

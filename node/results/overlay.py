@@ -178,6 +178,32 @@ def render_overlay(
     return np.asarray(image)
 
 
+def jet(values: np.ndarray) -> np.ndarray:
+    """The familiar blue -> cyan -> green -> yellow -> red ramp of probability maps, (..., 3)
+    floats 0..1; the console's heat map PNGs and the report's explanation use the same one."""
+    v = np.clip(values, 0.0, 1.0)
+    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
+    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
+    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
+    return np.stack([red, green, blue], axis=-1)
+
+
+def render_explanation(
+    result: PipelineResult, sources: Sequence[Dataset], frame_index: int
+) -> np.ndarray | None:
+    """(rows, cols, 3) uint8 RGB: the displayed source under the explanation map in jet colours
+    (more opaque where the map is higher); None when the result has no explanation."""
+    if result.explanation is None:
+        return None
+    shown = source_frame_pixels(sources, frame_index)
+    if shown.ndim == 2:
+        shown = np.repeat(shown[:, :, None], 3, axis=2)
+    values = np.clip(result.explanation.maps[frame_index], 0.0, 1.0)
+    alpha = (0.6 * values)[:, :, None]
+    rgb = shown.astype(np.float32) * (1 - alpha) + jet(values) * 255.0 * alpha
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
 def _direction_letter(vector: Sequence[float]) -> str:
     axis = int(np.argmax(np.abs(vector)))
     positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]

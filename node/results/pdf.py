@@ -1,7 +1,8 @@
 """Encapsulated PDF report: reportlab renders it, pydicom wraps it as Encapsulated PDF Storage.
 
 One or two pages: patient/study header, key image with the mask heatmap and boxes, measurements
-table, class-probability chart, severity, models with versions/weights/devices, processing time
+table, class-probability chart (with the explanation map beside it when the pipeline made one),
+severity, models with versions/weights/devices, processing time
 and "Not for diagnostic use". Page content is deterministic (fixed creation time, no random ids)
 so a retry produces identical bytes. Text is set in embedded Unicode fonts chosen per run
 (:mod:`node.results.fonts`), and names are formatted from their PN components ("MÜLLER, Jörg").
@@ -13,6 +14,7 @@ import io
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
+import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
@@ -23,13 +25,21 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, StyleSheet1, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Image as FlowImage
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from core.domain import ArtifactKind, Severity
 from core.units import with_unit
 from node.results.equipment import MANUFACTURER
 from node.results.fonts import markup, report_fonts
-from node.results.overlay import key_frame_index, render_overlay
+from node.results.overlay import key_frame_index, render_explanation, render_overlay
+from node.results.pmap import explanation_description
 from node.results.source import TYPE2_PATIENT_STUDY_ATTRIBUTES, ContentTime
 from node.results.uids import result_uid, series_number
 from pipelines.contract import PipelineResult
@@ -89,14 +99,14 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _probability_chart(result: PipelineResult) -> Drawing | None:
+def _probability_chart(result: PipelineResult, width_mm: float = 160) -> Drawing | None:
     cls = result.classification
     if cls is None:
         return None
-    drawing = Drawing(160 * mm, 12 * mm * len(cls.classes) + 10 * mm)
+    drawing = Drawing(width_mm * mm, 12 * mm * len(cls.classes) + 10 * mm)
     chart = HorizontalBarChart()
     chart.x, chart.y = 30 * mm, 5 * mm
-    chart.width, chart.height = 120 * mm, 12 * mm * len(cls.classes)
+    chart.width, chart.height = (width_mm - 40) * mm, 12 * mm * len(cls.classes)
     chart.data = [[round(p, 4) for p in cls.probabilities]]
     chart.valueAxis.valueMin, chart.valueAxis.valueMax = 0, 1
     chart.categoryAxis.categoryNames = list(cls.classes)
@@ -203,17 +213,20 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
             for st in result.structures
         ]
         story += [Paragraph("Anatomical structures", styles["Heading3"]), _table(rows, styles)]
-    chart = _probability_chart(result)
+    explained = render_explanation(result, sources, frame)
+    chart = _probability_chart(result, 160 if explained is None else 120)
     if chart is not None and result.classification is not None:
         cls = result.classification
-        story += [
-            Paragraph(
-                f"Classification: {cls.decision} (confidence {cls.confidence:.2f}, "
-                f"threshold {cls.threshold:.2f})",
-                styles["Heading3"],
-            ),
-            chart,
-        ]
+        heading = Paragraph(
+            f"Classification: {cls.decision} (confidence {cls.confidence:.2f}, "
+            f"threshold {cls.threshold:.2f})",
+            styles["Heading3"],
+        )
+        if explained is None:
+            story += [heading, chart]
+        else:  # the map of what drove the decision, small, beside the probabilities
+            table = _chart_with_explanation(chart, explained, result, styles)
+            story.append(KeepTogether([heading, table]))
     worst = result.summary()["severity"]
     severities = [f.severity.meaning for f in result.findings]
     story.append(
@@ -250,6 +263,22 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
     )
     doc.build(story)
     return buffer.getvalue()
+
+
+def _chart_with_explanation(
+    chart: Drawing, explained: np.ndarray, result: PipelineResult, styles: StyleSheet1
+) -> Table:
+    picture = Image.fromarray(explained)
+    picture.thumbnail((256, 256))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    png.seek(0)
+    side = 45 * mm
+    image = FlowImage(png, width=side, height=side * picture.height / picture.width)
+    caption = Paragraph(escape(f"{explanation_description(result)} (key image)"), styles["Normal"])
+    table = Table([[chart, [image, caption]]], colWidths=[125 * mm, 50 * mm])
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    return table
 
 
 def _table(rows: list[list[str]], styles: StyleSheet1, head: bool = True) -> Table:

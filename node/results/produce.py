@@ -1,5 +1,7 @@
 """The worker's entry point: PipelineResult + source datasets → validated Part-10 files.
 
+A result with an explanation (classification ``explain``) also gets a Parametric Map of it.
+
 Every object is built, finalised (fixed times, deterministic UIDs, IHE AIR identification),
 validated from its bytes and only then written, atomically, into ``out_dir``. SEG and SR carry the
 result: if either fails nothing is returned, the job fails and nothing is sent. The overlay and the
@@ -26,6 +28,7 @@ from node.results.common import finalise
 from node.results.locations import with_locations
 from node.results.overlay import build_overlay, has_content
 from node.results.pdf import build_pdf
+from node.results.pmap import build_parametric_map
 from node.results.seg import SegOptions, build_segmentation
 from node.results.source import clean_sources, content_time
 from node.results.sr import SrOptions, build_sr
@@ -34,6 +37,7 @@ from node.results.validate import (
     encode,
     validate_overlay,
     validate_pdf,
+    validate_pmap,
     validate_seg,
     validate_sr,
 )
@@ -159,6 +163,9 @@ def _build_all(
                 seg.dataset,
                 lambda data: validate_seg(data, result, built_seg, options.seg_type.upper()),
             )
+    pmap = build_parametric_map(result, cleaned, options.result_version)
+    if pmap is not None:  # the pipeline asked for it: a failure fails the job like the SEG
+        add(ArtifactKind.PMAP, pmap, lambda data: validate_pmap(data, result))
     if options.overlay and options.skip_empty_overlay and not has_content(result):
         notes.append(EMPTY_OVERLAY_NOTE)
     elif options.overlay:
@@ -230,6 +237,7 @@ def _failing_kind(exc: BaseException) -> ArtifactKind:
         "overlay": ArtifactKind.OVERLAY,
         "pdf": ArtifactKind.PDF,
         "sr": ArtifactKind.SR,
+        "pmap": ArtifactKind.PMAP,
     }
     while tb is not None:
         module = Path(tb.tb_frame.f_code.co_filename).stem

@@ -19,6 +19,7 @@ from core.domain import CodedConcept, Severity
 from pipelines.contract import (
     ClassificationOutput,
     DetectionBox,
+    ExplanationOutput,
     Finding,
     LabelSpec,
     Measurements,
@@ -32,6 +33,7 @@ from pipelines.contract import (
 RESULT_JSON = "result.json"
 ARRAYS_NPZ = "arrays.npz"
 HEATMAP_NPZ = "heatmap.npz"
+EXPLANATION_NPZ = "explanation.npz"  # the classification's explanation map, float32 0..1
 
 
 def heatmap_of(probabilities: np.ndarray) -> np.ndarray:
@@ -66,6 +68,10 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
             tmp = directory / (HEATMAP_NPZ + ".tmp.npz")
             np.savez_compressed(tmp, heat=heatmap_of(shown))
             tmp.replace(directory / HEATMAP_NPZ)
+    if result.explanation is not None:
+        tmp = directory / (EXPLANATION_NPZ + ".tmp.npz")
+        np.savez_compressed(tmp, maps=result.explanation.maps.astype(np.float32))
+        tmp.replace(directory / EXPLANATION_NPZ)
     path = directory / RESULT_JSON
     tmp_json = directory / (RESULT_JSON + ".tmp")
     tmp_json.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -153,6 +159,28 @@ def load_heatmap(directory: Path) -> np.ndarray | None:
         return None
 
 
+def load_explanation_maps(directory: Path) -> np.ndarray | None:
+    """(frames, rows, cols) float32 0..1, None when the result has no explanation."""
+    path = Path(directory) / EXPLANATION_NPZ
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return np.asarray(saved["maps"])
+
+
+def _explanation(directory: Path, data: dict[str, Any] | None) -> ExplanationOutput | None:
+    maps = load_explanation_maps(directory) if data is not None else None
+    if data is None or maps is None:
+        return None
+    return ExplanationOutput(
+        data["method"],
+        data["class_name"],
+        maps,
+        dict(data["member_methods"]),
+        dict(data["member_layers"]),
+    )
+
+
 def load_result(directory: Path) -> PipelineResult:
     """Rebuild the PipelineResult written by :func:`save_result`."""
     directory = Path(directory)
@@ -201,6 +229,7 @@ def load_result(directory: Path) -> PipelineResult:
         detections=tuple(_box(d) for d in data["detections"]),
         findings=tuple(_finding(f) for f in data["findings"]),
         structures=tuple(_structure(st) for st in data.get("structures", [])),
+        explanation=_explanation(directory, data.get("explanation")),
         processing_seconds=data["processing_seconds"],
         warnings=tuple(data["warnings"]),
         review_required=data["review_required"],

@@ -43,5 +43,6 @@ def result_uid(
 
 
 def series_number(kind: ArtifactKind | str) -> int:
-    """A stable series number per object kind (SEG 9901, overlay 9902, PDF 9903, SR 9904)."""
+    """A stable series number per object kind (SEG 9901, overlay 9902, PDF 9903, SR 9904,
+    rejection note 9905, explanation Parametric Map 9906)."""
     return _SERIES_NUMBER_BASE + ArtifactKind(kind).dispatch_rank + 1

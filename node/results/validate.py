@@ -150,3 +150,45 @@ def validate_overlay(data: bytes, result: PipelineResult) -> None:
     pixels = reread.pixel_array
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ResultValidationError(kind, f"expected RGB pixels, got {pixels.shape}")
+
+
+def read_parametric_map(
+    data: bytes, source_keys: list[tuple[str, int | None]]
+) -> tuple[hd.pm.ParametricMap, np.ndarray]:
+    """Re-read a Parametric Map with highdicom: the object and its float values per source
+    frame, ``(len(source_keys), rows, cols)``, placed by each frame's cited source image (highdicom
+    may store frames in another order than the sources came)."""
+    pmap = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(data)))
+    pixels = np.asarray(pmap.pixel_array, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    out = np.full((len(source_keys), int(pmap.Rows), int(pmap.Columns)), np.nan, np.float32)
+    position = {key: index for index, key in enumerate(source_keys)}
+    for number, frame in enumerate(pmap.PerFrameFunctionalGroupsSequence):
+        cited = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        frame_number = cited.get("ReferencedFrameNumber")
+        key = (
+            str(cited.ReferencedSOPInstanceUID),
+            int(frame_number) if frame_number is not None else None,
+        )
+        if key not in position and key[1] == 1:  # a single-frame source cited as frame 1
+            key = (key[0], None)
+        out[position[key]] = pixels[number]
+    return pmap, out
+
+
+def validate_pmap(data: bytes, result: PipelineResult) -> None:
+    """Re-read the Parametric Map: IHE AIR identification, and every value where it was meant
+    to be (float32, so exactly) on the source frame it cites."""
+    kind = ArtifactKind.PMAP
+    if result.explanation is None:
+        raise ResultValidationError(kind, "the result has no explanation")
+    keys = [(f.sop_instance_uid, f.frame_number) for f in result.source_frames]
+    try:
+        pmap, values = read_parametric_map(data, keys)
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise ResultValidationError(kind, f"unreadable: {exc}") from exc
+    _common(kind, pmap, result)
+    expected = np.clip(result.explanation.maps, 0.0, 1.0).astype(np.float32)
+    if values.shape != expected.shape or not np.array_equal(values, expected):
+        raise ResultValidationError(kind, "re-read values differ from the explanation map")

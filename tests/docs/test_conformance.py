@@ -154,7 +154,7 @@ def result_headers(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
     sources = synthetic_ct_series()
     out = tmp_path_factory.mktemp("results")
     produced = produce_results(
-        make_result(sources, with_findings=True), sources, OutputOptions(), out
+        make_result(sources, with_findings=True, explain=True), sources, OutputOptions(), out
     )
     headers = [pydicom.dcmread(p.path, stop_before_pixels=True) for p in produced]
     note = build_rejection_note(headers, "rejected in a test")  # sent when results are rejected

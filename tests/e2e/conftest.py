@@ -30,6 +30,7 @@ from tests.processes import NodeProcess, node_env, wait_for_port
 HOOK_SCRIPT = Path(__file__).resolve().parents[2] / "orthanc" / "pacsnode_hook.py"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
+PMAP_CLASS = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 REQUIRED_MODULES = ("app.runtime", "pipelines.registry", "node.results.produce")
 
@@ -162,11 +163,12 @@ def result_instances(
 
 
 def classify(files: dict[str, bytes]) -> dict[str, list[Dataset]]:
-    kinds: dict[str, list[Dataset]] = {"seg": [], "sr": [], "pdf": [], "overlay": []}
+    kinds: dict[str, list[Dataset]] = {"seg": [], "sr": [], "pdf": [], "overlay": [], "pmap": []}
     for raw in files.values():
         ds = dcmread(BytesIO(raw))
         sop_class = str(ds.SOPClassUID)
         kind = ("seg" if sop_class == SEG_CLASS else "pdf" if sop_class == PDF_CLASS
+                else "pmap" if sop_class == PMAP_CLASS  # the explanation (demo-2d)
                 else "sr" if sop_class.startswith(SR_PREFIX) else "overlay")  # fmt: skip
         kinds[kind].append(ds)
     return kinds

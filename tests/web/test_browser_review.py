@@ -214,3 +214,57 @@ def test_worklist_to_review_and_approve_with_the_keyboard(
     with console.db.read() as session:
         assert [d.state for d in session.query(Delivery).all()] == ["pending"]
     _shot(driver, "review_approved_by_keyboard")
+
+
+def test_explanation_toggle_and_key_show_the_map_with_the_opacity_slider(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    """A result with an explanation: the toggle (and key e) put the map on screen, the opacity
+    slider fades it, switching it off restores the frame."""
+    from dataclasses import replace
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from node.results.store import load_result, save_result
+    from tests.node.results.factories import explanation_for
+
+    base, console, study = server
+    directory = console.settings.job_results_dir(study.job_id)
+    result = load_result(directory)
+    assert result.segmentation is not None
+    explained = replace(result, explanation=explanation_for(result.segmentation.label_map))
+    save_result(explained, directory)
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    _login(driver, base, "radiologist1")
+    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
+    wait.until(_frame_ready)
+    for toggle in ("toggle-mask", "toggle-labels"):  # only the explanation changes the pixels
+        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
+    before = _viewer_pixels(driver)
+    image = driver.find_element(By.ID, "explanation-image")  # type: ignore[attr-defined]
+    assert not image.is_displayed()
+    driver.find_element(By.ID, "toggle-explanation").click()  # type: ignore[attr-defined]
+    assert image.is_displayed()
+    wait.until(
+        lambda d: d.execute_script(
+            "var i=document.getElementById('explanation-image');"
+            "return i.complete && i.naturalWidth === 256;"
+        )
+    )
+    shown = _viewer_pixels(driver)
+    assert (np.abs(shown - before).sum(axis=2) > 30).sum() > 1000
+    # the opacity slider fades it too (0 %: the frame alone)
+    driver.execute_script(  # type: ignore[attr-defined]
+        "var s=document.getElementById('opacity-slider');s.value='0';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+    driver.execute_script(  # type: ignore[attr-defined]
+        "var s=document.getElementById('opacity-slider');s.value='50';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    driver.find_element(By.TAG_NAME, "body").send_keys("e")  # type: ignore[attr-defined]
+    assert not image.is_displayed()
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30

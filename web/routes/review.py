@@ -1,4 +1,5 @@
-"""The review page (source frames, mask overlay, heat map, boxes, findings) and the review actions.
+"""The review page (source frames, mask overlay, heat map, explanation map, boxes, findings) and the
+review actions.
 
 The viewer (``web/static/review.js``) zooms and pans in the browser; window/level is the server's:
 each frame PNG is rendered under the ``window`` query parameter by the one windowing
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import numpy as np
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
@@ -51,6 +53,7 @@ from web.pages import flash, redirect, render
 from web.result_views import (
     artifact_file,
     data_file,
+    explanation,
     finding_views,
     heatmap,
     result_frame_keys,
@@ -177,6 +180,10 @@ def review_page(
         has_heatmap = loaded is not None and heatmap(state.settings, job) is not None
     except FileNotFoundError:
         has_heatmap = False
+    try:
+        has_explanation = loaded is not None and explanation(state.settings, job) is not None
+    except FileNotFoundError:
+        has_explanation = False
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
     keyed = [f for f in findings if f.key_frame is not None]
     if keyed:
@@ -193,6 +200,8 @@ def review_page(
             "start": start,
             "has_mask": masks is not None,
             "has_heatmap": has_heatmap,
+            "has_explanation": has_explanation,
+            "explanation_title": _explanation_title(data),
             "mask_frames": mask_frames,
             "boxes": boxes,
             "findings": findings,
@@ -249,6 +258,15 @@ def frame_png(
     return Response(png, media_type="image/png", headers=headers)
 
 
+def _explanation_title(data: dict[str, Any]) -> str:
+    """ "Grad-CAM for abnormal" for the toggle's tooltip; "" without an explanation."""
+    info = data.get("explanation")
+    if not isinstance(info, dict):
+        return ""
+    names = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "occlusion": "occlusion sensitivity"}
+    return f"{names.get(str(info.get('method')), info.get('method'))} for {info.get('class_name')}"
+
+
 @router.get("/review/{job_id}/heatmap/{index}.png")
 def heatmap_png(
     session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
@@ -263,6 +281,29 @@ def heatmap_png(
         raise HTTPException(404, "this job's result is not on disk") from exc
     if heat is None:
         raise HTTPException(404, "this job's pipeline produced no probabilities")
+    return _colour_map_png(state, job, ref, heat)
+
+
+@router.get("/review/{job_id}/explanation/{index}.png")
+def explanation_png(
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
+) -> Response:
+    """The classification's explanation (Grad-CAM & co., 0..1) for one shown frame, in the heat
+    map's colours; 404 when the pipeline made no explanation."""
+    job = _job_or_404(session, job_id)
+    frames, ref = _frames_or_404(session, state, job, index)
+    try:
+        maps = explanation(state.settings, job)
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "this job's result is not on disk") from exc
+    if maps is None:
+        raise HTTPException(404, "this job's pipeline made no explanation")
+    return _colour_map_png(state, job, ref, maps)
+
+
+def _colour_map_png(state: StateDep, job: Job, ref: FrameRef, heat: np.ndarray) -> Response:
+    """One shown frame of a (result frames, rows, cols) uint8 map as the heat map's RGBA PNG;
+    fully transparent for a frame the result does not cover."""
     keys = result_frame_keys(review_data(state.settings, job).get("source_frames") or [])
     plane = None
     key = (ref.sop_instance_uid, ref.frame)

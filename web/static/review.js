@@ -1,5 +1,5 @@
 /* Review page viewer: slices, zoom (wheel/buttons), pan (drag), window/level (presets and
-   shift/right drag, rendered by the server), mask / heat map / boxes / labels toggles, findings
+   shift/right drag, rendered by the server), mask / heat map / explanation / boxes / labels toggles, findings
    table -> key slice with the outline highlighted, and keyboard shortcuts (slices, next/previous
    study, approve, reject). Plain JS, no dependencies; the CSP allows no inline script. */
 (function () {
@@ -12,6 +12,7 @@
   var image = document.getElementById("frame-image");
   var mask = document.getElementById("mask-image");
   var heat = document.getElementById("heatmap-image");
+  var explanation = document.getElementById("explanation-image");
   var layer = document.getElementById("box-layer");
   var slider = document.getElementById("frame-slider");
   var label = document.getElementById("frame-number");
@@ -22,6 +23,7 @@
   var toggles = {
     mask: document.getElementById("toggle-mask"),
     heatmap: document.getElementById("toggle-heatmap"),
+    explanation: document.getElementById("toggle-explanation"),
     boxes: document.getElementById("toggle-boxes"),
     labels: document.getElementById("toggle-labels")
   };
@@ -110,12 +112,16 @@
     loadFrame(i);
     if (mask) { mask.src = "/review/" + job + "/masks/" + i + ".png"; }
     if (heat) { heat.src = "/review/" + job + "/heatmap/" + i + ".png"; }
+    if (explanation) { explanation.src = "/review/" + job + "/explanation/" + i + ".png"; }
     showLayers(i);
   }
 
   function applyToggles() {
     if (mask && toggles.mask) { mask.classList.toggle("hidden", !toggles.mask.checked); }
     if (heat && toggles.heatmap) { heat.classList.toggle("hidden", !toggles.heatmap.checked); }
+    if (explanation && toggles.explanation) {
+      explanation.classList.toggle("hidden", !toggles.explanation.checked);
+    }
     showLayers(index());
   }
 
@@ -214,6 +220,7 @@
       var value = String(parseInt(opacity.value, 10) / 100);
       if (mask) { mask.style.opacity = value; }
       if (heat) { heat.style.opacity = value; }
+      if (explanation) { explanation.style.opacity = value; }
       opacityValue.textContent = opacity.value;
     });
   }
@@ -287,6 +294,7 @@
     else if (key === "-") { zoomAt(1 / 1.25); }
     else if (key === "0") { reset(); }
     else if (key === "h") { flip("heatmap"); }
+    else if (key === "e") { flip("explanation"); }
     else if (key === "m") { flip("mask"); }
     else if (key === "b") { flip("boxes"); }
     else { return; }

@@ -53,7 +53,8 @@ def produced(
 ) -> tuple[str, bool, list[ProducedObject]]:
     kind, with_findings = request.param
     sources = load_sources(kind)
-    result = make_result(sources, with_findings=with_findings)
+    # with findings, the result also carries an explanation: its Parametric Map is gated too
+    result = make_result(sources, with_findings=with_findings, explain=with_findings)
     out = tmp_path_factory.mktemp(kind)
     return kind, with_findings, produce_results(result, sources, OutputOptions(), out)
 

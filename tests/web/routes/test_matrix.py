@@ -66,6 +66,7 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/review/{job_id}/frames/{index}.png"): (READ, {}),
     ("GET", "/review/{job_id}/masks/{index}.png"): (READ, {}),
     ("GET", "/review/{job_id}/heatmap/{index}.png"): (READ, {}),
+    ("GET", "/review/{job_id}/explanation/{index}.png"): (READ, {}),
     ("GET", "/api/models"): (READ, {}),
     ("GET", "/api/pipelines"): (READ, {}),
     ("GET", "/api/studies"): (READ, {}),

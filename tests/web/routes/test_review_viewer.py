@@ -199,3 +199,42 @@ def test_open_in_viewer_link_from_the_settings(
         with_web(full, viewer_base_url="javascript:alert(1)")
     with pytest.raises(ConfigError, match="unknown placeholder"):
         with_web(full, viewer_url_template="/viewer?patient={patient}")
+
+
+def test_explanation_png_toggle_and_absence(processed: tuple[Console, ProcessedStudy]) -> None:
+    """The classification's explanation map as a colour overlay, offered only when it exists."""
+    from dataclasses import replace
+
+    from node.results.store import EXPLANATION_NPZ, load_result, save_result
+    from tests.node.results.factories import explanation_for
+
+    console, study = processed
+    client = console.login("viewer1")
+    directory = console.settings.job_results_dir(study.job_id)
+    page = client.get(f"/review/{study.job_id}").text
+    assert 'id="toggle-explanation"' not in page  # the pipeline made none
+    none = client.get(f"/review/{study.job_id}/explanation/{LESION_SLICES[1]}.png")
+    assert none.status_code == 404 and "no explanation" in none.text
+
+    result = load_result(directory)
+    assert result.segmentation is not None
+    save_result(
+        replace(result, explanation=explanation_for(result.segmentation.label_map)), directory
+    )
+    assert (directory / EXPLANATION_NPZ).is_file()
+    _touch_result(console, study.job_id)
+    page = client.get(f"/review/{study.job_id}").text
+    assert 'id="toggle-explanation"' in page and 'id="explanation-image"' in page
+    assert "Grad-CAM for abnormal" in page
+    response = client.get(f"/review/{study.job_id}/explanation/{LESION_SLICES[1]}.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    shown = _png(response.content)
+    assert shown.shape == (256, 256, 4)
+    alpha = shown[..., 3]
+    assert len(np.unique(alpha)) > 20  # the smooth map, in the heat map's colours
+    mask = _png(client.get(f"/review/{study.job_id}/masks/{LESION_SLICES[1]}.png").content)
+    ys, xs = np.nonzero(alpha == 255)  # the opaque core (map >= 0.5)
+    centre = (int(round(ys.mean())), int(round(xs.mean())))
+    assert mask[centre][3] > 0  # centred on the lesion it was made around
+    bad = client.get(f"/review/{study.job_id}/explanation/{study.frame_count}.png")
+    assert bad.status_code == 404
