@@ -69,6 +69,7 @@ class ModelRegistry:
                 network=model.network,
                 detector=model._detector,
                 outputs_probabilities=model._outputs_probabilities,
+                anomaly=model._anomaly,
             )
         return model
 

@@ -395,6 +395,14 @@ def _qualitative_evaluations(result: PipelineResult, key_frame: int) -> hd.sr.Co
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    if result.anomaly is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=c.ANOMALY_RESULT,
+                value=c.ANOMALY_VALUES[result.anomaly.anomalous],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     items.extend(_located_texts(result, key_frame))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -440,6 +448,31 @@ def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualita
             )
         )
     return groups
+
+
+def _anomaly_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Study level (TID 1501): the anomaly score, its calibrated threshold and the decision."""
+    anomaly = result.anomaly
+    if anomaly is None:
+        return []
+    unit = c.NO_UNITS
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=_summary_uid(result, "anomaly"), identifier="image anomaly"
+            ),
+            finding_type=c.ANOMALY_FINDING,
+            measurements=[
+                hd.sr.Measurement(name=c.ANOMALY_SCORE, value=float(anomaly.score), unit=unit),
+                hd.sr.Measurement(
+                    name=c.ANOMALY_THRESHOLD, value=float(anomaly.threshold), unit=unit
+                ),
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(c.ANOMALY_RESULT, c.ANOMALY_VALUES[anomaly.anomalous])
+            ],
+        )
+    ]
 
 
 def _library_images(sources: Sequence[Dataset]) -> list[Dataset]:
@@ -510,6 +543,7 @@ def build_sr(
         if not isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
     ]
     groups: list[Group] = [*planar, *volumetric] if roi_groups else [*_summary_groups(result)]
+    groups.extend(_anomaly_groups(result))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure_reported(sources[0], result.modality),
@@ -519,7 +553,7 @@ def build_sr(
     _template_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=result_uid(result, ArtifactKind.SR, "series", options.result_version),
@@ -531,3 +565,6 @@ def build_sr(
         is_final=False,
         institution_name=options.institution_name or None,
     )
+    # the private codes (circularity, mean intensity, anomaly score...) name their scheme
+    sr.CodingSchemeIdentificationSequence = [c.private_scheme_identification()]
+    return sr
