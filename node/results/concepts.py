@@ -39,10 +39,11 @@ CLASSIFICATION_RESULT = hd.sr.CodedConcept(
     "classification", PRIVATE_SCHEME, "AI classification result"
 )
 # the anomaly task: no standard code names an unsupervised anomaly score or its threshold
+# (code values stay within 16 characters: longer ones become LongCodeValue)
 ANOMALY_FINDING = hd.sr.CodedConcept("image-anomaly", PRIVATE_SCHEME, "Image anomaly")
 ANOMALY_SCORE = hd.sr.CodedConcept("anomaly-score", PRIVATE_SCHEME, "Anomaly score")
 ANOMALY_THRESHOLD = hd.sr.CodedConcept(
-    "anomaly-threshold", PRIVATE_SCHEME, "Anomaly score threshold"
+    "anomaly-thresh", PRIVATE_SCHEME, "Anomaly score threshold"
 )
 ANOMALY_RESULT = hd.sr.CodedConcept("anomaly-result", PRIVATE_SCHEME, "AI anomaly detection result")
 ANOMALY_VALUES = {True: codes.SCT.Abnormal, False: codes.SCT.Normal}
