@@ -97,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 when a model fails to load")
 
     train = sub.add_parser("train", help="train the demo models on procedural phantoms")
-    train.add_argument(
-        "--only", choices=["segmentation", "classification", "detection", "anomaly"]
-    )
+    train.add_argument("--only", choices=["segmentation", "classification", "detection", "anomaly"])
     train.add_argument("--seed", type=int, default=1234)
     train.add_argument("--out", help="models directory to write (default: setting)")
     train.add_argument("--quick", action="store_true", help="tiny run for tests")

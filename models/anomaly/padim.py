@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,7 +112,9 @@ class Padim:
         cov = np.einsum("npd,npe->pde", centred, centred) / max(len(images) - 1, 1)
         cov += 0.01 * np.eye(cov.shape[-1])[None]
         self.mean = mean.astype(np.float32)
-        self.cov_inv = np.linalg.inv(cov).astype(np.float32)
+        inverse = np.linalg.inv(cov)
+        # exactly symmetric, so the file can keep one triangle (half the size) without loss
+        self.cov_inv = ((inverse + inverse.transpose(0, 2, 1)) / 2).astype(np.float32)
         return self
 
     def score_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +133,11 @@ class Padim:
         return maps.reshape(len(maps), -1).max(axis=1), maps
 
     def save(self, path: Path) -> None:
-        """One npz: settings, kept channels, Gaussians and the backbone's tensors."""
+        """One npz: settings, kept channels, Gaussians (the inverse covariances' upper triangles)
+        and the backbone's tensors."""
         if self.mean is None or self.cov_inv is None or self.channels is None:
             raise RuntimeError("Padim.save before fit()")
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {  # Any: numpy's stubs read **kwargs of savez as its bool flag
             "architecture": np.array(self.architecture),
             "out_indices": np.array(self.out_indices, np.int64),
             "dims": np.array(self.dims),
@@ -142,7 +146,7 @@ class Padim:
             "grid": np.array(self.grid, np.int64),
             "channels": self.channels.astype(np.int64),
             "mean": self.mean,
-            "cov_inv": self.cov_inv,
+            "cov_inv_triu": self.cov_inv[:, *np.triu_indices(self.cov_inv.shape[-1])],
         }
         for key, tensor in self.backbone.state_dict().items():
             arrays[_BACKBONE + key] = tensor.detach().cpu().numpy()
@@ -174,6 +178,12 @@ class Padim:
             )
             model.channels = np.array(data["channels"])
             model.mean = np.array(data["mean"])
-            model.cov_inv = np.array(data["cov_inv"])
+            packed = np.array(data["cov_inv_triu"])
+            dims = len(model.channels)
+            rows, cols = np.triu_indices(dims)
+            cov_inv = np.empty((packed.shape[0], dims, dims), np.float32)
+            cov_inv[:, rows, cols] = packed
+            cov_inv[:, cols, rows] = packed
+            model.cov_inv = cov_inv
             model.grid = (int(data["grid"][0]), int(data["grid"][1]))
         return model

@@ -101,7 +101,6 @@ class LoadedModel:
             )
         return self._detector(np.asarray(images, dtype=np.float32), conf)
 
-
     def anomaly_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (N,), maps (N, H, W)) for (N, H, W) float32 images normalised at the input size."""
         if self._anomaly is None:

@@ -79,7 +79,9 @@ def normal_images(seed: int, count: int, size: int = INPUT_SIZE_2D) -> np.ndarra
     rng = np.random.default_rng(seed)
     return np.stack(
         [
-            apply_intensity(make_2d_phantom(rng, size=size, lesion_count=0).image, RADIOGRAPH_INPUT.intensity)
+            apply_intensity(
+                make_2d_phantom(rng, size=size, lesion_count=0).image, RADIOGRAPH_INPUT.intensity
+            )
             for _ in range(count)
         ]
     )

@@ -42,9 +42,7 @@ CLASSIFICATION_RESULT = hd.sr.CodedConcept(
 # (code values stay within 16 characters: longer ones become LongCodeValue)
 ANOMALY_FINDING = hd.sr.CodedConcept("image-anomaly", PRIVATE_SCHEME, "Image anomaly")
 ANOMALY_SCORE = hd.sr.CodedConcept("anomaly-score", PRIVATE_SCHEME, "Anomaly score")
-ANOMALY_THRESHOLD = hd.sr.CodedConcept(
-    "anomaly-thresh", PRIVATE_SCHEME, "Anomaly score threshold"
-)
+ANOMALY_THRESHOLD = hd.sr.CodedConcept("anomaly-thresh", PRIVATE_SCHEME, "Anomaly score threshold")
 ANOMALY_RESULT = hd.sr.CodedConcept("anomaly-result", PRIVATE_SCHEME, "AI anomaly detection result")
 ANOMALY_VALUES = {True: codes.SCT.Abnormal, False: codes.SCT.Normal}
 SEVERITY_VALUES = {

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from scipy import ndimage
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind

@@ -57,7 +57,9 @@ def run_anomaly(
         frame_scores, threshold, normalised = only.frame_scores, only.threshold, False
         combined_map = only.map
     else:
-        frame_scores = sum(o.member.weight * o.value.frame_scores / o.value.threshold for o in outcomes)  # type: ignore[assignment]
+        frame_scores = sum(
+            o.member.weight * o.value.frame_scores / o.value.threshold for o in outcomes
+        )  # type: ignore[assignment]
         combined_map = sum(o.member.weight * o.value.map / o.value.threshold for o in outcomes)  # type: ignore[assignment]
         threshold, normalised = 1.0, True
     member_scores = {o.member.name: float(o.value.frame_scores.max()) for o in outcomes}

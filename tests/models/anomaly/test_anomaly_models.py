@@ -20,8 +20,8 @@ from models.card import ModelCard, ModelLoadError, read_card
 from models.loaders import load_model
 from models.registry import ModelRegistry
 from models.training.anomaly import lesion_images, normal_images, train_anomaly_models
-from models.training.phantoms import make_2d_phantom
 from models.training.demo_specs import RADIOGRAPH_INPUT
+from models.training.phantoms import make_2d_phantom
 from models.training.preprocess import apply_intensity
 
 
@@ -38,7 +38,10 @@ def test_images() -> np.ndarray:
 
 
 def test_training_writes_calibrated_cards(quick_models: Path) -> None:
-    for name, weights in (("demo-anomaly-hog", "model.joblib"), ("demo-anomaly-padim", "model.npz")):
+    for name, weights in (
+        ("demo-anomaly-hog", "model.joblib"),
+        ("demo-anomaly-padim", "model.npz"),
+    ):
         card = read_card(quick_models / name / "card.yaml")
         assert card.task == "anomaly" and card.weights == Path(weights)
         assert card.anomaly is not None and card.anomaly.percentile == 95.0
@@ -69,8 +72,13 @@ def test_padim_refit_is_byte_identical(tmp_path: Path) -> None:
     """Seeded: the same normals and seed give the same npz, hence the same SHA-256/Device UID."""
     images = normal_images(3, 6)
     for name in ("a.npz", "b.npz"):
-        Padim(dims=16, seed=9).fit(images).save(tmp_path / name)
+        fitted = Padim(dims=16, seed=9).fit(images)
+        fitted.save(tmp_path / name)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = Padim.load(tmp_path / "a.npz")  # the file keeps one triangle: nothing is lost
+    assert fitted.cov_inv is not None and loaded.cov_inv is not None
+    assert np.array_equal(loaded.cov_inv, fitted.cov_inv)
+    assert np.array_equal(loaded.score_maps(images)[1], fitted.score_maps(images)[1])
 
 
 def test_padim_map_peaks_at_the_lesion() -> None:
