@@ -121,3 +121,15 @@ def test_unfitted_model_refuses_to_score() -> None:
     hog = HogIForest()
     with pytest.raises(RuntimeError, match="before fit"):
         hog.score_maps(np.zeros((1, 96, 96), np.float32))
+
+
+def test_anomaly_models_run_on_the_cpu_and_say_so(quick_models: Path) -> None:
+    """An explicit accelerator request is noted (the report shows it); ``auto`` is not."""
+    from models.devices import DevicePlacement
+    from models.loaders.anomaly import load_anomaly
+
+    card = read_card(quick_models / "demo-anomaly-padim" / "card.yaml")
+    asked = load_anomaly(card, DevicePlacement("cuda:0", "cuda:0"), card.sha256)
+    assert asked.placement.used == "cpu" and "CPU only" in (asked.placement.warning or "")
+    auto = load_anomaly(card, DevicePlacement("auto", "cuda"), card.sha256)
+    assert auto.placement.used == "cpu" and auto.placement.warning is None
