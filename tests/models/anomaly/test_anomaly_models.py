@@ -19,7 +19,14 @@ from models.anomaly.padim import Padim
 from models.card import ModelCard, ModelLoadError, read_card
 from models.loaders import load_model
 from models.registry import ModelRegistry
-from models.training.anomaly import lesion_images, normal_images, train_anomaly_models
+from models.training.anomaly import (
+    ANOMALY_MODELS,
+    AnomalyDemo,
+    lesion_images,
+    normal_images,
+    train_anomaly,
+    train_anomaly_models,
+)
 from models.training.demo_specs import RADIOGRAPH_INPUT
 from models.training.phantoms import make_2d_phantom
 from models.training.preprocess import apply_intensity
@@ -133,3 +140,14 @@ def test_anomaly_models_run_on_the_cpu_and_say_so(quick_models: Path) -> None:
     assert asked.placement.used == "cpu" and "CPU only" in (asked.placement.warning or "")
     auto = load_anomaly(card, DevicePlacement("auto", "cuda"), card.sha256)
     assert auto.placement.used == "cpu" and auto.placement.warning is None
+
+
+@pytest.mark.parametrize("demo", ANOMALY_MODELS, ids=lambda d: d.name)
+def test_quick_training_is_reproducible(tmp_path: Path, demo: AnomalyDemo) -> None:
+    """Same seed, same weights file (same SHA-256 and Device UID); another seed, another one."""
+    first = train_anomaly(demo, tmp_path / "a", seed=42, quick=True)
+    second = train_anomaly(demo, tmp_path / "b", seed=42, quick=True)
+    other = train_anomaly(demo, tmp_path / "c", seed=43, quick=True)
+    assert first.sha256 == second.sha256 and first.device_uid == second.device_uid
+    assert first.anomaly == second.anomaly
+    assert other.sha256 != first.sha256
