@@ -116,13 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 when a model fails to load")
 
     train = sub.add_parser("train", help="train the demo models on procedural phantoms")
-    train.add_argument("--only", choices=["segmentation", "classification", "detection"])
+    train.add_argument("--only", choices=["segmentation", "classification", "detection", "anomaly"])
     train.add_argument("--seed", type=int, default=1234)
     train.add_argument("--out", help="models directory to write (default: setting)")
     train.add_argument("--quick", action="store_true", help="tiny run for tests")
     evaluate = sub.add_parser("evaluate", help="score models and ensembles on held-out phantoms")
     evaluate.add_argument("--write-cards", action="store_true")
     evaluate.add_argument("--seed", type=int, default=999)
+    evaluate.add_argument(
+        "--only",
+        choices=["segmentation", "segmentation_3d", "classification", "detection", "anomaly"],
+        help="evaluate one task's models only",
+    )
 
     user = sub.add_parser("user", help="console users").add_subparsers(
         dest="user_cmd", required=True

@@ -186,13 +186,23 @@ class InputSpec(_Strict):
         return self
 
 
+class AnomalyCalibration(_Strict):
+    """The decision threshold of an anomaly model: the ``percentile`` of its scores on ``images``
+    held-out NORMAL images (a score at or above it is "anomalous")."""
+
+    threshold: float
+    percentile: float = Field(95.0, gt=0, lt=100)
+    images: int = Field(ge=1)
+
+
 class ModelCard(_Strict):
     """Everything the node needs to know about one AI model (see module docstring)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(min_length=1)
-    task: Literal["segmentation", "classification", "detection"]
-    framework: Literal["monai", "timm", "ultralytics", "torchscript", "nnunet"]
+    task: Literal["segmentation", "classification", "detection", "anomaly"]
+    # sklearn: HOG + Isolation Forest (joblib); padim: PaDiM over a timm backbone (npz)
+    framework: Literal["monai", "timm", "ultralytics", "torchscript", "nnunet", "sklearn", "padim"]
     architecture: str = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
     weights: Path
@@ -209,6 +219,8 @@ class ModelCard(_Strict):
     # may be empty only for a MONAI bundle: its labels then come from metadata.json's channel_def
     # with codes from the shipped SNOMED CT map (models/label_codes.py); listed labels override
     labels: list[CardLabel] = Field(default_factory=list)
+    # anomaly models: the threshold calibrated on held-out normal images (see AnomalyCalibration)
+    anomaly: AnomalyCalibration | None = None
     device_uid: str
     manufacturer: str = "pacsnode project"
     disclaimer: str = ""
@@ -250,6 +262,19 @@ class ModelCard(_Strict):
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError(f"label values must be unique, got {values}")
+        return self
+
+    @model_validator(mode="after")
+    def _anomaly_consistent(self) -> ModelCard:
+        anomaly_framework = self.framework in ("sklearn", "padim")
+        if self.task == "anomaly" and self.anomaly is None:
+            raise ValueError("an anomaly model needs anomaly: {threshold, percentile, images}")
+        if (self.task == "anomaly") != anomaly_framework:
+            raise ValueError(
+                "frameworks sklearn and padim are for task anomaly, and task anomaly needs one"
+            )
+        if self.task != "anomaly" and self.anomaly is not None:
+            raise ValueError("anomaly: calibration is only for task anomaly")
         return self
 
     @property

@@ -152,6 +152,7 @@ class ModelRegistry:
                 outputs_probabilities=model._outputs_probabilities,
                 nnunet=model.nnunet,
                 bundle=model.bundle,
+                anomaly=model._anomaly,
             )
         return model
 

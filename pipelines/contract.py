@@ -226,6 +226,61 @@ class ExplanationOutput:
 
 
 @dataclass
+class AnomalyOutput:
+    """An image-level anomaly score against its calibrated threshold, and where (the map).
+
+    ``score`` is the highest frame score. With one member it is that model's own score and
+    ``threshold`` its card's calibrated threshold; with several, each member's score is divided by
+    its own threshold first (scores of different methods share no scale) and the threshold is 1.
+    ``map`` is (frames, rows, cols) float32 on the source geometry, in the score's unit.
+    """
+
+    score: float
+    threshold: float
+    percentile: float  # the calibration: this percentile of held-out normal images' scores
+    frame_scores: tuple[float, ...]
+    member_scores: dict[str, float] = field(default_factory=dict)
+    normalised: bool = False
+    map: np.ndarray | None = None
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score >= self.threshold
+
+    @property
+    def decision(self) -> str:
+        return "anomalous" if self.anomalous else "normal"
+
+    def describe(self) -> str:
+        """ "anomaly score 12.3 (threshold 10.1): anomalous" for the report and the console."""
+        return f"anomaly score {self.score:.3g} (threshold {self.threshold:.3g}): {self.decision}"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            "frame_scores": list(self.frame_scores),
+            "member_scores": dict(self.member_scores),
+            "normalised": self.normalised,
+            "decision": self.decision,
+            "map_shape": list(self.map.shape) if self.map is not None else None,
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any], map_: np.ndarray | None) -> AnomalyOutput:
+        return cls(
+            float(data["score"]),
+            float(data["threshold"]),
+            float(data["percentile"]),
+            tuple(float(v) for v in data["frame_scores"]),
+            {k: float(v) for k, v in data["member_scores"].items()},
+            bool(data["normalised"]),
+            map_,
+        )
+
+
+@dataclass
 class SegmentationOutput:
     labels: tuple[LabelSpec, ...]
     label_map: np.ndarray  # (frames, rows, cols) uint8 (uint16 past 255 labels), 0 = background
@@ -259,6 +314,7 @@ class PipelineResult:
     findings: tuple[Finding, ...] = ()
     structures: tuple[Structure, ...] = ()  # anatomy labels: measured, never lesions
     explanation: ExplanationOutput | None = None  # classification option ``explain``
+    anomaly: AnomalyOutput | None = None
     processing_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     review_required: bool = False
@@ -387,6 +443,7 @@ class PipelineResult:
             "classification": None,
             "segmentation": None,
             "explanation": self.explanation.to_json_dict() if self.explanation else None,
+            "anomaly": self.anomaly.to_json_dict() if self.anomaly is not None else None,
         }
         if self.classification is not None:
             c = self.classification
@@ -424,6 +481,8 @@ class PipelineResult:
             "devices": {r.model_name: r.device_used for r in self.model_runs},
             "fallbacks": [r.fallback_warning for r in self.model_runs if r.fallback_warning],
             "processing_seconds": self.processing_seconds,
+            "anomaly_score": self.anomaly.score if self.anomaly else None,
+            "anomaly_decision": self.anomaly.decision if self.anomaly else None,
         }
 
 

@@ -33,6 +33,7 @@ from models.training.demo_specs import (
 )
 from models.training.preprocess import apply_intensity
 from pipelines.ensemble import weighted_mean
+from pipelines.evaluation_anomaly import comparison, evaluate_anomaly, format_anomaly
 from pipelines.postprocess import postprocess_components
 from pipelines.spec import PostprocessSpec
 from pipelines.tasks.classification import segmentation_study_score
@@ -241,17 +242,21 @@ def evaluation_group(card: ModelCard) -> str:
     return "segmentation_3d" if card.task == "segmentation" and card.input.dims == 3 else card.task
 
 
-def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -> dict[str, Any]:
-    """Evaluate every demo model present in ``models_dir``; optionally write metrics into cards."""
+def evaluate_all(
+    models_dir: Path, seed: int = 999, write_cards: bool = False, only: str | None = None
+) -> dict[str, Any]:
+    """Evaluate every demo model present in ``models_dir`` (``only``: one evaluation group, see
+    :func:`evaluation_group`); optionally write metrics into cards."""
     registry = ModelRegistry(models_dir)
     by_task: dict[str, dict[str, LoadedModel]] = {
         "segmentation": {},
         "segmentation_3d": {},
         "classification": {},
         "detection": {},
+        "anomaly": {},
     }
     for name, card in sorted(registry.cards.items()):
-        if name.startswith("demo-"):
+        if name.startswith("demo-") and only in (None, evaluation_group(card)):
             by_task[evaluation_group(card)][name] = registry.get(name, "auto")
     report: dict[str, Any] = {"seed": seed, "models_dir": str(models_dir)}
     if by_task["segmentation"]:
@@ -266,6 +271,8 @@ def evaluate_all(models_dir: Path, seed: int = 999, write_cards: bool = False) -
         report["classification"] = evaluate_classification(by_task["classification"], seed)
     if by_task["detection"]:
         report["detection"] = evaluate_detection(by_task["detection"], seed)
+    if by_task["anomaly"]:
+        report["anomaly"] = evaluate_anomaly(by_task["anomaly"], seed)
     if write_cards:
         _write_metrics(registry, by_task, report)
     return report
@@ -281,6 +288,16 @@ def _write_metrics(
         for name in models:
             card = registry.card(name)
             kind = "3d" if task == "segmentation_3d" else "2d"
+            if task == "anomaly":  # no ensemble: each card records its own and the comparison
+                metrics_a: dict[str, Any] = {
+                    "evaluated": today,
+                    "seed": report["seed"],
+                    "heldout_phantoms_2d": report[task][name],
+                    "comparison_heldout_phantoms_2d": comparison(report[task]),
+                }
+                assert card.card_path is not None
+                write_card(card.model_copy(update={"metrics": metrics_a}), card.card_path)
+                continue
             metrics: dict[str, Any] = {
                 "evaluated": today,
                 "seed": report["seed"],
@@ -318,6 +335,8 @@ def format_report(report: dict[str, Any]) -> str:
         ens = report[task]["ensemble"][primary_metric(task)]
         verdict = "ensemble >= best member" if ens >= best else "ENSEMBLE BELOW BEST MEMBER"
         lines.append(f"  {primary_metric(task)}: ensemble {ens} vs best member {best}: {verdict}")
+    if "anomaly" in report:
+        lines.extend(format_anomaly(report["anomaly"]))
     if "study_classification_3d" in report:
         study = report["study_classification_3d"]
         shown = ", ".join(f"{k}={v}" for k, v in study.items() if isinstance(v, (int, float)))

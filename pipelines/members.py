@@ -41,6 +41,10 @@ class LoadedModelLike(Protocol):
         self, images: npt.NDArray[np.float32], conf: float | None = None
     ) -> list[list[RawBox]]: ...
 
+    def anomaly_maps(
+        self, images: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]: ...
+
 
 class ModelProvider(Protocol):
     """``models.registry.ModelRegistry`` as the pipelines use it."""

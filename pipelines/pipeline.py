@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from pipelines.contract import (
+    AnomalyOutput,
     ClassificationOutput,
     DetectionBox,
     ExplanationOutput,
@@ -38,6 +39,7 @@ from pipelines.preprocess.orientation import source_spacing
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
+from pipelines.tasks.anomaly import run_anomaly
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
 from pipelines.tasks.explanation import run_explanation
@@ -52,9 +54,10 @@ class _Members:
     classification: list[Member]
     detection: list[Member]
     warnings: list[str]
+    anomaly: list[Member]
 
     def all(self) -> list[Member]:
-        return [*self.segmentation, *self.classification, *self.detection]
+        return [*self.segmentation, *self.classification, *self.detection, *self.anomaly]
 
 
 class Pipeline:
@@ -89,7 +92,11 @@ class Pipeline:
             )
 
         return _Members(
-            resolve("segmentation"), resolve("classification"), resolve("detection"), warnings
+            resolve("segmentation"),
+            resolve("classification"),
+            resolve("detection"),
+            warnings,
+            resolve("anomaly"),
         )
 
     def decode(self, study: StudyInput) -> DecodedSeries:
@@ -166,6 +173,11 @@ class Pipeline:
             detections, det_outcomes = run_detection(tasks.detection, members.detection, inputs)
             runs.extend(model_run(o) for o in det_outcomes)
 
+        anomaly: AnomalyOutput | None = None
+        if tasks.anomaly is not None:
+            anomaly, anomaly_outcomes = run_anomaly(tasks.anomaly, members.anomaly, inputs)
+            runs.extend(model_run(o) for o in anomaly_outcomes)
+
         ctx = FindingContext(
             study_instance_uid=study.study_instance_uid,
             pipeline_name=self.name,
@@ -211,6 +223,7 @@ class Pipeline:
             findings=tuple(findings),
             structures=tuple(structures),
             explanation=explanation,
+            anomaly=anomaly,
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

@@ -251,16 +251,39 @@ class DetectionTask(_TaskSpec):
         return members
 
 
+class AnomalyTask(_TaskSpec):
+    """Unsupervised anomaly score and map from models fitted on normal images only.
+
+    The decision threshold is each model card's calibrated one (``anomaly.threshold``);
+    ``threshold`` overrides it for a one-member task (a site recalibrating on its own normals).
+    Several members are combined on scores divided by each one's threshold (see
+    :class:`pipelines.contract.AnomalyOutput`). ``map: false`` keeps only the scores.
+    """
+
+    threshold: float | None = Field(None, gt=0)
+    map: bool = True
+
+    @model_validator(mode="after")
+    def _threshold_one_member(self) -> AnomalyTask:
+        if self.threshold is not None and len(self.members) > 1:
+            raise ValueError(
+                "threshold overrides one model's calibrated threshold: give it only with one "
+                "member (several members are combined on their own calibrated thresholds)"
+            )
+        return self
+
+
 class TasksSpec(_Strict):
     segmentation: SegmentationTask | None = None
     classification: ClassificationTask | None = None
     detection: DetectionTask | None = None
+    anomaly: AnomalyTask | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TasksSpec:
-        if not (self.segmentation or self.classification or self.detection):
+        if not (self.segmentation or self.classification or self.detection or self.anomaly):
             raise ValueError(
-                "a pipeline needs at least one of segmentation/classification/detection"
+                "a pipeline needs at least one of segmentation/classification/detection/anomaly"
             )
         if (
             self.classification is not None
@@ -272,7 +295,7 @@ class TasksSpec(_Strict):
 
     def members(self) -> list[tuple[str, MemberSpec]]:
         out: list[tuple[str, MemberSpec]] = []
-        for task_name in ("segmentation", "classification", "detection"):
+        for task_name in ("segmentation", "classification", "detection", "anomaly"):
             task = getattr(self, task_name)
             if task is not None:
                 out.extend((task_name, m) for m in task.members)

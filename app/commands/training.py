@@ -30,7 +30,12 @@ def evaluate_command(settings: Settings, args: argparse.Namespace) -> int:
     """Score every demo model and ensemble on held-out phantoms (and real labelled MR volumes)."""
     configure_torch_threads(settings.torch_threads)
     try:
-        report = evaluate_all(settings.models_dir, seed=args.seed, write_cards=args.write_cards)
+        report = evaluate_all(
+            settings.models_dir,
+            seed=args.seed,
+            write_cards=args.write_cards,
+            only=getattr(args, "only", None),
+        )
     except ModelLoadError as exc:
         print(f"pacsnode evaluate: {exc}", file=sys.stderr)
         return 1

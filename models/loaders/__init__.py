@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RawBox = tuple[float, float, float, float, int, float]  # x0, y0, x1, y1, class_index, score
 Detector = Callable[[np.ndarray, float | None], list[list[RawBox]]]
+# images (N, H, W) float32 at the input size -> (scores (N,), maps (N, H, W) float32)
+AnomalyScorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 __all__ = ["LoadedModel", "ModelLoadError", "RawBox", "load_model", "weights_digest"]
 
@@ -47,6 +49,7 @@ class LoadedModel:
         outputs_probabilities: bool = False,
         nnunet: nnUNetPredictor | None = None,
         bundle: MonaiBundle | None = None,
+        anomaly: AnomalyScorer | None = None,
     ) -> None:
         self.card = card
         self.placement = placement
@@ -56,6 +59,7 @@ class LoadedModel:
         self._outputs_probabilities = outputs_probabilities
         self.nnunet = nnunet  # an nnU-Net folder brings its own pre-processing and inference
         self.bundle = bundle  # a MONAI bundle brings its own transforms and inferer
+        self._anomaly = anomaly
         if network is not None:
             network.eval()
 
@@ -96,6 +100,17 @@ class LoadedModel:
                 f"detect() expects (N,H,W) or (N,H,W,3) images, got shape {images.shape}"
             )
         return self._detector(np.asarray(images, dtype=np.float32), conf)
+
+    def anomaly_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (N,), maps (N, H, W)) for (N, H, W) float32 images normalised at the input size."""
+        if self._anomaly is None:
+            raise ModelLoadError(
+                f"model {self.card.name!r} ({self.card.task}) has no anomaly_maps()"
+            )
+        if images.ndim != 3:
+            raise ValueError(f"anomaly_maps() expects (N,H,W) images, got shape {images.shape}")
+        scores, maps = self._anomaly(np.asarray(images, dtype=np.float32))
+        return np.asarray(scores, dtype=np.float64), np.asarray(maps, dtype=np.float32)
 
 
 def weights_digest(path: Path) -> str:
@@ -147,6 +162,10 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
             from models.loaders.nnunet import load_nnunet
 
             return load_nnunet(card, placement, sha)
+        if card.framework in ("sklearn", "padim"):
+            from models.loaders.anomaly import load_anomaly
+
+            return load_anomaly(card, placement, sha)
         if card.framework == "ultralytics":
             from models.loaders.ultralytics import load_ultralytics
 

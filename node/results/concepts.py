@@ -7,6 +7,7 @@ generic mean pixel intensity, class names without a model-card code); DICOM allo
 from __future__ import annotations
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from core.domain import CodedConcept, Severity
@@ -37,6 +38,13 @@ MEAN_INTENSITY = hd.sr.CodedConcept("mean-intensity", PRIVATE_SCHEME, "Mean pixe
 CLASSIFICATION_RESULT = hd.sr.CodedConcept(
     "classification", PRIVATE_SCHEME, "AI classification result"
 )
+# the anomaly task: no standard code names an unsupervised anomaly score or its threshold
+# (code values stay within 16 characters: longer ones become LongCodeValue)
+ANOMALY_FINDING = hd.sr.CodedConcept("image-anomaly", PRIVATE_SCHEME, "Image anomaly")
+ANOMALY_SCORE = hd.sr.CodedConcept("anomaly-score", PRIVATE_SCHEME, "Anomaly score")
+ANOMALY_THRESHOLD = hd.sr.CodedConcept("anomaly-thresh", PRIVATE_SCHEME, "Anomaly score threshold")
+ANOMALY_RESULT = hd.sr.CodedConcept("anomaly-result", PRIVATE_SCHEME, "AI anomaly detection result")
+ANOMALY_VALUES = {True: codes.SCT.Abnormal, False: codes.SCT.Normal}
 SEVERITY_VALUES = {
     Severity.LOW: codes.SCT.Mild,
     Severity.MODERATE: codes.SCT.Moderate,
@@ -59,6 +67,15 @@ _PROCEDURE_BY_MODALITY = {
     "NM": _CID100.NMUnspecifiedBodyRegion,
 }
 _IMAGING_PROCEDURE = _CID100.ImagingProcedure
+
+
+def private_scheme_identification() -> Dataset:
+    """The CodingSchemeIdentificationSequence item that says what 99PACSNODE is (PS3.3 C.12.1)."""
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = "pacsnode private codes"
+    item.CodingSchemeResponsibleOrganization = "pacsnode project"
+    return item
 
 
 def coded(concept: CodedConcept) -> hd.sr.CodedConcept:

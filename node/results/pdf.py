@@ -42,7 +42,7 @@ from node.results.overlay import key_frame_index, render_explanation, render_ove
 from node.results.pmap import explanation_description
 from node.results.source import TYPE2_PATIENT_STUDY_ATTRIBUTES, ContentTime
 from node.results.uids import result_uid, series_number
-from pipelines.contract import PipelineResult
+from pipelines.contract import AnomalyOutput, PipelineResult
 
 DISCLAIMER = "Not for diagnostic use. Generated automatically by an AI pipeline."
 
@@ -227,6 +227,8 @@ def render_pdf(result: PipelineResult, sources: Sequence[Dataset], when: Content
         else:  # the map of what drove the decision, small, beside the probabilities
             table = _chart_with_explanation(chart, explained, result, styles)
             story.append(KeepTogether([heading, table]))
+    if result.anomaly is not None:
+        story.append(Paragraph(_anomaly_text(result.anomaly), styles["Heading3"]))
     worst = result.summary()["severity"]
     severities = [f.severity.meaning for f in result.findings]
     story.append(
@@ -279,6 +281,19 @@ def _chart_with_explanation(
     table = Table([[chart, [image, caption]]], colWidths=[125 * mm, 50 * mm])
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     return table
+
+
+def _anomaly_text(anomaly: AnomalyOutput) -> str:
+    """ "Anomaly: anomalous (score 12.3, threshold 10.1 = 95th percentile of normal images)"."""
+    basis = (
+        "each model's score over its own threshold"
+        if anomaly.normalised
+        else f"{anomaly.percentile:g}th percentile of held-out normal images"
+    )
+    return (
+        f"Anomaly: {anomaly.decision} (score {anomaly.score:.3g}, threshold "
+        f"{anomaly.threshold:.3g} = {basis})"
+    )
 
 
 def _table(rows: list[list[str]], styles: StyleSheet1, head: bool = True) -> Table:

@@ -33,6 +33,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
@@ -417,6 +418,14 @@ def _qualitative_evaluations(result: PipelineResult, key_frame: int) -> hd.sr.Co
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    if result.anomaly is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=c.ANOMALY_RESULT,
+                value=c.ANOMALY_VALUES[result.anomaly.anomalous],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     items.extend(_located_texts(result, key_frame))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -462,6 +471,83 @@ def _summary_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualita
             )
         )
     return groups
+
+
+def _anomaly_content(result: PipelineResult) -> dict[str, object]:
+    """The anomaly group's finding type, score, calibrated threshold and decision."""
+    anomaly = result.anomaly
+    assert anomaly is not None
+    return {
+        "finding_type": c.ANOMALY_FINDING,
+        "measurements": [
+            hd.sr.Measurement(name=c.ANOMALY_SCORE, value=float(anomaly.score), unit=c.NO_UNITS),
+            hd.sr.Measurement(
+                name=c.ANOMALY_THRESHOLD, value=float(anomaly.threshold), unit=c.NO_UNITS
+            ),
+        ],
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(c.ANOMALY_RESULT, c.ANOMALY_VALUES[anomaly.anomalous])
+        ],
+    }
+
+
+def anomaly_peak_box(result: PipelineResult) -> tuple[int, int, int, int, int] | None:
+    """(frame, row0, col0, row1, col1), exclusive ends: the map's hottest region on the frame with
+    the highest score (the connected pixels at >= 80 % of that frame's peak around the peak)."""
+    anomaly = result.anomaly
+    if anomaly is None or anomaly.map is None or len(anomaly.map) != len(result.source_frames):
+        return None
+    frame = int(np.argmax(anomaly.map.reshape(len(anomaly.map), -1).max(axis=1)))
+    plane = anomaly.map[frame]
+    peak = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    top = float(plane[peak])
+    if not np.isfinite(top) or top <= 0:
+        return None
+    labels, _count = ndimage.label(plane >= 0.8 * top)
+    rows, cols = np.nonzero(labels == labels[peak])
+    return frame, int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def _anomaly_groups(result: PipelineResult) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Study level (TID 1501): the anomaly score, its calibrated threshold and the decision."""
+    if result.anomaly is None:
+        return []
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=_summary_uid(result, "anomaly"), identifier="image anomaly"
+            ),
+            **_anomaly_content(result),  # type: ignore[arg-type]
+        )
+    ]
+
+
+def _anomaly_region_group(
+    result: PipelineResult,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1410: the same figures on the map's hottest region (a box on its source frame), for
+    reports with ROI groups: TID 1500 validators refuse a plain 1501 group after 1410/1411 ones,
+    and viewers list and draw only groups with coordinates."""
+    box = anomaly_peak_box(result)
+    if box is None:
+        return None
+    frame_index, r0, c0, r1, c1 = box
+    columns = np.array([c0, c1, c1, c0, c0], dtype=float)
+    rows = np.array([r0, r0, r1, r1, r0], dtype=float)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.stack([columns, rows], axis=1),
+        source_image=hd.sr.SourceImageForRegion(
+            **_source_frame_ref(result.source_frames[frame_index])  # type: ignore[arg-type]
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_summary_uid(result, "anomaly"), identifier="image anomaly"
+        ),
+        referenced_region=region,
+        **_anomaly_content(result),  # type: ignore[arg-type]
+    )
 
 
 def _library_images(sources: Sequence[Dataset]) -> list[Dataset]:
@@ -533,7 +619,12 @@ def build_sr(
         for g in roi_groups
         if not isinstance(g, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
     ]
-    groups: list[Group] = [*planar, *volumetric] if roi_groups else [*_summary_groups(result)]
+    if roi_groups:  # the anomaly's region joins the planar groups (text only without a map)
+        anomaly_region = _anomaly_region_group(result)
+        planar += [anomaly_region] if anomaly_region is not None else []
+        groups: list[Group] = [*planar, *volumetric]
+    else:
+        groups = [*_summary_groups(result), *_anomaly_groups(result)]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure_reported(sources[0], result.modality),
@@ -543,7 +634,7 @@ def build_sr(
     _template_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=result_uid(result, ArtifactKind.SR, "series", options.result_version),
@@ -555,3 +646,6 @@ def build_sr(
         is_final=False,
         institution_name=options.institution_name or None,
     )
+    # the private codes (circularity, mean intensity, anomaly score...) name their scheme
+    sr.CodingSchemeIdentificationSequence = [c.private_scheme_identification()]
+    return sr

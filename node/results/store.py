@@ -17,6 +17,7 @@ import numpy as np
 
 from core.domain import CodedConcept, Severity
 from pipelines.contract import (
+    AnomalyOutput,
     ClassificationOutput,
     DetectionBox,
     ExplanationOutput,
@@ -34,6 +35,7 @@ RESULT_JSON = "result.json"
 ARRAYS_NPZ = "arrays.npz"
 HEATMAP_NPZ = "heatmap.npz"
 EXPLANATION_NPZ = "explanation.npz"  # the classification's explanation map, float32 0..1
+ANOMALY_NPZ = "anomaly.npz"  # the anomaly map (frames, rows, cols) float32
 
 
 def heatmap_of(probabilities: np.ndarray) -> np.ndarray:
@@ -72,6 +74,10 @@ def save_result(result: PipelineResult, directory: Path) -> Path:
         tmp = directory / (EXPLANATION_NPZ + ".tmp.npz")
         np.savez_compressed(tmp, maps=result.explanation.maps.astype(np.float32))
         tmp.replace(directory / EXPLANATION_NPZ)
+    if result.anomaly is not None and result.anomaly.map is not None:
+        tmp = directory / (ANOMALY_NPZ + ".tmp.npz")
+        np.savez_compressed(tmp, map=result.anomaly.map)
+        tmp.replace(directory / ANOMALY_NPZ)
     path = directory / RESULT_JSON
     tmp_json = directory / (RESULT_JSON + ".tmp")
     tmp_json.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -213,6 +219,13 @@ def load_result(directory: Path) -> PipelineResult:
             tuple(_concept(code) for code in c["class_codes"]),
             c.get("source", "models"),  # results stored before the field existed
         )
+    anomaly = None
+    if data.get("anomaly") is not None:  # results stored before the task existed have none
+        anomaly_map = None
+        if (directory / ANOMALY_NPZ).exists():
+            with np.load(directory / ANOMALY_NPZ) as arrays:
+                anomaly_map = arrays["map"]
+        anomaly = AnomalyOutput.from_json_dict(data["anomaly"], anomaly_map)
     spacing = data["pixel_spacing_mm"]
     return PipelineResult(
         pipeline_name=data["pipeline_name"],
@@ -230,6 +243,7 @@ def load_result(directory: Path) -> PipelineResult:
         findings=tuple(_finding(f) for f in data["findings"]),
         structures=tuple(_structure(st) for st in data.get("structures", [])),
         explanation=_explanation(directory, data.get("explanation")),
+        anomaly=anomaly,
         processing_seconds=data["processing_seconds"],
         warnings=tuple(data["warnings"]),
         review_required=data["review_required"],

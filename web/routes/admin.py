@@ -40,6 +40,7 @@ THRESHOLD_PATHS = {
     "segmentation": ("postprocess", "threshold"),
     "classification": ("threshold",),
     "detection": ("score_threshold",),
+    "anomaly": ("threshold",),  # empty: each card's calibrated threshold
 }
 router = APIRouter(
     prefix="/admin",

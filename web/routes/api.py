@@ -293,7 +293,7 @@ def pipelines(session: SessionDep, state: StateDep, user: Reader) -> list[Pipeli
     out = []
     for name, cfg in sorted(configs.items()):
         members: dict[str, list[dict[str, Any]]] = {}
-        for task_name in ("segmentation", "classification", "detection"):
+        for task_name in ("segmentation", "classification", "detection", "anomaly"):
             task = getattr(cfg.tasks, task_name, None)
             if task is not None:
                 members[task_name] = [
