@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
 from core.dicom_uids import deterministic_uid
@@ -214,7 +214,7 @@ def _infer_from_region(report: Dataset) -> None:
                         child.add(copy.deepcopy(element))
                 child.RelationshipType = hd.sr.RelationshipTypeValues.INFERRED_FROM.value
                 # set as a plain element: highdicom's setter wants named (highdicom) items
-                children = Sequence([*item.get("ContentSequence", []), child])
+                children = DicomSequence([*item.get("ContentSequence", []), child])
                 item.add_new(_CONTENT_SEQUENCE, "SQ", children)
 
 
