@@ -16,6 +16,9 @@ outline's group, volume and mean intensity (of the whole finding) in the segment
 each finding once with each value once. Boxes are always SCOORD polylines; a box attached to a
 finding that has other groups gets its own tracking UID and no measurements of its own.
 pixelmed's DicomSRValidator accepts the mix (0 errors, tests/node/results/test_conformance.py).
+Outline and box groups are also in Cornerstone3D's encoding (each NUM INFERRED FROM the group's
+SCOORD, a Comment with the tracking ID, the freehand tool named in an outline's tracking
+identifier), so OHIF can load them into its Measurements panel (``_infer_from_region``).
 
 The study-level CAD summary ("with"/"without findings"), the classification decision, the class
 probabilities, the conclusion and where the findings are (by InstanceNumber) are TID 1500's
