@@ -33,6 +33,7 @@ WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings
 WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
 IMPRESSION = codes.DCM.Impression
 KEY_IMAGES = codes.DCM.KeyImages
+COMMENT = codes.DCM.Comment
 CIRCULARITY = hd.sr.CodedConcept("circularity", PRIVATE_SCHEME, "Circularity")
 MEAN_INTENSITY = hd.sr.CodedConcept("mean-intensity", PRIVATE_SCHEME, "Mean pixel intensity")
 CLASSIFICATION_RESULT = hd.sr.CodedConcept(

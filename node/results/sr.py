@@ -16,6 +16,9 @@ outline's group, volume and mean intensity (of the whole finding) in the segment
 each finding once with each value once. Boxes are always SCOORD polylines; a box attached to a
 finding that has other groups gets its own tracking UID and no measurements of its own.
 pixelmed's DicomSRValidator accepts the mix (0 errors, tests/node/results/test_conformance.py).
+Outline and box groups are also in Cornerstone3D's encoding (each NUM INFERRED FROM the group's
+SCOORD, a Comment with the tracking ID, the freehand tool named in an outline's tracking
+identifier), so OHIF can load them into its Measurements panel (``_infer_from_region``).
 
 The study-level CAD summary ("with"/"without findings"), the classification decision, the class
 probabilities, the conclusion and where the findings are (by InstanceNumber) are TID 1500's
@@ -25,6 +28,7 @@ classification as TID 1501 groups too, so a study without findings still gets a 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
@@ -146,6 +151,7 @@ def _source_dataset(
 def _box_group(
     box: DetectionBox,
     tracking: hd.sr.TrackingIdentifier,
+    label: str,
     result: PipelineResult,
     common: dict[str, object],
 ) -> Group:
@@ -163,11 +169,57 @@ def _box_group(
         graphic_data=np.stack([columns, rows], axis=1),
         source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
     )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=region,
         **common,  # type: ignore[arg-type]
     )
+    _cornerstone_encoding(group, label)
+    return group
+
+
+# Cornerstone3D's SR adapters (OHIF v3 hydrates SRs into its Measurements panel with them) pick
+# the tool by this Tracking Identifier prefix; the finding's own tracking ID follows it.
+FREEHAND_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+
+
+def _cornerstone_encoding(group: Group, label: str) -> None:
+    """Name a TID 1410 group for OHIF: Cornerstone's SR adapters label the measurement they
+    hydrate with the group's Comment (DCM 121106). See ``_infer_from_region`` for the rest."""
+    group[0].ContentSequence.append(_text(c.COMMENT, label))
+
+
+_CONTENT_SEQUENCE = 0x0040A730
+
+
+def _infer_from_region(report: Dataset) -> None:
+    """Tie each NUM of a TID 1410 group to the group's region: a copy of its SCOORD as an
+    INFERRED FROM child (TID 300's "Image or Spatial Coordinates", TID 320: no concept name).
+
+    Cornerstone's SR adapters (OHIF v3 hydrates an SR into its Measurements panel with them)
+    read a group's coordinates from its first NUM's children, not from the group's own SCOORD,
+    and fail ("No spatial coordinates group found") without them. highdicom's Measurement cannot
+    hold an SCOORD child, so it is added on the built report, after highdicom's checks.
+    """
+    for container in report.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for group in container.ContentSequence:
+            items = list(group.ContentSequence)
+            region = next((item for item in items if item.ValueType == "SCOORD"), None)
+            if region is None:
+                continue
+            for item in items:
+                if item.ValueType != "NUM":
+                    continue
+                child = Dataset()
+                for element in region:
+                    if element.keyword != "ConceptNameCodeSequence":
+                        child.add(copy.deepcopy(element))
+                child.RelationshipType = hd.sr.RelationshipTypeValues.INFERRED_FROM.value
+                # set as a plain element: highdicom's setter wants named (highdicom) items
+                children = DicomSequence([*item.get("ContentSequence", []), child])
+                item.add_new(_CONTENT_SEQUENCE, "SQ", children)
 
 
 def _is_planar_report(result: PipelineResult, sources: Sequence[Dataset]) -> bool:
@@ -247,16 +299,16 @@ def _finding_groups(
     if box is None and not groups:
         box = _bbox_as_box(finding)  # no pixels to outline: the finding's bounding box instead
     if box is not None:
-        box_tracking, box_common = tracking, common
+        box_tracking, box_label, box_common = tracking, finding.tracking_id, common
         if groups:  # one region per group: the box gets its own group and tracking UID
+            box_label = f"{finding.tracking_id} box"[:64]
             box_tracking = hd.sr.TrackingIdentifier(
-                uid=deterministic_uid(*[finding.tracking_uid, "box"]),
-                identifier=f"{finding.tracking_id} box"[:64],
+                uid=deterministic_uid(*[finding.tracking_uid, "box"]), identifier=box_label
             )
             # the finding's measurements are its segment's and outline's, not the box's: a
             # viewer listing the box would otherwise show them a second time as the box's own
             box_common = {**common, "measurements": None}
-        groups.append(_box_group(box, box_tracking, result, box_common))
+        groups.append(_box_group(box, box_tracking, box_label, result, box_common))
     return groups
 
 
@@ -277,11 +329,17 @@ def _outline_group(
         graphic_data=points,
         source_image=hd.sr.SourceImageForRegion(**_source_frame_ref(frame)),  # type: ignore[arg-type]
     )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
+    # the tool prefix lets Cornerstone's SR adapter (OHIF) hydrate the outline as a freehand ROI
+    tool_tracking = hd.sr.TrackingIdentifier(
+        uid=finding.tracking_uid, identifier=f"{FREEHAND_TRACKING_PREFIX}:{finding.tracking_id}"
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tool_tracking,
         referenced_region=region,
         **common,  # type: ignore[arg-type]
     )
+    _cornerstone_encoding(group, finding.tracking_id)
+    return group
 
 
 def _structure_groups(
@@ -634,7 +692,7 @@ def build_sr(
     _template_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
-    sr = hd.sr.Comprehensive3DSR(
+    document = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=result_uid(result, ArtifactKind.SR, "series", options.result_version),
@@ -646,6 +704,7 @@ def build_sr(
         is_final=False,
         institution_name=options.institution_name or None,
     )
+    _infer_from_region(document)
     # the private codes (circularity, mean intensity, anomaly score...) name their scheme
-    sr.CodingSchemeIdentificationSequence = [c.private_scheme_identification()]
-    return sr
+    document.CodingSchemeIdentificationSequence = [c.private_scheme_identification()]
+    return document

@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from node.results.produce import OutputOptions, produce_results
+from node.results.sr import FREEHAND_TRACKING_PREFIX
 from tests.conftest import free_port
 from tests.node.results.factories import MR_SERIES_DIR, make_result, mr_series
 from tests.orthanc.harness import DICOMWEB_PLUGIN, ORTHANC_BIN, running_orthanc
@@ -174,6 +175,77 @@ def _show_image(driver, sop_uids: list[str], inside: bool) -> None:  # type: ign
         time.sleep(0.5)
 
 
+def _open_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the study in OHIF and the SR in its viewport (double-click), as a reader would."""
+    driver.get(viewer_url)
+    sr_item = _wait_until(lambda: driver.find_elements(By.XPATH, _SR_SERIES), 120)
+    assert sr_item, "the SR series is not listed"
+    for label in ("Skip all", "Confirm and hide"):
+        for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{label}']"):
+            with contextlib.suppress(Exception):  # a tour step already gone
+                el.click()
+    ActionChains(driver).double_click(sr_item[0]).perform()
+
+
+def _hydrate_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Answer "Yes" to OHIF's "continue tracking measurements for this study?", which OHIF asks
+    when the SR's viewport opens. It asks once per SR and session: after a reader navigated the
+    SR viewport the prompt is gone for good (there is no other button for SR), so the study is
+    opened afresh, as a reader's next session."""
+    _open_sr(driver, viewer_url)
+    yes = _wait_until(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"), 90
+    )
+    assert yes, "OHIF did not offer to track the SR's measurements"
+    yes[0].click()
+
+
+_SR_SERIES = "//*[contains(text(), 'SR (AI)')]"
+
+
+def _open_measurements_panel(driver) -> None:  # type: ignore[no-untyped-def]
+    """Show the right-hand Measurements panel (OHIF opens the segmentation panel for a SEG)."""
+    if not driver.find_elements(By.CSS_SELECTOR, "[data-cy='trackedMeasurements-panel']"):
+        driver.find_element(By.CSS_SELECTOR, "[data-cy='trackedMeasurements-btn']").click()
+
+
+def _panel_rows(driver, at_least: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """The Measurements panel's rows as the page shows them ("1\nlesion-1\n762 mm²...")."""
+    _open_measurements_panel(driver)
+    rows = _wait_until(
+        lambda: (
+            len(found := [r.text for r in driver.find_elements(
+                By.CSS_SELECTOR, "[data-cy='trackedMeasurements-panel'] [data-cy='data-row']"
+            )]) >= at_least and found
+        ),
+        60,
+    )  # fmt: skip
+    assert rows, driver.find_element(By.TAG_NAME, "body").text
+    return list(rows)
+
+
+def _panel_row(driver, label: str):  # type: ignore[no-untyped-def]
+    """The Measurements panel's row labelled ``label`` (its second line, after the number)."""
+    rows = driver.find_elements(
+        By.CSS_SELECTOR, "[data-cy='trackedMeasurements-panel'] [data-cy='data-row']"
+    )
+    return next((r for r in rows if r.text.split("\n")[1:2] == [label]), None)
+
+
+def _tracked(driver) -> list[dict]:  # type: ignore[no-untyped-def]
+    """OHIF's tracked measurements (its measurement service, what the panel lists): label,
+    Cornerstone tool, the image it is on and how many outline points it has."""
+    return list(_js(driver, """
+        return window.services.measurementService.getMeasurements().map(m => {
+            const a = ct.annotation.state.getAnnotation(m.uid);
+            const image = a && a.metadata.referencedImageId;
+            const line = a && a.data.contour ? a.data.contour.polyline : [];
+            return {label: m.label, tool: m.toolName, sop: image ? sopOf(image) : null,
+                    points: line.length};
+        });
+    """))  # fmt: skip
+
+
 def _tour_message(message: str) -> bool:
     """OHIF's onboarding tour (Shepherd) logs errors when its steps' elements are not there yet;
     the tour is OHIF's own, not about the data shown."""
@@ -213,19 +285,8 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
         with serving_ohif(dist, orthanc.url, free_port()) as url:
             driver = _browser()
             try:
-                driver.get(f"{url}/viewer?StudyInstanceUIDs={result.study_instance_uid}")
-                sr_item = None
-                deadline = time.monotonic() + 120
-                while sr_item is None and time.monotonic() < deadline:
-                    found = driver.find_elements(By.XPATH, "//*[contains(text(), 'SR (AI)')]")
-                    sr_item = found[0] if found else None
-                    time.sleep(1)
-                assert sr_item is not None, "the SR series is not listed"
-                for label in ("Skip all", "Confirm and hide"):
-                    for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{label}']"):
-                        with contextlib.suppress(Exception):  # a tour step already gone
-                            el.click()
-                ActionChains(driver).double_click(sr_item).perform()
+                viewer = f"{url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
+                _open_sr(driver, viewer)
                 _wait_for(driver, [_area(result.findings[0])])
 
                 # listed: each finding once, each of its values once
@@ -235,7 +296,8 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
                     assert len(own) == 1, listed
                     names = [label.split(":")[0] for label in own[0]["labels"]]
                     assert len(names) == len(set(names)), own[0]["labels"]
-                    assert own[0]["id"] == finding.tracking_id
+                    # the outline's Tracking Identifier names Cornerstone's tool, then the finding
+                    assert own[0]["id"] == f"{FREEHAND_TRACKING_PREFIX}:{finding.tracking_id}"
                     assert _area(finding) in own[0]["labels"]
                 finding_uids = {f.tracking_uid for f in result.findings}
                 boxes = [m for m in listed if m["uid"] not in finding_uids]
@@ -260,6 +322,21 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
                         assert f"Volume: {finding.measurements.volume_mm3:.2f} mm3" in own, own
                     key_sop[finding.tracking_id] = key
                     driver.save_screenshot(str(artefacts / f"ohif-{finding.tracking_id}.png"))
+
+                # "Yes" to OHIF's "continue tracking measurements?": the SR is hydrated into
+                # the Measurements panel, one row per finding labelled with its tracking ID
+                _hydrate_sr(driver, viewer)
+                rows = _panel_rows(driver, len(result.findings))
+                driver.save_screenshot(str(artefacts / "ohif-measurements.png"))
+                tracked = _tracked(driver)
+                for finding in result.findings:
+                    mine = [r for r in rows if r.split("\n")[1] == finding.tracking_id]
+                    assert len(mine) == 1, rows
+                    own_tool = [m for m in tracked if m["label"] == finding.tracking_id]
+                    assert len(own_tool) == 1, tracked
+                    assert own_tool[0]["tool"] == "PlanarFreehandROI", own_tool
+                    assert own_tool[0]["sop"] == key_sop[finding.tracking_id], own_tool
+                    assert own_tool[0]["points"] >= 3, own_tool  # its outline, not a point
 
                 seg_item = driver.find_element(By.XPATH, "//*[contains(text(), 'SEG (AI)')]")
                 ActionChains(driver).double_click(seg_item).perform()
@@ -317,6 +394,31 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
                     shown = _segment_state(driver)
                     assert shown["sop"] == key_sop[finding.tracking_id], shown
                     assert number in shown["present"], shown
+
+                # selecting each finding's row in the Measurements panel jumps to its key slice,
+                # where its own segment is present
+                _open_measurements_panel(driver)
+                for finding in result.findings:
+                    number = segment_of[finding.tracking_id]
+                    key = key_sop[finding.tracking_id]
+                    _show_image(driver, [key], inside=False)
+                    row = _wait_until(lambda f=finding: _panel_row(driver, f.tracking_id))
+                    assert row, f"no row {finding.tracking_id}: {_panel_rows(driver, 0)}"
+                    row.click()
+                    assert _wait_until(lambda key=key: _current_sop(driver) == key), (
+                        f"{finding.tracking_id}: row jumped to {_current_sop(driver)}, not {key}"
+                    )
+                    shown = _wait_until(
+                        lambda number=number: (
+                            number in (st := _segment_state(driver))["present"] and st
+                        ),
+                        20,
+                    )
+                    assert shown, f"{finding.tracking_id}: {_segment_state(driver)}"
+                    _render(driver)
+                    driver.save_screenshot(
+                        str(artefacts / f"ohif-measurement-{finding.tracking_id}.png")
+                    )
 
                 errors = [
                     e["message"]

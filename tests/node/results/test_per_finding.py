@@ -195,3 +195,55 @@ def _box_of(finding):  # type: ignore[no-untyped-def]
 
     f0, r0, c0, _f1, r1, c1 = finding.measurements.bbox
     return DetectionBox(f0, c0, r0, c1 + 1.0, r1 + 1.0, finding.label, 0.9)
+
+
+@pytest.mark.parametrize("volumetric", [True, False])
+def test_planar_groups_carry_cornerstones_encoding(tmp_path: Path, volumetric: bool) -> None:
+    """OHIF hydrates an SR into its Measurements panel with Cornerstone's adapters: they pick the
+    tool by the Tracking Identifier's prefix, read the coordinates from the first NUM's
+    INFERRED FROM SCOORD (else "No spatial coordinates group found") and label the row with the
+    group's Comment. Each outline (and box) group is written that way; the browser test
+    (tests/viewer/test_ohif.py) shows OHIF listing them."""
+    sources = synthetic_ct_series(slices=4) if volumetric else load_sources("cr-monochrome1")
+    result = _result_with_components(sources, volumetric=volumetric)
+    result = replace(
+        result,
+        findings=(
+            replace(result.findings[0], box=_box_of(result.findings[0])),
+            *result.findings[1:],
+        ),
+    )
+    objects = {p.kind: p for p in produce_results(result, sources, OutputOptions(), tmp_path)}
+    sr = hd.sr.srread(objects[ArtifactKind.SR].path)
+    groups = [
+        g
+        for g in sr.content.get_planar_roi_measurement_groups()
+        if g.reference_type.value == "111030"
+    ]  # Image Region: the outlines and the box
+    by_label = {}
+    for group in groups:
+        items = list(group[0].ContentSequence)
+        region = next(i for i in items if i.ValueType == "SCOORD")
+        comment = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        assert len(comment) == 1 and comment[0].RelationshipType == "CONTAINS"
+        by_label[comment[0].TextValue] = group
+        for num in (i for i in items if i.ValueType == "NUM"):
+            inferred = [c for c in num.ContentSequence if c.ValueType == "SCOORD"]
+            assert len(inferred) == 1, num
+            assert inferred[0].RelationshipType == "INFERRED FROM"
+            assert inferred[0].GraphicType == region.GraphicType == "POLYLINE"
+            assert list(inferred[0].GraphicData) == list(region.GraphicData)
+            image = inferred[0].ContentSequence[0]  # SELECTED FROM the same source image
+            assert image.RelationshipType == "SELECTED FROM"
+            assert (
+                image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                == region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            )
+    for finding in result.findings:
+        outline = by_label[finding.tracking_id]
+        assert str(outline.tracking_uid) == finding.tracking_uid
+        assert str(outline.tracking_identifier) == (
+            f"Cornerstone3DTools@^0.1.0:PlanarFreehandROI:{finding.tracking_id}"
+        )
+        assert outline.get_measurements()  # area and circularity, each tied to the outline
+    assert f"{result.findings[0].tracking_id} box" in by_label
