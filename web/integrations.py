@@ -18,7 +18,7 @@ from models.card import ModelCard, refused_card_name, scan_cards
 from node.db.engine import Database
 from node.db.repositories.config_overrides import effective_settings
 from node.db.repositories.studies import study_facts
-from node.dispatch.delivery_plan import release_held, resend
+from node.dispatch.delivery_plan import release_held, resend, send_results
 from node.dispatch.rejection import preview_rejection
 from node.dispatch.rejection import reject_job as reject_results
 from node.dispatch.sender import PingResult
@@ -73,6 +73,7 @@ __all__ = [
     "rerun_with_pipeline",
     "resend",
     "route_destinations",
+    "send_results",
     "result_export",
     "stored_instances",
     "stream_zip",

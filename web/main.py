@@ -41,6 +41,7 @@ from web.routes import (
     metrics,
     predict,
     review,
+    send_results,
     studies,
     study_admin,
     uploads,
@@ -112,6 +113,7 @@ def _include_routers(app: FastAPI) -> None:
         app.include_router(module.router)
     for module in (jobs, metrics, admin_accounts, study_admin, worklist, admin_config, exports):
         app.include_router(module.router)
+    app.include_router(send_results.router)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from core.config import DestinationSettings, Settings
-from core.domain import ArtifactKind, DeliveryState, DestinationKind, ReviewState
-from node.db.orm import Delivery, Job, utcnow
+from core.domain import ArtifactKind, DeliveryState, DestinationKind, JobState, ReviewState
+from node.db.orm import Artifact, Delivery, Job, utcnow
 from node.db.repositories import config_overrides
 from node.db.repositories import deliveries as repo
 
@@ -30,13 +30,17 @@ def plan_deliveries(
     *,
     held: bool,
     settings: Settings | None = None,
+    artifacts: Sequence[Artifact] | None = None,
+    actor: str = "system",
 ) -> list[Delivery]:
     """One delivery per (artifact of ``job``, destination): HELD when ``held`` else PENDING.
 
     Idempotent: a (artifact, destination) pair that already has a delivery keeps it, so calling
     this again (a retried final transaction) never duplicates a send. When ``settings`` is given
     and the study came from an Orthanc source with ``upload_results``, that Orthanc is added to the
-    destinations. Returns the job's deliveries to the given destinations, in dispatch order."""
+    destinations. ``artifacts`` limits the plan to some of the job's objects (the console's
+    "send to" plans only validated results). Returns the job's deliveries to the given
+    destinations, in dispatch order."""
     names = list(dict.fromkeys(destinations))
     if settings is not None:
         # the destinations as the console has them now (an Orthanc destination added there
@@ -45,14 +49,15 @@ def plan_deliveries(
         back = source_return_destination(settings, job.study.source, job.study.peer_host)
         if back and back not in names:
             names.append(back)
-    artifacts = sorted(job.artifacts, key=lambda a: ArtifactKind(a.kind).dispatch_rank)
+    chosen = job.artifacts if artifacts is None else artifacts
+    ordered = sorted(chosen, key=lambda a: ArtifactKind(a.kind).dispatch_rank)
     existing = {
         (d.artifact_pk, d.destination_name)
-        for d in repo.for_artifacts(session, [a.id for a in artifacts])
+        for d in repo.for_artifacts(session, [a.id for a in ordered])
     }
     state = DeliveryState.HELD if held else DeliveryState.PENDING
     now = utcnow()
-    for artifact in artifacts:
+    for artifact in ordered:
         for name in names:
             if (artifact.id, name) in existing:
                 continue
@@ -71,6 +76,7 @@ def plan_deliveries(
                 delivery,
                 state,
                 action="delivery.planned",
+                actor=actor,
                 detail=f"{artifact.kind} {artifact.sop_instance_uid} -> {name}",
             )
             delivery.artifact = artifact
@@ -109,11 +115,52 @@ def resend(session: Session, delivery_id: int, actor: str) -> None:
         and ArtifactKind(delivery.artifact.kind).is_result
     ):
         raise ValueError(f"job {job.id} was rejected; its results cannot be resent")
+    _due_again(session, delivery, "delivery.resent", actor)
+
+
+def _due_again(session: Session, delivery: Delivery, action: str, actor: str) -> None:
+    """A fresh set of attempts, due now (resend, and "send to" a destination that had it)."""
     delivery.attempts = 0
     delivery.next_attempt_at = utcnow()
     delivery.lease_owner = ""
     delivery.lease_expires_at = None
-    repo.transition(session, delivery, DeliveryState.PENDING, action="delivery.resent", actor=actor)
+    repo.transition(session, delivery, DeliveryState.PENDING, action=action, actor=actor)
+
+
+def send_results(session: Session, job: Job, destination: str, actor: str) -> int:
+    """Console "send to": the job's validated results go to ``destination``, due now.
+
+    The rules the automatic path keeps hold here too: only a succeeded job has results, a job
+    awaiting review is sent by approving it (its gate is not bypassed by hand), and a rejected
+    job's results never leave. Raises ``ValueError`` naming which rule refused. Objects that
+    already reached the destination (or failed to) are sent again; ones still on their way are
+    left alone. The caller checks that ``destination`` is configured and enabled. Returns how
+    many deliveries became due."""
+    if job.state != JobState.SUCCEEDED.value:
+        raise ValueError(f"job {job.id} is {job.state}; it has no results to send")
+    if job.review_state == ReviewState.REJECTED.value:
+        raise ValueError(f"job {job.id} was rejected; its results cannot be sent")
+    if job.review_state == ReviewState.PENDING.value:
+        raise ValueError(
+            f"job {job.id} awaits review; approve it on its review page to send its results"
+        )
+    results = [a for a in job.artifacts if a.validated and ArtifactKind(a.kind).is_result]
+    if not results:
+        raise ValueError(f"job {job.id} has no validated results to send")
+    before = {
+        d.artifact_pk: d
+        for d in repo.for_artifacts(session, [a.id for a in results])
+        if d.destination_name == destination
+    }
+    plan_deliveries(session, job, [destination], held=False, artifacts=results, actor=actor)
+    again = [
+        d
+        for d in before.values()
+        if d.state in (DeliveryState.DELIVERED.value, DeliveryState.FAILED.value)
+    ]
+    for delivery in again:
+        _due_again(session, delivery, "delivery.sent_again", actor)
+    return len(results) - len(before) + len(again)
 
 
 # -- destinations ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Bulk exports: the findings CSV and the PDFs zip of every job a worklist or study-list filter
-selects, streamed (one job's result in memory at a time).
+"""Bulk exports: the findings CSV and the PDFs zip of every job a worklist, study-list or jobs-page
+filter selects, streamed (one job's result in memory at a time).
 
 The same filters as the pages (so "export what I see" is the page's query string on another
 path), for radiologists and admins: a bulk export is many patients' data leaving the node, so
@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from core.domain import JobState
-from node.db.repositories import audit, worklist
+from node.db.repositories import audit, job_list, worklist
 from node.db.repositories import jobs as job_repo
 from node.db.repositories import search as study_search
 from web.deps import Reviewer, SessionDep, StateDep
@@ -113,3 +113,19 @@ def export_studies(
     """``csv`` or ``pdfs`` of the jobs of every study the study list's filters select."""
     ids = study_search.job_ids(session, flt, MAX_JOBS + 1)
     return _export(session, state, user, which, ids, "studies")
+
+
+@router.get("/jobs/export/{which}")
+def export_jobs(
+    session: SessionDep,
+    state: StateDep,
+    user: Reviewer,
+    which: str,
+    job_state: Annotated[str, Query(alias="state", max_length=16)] = "",
+    pipeline: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """``csv`` or ``pdfs`` of every job the jobs page's filters (state, pipeline) select."""
+    if job_state and job_state not in {s.value for s in JobState}:
+        raise HTTPException(400, f"state must be one of {', '.join(s.value for s in JobState)}")
+    ids = job_list.job_ids(session, state=job_state, pipeline=pipeline, limit=MAX_JOBS + 1)
+    return _export(session, state, user, which, ids, "jobs")

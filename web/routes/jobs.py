@@ -77,6 +77,7 @@ def jobs_page(
         "runnable": _pipeline_names(state, session),
         "failed_deliveries": len(job_list.failed_delivery_ids(session)),
         "rows_url": "/jobs/rows?" + urlencode(filters),
+        "export_query": urlencode({k: v for k, v in filters.items() if v}),
         "workers": worker_status(state.settings, session, state.clock()),
     }
     return render(request, "jobs.html", context, user=user)

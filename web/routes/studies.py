@@ -16,7 +16,7 @@ from node.db.repositories import jobs as job_repo
 from node.db.repositories import search as study_search
 from node.db.repositories import studies as study_repo
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
-from web.integrations import force_complete
+from web.integrations import effective_settings, force_complete
 from web.pages import flash, redirect, render
 from web.result_views import EXPORTS, artifact_file, export
 
@@ -99,13 +99,21 @@ def study_list(
 
 
 @router.get("/studies/{study_uid}")
-def study_page(request: Request, session: SessionDep, user: Reader, study_uid: str) -> Response:
+def study_page(
+    request: Request, session: SessionDep, state: StateDep, user: Reader, study_uid: str
+) -> Response:
     study = study_repo.get_study(session, study_uid, with_results=True)
     if study is None:
         raise HTTPException(404, f"No study with UID {study_uid}")
     jobs = sorted(study.jobs, key=lambda j: j.id, reverse=True)
+    # the "send to" choices: enabled destinations as the console has them now
+    current = effective_settings(session, state.settings)
+    destinations = [d.name for d in current.destinations if d.enabled]
     return render(
-        request, "study.html", {"study": study, "jobs": jobs, "exports": EXPORTS}, user=user
+        request,
+        "study.html",
+        {"study": study, "jobs": jobs, "exports": EXPORTS, "destinations": destinations},
+        user=user,
     )
 
 

@@ -76,6 +76,17 @@ def queue(
     return rows
 
 
+def job_ids(session: Session, *, state: str = "", pipeline: str = "", limit: int) -> list[int]:
+    """Ids of every job the queue's filters select, newest first (the bulk exports: not capped
+    at the page's ``MAX_ROWS``, only at ``limit``)."""
+    stmt = select(Job.id).order_by(Job.id.desc()).limit(limit)
+    if state:
+        stmt = stmt.where(Job.state == state)
+    if pipeline:
+        stmt = stmt.where(Job.pipeline_name == pipeline)
+    return list(session.scalars(stmt))
+
+
 def pipelines_seen(session: Session) -> list[str]:
     return list(session.scalars(select(Job.pipeline_name).distinct().order_by(Job.pipeline_name)))
 

@@ -75,3 +75,37 @@ def test_a_selection_without_results_answers_409_and_viewers_may_not_bulk_export
     viewer = console.login("viewer1")
     assert viewer.get("/worklist/export/csv").status_code == 403
     assert viewer.get(f"/jobs/{study.job_id}/export/csv").status_code == 200  # one job: allowed
+
+
+def _link(page: str, anchor_id: str) -> str:
+    return page.split(f'id="{anchor_id}" href="')[1].split('"')[0].replace("&amp;", "&")
+
+
+def test_jobs_page_export_links_download_the_filtered_jobs(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    console, study = processed
+    failed_id = _with_failed_job_and_pdf(console, study)
+    client = console.login("admin1")
+    page = client.get("/jobs?state=succeeded&pipeline=demo-mr").text
+    csv_link = _link(page, "export-csv")
+    assert csv_link == "/jobs/export/csv?state=succeeded&pipeline=demo-mr"
+    answer = client.get(csv_link)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-export-jobs"] == "1" and answer.headers["x-export-skipped"] == "0"
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert rows and {r["job_id"] for r in rows} == {str(study.job_id)}
+    # unfiltered: the failed job is in the selection too (skipped, named in the ZIP)
+    pdfs = client.get(_link(client.get("/jobs").text, "export-pdfs"))
+    assert pdfs.status_code == 200 and pdfs.headers["x-export-skipped"] == "1"
+    archive = zipfile.ZipFile(io.BytesIO(pdfs.content))
+    assert archive.read(f"job{study.job_id}/pdf.dcm") == b"DICM-encapsulated-pdf-bytes"
+    assert f"job {failed_id}" in archive.read("SKIPPED.txt").decode()
+    # a filter selecting only the failed job has nothing to export, and says why
+    failed = client.get(_link(client.get("/jobs?state=failed").text, "export-csv"))
+    assert failed.status_code == 409 and "out of memory" in failed.text
+    assert client.get("/jobs/export/csv?state=bogus").status_code == 400
+    assert console.login("viewer1").get("/jobs/export/csv").status_code == 403
+    with console.db.read() as session:
+        sources = [e.entity_id for e in audit.query(session, action="result.bulk_download")]
+    assert sources.count("jobs") == 2

@@ -126,6 +126,8 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/admin/pipelines/{name}/review"): (ADMIN, {"review_required": "true"}),
     ("GET", "/worklist/export/{which}"): (REVIEW, {}),
     ("GET", "/studies/export/{which}"): (REVIEW, {}),
+    ("GET", "/jobs/export/{which}"): (REVIEW, {}),
+    ("POST", "/jobs/{job_id}/send"): (REVIEW, {"destination": "archive"}),
     ("POST", "/admin/allowlist"): (ADMIN, {"entries": "MODALITY1\nCT2@127.0.0.1"}),
     ("GET", "/admin/pipelines"): (ADMIN, {}),
     ("POST", "/admin/pipelines/{name}"): (ADMIN, {"enabled": "on"}),
