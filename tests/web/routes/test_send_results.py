@@ -3,6 +3,8 @@ delivered by a real dispatcher to a real storescp and folder; every refusal (400
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,27 @@ from node.db.engine import Database
 from node.db.orm import Artifact, Delivery, Job
 from node.db.repositories import audit
 from node.dispatch.dispatcher import Dispatcher
-from tests.node.dispatch.conftest import StoreScp, add_job_with_artifacts, with_destinations
-from tests.node.dispatch.conftest import storescp  # noqa: F401  (the real peer fixture)
+from tests.conftest import free_port
+from tests.node.dispatch.conftest import (
+    StoreScp,
+    add_job_with_artifacts,
+    start_storescp,
+    with_destinations,
+)
 from tests.node.dispatch.factory import make_results
-from tests.web.conftest import Console, csrf_of, make_console
+from tests.web.conftest import csrf_of, make_console
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[StoreScp]:
+    """A real DCMTK storescp on a free loopback port."""
+    if shutil.which("storescp") is None:
+        pytest.skip("DCMTK storescp not installed")
+    scp = StoreScp("STORESCP", free_port(), tmp_path / "storescp")
+    scp.process = start_storescp(scp.folder, scp.port)
+    yield scp
+    scp.process.terminate()
+    scp.process.wait(timeout=10)
 
 
 def _settings(settings: Settings, tmp_path: Path, peer_port: int) -> Settings:
@@ -49,9 +68,9 @@ def _study_uid(db: Database, job_id: int) -> str:
 
 
 def test_send_to_delivers_the_results_to_storescp_and_a_folder(
-    settings: Settings, sqlite_db: Database, tmp_path: Path, storescp: StoreScp
+    settings: Settings, sqlite_db: Database, tmp_path: Path, peer: StoreScp
 ) -> None:
-    cfg = _settings(settings, tmp_path, storescp.port)
+    cfg = _settings(settings, tmp_path, peer.port)
     console = make_console(cfg, sqlite_db)
     made = make_results(tmp_path / "made")
     job_id = add_job_with_artifacts(sqlite_db, cfg, made)
@@ -68,7 +87,7 @@ def test_send_to_delivers_the_results_to_storescp_and_a_folder(
     dispatcher = Dispatcher(cfg, sqlite_db)
     assert dispatcher.run_once() == 4
     assert _deliveries(sqlite_db, job_id, "pacs") == ["delivered"] * 4
-    assert set(storescp.received()) == {obj.sop_instance_uid for obj in made.values()}
+    assert set(peer.received()) == {obj.sop_instance_uid for obj in made.values()}
 
     answer = client.post(
         f"/jobs/{job_id}/send", data={"csrf_token": token, "destination": "archive"}
@@ -135,9 +154,8 @@ def test_send_to_refusals(settings: Settings, sqlite_db: Database, tmp_path: Pat
     assert admin.post(f"/jobs/{job_id}/send", data={"destination": "archive"}).status_code == 403
 
 
-@pytest.mark.parametrize("kind", [ArtifactKind.REJECTION_NOTE])
 def test_a_rejection_note_is_never_sent_by_hand(
-    settings: Settings, sqlite_db: Database, tmp_path: Path, kind: ArtifactKind
+    settings: Settings, sqlite_db: Database, tmp_path: Path
 ) -> None:
     """Only results go: a note withdrawing objects is the rejection's, not the console's."""
     cfg = _settings(settings, tmp_path, 104)
@@ -145,12 +163,16 @@ def test_a_rejection_note_is_never_sent_by_hand(
     made = make_results(tmp_path / "a")
     job_id = add_job_with_artifacts(sqlite_db, cfg, {ArtifactKind.SEG: made[ArtifactKind.SEG]})
     with sqlite_db.write() as session:
+        note = ArtifactKind.REJECTION_NOTE.value
         session.add(
-            Artifact(job_pk=job_id, kind=kind.value, sop_instance_uid="1.2.3.4", path="/x",
-                     validated=True)
-        )  # fmt: skip
+            Artifact(
+                job_pk=job_id, kind=note, sop_instance_uid="1.2.3.4", path="/x", validated=True
+            )
+        )
     admin = console.login("admin1")
     token = csrf_of(admin, "/jobs")
-    answer = admin.post(f"/jobs/{job_id}/send", data={"csrf_token": token, "destination": "archive"})
+    answer = admin.post(
+        f"/jobs/{job_id}/send", data={"csrf_token": token, "destination": "archive"}
+    )
     assert answer.status_code == 303
     assert _deliveries(sqlite_db, job_id, "archive") == ["pending"]
