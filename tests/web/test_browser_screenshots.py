@@ -66,7 +66,7 @@ def _pages(study: ProcessedStudy) -> list[Page]:
             "admin1",
             f"/admin/routing?study_uid={uid}",
             "#route-explanation",
-            "Routing dry-run",
+            "Routing",
         ),  # fmt: skip
         Page("audit", "admin1", "/admin/audit", "#audit tr", "Audit log"),
         Page("account", "viewer1", "/account", "input[name=current]", "viewer1"),
