@@ -17,6 +17,7 @@ import torch
 from models.card import DEMO_DISCLAIMER, ModelCard, write_card
 from models.loaders.monai import build_monai_network
 from models.training.anomaly import train_anomaly_models
+from models.training.enhancement import train_enhancement_models
 from models.training.common import device_uid_for, save_state_dict, seed_everything
 from models.training.datasets import Dataset2D, make_dataset_2d, make_dataset_3d
 from models.training.demo_specs import (
@@ -177,4 +178,6 @@ def train_demo_models(
         cards.append(train_one(model, out_dir, seed + 1000 * offset, quick))
     if only in (None, "anomaly"):
         cards.extend(train_anomaly_models(out_dir, seed, quick))
+    if only in (None, "enhancement"):
+        cards.extend(train_enhancement_models(out_dir, seed, quick))
     return cards
