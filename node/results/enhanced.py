@@ -23,6 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
 
 from core.dicom_uids import deterministic_uid
 from core.domain import ArtifactKind
@@ -61,6 +62,31 @@ def _stored(values: np.ndarray, source: Dataset) -> np.ndarray:
         (int(source.BitsAllocated), signed), np.int16
     )
     return stored.astype(dtype)
+
+
+_DS_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation")
+
+
+def _conform(ds: Dataset) -> None:
+    """What the image IODs require that lax sources (and float arithmetic) leave out.
+
+    Decimal strings are re-formatted to at most 16 characters, and type 2 / 2C attributes the
+    source lacks are added empty (their value is unknown, not invented).
+    """
+    for keyword in _DS_KEYWORDS:
+        if keyword in ds and ds[keyword].value is not None:
+            values = ds[keyword].value
+            many = isinstance(values, (list, tuple, pydicom.multival.MultiValue))
+            items = list(values) if many else [values]
+            formatted = [format_number_as_ds(float(v)) for v in items]
+            ds[keyword].value = formatted if many else formatted[0]
+    modality = str(ds.get("Modality", ""))
+    if "ImageOrientationPatient" not in ds and "PatientOrientation" not in ds:
+        ds.PatientOrientation = ""
+    if modality in ("CT", "MR") and "PatientPosition" not in ds:
+        ds.PatientPosition = ""
+    if modality == "CT" and "AcquisitionNumber" not in ds:
+        ds.AcquisitionNumber = ""
 
 
 def build_enhanced(
@@ -105,6 +131,7 @@ def build_enhanced(
         ds.SeriesNumber = series_number(ArtifactKind.ENHANCED)
         ds.SOPInstanceUID = deterministic_uid(series_uid, str(source.SOPInstanceUID), str(index))
         ds.InstanceNumber = int(source.get("InstanceNumber", index + 1) or index + 1)
+        _conform(ds)
         meta = pydicom.dataset.FileMetaDataset()
         meta.MediaStorageSOPClassUID = source.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -122,7 +149,11 @@ def validate_enhanced(
     ds = pydicom.dcmread(io.BytesIO(data))
     _common(kind, ds, result)
     for keyword in ("Rows", "Columns", "PixelSpacing", "RescaleSlope", "RescaleIntercept"):
-        if keyword in source and ds.get(keyword) != source.get(keyword):
+        if keyword in source and not np.allclose(
+            np.atleast_1d(ds.get(keyword, np.nan)).astype(float),
+            np.atleast_1d(source.get(keyword)).astype(float),
+            rtol=1e-9,
+        ):
             raise ResultValidationError(kind, f"{keyword} differs from the source's")
     if list(ds.ImageType)[:2] != ["DERIVED", "SECONDARY"]:
         raise ResultValidationError(kind, "ImageType is not DERIVED\\SECONDARY")
