@@ -15,9 +15,9 @@ import numpy as np
 
 from pipelines.contract import (
     AnomalyOutput,
-    EnhancementOutput,
     ClassificationOutput,
     DetectionBox,
+    EnhancementOutput,
     ExplanationOutput,
     Finding,
     ModelRun,
@@ -41,9 +41,9 @@ from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
 from pipelines.tasks.anomaly import run_anomaly
-from pipelines.tasks.enhancement import run_enhancement
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
+from pipelines.tasks.enhancement import run_enhancement
 from pipelines.tasks.explanation import run_explanation
 from pipelines.tasks.segmentation import run_segmentation
 

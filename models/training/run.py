@@ -17,7 +17,6 @@ import torch
 from models.card import DEMO_DISCLAIMER, ModelCard, write_card
 from models.loaders.monai import build_monai_network
 from models.training.anomaly import train_anomaly_models
-from models.training.enhancement import train_enhancement_models
 from models.training.common import device_uid_for, save_state_dict, seed_everything
 from models.training.datasets import Dataset2D, make_dataset_2d, make_dataset_3d
 from models.training.demo_specs import (
@@ -27,6 +26,7 @@ from models.training.demo_specs import (
     DemoModel,
 )
 from models.training.detection import train_yolo
+from models.training.enhancement import train_enhancement_models
 from models.training.loops import train_classifier, train_segmentation
 from models.training.preprocess import apply_intensity
 

@@ -114,7 +114,8 @@ def build_enhanced(
         for keyword in _STALE:
             if keyword in ds:
                 del ds[keyword]
-        for tag in [t for t in ds.keys() if t.is_private or 0x6000 <= t.group <= 0x60FF]:
+        stale = [e.tag for e in ds if e.tag.is_private or 0x6000 <= e.tag.group <= 0x60FF]
+        for tag in stale:
             del ds[tag]  # vendor data and overlays describe the source pixels
         ds.PixelData = _stored(frame, source).tobytes()
         ds["PixelData"].VR = "OW" if int(source.BitsAllocated) > 8 else "OB"

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from reportlab.platypus.doctemplate import LayoutError
@@ -169,14 +168,9 @@ def _build_all(
     pmap = build_parametric_map(result, cleaned, options.result_version)
     if pmap is not None:  # the pipeline asked for it: a failure fails the job like the SEG
         add(ArtifactKind.PMAP, pmap, lambda data: validate_pmap(data, result))
-    enhanced = build_enhanced(result, cleaned, options.result_version)
-    for source, frame, dataset in zip(cleaned, _frames(result), enhanced, strict=False):
-        # the pipeline asked for it: a failure fails the job like the SEG
-        add(
-            ArtifactKind.ENHANCED,
-            dataset,
-            lambda data, s=source, f=frame: validate_enhanced(data, result, s, f),
-        )
+    # the pipeline asked for it: a failure fails the job like the SEG
+    for index, dataset in enumerate(build_enhanced(result, cleaned, options.result_version)):
+        add(ArtifactKind.ENHANCED, dataset, _enhanced_check(result, cleaned[index], index))
     if options.overlay and options.skip_empty_overlay and not has_content(result):
         notes.append(EMPTY_OVERLAY_NOTE)
     elif options.overlay:
@@ -206,8 +200,11 @@ def _build_all(
     return built, warnings, notes
 
 
-def _frames(result: PipelineResult) -> list[np.ndarray]:
-    return list(result.enhancement.image) if result.enhancement is not None else []
+def _enhanced_check(result: PipelineResult, source: Dataset, index: int) -> Callable[[bytes], None]:
+    """The read-back check of the derived instance made from ``source`` (frame ``index``)."""
+    assert result.enhancement is not None
+    frame = result.enhancement.image[index]
+    return lambda data: validate_enhanced(data, result, source, frame)
 
 
 def produce_results(

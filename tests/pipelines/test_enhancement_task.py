@@ -58,8 +58,12 @@ def test_spec_accepts_an_enhancement_only_pipeline_and_refuses_tta() -> None:
     bad = {"members": [{"model": "demo-denoise-dncnn", "tta": "flip"}]}
     with pytest.raises(ConfigError, match="do not apply to denoisers"):
         parse_pipeline_config(
-            {"name": "x", "version": "1", "selection": {"modality": ["CR"]},
-             "tasks": {"enhancement": bad}},
+            {
+                "name": "x",
+                "version": "1",
+                "selection": {"modality": ["CR"]},
+                "tasks": {"enhancement": bad},
+            },
             "x.yaml",
         )
 
@@ -91,9 +95,9 @@ def _standalone(registry: ModelRegistry, study: StudyInput) -> np.ndarray:
 def test_network_member_equals_the_standalone_network(
     registry: ModelRegistry, cr_study: StudyInput
 ) -> None:
-    result = Pipeline(
-        config({"enhancement": members(("demo-denoise-dncnn", 1.0))}), registry
-    ).run(cr_study)
+    result = Pipeline(config({"enhancement": members(("demo-denoise-dncnn", 1.0))}), registry).run(
+        cr_study
+    )
     enhanced = result.enhancement
     assert enhanced is not None
     reference = _standalone(registry, cr_study)
@@ -144,11 +148,19 @@ def test_derived_ct_series_keeps_geometry_and_hounsfield_units(ct_enhanced) -> N
         code = ds.DerivationCodeSequence[0]
         assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == DERIVATION_CODE
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        for keyword in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient",
-                        "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept"):
+        for keyword in (
+            "Rows",
+            "Columns",
+            "PixelSpacing",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "RescaleSlope",
+            "RescaleIntercept",
+        ):
             ours, theirs = np.atleast_1d(ds.get(keyword)), np.atleast_1d(source.get(keyword))
-            np.testing.assert_allclose(ours.astype(float), theirs.astype(float), rtol=1e-9,
-                                       atol=1e-9, err_msg=keyword)
+            np.testing.assert_allclose(
+                ours.astype(float), theirs.astype(float), rtol=1e-9, atol=1e-9, err_msg=keyword
+            )
         hu = pydicom.pixels.apply_rescale(ds.pixel_array, ds)
         source_hu = pydicom.pixels.apply_rescale(source.pixel_array, source)
         assert np.abs(hu - frame).max() <= float(ds.RescaleSlope)  # rounding to stored values
@@ -161,14 +173,14 @@ def test_derived_series_passes_dciodvfy(
 ) -> None:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed")
-    result = Pipeline(
-        config({"enhancement": members(("demo-denoise-nlm", 1.0))}), registry
-    ).run(cr_study)
+    result = Pipeline(config({"enhancement": members(("demo-denoise-nlm", 1.0))}), registry).run(
+        cr_study
+    )
     sources = [pydicom.dcmread(p) for p in cr_study.series[0].files]
     options = OutputOptions(overlay=False, pdf=False, sr=False, seg=False)
     cr = list(produce_results(result, sources, options, tmp_path))
     assert [o.kind for o in cr] == [ArtifactKind.ENHANCED]
     for obj in [*ct_enhanced[2], *cr]:
         run = subprocess.run(["dciodvfy", str(obj.path)], capture_output=True, text=True)
-        errors = [l for l in (run.stdout + run.stderr).splitlines() if l.startswith("Error")]
+        errors = [x for x in (run.stdout + run.stderr).splitlines() if x.startswith("Error")]
         assert errors == [], errors
