@@ -184,3 +184,41 @@ def test_derived_series_passes_dciodvfy(
         run = subprocess.run(["dciodvfy", str(obj.path)], capture_output=True, text=True)
         errors = [x for x in (run.stdout + run.stderr).splitlines() if x.startswith("Error")]
         assert errors == [], errors
+
+
+def test_sr_and_pdf_carry_the_quality_figures(
+    registry: ModelRegistry, cr_study: StudyInput, tmp_path: Path
+) -> None:
+    from tests.node.results.test_conformance import PIXELMED
+
+    result = Pipeline(config({"enhancement": members(("demo-denoise-dncnn", 1.0))}), registry).run(
+        cr_study
+    )
+    assert result.enhancement is not None
+    sources = [pydicom.dcmread(p) for p in cr_study.series[0].files]
+    produced = produce_results(result, sources, OutputOptions(overlay=False), tmp_path)
+    kinds = [o.kind for o in produced]
+    assert kinds == [ArtifactKind.PDF, ArtifactKind.SR, ArtifactKind.ENHANCED]
+    sr = next(o for o in produced if o.kind is ArtifactKind.SR)
+    values: dict[str, float] = {}
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if item.get("ValueType") == "NUM":
+                name = item.ConceptNameCodeSequence[0].CodeValue
+                values[name] = float(item.MeasuredValueSequence[0].NumericValue)
+            walk(item.get("ContentSequence", []))
+
+    walk(pydicom.dcmread(sr.path).ContentSequence)
+    assert values["noise-sd-source"] == pytest.approx(result.enhancement.sigma_before, rel=1e-4)
+    assert values["noise-sd-denoise"] == pytest.approx(result.enhancement.sigma_after, rel=1e-4)
+    pdf = next(o for o in produced if o.kind is ArtifactKind.PDF)
+    assert b"%PDF-" in pydicom.dcmread(pdf.path).EncapsulatedDocument[:8]
+    for obj in produced:
+        if shutil.which("dciodvfy"):
+            run = subprocess.run(["dciodvfy", str(obj.path)], capture_output=True, text=True)
+            out = (run.stdout + run.stderr).splitlines()
+            assert [x for x in out if x.startswith("Error")] == [], obj.kind
+    if shutil.which("java") and Path(PIXELMED[5]).exists():
+        run = subprocess.run([*PIXELMED, str(sr.path)], capture_output=True, text=True)
+        assert "Error" not in run.stdout + run.stderr, run.stdout[-2000:]
