@@ -114,8 +114,39 @@ class ResidualDenoiser(torch.nn.Module):
         return x - self.body(x)
 
 
-def network_denoise(network: torch.nn.Module, images: np.ndarray, device: str) -> np.ndarray:
-    """(N, H, W) float32 unit-range images through ``network`` on ``device`` -> (N, H, W)."""
+TILE = 512  # frames larger than this run in tiles, bounding memory on full-size radiographs
+TILE_MARGIN = 16  # at least; more when the network's receptive radius is larger
+
+
+def receptive_radius(network: torch.nn.Module) -> int:
+    """Pixels of context each output pixel sees on each side (stride-1 convolutions)."""
+    return sum(
+        int(m.kernel_size[0]) // 2 * int(m.dilation[0])
+        for m in network.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    )
+
+
+def network_denoise(
+    network: torch.nn.Module, images: np.ndarray, device: str, tile: int = TILE
+) -> np.ndarray:
+    """(N, H, W) float32 unit-range images through ``network`` on ``device`` -> (N, H, W).
+
+    A frame larger than ``tile`` is processed in ``tile``² pieces, each with a border of context
+    wider than the network's receptive radius that is then cut away, so the result equals one whole-frame pass while the
+    activations of a 3000² radiograph need not fit at once.
+    """
+    images = np.ascontiguousarray(images, np.float32)
+    out = np.empty_like(images)
+    rows, cols = images.shape[1:]
+    margin = max(TILE_MARGIN, receptive_radius(network) + 1)
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None].to(device)
-        return network(x)[:, 0].float().cpu().numpy()
+        for r0 in range(0, rows, tile):
+            for c0 in range(0, cols, tile):
+                r1, c1 = min(r0 + tile, rows), min(c0 + tile, cols)
+                pr0, pc0 = max(r0 - margin, 0), max(c0 - margin, 0)
+                pr1, pc1 = min(r1 + margin, rows), min(c1 + margin, cols)
+                x = torch.from_numpy(images[:, pr0:pr1, pc0:pc1])[:, None].to(device)
+                y = network(x)[:, 0].float().cpu().numpy()
+                out[:, r0:r1, c0:c1] = y[:, r0 - pr0 : r1 - pr0, c0 - pc0 : c1 - pc0]
+    return out

@@ -45,3 +45,16 @@ def test_card_pairs_task_enhancement_with_a_denoiser_framework() -> None:
         ModelCard.model_validate({**data, "task": "segmentation"})
     with pytest.raises(ValueError, match="task enhancement"):
         ModelCard.model_validate({**data, "framework": "monai"})
+
+
+def test_tiled_network_pass_equals_a_whole_frame_pass() -> None:
+    import torch
+
+    from models.enhance import ResidualDenoiser, network_denoise
+
+    torch.manual_seed(0)
+    network = ResidualDenoiser(channels=8, depth=5).eval()
+    images = np.random.default_rng(3).random((2, 100, 75), dtype=np.float32)
+    whole = network_denoise(network, images, "cpu", tile=1000)
+    tiled = network_denoise(network, images, "cpu", tile=32)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
