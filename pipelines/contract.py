@@ -236,7 +236,8 @@ class EnhancementOutput:
     evaluate`` reports them on phantoms).
     """
 
-    image: np.ndarray
+    # None in a result read back from the job's store: the pixels live in the derived series
+    image: np.ndarray | None
     sigma_before: float
     sigma_after: float
     members: tuple[str, ...]
@@ -262,8 +263,19 @@ class EnhancementOutput:
             "noise_reduction_percent": round(self.noise_reduction_percent, 2),
             "members": list(self.members),
             "series_description": self.series_description,
-            "image_shape": list(self.image.shape),
+            "image_shape": list(self.image.shape) if self.image is not None else None,
         }
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> EnhancementOutput:
+        """The quality figures of a stored result (no pixels: see ``image``)."""
+        return cls(
+            None,
+            float(data["sigma_before"]),
+            float(data["sigma_after"]),
+            tuple(str(m) for m in data["members"]),
+            str(data["series_description"]),
+        )
 
 
 @dataclass

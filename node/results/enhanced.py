@@ -94,7 +94,7 @@ def build_enhanced(
 ) -> list[Dataset]:
     """One derived instance per source instance, or [] when the result has no enhancement."""
     enhancement = result.enhancement
-    if enhancement is None:
+    if enhancement is None or enhancement.image is None:  # none, or read back without pixels
         return []
     if len(sources) != enhancement.image.shape[0]:
         raise ValueError(

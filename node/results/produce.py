@@ -202,7 +202,7 @@ def _build_all(
 
 def _enhanced_check(result: PipelineResult, source: Dataset, index: int) -> Callable[[bytes], None]:
     """The read-back check of the derived instance made from ``source`` (frame ``index``)."""
-    assert result.enhancement is not None
+    assert result.enhancement is not None and result.enhancement.image is not None
     frame = result.enhancement.image[index]
     return lambda data: validate_enhanced(data, result, source, frame)
 

@@ -109,6 +109,25 @@ def test_network_member_equals_the_standalone_network(
     assert result.to_json_dict()["enhancement"]["sigma_before"] == enhanced.sigma_before
 
 
+def test_stored_result_keeps_the_quality_figures(
+    registry: ModelRegistry, cr_study: StudyInput, tmp_path: Path
+) -> None:
+    from node.results.store import load_result, save_result
+
+    result = Pipeline(config({"enhancement": members(("demo-denoise-nlm", 1.0))}), registry).run(
+        cr_study
+    )
+    save_result(result, tmp_path)
+    stored = load_result(tmp_path).enhancement
+    assert stored is not None and result.enhancement is not None
+    assert stored.image is None  # the pixels are in the derived series, not the job store
+    assert (stored.sigma_before, stored.sigma_after, stored.members) == (
+        result.enhancement.sigma_before,
+        result.enhancement.sigma_after,
+        ("demo-denoise-nlm",),
+    )
+
+
 def test_ensemble_is_the_weighted_mean(registry: ModelRegistry, cr_study: StudyInput) -> None:
     def run(*pairs: tuple[str, float]) -> np.ndarray:
         result = Pipeline(config({"enhancement": members(*pairs)}), registry).run(cr_study)
