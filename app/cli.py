@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 when a model fails to load")
 
     train = sub.add_parser("train", help="train the demo models on procedural phantoms")
-    train.add_argument("--only", choices=["segmentation", "classification", "detection", "anomaly"])
+    train.add_argument(
+        "--only",
+        choices=["segmentation", "classification", "detection", "anomaly", "enhancement"],
+    )
     train.add_argument("--seed", type=int, default=1234)
     train.add_argument("--out", help="models directory to write (default: setting)")
     train.add_argument("--quick", action="store_true", help="tiny run for tests")
@@ -125,7 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=999)
     evaluate.add_argument(
         "--only",
-        choices=["segmentation", "segmentation_3d", "classification", "detection", "anomaly"],
+        choices=[
+            "segmentation",
+            "segmentation_3d",
+            "classification",
+            "detection",
+            "anomaly",
+            "enhancement",
+        ],
         help="evaluate one task's models only",
     )
 

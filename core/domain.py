@@ -61,12 +61,20 @@ class ArtifactKind(enum.StrEnum):
     # Parametric Map of the classification's explanation (Grad-CAM); ranked after the others so
     # the older kinds keep their series numbers (9901 + rank)
     PMAP = "pmap"
+    # the enhancement task's denoised images: a derived series, one instance per source instance
+    ENHANCED = "enhanced"
 
     @property
     def dispatch_rank(self) -> int:
-        return {"seg": 0, "overlay": 1, "pdf": 2, "sr": 3, "rejection_note": 4, "pmap": 5}[
-            self.value
-        ]
+        return {
+            "seg": 0,
+            "overlay": 1,
+            "pdf": 2,
+            "sr": 3,
+            "rejection_note": 4,
+            "pmap": 5,
+            "enhanced": 6,
+        }[self.value]
 
     @property
     def is_result(self) -> bool:

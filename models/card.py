@@ -200,9 +200,20 @@ class ModelCard(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(min_length=1)
-    task: Literal["segmentation", "classification", "detection", "anomaly"]
-    # sklearn: HOG + Isolation Forest (joblib); padim: PaDiM over a timm backbone (npz)
-    framework: Literal["monai", "timm", "ultralytics", "torchscript", "nnunet", "sklearn", "padim"]
+    task: Literal["segmentation", "classification", "detection", "anomaly", "enhancement"]
+    # sklearn: HOG + Isolation Forest (joblib); padim: PaDiM over a timm backbone (npz);
+    # classical: non-local means (JSON parameters); dncnn: residual denoising CNN (state_dict)
+    framework: Literal[
+        "monai",
+        "timm",
+        "ultralytics",
+        "torchscript",
+        "nnunet",
+        "sklearn",
+        "padim",
+        "classical",
+        "dncnn",
+    ]
     architecture: str = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
     weights: Path
@@ -254,7 +265,7 @@ class ModelCard(_Strict):
 
     @model_validator(mode="after")
     def _labels_unique(self) -> ModelCard:
-        if not self.labels and self.framework != "monai":
+        if not self.labels and self.framework != "monai" and self.task != "enhancement":
             raise ValueError(
                 "labels: at least one label is needed (only a MONAI bundle may take its labels "
                 "from its metadata.json channel_def)"
@@ -275,6 +286,11 @@ class ModelCard(_Strict):
             )
         if self.task != "anomaly" and self.anomaly is not None:
             raise ValueError("anomaly: calibration is only for task anomaly")
+        if (self.task == "enhancement") != (self.framework in ("classical", "dncnn")):
+            raise ValueError(
+                "frameworks classical and dncnn are for task enhancement (denoisers), and task "
+                "enhancement needs one"
+            )
         return self
 
     @property

@@ -153,6 +153,7 @@ class ModelRegistry:
                 nnunet=model.nnunet,
                 bundle=model.bundle,
                 anomaly=model._anomaly,
+                denoiser=model._denoiser,
             )
         return model
 

@@ -226,6 +226,59 @@ class ExplanationOutput:
 
 
 @dataclass
+class EnhancementOutput:
+    """A denoised copy of the source series and how much noise it took away.
+
+    ``image`` is (frames, rows, cols) float32 on the source geometry in the source's units (HU stay
+    HU): the members' weighted mean. ``sigma_before``/``sigma_after`` are the highest per-frame
+    noise σ estimated from the image alone (scikit-image ``estimate_sigma``), in those units —
+    the quality figure where no clean reference exists (PSNR/SSIM need one: ``pacsnode
+    evaluate`` reports them on phantoms).
+    """
+
+    # None in a result read back from the job's store: the pixels live in the derived series
+    image: np.ndarray | None
+    sigma_before: float
+    sigma_after: float
+    members: tuple[str, ...]
+    series_description: str = "Denoised"
+
+    @property
+    def noise_reduction_percent(self) -> float:
+        if self.sigma_before <= 0:
+            return 0.0
+        return 100.0 * (1.0 - self.sigma_after / self.sigma_before)
+
+    def describe(self) -> str:
+        """ "denoised: noise σ 31.2 -> 9.8 (-69 %)" for the report and the console."""
+        return (
+            f"denoised: noise σ {self.sigma_before:.3g} -> {self.sigma_after:.3g} "
+            f"({-self.noise_reduction_percent:+.0f} %)"
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "sigma_before": self.sigma_before,
+            "sigma_after": self.sigma_after,
+            "noise_reduction_percent": round(self.noise_reduction_percent, 2),
+            "members": list(self.members),
+            "series_description": self.series_description,
+            "image_shape": list(self.image.shape) if self.image is not None else None,
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> EnhancementOutput:
+        """The quality figures of a stored result (no pixels: see ``image``)."""
+        return cls(
+            None,
+            float(data["sigma_before"]),
+            float(data["sigma_after"]),
+            tuple(str(m) for m in data["members"]),
+            str(data["series_description"]),
+        )
+
+
+@dataclass
 class AnomalyOutput:
     """An image-level anomaly score against its calibrated threshold, and where (the map).
 
@@ -315,6 +368,7 @@ class PipelineResult:
     structures: tuple[Structure, ...] = ()  # anatomy labels: measured, never lesions
     explanation: ExplanationOutput | None = None  # classification option ``explain``
     anomaly: AnomalyOutput | None = None
+    enhancement: EnhancementOutput | None = None
     processing_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     review_required: bool = False
@@ -444,6 +498,9 @@ class PipelineResult:
             "segmentation": None,
             "explanation": self.explanation.to_json_dict() if self.explanation else None,
             "anomaly": self.anomaly.to_json_dict() if self.anomaly is not None else None,
+            "enhancement": (
+                self.enhancement.to_json_dict() if self.enhancement is not None else None
+            ),
         }
         if self.classification is not None:
             c = self.classification

@@ -34,6 +34,11 @@ from models.training.demo_specs import (
 from models.training.preprocess import apply_intensity
 from pipelines.ensemble import weighted_mean
 from pipelines.evaluation_anomaly import comparison, evaluate_anomaly, format_anomaly
+from pipelines.evaluation_enhancement import (
+    enhancement_comparison,
+    evaluate_enhancement,
+    format_enhancement,
+)
 from pipelines.postprocess import postprocess_components
 from pipelines.spec import PostprocessSpec
 from pipelines.tasks.classification import segmentation_study_score
@@ -254,6 +259,7 @@ def evaluate_all(
         "classification": {},
         "detection": {},
         "anomaly": {},
+        "enhancement": {},
     }
     for name, card in sorted(registry.cards.items()):
         if name.startswith("demo-") and only in (None, evaluation_group(card)):
@@ -273,6 +279,8 @@ def evaluate_all(
         report["detection"] = evaluate_detection(by_task["detection"], seed)
     if by_task["anomaly"]:
         report["anomaly"] = evaluate_anomaly(by_task["anomaly"], seed)
+    if by_task["enhancement"]:
+        report["enhancement"] = evaluate_enhancement(by_task["enhancement"], seed)
     if write_cards:
         _write_metrics(registry, by_task, report)
     return report
@@ -288,6 +296,16 @@ def _write_metrics(
         for name in models:
             card = registry.card(name)
             kind = "3d" if task == "segmentation_3d" else "2d"
+            if task == "enhancement":  # each card: its own figures and the comparison
+                metrics_e: dict[str, Any] = {
+                    "evaluated": today,
+                    "seed": report["seed"],
+                    "heldout_noisy_phantoms_2d": report[task][name],
+                    "comparison_heldout_noisy_phantoms_2d": enhancement_comparison(report[task]),
+                }
+                assert card.card_path is not None
+                write_card(card.model_copy(update={"metrics": metrics_e}), card.card_path)
+                continue
             if task == "anomaly":  # no ensemble: each card records its own and the comparison
                 metrics_a: dict[str, Any] = {
                     "evaluated": today,
@@ -337,6 +355,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {primary_metric(task)}: ensemble {ens} vs best member {best}: {verdict}")
     if "anomaly" in report:
         lines.extend(format_anomaly(report["anomaly"]))
+    if "enhancement" in report:
+        lines.extend(format_enhancement(report["enhancement"]))
     if "study_classification_3d" in report:
         study = report["study_classification_3d"]
         shown = ", ".join(f"{k}={v}" for k, v in study.items() if isinstance(v, (int, float)))

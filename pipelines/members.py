@@ -45,6 +45,8 @@ class LoadedModelLike(Protocol):
         self, images: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]: ...
 
+    def denoise(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
 
 class ModelProvider(Protocol):
     """``models.registry.ModelRegistry`` as the pipelines use it."""

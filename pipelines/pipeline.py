@@ -17,6 +17,7 @@ from pipelines.contract import (
     AnomalyOutput,
     ClassificationOutput,
     DetectionBox,
+    EnhancementOutput,
     ExplanationOutput,
     Finding,
     ModelRun,
@@ -42,6 +43,7 @@ from pipelines.spec import PipelineConfig
 from pipelines.tasks.anomaly import run_anomaly
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
+from pipelines.tasks.enhancement import run_enhancement
 from pipelines.tasks.explanation import run_explanation
 from pipelines.tasks.segmentation import run_segmentation
 
@@ -55,9 +57,16 @@ class _Members:
     detection: list[Member]
     warnings: list[str]
     anomaly: list[Member]
+    enhancement: list[Member]
 
     def all(self) -> list[Member]:
-        return [*self.segmentation, *self.classification, *self.detection, *self.anomaly]
+        return [
+            *self.segmentation,
+            *self.classification,
+            *self.detection,
+            *self.anomaly,
+            *self.enhancement,
+        ]
 
 
 class Pipeline:
@@ -97,6 +106,7 @@ class Pipeline:
             resolve("detection"),
             warnings,
             resolve("anomaly"),
+            resolve("enhancement"),
         )
 
     def decode(self, study: StudyInput) -> DecodedSeries:
@@ -117,7 +127,8 @@ class Pipeline:
         decoded = self.decode(study)
         members = self.members()
         inputs = self.inputs(decoded)
-        inputs.warm([m.model.card for m in members.all()])
+        # denoisers read the source values at native size, not a prepared input
+        inputs.warm([m.model.card for m in members.all() if m.task != "enhancement"])
         runs: list[ModelRun] = []
         tasks = self.config.tasks
 
@@ -178,6 +189,13 @@ class Pipeline:
             anomaly, anomaly_outcomes = run_anomaly(tasks.anomaly, members.anomaly, inputs)
             runs.extend(model_run(o) for o in anomaly_outcomes)
 
+        enhancement: EnhancementOutput | None = None
+        if tasks.enhancement is not None:
+            enhancement, enhancement_outcomes = run_enhancement(
+                tasks.enhancement, members.enhancement, decoded
+            )
+            runs.extend(model_run(o) for o in enhancement_outcomes)
+
         ctx = FindingContext(
             study_instance_uid=study.study_instance_uid,
             pipeline_name=self.name,
@@ -224,6 +242,7 @@ class Pipeline:
             structures=tuple(structures),
             explanation=explanation,
             anomaly=anomaly,
+            enhancement=enhancement,
             processing_seconds=round(time.perf_counter() - started, 4),
             warnings=warnings,
             review_required=self.config.review_required,

@@ -273,17 +273,43 @@ class AnomalyTask(_TaskSpec):
         return self
 
 
+class EnhancementTask(_TaskSpec):
+    """Denoising: each member (a denoiser card: non-local means, a residual CNN) denoises every
+    frame at its native size in the source's units; the output is the weighted mean, written as a
+    derived series (see :class:`pipelines.contract.EnhancementOutput`)."""
+
+    series_description: str = Field("Denoised", min_length=1, max_length=64)
+
+    @field_validator("members")
+    @classmethod
+    def _plain_members(cls, members: tuple[MemberSpec, ...]) -> tuple[MemberSpec, ...]:
+        for member in members:
+            if member.tta != "none" or member.precision != "fp32" or member.label_map:
+                raise ValueError(
+                    f"{member.model}: tta, precision and label_map do not apply to denoisers"
+                )
+        return members
+
+
 class TasksSpec(_Strict):
     segmentation: SegmentationTask | None = None
     classification: ClassificationTask | None = None
     detection: DetectionTask | None = None
     anomaly: AnomalyTask | None = None
+    enhancement: EnhancementTask | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TasksSpec:
-        if not (self.segmentation or self.classification or self.detection or self.anomaly):
+        if not (
+            self.segmentation
+            or self.classification
+            or self.detection
+            or self.anomaly
+            or self.enhancement
+        ):
             raise ValueError(
-                "a pipeline needs at least one of segmentation/classification/detection/anomaly"
+                "a pipeline needs at least one of "
+                "segmentation/classification/detection/anomaly/enhancement"
             )
         if (
             self.classification is not None
@@ -295,7 +321,7 @@ class TasksSpec(_Strict):
 
     def members(self) -> list[tuple[str, MemberSpec]]:
         out: list[tuple[str, MemberSpec]] = []
-        for task_name in ("segmentation", "classification", "detection", "anomaly"):
+        for task_name in ("segmentation", "classification", "detection", "anomaly", "enhancement"):
             task = getattr(self, task_name)
             if task is not None:
                 out.extend((task_name, m) for m in task.members)

@@ -32,6 +32,8 @@ RawBox = tuple[float, float, float, float, int, float]  # x0, y0, x1, y1, class_
 Detector = Callable[[np.ndarray, float | None], list[list[RawBox]]]
 # images (N, H, W) float32 at the input size -> (scores (N,), maps (N, H, W) float32)
 AnomalyScorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# images (N, H, W) float32 in the unit range (models.enhance.to_unit) -> denoised, same shape
+Denoiser = Callable[[np.ndarray], np.ndarray]
 
 __all__ = ["LoadedModel", "ModelLoadError", "RawBox", "load_model", "weights_digest"]
 
@@ -50,6 +52,7 @@ class LoadedModel:
         nnunet: nnUNetPredictor | None = None,
         bundle: MonaiBundle | None = None,
         anomaly: AnomalyScorer | None = None,
+        denoiser: Denoiser | None = None,
     ) -> None:
         self.card = card
         self.placement = placement
@@ -60,6 +63,7 @@ class LoadedModel:
         self.nnunet = nnunet  # an nnU-Net folder brings its own pre-processing and inference
         self.bundle = bundle  # a MONAI bundle brings its own transforms and inferer
         self._anomaly = anomaly
+        self._denoiser = denoiser
         if network is not None:
             network.eval()
 
@@ -111,6 +115,14 @@ class LoadedModel:
             raise ValueError(f"anomaly_maps() expects (N,H,W) images, got shape {images.shape}")
         scores, maps = self._anomaly(np.asarray(images, dtype=np.float32))
         return np.asarray(scores, dtype=np.float64), np.asarray(maps, dtype=np.float32)
+
+    def denoise(self, images: np.ndarray) -> np.ndarray:
+        """Denoised (N, H, W) float32 images, given and returned in the unit range."""
+        if self._denoiser is None:
+            raise ModelLoadError(f"model {self.card.name!r} ({self.card.task}) has no denoise()")
+        if images.ndim != 3:
+            raise ValueError(f"denoise() expects (N,H,W) images, got shape {images.shape}")
+        return np.asarray(self._denoiser(np.asarray(images, dtype=np.float32)), np.float32)
 
 
 def weights_digest(path: Path) -> str:
@@ -166,6 +178,10 @@ def load_model(card: ModelCard, device: str) -> LoadedModel:
             from models.loaders.anomaly import load_anomaly
 
             return load_anomaly(card, placement, sha)
+        if card.framework in ("classical", "dncnn"):
+            from models.loaders.enhance import load_denoiser
+
+            return load_denoiser(card, placement, sha)
         if card.framework == "ultralytics":
             from models.loaders.ultralytics import load_ultralytics
 

@@ -26,6 +26,7 @@ from models.training.demo_specs import (
     DemoModel,
 )
 from models.training.detection import train_yolo
+from models.training.enhancement import train_enhancement_models
 from models.training.loops import train_classifier, train_segmentation
 from models.training.preprocess import apply_intensity
 
@@ -177,4 +178,6 @@ def train_demo_models(
         cards.append(train_one(model, out_dir, seed + 1000 * offset, quick))
     if only in (None, "anomaly"):
         cards.extend(train_anomaly_models(out_dir, seed, quick))
+    if only in (None, "enhancement"):
+        cards.extend(train_enhancement_models(out_dir, seed, quick))
     return cards

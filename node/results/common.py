@@ -21,6 +21,7 @@ _KIND_LABEL = {
     ArtifactKind.PDF: "report PDF",
     ArtifactKind.SR: "SR",
     ArtifactKind.PMAP: "explanation map",
+    ArtifactKind.ENHANCED: "denoised",
 }
 
 

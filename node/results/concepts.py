@@ -46,6 +46,14 @@ ANOMALY_SCORE = hd.sr.CodedConcept("anomaly-score", PRIVATE_SCHEME, "Anomaly sco
 ANOMALY_THRESHOLD = hd.sr.CodedConcept("anomaly-thresh", PRIVATE_SCHEME, "Anomaly score threshold")
 ANOMALY_RESULT = hd.sr.CodedConcept("anomaly-result", PRIVATE_SCHEME, "AI anomaly detection result")
 ANOMALY_VALUES = {True: codes.SCT.Abnormal, False: codes.SCT.Normal}
+# the enhancement task: no standard code names an image-estimated noise σ before/after denoising
+ENHANCEMENT_FINDING = hd.sr.CodedConcept("image-denoising", PRIVATE_SCHEME, "Image noise reduction")
+NOISE_SIGMA_BEFORE = hd.sr.CodedConcept(
+    "noise-sd-source", PRIVATE_SCHEME, "Estimated noise standard deviation of the source"
+)
+NOISE_SIGMA_AFTER = hd.sr.CodedConcept(
+    "noise-sd-denoise", PRIVATE_SCHEME, "Estimated noise standard deviation after denoising"
+)
 SEVERITY_VALUES = {
     Severity.LOW: codes.SCT.Mild,
     Severity.MODERATE: codes.SCT.Moderate,

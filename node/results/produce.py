@@ -1,6 +1,7 @@
 """The worker's entry point: PipelineResult + source datasets → validated Part-10 files.
 
-A result with an explanation (classification ``explain``) also gets a Parametric Map of it.
+A result with an explanation (classification ``explain``) also gets a Parametric Map of it, and
+one with an enhancement a derived series of the denoised images (one object per source instance).
 
 Every object is built, finalised (fixed times, deterministic UIDs, IHE AIR identification),
 validated from its bytes and only then written, atomically, into ``out_dir``. SEG and SR carry the
@@ -25,6 +26,7 @@ from reportlab.platypus.doctemplate import LayoutError
 
 from core.domain import ArtifactKind
 from node.results.common import finalise
+from node.results.enhanced import build_enhanced, validate_enhanced
 from node.results.locations import with_locations
 from node.results.overlay import build_overlay, has_content
 from node.results.pdf import build_pdf
@@ -166,6 +168,9 @@ def _build_all(
     pmap = build_parametric_map(result, cleaned, options.result_version)
     if pmap is not None:  # the pipeline asked for it: a failure fails the job like the SEG
         add(ArtifactKind.PMAP, pmap, lambda data: validate_pmap(data, result))
+    # the pipeline asked for it: a failure fails the job like the SEG
+    for index, dataset in enumerate(build_enhanced(result, cleaned, options.result_version)):
+        add(ArtifactKind.ENHANCED, dataset, _enhanced_check(result, cleaned[index], index))
     if options.overlay and options.skip_empty_overlay and not has_content(result):
         notes.append(EMPTY_OVERLAY_NOTE)
     elif options.overlay:
@@ -195,6 +200,13 @@ def _build_all(
     return built, warnings, notes
 
 
+def _enhanced_check(result: PipelineResult, source: Dataset, index: int) -> Callable[[bytes], None]:
+    """The read-back check of the derived instance made from ``source`` (frame ``index``)."""
+    assert result.enhancement is not None and result.enhancement.image is not None
+    frame = result.enhancement.image[index]
+    return lambda data: validate_enhanced(data, result, source, frame)
+
+
 def produce_results(
     result: PipelineResult,
     sources: Sequence[pydicom.Dataset],
@@ -212,8 +224,12 @@ def produce_results(
     except BUILD_ERRORS as exc:
         raise ResultValidationError(_failing_kind(exc), f"could not build: {exc}") from exc
     produced = ProducedResults(warnings=warnings, notes=notes)
+    per_kind: dict[ArtifactKind, int] = {}
     for kind, dataset, data in sorted(built, key=lambda b: b[0].dispatch_rank):
-        path = Path(out_dir) / f"{kind.value}.dcm"
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        # a derived series has one file per instance; every other kind one file
+        suffix = f"-{per_kind[kind]:04d}" if kind is ArtifactKind.ENHANCED else ""
+        path = Path(out_dir) / f"{kind.value}{suffix}.dcm"
         _write_atomically(path, data)
         produced.append(
             ProducedObject(
@@ -238,6 +254,7 @@ def _failing_kind(exc: BaseException) -> ArtifactKind:
         "pdf": ArtifactKind.PDF,
         "sr": ArtifactKind.SR,
         "pmap": ArtifactKind.PMAP,
+        "enhanced": ArtifactKind.ENHANCED,
     }
     while tb is not None:
         module = Path(tb.tb_frame.f_code.co_filename).stem

@@ -492,6 +492,33 @@ def _qualitative_evaluations(result: PipelineResult, key_frame: int) -> hd.sr.Co
     return container
 
 
+def _enhancement_groups(
+    result: PipelineResult,
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Study level (TID 1501): the noise σ estimated from the source and from the denoised
+    series, in the source's units (HU for CT), the quality figures where no reference exists."""
+    enhancement = result.enhancement
+    if enhancement is None:
+        return []
+    unit = c.HOUNSFIELD if result.modality.upper() == "CT" else c.ARBITRARY_UNIT
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=_summary_uid(result, "enhancement"), identifier="image denoising"
+            ),
+            finding_type=c.ENHANCEMENT_FINDING,
+            measurements=[
+                hd.sr.Measurement(
+                    name=c.NOISE_SIGMA_BEFORE, value=float(enhancement.sigma_before), unit=unit
+                ),
+                hd.sr.Measurement(
+                    name=c.NOISE_SIGMA_AFTER, value=float(enhancement.sigma_after), unit=unit
+                ),
+            ],
+        )
+    ]
+
+
 def _summary_uid(result: PipelineResult, part: str) -> str:
     sources = [result.study_instance_uid, result.pipeline_name, result.pipeline_version, part]
     return deterministic_uid(*sources)
@@ -683,6 +710,7 @@ def build_sr(
         groups: list[Group] = [*planar, *volumetric]
     else:
         groups = [*_summary_groups(result), *_anomaly_groups(result)]
+    groups += _enhancement_groups(result)  # a plain (TID 1501) group: after the ROI ones
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure_reported(sources[0], result.modality),

@@ -20,6 +20,7 @@ from pipelines.contract import (
     AnomalyOutput,
     ClassificationOutput,
     DetectionBox,
+    EnhancementOutput,
     ExplanationOutput,
     Finding,
     LabelSpec,
@@ -244,6 +245,11 @@ def load_result(directory: Path) -> PipelineResult:
         structures=tuple(_structure(st) for st in data.get("structures", [])),
         explanation=_explanation(directory, data.get("explanation")),
         anomaly=anomaly,
+        enhancement=(  # results stored before the task existed have none
+            EnhancementOutput.from_json_dict(data["enhancement"])
+            if data.get("enhancement") is not None
+            else None
+        ),
         processing_seconds=data["processing_seconds"],
         warnings=tuple(data["warnings"]),
         review_required=data["review_required"],
