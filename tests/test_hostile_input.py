@@ -308,9 +308,8 @@ def test_worker_results_stay_inside_data_dir(
         content, _, _ = export(settings, job, "json")
         study_pk = job.study_pk
     folder = settings.job_results_dir(claimed.job_id)
-    assert sorted(paths) == [
-        f"results/job-{claimed.job_id}/{k}.dcm" for k in ("overlay", "pdf", "sr")
-    ]
+    # no finding: no overlay (outputs.skip_empty_overlay), the PDF and SR say so
+    assert sorted(paths) == [f"results/job-{claimed.job_id}/{k}.dcm" for k in ("pdf", "sr")]
     assert (folder / "result.json").is_file()
     assert json.loads(content)["study_instance_uid"] == study_uid
     # a folder destination refuses to join the UID to its path

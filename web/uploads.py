@@ -8,13 +8,18 @@ decided from the bytes (magic numbers), never from the file name alone.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
+from web.upload_stream import StagedFile
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MAX_PICTURE_PIXELS = 8192 * 8192
@@ -122,3 +127,56 @@ def picture_to_secondary_capture(
     if pixel_spacing_mm is not None:
         ds.PixelSpacing = ds.NominalScannedPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
     return ds
+
+
+def prepare_staged(
+    staged: list[StagedFile],
+    limits: ZipLimits,
+    details: PatientDetails,
+    *,
+    greyscale: bool = False,
+    pixel_spacing_mm: float | None = None,
+    study_per_picture: bool = False,
+) -> list[Path]:
+    """Sort staged files by content, wrap pictures as Secondary Capture, refuse over-limit zips.
+
+    Returns the paths to import. Pictures share one new study and series, or with
+    ``study_per_picture`` (a prediction batch) each gets its own. The console's upload and
+    ``/api/predict`` both come through here, so a file is judged the same way by either door.
+    """
+    to_import: list[Path] = []
+    study_uid, series_uid, number = generate_uid(), generate_uid(), 0
+    for item in staged:
+        with item.path.open("rb") as fh:
+            kind = sniff(fh.read(132))
+        if kind == "unknown":
+            raise UploadError(f"{item.filename}: not a DICOM file, zip archive, PNG or JPEG image")
+        if kind in ("png", "jpeg"):
+            if not details.patient_id and not details.patient_name:
+                raise UploadError("Pictures need a patient name or ID to be wrapped as DICOM.")
+            if study_per_picture:
+                study_uid, series_uid = generate_uid(), generate_uid()
+            number += 1
+            ds = picture_to_secondary_capture(
+                item.path.read_bytes(),
+                details,
+                study_uid,
+                series_uid,
+                number,
+                greyscale=greyscale,
+                pixel_spacing_mm=pixel_spacing_mm,
+            )
+            dcm = item.path.with_suffix(".dcm")
+            ds.save_as(dcm, enforce_file_format=True)
+            item.path.unlink()
+            to_import.append(dcm)
+            continue
+        if kind == "zip":
+            try:
+                check_archive(item.path, limits)
+            except zipfile.BadZipFile as exc:
+                raise UploadError(f"{item.filename}: not a valid zip archive") from exc
+            except ZipLimitExceeded as exc:
+                raise UploadError(f"{item.filename}: {exc}") from exc
+        to_import.append(item.path)
+    return to_import

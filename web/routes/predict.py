@@ -26,7 +26,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +35,6 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from pydicom.uid import generate_uid
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -45,7 +43,7 @@ from core.domain import JobState
 from node.db.orm import Job
 from node.db.repositories import audit
 from node.ingest.importer import ImportReport
-from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
+from node.ingest.zipstream import ZipLimits
 from node.jobs.predict import (
     KEPT_SOURCE,
     TRANSIENT_SOURCE,
@@ -61,7 +59,7 @@ from web.deps import Predictor, Principal, StateDep, WebState
 from web.integrations import import_paths, pipeline_configs, remove_study, route_destinations
 from web.routes.uploads import _csrf_check, _public, remove_stale_staging
 from web.upload_stream import StagedFile, UploadRefused, stage_multipart
-from web.uploads import PatientDetails, UploadError, picture_to_secondary_capture, sniff
+from web.uploads import PatientDetails, UploadError, prepare_staged
 
 log = logging.getLogger("pacsnode.web.predict")
 router = APIRouter(prefix="/api", tags=["api: predict"])
@@ -200,48 +198,6 @@ def _spacing(fields: dict[str, str]) -> float | None:
     return value
 
 
-def _prepare(
-    state: WebState, staged: list[StagedFile], spacing: float | None, batch: bool
-) -> list[Path]:
-    """Sort the files by content, wrap pictures as grey Secondary Capture, check archives.
-
-    Pictures of one synchronous request form one study; in a batch each picture is its own."""
-    limits = ZipLimits.from_settings(state.settings.zip_import)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    out: list[Path] = []
-    for number, item in enumerate(staged, start=1):
-        with item.path.open("rb") as fh:
-            kind = sniff(fh.read(132))
-        if kind == "unknown":
-            raise UploadError(f"{item.filename}: not a DICOM file, zip archive, PNG or JPEG image")
-        if kind in ("png", "jpeg"):
-            if batch:
-                study_uid, series_uid = generate_uid(), generate_uid()
-            ds = picture_to_secondary_capture(
-                item.path.read_bytes(),
-                PICTURE_DETAILS,
-                study_uid,
-                series_uid,
-                number,
-                greyscale=True,
-                pixel_spacing_mm=spacing,
-            )
-            dcm = item.path.with_suffix(".dcm")
-            ds.save_as(dcm, enforce_file_format=True)
-            item.path.unlink()
-            out.append(dcm)
-            continue
-        if kind == "zip":
-            try:
-                check_archive(item.path, limits)
-            except zipfile.BadZipFile as exc:
-                raise UploadError(f"{item.filename}: not a valid zip archive") from exc
-            except ZipLimitExceeded as exc:
-                raise UploadError(f"{item.filename}: {exc}") from exc
-        out.append(item.path)
-    return out
-
-
 def _check_pipeline(state: WebState, name: str) -> tuple[str, bool]:
     """(version, review_required) of an enabled pipeline; 4xx naming it otherwise."""
     if not name:
@@ -314,7 +270,14 @@ def _queue(
     if not staged:
         raise UploadError("send at least one file in the 'files' field")
     remove_stale_predictions(state)
-    paths = _prepare(state, staged, spacing, batch)
+    paths = prepare_staged(
+        staged,
+        ZipLimits.from_settings(state.settings.zip_import),
+        PICTURE_DETAILS,
+        greyscale=True,
+        pixel_spacing_mm=spacing,
+        study_per_picture=batch,  # one synchronous request: one study; a batch: one per picture
+    )
     source = KEPT_SOURCE if keep else TRANSIENT_SOURCE
     try:
         report = import_paths(state.db, state.settings, paths, user.username, source=source)

@@ -15,24 +15,22 @@ import logging
 import shutil
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
-from pydicom.uid import generate_uid
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from node.db.repositories import audit
 from node.ingest.importer import ImportReport
-from node.ingest.zipstream import ZipLimitExceeded, ZipLimits, check_archive
+from node.ingest.zipstream import ZipLimits
 from web.deps import Principal, Reviewer, StateDep, WebState, csrf_valid
 from web.integrations import import_paths
 from web.pages import flash, redirect, render
 from web.upload_stream import StagedFile, UploadRefused, stage_multipart
-from web.uploads import PatientDetails, UploadError, picture_to_secondary_capture, sniff
+from web.uploads import PatientDetails, UploadError, prepare_staged
 
 log = logging.getLogger("pacsnode.web.uploads")
 router = APIRouter(tags=["console: studies"])
@@ -93,39 +91,6 @@ def _public(message: str, folder: Path) -> str:
     return message.replace(f"{folder}/", "").replace(str(folder), "the upload")
 
 
-def _prepare(state: WebState, staged: list[StagedFile], details: PatientDetails) -> list[Path]:
-    """Sort the staged files by content, wrap pictures as DICOM, refuse over-limit archives."""
-    limits = ZipLimits.from_settings(state.settings.zip_import)
-    to_import: list[Path] = []
-    study_uid, series_uid, number = generate_uid(), generate_uid(), 0
-    for item in staged:
-        with item.path.open("rb") as fh:
-            kind = sniff(fh.read(132))
-        if kind == "unknown":
-            raise UploadError(f"{item.filename}: not a DICOM file, zip archive, PNG or JPEG image")
-        if kind in ("png", "jpeg"):
-            if not details.patient_id and not details.patient_name:
-                raise UploadError("Pictures need a patient name or ID to be wrapped as DICOM.")
-            number += 1
-            ds = picture_to_secondary_capture(
-                item.path.read_bytes(), details, study_uid, series_uid, number
-            )
-            dcm = item.path.with_suffix(".dcm")
-            ds.save_as(dcm, enforce_file_format=True)
-            item.path.unlink()
-            to_import.append(dcm)
-            continue
-        if kind == "zip":
-            try:
-                check_archive(item.path, limits)
-            except zipfile.BadZipFile as exc:
-                raise UploadError(f"{item.filename}: not a valid zip archive") from exc
-            except ZipLimitExceeded as exc:
-                raise UploadError(f"{item.filename}: {exc}") from exc
-        to_import.append(item.path)
-    return to_import
-
-
 def _named(line: str, staged: list[StagedFile], folder: Path) -> str:
     """An import report line with the staged path replaced by the name the user uploaded."""
     for item in staged:
@@ -151,7 +116,7 @@ def _import(
     ).validated()
     if not staged:
         raise UploadError("Choose at least one file.")
-    to_import = _prepare(state, staged, details)
+    to_import = prepare_staged(staged, ZipLimits.from_settings(state.settings.zip_import), details)
     try:
         return to_import, import_paths(state.db, state.settings, to_import, actor=actor)
     except (ValueError, OSError) as exc:
