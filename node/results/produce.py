@@ -55,7 +55,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 # what a builder raises on input it cannot render (highdicom/pydicom/numpy/PIL/reportlab's page
 # layout), besides the gate
-BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, LayoutError)
+# RuntimeError: highdicom's multi-frame builders raise it for geometry they cannot index
+BUILD_ERRORS = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    LayoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -165,9 +174,16 @@ def _build_all(
                 seg.dataset,
                 lambda data: validate_seg(data, result, built_seg, options.seg_type.upper()),
             )
-    pmap = build_parametric_map(result, cleaned, options.result_version)
-    if pmap is not None:  # the pipeline asked for it: a failure fails the job like the SEG
-        add(ArtifactKind.PMAP, pmap, lambda data: validate_pmap(data, result))
+    if result.explanation is not None:
+        # supplementary to the decision the SR carries, like the overlay: a map highdicom cannot
+        # build for this source (a Secondary Capture with odd geometry) leaves the other results
+        # and the job "succeeded with warnings"; a map that reads back different is never sent
+        def add_pmap() -> None:
+            pmap = build_parametric_map(result, cleaned, options.result_version)
+            if pmap is not None:
+                add(ArtifactKind.PMAP, pmap, lambda data: validate_pmap(data, result))
+
+        optional(ArtifactKind.PMAP, add_pmap)
     # the pipeline asked for it: a failure fails the job like the SEG
     for index, dataset in enumerate(build_enhanced(result, cleaned, options.result_version)):
         add(ArtifactKind.ENHANCED, dataset, _enhanced_check(result, cleaned[index], index))

@@ -123,3 +123,18 @@ def test_explanation_render_is_the_map_in_colour_over_the_source() -> None:
     assert np.abs(picture[low][:, 0].astype(int) - grey[low].astype(int)).max() <= 2
     peak = np.unravel_index(np.argmax(result.explanation.maps[0]), grey.shape)
     assert picture[peak][0] > picture[peak][2]
+
+
+def test_a_map_highdicom_cannot_build_leaves_the_other_results(tmp_path: Path) -> None:
+    """pydicom-data's JPEG-lossy.dcm (NM as Secondary Capture): highdicom refuses its Parametric
+    Map; the SEG, PDF and SR are still made and the job says why the map is missing."""
+    from tests.node.results.factories import read_testdata
+
+    sources = [read_testdata("JPEG-lossy.dcm")]
+    produced = produce_results(
+        make_result(sources, explain=True), sources, OutputOptions(), tmp_path
+    )
+    kinds = {p.kind for p in produced}
+    assert ArtifactKind.PMAP not in kinds
+    assert {ArtifactKind.SEG, ArtifactKind.PDF, ArtifactKind.SR} <= kinds
+    assert any(w.startswith("pmap not made") for w in produced.warnings)
