@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.domain import JobState, ReviewState, StudyState
+from core.domain import StudyState
 from node.db.orm import Job, Study
 from node.db.repositories import audit, studies
 from node.grouping.routing import PipelineLike, RouteDecision, explain_routes
+from node.jobs.queue import add_queued_job
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +76,19 @@ class JobPlanner:
             if exists is not None:
                 continue
             cfg = self.pipelines[name]
-            job = Job(
+            add_queued_job(
+                session,
                 study_pk=study.id,
                 pipeline_name=name,
                 pipeline_version=cfg.version,
                 result_version=study.result_version,
-                destinations=list(decision.destinations),
-                state=JobState.QUEUED.value,
-                review_state=(
-                    ReviewState.PENDING if cfg.review_required else ReviewState.NOT_REQUIRED
-                ).value,
+                destinations=decision.destinations,
+                review_required=cfg.review_required,
                 max_attempts=self.settings.jobs.max_attempts,
-                next_attempt_at=now,
-            )
-            session.add(job)
-            session.flush()
-            created += 1
-            audit.record(
-                session,
-                "job.created",
-                entity_type="job",
-                entity_id=job.id,
-                to_state=JobState.QUEUED.value,
+                now=now,
                 detail=f"study {study_uid} pipeline {name} v{cfg.version} result v{study.result_version}",
             )
+            created += 1
         if created == 0 and not decision.pipelines:
             skip_study(session, study, decision)
 

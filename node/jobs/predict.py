@@ -19,10 +19,10 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.domain import JobState, ReviewState, StudyState
+from core.domain import JobState, StudyState
 from node.db.orm import Artifact, Job, Study
-from node.db.repositories import audit
 from node.db.repositories.search import TRANSIENT_SOURCE  # hidden from the study list
+from node.jobs.queue import add_queued_job
 
 __all__ = [
     "KEPT_SOURCE",
@@ -101,28 +101,19 @@ def queue_prediction(
         study.completed_at = now
         study.completion_reason = "api predict"
         study.complete_requested = False
-    job = Job(
+    job = add_queued_job(
+        session,
         study_pk=study.id,
         pipeline_name=pipeline_name,
         pipeline_version=pipeline_version,
         result_version=study.result_version,
-        destinations=list(destinations),
-        state=JobState.QUEUED.value,
-        review_state=(ReviewState.PENDING if review_required else ReviewState.NOT_REQUIRED).value,
+        destinations=destinations,
+        review_required=review_required,
         max_attempts=max_attempts,
-        next_attempt_at=now,
-    )
-    session.add(job)
-    session.flush()
-    audit.record(
-        session,
-        "job.created",
-        entity_type="job",
-        entity_id=job.id,
-        actor=actor,
-        to_state=JobState.QUEUED.value,
+        now=now,
         detail=f"api predict: study {study_uid} pipeline {pipeline_name} v{pipeline_version}"
         f" destinations {list(destinations) or 'none'}",
+        actor=actor,
     )
     return job.id
 

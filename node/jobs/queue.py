@@ -246,6 +246,47 @@ def expire_leases(session: Session, now: datetime, settings: JobSettings) -> lis
     return [j.id for j in stale]
 
 
+def add_queued_job(
+    session: Session,
+    *,
+    study_pk: int,
+    pipeline_name: str,
+    pipeline_version: str,
+    result_version: int,
+    destinations: Collection[str],
+    review_required: bool,
+    max_attempts: int,
+    now: datetime,
+    detail: str,
+    actor: str = "system",
+) -> Job:
+    """A new queued job row and its ``job.created`` audit row: the one way jobs come to be
+    (routing a complete study, a console re-run with another pipeline, ``/api/predict``)."""
+    job = Job(
+        study_pk=study_pk,
+        pipeline_name=pipeline_name,
+        pipeline_version=pipeline_version,
+        result_version=result_version,
+        destinations=list(destinations),
+        state=JobState.QUEUED.value,
+        review_state=(ReviewState.PENDING if review_required else ReviewState.NOT_REQUIRED).value,
+        max_attempts=max_attempts,
+        next_attempt_at=now,
+    )
+    session.add(job)
+    session.flush()
+    audit.record(
+        session,
+        "job.created",
+        entity_type="job",
+        entity_id=job.id,
+        actor=actor,
+        to_state=JobState.QUEUED.value,
+        detail=detail,
+    )
+    return job
+
+
 def requeue_job(session: Session, job_id: int, actor: str) -> bool:
     """Console "re-run": a terminal job goes back to the queue with fresh attempts."""
     job = session.get(Job, job_id)
@@ -330,31 +371,22 @@ def rerun_with_pipeline(
         if not requeue_job(session, existing.id, actor):
             raise ValueError(f"job {existing.id} of {pipeline_name} is {existing.state} already")
         return existing
-    job = Job(
+    job = add_queued_job(
+        session,
         study_pk=source.study_pk,
         pipeline_name=pipeline_name,
         pipeline_version=pipeline_version,
         result_version=source.result_version,
-        destinations=list(source.destinations or ()),
-        state=JobState.QUEUED.value,
-        review_state=(ReviewState.PENDING if review_required else ReviewState.NOT_REQUIRED).value,
+        destinations=source.destinations or (),
+        review_required=review_required,
         max_attempts=source.max_attempts,
-        next_attempt_at=utcnow(),
+        now=utcnow(),
+        detail=f"re-run of job {source.id} with pipeline {pipeline_name} v{pipeline_version}",
+        actor=actor,
     )
-    session.add(job)
-    session.flush()
     study = session.get(Study, source.study_pk)
     if study is not None and study.state == StudyState.PROCESSED.value:
         study.state = StudyState.COMPLETE.value
-    audit.record(
-        session,
-        "job.created",
-        entity_type="job",
-        entity_id=job.id,
-        actor=actor,
-        to_state=JobState.QUEUED.value,
-        detail=f"re-run of job {source.id} with pipeline {pipeline_name} v{pipeline_version}",
-    )
     return job
 
 
