@@ -80,10 +80,14 @@ def _handler(dist: Path, orthanc_url: str) -> type[http.server.SimpleHTTPRequest
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?")[0]
             if self.path.startswith("/dicom-web/"):
-                accept = self.headers.get("Accept", "*/*")
-                request = urllib.request.Request(
-                    orthanc_url + self.path, headers={"Accept": accept}
-                )
+                # Orthanc writes absolute BulkDataURIs from the request's Host: the viewer's own
+                # origin, so bulk data (a PDF's document, say) comes through here too and not
+                # from Orthanc's port, which the browser refuses as cross-origin
+                headers = {
+                    "Accept": self.headers.get("Accept", "*/*"),
+                    "Host": self.headers.get("Host", ""),
+                }
+                request = urllib.request.Request(orthanc_url + self.path, headers=headers)
                 try:
                     with urllib.request.urlopen(request, timeout=60) as answer:
                         kind = answer.headers.get("Content-Type", "application/octet-stream")
