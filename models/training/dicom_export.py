@@ -87,6 +87,7 @@ def write_series(
         ds.ImagerPixelSpacing = ds.PixelSpacing = [f"{s:g}" for s in phantom.pixel_spacing_mm]
         ds.BodyPartExamined = "CHEST"
         ds.ViewPosition = "PA"
+        ds.PatientOrientation = ["L", "F"]  # PA chest as displayed; the SR image library needs it
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.WindowCenter, ds.WindowWidth = 2048, 4096
