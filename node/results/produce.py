@@ -212,7 +212,9 @@ def _build_all(
 
         def add_map(layer: MapLayer) -> None:
             image = build_map_overlay(result, cleaned, options.result_version, layer)
-            add(ArtifactKind.OVERLAY, image, lambda data: validate_overlay(data, result), layer.role)
+            add(
+                ArtifactKind.OVERLAY, image, lambda data: validate_overlay(data, result), layer.role
+            )
 
         for layer in overlay_map_layers(result):
             optional(ArtifactKind.OVERLAY, partial(add_map, layer))

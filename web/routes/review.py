@@ -34,6 +34,7 @@ from node.db.repositories import studies as study_repo
 from node.dispatch.rejection import RejectionPreview
 from pipelines.preprocess.display import WINDOW_PRESETS, WindowChoice, parse_window
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
+from web.enhancement_views import denoised_files, denoiser_quality
 from web.imaging import (
     RenderError,
     SegMasks,
@@ -50,7 +51,6 @@ from web.integrations import (
     resend,
 )
 from web.pages import flash, redirect, render
-from web.enhancement_views import denoised_files, denoiser_quality
 from web.result_views import (
     anomaly_map,
     artifact_file,
