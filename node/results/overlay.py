@@ -214,11 +214,11 @@ def _caption(image: Image.Image, text: str) -> None:
     width, height = image.size
     size = max(9, min(width, height) // 24)
     font = _font(size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    left, top, right, bottom = (round(v) for v in draw.textbbox((0, 0), text, font=font))
     while right - left > width - 12 and size > 6:  # smaller type before a cut-off caption
         size -= 1
         font = _font(size)
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        left, top, right, bottom = (round(v) for v in draw.textbbox((0, 0), text, font=font))
     pad = max(2, (bottom - top) // 4)
     bar_h = max(3, (bottom - top) // 2)
     box_w = min(width - 2 * pad, (right - left) + 2 * pad)
