@@ -329,3 +329,42 @@ def test_anomaly_map_toggle_and_key_show_the_map_with_the_opacity_slider(
     driver.find_element(By.TAG_NAME, "body").send_keys("y")  # type: ignore[attr-defined]
     assert not image.is_displayed()
     assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+
+
+def test_denoised_switch_and_key_d_show_the_denoised_copy(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    """An enhancement job: the denoised switch (and key d) load the derived image in place of the
+    original on the same slice; switching it off brings the original back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.web.routes.test_review_maps import add_denoised_copy
+
+    base, console, study = server
+    add_denoised_copy(console, study, KEY_SLICE)
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    _login(driver, base, "radiologist1")
+    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
+    wait.until(_frame_ready)
+    for toggle in ("toggle-mask", "toggle-labels", "toggle-boxes"):  # the image alone
+        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
+    before = _viewer_pixels(driver)
+
+    def shown(kind: str) -> object:
+        return lambda d: (
+            f"/{kind}/{KEY_SLICE}.png"
+            in (d.find_element(By.ID, "viewer").get_attribute("data-shown") or "")
+        )
+
+    driver.find_element(By.ID, "toggle-denoised").click()  # type: ignore[attr-defined]
+    wait.until(shown("denoised"))
+    wait.until(_frame_ready)
+    after = _viewer_pixels(driver)
+    h, w = after.shape[:2]
+    assert np.abs(after - before)[h // 4 : 3 * h // 4, w // 8 : w // 2 - 4].sum(axis=2).mean() > 5
+    driver.find_element(By.TAG_NAME, "body").send_keys("d")  # type: ignore[attr-defined]
+    wait.until(shown("frames"))
+    wait.until(_frame_ready)
+    assert np.abs(_viewer_pixels(driver) - before).max() < 30

@@ -74,11 +74,9 @@ def test_enhancement_figures_are_shown(processed: tuple[Console, ProcessedStudy]
     assert "37.37" in page and "0.926" in page and "25.00 / 0.426" in page
 
 
-def test_denoised_copy_is_viewable_instead_of_the_original(
-    processed: tuple[Console, ProcessedStudy],
-) -> None:
-    console, study = processed
-    client = console.login("viewer1")
+def add_denoised_copy(console: Console, study: ProcessedStudy, index: int) -> np.ndarray:
+    """An enhancement artifact for shown frame ``index`` only: the source with its left half
+    blanked (written by the real derived-series builder); returns the sources' pixels."""
     directory = console.settings.job_results_dir(study.job_id)
     result = load_result(directory)
     sources = sorted(
@@ -87,11 +85,9 @@ def test_denoised_copy_is_viewable_instead_of_the_original(
     assert [str(d.SOPInstanceUID) for d in sources] == [
         f.sop_instance_uid for f in result.source_frames
     ]
-    first = sources[0]
     image = np.stack([d.pixel_array.astype(np.float32) for d in sources])
-    image[:, :, : image.shape[2] // 2] = 0.0  # the "denoised" copy: left half blanked
+    image[:, :, : image.shape[2] // 2] = 0.0
     denoised = replace(result, enhancement=EnhancementOutput(image, 30.0, 10.0, ("demo",)))
-    index = LESION_SLICES[1]
     with console.db.write() as session:
         for number, ds in enumerate(build_enhanced(denoised, sources)):
             if number != index:
@@ -102,7 +98,7 @@ def test_denoised_copy_is_viewable_instead_of_the_original(
                 Artifact(
                     job_pk=study.job_id,
                     kind="enhanced",
-                    sop_class_uid=str(first.SOPClassUID),
+                    sop_class_uid=str(ds.SOPClassUID),
                     sop_instance_uid=str(ds.SOPInstanceUID),
                     series_instance_uid=str(ds.SeriesInstanceUID),
                     path=str(path.relative_to(console.settings.data_dir)),
@@ -110,6 +106,16 @@ def test_denoised_copy_is_viewable_instead_of_the_original(
                     validated=True,
                 )
             )
+    return image
+
+
+def test_denoised_copy_is_viewable_instead_of_the_original(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    console, study = processed
+    client = console.login("viewer1")
+    index = LESION_SLICES[1]
+    image = add_denoised_copy(console, study, index)
     page = client.get(f"/review/{study.job_id}").text
     assert 'id="toggle-denoised"' in page
     original = client.get(f"/review/{study.job_id}/frames/{index}.png")
