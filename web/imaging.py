@@ -21,7 +21,7 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from node.results.overlay import jet as _jet
+from node.results.maps import jet as _jet
 from node.results.seg_read import label_maps
 from pipelines.preprocess.display import (
     DisplayError,

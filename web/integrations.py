@@ -36,7 +36,13 @@ from node.overrides import (
 from node.results import exports
 from node.results.exports import CSV_COLUMNS, csv_lines, finding_rows, stream_zip
 from node.results.locations import finding_slice_mask, outline
-from node.results.store import load_explanation_maps, load_heatmap, load_result
+from node.results.maps import anomaly_display_values
+from node.results.store import (
+    load_anomaly_map,
+    load_explanation_maps,
+    load_heatmap,
+    load_result,
+)
 from node.study_files import StoredInstance, StudyBusy, remove_study, stored_instances
 from pipelines.checks import pipeline_problems
 from pipelines.contract import PipelineResult
@@ -47,6 +53,7 @@ __all__ = [
     "PIPELINE_OVERRIDE_PREFIX",
     "StoredInstance",
     "StudyBusy",
+    "anomaly_display_values",
     "cancel_job",
     "csv_lines",
     "effective_settings",
@@ -55,6 +62,7 @@ __all__ = [
     "finding_slice_mask",
     "force_complete",
     "import_paths",
+    "load_anomaly_map",
     "load_explanation_maps",
     "load_heatmap",
     "load_result",

@@ -22,9 +22,11 @@ from node.db.orm import Artifact, Job
 from pipelines.contract import Finding, PipelineResult
 from web.integrations import (
     CSV_COLUMNS,
+    anomaly_display_values,
     csv_lines,
     finding_rows,
     finding_slice_mask,
+    load_anomaly_map,
     load_explanation_maps,
     load_heatmap,
     load_result,
@@ -109,6 +111,26 @@ def explanation(settings: Settings, job: Job) -> np.ndarray | None:
     FileNotFoundError when the result is not on disk."""
     directory = result_dir(settings, job)
     return _explanation_cached(str(directory), _stamp(directory / "result.json"))
+
+
+@lru_cache(maxsize=4)
+def _anomaly_cached(directory: str, stamp: int, threshold: float) -> np.ndarray | None:
+    raw = load_anomaly_map(Path(directory))
+    if raw is None:
+        return None
+    return np.rint(anomaly_display_values(raw, threshold) * 255.0).astype(np.uint8)
+
+
+def anomaly_map(settings: Settings, job: Job) -> np.ndarray | None:
+    """The job's anomaly map as the overlay series shows it (0: the study's least anomalous
+    pixel, 255: the calibrated threshold and above), (result frames, rows, cols) uint8; None
+    when the pipeline made none; FileNotFoundError when the result is not on disk."""
+    directory = result_dir(settings, job)
+    stamp = _stamp(directory / "result.json")
+    info = review_data(settings, job).get("anomaly")
+    if not isinstance(info, dict) or info.get("map_shape") is None:
+        return None
+    return _anomaly_cached(str(directory), stamp, float(info["threshold"]))
 
 
 def heatmap(settings: Settings, job: Job) -> np.ndarray | None:

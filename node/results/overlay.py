@@ -12,6 +12,13 @@ heatmap.
 
 An overlay with nothing on it (no mask pixels, no boxes, no findings) repeats the source image;
 :func:`has_content` lets the producer leave it out (``outputs.skip_empty_overlay``).
+
+A result with an explanation map (Grad-CAM & co.) or an anomaly map gets each map as a further
+image of the same overlay series (instance 2: explanation, 3: anomaly; their own deterministic
+UIDs): the source under the map in jet colours (:mod:`node.results.maps`), with the mask's outline,
+boxes, finding IDs and the "AI" mark still on it, and a caption ("Grad-CAM for abnormal", "anomaly
+map (red >= threshold ...)") over a low -> high colour bar. Separate images, not one blend, so
+the mask is never hidden under a map and each map is read on its own, as a PACS user scrolls.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from core.domain import ArtifactKind
 from node.results.equipment import MANUFACTURER
 from node.results.fonts import find_font
+from node.results.maps import MapLayer, blend, jet, map_layers
 from node.results.uids import result_uid, series_number
 from pipelines.contract import PipelineResult
 from pipelines.preprocess.display import display_frame, frame_count
@@ -145,6 +154,17 @@ def source_frame_pixels(sources: Sequence[Dataset], frame_index: int) -> np.ndar
     return display_frame(dataset, frame_index if frame_count(dataset) > 1 else 0)
 
 
+def _draw_boxes(image: Image.Image, result: PipelineResult, frame_index: int) -> None:
+    """The frame's detection boxes as yellow rectangles."""
+    draw = ImageDraw.Draw(image)
+    width = max(1, min(image.size) // 200)
+    for box in result.detections:
+        if box.frame_index == frame_index:
+            draw.rectangle(
+                [box.x0, box.y0, box.x1 - 1, box.y1 - 1], outline=(255, 255, 0), width=width
+            )
+
+
 def render_overlay(
     result: PipelineResult, sources: Sequence[Dataset], frame_index: int
 ) -> np.ndarray:
@@ -167,25 +187,9 @@ def render_overlay(
         alpha = 0.45 * mask[:, :, None]
         rgb = rgb * (1 - alpha) + colour * alpha
     image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    width = max(1, min(image.size) // 200)
-    for box in result.detections:
-        if box.frame_index == frame_index:
-            draw.rectangle(
-                [box.x0, box.y0, box.x1 - 1, box.y1 - 1], outline=(255, 255, 0), width=width
-            )
+    _draw_boxes(image, result, frame_index)
     _annotate(image, result, frame_index)
     return np.asarray(image)
-
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """The familiar blue -> cyan -> green -> yellow -> red ramp of probability maps, (..., 3)
-    floats 0..1; the console's heat map PNGs and the report's explanation use the same one."""
-    v = np.clip(values, 0.0, 1.0)
-    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.stack([red, green, blue], axis=-1)
 
 
 def render_explanation(
@@ -196,12 +200,55 @@ def render_explanation(
     if result.explanation is None:
         return None
     shown = source_frame_pixels(sources, frame_index)
-    if shown.ndim == 2:
-        shown = np.repeat(shown[:, :, None], 3, axis=2)
-    values = np.clip(result.explanation.maps[frame_index], 0.0, 1.0)
-    alpha = (0.6 * values)[:, :, None]
-    rgb = shown.astype(np.float32) * (1 - alpha) + jet(values) * 255.0 * alpha
-    return rgb.clip(0, 255).astype(np.uint8)
+    return blend(shown, np.clip(result.explanation.maps[frame_index], 0.0, 1.0))
+
+
+def _mask_outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The ``width``-pixel inner rim of a 2D mask: what stays visible under a colour map."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+
+
+def _caption(image: Image.Image, text: str) -> None:
+    """The map's name and a low -> high colour bar, white on a black box in the bottom left."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    size = max(9, min(width, height) // 24)
+    font = _font(size)
+    left, top, right, bottom = (round(v) for v in draw.textbbox((0, 0), text, font=font))
+    while right - left > width - 12 and size > 6:  # smaller type before a cut-off caption
+        size -= 1
+        font = _font(size)
+        left, top, right, bottom = (round(v) for v in draw.textbbox((0, 0), text, font=font))
+    pad = max(2, (bottom - top) // 4)
+    bar_h = max(3, (bottom - top) // 2)
+    box_w = min(width - 2 * pad, (right - left) + 2 * pad)
+    box_h = (bottom - top) + bar_h + 3 * pad
+    x0, y0 = pad, height - box_h - pad
+    draw.rectangle((x0, y0, x0 + box_w, y0 + box_h), fill=(0, 0, 0))
+    draw.text((x0 + pad - left, y0 + pad - top), text, font=font, fill=(255, 255, 255))
+    bar_w = max(2, box_w - 2 * pad)
+    ramp = (jet(np.linspace(0.0, 1.0, bar_w)) * 255).astype(np.uint8)
+    strip = np.repeat(ramp[None], bar_h, axis=0)
+    image.paste(Image.fromarray(strip), (x0 + pad, y0 + box_h - pad - bar_h))
+
+
+def render_map_overlay(
+    result: PipelineResult, sources: Sequence[Dataset], layer: MapLayer
+) -> np.ndarray:
+    """(rows, cols, 3) uint8 RGB of ``layer.key_frame``: the displayed source under the map in
+    jet colours, the mask's outline (white), boxes, finding IDs, the "AI" mark and a caption
+    naming the map over a low -> high colour bar."""
+    frame_index = layer.key_frame
+    rgb = blend(source_frame_pixels(sources, frame_index), layer.values[frame_index])
+    seg = result.segmentation
+    if seg is not None and seg.label_map[frame_index].any():
+        rim = _mask_outline(seg.label_map[frame_index] > 0, max(1, min(rgb.shape[:2]) // 256))
+        rgb[rim] = (255, 255, 255)
+    image = Image.fromarray(rgb)
+    _draw_boxes(image, result, frame_index)
+    _annotate(image, result, frame_index)
+    _caption(image, layer.caption)
+    return np.asarray(image)
 
 
 def _direction_letter(vector: Sequence[float]) -> str:
@@ -226,9 +273,57 @@ def patient_orientation(source: Dataset) -> tuple[str, str]:
 def build_overlay(
     result: PipelineResult, sources: Sequence[Dataset], result_version: int
 ) -> hd.sc.SCImage:
+    """The overlay series' first image: the key frame with the mask, boxes and finding IDs."""
     frame_index = key_frame_index(result)
-    first = sources[0]
     pixels = render_overlay(result, sources, frame_index)
+    comment = "AI result overlay - not for diagnostic use"
+    return _secondary_capture(
+        result, sources, result_version, _Placement(frame_index, "instance", 1, comment), pixels
+    )
+
+
+# instance numbers of the map images in the overlay series (the overlay itself is 1): fixed per
+# map, so a viewer lists them in the same order whether or not the overlay itself was made
+MAP_INSTANCE_NUMBERS = {"explanation": 2, "anomaly": 3}
+
+
+def overlay_map_layers(result: PipelineResult) -> list[MapLayer]:
+    """The maps the overlay series shows as images of their own (explanation on the key image
+    the PDF shows it on, anomaly on its highest-scoring frame)."""
+    return map_layers(result, key_frame_index(result))
+
+
+def build_map_overlay(
+    result: PipelineResult, sources: Sequence[Dataset], result_version: int, layer: MapLayer
+) -> hd.sc.SCImage:
+    """One map (explanation, anomaly) as a further image of the overlay series: its own
+    deterministic SOP Instance UID (role ``instance-<map>``), instance number and caption."""
+    pixels = render_map_overlay(result, sources, layer)
+    comment = f"AI {layer.caption} - not for diagnostic use"
+    placement = _Placement(
+        layer.key_frame, f"instance-{layer.role}", MAP_INSTANCE_NUMBERS[layer.role], comment
+    )
+    return _secondary_capture(result, sources, result_version, placement, pixels)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where an image goes in the overlay series and what it says about itself."""
+
+    frame_index: int  # the result frame it shows
+    uid_role: str  # result_uid's role of its SOP Instance UID
+    instance_number: int
+    comment: str  # Image Comments
+
+
+def _secondary_capture(
+    result: PipelineResult,
+    sources: Sequence[Dataset],
+    result_version: int,
+    placement: _Placement,
+    pixels: np.ndarray,
+) -> hd.sc.SCImage:
+    first = sources[0]
     spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing")
     overlay = hd.sc.SCImage(
         pixel_array=pixels,
@@ -239,8 +334,10 @@ def build_overlay(
         study_instance_uid=first.StudyInstanceUID,
         series_instance_uid=result_uid(result, ArtifactKind.OVERLAY, "series", result_version),
         series_number=series_number(ArtifactKind.OVERLAY),
-        sop_instance_uid=result_uid(result, ArtifactKind.OVERLAY, "instance", result_version),
-        instance_number=1,
+        sop_instance_uid=result_uid(
+            result, ArtifactKind.OVERLAY, placement.uid_role, result_version
+        ),
+        instance_number=placement.instance_number,
         manufacturer=MANUFACTURER,
         patient_id=first.get("PatientID", ""),
         patient_name=first.get("PatientName", ""),
@@ -260,12 +357,12 @@ def build_overlay(
     overlay.BurnedInAnnotation = "YES"
     overlay.Laterality = first.get("Laterality", "")  # General Series type 2C
     overlay.Modality = "OT"
-    frame = result.source_frames[frame_index]
+    frame = result.source_frames[placement.frame_index]
     ref = Dataset()
     ref.ReferencedSOPClassUID = frame.sop_class_uid
     ref.ReferencedSOPInstanceUID = frame.sop_instance_uid
     if frame.frame_number:
         ref.ReferencedFrameNumber = frame.frame_number
     overlay.SourceImageSequence = [ref]
-    overlay.ImageComments = "AI result overlay - not for diagnostic use"
+    overlay.ImageComments = placement.comment
     return overlay

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -28,7 +29,13 @@ from core.domain import ArtifactKind
 from node.results.common import finalise
 from node.results.enhanced import build_enhanced, validate_enhanced
 from node.results.locations import with_locations
-from node.results.overlay import build_overlay, has_content
+from node.results.maps import MapLayer
+from node.results.overlay import (
+    build_map_overlay,
+    build_overlay,
+    has_content,
+    overlay_map_layers,
+)
 from node.results.pdf import build_pdf
 from node.results.pmap import build_parametric_map
 from node.results.seg import SegOptions, build_segmentation
@@ -122,7 +129,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-Built = list[tuple[ArtifactKind, Dataset, bytes]]
+# (kind, dataset, encoded bytes, file name suffix: "" or "-<name>" of a kind's further object)
+Built = list[tuple[ArtifactKind, Dataset, bytes, str]]
 
 
 EMPTY_OVERLAY_NOTE = (
@@ -141,11 +149,13 @@ def _build_all(
     warnings: list[str] = []
     notes: list[str] = []
 
-    def add(kind: ArtifactKind, dataset: Dataset, validate: Callable[[bytes], None]) -> None:
+    def add(
+        kind: ArtifactKind, dataset: Dataset, validate: Callable[[bytes], None], name: str = ""
+    ) -> None:
         finalise(dataset, result, kind, when, options.institution_name)
         data = encode(dataset)
         validate(data)
-        built.append((kind, dataset, data))
+        built.append((kind, dataset, data, f"-{name}" if name else ""))
 
     def optional(kind: ArtifactKind, make: Callable[[], None]) -> None:
         try:
@@ -198,6 +208,16 @@ def _build_all(
                 lambda data: validate_overlay(data, result),
             ),
         )
+    if options.overlay:  # each map as a further image of the overlay series, even without one
+
+        def add_map(layer: MapLayer) -> None:
+            image = build_map_overlay(result, cleaned, options.result_version, layer)
+            add(
+                ArtifactKind.OVERLAY, image, lambda data: validate_overlay(data, result), layer.role
+            )
+
+        for layer in overlay_map_layers(result):
+            optional(ArtifactKind.OVERLAY, partial(add_map, layer))
     if options.pdf:
         optional(
             ArtifactKind.PDF,
@@ -241,10 +261,10 @@ def produce_results(
         raise ResultValidationError(_failing_kind(exc), f"could not build: {exc}") from exc
     produced = ProducedResults(warnings=warnings, notes=notes)
     per_kind: dict[ArtifactKind, int] = {}
-    for kind, dataset, data in sorted(built, key=lambda b: b[0].dispatch_rank):
+    for kind, dataset, data, named in sorted(built, key=lambda b: b[0].dispatch_rank):
         per_kind[kind] = per_kind.get(kind, 0) + 1
-        # a derived series has one file per instance; every other kind one file
-        suffix = f"-{per_kind[kind]:04d}" if kind is ArtifactKind.ENHANCED else ""
+        # a derived series has one file per instance; an overlay map its own name ("-anomaly")
+        suffix = f"-{per_kind[kind]:04d}" if kind is ArtifactKind.ENHANCED else named
         path = Path(out_dir) / f"{kind.value}{suffix}.dcm"
         _write_atomically(path, data)
         produced.append(

@@ -175,6 +175,15 @@ def load_explanation_maps(directory: Path) -> np.ndarray | None:
         return np.asarray(saved["maps"])
 
 
+def load_anomaly_map(directory: Path) -> np.ndarray | None:
+    """(frames, rows, cols) float32 in the anomaly score's unit, None when there is none."""
+    path = Path(directory) / ANOMALY_NPZ
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return np.asarray(saved["map"])
+
+
 def _explanation(directory: Path, data: dict[str, Any] | None) -> ExplanationOutput | None:
     maps = load_explanation_maps(directory) if data is not None else None
     if data is None or maps is None:
@@ -222,11 +231,7 @@ def load_result(directory: Path) -> PipelineResult:
         )
     anomaly = None
     if data.get("anomaly") is not None:  # results stored before the task existed have none
-        anomaly_map = None
-        if (directory / ANOMALY_NPZ).exists():
-            with np.load(directory / ANOMALY_NPZ) as arrays:
-                anomaly_map = arrays["map"]
-        anomaly = AnomalyOutput.from_json_dict(data["anomaly"], anomaly_map)
+        anomaly = AnomalyOutput.from_json_dict(data["anomaly"], load_anomaly_map(directory))
     spacing = data["pixel_spacing_mm"]
     return PipelineResult(
         pipeline_name=data["pipeline_name"],

@@ -268,3 +268,103 @@ def test_explanation_toggle_and_key_show_the_map_with_the_opacity_slider(
     driver.find_element(By.TAG_NAME, "body").send_keys("e")  # type: ignore[attr-defined]
     assert not image.is_displayed()
     assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+
+
+def test_anomaly_map_toggle_and_key_show_the_map_with_the_opacity_slider(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    """A result with an anomaly map: the toggle (and key y) put it on screen where the map is
+    above the threshold, the opacity slider fades it, switching it off restores the frame."""
+    from dataclasses import replace
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from node.results.store import load_result, save_result
+    from pipelines.contract import AnomalyOutput
+
+    base, console, study = server
+    directory = console.settings.job_results_dir(study.job_id)
+    result = load_result(directory)
+    assert result.segmentation is not None
+    frames, rows, cols = result.segmentation.label_map.shape
+    anomaly_map = np.full((frames, rows, cols), 2.0, np.float32)
+    anomaly_map[KEY_SLICE, : rows // 3, : cols // 3] = 12.5  # above the threshold, top left
+    anomaly = AnomalyOutput(12.5, 9.0, 95.0, (12.5,) * frames, map=anomaly_map)
+    save_result(replace(result, anomaly=anomaly), directory)
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    _login(driver, base, "radiologist1")
+    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
+    wait.until(_frame_ready)
+    for toggle in ("toggle-mask", "toggle-labels"):  # only the anomaly map changes the pixels
+        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
+    before = _viewer_pixels(driver)
+    image = driver.find_element(By.ID, "anomaly-image")  # type: ignore[attr-defined]
+    assert not image.is_displayed()
+    driver.find_element(By.ID, "toggle-anomaly").click()  # type: ignore[attr-defined]
+    assert image.is_displayed()
+    wait.until(
+        lambda d: d.execute_script(
+            "var i=document.getElementById('anomaly-image');"
+            "return i.complete && i.naturalWidth === 256;"
+        )
+    )
+    shown = _viewer_pixels(driver)
+    changed = np.abs(shown - before).sum(axis=2) > 30
+    h, w = changed.shape
+    assert changed[: h // 3 - 4, : w // 3 - 4].mean() > 0.9  # the anomalous corner, reddened
+    assert changed[h // 2 :, w // 2 :].mean() < 0.01  # the normal rest untouched
+    top_left = (shown - before)[: h // 3 - 4, : w // 3 - 4]
+    assert top_left[..., 0].mean() > top_left[..., 2].mean() + 20  # red, not blue
+    driver.execute_script(  # type: ignore[attr-defined]
+        "var s=document.getElementById('opacity-slider');s.value='0';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+    driver.execute_script(  # type: ignore[attr-defined]
+        "var s=document.getElementById('opacity-slider');s.value='50';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    driver.find_element(By.TAG_NAME, "body").send_keys("y")  # type: ignore[attr-defined]
+    assert not image.is_displayed()
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+
+
+def test_denoised_switch_and_key_d_show_the_denoised_copy(
+    server: tuple[str, Console, ProcessedStudy], browser: object
+) -> None:
+    """An enhancement job: the denoised switch (and key d) load the derived image in place of the
+    original on the same slice; switching it off brings the original back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.web.routes.test_review_maps import add_denoised_copy
+
+    base, console, study = server
+    add_denoised_copy(console, study, KEY_SLICE)
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+    _login(driver, base, "radiologist1")
+    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
+    wait.until(_frame_ready)
+    for toggle in ("toggle-mask", "toggle-labels", "toggle-boxes"):  # the image alone
+        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
+    before = _viewer_pixels(driver)
+
+    def shown(kind: str) -> object:
+        return lambda d: (
+            f"/{kind}/{KEY_SLICE}.png"
+            in (d.find_element(By.ID, "viewer").get_attribute("data-shown") or "")
+        )
+
+    driver.find_element(By.ID, "toggle-denoised").click()  # type: ignore[attr-defined]
+    wait.until(shown("denoised"))
+    wait.until(_frame_ready)
+    after = _viewer_pixels(driver)
+    h, w = after.shape[:2]
+    assert np.abs(after - before)[h // 4 : 3 * h // 4, w // 8 : w // 2 - 4].sum(axis=2).mean() > 5
+    driver.find_element(By.TAG_NAME, "body").send_keys("d")  # type: ignore[attr-defined]
+    wait.until(shown("frames"))
+    wait.until(_frame_ready)
+    assert np.abs(_viewer_pixels(driver) - before).max() < 30

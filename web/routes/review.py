@@ -34,6 +34,7 @@ from node.db.repositories import studies as study_repo
 from node.dispatch.rejection import RejectionPreview
 from pipelines.preprocess.display import WINDOW_PRESETS, WindowChoice, parse_window
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
+from web.enhancement_views import denoised_files, denoiser_quality
 from web.imaging import (
     RenderError,
     SegMasks,
@@ -51,6 +52,7 @@ from web.integrations import (
 )
 from web.pages import flash, redirect, render
 from web.result_views import (
+    anomaly_map,
     artifact_file,
     data_file,
     explanation,
@@ -184,6 +186,11 @@ def review_page(
         has_explanation = loaded is not None and explanation(state.settings, job) is not None
     except FileNotFoundError:
         has_explanation = False
+    try:
+        has_anomaly_map = loaded is not None and anomaly_map(state.settings, job) is not None
+    except FileNotFoundError:
+        has_anomaly_map = False
+    enhancement = data.get("enhancement") if loaded else None
     start = mask_frames[0] if mask_frames else (boxes[0]["shown_frame"] if boxes else 0)
     keyed = [f for f in findings if f.key_frame is not None]
     if keyed:
@@ -202,6 +209,12 @@ def review_page(
             "has_heatmap": has_heatmap,
             "has_explanation": has_explanation,
             "explanation_title": _explanation_title(data),
+            "has_anomaly_map": has_anomaly_map,
+            "anomaly_title": _anomaly_title(data),
+            "denoiser_quality": (
+                denoiser_quality(state.settings, enhancement["members"]) if enhancement else []
+            ),
+            "has_denoised": bool(denoised_files(state.settings, job)),
             "mask_frames": mask_frames,
             "boxes": boxes,
             "findings": findings,
@@ -249,7 +262,16 @@ def frame_png(
     comes back in ``X-Window`` for the viewer to start a window/level drag from."""
     _, ref = _frames_or_404(session, state, _job_or_404(session, job_id), index)
     try:
-        png, applied = render_frame(data_file(state.settings, ref.path), ref.frame, window)
+        path = data_file(state.settings, ref.path)
+    except FileNotFoundError as exc:
+        raise HTTPException(422, f"cannot render this frame: {exc}") from exc
+    return _frame_response(path, ref.frame, window)
+
+
+def _frame_response(path: Path, frame: int, window: WindowChoice) -> Response:
+    """A frame PNG with the window applied in ``X-Window``; 422 when it cannot be shown."""
+    try:
+        png, applied = render_frame(path, frame, window)
     except (RenderError, FileNotFoundError) as exc:
         raise HTTPException(422, f"cannot render this frame: {exc}") from exc
     headers = dict(PNG_HEADERS)
@@ -265,6 +287,50 @@ def _explanation_title(data: dict[str, Any]) -> str:
         return ""
     names = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "occlusion": "occlusion sensitivity"}
     return f"{names.get(str(info.get('method')), info.get('method'))} for {info.get('class_name')}"
+
+
+def _anomaly_title(data: dict[str, Any]) -> str:
+    """What the anomaly map's colours mean, for the toggle's tooltip; "" without an anomaly."""
+    info = data.get("anomaly")
+    if not isinstance(info, dict):
+        return ""
+    return f"anomaly map: red at or above the threshold {float(info['threshold']):.3g}"
+
+
+@router.get("/review/{job_id}/denoised/{index}.png")
+def denoised_png(
+    session: SessionDep,
+    state: StateDep,
+    user: Reader,
+    job_id: RowId,
+    index: int,
+    window: Annotated[WindowChoice, Depends(_window)],
+) -> Response:
+    """One shown frame's denoised copy (the enhancement's derived instance) under ``window``,
+    like :func:`frame_png`; 404 when the job made no denoised copy of that frame's image."""
+    job = _job_or_404(session, job_id)
+    _, ref = _frames_or_404(session, state, job, index)
+    path = denoised_files(state.settings, job).get(ref.sop_instance_uid)
+    if path is None:
+        raise HTTPException(404, "this job made no denoised copy of this image")
+    return _frame_response(path, ref.frame, window)
+
+
+@router.get("/review/{job_id}/anomaly/{index}.png")
+def anomaly_png(
+    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
+) -> Response:
+    """The anomaly map for one shown frame in the heat map's colours, scaled as the overlay
+    series shows it (red: at or above the calibrated threshold); 404 when there is none."""
+    job = _job_or_404(session, job_id)
+    frames, ref = _frames_or_404(session, state, job, index)
+    try:
+        values = anomaly_map(state.settings, job)
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "this job's result is not on disk") from exc
+    if values is None:
+        raise HTTPException(404, "this job's pipeline made no anomaly map")
+    return _colour_map_png(state, job, ref, values)
 
 
 @router.get("/review/{job_id}/heatmap/{index}.png")

@@ -1,5 +1,6 @@
 /* Review page viewer: slices, zoom (wheel/buttons), pan (drag), window/level (presets and
-   shift/right drag, rendered by the server), mask / heat map / explanation / boxes / labels toggles, findings
+   shift/right drag, rendered by the server), mask / heat map / explanation / anomaly map / boxes /
+   labels toggles, the denoised copy instead of the original (enhancement jobs), findings
    table -> key slice with the outline highlighted, and keyboard shortcuts (slices, next/previous
    study, approve, reject). Plain JS, no dependencies; the CSP allows no inline script. */
 (function () {
@@ -13,6 +14,7 @@
   var mask = document.getElementById("mask-image");
   var heat = document.getElementById("heatmap-image");
   var explanation = document.getElementById("explanation-image");
+  var anomaly = document.getElementById("anomaly-image");
   var layer = document.getElementById("box-layer");
   var slider = document.getElementById("frame-slider");
   var label = document.getElementById("frame-number");
@@ -24,6 +26,8 @@
     mask: document.getElementById("toggle-mask"),
     heatmap: document.getElementById("toggle-heatmap"),
     explanation: document.getElementById("toggle-explanation"),
+    anomaly: document.getElementById("toggle-anomaly"),
+    denoised: document.getElementById("toggle-denoised"),
     boxes: document.getElementById("toggle-boxes"),
     labels: document.getElementById("toggle-labels")
   };
@@ -40,7 +44,8 @@
      (one request per frame: pages are no-store, and the CSP allows images from 'self' and data:
      only, no blob:) ----------------------------------------------------------------------- */
   function frameUrl(i) {
-    var url = "/review/" + job + "/frames/" + i + ".png";
+    var denoised = toggles.denoised && toggles.denoised.checked;
+    var url = "/review/" + job + (denoised ? "/denoised/" : "/frames/") + i + ".png";
     return windowParam === "file" ? url : url + "?window=" + encodeURIComponent(windowParam);
   }
 
@@ -113,6 +118,7 @@
     if (mask) { mask.src = "/review/" + job + "/masks/" + i + ".png"; }
     if (heat) { heat.src = "/review/" + job + "/heatmap/" + i + ".png"; }
     if (explanation) { explanation.src = "/review/" + job + "/explanation/" + i + ".png"; }
+    if (anomaly) { anomaly.src = "/review/" + job + "/anomaly/" + i + ".png"; }
     showLayers(i);
   }
 
@@ -122,6 +128,7 @@
     if (explanation && toggles.explanation) {
       explanation.classList.toggle("hidden", !toggles.explanation.checked);
     }
+    if (anomaly && toggles.anomaly) { anomaly.classList.toggle("hidden", !toggles.anomaly.checked); }
     showLayers(index());
   }
 
@@ -215,12 +222,16 @@
   Object.keys(toggles).forEach(function (name) {
     if (toggles[name]) { toggles[name].addEventListener("change", applyToggles); }
   });
+  if (toggles.denoised) {  // the other image under the same window, zoom and overlays
+    toggles.denoised.addEventListener("change", function () { loadFrame(index()); });
+  }
   if (opacity) {
     opacity.addEventListener("input", function () {
       var value = String(parseInt(opacity.value, 10) / 100);
       if (mask) { mask.style.opacity = value; }
       if (heat) { heat.style.opacity = value; }
       if (explanation) { explanation.style.opacity = value; }
+      if (anomaly) { anomaly.style.opacity = value; }
       opacityValue.textContent = opacity.value;
     });
   }
@@ -295,6 +306,8 @@
     else if (key === "0") { reset(); }
     else if (key === "h") { flip("heatmap"); }
     else if (key === "e") { flip("explanation"); }
+    else if (key === "y") { flip("anomaly"); }
+    else if (key === "d") { flip("denoised"); if (toggles.denoised) { loadFrame(index()); } }
     else if (key === "m") { flip("mask"); }
     else if (key === "b") { flip("boxes"); }
     else { return; }
