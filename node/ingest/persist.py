@@ -4,15 +4,20 @@
 success status sent to a modality means the instance survives a crash or power cut.
 
 Order of work: parse the header (no pixel decoding; structure checked, see ``header``) → check the
-disk watermark → write the bytes as received to a temp file in the final directory and fsync it →
-give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file)
-and fsync the directory, still in the association's thread → hand the instance to the *group
-committer* → wait. The committer takes everything queued by concurrent associations, and in one
-transaction inserts the rows and commits — one commit (and one WAL fsync) per batch instead of per
-instance. A temp file whose final name was taken (a duplicate, or a crash's leftover) is renamed
-over it by the committer only when its row is new, and discarded for a duplicate. The file is in
-place and durable before the row commits, so a row never points at a missing file; a crash in
-between leaves at most an unreferenced file that the sender's retry replaces.
+disk watermark → write the bytes as received to a temp file and ``fdatasync`` it (a streamed C-STORE
+data set: give it its final name first, then sync it, so one journal commit carries data and name)
+→ give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file),
+still in the association's thread, so concurrent associations sync in parallel → hand the instance
+to the *group committer* → wait. The committer takes everything queued by concurrent associations,
+fsyncs each directory the group named files in once, and in one transaction inserts the rows and
+commits — one directory fsync per group and directory, and one commit (one WAL fsync) per group
+instead of per instance. The steady state (every instance of a series that already has a row) is
+written by ``InstanceAppender`` on a persistent DBAPI connection; everything else by
+``upsert_instances``. A temp file whose final name was taken (a duplicate, or a crash's leftover) is
+renamed over it by the committer only when its row is new, and discarded for a duplicate. The file
+and its name are durable before the row commits, so a row never points at a missing file, and the
+success status goes back only after that commit; a crash in between leaves at most an
+unreferenced file that the sender's retry replaces (docs/performance.md §4).
 
 Duplicates: an instance whose SOP Instance UID already has a row is acknowledged with SUCCESS and
 ``duplicate=True``; the first copy's file and row are kept and no count changes (Orthanc's default,
@@ -51,6 +56,7 @@ from core.config import Settings
 from core.domain import Association, InstanceHeader, StoreStatus
 from node.db.engine import Database
 from node.db.orm import Instance
+from node.db.repositories.instance_appender import InstanceAppender
 from node.db.repositories.instances import NewInstance, upsert_instances
 from node.ingest.header import HeaderError, ParsedInstance, build_file_meta, parse_instance
 from node.ingest.spool import (
@@ -301,13 +307,18 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
 
 def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
                       assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
-    """fsync the streamed file and give it its final name (the committer decides when taken)."""
+    """Give the streamed file its final name (the committer decides when taken), then sync it."""
+    final: Path | None = None
     try:
-        incoming.finish()
+        incoming.finish(sync=False)
         spool.ensure_parent(relative)
         final = spool.publish_new(incoming.path, relative)
+        # after the link: one journal commit makes the data and the new name durable together
+        spool.sync_file(final if final is not None else incoming.path)
     except OSError as exc:
         incoming.discard()
+        if final is not None:  # named but not durable, never acknowledged: the retry brings it
+            spool.discard(final)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
         status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
@@ -367,7 +378,8 @@ def commit_batch(
                     flags.append(True)
             _discard_linked_duplicates(session, spool, [p for p, dup in zip(batch, flags, strict=True)
                                                         if dup and p.final is not None])  # fmt: skip
-            spool.sync_dirs(path.parent for path in published)
+            spool.sync_dirs([*(path.parent for path in published),
+                             *(p.final.parent for p in batch if p.final is not None)])  # fmt: skip
     except (SQLAlchemyError, OSError) as exc:
         for path in published:
             spool.discard(path)
@@ -428,6 +440,7 @@ class GroupCommitter:
         self.committed = 0
         self.writing = 0  # instances between header check and submit (their files being written)
         self._writing_lock = threading.Lock()
+        self.appender = InstanceAppender(db)  # the steady state's rows, without the ORM
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
@@ -469,6 +482,7 @@ class GroupCommitter:
                 leftovers.append(item)
         if leftovers:
             self._commit(leftovers)
+        self.appender.close()
 
     def _run(self) -> None:
         stopping = False
@@ -497,9 +511,30 @@ class GroupCommitter:
                 batch.append(nxt)
             self._commit(batch)
 
+    def _append(self, batch: list[_Pending]) -> list[PersistOutcome] | None:
+        """The steady state (every instance named, of a known series; see ``InstanceAppender``):
+        fsync the group's directories once each, then commit its rows in one transaction. None
+        when the group needs ``commit_batch`` (nothing was written then)."""
+        if any(p.final is None for p in batch):
+            return None
+        finals = [p.final for p in batch if p.final is not None]
+        try:
+            done = self.appender.append([p.item for p in batch],
+                                        lambda: self.spool.sync_dirs(f.parent for f in finals))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any driver's error: the general path decides
+            log.warning("fast commit of %d instances failed (%s); using the general path",
+                        len(batch), exc)  # fmt: skip
+            return None
+        if not done:
+            return None
+        return [_outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
+                         StoreStatus.SUCCESS) for p in batch]  # fmt: skip
+
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcomes = commit_batch(self.db, self.settings, self.spool, batch)
+            outcomes = self._append(batch)
+            if outcomes is None:
+                outcomes = commit_batch(self.db, self.settings, self.spool, batch)
         except Exception as exc:  # noqa: BLE001 - thread boundary: never leave a handler waiting
             log.exception("group commit failed unexpectedly")
             outcomes = [
