@@ -45,7 +45,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,19 @@ class _Pending:
     temp: Path
     future: Future[PersistOutcome] | None = None
     final: Path | None = None  # already under its final name (``Spool.publish_new``)
+    unsynced: Path | None = None  # its data still to be synced (``sync_data``), by its thread
+    synced: threading.Event = field(default_factory=threading.Event)
+    sync_error: OSError | None = None
+
+    def sync_data(self, spool: Spool) -> None:
+        """Make the file's data durable (when ``unsynced``); record a failure, never raise."""
+        try:
+            if self.unsynced is not None:
+                spool.sync_file(self.unsynced)
+        except OSError as exc:
+            self.sync_error = exc
+        finally:
+            self.synced.set()
 
 
 _spools: dict[tuple[str, bool], Spool] = {}
@@ -292,7 +305,12 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
         if isinstance(pending_or_outcome, PersistOutcome):
             return pending_or_outcome
         _make_sqlite_durable(db, settings)
-        return commit_batch(db, settings, spool_for(settings), [pending_or_outcome])[0]
+        spool = spool_for(settings)
+        pending_or_outcome.sync_data(spool)
+        failed = _sync_failures(spool, [pending_or_outcome])
+        if failed:
+            return failed[0][1]
+        return commit_batch(db, settings, spool, [pending_or_outcome])[0]
     committer.writing_started()
     try:
         pending_or_outcome = stage()
@@ -307,24 +325,21 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
 
 def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
                       assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
-    """Give the streamed file its final name (the committer decides when taken), then sync it."""
-    final: Path | None = None
+    """Give the streamed file its final name (the committer decides when taken); its data is
+    synced by ``_Pending.sync_data`` while the committer fsyncs the directory (the two overlap)."""
     try:
         incoming.finish(sync=False)
         spool.ensure_parent(relative)
         final = spool.publish_new(incoming.path, relative)
-        # after the link: one journal commit makes the data and the new name durable together
-        spool.sync_file(final if final is not None else incoming.path)
     except OSError as exc:
         incoming.discard()
-        if final is not None:  # named but not durable, never acknowledged: the retry brings it
-            spool.discard(final)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
         status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
         return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
     size = incoming.prefix_length + incoming.size
-    return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final)
+    return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final,
+                    unsynced=final if final is not None else incoming.path)  # fmt: skip
 
 
 def _write(spool: Spool, relative: str, chunks: Iterable[bytes | memoryview], header: InstanceHeader,
@@ -352,11 +367,40 @@ def _outcome(sop: str, study: str, status: StoreStatus, *, duplicate: bool = Fal
     return PersistOutcome(status, sop, study, duplicate, reason)
 
 
+def _discard_failed(spool: Spool, pending: _Pending, exc: OSError) -> PersistOutcome:
+    """An instance that could not be made durable: remove its file, the failure status."""
+    spool.discard(pending.temp)
+    if pending.final is not None:
+        spool.discard(pending.final)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    header = pending.item.header
+    return _outcome(header.sop_instance_uid, header.study_instance_uid,
+                    StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE,
+                    reason=f"cannot sync the file: {exc}")  # fmt: skip
+
+
+def _sync_failures(spool: Spool, batch: list[_Pending]) -> list[tuple[int, PersistOutcome]]:
+    """The instances of ``batch`` whose data sync failed, by position, their files discarded."""
+    failed = []
+    for index, pending in enumerate(batch):
+        if pending.sync_error is not None:
+            log.error("cannot sync instance %s: %s", pending.item.header.sop_instance_uid,
+                      pending.sync_error)  # fmt: skip
+            failed.append((index, _discard_failed(spool, pending, pending.sync_error)))
+    return failed
+
+
 def commit_batch(
-    db: Database, settings: Settings, spool: Spool, batch: list[_Pending]
+    db: Database,
+    settings: Settings,
+    spool: Spool,
+    batch: list[_Pending],
+    *,
+    dirs_synced: bool = False,
 ) -> list[PersistOutcome]:
-    """Insert rows, publish files and commit for a whole batch; on a database error retry each
-    instance alone so one bad row cannot fail its neighbours."""
+    """Insert rows, publish files and commit for a whole batch, the directories of the files
+    named (``publish_new``) fsynced before the commit unless ``dirs_synced`` (the committer did);
+    on a database error retry each instance alone so one bad row cannot fail its neighbours."""
     published: list[Path] = []
     try:
         with db.write() as session:
@@ -378,8 +422,8 @@ def commit_batch(
                     flags.append(True)
             _discard_linked_duplicates(session, spool, [p for p, dup in zip(batch, flags, strict=True)
                                                         if dup and p.final is not None])  # fmt: skip
-            spool.sync_dirs([*(path.parent for path in published),
-                             *(p.final.parent for p in batch if p.final is not None)])  # fmt: skip
+            named = [] if dirs_synced else [p.final.parent for p in batch if p.final is not None]
+            spool.sync_dirs([*(path.parent for path in published), *named])
     except (SQLAlchemyError, OSError) as exc:
         for path in published:
             spool.discard(path)
@@ -387,7 +431,9 @@ def commit_batch(
             log.warning(
                 "group commit of %d instances failed (%s); retrying one by one", len(batch), exc
             )
-            return [commit_batch(db, settings, spool, [p])[0] for p in batch]
+            return [
+                commit_batch(db, settings, spool, [p], dirs_synced=dirs_synced)[0] for p in batch
+            ]
         pending = batch[0]
         spool.discard(pending.temp)
         if pending.final is not None:  # never acknowledged: the sender's retry brings it again
@@ -458,10 +504,12 @@ class GroupCommitter:
             self.writing -= 1
 
     def submit(self, pending: _Pending) -> PersistOutcome:
-        """Queue an instance whose ``writing_started`` was called; wait for its outcome."""
+        """Queue an instance whose ``writing_started`` was called, sync its data while the
+        committer fsyncs the group's directories, and wait for its outcome."""
         pending.future = Future()
         self._queue.put(pending)
         self.writing_ended()  # after the put, so a committer waiting for this instance gets it
+        pending.sync_data(self.spool)
         return pending.future.result()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -513,14 +561,12 @@ class GroupCommitter:
 
     def _append(self, batch: list[_Pending]) -> list[PersistOutcome] | None:
         """The steady state (every instance named, of a known series; see ``InstanceAppender``):
-        fsync the group's directories once each, then commit its rows in one transaction. None
-        when the group needs ``commit_batch`` (nothing was written then)."""
+        commit its rows in one transaction. None when the group needs ``commit_batch`` (nothing
+        was written then)."""
         if any(p.final is None for p in batch):
             return None
-        finals = [p.final for p in batch if p.final is not None]
         try:
-            done = self.appender.append([p.item for p in batch],
-                                        lambda: self.spool.sync_dirs(f.parent for f in finals))  # fmt: skip
+            done = self.appender.append([p.item for p in batch])
         except Exception as exc:  # noqa: BLE001 - any driver's error: the general path decides
             log.warning("fast commit of %d instances failed (%s); using the general path",
                         len(batch), exc)  # fmt: skip
@@ -530,11 +576,32 @@ class GroupCommitter:
         return [_outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
                          StoreStatus.SUCCESS) for p in batch]  # fmt: skip
 
+    def _sync_group(self, batch: list[_Pending]) -> dict[int, PersistOutcome]:
+        """Before any row of the group commits: fsync each directory it named files in, once,
+        while the associations' threads sync the files' data; wait for those. The failures, by
+        position in ``batch`` (their files discarded: never acknowledged)."""
+        try:
+            self.spool.sync_dirs(p.final.parent for p in batch if p.final is not None)
+        except OSError as exc:
+            for pending in batch:
+                pending.synced.wait()
+            log.error("cannot sync the spool directories of %d instances: %s", len(batch), exc)
+            return {i: _discard_failed(self.spool, p, exc) for i, p in enumerate(batch)}
+        for pending in batch:
+            pending.synced.wait()
+        return dict(_sync_failures(self.spool, batch))
+
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcomes = self._append(batch)
-            if outcomes is None:
-                outcomes = commit_batch(self.db, self.settings, self.spool, batch)
+            failed = self._sync_group(batch)
+            durable = [p for i, p in enumerate(batch) if i not in failed]
+            written: list[PersistOutcome] = []
+            if durable:
+                appended = self._append(durable)
+                written = appended if appended is not None else commit_batch(
+                    self.db, self.settings, self.spool, durable, dirs_synced=True)  # fmt: skip
+            done = iter(written)
+            outcomes = [failed[i] if i in failed else next(done) for i in range(len(batch))]
         except Exception as exc:  # noqa: BLE001 - thread boundary: never leave a handler waiting
             log.exception("group commit failed unexpectedly")
             outcomes = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import mmap
@@ -270,8 +271,19 @@ class IncomingFile:
 def temp_owner(host: str | None = None, boot_id: str | None = None) -> str:
     """``h<host hash>b<boot hash>``: who wrote a temp file, so that on a volume several hosts share
     only the writer's host judges it (a PID means nothing on another host, or after a reboot)."""
-    host = socket.gethostname() if host is None else host
-    boot_id = _boot_id() if boot_id is None else boot_id
+    if host is None and boot_id is None:
+        return _this_owner()
+    return _owner(socket.gethostname() if host is None else host,
+                  _boot_id() if boot_id is None else boot_id)  # fmt: skip
+
+
+@functools.cache
+def _this_owner() -> str:
+    """This process's owner token, computed once (every received instance names a temp file)."""
+    return _owner(socket.gethostname(), _boot_id())
+
+
+def _owner(host: str, boot_id: str) -> str:
     digest = hashlib.sha256
     return f"h{digest(host.encode()).hexdigest()[:12]}b{digest(boot_id.encode()).hexdigest()[:8]}"
 

@@ -73,10 +73,10 @@ class InstanceAppender:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def append(self, items: Sequence[NewInstance], before_commit: Callable[[], None]) -> bool:
-        """Record ``items`` and commit, calling ``before_commit`` (the directory fsyncs) just
-        before the commit; True when done. False when the group is not the steady state: nothing
-        was written. A database or ``before_commit`` error rolls back and propagates."""
+    def append(self, items: Sequence[NewInstance]) -> bool:
+        """Record ``items`` (their files already durable) and commit; True when done. False when
+        the group is not the steady state: nothing was written. A database error rolls back and
+        propagates."""
         if not items:
             return False
         conn = self._connection()
@@ -87,7 +87,6 @@ class InstanceAppender:
                 cursor.execute("BEGIN IMMEDIATE")
             done = self._write(cursor, items)
             if done:
-                before_commit()
                 conn.commit() if self.postgres else cursor.execute("COMMIT")
                 self.appended += 1
         except BaseException:

@@ -1,9 +1,10 @@
-"""0x0000 goes back only once the file, its name and its row are durable, in that order.
+"""0x0000 goes back only once the file, its name and its row are durable; the row last.
 
-The receiver shares fsyncs across a commit group (the file synced in the association's thread,
-each directory once per group by the committer, then one commit), so these tests watch the
-syncs themselves: every acknowledged instance's file was synced, then its directory, while its row
-was still uncommitted, and the row was committed before the sender got the status. Three
+The receiver shares fsyncs across a commit group (each file's data synced in its association's
+thread while the committer fsyncs each directory of the group once, then one commit), so these
+tests watch the syncs themselves: every acknowledged instance's data was synced under its final
+name, and its directory fsynced with the name in it, both while its row was still uncommitted,
+and the row was committed before the sender got the status. Three
 instances of one series cover both commit paths: the first creates the study and series
 (``upsert_instances``), the others are the steady state (``InstanceAppender``).
 """
@@ -28,7 +29,7 @@ from node.ingest import spool as spool_module
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance, stored_files
 
-Events = list[tuple[str, str, frozenset[str]]]
+Events = list[tuple[str, str, frozenset[str], frozenset[str]]]
 
 
 def _committed(db: Database) -> frozenset[str]:
@@ -37,18 +38,19 @@ def _committed(db: Database) -> frozenset[str]:
 
 
 def _watch_syncs(monkeypatch: pytest.MonkeyPatch, db: Database) -> Events:
-    """Record ("data", file, rows committed then) for each fdatasync and ("dir", folder, ...) for
-    each directory fsync of the spool."""
+    """Record ("data", file, rows committed then, ()) for each fdatasync and ("dir", folder, rows
+    committed then, names in the folder) for each directory fsync of the spool."""
     events: Events = []
     real_fdatasync, real_fsync_dir = os.fdatasync, spool_module.fsync_dir
 
     def fdatasync(fd: int) -> None:
         real_fdatasync(fd)
-        events.append(("data", os.readlink(f"/proc/self/fd/{fd}"), _committed(db)))
+        events.append(("data", os.readlink(f"/proc/self/fd/{fd}"), _committed(db), frozenset()))
 
     def fsync_dir(path: Path | str) -> None:
+        names = frozenset(os.listdir(path))
         real_fsync_dir(path)
-        events.append(("dir", str(path), _committed(db)))
+        events.append(("dir", str(path), _committed(db), names))
 
     monkeypatch.setattr(spool_module.os, "fdatasync", fdatasync)
     monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
@@ -86,12 +88,14 @@ def test_success_is_sent_after_file_name_and_row_are_durable(
     assert handle.committer.appender.appended >= 1  # the steady-state path was exercised
     files = {p.stem: p for p in stored_files(settings)}
     for sop in acked:
-        final = str(files[sop])
-        data = [i for i, e in enumerate(events) if e[0] == "data" and e[1] == final]
-        assert data, f"{sop}: its file was never synced under its final name"
-        dirs = [i for i, e in enumerate(events) if e[0] == "dir" and e[1] == str(files[sop].parent)
-                and i > data[0] and sop not in e[2]]  # fmt: skip
-        assert dirs, f"{sop}: its directory was not synced after its file and before its commit"
+        final = files[sop]
+        assert any(e[0] == "data" and e[1] == str(final) and sop not in e[2] for e in events), (
+            f"{sop}: its data was not synced under its final name before its commit"
+        )
+        assert any(e[0] == "dir" and e[1] == str(final.parent) and sop not in e[2]
+                   and final.name in e[3] for e in events), (
+            f"{sop}: its directory was not synced with its name in it before its commit"
+        )  # fmt: skip
 
 
 def test_failed_directory_sync_is_never_acknowledged(
