@@ -137,8 +137,21 @@ def pacsnode(
         try:
             wait_for_echo(pool.port, settings.ae_title)
             yield pool.port, settings.ae_title
+            PEAK_RSS_MB.append(max(peak_rss_mb(p.pid) for p in pool.processes if p.pid))
         finally:
             pool.stop()
+
+
+PEAK_RSS_MB: list[float] = []  # the last pacsnode run's largest receiver process (VmHWM)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident set (VmHWM), in MB; 0 where /proc cannot tell."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 RECEIVER_ENV: dict[str, str] = dict(os.environ)
@@ -336,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             ):  # receivers interleaved, so a slow spell of the disk hits all
                 for name, factory in receivers.items():
                     workdir = base / f"run-{len(results)}-{name[:8]}-{len(runs[name])}"
+                    PEAK_RSS_MB.clear()
                     with factory(workdir) as (port, aet):
                         elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
                     shutil.rmtree(workdir, ignore_errors=True)
                     runs[name].append(elapsed)
                     rate = counts[corpus] / elapsed
-                    print(f"{label:24s} {name:34s} {rate:8.1f} inst/s", flush=True)
+                    rss = f"  peak RSS {PEAK_RSS_MB[0]:.0f} MB" if PEAK_RSS_MB else ""
+                    print(f"{label:24s} {name:34s} {rate:8.1f} inst/s{rss}", flush=True)
             for name, times in runs.items():
                 elapsed = statistics.median(times)
                 results.append(
