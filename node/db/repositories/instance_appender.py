@@ -5,11 +5,11 @@ studies and series, duplicates, late arrivals, audit) through SQLAlchemy; on sma
 ~1 ms of statement building per group was most of the receiver's CPU (docs/performance.md §4).
 This module covers only the steady state that nearly every instance of a series is in: its series
 already has a row, its study is receiving (not a late arrival), and no copy of it is recorded.
-For that it runs five prepared statements on one persistent DBAPI connection, the instance rows in
-one ``executemany``. Anything else (a new series, a duplicate, a late arrival, a taken file name)
-is detected before a row is written: :meth:`InstanceAppender.append` rolls back and returns False,
-and the caller takes ``upsert_instances``. Row values come from the same ``_instance_values`` and
-``_merge_modalities``, so both paths write identical rows.
+For that it runs four plain statements on one persistent DBAPI connection, the instance rows in one
+``executemany``. Anything else (a new series, a late arrival, a copy already recorded — told by
+the insert's row count) makes :meth:`InstanceAppender.append` roll back and return False, nothing
+written, and the caller takes ``upsert_instances``. Row values come from the same
+``_instance_values`` and ``_merge_modalities``, so both paths write identical rows.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from node.db.repositories.instances import (
 
 log = logging.getLogger(__name__)
 
-_EXISTING = "SELECT sop_instance_uid FROM instances WHERE sop_instance_uid IN ({marks})"
 _SERIES = (
     "SELECT r.series_instance_uid, r.id, s.id, s.study_instance_uid, s.state, s.modalities "
     "FROM series r JOIN studies s ON s.id = r.study_pk WHERE r.series_instance_uid IN ({marks}) "
@@ -113,12 +112,8 @@ class InstanceAppender:
             self._conn = None
 
     def _write(self, cursor: Any, items: Sequence[NewInstance]) -> bool:
-        uids = [i.header.sop_instance_uid for i in items]
-        if len(set(uids)) != len(uids):
-            return False
-        marks = ", ".join("?" * len(uids))
-        cursor.execute(self._sql(_EXISTING.format(marks=marks)), uids)
-        if cursor.fetchone() is not None:
+        uids = {i.header.sop_instance_uid for i in items}
+        if len(uids) != len(items):
             return False
         series_uids = sorted({i.header.series_instance_uid for i in items})
         query = _SERIES.format(marks=", ".join("?" * len(series_uids)))
@@ -152,7 +147,7 @@ class InstanceAppender:
                 "ON CONFLICT (sop_instance_uid) DO NOTHING"
             )
         cursor.executemany(insert, [tuple(row[c] for c in columns) for row in rows])
-        if cursor.rowcount != len(rows):  # another process recorded one meanwhile (PostgreSQL)
+        if cursor.rowcount != len(rows):  # a copy is recorded already: upsert_instances decides
             return False
         per_series = Counter(row["series_pk"] for row in rows)
         cursor.executemany(self._sql(_COUNT_SERIES),
