@@ -16,6 +16,8 @@ receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows
     .venv/bin/python bench/ingest.py --quick    # small run
     .venv/bin/python bench/ingest.py --quick --repeat 1 --only pacsnode-1 pynetdicom
     .venv/bin/python bench/ingest.py --quick --repeat 1 --no-fsync   # protocol cost, no disk
+    .venv/bin/python bench/ingest.py --corpora b --count 20000 --repeat 1  # does the rate hold?
+    .venv/bin/python bench/ingest.py --quick --postgres postgresql+psycopg://postgres@127.0.0.1/test
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,21 +100,58 @@ def wait_for_echo(port: int, aet: str, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def pacsnode(workdir: Path, processes: int, durable: bool) -> Iterator[tuple[int, str]]:
-    data_dir = workdir / "pacsnode"
-    settings = load_settings(None, environment="test", data_dir=data_dir, dicom_host="127.0.0.1",
-                             dicom_port=free_port(), min_free_disk_mb=0, fsync=durable,
-                             log_level="WARNING", receiver_processes=processes)  # fmt: skip
-    data_dir.mkdir(parents=True)
-    db = Database(settings.effective_database_url)
-    db.migrate()
-    db.dispose()
-    pool = start_receiver_pool(settings)
+def fresh_database(postgres: str | None) -> Iterator[str]:
+    """An empty URL (SQLite in the data directory), or a new PostgreSQL schema, dropped after."""
+    if not postgres:
+        yield ""
+        return
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        wait_for_echo(pool.port, settings.ae_title)
-        yield pool.port, settings.ae_title
+        yield f"{postgres}{'&' if '?' in postgres else '?'}options=-csearch_path%3D{schema}"
     finally:
-        pool.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def pacsnode(
+    workdir: Path, processes: int, durable: bool, postgres: str | None = None
+) -> Iterator[tuple[int, str]]:
+    data_dir = workdir / "pacsnode"
+    with fresh_database(postgres) as url:
+        settings = load_settings(None, environment="test", data_dir=data_dir, database_url=url,
+                                 dicom_host="127.0.0.1", dicom_port=free_port(), min_free_disk_mb=0,
+                                 fsync=durable, log_level="WARNING",
+                                 receiver_processes=processes)  # fmt: skip
+        data_dir.mkdir(parents=True)
+        db = Database(settings.effective_database_url)
+        db.migrate()
+        db.dispose()
+        pool = start_receiver_pool(settings)
+        try:
+            wait_for_echo(pool.port, settings.ae_title)
+            yield pool.port, settings.ae_title
+            PEAK_RSS_MB.append(max(peak_rss_mb(p.pid) for p in pool.processes if p.pid))
+        finally:
+            pool.stop()
+
+
+PEAK_RSS_MB: list[float] = []  # the last pacsnode run's largest receiver process (VmHWM)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident set (VmHWM), in MB; 0 where /proc cannot tell."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 RECEIVER_ENV: dict[str, str] = dict(os.environ)
@@ -205,19 +245,19 @@ class Result:
 
 
 def receivers_for(
-    processes: int, durable: bool = True
+    processes: int, durable: bool = True, postgres: str | None = None
 ) -> dict[str, tuple[str, Receiver, tuple[str, ...]]]:
     """Every receiver: short key (``--only``) -> (table label, start-up, outside tools it needs)."""
-    writes = "durable" if durable else "no fsync"
+    writes = ("durable" if durable else "no fsync") + (", PostgreSQL" if postgres else "")
     return {
         "pacsnode-1": (
             f"pacsnode (1 process, {writes})",
-            lambda w: pacsnode(w, 1, durable),
+            lambda w: pacsnode(w, 1, durable, postgres),
             (),
         ),
         "pacsnode-n": (
             f"pacsnode ({processes} processes, {writes})",
-            lambda w: pacsnode(w, processes, durable),
+            lambda w: pacsnode(w, processes, durable, postgres),
             (),
         ),
         "orthanc": (
@@ -264,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         help="pacsnode, Orthanc and pynetdicom without fsync: the protocol and process costs "
         "alone, without the disk's (storescp never fsyncs)",
     )
+    parser.add_argument("--corpora", nargs="+", choices=["a", "b"], default=["a", "b"],
+                        help="(a) CT 512x512, (b) 64x64 (default: both)")  # fmt: skip
+    parser.add_argument("--count", type=int, default=None,
+                        help="instances in corpus (b) (default 2,000; 400 with --quick)")  # fmt: skip
+    parser.add_argument("--associations", nargs="+", type=int, choices=[1, 4], default=[1, 4],
+                        help="concurrent associations per scenario (default: 1 and 4)")  # fmt: skip
+    parser.add_argument("--postgres", default=None, metavar="URL",
+                        help="pacsnode on PostgreSQL (a fresh schema per run) instead of SQLite")  # fmt: skip
     parser.add_argument("--receivers-nagle", action="store_true",
                         help="start Orthanc and storescp without TCP_NODELAY=1 (DCMTK's default: "
                              "Nagle on, ~40 ms stall per response); default: TCP_NODELAY=1")  # fmt: skip
@@ -273,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         RECEIVER_ENV["TCP_NODELAY"] = "1"  # pacsnode sets TCP_NODELAY itself; give them the same
     chosen = {
         key: value
-        for key, value in receivers_for(args.processes, durable=not args.no_fsync).items()
+        for key, value in receivers_for(args.processes, not args.no_fsync, args.postgres).items()
         if args.only is None or key in args.only
     }
     needed = {"storescu", "echoscu"}.union(*(tools for _, _, tools in chosen.values()))
@@ -282,18 +330,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} not found: install dcmtk and orthanc", file=sys.stderr)
             return 2
     ct_count, tiny_count = (100, 400) if args.quick else (500, 2000)
+    counts = {"a": ct_count, "b": args.count or tiny_count}
     base = bench_folder(args.workdir)
     try:
         corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
-        sizes = {
-            "a": write_corpus(corpora["a"], ct_count, 512),
-            "b": write_corpus(corpora["b"], tiny_count, 64),
-        }
-        counts = {"a": ct_count, "b": tiny_count}
+        sides = {"a": 512, "b": 64}
+        sizes = {c: write_corpus(corpora[c], counts[c], sides[c]) for c in args.corpora}
         receivers = {label: factory for label, factory, _ in chosen.values()}
-        scenarios = [(c, a, True) for c in ("a", "b") for a in (1, 4)]
-        if not args.quick:
-            scenarios += [("a", 1, False), ("a", 4, False)]
+        scenarios = [(c, a, True) for c in args.corpora for a in args.associations]
+        if not args.quick and "a" in args.corpora:
+            scenarios += [("a", a, False) for a in args.associations]
         results: list[Result] = []
         for corpus, assocs, nodelay in scenarios:
             label = f"({corpus}) {assocs} assoc{'' if nodelay else ', Nagle on'}"
@@ -303,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             ):  # receivers interleaved, so a slow spell of the disk hits all
                 for name, factory in receivers.items():
                     workdir = base / f"run-{len(results)}-{name[:8]}-{len(runs[name])}"
+                    PEAK_RSS_MB.clear()
                     with factory(workdir) as (port, aet):
                         elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
                     shutil.rmtree(workdir, ignore_errors=True)
                     runs[name].append(elapsed)
                     rate = counts[corpus] / elapsed
-                    print(f"{label:24s} {name:34s} {rate:8.1f} inst/s", flush=True)
+                    rss = f"  peak RSS {PEAK_RSS_MB[0]:.0f} MB" if PEAK_RSS_MB else ""
+                    print(f"{label:24s} {name:34s} {rate:8.1f} inst/s{rss}", flush=True)
             for name, times in runs.items():
                 elapsed = statistics.median(times)
                 results.append(
@@ -324,7 +372,8 @@ def print_table(results: list[Result], counts: dict[str, int], repeat: int) -> N
     scenarios = list(dict.fromkeys(r.scenario for r in results))
     orthanc_rate = {r.scenario: r.rate for r in results if r.receiver.startswith("Orthanc")}
     receivers = "with" if RECEIVER_ENV.get("TCP_NODELAY") else "without"
-    print(f"\ncorpus (a): {counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
+    print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; corpus (a): "
+          f"{counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
           f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
           f"median of {repeat} runs\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")

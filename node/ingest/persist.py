@@ -4,15 +4,20 @@
 success status sent to a modality means the instance survives a crash or power cut.
 
 Order of work: parse the header (no pixel decoding; structure checked, see ``header``) → check the
-disk watermark → write the bytes as received to a temp file in the final directory and fsync it →
-give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file)
-and fsync the directory, still in the association's thread → hand the instance to the *group
-committer* → wait. The committer takes everything queued by concurrent associations, and in one
-transaction inserts the rows and commits — one commit (and one WAL fsync) per batch instead of per
-instance. A temp file whose final name was taken (a duplicate, or a crash's leftover) is renamed
-over it by the committer only when its row is new, and discarded for a duplicate. The file is in
-place and durable before the row commits, so a row never points at a missing file; a crash in
-between leaves at most an unreferenced file that the sender's retry replaces.
+disk watermark → write the bytes as received to a temp file and ``fdatasync`` it (a streamed C-STORE
+data set: give it its final name first, then sync it, so one journal commit carries data and name)
+→ give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file),
+still in the association's thread, so concurrent associations sync in parallel → hand the instance
+to the *group committer* → wait. The committer takes everything queued by concurrent associations,
+fsyncs each directory the group named files in once, and in one transaction inserts the rows and
+commits — one directory fsync per group and directory, and one commit (one WAL fsync) per group
+instead of per instance. The steady state (every instance of a series that already has a row) is
+written by ``InstanceAppender`` on a persistent DBAPI connection; everything else by
+``upsert_instances``. A temp file whose final name was taken (a duplicate, or a crash's leftover) is
+renamed over it by the committer only when its row is new, and discarded for a duplicate. The file
+and its name are durable before the row commits, so a row never points at a missing file, and the
+success status goes back only after that commit; a crash in between leaves at most an
+unreferenced file that the sender's retry replaces (docs/performance.md §4).
 
 Duplicates: an instance whose SOP Instance UID already has a row is acknowledged with SUCCESS and
 ``duplicate=True``; the first copy's file and row are kept and no count changes (Orthanc's default,
@@ -32,15 +37,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import mmap
+import os
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,7 @@ from core.config import Settings
 from core.domain import Association, InstanceHeader, StoreStatus
 from node.db.engine import Database
 from node.db.orm import Instance
+from node.db.repositories.instance_appender import InstanceAppender
 from node.db.repositories.instances import NewInstance, upsert_instances
 from node.ingest.header import HeaderError, ParsedInstance, build_file_meta, parse_instance
 from node.ingest.spool import (
@@ -88,6 +96,19 @@ class _Pending:
     temp: Path
     future: Future[PersistOutcome] | None = None
     final: Path | None = None  # already under its final name (``Spool.publish_new``)
+    unsynced: Path | None = None  # its data still to be synced (``sync_data``), by its thread
+    synced: threading.Event = field(default_factory=threading.Event)
+    sync_error: OSError | None = None
+
+    def sync_data(self, spool: Spool) -> None:
+        """Make the file's data durable (when ``unsynced``); record a failure, never raise."""
+        try:
+            if self.unsynced is not None:
+                spool.sync_file(self.unsynced)
+        except OSError as exc:
+            self.sync_error = exc
+        finally:
+            self.synced.set()
 
 
 _spools: dict[tuple[str, bool], Spool] = {}
@@ -286,7 +307,12 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
         if isinstance(pending_or_outcome, PersistOutcome):
             return pending_or_outcome
         _make_sqlite_durable(db, settings)
-        return commit_batch(db, settings, spool_for(settings), [pending_or_outcome])[0]
+        spool = spool_for(settings)
+        pending_or_outcome.sync_data(spool)
+        failed = _sync_failures(spool, [pending_or_outcome])
+        if failed:
+            return failed[0][1]
+        return commit_batch(db, settings, spool, [pending_or_outcome])[0]
     committer.writing_started()
     try:
         pending_or_outcome = stage()
@@ -301,9 +327,10 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
 
 def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
                       assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
-    """fsync the streamed file and give it its final name (the committer decides when taken)."""
+    """Give the streamed file its final name (the committer decides when taken); its data is
+    synced by ``_Pending.sync_data`` while the committer fsyncs the directory (the two overlap)."""
     try:
-        incoming.finish()
+        incoming.finish(sync=False)
         spool.ensure_parent(relative)
         final = spool.publish_new(incoming.path, relative)
     except OSError as exc:
@@ -313,7 +340,8 @@ def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, heade
         status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
         return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
     size = incoming.prefix_length + incoming.size
-    return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final)
+    return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final,
+                    unsynced=final if final is not None else incoming.path)  # fmt: skip
 
 
 def _write(spool: Spool, relative: str, chunks: Iterable[bytes | memoryview], header: InstanceHeader,
@@ -341,11 +369,40 @@ def _outcome(sop: str, study: str, status: StoreStatus, *, duplicate: bool = Fal
     return PersistOutcome(status, sop, study, duplicate, reason)
 
 
+def _discard_failed(spool: Spool, pending: _Pending, exc: OSError) -> PersistOutcome:
+    """An instance that could not be made durable: remove its file, the failure status."""
+    spool.discard(pending.temp)
+    if pending.final is not None:
+        spool.discard(pending.final)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    header = pending.item.header
+    return _outcome(header.sop_instance_uid, header.study_instance_uid,
+                    StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE,
+                    reason=f"cannot sync the file: {exc}")  # fmt: skip
+
+
+def _sync_failures(spool: Spool, batch: list[_Pending]) -> list[tuple[int, PersistOutcome]]:
+    """The instances of ``batch`` whose data sync failed, by position, their files discarded."""
+    failed = []
+    for index, pending in enumerate(batch):
+        if pending.sync_error is not None:
+            log.error("cannot sync instance %s: %s", pending.item.header.sop_instance_uid,
+                      pending.sync_error)  # fmt: skip
+            failed.append((index, _discard_failed(spool, pending, pending.sync_error)))
+    return failed
+
+
 def commit_batch(
-    db: Database, settings: Settings, spool: Spool, batch: list[_Pending]
+    db: Database,
+    settings: Settings,
+    spool: Spool,
+    batch: list[_Pending],
+    *,
+    dirs_synced: bool = False,
 ) -> list[PersistOutcome]:
-    """Insert rows, publish files and commit for a whole batch; on a database error retry each
-    instance alone so one bad row cannot fail its neighbours."""
+    """Insert rows, publish files and commit for a whole batch, the directories of the files
+    named (``publish_new``) fsynced before the commit unless ``dirs_synced`` (the committer did);
+    on a database error retry each instance alone so one bad row cannot fail its neighbours."""
     published: list[Path] = []
     try:
         with db.write() as session:
@@ -367,7 +424,8 @@ def commit_batch(
                     flags.append(True)
             _discard_linked_duplicates(session, spool, [p for p, dup in zip(batch, flags, strict=True)
                                                         if dup and p.final is not None])  # fmt: skip
-            spool.sync_dirs(path.parent for path in published)
+            named = [] if dirs_synced else [p.final.parent for p in batch if p.final is not None]
+            spool.sync_dirs([*(path.parent for path in published), *named])
     except (SQLAlchemyError, OSError) as exc:
         for path in published:
             spool.discard(path)
@@ -375,7 +433,9 @@ def commit_batch(
             log.warning(
                 "group commit of %d instances failed (%s); retrying one by one", len(batch), exc
             )
-            return [commit_batch(db, settings, spool, [p])[0] for p in batch]
+            return [
+                commit_batch(db, settings, spool, [p], dirs_synced=dirs_synced)[0] for p in batch
+            ]
         pending = batch[0]
         spool.discard(pending.temp)
         if pending.final is not None:  # never acknowledged: the sender's retry brings it again
@@ -407,6 +467,33 @@ def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pen
             spool.discard(pending.final)
 
 
+class _WriterTurns:
+    """On SQLite, the committers of a receiver pool's processes take turns on a file lock.
+
+    Without it they meet in SQLite's write lock, whose busy handler sleeps 1, 2, 5, 10 ... ms
+    between tries: a committer that finds the other one writing loses several commits' time. A
+    ``flock`` wakes the waiter as soon as the lock is free. PostgreSQL needs none (row locks)."""
+
+    def __init__(self, db: Database) -> None:
+        self._fd: int | None = None
+        path = db.engine.url.database if db.sqlite else None
+        if path and path != ":memory:":
+            self._fd = os.open(f"{path}-receivers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class GroupCommitter:
     """One thread per process and database that commits what concurrent handlers queued.
 
@@ -428,6 +515,8 @@ class GroupCommitter:
         self.committed = 0
         self.writing = 0  # instances between header check and submit (their files being written)
         self._writing_lock = threading.Lock()
+        self.appender = InstanceAppender(db)  # the steady state's rows, without the ORM
+        self._turns = _WriterTurns(db)
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
@@ -445,10 +534,12 @@ class GroupCommitter:
             self.writing -= 1
 
     def submit(self, pending: _Pending) -> PersistOutcome:
-        """Queue an instance whose ``writing_started`` was called; wait for its outcome."""
+        """Queue an instance whose ``writing_started`` was called, sync its data while the
+        committer fsyncs the group's directories, and wait for its outcome."""
         pending.future = Future()
         self._queue.put(pending)
         self.writing_ended()  # after the put, so a committer waiting for this instance gets it
+        pending.sync_data(self.spool)
         return pending.future.result()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -469,6 +560,8 @@ class GroupCommitter:
                 leftovers.append(item)
         if leftovers:
             self._commit(leftovers)
+        self.appender.close()
+        self._turns.close()
 
     def _run(self) -> None:
         stopping = False
@@ -497,9 +590,50 @@ class GroupCommitter:
                 batch.append(nxt)
             self._commit(batch)
 
+    def _append(self, batch: list[_Pending]) -> list[PersistOutcome] | None:
+        """The steady state (every instance named, of a known series; see ``InstanceAppender``):
+        commit its rows in one transaction. None when the group needs ``commit_batch`` (nothing
+        was written then)."""
+        if any(p.final is None for p in batch):
+            return None
+        try:
+            done = self.appender.append([p.item for p in batch])
+        except Exception as exc:  # noqa: BLE001 - any driver's error: the general path decides
+            log.warning("fast commit of %d instances failed (%s); using the general path",
+                        len(batch), exc)  # fmt: skip
+            return None
+        if not done:
+            return None
+        return [_outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
+                         StoreStatus.SUCCESS) for p in batch]  # fmt: skip
+
+    def _sync_group(self, batch: list[_Pending]) -> dict[int, PersistOutcome]:
+        """Before any row of the group commits: fsync each directory it named files in, once,
+        while the associations' threads sync the files' data; wait for those. The failures, by
+        position in ``batch`` (their files discarded: never acknowledged)."""
+        try:
+            self.spool.sync_dirs(p.final.parent for p in batch if p.final is not None)
+        except OSError as exc:
+            for pending in batch:
+                pending.synced.wait()
+            log.error("cannot sync the spool directories of %d instances: %s", len(batch), exc)
+            return {i: _discard_failed(self.spool, p, exc) for i, p in enumerate(batch)}
+        for pending in batch:
+            pending.synced.wait()
+        return dict(_sync_failures(self.spool, batch))
+
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcomes = commit_batch(self.db, self.settings, self.spool, batch)
+            failed = self._sync_group(batch)
+            durable = [p for i, p in enumerate(batch) if i not in failed]
+            written: list[PersistOutcome] = []
+            if durable:
+                with self._turns:
+                    appended = self._append(durable)
+                    written = appended if appended is not None else commit_batch(
+                        self.db, self.settings, self.spool, durable, dirs_synced=True)  # fmt: skip
+            done = iter(written)
+            outcomes = [failed[i] if i in failed else next(done) for i in range(len(batch))]
         except Exception as exc:  # noqa: BLE001 - thread boundary: never leave a handler waiting
             log.exception("group commit failed unexpectedly")
             outcomes = [

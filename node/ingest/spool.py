@@ -2,20 +2,23 @@
 
 Layout: ``<data_dir>/spool/<study>/<series>/<sop>.dcm`` (the path stored in the Instance row is
 relative to the data directory, so the data directory can move). A file is written to a temporary
-name in its final directory and fsynced, then gets its final name (hard link, or rename over a
-leftover); the directory is fsynced after that, so once the name is durable the file is complete.
+name and fdatasynced, then gets its final name (hard link, or rename over a leftover); the
+committer fsyncs the directory before the row commits, so once the name is durable the file is
+complete. (A received data set is synced right after its link instead, so that one journal commit
+carries both; a crash between leaves a name without a row, which the retry replaces.)
 UIDs come from the network: anything that is not a plain UID is replaced by a hash so a hostile UID
 can never escape the spool.
 
 A C-STORE data set is streamed: :class:`IncomingFile` writes each fragment to a temp file under
 ``spool/.incoming`` as it arrives (memory stays flat whatever the size); once complete it is
-fsynced, read in place through ``mmap`` and given its final name like any other temp file.
+read in place through ``mmap``, given its final name and then synced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import mmap
@@ -124,7 +127,7 @@ class Spool:
         return IncomingFile(directory / name, prefix, self.fsync)
 
     def write_temp(self, relative: str, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
-        """Write ``chunks`` to a temporary file beside ``relative``; fsync it. Return (temp, size)."""
+        """Write ``chunks`` to a temp file beside ``relative`` and fdatasync it; (temp, size)."""
         final = self.data_dir / relative
         self._ensure_dir(final.parent)
         temp = final.with_name(
@@ -140,7 +143,7 @@ class Spool:
                     view = view[written:]
                     size += written
             if self.fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)  # data and size; the name is made durable with its directory
         except OSError:
             os.close(fd)
             _unlink_quietly(temp)
@@ -155,9 +158,10 @@ class Spool:
         return final
 
     def publish_new(self, temp: Path, relative: str) -> Path | None:
-        """Give a finished temp file its final name unless that name is taken, and make the name
-        durable (directory fsync). A hard link, not a rename, so an existing file (the first copy
-        of a duplicate) is never replaced here. Returns the final path, or None when the name is
+        """Give a finished temp file its final name unless that name is taken. A hard link, not a
+        rename, so an existing file (the first copy of a duplicate) is never replaced here. The
+        name is made durable by the committer (``sync_dirs``: one directory fsync per commit group
+        and directory, before the rows commit). Returns the final path, or None when the name is
         taken or the filesystem has no hard links: the committer then decides (``publish``)."""
         final = self.data_dir / relative
         try:
@@ -170,17 +174,28 @@ class Spool:
             raise
         try:
             os.unlink(temp)
-            if self.fsync:
-                fsync_dir(final.parent)
         except OSError:
             _unlink_quietly(final)
             raise
         return final
 
     def sync_dirs(self, directories: Iterable[Path]) -> None:
+        """fsync each distinct directory once (a commit group's new names, before its commit)."""
         if self.fsync:
             for directory in set(directories):
                 fsync_dir(directory)
+
+    def sync_file(self, path: Path) -> None:
+        """Make a closed file's content durable (``fdatasync``: data and size, not timestamps).
+
+        Called after the file got its final name: on ext4 the one journal commit this forces
+        also carries the new directory entry, so the group's directory fsync finds it done."""
+        if self.fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def discard(self, path: Path) -> None:
         _unlink_quietly(path)
@@ -189,8 +204,8 @@ class Spool:
 class IncomingFile:
     """A data set being received, written fragment by fragment to a temp file.
 
-    Life: ``write`` as fragments come → ``finish`` (fsync, close) → ``mapped`` to read it in
-    place → the spool publishes ``path``; or ``discard`` at any point."""
+    Life: ``write`` as fragments come → ``mapped`` to read it in place → ``finish`` (close, with
+    or without fdatasync) → the spool publishes ``path``; or ``discard`` at any point."""
 
     def __init__(self, path: Path, prefix: bytes, fsync: bool) -> None:
         self.path = path
@@ -215,14 +230,15 @@ class IncomingFile:
         self._write_all(view)
         self.size += len(view)
 
-    def finish(self) -> None:
-        """Make the content durable and close the descriptor (idempotent)."""
+    def finish(self, *, sync: bool = True) -> None:
+        """Close the descriptor (idempotent), first making the content durable unless ``sync`` is
+        False: the receiver syncs the file once it has its final name (``Spool.sync_file``)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
-            if self._fsync:
-                os.fsync(fd)
+            if self._fsync and sync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
 
@@ -255,8 +271,19 @@ class IncomingFile:
 def temp_owner(host: str | None = None, boot_id: str | None = None) -> str:
     """``h<host hash>b<boot hash>``: who wrote a temp file, so that on a volume several hosts share
     only the writer's host judges it (a PID means nothing on another host, or after a reboot)."""
-    host = socket.gethostname() if host is None else host
-    boot_id = _boot_id() if boot_id is None else boot_id
+    if host is None and boot_id is None:
+        return _this_owner()
+    return _owner(socket.gethostname() if host is None else host,
+                  _boot_id() if boot_id is None else boot_id)  # fmt: skip
+
+
+@functools.cache
+def _this_owner() -> str:
+    """This process's owner token, computed once (every received instance names a temp file)."""
+    return _owner(socket.gethostname(), _boot_id())
+
+
+def _owner(host: str, boot_id: str) -> str:
     digest = hashlib.sha256
     return f"h{digest(host.encode()).hexdigest()[:12]}b{digest(boot_id.encode()).hexdigest()[:8]}"
 

@@ -1,0 +1,118 @@
+"""0x0000 goes back only once the file, its name and its row are durable; the row last.
+
+The receiver shares fsyncs across a commit group (each file's data synced in its association's
+thread while the committer fsyncs each directory of the group once, then one commit), so these
+tests watch the syncs themselves: every acknowledged instance's data was synced under its final
+name, and its directory fsynced with the name in it, both while its row was still uncommitted,
+and the row was committed before the sender got the status. Three
+instances of one series cover both commit paths: the first creates the study and series
+(``upsert_instances``), the others are the steady state (``InstanceAppender``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from sqlalchemy import select
+
+from core.config import Settings
+from node.db.engine import Database
+from node.db.orm import Instance
+from node.ingest import spool as spool_module
+from tests.node.ingest.conftest import StartReceiver
+from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance, stored_files
+
+Events = list[tuple[str, str, frozenset[str], frozenset[str]]]
+
+
+def _committed(db: Database) -> frozenset[str]:
+    with db.read() as session:
+        return frozenset(session.scalars(select(Instance.sop_instance_uid)))
+
+
+def _watch_syncs(monkeypatch: pytest.MonkeyPatch, db: Database) -> Events:
+    """Record ("data", file, rows committed then, ()) for each fdatasync and ("dir", folder, rows
+    committed then, names in the folder) for each directory fsync of the spool."""
+    events: Events = []
+    real_fdatasync, real_fsync_dir = os.fdatasync, spool_module.fsync_dir
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        events.append(("data", os.readlink(f"/proc/self/fd/{fd}"), _committed(db), frozenset()))
+
+    def fsync_dir(path: Path | str) -> None:
+        names = frozenset(os.listdir(path))
+        real_fsync_dir(path)
+        events.append(("dir", str(path), _committed(db), names))
+
+    monkeypatch.setattr(spool_module.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
+    return events
+
+
+def _send(port: int, raws: list[bytes], after_each: Callable[[str, int], None]) -> None:
+    ae = AE(ae_title="DURABLE")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
+    assert assoc.is_established
+    try:
+        for raw in raws:
+            ds = pydicom.dcmread(BytesIO(raw))
+            after_each(ds.SOPInstanceUID, int(assoc.send_c_store(ds).Status))
+    finally:
+        assoc.release()
+
+
+def test_success_is_sent_after_file_name_and_row_are_durable(
+    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = receiver_on(db)
+    events = _watch_syncs(monkeypatch, db)
+    study, series = generate_uid(), generate_uid()
+    raws = [make_instance(study_uid=study, series_uid=series, instance_number=i) for i in range(3)]
+    acked: list[str] = []
+
+    def check_on_ack(sop: str, status: int) -> None:
+        assert status == 0x0000
+        assert sop in _committed(db), "success sent before the row was committed"
+        acked.append(sop)
+
+    _send(handle.port, raws, check_on_ack)
+    assert handle.committer.appender.appended >= 1  # the steady-state path was exercised
+    files = {p.stem: p for p in stored_files(settings)}
+    for sop in acked:
+        final = files[sop]
+        assert any(e[0] == "data" and e[1] == str(final) and sop not in e[2] for e in events), (
+            f"{sop}: its data was not synced under its final name before its commit"
+        )
+        assert any(e[0] == "dir" and e[1] == str(final.parent) and sop not in e[2]
+                   and final.name in e[3] for e in events), (
+            f"{sop}: its directory was not synced with its name in it before its commit"
+        )  # fmt: skip
+
+
+def test_failed_directory_sync_is_never_acknowledged(
+    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the group's directory fsync fails, the name may not be durable: no success, no row."""
+    handle = receiver_on(db)
+    study, series = generate_uid(), generate_uid()
+    raws = [make_instance(study_uid=study, series_uid=series, instance_number=i) for i in range(2)]
+    statuses: list[int] = []
+    _send(handle.port, raws[:1], lambda _sop, status: statuses.append(status))
+
+    def broken(path: Path | str) -> None:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(spool_module, "fsync_dir", broken)
+    _send(handle.port, raws[1:], lambda _sop, status: statuses.append(status))
+    assert statuses[0] == 0x0000 and statuses[1] != 0x0000
+    assert len(_committed(db)) == 1
+    assert len(stored_files(settings)) == 1  # the unacknowledged file is gone
