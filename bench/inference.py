@@ -17,6 +17,13 @@ The 105-label case (background + the 104 structures of MONAI's wholeBody_ct_segm
 from the shipped SNOMED CT map) runs a cheap 105-channel 3D UNet at 3 mm on a ``--many-slices``
 (300) x 512² CT: it measures what many labels cost the node (inverse mapping, arg-max, clean-up,
 measurements), whose float32 probabilities at source resolution alone would take 33 GB.
+    .venv/bin/python bench/inference.py --only 105-label-bundle --repeat 1   # the same, as a bundle
+
+The 105-label-bundle case runs the real wholeBody_ct_segmentation bundle configuration in the
+bundle's own low-resolution mode (``highres: false``, 3 mm) through its own transforms, inferer
+(96³ windows) and ``Invertd``, with the same cheap 105-channel UNet as the 105-label case in place
+of its SegResNet (too slow on a shared 2-core CPU; what is measured is the node's handling of 105
+channels, not the network); bare is its inferer on its own pre-processed image.
     .venv/bin/python bench/inference.py --models-dir models/cards --only explain  # Grad-CAM cost
 
 The "explain" rows (demo models only) run demo-2d's three classifiers with the classification
@@ -74,9 +81,8 @@ WINDOW_12BIT = {"mode": "window", "center": 2047.5, "width": 4095.0}
 CT_WINDOW = {"mode": "window", "center": 40.0, "width": 400.0}
 SPLEEN_WINDOW = {"mode": "window", "center": 53.5, "width": 221.0}  # the bundle's -57..164 HU
 SPLEEN_WINDOWS = {"sw_batch_size": 4, "sw_overlap": 0.5}  # the bundle's SlidingWindowInferer
-WHOLEBODY_METADATA = (
-    ROOT / "tests/data/monai_bundles/wholeBody_ct_segmentation/configs/metadata.json"
-)
+WHOLEBODY = ROOT / "tests/data/monai_bundles/wholeBody_ct_segmentation"
+WHOLEBODY_METADATA = WHOLEBODY / "configs/metadata.json"
 
 
 def wholebody_labels() -> list[dict[str, Any]]:
@@ -92,6 +98,43 @@ def wholebody_labels() -> list[dict[str, Any]]:
 
 
 # ---- models ---------------------------------------------------------------------------------
+def write_wholebody_bundle(models_dir: Path, name: str, network_def: dict[str, Any]) -> None:
+    """The real wholeBody_ct_segmentation configuration in its low-resolution mode (3 mm) with
+    ``network_def`` (seeded random weights) for its SegResNet, behind a card that lists no
+    labels."""
+    import json
+    import shutil
+
+    from models.loaders import weights_digest
+    from models.loaders.monai_bundle import read_parser
+
+    bundle = models_dir / name / WHOLEBODY.name
+    shutil.copytree(WHOLEBODY, bundle)
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["displayable_configs"]["highres"] = False
+    config["network_def"] = network_def
+    config_path.write_text(json.dumps(config, indent=1))
+    torch.manual_seed(0)
+    network = read_parser(bundle, config_path).get_parsed_content("network_def")
+    (bundle / "models").mkdir()
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    card = ModelCard.model_validate(
+        {
+            "name": name,
+            "version": "bench",
+            "task": "segmentation",
+            "framework": "monai",
+            "architecture": "bundle",
+            "weights": WHOLEBODY.name,
+            "sha256": weights_digest(bundle),
+            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
+            "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
+        }
+    )
+    write_card(card, models_dir / name / "card.yaml")
+
+
 def _card(folder: Path, **fields: Any) -> None:
     weights = folder / fields.pop("weights")
     card = ModelCard.model_validate(
@@ -200,6 +243,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
         },
         labels=wholebody_labels(),
     )
+    write_wholebody_bundle(models_dir, "bench-bundle-105", {"_target_": "UNet", **many})
     torch.manual_seed(0)  # random but reproducible weights
     for name, (arch, args, input_spec) in monai_specs.items():
         folder = models_dir / name
@@ -243,6 +287,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
         "seg3d": "bench-seg3d-unet",
         "spleen": "bench-seg3d-spleen",
         "many": "bench-seg3d-105",
+        "many-bundle": "bench-bundle-105",
     }
 
 
@@ -297,7 +342,7 @@ class Case:
     study: str  # "cr" | "ct" | "ct-many" (--many-slices)
     dims: int
     tasks: dict[str, Any]
-    bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d", model name)
+    bare: tuple[tuple[str, str], ...]  # (kind "2d" | "2d-volume" | "3d" | "bundle", model name)
 
 
 def pipeline_config(dims: int, tasks: dict[str, Any], modality: str) -> PipelineConfig:
@@ -329,6 +374,19 @@ def bare_call(
     """
     model = registry.get(name, "cpu")
     decoded = decode_series(study.series[0])
+    if kind == "bundle":  # the bundle's inferer on its own pre-processed image
+        from pipelines.preprocess.orientation import series_as_metatensor
+
+        bundle = model.bundle  # type: ignore[attr-defined]
+        image = bundle.preprocessing({bundle.image_key: series_as_metatensor(decoded)})[
+            bundle.image_key
+        ]
+
+        def run_bundle() -> None:
+            with torch.no_grad():
+                bundle.inferer(image[None], bundle.network)
+
+        return run_bundle
     if kind == "3d":
         from monai.inferers import sliding_window_inference
 
@@ -442,6 +500,16 @@ def cases(roles: dict[str, str]) -> list[Case]:
                 3,
                 {"segmentation": {**seg_members(roles["many"]), "sw_batch_size": 4}},
                 (("3d", roles["many"]),),
+            )
+        )
+    if "many-bundle" in roles:
+        bundle.append(
+            Case(
+                "105-label-bundle wholeBody (3 mm)",
+                "ct-many",
+                3,
+                {"segmentation": seg_members(roles["many-bundle"])},
+                (("bundle", roles["many-bundle"]),),
             )
         )
     explained = []

@@ -4,10 +4,13 @@ The bundle's ``configs/inference.{json,yaml}`` is parsed with :class:`monai.bund
 What reads or writes files is left out — ``LoadImage*`` (the node hands over the decoded series as
 a MetaTensor with its true affine) and ``SaveImage*`` (the node writes DICOM) — and everything else
 runs unchanged: orientation, spacing, intensity scaling, the bundle's inferer and its
-post-processing, including ``Invertd`` back to the source grid. The post-processing is split at its
-first discretising step (``AsDiscreted``; an ``Invertd`` after it is kept), so ensembles can average
-the bundle's probabilities on the source grid; a lone member's label map is argmax of the same tensor, exactly as the bundle's own
-``AsDiscreted(argmax=True)`` gives it.
+post-processing, including ``Invertd`` back to the source grid. The post-processing is split in
+three, kept in the bundle's order: what runs on the probabilities at the network's grid (up to the
+first discretising step, ``AsDiscreted``, e.g. the softmax), the discretiser, and the ``Invertd``
+(before or after the discretiser, as the bundle has it). So the node can run the inverse on only
+what an output needs: the one-channel arg-max a bundle like wholeBody_ct_segmentation saves, or
+the probabilities a few channels at a time (:mod:`pipelines.tasks.bundle`), never all 105 channels
+of float probabilities at source resolution at once.
 """
 
 from __future__ import annotations
@@ -37,11 +40,21 @@ class MonaiBundle:
     network: torch.nn.Module
     preprocessing: Callable[[dict[str, Any]], dict[str, Any]]
     inferer: Callable[..., Any]
+    # the bundle's post-processing before its discretiser, without Invertd: runs on the network's
+    # grid (a softmax is voxel-wise, so before or after the inverse is the same)
     to_probabilities: Callable[[dict[str, Any]], dict[str, Any]]
     version: str
     channel_names: tuple[str, ...]  # from metadata.json's channel_def, background first
     image_key: str = "image"
     pred_key: str = "pred"
+    # the bundle's Invertd (None: it has none), run on any number of channels of ``pred_key``
+    invert: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # the bundle's first AsDiscreted (None: it has none)
+    discretise: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # whether the bundle inverts after discretising (wholeBody_ct_segmentation: softmax, arg-max,
+    # Invertd with nearest interpolation): its label map is then the inverse of one channel
+    discretise_first: bool = False
+    argmax: bool = False  # whether that discretiser is an arg-max over the channels
 
 
 def _target_name(item: Any) -> str:
@@ -116,11 +129,13 @@ def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str
     pre = [t for t in _transforms(parser, "preprocessing") if _target_name(t) not in _READERS]
     post = [t for t in _transforms(parser, "postprocessing") if _target_name(t) not in _WRITERS]
     cut = next((i for i, t in enumerate(post) if _target_name(t) in _DISCRETISERS), len(post))
-    # an Invertd after the discretiser (wholeBody_ct_segmentation: softmax, argmax, invert) still
-    # maps back to the source grid: it runs on the probabilities, with the bundle's own
+    # an Invertd after the discretiser (wholeBody_ct_segmentation: softmax, argmax, invert) is
+    # kept too: the probabilities (or the arg-max) are mapped back with the bundle's own
     # interpolation (nearest there: the arg-max of nearest-resampled probabilities is exactly
     # the nearest-resampled arg-max the bundle saves)
-    after = [t for t in post[cut:] if _target_name(t) in _INVERTERS]
+    at = [i for i, t in enumerate(post) if _target_name(t) in _INVERTERS]
+    inverters = [post[i] for i in at]
+    discretise_first = bool(at) and at[0] > cut
     if "inferer" not in parser:  # MONAI's evaluators default to one forward pass as well
         parser["inferer"] = {"_target_": "SimpleInferer"}
     # Every item is set before anything is instantiated: setting an item resets the parser's
@@ -129,11 +144,15 @@ def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str
     parser["preprocessing"] = {"_target_": "Compose", "transforms": pre}
     parser["_pacsnode_to_probabilities"] = {
         "_target_": "Compose",
-        "transforms": post[:cut] + after,
+        "transforms": [t for t in post[:cut] if _target_name(t) not in _INVERTERS],
     }
+    parser["_pacsnode_invert"] = {"_target_": "Compose", "transforms": inverters[:1]}
+    parser["_pacsnode_discretise"] = {"_target_": "Compose", "transforms": post[cut : cut + 1]}
     try:
         preprocessing = parser.get_parsed_content("preprocessing")
         to_probabilities = parser.get_parsed_content("_pacsnode_to_probabilities")
+        invert = parser.get_parsed_content("_pacsnode_invert") if inverters else None
+        discretise = parser.get_parsed_content("_pacsnode_discretise") if cut < len(post) else None
         inferer = parser.get_parsed_content("inferer")
     except Exception as exc:  # noqa: BLE001 - any config error becomes a load error naming the bundle
         raise ModelLoadError(f"MONAI bundle {bundle}: {type(exc).__name__}: {exc}") from exc
@@ -146,4 +165,8 @@ def load_bundle(bundle: Path, network: torch.nn.Module, parser: Any, device: str
         to_probabilities=to_probabilities,
         version=str(metadata.get("version", "")),
         channel_names=_channel_names(metadata, "pred"),
+        invert=invert,
+        discretise=discretise,
+        discretise_first=discretise_first,
+        argmax=cut < len(post) and bool(post[cut].get("argmax", False)),
     )

@@ -28,11 +28,11 @@ from pipelines.members import (
     run_per_device,
     same_labels,
 )
-from pipelines.postprocess import label_map_dtype, threshold_labels
+from pipelines.postprocess import component_sizes, label_map_dtype, threshold_labels
 from pipelines.preprocess.orientation import ModelGrid
 from pipelines.preprocess.prepare import PreparedInputs
-from pipelines.spec import SegmentationTask
-from pipelines.tasks.bundle import bundle_probabilities
+from pipelines.spec import PostprocessSpec, SegmentationTask
+from pipelines.tasks.bundle import BundleOutput, bundle_output, bundle_probabilities
 from pipelines.tasks.nnunet import nnunet_probabilities
 
 SLAB_BYTES = 256 << 20  # float32 label probabilities of one slab at source resolution
@@ -43,8 +43,12 @@ KEEP_PROBABILITIES_BYTES = 1 << 30  # below this the full probabilities are kept
 class SourceProbabilities:
     """One member's (L, F, H, W) label probabilities on the source grid, read slab by slab.
 
-    ``on_source`` holds them at source resolution already (2D models, bundles, nnU-Net); else
-    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, resampled per slab.
+    ``on_source`` holds them at source resolution already (2D models, nnU-Net); else
+    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, resampled per slab, or
+    ``bundle`` holds a MONAI bundle's output on its network's grid: its label map and heat map
+    come from it directly (:meth:`BundleOutput.label_map_and_heat`), and where probabilities at
+    source resolution are needed after all (an ensemble, a FRACTIONAL SEG, a label threshold) it
+    inverts them a chunk of channels at a time into ``on_source``.
     """
 
     labels: int
@@ -52,9 +56,13 @@ class SourceProbabilities:
     on_source: np.ndarray | None = None
     at_model: torch.Tensor | None = None
     grid: ModelGrid | None = None
+    bundle: BundleOutput | None = None
 
     def slab(self, start: int, stop: int) -> np.ndarray:
         """(L, stop - start, H, W) float32; a view of ``on_source`` (do not write to it)."""
+        if self.on_source is None and self.bundle is not None:
+            self.on_source = self.bundle.probabilities(SLAB_BYTES)
+            self.bundle = None  # the network-grid output is not needed any more
         if self.on_source is not None:
             return self.on_source[:, start:stop]
         assert self.at_model is not None and self.grid is not None
@@ -88,7 +96,7 @@ def member_probabilities(
     """
     bundle = getattr(member.model, "bundle", None)
     if bundle is not None:  # the bundle's own transforms and inferer, back on the source grid
-        label_probs = bundle_probabilities(bundle, inputs.series)
+        label_probs = bundle_probabilities(bundle, inputs.series, SLAB_BYTES)
         _check_channels(member, label_probs.shape[0] + 1)
         return label_probs
     predictor = getattr(member.model, "nnunet", None)
@@ -121,8 +129,12 @@ def member_output(
     """One member's label probabilities, 3D sliding-window ones left at model resolution."""
     frames = inputs.series.frame_count
     card_input = member.model.card.input
-    own = getattr(member.model, "bundle", None) or getattr(member.model, "nnunet", None)
-    if own is not None or card_input.dims == 2:
+    bundle = getattr(member.model, "bundle", None)
+    if bundle is not None:  # the bundle's own transforms and inferer; mapped back when read
+        output = bundle_output(bundle, inputs.series)
+        _check_channels(member, output.channels)
+        return SourceProbabilities(output.channels - 1, frames, bundle=output)
+    if getattr(member.model, "nnunet", None) is not None or card_input.dims == 2:
         probs = member_probabilities(member, inputs, task)
         return SourceProbabilities(probs.shape[0], frames, on_source=probs)
     from monai.inferers import sliding_window_inference
@@ -155,6 +167,40 @@ def _check_channels(member: Member, channels: int) -> None:
         )
 
 
+def _bundle_decides(
+    output: BundleOutput, names: list[str], spec: PostprocessSpec, exclusive: bool
+) -> bool:
+    """Whether a lone bundle member's own arg-max is the label map the node would decide: the
+    bundle discretises by arg-max, and the task asks for no other threshold (one label: p ≥ 0.5
+    is the arg-max of a two-channel softmax; several: the arg-max over background and labels)."""
+    if not output.bundle.argmax or any(name in spec.label_thresholds for name in names):
+        return False
+    return spec.threshold == 0.5 if len(names) == 1 else exclusive
+
+
+def _bundle_run(
+    output: BundleOutput,
+    labels: tuple[LabelSpec, ...],
+    outcomes: list[MemberOutcome[SourceProbabilities]],
+) -> SegmentationRun:
+    """A lone bundle member's label map and heat map, without its probabilities at source
+    resolution; its pixel counts are the voxels of its label map."""
+    label_map, heat = output.label_map_and_heat(label_map_dtype(len(labels)), SLAB_BYTES)
+    outcomes[0].value.bundle = None  # the network-grid output is not needed any more
+    sizes = component_sizes(label_map, len(labels))
+    counts = {
+        outcomes[0].member.name: {lab.name: int(n) for lab, n in zip(labels, sizes, strict=True)}
+    }
+    return SegmentationRun(
+        labels=labels,
+        probabilities=None,
+        label_map=label_map,
+        heat=heat,
+        member_pixel_counts=counts,
+        outcomes=outcomes,
+    )
+
+
 def slab_frames(labels: int, rows: int, cols: int, budget: int = SLAB_BYTES) -> int:
     """How many source slices one slab of ``labels`` float32 probability maps may hold."""
     return max(1, budget // max(1, labels * rows * cols * 4))
@@ -184,6 +230,9 @@ def run_segmentation(
     spec = task.postprocess
     lone = outcomes[0].value if len(outcomes) == 1 and members[0].weight == 1.0 else None
     in_order = orders[members[0].name] == sorted(orders[members[0].name])
+    bundle = lone.bundle if lone is not None and in_order and not keep_probabilities else None
+    if bundle is not None and _bundle_decides(bundle, names, spec, exclusive):
+        return _bundle_run(bundle, labels, outcomes)
     if keep_probabilities and lone is not None and lone.on_source is not None and in_order:
         probabilities: np.ndarray | None = lone.on_source  # already whole: no second copy
     elif keep_probabilities:

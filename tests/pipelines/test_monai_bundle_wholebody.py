@@ -154,3 +154,41 @@ def test_node_runs_the_104_label_bundle_as_monai_does(
     assert result.findings == ()
     assert {s.label.value for s in result.structures} == set(int(v) for v in present if v)
     assert result.conclusion().endswith("anatomical structures segmented")
+
+
+def test_label_map_without_probabilities_is_monais_and_channels_invert_in_chunks(
+    wholebody: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    """When no output needs the probabilities at source resolution, the label map is the bundle's
+    own arg-max inverted as one channel (what MONAI saves) and the heat map the highest label
+    probability; probabilities inverted one channel at a time equal the all-channel inverse."""
+    from pipelines.tasks.bundle import bundle_output
+    from pipelines.tasks.segmentation import run_segmentation
+
+    root, network = wholebody
+    series = write_ct_series(tmp_path / "ct", "axial-head-first")
+    reference_labels, reference_probs = _reference(
+        root / "wholebody" / NAME, tmp_path / "ct", network
+    )
+    task = {"members": [{"model": "wholebody", "device": "cpu"}]}
+    pipeline = Pipeline(config(3, {"segmentation": task}, ["CT"]), ModelRegistry(root))
+    study = StudyInput(study_instance_uid="1.2.3", series=(series,))
+    inputs = pipeline.inputs(pipeline.decode(study))
+    members = pipeline.members().segmentation
+    assert pipeline.config.tasks.segmentation is not None
+    run = run_segmentation(
+        pipeline.config.tasks.segmentation, members, inputs, True, keep_probabilities=False
+    )
+    assert run.probabilities is None and run.heat is not None
+    assert run.label_map.dtype == np.uint8
+    expected = reference_labels.transpose(2, 1, 0)
+    agreement = float((run.label_map == expected).mean())
+    assert agreement >= 0.999, agreement
+    expected_probs = reference_probs[1:].transpose(0, 3, 2, 1)
+    assert float(np.abs(run.heat - expected_probs.max(axis=0)).max()) <= 1e-4
+    counts = run.member_pixel_counts["wholebody"]
+    assert sum(counts.values()) == int(np.count_nonzero(run.label_map))
+
+    bundle = members[0].model.bundle  # type: ignore[attr-defined]
+    chunked = bundle_output(bundle, inputs.series).probabilities(budget=1)  # one channel a chunk
+    assert float(np.abs(chunked - expected_probs).max()) <= 1e-4
