@@ -150,7 +150,7 @@ def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> Non
             if item.ValueType == "IMAGE"
             for reference in item.ReferencedSOPSequence
         }
-    except (ValueError, AttributeError, TypeError, KeyError, IndexError) as exc:
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError, OSError) as exc:
         if isinstance(exc, ResultValidationError):
             raise
         raise ResultValidationError(kind, f"unreadable: {exc}") from exc
