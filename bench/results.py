@@ -124,7 +124,9 @@ def make_study(
         SourceSeries(str(first.SeriesInstanceUID), "CT", str(first.SOPClassUID), tuple(paths))
     )
     by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
-    sources = [pydicom.dcmread(by_uid[f.sop_instance_uid]) for f in decoded.source_frames]
+    sources: list[Dataset] = [
+        pydicom.dcmread(by_uid[f.sop_instance_uid]) for f in decoded.source_frames
+    ]
     # the label map in the decoded (slice-normal) order: match each decoded slice to its file
     order = [paths.index(by_uid[f.sop_instance_uid]) for f in decoded.source_frames]
     label_map = mask[order]
@@ -365,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         totals["peer"].append(peer_total)
         for name, seconds in peer_spent.items():
             stages[f"peer {name}"].append(seconds)
-        print(f"run {run + 1}: produce_results {total:.3f} s, highdicom {peer_total:.3f} s", flush=True)
+        print(
+            f"run {run + 1}: produce_results {total:.3f} s, highdicom {peer_total:.3f} s",
+            flush=True,
+        )
     node_s, peer_s = statistics.median(totals["node"]), statistics.median(totals["peer"])
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(

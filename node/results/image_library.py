@@ -144,9 +144,7 @@ def _descriptors(image: Dataset, items: _Items) -> list[bytes]:
             items.num(codes.DCM.ImageOrientationPatientColumnZ, orientation[5], _UNIT_INTERVAL),
         ]
         if hasattr(image, "SpacingBetweenSlices"):
-            out.append(
-                items.num(codes.DCM.SpacingBetweenSlices, image.SpacingBetweenSlices, mm)
-            )
+            out.append(items.num(codes.DCM.SpacingBetweenSlices, image.SpacingBetweenSlices, mm))
     elif image.Modality in _PROJECTION:
         orientation = image.PatientOrientation
         spacing = image.ImagerPixelSpacing

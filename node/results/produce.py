@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -156,7 +157,9 @@ def _build_all(
         validate(data)
         into.append((kind, dataset, data))
 
-    def optional(kind: ArtifactKind, make: Callable[[], None], warned: list[str] = warnings) -> None:
+    def optional(
+        kind: ArtifactKind, make: Callable[[], None], warned: list[str] = warnings
+    ) -> None:
         try:
             make()
         except BUILD_ERRORS as exc:  # ResultValidationError is a ValueError too
@@ -205,7 +208,18 @@ def _build_all(
     return built, [*warnings, *warned], [*notes, *noted]
 
 
-Add = Callable[..., None]
+class Add(Protocol):
+    """``_build_all``'s ``add``: finalise, encode, validate and keep one object."""
+
+    def __call__(
+        self,
+        kind: ArtifactKind,
+        dataset: Dataset,
+        validate: Callable[[bytes], None],
+        finish: Callable[[bytes], bytes] | None = None,
+    ) -> None: ...
+
+
 MakeOptional = Callable[[ArtifactKind, Callable[[], None]], None]
 
 

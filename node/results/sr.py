@@ -691,8 +691,8 @@ def _document(
             childless.add(element)
     childless.add_new(_CONTENT_SEQUENCE, "SQ", DicomSequence())
     document = hd.sr.Comprehensive3DSR(evidence=evidence, content=childless, **kwargs)  # type: ignore[arg-type]
-    for tag, element in root.items():
-        document[tag] = element
+    for tag, value in root.items():
+        document[tag] = value
     return document
 
 

@@ -8,6 +8,7 @@ with what it was meant to say.
 from __future__ import annotations
 
 import io
+
 import highdicom as hd
 import numpy as np
 import pydicom
