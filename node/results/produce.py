@@ -16,11 +16,9 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from pathlib import Path
-from typing import Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -148,89 +146,22 @@ def _build_all(
         dataset: Dataset,
         validate: Callable[[bytes], None],
         finish: Callable[[bytes], bytes] | None = None,
-        into: Built = built,
     ) -> None:
         finalise(dataset, result, kind, when, options.institution_name)
         data = encode(dataset)
         if finish is not None:  # the SR's image library, encoded apart
             data = finish(data)
         validate(data)
-        into.append((kind, dataset, data))
+        built.append((kind, dataset, data))
 
-    def optional(
-        kind: ArtifactKind, make: Callable[[], None], warned: list[str] = warnings
-    ) -> None:
+    def optional(kind: ArtifactKind, make: Callable[[], None]) -> None:
         try:
             make()
         except BUILD_ERRORS as exc:  # ResultValidationError is a ValueError too
             reason = exc.reason if isinstance(exc, ResultValidationError) else str(exc)
-            warned.append(f"{kind.value} not made: {type(exc).__name__}: {reason}"[:500])
+            warnings.append(f"{kind.value} not made: {type(exc).__name__}: {reason}"[:500])
             log.warning("optional %s left out: %s", kind.value, exc)
 
-    def renderings() -> tuple[Built, list[str], list[str]]:
-        """The overlay and the PDF, with their warnings and notes: they need neither the SEG nor
-        the SR, so they are made in a thread while those are built (PIL, zlib and numpy release
-        the GIL; on a 100 × 512² CT this hid most of their time behind the SEG's)."""
-        made: Built = []
-        warned: list[str] = []
-        noted: list[str] = []
-        if options.overlay and options.skip_empty_overlay and not has_content(result):
-            noted.append(EMPTY_OVERLAY_NOTE)
-        elif options.overlay:
-            optional(
-                ArtifactKind.OVERLAY,
-                lambda: add(
-                    ArtifactKind.OVERLAY,
-                    build_overlay(result, cleaned, options.result_version),
-                    lambda data: validate_overlay(data, result),
-                    into=made,
-                ),
-                warned,
-            )
-        if options.pdf:
-            optional(
-                ArtifactKind.PDF,
-                lambda: add(
-                    ArtifactKind.PDF,
-                    build_pdf(result, cleaned, when, options.result_version),
-                    lambda data: validate_pdf(data, result),
-                    into=made,
-                ),
-                warned,
-            )
-        return made, warned, noted
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-renderings") as pool:
-        rendered = pool.submit(renderings)
-        _build_results(result, cleaned, options, add, optional)
-        made, warned, noted = rendered.result()
-    built.extend(made)
-    return built, [*warnings, *warned], [*notes, *noted]
-
-
-class Add(Protocol):
-    """``_build_all``'s ``add``: finalise, encode, validate and keep one object."""
-
-    def __call__(
-        self,
-        kind: ArtifactKind,
-        dataset: Dataset,
-        validate: Callable[[bytes], None],
-        finish: Callable[[bytes], bytes] | None = None,
-    ) -> None: ...
-
-
-MakeOptional = Callable[[ArtifactKind, Callable[[], None]], None]
-
-
-def _build_results(
-    result: PipelineResult,
-    cleaned: Sequence[Dataset],
-    options: OutputOptions,
-    add: Add,
-    optional: MakeOptional,
-) -> None:
-    """SEG, Parametric Map, derived series and SR (which cites the SEG), in that order."""
     seg = None
     if options.seg:
         seg = build_segmentation(
@@ -263,6 +194,26 @@ def _build_results(
     # the pipeline asked for it: a failure fails the job like the SEG
     for index, dataset in enumerate(build_enhanced(result, cleaned, options.result_version)):
         add(ArtifactKind.ENHANCED, dataset, _enhanced_check(result, cleaned[index], index))
+    if options.overlay and options.skip_empty_overlay and not has_content(result):
+        notes.append(EMPTY_OVERLAY_NOTE)
+    elif options.overlay:
+        optional(
+            ArtifactKind.OVERLAY,
+            lambda: add(
+                ArtifactKind.OVERLAY,
+                build_overlay(result, cleaned, options.result_version),
+                lambda data: validate_overlay(data, result),
+            ),
+        )
+    if options.pdf:
+        optional(
+            ArtifactKind.PDF,
+            lambda: add(
+                ArtifactKind.PDF,
+                build_pdf(result, cleaned, when, options.result_version),
+                lambda data: validate_pdf(data, result),
+            ),
+        )
     if options.sr:
         report = build_sr(
             result, cleaned, seg, SrOptions(options.result_version, options.institution_name)
@@ -274,6 +225,7 @@ def _build_results(
             lambda data: validate_sr(data, result, seg_uid),
             report.finish,
         )
+    return built, warnings, notes
 
 
 def _enhanced_check(result: PipelineResult, source: Dataset, index: int) -> Callable[[bytes], None]:
