@@ -150,10 +150,16 @@ def _build_all(
     notes: list[str] = []
 
     def add(
-        kind: ArtifactKind, dataset: Dataset, validate: Callable[[bytes], None], name: str = ""
+        kind: ArtifactKind,
+        dataset: Dataset,
+        validate: Callable[[bytes], None],
+        name: str = "",
+        finish: Callable[[bytes], bytes] | None = None,
     ) -> None:
         finalise(dataset, result, kind, when, options.institution_name)
         data = encode(dataset)
+        if finish is not None:  # the SR's image library, encoded apart
+            data = finish(data)
         validate(data)
         built.append((kind, dataset, data, f"-{name}" if name else ""))
 
@@ -232,7 +238,12 @@ def _build_all(
             result, cleaned, seg, SrOptions(options.result_version, options.institution_name)
         )
         seg_uid = str(seg.dataset.SOPInstanceUID) if seg else None
-        add(ArtifactKind.SR, report, lambda data: validate_sr(data, result, seg_uid))
+        add(
+            ArtifactKind.SR,
+            report.dataset,
+            lambda data: validate_sr(data, result, seg_uid),
+            finish=report.finish,
+        )
     return built, warnings, notes
 
 

@@ -45,6 +45,7 @@ from core.domain import ArtifactKind
 from node.results import concepts as c
 from node.results.equipment import MANUFACTURER
 from node.results.geometry import frame_plane
+from node.results.image_library import LibraryPlaceholder, encode_library, placeholder, splice
 from node.results.locations import finding_slice_mask, outline
 from node.results.overlay import key_frame_index
 from node.results.seg import BuiltSegmentation, seg_frame_for
@@ -58,6 +59,22 @@ Group = (
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
 )
+
+
+@dataclass(frozen=True)
+class BuiltReport:
+    """The report, and its image library encoded apart (``node.results.image_library``): what
+    leaves the node is ``finish(encode(dataset))``."""
+
+    dataset: hd.sr.Comprehensive3DSR
+    placeholder: LibraryPlaceholder | None
+    library: bytes | None
+
+    def finish(self, data: bytes) -> bytes:
+        """The encoded dataset with its library in place of the placeholder."""
+        if self.placeholder is None or self.library is None:
+            return data
+        return splice(data, self.placeholder, self.library)
 
 
 @dataclass(frozen=True)
@@ -635,23 +652,48 @@ def _anomaly_region_group(
     )
 
 
-def _library_images(sources: Sequence[Dataset]) -> list[Dataset]:
-    """Sources highdicom can describe in the image library.
+def _measurement_report(
+    result: PipelineResult,
+    sources: Sequence[Dataset],
+    groups: list[Group],
+    library: LibraryPlaceholder | None,
+) -> hd.sr.MeasurementReport:
+    """TID 1500; the image library (row 4, before the Imaging Measurements) is ``library``'s
+    placeholder, replaced by the encoded library when the report is encoded."""
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(result),
+        procedure_reported=procedure_reported(sources[0], result.modality),
+        imaging_measurements=groups,
+    )
+    if library is not None:
+        content = report[0].ContentSequence
+        content.insert(len(content) - 1, library.item)
+    return report
 
-    highdicom reads some optional attributes as if they were required (e.g. ImagerPixelSpacing on
-    a CR); such an image is left out of the library rather than failing the whole report.
+
+def _document(
+    report: hd.sr.MeasurementReport, evidence: Sequence[Dataset], **kwargs: object
+) -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR around ``report``, with the same bytes as highdicom's constructor
+    given the whole report, without its cost.
+
+    highdicom's constructor deep-copies the content tree and parses the copy back into its own
+    item types (for ``.content``): seconds for a 100-image library, three quarters of building
+    the SR. It is given the root container with an empty Content Sequence (the header, evidence and flags
+    come from ``evidence`` alone: every source and the SEG are evidence whether cited or not), and
+    the root's elements are then set on the document as highdicom sets them. ``.content`` of the
+    returned document is that childless root; what leaves the node is re-read from its bytes.
     """
-    usable = []
-    for source in sources:
-        try:
-            hd.sr.ImageLibraryEntryDescriptors(source)
-        except (AttributeError, ValueError, TypeError) as exc:
-            _log.warning(
-                "image %s left out of the SR image library: %s", source.get("SOPInstanceUID"), exc
-            )
-            continue
-        usable.append(source)
-    return usable
+    root = report[0]
+    childless = Dataset()
+    for element in root:
+        if element.tag != _CONTENT_SEQUENCE:
+            childless.add(element)
+    childless.add_new(_CONTENT_SEQUENCE, "SQ", DicomSequence())
+    document = hd.sr.Comprehensive3DSR(evidence=evidence, content=childless, **kwargs)  # type: ignore[arg-type]
+    for tag, value in root.items():
+        document[tag] = value
+    return document
 
 
 _GEOMETRY_VALUE_TYPES = {"SCOORD", "SCOORD3D", "IMAGE", "COMPOSITE"}
@@ -686,7 +728,7 @@ def build_sr(
     sources: Sequence[Dataset],
     seg: BuiltSegmentation | None,
     options: SrOptions,
-) -> hd.sr.Comprehensive3DSR:
+) -> BuiltReport:
     """The TID 1500 report; evidence = the sources and the SEG it cites."""
     planar_report = _is_planar_report(result, sources)
     roi_groups: list[Group] = []
@@ -711,21 +753,19 @@ def build_sr(
     else:
         groups = [*_summary_groups(result), *_anomaly_groups(result)]
     groups += _enhancement_groups(result)  # a plain (TID 1501) group: after the ROI ones
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(result),
-        procedure_reported=procedure_reported(sources[0], result.modality),
-        imaging_measurements=groups,
-        referenced_images=_library_images(sources) or None,
-    )
+    library = encode_library(sources)
+    sop_instance_uid = result_uid(result, ArtifactKind.SR, "instance", options.result_version)
+    marker = placeholder(sop_instance_uid) if library is not None else None
+    report = _measurement_report(result, sources, groups, marker)
     _template_row_order(report[0])
     report[0].ContentSequence.append(_qualitative_evaluations(result, key_frame_index(result)))
     evidence = [*sources, *([seg.dataset] if seg is not None else [])]
-    document = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
+    document = _document(
+        report,
+        evidence,
         series_instance_uid=result_uid(result, ArtifactKind.SR, "series", options.result_version),
         series_number=series_number(ArtifactKind.SR),
-        sop_instance_uid=result_uid(result, ArtifactKind.SR, "instance", options.result_version),
+        sop_instance_uid=sop_instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -735,4 +775,4 @@ def build_sr(
     _infer_from_region(document)
     # the private codes (circularity, mean intensity, anomaly score...) name their scheme
     document.CodingSchemeIdentificationSequence = [c.private_scheme_identification()]
-    return document
+    return BuiltReport(document, marker, library)

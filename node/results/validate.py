@@ -8,7 +8,6 @@ with what it was meant to say.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -106,22 +105,62 @@ def _segment_map(
     return maps
 
 
+_REPORT = ("126000", "DCM")  # Imaging Measurement Report (TID 1500's root)
+_IMAGING_MEASUREMENTS = ("126010", "DCM")
+_IMAGE_LIBRARY = ("111028", "DCM")
+_TRACKING_UID = ("112040", "DCM")
+
+
+def _concept(item: Dataset) -> tuple[str, str]:
+    name = item.ConceptNameCodeSequence[0]
+    return str(name.CodeValue), str(name.CodingSchemeDesignator)
+
+
+def _children(item: Dataset, concept: tuple[str, str]) -> list[Dataset]:
+    return [child for child in item.get("ContentSequence", []) if _concept(child) == concept]
+
+
 def validate_sr(data: bytes, result: PipelineResult, seg_uid: str | None) -> None:
+    """Re-read the SR from its bytes: a TID 1500 report with a measurement group (tracking UID)
+    for every finding, an image library of the result's own source images, the SEG it cites in
+    its evidence.
+
+    pydicom parses an element only where it is read, so the ~1,300 descriptor items of a 100-image
+    library are never decoded; highdicom's ``srread`` built an object for each (seconds for a CT).
+    highdicom's template checks ran when the report was built (``build_sr``); the conformance
+    tests check the result with pixelmed's validator and dciodvfy.
+    """
     kind = ArtifactKind.SR
     try:
-        sr = hd.sr.srread(io.BytesIO(data))
-    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        sr = pydicom.dcmread(io.BytesIO(data))
+        _common(kind, sr, result)
+        if sr.get("ValueType") != "CONTAINER" or _concept(sr) != _REPORT:
+            raise ResultValidationError(kind, "not a TID 1500 Imaging Measurement Report")
+        tracked = {
+            str(item.UID)
+            for container in _children(sr, _IMAGING_MEASUREMENTS)
+            for group in container.ContentSequence
+            for item in group.get("ContentSequence", [])
+            if item.ValueType == "UIDREF" and _concept(item) == _TRACKING_UID
+        }
+        cited = {
+            str(reference.ReferencedSOPInstanceUID)
+            for library in _children(sr, _IMAGE_LIBRARY)
+            for group in library.get("ContentSequence", [])
+            for item in group.get("ContentSequence", [])
+            if item.ValueType == "IMAGE"
+            for reference in item.ReferencedSOPSequence
+        }
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError, OSError) as exc:
+        if isinstance(exc, ResultValidationError):
+            raise
         raise ResultValidationError(kind, f"unreadable: {exc}") from exc
-    _common(kind, sr, result)
-    content: Any = sr.content  # a MeasurementReport: highdicom types it as ContentSequence
-    groups = (
-        content.get_planar_roi_measurement_groups()
-        + content.get_volumetric_roi_measurement_groups()
-    )
-    tracked = {str(g.tracking_uid) for g in groups}
     for finding in result.findings:
         if finding.tracking_uid not in tracked:
             raise ResultValidationError(kind, f"finding {finding.tracking_id} missing")
+    foreign = cited - {f.sop_instance_uid for f in result.source_frames}
+    if foreign:
+        raise ResultValidationError(kind, f"image library cites other images {sorted(foreign)}")
     evidence = {
         ref.ReferencedSOPInstanceUID
         for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
