@@ -32,6 +32,7 @@ from pipelines.postprocess import label_map_dtype, threshold_labels
 from pipelines.preprocess.orientation import ModelGrid
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import SegmentationTask
+from pipelines.stages import stage
 from pipelines.tasks.bundle import bundle_probabilities
 from pipelines.tasks.nnunet import nnunet_probabilities
 
@@ -58,7 +59,8 @@ class SourceProbabilities:
         if self.on_source is not None:
             return self.on_source[:, start:stop]
         assert self.at_model is not None and self.grid is not None
-        return self.grid.to_source_slab(self.at_model, start, stop)[0].numpy()
+        with stage("map back"):
+            return self.grid.to_source_slab(self.at_model, start, stop)[0].numpy()
 
     def full(self) -> np.ndarray:
         if self.on_source is not None:
@@ -106,10 +108,11 @@ def member_probabilities(
         for start in range(0, frames, task.batch_size):
             probs = forward(prepared.batch[start : start + task.batch_size])
             _check_channels(member, probs.shape[1])
-            source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
-            if out is None:
-                out = np.empty((source.shape[1], frames, rows, cols), dtype=np.float32)
-            out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
+            with stage("map back"):
+                source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
+                if out is None:
+                    out = np.empty((source.shape[1], frames, rows, cols), dtype=np.float32)
+                out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
         assert out is not None
         return out
     return member_output(member, inputs, task).full()
@@ -129,7 +132,7 @@ def member_output(
 
     prepared3 = inputs.for_3d(card_input)
     forward = member_forward(member)
-    with torch.inference_mode():
+    with torch.inference_mode(), stage("inference"):
         window_probs: Any = sliding_window_inference(
             prepared3.volume,
             roi_size=tuple(int(s) for s in card_input.spatial_size),
@@ -194,32 +197,33 @@ def run_segmentation(
     label_map = np.empty((frames, rows, cols), label_map_dtype(count))
     counts = {o.member.name: {name: 0 for name in names} for o in outcomes}
     step = slab_frames(count, rows, cols)
-    for start in range(0, frames, step):
-        stop = min(start + step, frames)
-        total: np.ndarray | None = None
-        for outcome in outcomes:
-            member = outcome.member
-            probs = outcome.value.slab(start, stop)
-            order = orders[member.name]
-            if order != sorted(order):  # a label_map reordered this member's labels
-                probs = probs[order]
-            for i, name in enumerate(names):
-                counts[member.name][name] += int(
-                    np.count_nonzero(probs[i] >= spec.threshold_for(name))
-                )
-            if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
-                probs = probs * np.float32(member.weight)
-            if total is None:
-                total = probs if len(outcomes) == 1 else np.array(probs, np.float32)
-            else:
-                total += probs
-        assert total is not None
-        label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
-        if probabilities is not None and not np.may_share_memory(probabilities, total):
-            probabilities[:, start:stop] = total
-        if heat is not None:
-            np.max(total, axis=0, out=heat[start:stop])
-        del total
+    with stage("label map"):  # threshold / arg-max, counts, heat map (map back inside)
+        for start in range(0, frames, step):
+            stop = min(start + step, frames)
+            total: np.ndarray | None = None
+            for outcome in outcomes:
+                member = outcome.member
+                probs = outcome.value.slab(start, stop)
+                order = orders[member.name]
+                if order != sorted(order):  # a label_map reordered this member's labels
+                    probs = probs[order]
+                for i, name in enumerate(names):
+                    counts[member.name][name] += int(
+                        np.count_nonzero(probs[i] >= spec.threshold_for(name))
+                    )
+                if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
+                    probs = probs * np.float32(member.weight)
+                if total is None:
+                    total = probs if len(outcomes) == 1 else np.array(probs, np.float32)
+                else:
+                    total += probs
+            assert total is not None
+            label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
+            if probabilities is not None and not np.may_share_memory(probabilities, total):
+                probabilities[:, start:stop] = total
+            if heat is not None:
+                np.max(total, axis=0, out=heat[start:stop])
+            del total
     for outcome in outcomes:  # model-resolution outputs are not needed any more
         outcome.value.at_model = None
     return SegmentationRun(
