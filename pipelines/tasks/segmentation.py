@@ -45,7 +45,8 @@ class SourceProbabilities:
     """One member's (L, F, H, W) label probabilities on the source grid, read slab by slab.
 
     ``on_source`` holds them at source resolution already (2D models, bundles, nnU-Net); else
-    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, resampled per slab.
+    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, on the model's device,
+    resampled per slab there (a GPU maps its output back itself; the CPU gets the slab).
     """
 
     labels: int
@@ -59,8 +60,8 @@ class SourceProbabilities:
         if self.on_source is not None:
             return self.on_source[:, start:stop]
         assert self.at_model is not None and self.grid is not None
-        with stage("map back"):
-            return self.grid.to_source_slab(self.at_model, start, stop)[0].numpy()
+        with stage("map back"):  # on the model's device; only the slab comes to the CPU
+            return self.grid.to_source_slab(self.at_model, start, stop)[0].cpu().numpy()
 
     def full(self) -> np.ndarray:
         if self.on_source is not None:
@@ -142,7 +143,8 @@ def member_output(
         )
     assert isinstance(window_probs, torch.Tensor)
     _check_channels(member, window_probs.shape[1])
-    at_model = window_probs[:, 1:].float().cpu()
+    # left on the model's device: a CUDA model's output is mapped back there (SourceProbabilities)
+    at_model = window_probs[:, 1:].float()
     del window_probs
     return SourceProbabilities(
         int(at_model.shape[1]), frames, at_model=at_model, grid=prepared3.grid
@@ -187,8 +189,14 @@ def run_segmentation(
     spec = task.postprocess
     lone = outcomes[0].value if len(outcomes) == 1 and members[0].weight == 1.0 else None
     in_order = orders[members[0].name] == sorted(orders[members[0].name])
+    step = slab_frames(count, rows, cols)
+    # one slab holding every frame is a fresh array (never a view of a member's on_source,
+    # which the first branch takes whole): it becomes the probabilities, not copied into them
+    adopt = False
     if keep_probabilities and lone is not None and lone.on_source is not None and in_order:
         probabilities: np.ndarray | None = lone.on_source  # already whole: no second copy
+    elif keep_probabilities and step >= frames:
+        probabilities, adopt = None, True
     elif keep_probabilities:
         probabilities = np.empty((count, frames, rows, cols), np.float32)
     else:
@@ -196,7 +204,8 @@ def run_segmentation(
     heat = None if keep_probabilities else np.empty((frames, rows, cols), np.float32)
     label_map = np.empty((frames, rows, cols), label_map_dtype(count))
     counts = {o.member.name: {name: 0 for name in names} for o in outcomes}
-    step = slab_frames(count, rows, cols)
+    # a lone member's single label: its count is the label map's (same threshold, weight 1)
+    count_from_map = lone is not None and count == 1
     with stage("label map"):  # threshold / arg-max, counts, heat map (map back inside)
         for start in range(0, frames, step):
             stop = min(start + step, frames)
@@ -207,7 +216,7 @@ def run_segmentation(
                 order = orders[member.name]
                 if order != sorted(order):  # a label_map reordered this member's labels
                     probs = probs[order]
-                for i, name in enumerate(names):
+                for i, name in enumerate(names if not count_from_map else ()):
                     counts[member.name][name] += int(
                         np.count_nonzero(probs[i] >= spec.threshold_for(name))
                     )
@@ -219,7 +228,11 @@ def run_segmentation(
                     total += probs
             assert total is not None
             label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
-            if probabilities is not None and not np.may_share_memory(probabilities, total):
+            if count_from_map:
+                counts[members[0].name][names[0]] += int(np.count_nonzero(label_map[start:stop]))
+            if adopt:
+                probabilities = np.ascontiguousarray(total)
+            elif probabilities is not None and not np.may_share_memory(probabilities, total):
                 probabilities[:, start:stop] = total
             if heat is not None:
                 np.max(total, axis=0, out=heat[start:stop])
