@@ -115,7 +115,10 @@ def _written(
     meta.MediaStorageSOPInstanceUID = generate_uid()
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "OT"
     ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
