@@ -19,7 +19,17 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _collector: dict[str, float] | None = None
-_local = threading.local()  # per thread: the open stages, [name, start, seconds in children]
+_local = threading.local()  # per thread: the open stages
+
+
+class _Open:
+    """A stage being timed: when it started and how long the stages inside it took."""
+
+    __slots__ = ("children", "start")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.children = 0.0
 
 
 @contextmanager
@@ -28,20 +38,20 @@ def stage(name: str) -> Iterator[None]:
     if _collector is None:
         yield
         return
-    stack: list[list] = _local.__dict__.setdefault("stack", [])
-    frame = [name, time.perf_counter(), 0.0]
+    stack: list[_Open] = _local.__dict__.setdefault("stack", [])
+    frame = _Open()
     stack.append(frame)
     try:
         yield
     finally:
         stack.pop()
-        total = time.perf_counter() - frame[1]
+        total = time.perf_counter() - frame.start
         if stack:
-            stack[-1][2] += total
+            stack[-1].children += total
         collector = _collector
         if collector is not None:
             with _lock:
-                collector[name] = collector.get(name, 0.0) + total - frame[2]
+                collector[name] = collector.get(name, 0.0) + total - frame.children
 
 
 @contextmanager
