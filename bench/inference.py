@@ -25,6 +25,12 @@ bundle's own low-resolution mode (``highres: false``, 3 mm) through its own tran
 of its SegResNet (too slow on a shared 2-core CPU; what is measured is the node's handling of 105
 channels, not the network); bare is its inferer on its own pre-processed image.
     .venv/bin/python bench/inference.py --models-dir models/cards --only explain  # Grad-CAM cost
+    .venv/bin/python bench/inference.py --models-dir models/cards --breakdown  # fixed cost
+
+``--breakdown`` adds a table of the node's wall time per stage (:mod:`pipelines.stages`: decode,
+VOI, resampling to the model grid, inference, mapping back, label map, post-processing,
+measurements) of each case's fastest run; "fixed" is everything but inference: the node's fixed
+cost, whose target for the 100 x 512² CT is < 0.15 s.
 
 The "explain" rows (demo models only) run demo-2d's three classifiers with the classification
 option ``explain`` off and on (Grad-CAM): their node columns differ by the explanation's cost.
@@ -41,12 +47,13 @@ post-processing keeps), so the table shows the findings count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +72,7 @@ from pipelines.pipeline import Pipeline  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
+from pipelines.stages import collect_stages  # noqa: E402
 
 LESION = {
     "value": 1,
@@ -334,6 +342,7 @@ class Timing:
     cpu_seconds: float  # process CPU time (all threads), fastest of the repeats
     peak_mb: float  # RSS peak above the level after the models were loaded
     findings: int = 0  # node only: findings in the result
+    stages: dict[str, float] | None = None  # node with --breakdown: stage times of the fastest run
 
 
 @dataclass(frozen=True)
@@ -412,9 +421,17 @@ def bare_call(
 
 
 def run_case(
-    case: Case, mode: str, study: StudyInput, models_dir: str, repeat: int, threads: int
+    case: Case,
+    mode: str,
+    study: StudyInput,
+    models_dir: str,
+    repeat: int,
+    threads: int,
+    breakdown: bool = False,
 ) -> Timing:
-    """In a fresh process: load models, then time ``mode`` ("bare" | "node") and sample memory."""
+    """In a fresh process: load models, then time ``mode`` ("bare" | "node") and sample memory.
+
+    ``breakdown``: also collect the node's stage times (:mod:`pipelines.stages`) of each run."""
     if threads:
         torch.set_num_threads(threads)
     registry = ModelRegistry(Path(models_dir))
@@ -447,18 +464,63 @@ def run_case(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     warm = fn()  # warm-up (counted for memory, not for time)
-    times, cpu_times = [], []
+    times, cpu_times, stages = [], [], []
     for _ in range(repeat):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+        stages.append({**(collected or {}), "total": times[-1]})
     stop.set()
     sampler.join()
     findings = len(warm.findings) if mode == "node" else 0
+    fastest = stages[times.index(min(times))] if breakdown and mode == "node" else None
     return Timing(
-        min(times), statistics.median(times), min(cpu_times), (peak[0] - baseline) / 2**20, findings
+        min(times),
+        statistics.median(times),
+        min(cpu_times),
+        (peak[0] - baseline) / 2**20,
+        findings,
+        fastest,
     )
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+BREAKDOWN_STAGES = (
+    "decode",
+    "intensity",
+    "resample",
+    "prepare",
+    "inference",
+    "map back",
+    "label map",
+    "post-process",
+    "measure",
+)
+
+
+def print_breakdown(rows: list[tuple[str, str, Timing, Timing]]) -> None:
+    """The node's wall seconds per stage of each case's fastest run; fixed = all but inference."""
+    print(
+        "\nNode stages, wall s of the fastest run (prepare: the rest of preparing inputs; "
+        "other: outside every stage; fixed: total - inference)"
+    )
+    names = [*BREAKDOWN_STAGES, "other", "total", "fixed"]
+    header = f"{'model / ensemble':34} {'input':16} " + " ".join(f"{n:>9}" for n in names)
+    print(header)
+    print("-" * len(header))
+    for label, study_name, _, node in rows:
+        stages = dict(node.stages or {})
+        total = stages.pop("total", node.seconds)
+        values = [stages.pop(name, 0.0) for name in BREAKDOWN_STAGES]
+        values[-1] += sum(stages.values())  # a stage this table does not name (none today)
+        values += [total - sum(values), total, total - values[BREAKDOWN_STAGES.index("inference")]]
+        print(f"{label:34} {study_name:16} " + " ".join(f"{v:9.3f}" for v in values))
 
 
 def in_child(*args: Any) -> Timing:
@@ -572,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="20 slices, one repeat")
     parser.add_argument(
+        "--breakdown", action="store_true", help="also print the node's time per stage"
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=[],
@@ -608,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             study, study_name = studies[case.study]
             common = (study, str(models_dir), args.repeat, args.threads)
             bare = in_child(case, "bare", *common)
-            node = in_child(case, "node", *common)
+            node = in_child(case, "node", *common, args.breakdown)
             rows.append((case.label, study_name, bare, node))
             print(f"  done: {case.label} on {study_name}", file=sys.stderr, flush=True)
 
@@ -635,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f} "
             f"{node.findings:8d}"
         )
+    if args.breakdown:
+        print_breakdown(rows)
     return 0
 
 

@@ -24,6 +24,7 @@ from pipelines.augment import augmented_forward, effective_precision
 from pipelines.contract import LabelSpec, ModelRun
 from pipelines.errors import PipelineModelError
 from pipelines.spec import MemberSpec
+from pipelines.stages import stage
 
 T = TypeVar("T")
 
@@ -136,8 +137,15 @@ def _check_own_inference(task: str, spec: MemberSpec, model: LoadedModelLike) ->
 
 
 def member_forward(member: Member) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The member's ``forward`` with its pipeline's TTA and precision (:mod:`pipelines.augment`)."""
-    return augmented_forward(member.model.forward, member.spec, member.device)
+    """The member's ``forward`` with its pipeline's TTA and precision (:mod:`pipelines.augment`),
+    timed as the ``inference`` stage (:mod:`pipelines.stages`)."""
+    forward = augmented_forward(member.model.forward, member.spec, member.device)
+
+    def timed(x: torch.Tensor) -> torch.Tensor:
+        with stage("inference"):
+            return forward(x)
+
+    return timed
 
 
 def run_per_device(

@@ -40,6 +40,7 @@ from pipelines.preprocess.orientation import source_spacing
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.selection import select_series
 from pipelines.spec import PipelineConfig
+from pipelines.stages import stage
 from pipelines.tasks.anomaly import run_anomaly
 from pipelines.tasks.classification import classify_from_segmentation, run_classification
 from pipelines.tasks.detection import run_detection
@@ -124,11 +125,13 @@ class Pipeline:
 
     def run(self, study: StudyInput) -> PipelineResult:
         started = time.perf_counter()
-        decoded = self.decode(study)
+        with stage("decode"):
+            decoded = self.decode(study)
         members = self.members()
         inputs = self.inputs(decoded)
         # denoisers read the source values at native size, not a prepared input
-        inputs.warm([m.model.card for m in members.all() if m.task != "enhancement"])
+        with stage("prepare"):  # VOI and resampling inside are stages of their own
+            inputs.warm([m.model.card for m in members.all() if m.task != "enhancement"])
         runs: list[ModelRun] = []
         tasks = self.config.tasks
 
@@ -145,15 +148,16 @@ class Pipeline:
             )
             runs.extend(model_run(o) for o in seg.outcomes)
             spacing = source_spacing(decoded)
-            label_map, components = clean_label_map(
-                seg.label_map,
-                len(seg.labels),
-                tasks.segmentation.postprocess,
-                volumetric=self.volumetric,
-                pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
-                voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
-                components_of={lab.value for lab in seg.labels if not lab.is_anatomy},
-            )
+            with stage("post-process"):
+                label_map, components = clean_label_map(
+                    seg.label_map,
+                    len(seg.labels),
+                    tasks.segmentation.postprocess,
+                    volumetric=self.volumetric,
+                    pixel_area_mm2=spacing[1] * spacing[2] if decoded.pixel_spacing_mm else None,
+                    voxel_volume_mm3=float(np.prod(spacing)) if decoded.pixel_spacing_mm else None,
+                    components_of={lab.value for lab in seg.labels if not lab.is_anatomy},
+                )
             segmentation = SegmentationOutput(
                 labels=seg.labels,
                 label_map=label_map,
@@ -209,15 +213,16 @@ class Pipeline:
         )
         findings: list[Finding] = []
         structures: list[Structure] = []
-        if segmentation is not None:
-            findings, segmentation.finding_map = segment_findings_and_map(
-                ctx, segmentation.label_map, segmentation.labels, components
+        with stage("measure"):
+            if segmentation is not None:
+                findings, segmentation.finding_map = segment_findings_and_map(
+                    ctx, segmentation.label_map, segmentation.labels, components
+                )
+                structures = measure_structures(ctx, segmentation.label_map, segmentation.labels)
+            del components
+            findings = attach_boxes(
+                ctx, findings, segmentation.label_map if segmentation else None, detections
             )
-            structures = measure_structures(ctx, segmentation.label_map, segmentation.labels)
-        del components
-        findings = attach_boxes(
-            ctx, findings, segmentation.label_map if segmentation else None, detections
-        )
         warnings = (
             decoded.warnings
             + tuple(members.warnings)

@@ -317,7 +317,8 @@ def clean_label_map(
     # each label is cleaned inside the box of its pixels (one pass finds every box): components,
     # holes and sizes never reach past it, and a 104-organ map is 104 small crops, not 104
     # passes over the whole volume
-    boxes = ndimage.find_objects(raw, max_label=labels)
+    # (one label: three ``any`` projections, several times faster than find_objects' pass)
+    boxes = [foreground_box(raw)] if labels == 1 else ndimage.find_objects(raw, max_label=labels)
     for value, box in enumerate(boxes, start=1):
         wanted = components_of is None or value in components_of
         if box is None:

@@ -18,8 +18,10 @@ OBLIQUE_BELOW = 0.82  # cos(35 degrees)
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
-    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:6])
-    return np.cross(row, col)
+    """Row cosines x column cosines (written out: ``np.cross`` costs ~20 µs a call, and decoding
+    calls this for every slice)."""
+    r0, r1, r2, c0, c1, c2 = (float(v) for v in orientation[:6])
+    return np.array([r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0])
 
 
 def sort_key_along_normal(position: tuple[float, ...], orientation: tuple[float, ...]) -> float:
@@ -188,9 +190,10 @@ class VolumeResampling:
         depth, rows, cols = (int(n) for n in moved.shape[-3:])
         out_shape = tuple(self.source_shape[a] for a in order)
         low, high, weight = _linear_source_indices(depth, out_shape[0])
-        lam = torch.from_numpy(weight[start:stop]).to(maps.dtype).view(1, 1, -1, 1, 1)
-        slab = moved.index_select(2, torch.from_numpy(low[start:stop])) * (1 - lam)
-        slab += moved.index_select(2, torch.from_numpy(high[start:stop])) * lam
+        device = maps.device  # a CUDA model's output is mapped back on its GPU
+        lam = torch.from_numpy(weight[start:stop]).to(device, maps.dtype).view(1, 1, -1, 1, 1)
+        slab = moved.index_select(2, torch.from_numpy(low[start:stop]).to(device)) * (1 - lam)
+        slab += moved.index_select(2, torch.from_numpy(high[start:stop]).to(device)) * lam
         if (rows, cols) != out_shape[1:]:
             n, c, s = slab.shape[:3]
             planes = slab.permute(0, 2, 1, 3, 4).reshape(n * s, c, rows, cols)

@@ -19,6 +19,7 @@ from pipelines.preprocess.geometry import Letterbox
 from pipelines.preprocess.intensity import channels_image, normalise_channels
 from pipelines.preprocess.orientation import ModelGrid, to_model_grid
 from pipelines.spec import PreprocessingSpec
+from pipelines.stages import stage
 
 
 @dataclass
@@ -45,14 +46,18 @@ def prepare_2d(
     size = tuple(int(s) for s in card_input.spatial_size)
     if len(size) != 2:
         raise PipelineInputError(f"a 2D model needs a 2D spatial_size, got {size}")
-    images = channels_image(
-        series, card_input.intensity, preprocessing, int(card_input.channels), per_frame
-    )
-    letterbox = Letterbox(series.shape, (size[0], size[1]))
-    unit = letterbox.forward(torch.from_numpy(images))
-    unit_np = unit.numpy()
-    unit_images = unit_np[:, 0] if unit_np.shape[1] == 1 else unit_np.transpose(0, 2, 3, 1)
-    normalised = normalise_channels(unit_np, card_input.intensity.mean, card_input.intensity.std)
+    with stage("intensity"):
+        images = channels_image(
+            series, card_input.intensity, preprocessing, int(card_input.channels), per_frame
+        )
+    with stage("resample"):
+        letterbox = Letterbox(series.shape, (size[0], size[1]))
+        unit = letterbox.forward(torch.from_numpy(images))
+        unit_np = unit.numpy()
+        unit_images = unit_np[:, 0] if unit_np.shape[1] == 1 else unit_np.transpose(0, 2, 3, 1)
+        normalised = normalise_channels(
+            unit_np, card_input.intensity.mean, card_input.intensity.std
+        )
     return Prepared2D(
         batch=torch.from_numpy(np.ascontiguousarray(normalised)),
         unit_images=np.clip(unit_images, 0.0, 1.0),
@@ -68,19 +73,21 @@ def prepare_3d(
     Intensity scaling runs on the source values (percentiles and z-scores see the acquired voxels,
     not interpolated ones); the card's mean/std runs last, on the network's grid.
     """
-    images = channels_image(
-        series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
-    )
+    with stage("intensity"):
+        images = channels_image(
+            series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
+        )
     pixdim = card_input.pixdim
-    volume, grid = to_model_grid(
-        series,
-        images,
-        card_input.axcodes,
-        None if pixdim is None else (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])),
-    )
-    normalised = normalise_channels(
-        volume[None].numpy(), card_input.intensity.mean, card_input.intensity.std
-    )
+    with stage("resample"):
+        volume, grid = to_model_grid(
+            series,
+            images,
+            card_input.axcodes,
+            None if pixdim is None else (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])),
+        )
+        normalised = normalise_channels(
+            volume[None].numpy(), card_input.intensity.mean, card_input.intensity.std
+        )
     return Prepared3D(volume=torch.from_numpy(np.ascontiguousarray(normalised)), grid=grid)
 
 

@@ -32,6 +32,7 @@ from pipelines.postprocess import component_sizes, label_map_dtype, threshold_la
 from pipelines.preprocess.orientation import ModelGrid
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import PostprocessSpec, SegmentationTask
+from pipelines.stages import stage
 from pipelines.tasks.bundle import BundleOutput, bundle_output, bundle_probabilities
 from pipelines.tasks.nnunet import nnunet_probabilities
 
@@ -44,7 +45,8 @@ class SourceProbabilities:
     """One member's (L, F, H, W) label probabilities on the source grid, read slab by slab.
 
     ``on_source`` holds them at source resolution already (2D models, nnU-Net); else
-    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, resampled per slab, or
+    ``at_model`` (1, L, d, h, w) holds them at the model's resolution, on the model's device,
+    resampled per slab there (a GPU maps its output back itself; the CPU gets the slab), or
     ``bundle`` holds a MONAI bundle's output on its network's grid: its label map and heat map
     come from it directly (:meth:`BundleOutput.label_map_and_heat`), and where probabilities at
     source resolution are needed after all (an ensemble, a FRACTIONAL SEG, a label threshold) it
@@ -66,7 +68,8 @@ class SourceProbabilities:
         if self.on_source is not None:
             return self.on_source[:, start:stop]
         assert self.at_model is not None and self.grid is not None
-        return self.grid.to_source_slab(self.at_model, start, stop)[0].numpy()
+        with stage("map back"):  # on the model's device; only the slab comes to the CPU
+            return self.grid.to_source_slab(self.at_model, start, stop)[0].cpu().numpy()
 
     def full(self) -> np.ndarray:
         if self.on_source is not None:
@@ -114,10 +117,11 @@ def member_probabilities(
         for start in range(0, frames, task.batch_size):
             probs = forward(prepared.batch[start : start + task.batch_size])
             _check_channels(member, probs.shape[1])
-            source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
-            if out is None:
-                out = np.empty((source.shape[1], frames, rows, cols), dtype=np.float32)
-            out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
+            with stage("map back"):
+                source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
+                if out is None:
+                    out = np.empty((source.shape[1], frames, rows, cols), dtype=np.float32)
+                out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
         assert out is not None
         return out
     return member_output(member, inputs, task).full()
@@ -141,7 +145,7 @@ def member_output(
 
     prepared3 = inputs.for_3d(card_input)
     forward = member_forward(member)
-    with torch.inference_mode():
+    with torch.inference_mode(), stage("inference"):
         window_probs: Any = sliding_window_inference(
             prepared3.volume,
             roi_size=tuple(int(s) for s in card_input.spatial_size),
@@ -151,7 +155,8 @@ def member_output(
         )
     assert isinstance(window_probs, torch.Tensor)
     _check_channels(member, window_probs.shape[1])
-    at_model = window_probs[:, 1:].float().cpu()
+    # left on the model's device: a CUDA model's output is mapped back there (SourceProbabilities)
+    at_model = window_probs[:, 1:].float()
     del window_probs
     return SourceProbabilities(
         int(at_model.shape[1]), frames, at_model=at_model, grid=prepared3.grid
@@ -233,8 +238,14 @@ def run_segmentation(
     bundle = lone.bundle if lone is not None and in_order and not keep_probabilities else None
     if bundle is not None and _bundle_decides(bundle, names, spec, exclusive):
         return _bundle_run(bundle, labels, outcomes)
+    step = slab_frames(count, rows, cols)
+    # one slab holding every frame is a fresh array (never a view of a member's on_source,
+    # which the first branch takes whole): it becomes the probabilities, not copied into them
+    adopt = False
     if keep_probabilities and lone is not None and lone.on_source is not None and in_order:
         probabilities: np.ndarray | None = lone.on_source  # already whole: no second copy
+    elif keep_probabilities and step >= frames:
+        probabilities, adopt = None, True
     elif keep_probabilities:
         probabilities = np.empty((count, frames, rows, cols), np.float32)
     else:
@@ -242,33 +253,39 @@ def run_segmentation(
     heat = None if keep_probabilities else np.empty((frames, rows, cols), np.float32)
     label_map = np.empty((frames, rows, cols), label_map_dtype(count))
     counts = {o.member.name: {name: 0 for name in names} for o in outcomes}
-    step = slab_frames(count, rows, cols)
-    for start in range(0, frames, step):
-        stop = min(start + step, frames)
-        total: np.ndarray | None = None
-        for outcome in outcomes:
-            member = outcome.member
-            probs = outcome.value.slab(start, stop)
-            order = orders[member.name]
-            if order != sorted(order):  # a label_map reordered this member's labels
-                probs = probs[order]
-            for i, name in enumerate(names):
-                counts[member.name][name] += int(
-                    np.count_nonzero(probs[i] >= spec.threshold_for(name))
-                )
-            if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
-                probs = probs * np.float32(member.weight)
-            if total is None:
-                total = probs if len(outcomes) == 1 else np.array(probs, np.float32)
-            else:
-                total += probs
-        assert total is not None
-        label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
-        if probabilities is not None and not np.may_share_memory(probabilities, total):
-            probabilities[:, start:stop] = total
-        if heat is not None:
-            np.max(total, axis=0, out=heat[start:stop])
-        del total
+    # a lone member's single label: its count is the label map's (same threshold, weight 1)
+    count_from_map = lone is not None and count == 1
+    with stage("label map"):  # threshold / arg-max, counts, heat map (map back inside)
+        for start in range(0, frames, step):
+            stop = min(start + step, frames)
+            total: np.ndarray | None = None
+            for outcome in outcomes:
+                member = outcome.member
+                probs = outcome.value.slab(start, stop)
+                order = orders[member.name]
+                if order != sorted(order):  # a label_map reordered this member's labels
+                    probs = probs[order]
+                for i, name in enumerate(names if not count_from_map else ()):
+                    counts[member.name][name] += int(
+                        np.count_nonzero(probs[i] >= spec.threshold_for(name))
+                    )
+                if member.weight != 1.0:  # a lone member's normalised weight is 1: nothing to scale
+                    probs = probs * np.float32(member.weight)
+                if total is None:
+                    total = probs if len(outcomes) == 1 else np.array(probs, np.float32)
+                else:
+                    total += probs
+            assert total is not None
+            label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
+            if count_from_map:
+                counts[members[0].name][names[0]] += int(np.count_nonzero(label_map[start:stop]))
+            if adopt:
+                probabilities = np.ascontiguousarray(total)
+            elif probabilities is not None and not np.may_share_memory(probabilities, total):
+                probabilities[:, start:stop] = total
+            if heat is not None:
+                np.max(total, axis=0, out=heat[start:stop])
+            del total
     for outcome in outcomes:  # model-resolution outputs are not needed any more
         outcome.value.at_model = None
     return SegmentationRun(
