@@ -14,6 +14,7 @@ recorded as a Review row (naming the reviewer) and/or an audit event in the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from core.domain import ReviewState
 from node.db.orm import Job
 from node.db.repositories import audit, instances, worklist
@@ -316,21 +318,34 @@ def denoised_png(
     return _frame_response(path, ref.frame, window)
 
 
+MapLoader = Callable[[Settings, Job], np.ndarray | None]
+
+
+def _map_png(
+    session: SessionDep, state: StateDep, job_id: int, index: int, load: MapLoader, missing: str
+) -> Response:
+    """One shown frame of one of the job's per-frame maps as a colour PNG; 404 with ``missing``
+    when the pipeline made no such map (one route shape for heat map, explanation, anomaly)."""
+    job = _job_or_404(session, job_id)
+    frames, ref = _frames_or_404(session, state, job, index)
+    try:
+        values = load(state.settings, job)
+    except FileNotFoundError as exc:
+        raise HTTPException(404, "this job's result is not on disk") from exc
+    if values is None:
+        raise HTTPException(404, missing)
+    return _colour_map_png(state, job, ref, values)
+
+
 @router.get("/review/{job_id}/anomaly/{index}.png")
 def anomaly_png(
     session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
 ) -> Response:
     """The anomaly map for one shown frame in the heat map's colours, scaled as the overlay
     series shows it (red: at or above the calibrated threshold); 404 when there is none."""
-    job = _job_or_404(session, job_id)
-    frames, ref = _frames_or_404(session, state, job, index)
-    try:
-        values = anomaly_map(state.settings, job)
-    except FileNotFoundError as exc:
-        raise HTTPException(404, "this job's result is not on disk") from exc
-    if values is None:
-        raise HTTPException(404, "this job's pipeline made no anomaly map")
-    return _colour_map_png(state, job, ref, values)
+    return _map_png(
+        session, state, job_id, index, anomaly_map, "this job's pipeline made no anomaly map"
+    )
 
 
 @router.get("/review/{job_id}/heatmap/{index}.png")
@@ -339,15 +354,9 @@ def heatmap_png(
 ) -> Response:
     """The ensemble's probability for one shown frame as a colour map (transparent where the
     probability is negligible); a frame outside the result's frames is fully transparent."""
-    job = _job_or_404(session, job_id)
-    frames, ref = _frames_or_404(session, state, job, index)
-    try:
-        heat = heatmap(state.settings, job)
-    except FileNotFoundError as exc:
-        raise HTTPException(404, "this job's result is not on disk") from exc
-    if heat is None:
-        raise HTTPException(404, "this job's pipeline produced no probabilities")
-    return _colour_map_png(state, job, ref, heat)
+    return _map_png(
+        session, state, job_id, index, heatmap, "this job's pipeline produced no probabilities"
+    )
 
 
 @router.get("/review/{job_id}/explanation/{index}.png")
@@ -356,15 +365,9 @@ def explanation_png(
 ) -> Response:
     """The classification's explanation (Grad-CAM & co., 0..1) for one shown frame, in the heat
     map's colours; 404 when the pipeline made no explanation."""
-    job = _job_or_404(session, job_id)
-    frames, ref = _frames_or_404(session, state, job, index)
-    try:
-        maps = explanation(state.settings, job)
-    except FileNotFoundError as exc:
-        raise HTTPException(404, "this job's result is not on disk") from exc
-    if maps is None:
-        raise HTTPException(404, "this job's pipeline made no explanation")
-    return _colour_map_png(state, job, ref, maps)
+    return _map_png(
+        session, state, job_id, index, explanation, "this job's pipeline made no explanation"
+    )
 
 
 def _colour_map_png(state: StateDep, job: Job, ref: FrameRef, heat: np.ndarray) -> Response:
