@@ -12,8 +12,9 @@ every channel alike, so a chunk of channels inverted alone is exactly those chan
 inverse. Where the recorded transforms are an orientation and a spacing (every bundle seen so far)
 the inverse is one affine map, sampled a slab of source frames at a time
 (:mod:`pipelines.tasks.bundle_inverse`); anything else runs the bundle's own ``Invertd``, which
-resamples the whole source grid at once in float64 (about 4 GB per channel on a 300 x 512² CT). A 105-channel bundle on a 300 x 512² CT would need
-33 GB of float32 probabilities at source resolution; its label map is 79 MB.
+resamples the whole source grid at once in float64 (about 4 GB per channel on a 300 x 512² CT).
+A 105-channel bundle on a 300 x 512² CT would need 33 GB of float32 probabilities at source
+resolution; its label map is 79 MB.
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ class BundleOutput:
         probability per voxel, float32) on the source grid, without all channels there at once.
 
         A bundle that discretises before inverting (wholeBody_ct_segmentation) gets exactly what it
-        saves: its own ``AsDiscreted`` on the network's grid, then ``Invertd`` on that one
-        channel (and on the heat channel beside it). One that inverts first (spleen_ct_segmentation)
+        saves: its own ``AsDiscreted`` on the network's grid, then the inverse of that one
+        channel (and of the heat channel beside it), written a slab of frames at a time straight
+        into the label map and heat map. One that inverts first (spleen_ct_segmentation)
         gets the arg-max of its inverted probabilities, decided one chunk of channels at a time.
         """
         bundle = self.bundle

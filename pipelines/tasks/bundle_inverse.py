@@ -44,7 +44,7 @@ _RESAMPLE = "SpatialResample"  # what Spacing (and SpatialResample itself) recor
 _GEOMETRIC = ([_ORIENTATION], [_RESAMPLE], [_ORIENTATION, _RESAMPLE])
 _MODES = ("bilinear", "nearest")
 _PADDINGS = ("zeros", "border", "reflection")
-_WORK_BYTES = 64 * 2**20  # working memory for one slab: sampling grid, indices and output
+_WORK_BYTES = 128 * 2**20  # working memory for one slab: sampling grid, indices and output
 
 
 @dataclass(frozen=True)

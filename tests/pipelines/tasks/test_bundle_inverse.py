@@ -117,3 +117,37 @@ def test_a_recorded_crop_falls_back_to_invertd() -> None:
     cropped = CenterSpatialCrop((8, 8, 4))(image)
     assert affine_inverse(image, invert, "pred", affine, (cols, rows, frames)) is not None
     assert affine_inverse(cropped, invert, "pred", affine, (cols, rows, frames)) is None
+
+
+def test_bundle_output_maps_back_without_invertd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's BundleOutput takes the slab path (Invertd is never called) and gets what the
+    bundle's Invertd gets."""
+    from monai.data import MetaTensor
+
+    from models.loaders.monai_bundle import MonaiBundle
+    from pipelines.tasks.bundle import BundleOutput
+
+    preprocessing, invert = _bundle(False)
+    frames, rows, cols = SHAPE
+    affine = _oblique_lps_affine()
+    values = np.zeros((cols, rows, frames), np.float32)
+    image = preprocessing({"image": as_metatensor(values, affine, "x", False)})["image"]
+    pred = torch.rand((2, *image.shape[1:]), generator=torch.Generator().manual_seed(3))
+    expected = np.asarray(invert({"image": image, "pred": MetaTensor(pred)})["pred"])
+    bundle = MonaiBundle(
+        root=CONFIG.parents[1],
+        network=torch.nn.Identity(),
+        preprocessing=preprocessing,
+        inferer=lambda *a: None,
+        to_probabilities=lambda d: d,
+        version="",
+        channel_names=(),
+        invert=invert,
+    )
+    output = BundleOutput(bundle, {"image": image, "pred": pred}, SHAPE, affine)
+
+    def refuse(self: BundleOutput, pred: torch.Tensor) -> np.ndarray:
+        raise AssertionError("Invertd ran")
+
+    monkeypatch.setattr(BundleOutput, "_invertd", refuse)
+    np.testing.assert_allclose(output.to_source(pred), expected.transpose(0, 3, 2, 1), atol=1e-5)
