@@ -133,7 +133,7 @@ class ModelGrid:
         if self.orientation is None:
             return self.resampling.inverse_slab(maps, start, stop)
         assert self.affine is not None and self.source_affine is not None
-        axes, flips = _axis_map(self.source_affine, self.affine.numpy())
+        axes, flips = axis_map(self.source_affine, self.affine.numpy())
         frame_axis = axes[2]  # view axes: 0 column, 1 row, 2 frame
         length = self.resampling.source_shape[frame_axis]
         if flips[2]:
@@ -145,7 +145,7 @@ class ModelGrid:
         return slab.flip(flipped) if flipped else slab
 
 
-def _axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[bool]]:
+def axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[bool]]:
     """For each source view axis (column, row, frame): the oriented grid axis along the same
     patient direction, and whether it runs the other way."""
     src = source[:3, :3] / np.linalg.norm(source[:3, :3], axis=0)

@@ -7,10 +7,14 @@ and ``Invertd`` run unchanged.
 
 The network's output stays on the network's grid (:class:`BundleOutput`), after the bundle's
 post-processing up to its discretiser (the softmax), and is mapped back to the source grid only as
-far as an output needs it, by the bundle's own ``Invertd`` run on a few channels at a time: the
-inverse of a spatial transform treats every channel alike, so a chunk of channels inverted alone
-is exactly those channels of the whole inverse. A 105-channel bundle on a 300 x 512² CT would need
-33 GB of float32 probabilities at source resolution; its label map is 79 MB.
+far as an output needs it, a few channels at a time: the inverse of a spatial transform treats
+every channel alike, so a chunk of channels inverted alone is exactly those channels of the whole
+inverse. Where the recorded transforms are an orientation and a spacing (every bundle seen so far)
+the inverse is one affine map, sampled a slab of source frames at a time
+(:mod:`pipelines.tasks.bundle_inverse`); anything else runs the bundle's own ``Invertd``, which
+resamples the whole source grid at once in float64 (about 4 GB per channel on a 300 x 512² CT).
+A 105-channel bundle on a 300 x 512² CT would need 33 GB of float32 probabilities at source
+resolution; its label map is 79 MB.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 from models.loaders.monai_bundle import MonaiBundle
 from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import DecodedSeries
-from pipelines.preprocess.orientation import series_as_metatensor
+from pipelines.preprocess.orientation import affine_ras, series_as_metatensor
+from pipelines.tasks.bundle_inverse import AffineInverse, affine_inverse, source_slabs
 
 
 @dataclass
@@ -36,6 +41,8 @@ class BundleOutput:
     bundle: MonaiBundle
     data: dict[str, Any]
     source_shape: tuple[int, int, int]  # frames, rows, columns
+    # the series' voxel (column, row, frame) → RAS affine; None: only Invertd maps back
+    source_affine: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
@@ -45,9 +52,37 @@ class BundleOutput:
         frames, rows, cols = self.source_shape
         return frames * rows * cols * 4
 
+    def _affine_inverse(self) -> AffineInverse | None:
+        bundle = self.bundle
+        if bundle.invert is None:
+            return None
+        frames, rows, cols = self.source_shape
+        image = self.data[bundle.image_key]
+        return affine_inverse(
+            image, bundle.invert, bundle.pred_key, self.source_affine, (cols, rows, frames)
+        )
+
+    def source_slabs(self, pred: torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
+        """(first frame, (C, frames, rows, columns) float32) covering the source grid: slab by
+        slab where the recorded transforms are one affine map, else one slab from ``Invertd``."""
+        inverse = self._affine_inverse()
+        if inverse is not None:
+            yield from source_slabs(inverse, _plain(pred), self.source_shape)
+        else:
+            yield 0, self._invertd(pred)
+
     def to_source(self, pred: torch.Tensor) -> np.ndarray:
-        """(C, *network grid) → (C, frames, rows, columns) float32 on the source grid (a view in
-        the node's order), by the bundle's ``Invertd``."""
+        """(C, *network grid) → (C, frames, rows, columns) float32 on the source grid."""
+        inverse = self._affine_inverse()
+        if inverse is None:
+            return self._invertd(pred)
+        out = np.empty((int(pred.shape[0]), *self.source_shape), np.float32)
+        for start, slab in source_slabs(inverse, _plain(pred), self.source_shape):
+            out[:, start : start + slab.shape[1]] = slab
+        return out
+
+    def _invertd(self, pred: torch.Tensor) -> np.ndarray:
+        """:meth:`to_source` by the bundle's own ``Invertd`` (a view in the node's order)."""
         from monai.data import MetaTensor
 
         bundle = self.bundle
@@ -89,8 +124,9 @@ class BundleOutput:
         probability per voxel, float32) on the source grid, without all channels there at once.
 
         A bundle that discretises before inverting (wholeBody_ct_segmentation) gets exactly what it
-        saves: its own ``AsDiscreted`` on the network's grid, then ``Invertd`` on that one
-        channel (and on the heat channel beside it). One that inverts first (spleen_ct_segmentation)
+        saves: its own ``AsDiscreted`` on the network's grid, then the inverse of that one
+        channel (and of the heat channel beside it), written a slab of frames at a time straight
+        into the label map and heat map. One that inverts first (spleen_ct_segmentation)
         gets the arg-max of its inverted probabilities, decided one chunk of channels at a time.
         """
         bundle = self.bundle
@@ -98,8 +134,13 @@ class BundleOutput:
         if bundle.discretise_first and bundle.discretise is not None:
             winner = bundle.discretise({bundle.pred_key: pred})[bundle.pred_key]
             heat = _plain(pred[1:]).amax(dim=0, keepdim=True)
-            both = self.to_source(torch.cat([_plain(winner).float(), heat.float()]))
-            return both[0].astype(dtype, order="C"), np.ascontiguousarray(both[1])
+            label_map = np.empty(self.source_shape, dtype)
+            heat_map = np.empty(self.source_shape, np.float32)
+            both = torch.cat([_plain(winner).float(), heat.float()])
+            for start, slab in self.source_slabs(both):
+                label_map[start : start + slab.shape[1]] = slab[0]
+                heat_map[start : start + slab.shape[1]] = slab[1]
+            return label_map, heat_map
         label_map = np.zeros(self.source_shape, dtype)
         best = np.empty(self.source_shape, np.float32)
         heat_map = np.empty(self.source_shape, np.float32)
@@ -139,7 +180,8 @@ def bundle_output(bundle: MonaiBundle, series: DecodedSeries) -> BundleOutput:
     data[bundle.image_key] = image.cpu() if isinstance(image, torch.Tensor) else image
     data = bundle.to_probabilities(data)
     frames, rows, cols = series.values.shape
-    return BundleOutput(bundle, data, (int(frames), int(rows), int(cols)))
+    source_affine = np.asarray(affine_ras(series), dtype=np.float64)
+    return BundleOutput(bundle, data, (int(frames), int(rows), int(cols)), source_affine)
 
 
 def bundle_probabilities(bundle: MonaiBundle, series: DecodedSeries, budget: int) -> np.ndarray:
