@@ -11,7 +11,7 @@ case in a fresh process).
     .venv/bin/python bench/inference.py             # full (several minutes on 2 cores)
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
     .venv/bin/python bench/inference.py --only "ensemble seg3d"   # the cases so labelled
-    .venv/bin/python bench/inference.py --only 105-label --repeat 1   # many labels, 300 x 512² CT
+    .venv/bin/python bench/inference.py --only "105-label UNet" --repeat 1   # many labels, 300 x 512² CT
 
 The 105-label case (background + the 104 structures of MONAI's wholeBody_ct_segmentation, coded
 from the shipped SNOMED CT map) runs a cheap 105-channel 3D UNet at 3 mm on a ``--many-slices``
