@@ -181,11 +181,22 @@ def _open_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]
     driver.get(viewer_url)
     sr_item = _wait_until(lambda: driver.find_elements(By.XPATH, _SR_SERIES), 120)
     assert sr_item, "the SR series is not listed"
-    for label in ("Skip all", "Confirm and hide"):
-        for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{label}']"):
-            with contextlib.suppress(Exception):  # a tour step already gone
-                el.click()
-    ActionChains(driver).double_click(sr_item[0]).perform()
+    # OHIF's onboarding tour can pop up just after the list appears and swallow the double-click
+    # (the viewport then stays on the images): dismiss it and double-click again, as a reader
+    # would, until the SR viewport draws its measurements or asks to track them
+    for _ in range(4):
+        for label in ("Skip all", "Confirm and hide"):
+            for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{label}']"):
+                with contextlib.suppress(Exception):  # a tour step already gone
+                    el.click()
+        ActionChains(driver).double_click(sr_item[0]).perform()
+        if _wait_until(lambda: _drawn_text(driver) or _hydrate_buttons(driver), 20):
+            return
+        sr_item = driver.find_elements(By.XPATH, _SR_SERIES) or sr_item
+
+
+def _hydrate_buttons(driver) -> list:  # type: ignore[no-untyped-def,type-arg]
+    return list(driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"))
 
 
 def _hydrate_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -67,6 +67,8 @@ RULES: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/review/{job_id}/masks/{index}.png"): (READ, {}),
     ("GET", "/review/{job_id}/heatmap/{index}.png"): (READ, {}),
     ("GET", "/review/{job_id}/explanation/{index}.png"): (READ, {}),
+    ("GET", "/review/{job_id}/anomaly/{index}.png"): (READ, {}),
+    ("GET", "/review/{job_id}/denoised/{index}.png"): (READ, {}),
     ("GET", "/api/models"): (READ, {}),
     ("GET", "/api/pipelines"): (READ, {}),
     ("GET", "/api/studies"): (READ, {}),
