@@ -18,8 +18,10 @@ OBLIQUE_BELOW = 0.82  # cos(35 degrees)
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
-    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:6])
-    return np.cross(row, col)
+    """Row cosines x column cosines (written out: ``np.cross`` costs ~20 µs a call, and decoding
+    calls this for every slice)."""
+    r0, r1, r2, c0, c1, c2 = (float(v) for v in orientation[:6])
+    return np.array([r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0])
 
 
 def sort_key_along_normal(position: tuple[float, ...], orientation: tuple[float, ...]) -> float:
