@@ -94,6 +94,8 @@ class Spool:
         self.fsync = fsync
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()
+        self._root = str(data_dir)  # string keys: the hot path builds no Path for known folders
+        self._incoming = data_dir / "spool" / INCOMING_DIR
 
     def _ensure_dir(self, directory: Path) -> None:
         key = str(directory)
@@ -115,11 +117,12 @@ class Spool:
 
     def ensure_parent(self, relative: str) -> None:
         """Create (durably) the directory a final name lives in."""
-        self._ensure_dir((self.data_dir / relative).parent)
+        if f"{self._root}/{relative.rpartition('/')[0]}" not in self._known_dirs:
+            self._ensure_dir((self.data_dir / relative).parent)
 
     def open_incoming(self, prefix: bytes) -> IncomingFile:
         """A new temp file under ``spool/.incoming`` that starts with ``prefix`` (file meta)."""
-        directory = self.data_dir / "spool" / INCOMING_DIR
+        directory = self._incoming
         self._ensure_dir(directory)
         owner = temp_owner()  # the stale-file clean-up judges only this host's files
         name = (
