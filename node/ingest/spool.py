@@ -37,6 +37,7 @@ TEMP_SUFFIX = ".part"
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 INCOMING_DIR = ".incoming"
 _incoming_names = itertools.count()
+HEAD_BYTES = 256 << 10  # data sets up to this size are also kept in memory (``IncomingFile``)
 
 
 class InsufficientSpace(OSError):
@@ -93,6 +94,8 @@ class Spool:
         self.fsync = fsync
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()
+        self._root = str(data_dir)  # string keys: the hot path builds no Path for known folders
+        self._incoming = data_dir / "spool" / INCOMING_DIR
 
     def _ensure_dir(self, directory: Path) -> None:
         key = str(directory)
@@ -114,11 +117,12 @@ class Spool:
 
     def ensure_parent(self, relative: str) -> None:
         """Create (durably) the directory a final name lives in."""
-        self._ensure_dir((self.data_dir / relative).parent)
+        if f"{self._root}/{relative.rpartition('/')[0]}" not in self._known_dirs:
+            self._ensure_dir((self.data_dir / relative).parent)
 
     def open_incoming(self, prefix: bytes) -> IncomingFile:
         """A new temp file under ``spool/.incoming`` that starts with ``prefix`` (file meta)."""
-        directory = self.data_dir / "spool" / INCOMING_DIR
+        directory = self._incoming
         self._ensure_dir(directory)
         owner = temp_owner()  # the stale-file clean-up judges only this host's files
         name = (
@@ -205,13 +209,18 @@ class IncomingFile:
     """A data set being received, written fragment by fragment to a temp file.
 
     Life: ``write`` as fragments come → ``mapped`` to read it in place → ``finish`` (close, with
-    or without fdatasync) → the spool publishes ``path``; or ``discard`` at any point."""
+    or without fdatasync) → the spool publishes ``path``; or ``discard`` at any point.
+
+    A data set of at most ``HEAD_BYTES`` is also kept in memory as it is written, so ``mapped``
+    reads it from there: for small instances (most of a DX, SR or per-frame stream) opening and
+    mapping the file again cost more than the copy (docs/performance.md §4)."""
 
     def __init__(self, path: Path, prefix: bytes, fsync: bool) -> None:
         self.path = path
         self.prefix_length = len(prefix)
         self.size = 0  # data set bytes written, the prefix not counted
         self._fsync = fsync
+        self._head: bytearray | None = bytearray()  # the data set while it fits HEAD_BYTES
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             self._write_all(memoryview(prefix))
@@ -229,6 +238,11 @@ class IncomingFile:
         view = memoryview(data).cast("B")
         self._write_all(view)
         self.size += len(view)
+        if self._head is not None:
+            if self.size <= HEAD_BYTES:
+                self._head += view
+            else:
+                self._head = None  # large: read back from the file (``mapped``)
 
     def finish(self, *, sync: bool = True) -> None:
         """Close the descriptor (idempotent), first making the content durable unless ``sync`` is
@@ -246,8 +260,9 @@ class IncomingFile:
     def mapped(self) -> Iterator[memoryview]:
         """The data set (after the prefix) as a read-only view of the file, not a copy: parsing a
         2 GB instance touches only the pages holding its elements' headers."""
-        if self.size == 0:
-            yield memoryview(b"")
+        if self._head is not None:
+            with memoryview(self._head) as head:
+                yield head
             return
         with open(self.path, "rb") as handle:
             mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -261,6 +276,7 @@ class IncomingFile:
                 mapping.close()
 
     def discard(self) -> None:
+        self._head = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

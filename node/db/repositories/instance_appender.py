@@ -139,6 +139,8 @@ class InstanceAppender:
         for row in rows:
             row["received_at"] = when
         columns = tuple(rows[0])
+        if self.postgres:
+            return self._write_postgres(cursor, columns, rows, studies, study_modalities, when)
         insert = self._insert.get(columns)
         if insert is None:
             insert = self._insert[columns] = self._sql(
@@ -156,6 +158,36 @@ class InstanceAppender:
             (len(added), when, _merge_modalities(studies[pk], added), pk)
             for pk, added in study_modalities.items()
         ])  # fmt: skip
-        if self.postgres:
-            cursor.execute(f'NOTIFY "{self.db.wakeups.pg_channel(notify.STUDIES)}"')
         return True
+
+    def _write_postgres(self, cursor: Any, columns: tuple[str, ...], rows: list[dict[str, Any]],
+                        studies: dict[int, str], study_modalities: dict[int, list[str]],
+                        when: Any) -> bool:  # fmt: skip
+        """The insert, both counts and the wake-up in one statement (one round trip instead of
+        four; each is a scheduling wait for the server). The counts follow the rows really
+        inserted; when that is fewer than ``rows`` (a copy is recorded) the caller rolls back."""
+        marks = ", ".join(["%s"] * len(columns))
+        study_marks = ", ".join(["(%s::bigint, %s::bigint, %s::text)"] * len(study_modalities))
+        statement = (
+            f"WITH ins AS (INSERT INTO instances ({', '.join(columns)}) "
+            f"VALUES {', '.join([f'({marks})'] * len(rows))} "
+            "ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING series_pk), "
+            "per_series AS (SELECT series_pk, count(*) AS n FROM ins GROUP BY series_pk), "
+            "counted AS (UPDATE series SET instance_count = series.instance_count + per_series.n, "
+            "last_received_at = %s FROM per_series WHERE series.id = per_series.series_pk "
+            "RETURNING 1), "
+            "studied AS (UPDATE studies SET instance_count = studies.instance_count + d.n, "
+            f"last_received_at = %s, modalities = d.m FROM (VALUES {study_marks}) AS d (pk, n, m) "
+            "WHERE studies.id = d.pk RETURNING 1) "
+            "SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM counted), "
+            "(SELECT count(*) FROM studied), pg_notify(%s, '')"
+        )
+        params: list[Any] = [row[c] for row in rows for c in columns]
+        params.append(when)
+        params.append(when)
+        for pk, added in study_modalities.items():
+            params.extend((pk, len(added), _merge_modalities(studies[pk], added)))
+        params.append(self.db.wakeups.pg_channel(notify.STUDIES))
+        cursor.execute(statement, params)
+        inserted = cursor.fetchone()[0]
+        return bool(inserted == len(rows))

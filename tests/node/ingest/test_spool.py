@@ -6,7 +6,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from node.ingest import spool as spool_module
 from node.ingest.spool import (
+    HEAD_BYTES,
     Spool,
     relative_path,
     remove_stale_temp_files,
@@ -80,3 +84,34 @@ def test_temp_files_carry_their_owner(tmp_path: Path) -> None:
     temp, _ = spool.write_temp("spool/a/b/c.dcm", [b"x"])
     assert temp.name.split(".")[-4] == temp_owner()
     spool.discard(temp)
+
+
+@pytest.mark.parametrize("size", [0, 1000, HEAD_BYTES, HEAD_BYTES + 1])
+def test_incoming_file_reads_back_what_was_written(tmp_path: Path, size: int) -> None:
+    """Small data sets are read from memory, larger ones from the file: the same bytes either way,
+    and the file on disk holds prefix + data set."""
+    data = bytes(i % 251 for i in range(size))
+    incoming = Spool(tmp_path, fsync=False).open_incoming(b"META")
+    for start in range(0, size, 4096):  # fragment by fragment, as P-DATA arrives
+        incoming.write(memoryview(data)[start : start + 4096])
+    with incoming.mapped() as view:
+        assert bytes(view) == data
+    incoming.finish(sync=False)
+    assert incoming.path.read_bytes() == b"META" + data
+
+
+def test_small_data_set_is_not_read_back_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per small instance, opening and mapping the spool file again cost more than keeping the
+    bytes that were just written (docs/performance.md §4)."""
+    incoming = Spool(tmp_path, fsync=False).open_incoming(b"META")
+    incoming.write(b"x" * 8192)
+
+    def no_mapping(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the file was mapped again")
+
+    monkeypatch.setattr(spool_module.mmap, "mmap", no_mapping)
+    with incoming.mapped() as view:
+        assert bytes(view) == b"x" * 8192
+    incoming.discard()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from core.domain import Association, LateArrivalPolicy, StudyState
+from node.db import notify
 from node.db.engine import Database
 from node.db.orm import Instance, Series, Study
 from node.db.repositories.instance_appender import InstanceAppender
@@ -81,3 +84,58 @@ def test_anything_but_the_steady_state_writes_nothing(
         assert len(session.scalars(select(Instance)).all()) == 1
         assert session.scalars(select(Study)).one().instance_count == 1
     assert appender.append([_item(study, series, 9)]) is (case != "late arrival")
+
+
+class _CountingConnection:
+    """The appender's DBAPI connection, counting the statements sent (each a round trip)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.statements = conn, 0
+
+    def cursor(self) -> Any:
+        cursor, outer = self.conn.cursor(), self
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+            def execute(self, *args: Any) -> Any:
+                outer.statements += 1
+                return cursor.execute(*args)
+
+            def executemany(self, *args: Any) -> Any:
+                outer.statements += 1
+                return cursor.executemany(*args)
+
+        return Counting()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_postgres_group_is_written_in_two_statements_and_wakes_listeners(
+    db: Database, appender: InstanceAppender
+) -> None:
+    """On PostgreSQL every statement is a round trip to the server: the series lookup, then the
+    rows, both counts and the wake-up of other processes in one statement (then the commit)."""
+    if db.sqlite:
+        pytest.skip("PostgreSQL only")
+    study, series = generate_uid(), generate_uid()
+    _upsert(db, [_item(study, series, 1)])
+    channel = db.wakeups.pg_channel(notify.STUDIES)
+    listener = psycopg.connect(
+        db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+    )
+    try:
+        listener.execute(f'LISTEN "{channel}"')
+        counting = _CountingConnection(db.engine.raw_connection())
+        appender._conn = counting
+        assert appender.append([_item(study, series, 2), _item(study, series, 3)])
+        assert counting.statements == 2
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [channel]
+    finally:
+        listener.close()
+    with db.read() as session:
+        assert session.scalars(select(Study)).one().instance_count == 3
+        assert session.scalars(select(Series)).one().instance_count == 3
