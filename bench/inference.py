@@ -51,7 +51,6 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +71,7 @@ from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 from pipelines.stages import collect_stages  # noqa: E402
+from tests.memory import rss_peak  # noqa: E402
 
 LESION = {
     "value": 1,
@@ -451,36 +450,23 @@ def run_case(
         def fn() -> Any:
             return [call() for call in calls]
 
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak = [baseline]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    warm = fn()  # warm-up (counted for memory, not for time)
-    times, cpu_times, stages = [], [], []
-    for _ in range(repeat):
-        with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fn()
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        stages.append({**(collected or {}), "total": times[-1]})
-    stop.set()
-    sampler.join()
+    with rss_peak() as rss:
+        warm = fn()  # warm-up (counted for memory, not for time)
+        times, cpu_times, stages = [], [], []
+        for _ in range(repeat):
+            with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                fn()
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+            stages.append({**(collected or {}), "total": times[-1]})
     findings = len(warm.findings) if mode == "node" else 0
     fastest = stages[times.index(min(times))] if breakdown and mode == "node" else None
     return Timing(
         min(times),
         statistics.median(times),
         min(cpu_times),
-        (peak[0] - baseline) / 2**20,
+        rss.rise_mb,
         findings,
         fastest,
     )

@@ -14,11 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +23,7 @@ import torch
 from models.card import ModelCard, write_card
 from models.loaders import weights_digest
 from pipelines.contract import SourceSeries, StudyInput
+from tests.memory import rss_peak
 
 pytestmark = pytest.mark.slow
 
@@ -79,27 +76,6 @@ def write_cheap_wholebody(root: Path) -> None:
     write_card(card, root / "wholebody" / "card.yaml")
 
 
-def _peak_mb(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(RSS peak while ``fn`` runs, in MB, and what it returned)."""
-    import psutil
-
-    process = psutil.Process()
-    peak = [process.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    value = fn()
-    stop.set()
-    sampler.join()
-    return peak[0] / 2**20, value
-
-
 def _node_over_bare(models_dir: str, series: SourceSeries) -> tuple[float, str, int]:
     """In a fresh process: (RSS peak of the node's run minus that of the bundle's own inferer on
     its pre-processed image, in MB; label map dtype; labels in the label map)."""
@@ -119,13 +95,13 @@ def _node_over_bare(models_dir: str, series: SourceSeries) -> tuple[float, str, 
         with torch.no_grad():
             bundle.inferer(image[None], bundle.network)
 
-    bare_mb, _ = _peak_mb(bare)
-    node_mb, result = _peak_mb(
-        lambda: pipeline.run(StudyInput(study_instance_uid="1.2.3", series=(series,)))
-    )
+    with rss_peak() as bare_rss:
+        bare()
+    with rss_peak() as node_rss:
+        result = pipeline.run(StudyInput(study_instance_uid="1.2.3", series=(series,)))
     assert result.segmentation is not None
     label_map = result.segmentation.label_map
-    return node_mb - bare_mb, str(label_map.dtype), int(np.unique(label_map).size)
+    return node_rss.peak_mb - bare_rss.peak_mb, str(label_map.dtype), int(np.unique(label_map).size)
 
 
 def test_105_channel_bundle_never_holds_all_channels_at_source_resolution(
