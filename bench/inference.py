@@ -72,6 +72,7 @@ from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 from pipelines.stages import collect_stages  # noqa: E402
 from tests.memory import rss_peak  # noqa: E402
+from tests.pipelines.bundles import low_resolution, write_bundle  # noqa: E402
 
 LESION = {
     "value": 1,
@@ -109,37 +110,13 @@ def write_wholebody_bundle(models_dir: Path, name: str, network_def: dict[str, A
     """The real wholeBody_ct_segmentation configuration in its low-resolution mode (3 mm) with
     ``network_def`` (seeded random weights) for its SegResNet, behind a card that lists no
     labels."""
-    import json
-    import shutil
-
-    from models.loaders import weights_digest
-    from models.loaders.monai_bundle import read_parser
-
-    bundle = models_dir / name / WHOLEBODY.name
-    shutil.copytree(WHOLEBODY, bundle)
-    config_path = bundle / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["displayable_configs"]["highres"] = False
-    config["network_def"] = network_def
-    config_path.write_text(json.dumps(config, indent=1))
-    torch.manual_seed(0)
-    network = read_parser(bundle, config_path).get_parsed_content("network_def")
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": name,
-            "version": "bench",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": WHOLEBODY.name,
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
-        }
-    )
-    write_card(card, models_dir / name / "card.yaml")
+    card = {
+        "version": "bench",
+        "weights": WHOLEBODY.name,
+        "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
+        "disclaimer": "",
+    }
+    write_bundle(models_dir, name, WHOLEBODY.name, card, edit_config=low_resolution(network_def))
 
 
 def _card(folder: Path, **fields: Any) -> None:

@@ -11,23 +11,19 @@ SegResNet in ``test_monai_bundle_wholebody.py``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models.card import ModelCard, write_card
-from models.loaders import weights_digest
 from pipelines.contract import SourceSeries, StudyInput
 from tests.memory import rss_peak
+from tests.pipelines.bundles import low_resolution, write_bundle
 
 pytestmark = pytest.mark.slow
 
-BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
 NAME = "wholeBody_ct_segmentation"
 SHAPE = (96, 256, 256)
 CHEAP_NETWORK = {
@@ -44,36 +40,8 @@ CHEAP_NETWORK = {
 def write_cheap_wholebody(root: Path) -> None:
     """``root/wholebody`` with the card, the bundle (low-resolution mode, cheap network, seeded
     random weights) and nothing else."""
-    from monai.bundle import ConfigParser
-
-    bundle = root / "wholebody" / NAME
-    shutil.copytree(BUNDLES / NAME, bundle)
-    config_path = bundle / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["displayable_configs"]["highres"] = False
-    config["network_def"] = CHEAP_NETWORK
-    config_path.write_text(json.dumps(config, indent=1))
-    parser = ConfigParser()
-    parser.read_config(str(config_path))
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": "wholebody",
-            "version": "0.2.5",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "device_uid": "2.25.99017",
-            "disclaimer": "test bundle with random weights",
-        }
-    )
-    write_card(card, root / "wholebody" / "card.yaml")
+    card = {"version": "0.2.5", "device_uid": "2.25.99017"}
+    write_bundle(root, "wholebody", NAME, card, edit_config=low_resolution(CHEAP_NETWORK))
 
 
 def _node_over_bare(models_dir: str, series: SourceSeries) -> tuple[float, str, int]:
