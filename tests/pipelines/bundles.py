@@ -58,8 +58,14 @@ def write_bundle(
         tune(network, parser)
     (bundle / "models").mkdir()
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    fields = {
-        "name": model,
+    write_card(bundle_card(bundle, **{"name": model, **card}), models_dir / model / "card.yaml")
+    return network
+
+
+def bundle_card(bundle: Path, **fields: Any) -> ModelCard:
+    """A card for the bundle folder ``bundle``: ``fields`` added to (or replacing) those of a
+    segmentation bundle with 96³ windows and random weights."""
+    defaults = {
         "task": "segmentation",
         "framework": "monai",
         "architecture": "bundle",
@@ -68,8 +74,27 @@ def write_bundle(
         "input": {"dims": 3, "spatial_size": [96, 96, 96]},
         "disclaimer": "test bundle with random weights",
     }
-    write_card(ModelCard.model_validate({**fields, **card}), models_dir / model / "card.yaml")
-    return network
+    return ModelCard.model_validate({**defaults, **fields})
+
+
+def monai_reference(parser: Any, folder: Path, network: torch.nn.Module, discrete: bool) -> Any:
+    """MONAI's own run of the bundle configured by ``parser`` on the DICOM ``folder`` (read with
+    its ``PydicomReader``): the post-processed prediction, (channels, i, j, k) on the source grid;
+    ``discrete=False`` stops before the arg-max (probabilities)."""
+    import numpy as np
+
+    parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
+    post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
+    if not discrete:
+        post = [t for t in post if t["_target_"] != "AsDiscreted"]
+    parser["postprocessing"]["transforms"] = post
+    preprocessing = parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    postprocessing = parser.get_parsed_content("postprocessing")
+    data = preprocessing({"image": str(folder)})
+    with torch.no_grad():
+        data["pred"] = inferer(data["image"][None], network)[0]
+    return np.asarray(postprocessing(data)["pred"])
 
 
 def low_resolution(network_def: dict[str, Any]) -> Callable[[dict[str, Any]], None]:

@@ -23,7 +23,7 @@ from models.registry import ModelRegistry
 from pipelines.contract import StudyInput
 from pipelines.pipeline import Pipeline
 from pipelines.preprocess.decode import decode_series
-from tests.pipelines.bundles import bundle_parser, write_bundle
+from tests.pipelines.bundles import bundle_card, bundle_parser, monai_reference, write_bundle
 from tests.pipelines.ct_series import PLANES, labels_by_position, write_ct_series
 from tests.pipelines.test_pipeline import config
 
@@ -37,27 +37,9 @@ SPLEEN = {
 }
 
 
-def _parser(bundle: Path, reader: bool) -> Any:
-    parser = bundle_parser(bundle)
-    if reader:
-        parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
-    return parser
-
-
 def _reference(bundle: Path, folder: Path, network: torch.nn.Module, discrete: bool) -> np.ndarray:
     """MONAI's own run of the bundle on the DICOM folder: (channels, i, j, k) on the source grid."""
-    parser = _parser(bundle, reader=True)
-    post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
-    if not discrete:
-        post = [t for t in post if t["_target_"] != "AsDiscreted"]
-    parser["postprocessing"]["transforms"] = post
-    preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    postprocessing = parser.get_parsed_content("postprocessing")
-    data = preprocessing({"image": str(folder)})
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None], network)[0]
-    return np.asarray(postprocessing(data)["pred"])
+    return monai_reference(bundle_parser(bundle), folder, network, discrete)
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +165,13 @@ def test_card_labels_must_be_the_bundles_channel_def(
 ) -> None:
     root, _ = spleen_bundle
     bundle = root / "spleen" / "spleen_ct_segmentation"
-    card = ModelCard.model_validate(
-        {
-            "name": "wrong-labels",
-            "version": "1",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "labels": [{**SPLEEN, "name": "liver"}],
-            "device_uid": "2.25.99002",
-        }
+    card = bundle_card(
+        bundle,
+        name="wrong-labels",
+        version="1",
+        labels=[{**SPLEEN, "name": "liver"}],
+        device_uid="2.25.99002",
+        disclaimer="",
     )
     with pytest.raises(ModelLoadError, match="channel_def"):
         load_model(card, "cpu")

@@ -23,7 +23,7 @@ from models.loaders import load_model
 from models.registry import ModelRegistry
 from pipelines.contract import StudyInput
 from pipelines.pipeline import Pipeline
-from tests.pipelines.bundles import bundle_parser, write_bundle
+from tests.pipelines.bundles import bundle_parser, monai_reference, write_bundle
 from tests.pipelines.ct_series import write_ct_series
 from tests.pipelines.test_pipeline import config
 
@@ -53,22 +53,10 @@ def wholebody(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.
 
 def _reference(bundle: Path, folder: Path, network: torch.nn.Module) -> tuple[np.ndarray, ...]:
     """MONAI's own run on the DICOM folder: (label map, probabilities) as (…, i, j, k)."""
-    out = []
-    for discrete in (True, False):
-        parser = _parser(bundle)
-        parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
-        post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
-        if not discrete:
-            post = [t for t in post if t["_target_"] != "AsDiscreted"]
-        parser["postprocessing"]["transforms"] = post
-        preprocessing = parser.get_parsed_content("preprocessing")
-        inferer = parser.get_parsed_content("inferer")
-        postprocessing = parser.get_parsed_content("postprocessing")
-        data = preprocessing({"image": str(folder)})
-        with torch.no_grad():
-            data["pred"] = inferer(data["image"][None], network)[0]
-        out.append(np.asarray(postprocessing(data)["pred"]))
-    return out[0][0], out[1]
+    labels, probabilities = (
+        monai_reference(_parser(bundle), folder, network, discrete) for discrete in (True, False)
+    )
+    return labels[0], probabilities
 
 
 def test_card_without_labels_takes_coded_anatomy_from_channel_def(
