@@ -72,7 +72,7 @@ from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 from pipelines.stages import collect_stages  # noqa: E402
 from tests.memory import rss_peak  # noqa: E402
-from tests.pipelines.bundles import low_resolution, write_bundle  # noqa: E402
+from tests.pipelines.bundles import CHEAP_105_UNET, low_resolution, write_bundle  # noqa: E402
 
 LESION = {
     "value": 1,
@@ -197,15 +197,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
             },
         ),
     }
-    # a cheap network with the output of a 104-organ model: 105 channels, one softmax
-    many = {
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "out_channels": 105,
-        "channels": [8, 16],
-        "strides": [2],
-        "num_res_units": 0,
-    }
+    many = dict(CHEAP_105_UNET)  # the output of a 104-organ model: 105 channels, one softmax
     torch.manual_seed(0)
     folder = models_dir / "bench-seg3d-105"
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,16 @@ from models.loaders import weights_digest
 from models.loaders.monai_bundle import read_parser
 
 BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
+# MONAI UNet arguments of a cheap network with the output of a 104-organ model (105 channels, one
+# softmax): for the tests and benchmarks of many labels, where the network is not what is measured
+CHEAP_105_UNET: dict[str, Any] = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 105,
+    "channels": [8, 16],
+    "strides": [2],
+    "num_res_units": 0,
+}
 
 
 def bundle_parser(bundle: Path) -> Any:

@@ -20,21 +20,13 @@ import torch
 
 from pipelines.contract import SourceSeries, StudyInput
 from tests.memory import rss_peak
-from tests.pipelines.bundles import low_resolution, write_bundle
+from tests.pipelines.bundles import CHEAP_105_UNET, low_resolution, write_bundle
 
 pytestmark = pytest.mark.slow
 
 NAME = "wholeBody_ct_segmentation"
 SHAPE = (96, 256, 256)
-CHEAP_NETWORK = {
-    "_target_": "UNet",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 105,
-    "channels": [8, 16],
-    "strides": [2],
-    "num_res_units": 0,
-}
+CHEAP_NETWORK = {"_target_": "UNet", **CHEAP_105_UNET}
 
 
 def write_cheap_wholebody(root: Path) -> None:
