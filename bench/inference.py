@@ -51,7 +51,6 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +71,8 @@ from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
 from pipelines.stages import collect_stages  # noqa: E402
+from tests.memory import rss_peak  # noqa: E402
+from tests.pipelines.bundles import CHEAP_105_UNET, low_resolution, write_bundle  # noqa: E402
 
 LESION = {
     "value": 1,
@@ -110,37 +110,13 @@ def write_wholebody_bundle(models_dir: Path, name: str, network_def: dict[str, A
     """The real wholeBody_ct_segmentation configuration in its low-resolution mode (3 mm) with
     ``network_def`` (seeded random weights) for its SegResNet, behind a card that lists no
     labels."""
-    import json
-    import shutil
-
-    from models.loaders import weights_digest
-    from models.loaders.monai_bundle import read_parser
-
-    bundle = models_dir / name / WHOLEBODY.name
-    shutil.copytree(WHOLEBODY, bundle)
-    config_path = bundle / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["displayable_configs"]["highres"] = False
-    config["network_def"] = network_def
-    config_path.write_text(json.dumps(config, indent=1))
-    torch.manual_seed(0)
-    network = read_parser(bundle, config_path).get_parsed_content("network_def")
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": name,
-            "version": "bench",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": WHOLEBODY.name,
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
-        }
-    )
-    write_card(card, models_dir / name / "card.yaml")
+    card = {
+        "version": "bench",
+        "weights": WHOLEBODY.name,
+        "device_uid": "1.2.826.0.1.3680043.10.1359.98.1",
+        "disclaimer": "",
+    }
+    write_bundle(models_dir, name, WHOLEBODY.name, card, edit_config=low_resolution(network_def))
 
 
 def _card(folder: Path, **fields: Any) -> None:
@@ -221,15 +197,7 @@ def write_bench_models(models_dir: Path) -> dict[str, str]:
             },
         ),
     }
-    # a cheap network with the output of a 104-organ model: 105 channels, one softmax
-    many = {
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "out_channels": 105,
-        "channels": [8, 16],
-        "strides": [2],
-        "num_res_units": 0,
-    }
+    many = dict(CHEAP_105_UNET)  # the output of a 104-organ model: 105 channels, one softmax
     torch.manual_seed(0)
     folder = models_dir / "bench-seg3d-105"
     folder.mkdir(parents=True, exist_ok=True)
@@ -451,36 +419,23 @@ def run_case(
         def fn() -> Any:
             return [call() for call in calls]
 
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak = [baseline]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    warm = fn()  # warm-up (counted for memory, not for time)
-    times, cpu_times, stages = [], [], []
-    for _ in range(repeat):
-        with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fn()
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        stages.append({**(collected or {}), "total": times[-1]})
-    stop.set()
-    sampler.join()
+    with rss_peak() as rss:
+        warm = fn()  # warm-up (counted for memory, not for time)
+        times, cpu_times, stages = [], [], []
+        for _ in range(repeat):
+            with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                fn()
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+            stages.append({**(collected or {}), "total": times[-1]})
     findings = len(warm.findings) if mode == "node" else 0
     fastest = stages[times.index(min(times))] if breakdown and mode == "node" else None
     return Timing(
         min(times),
         statistics.median(times),
         min(cpu_times),
-        (peak[0] - baseline) / 2**20,
+        rss.rise_mb,
         findings,
         fastest,
     )

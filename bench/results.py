@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,26 +50,10 @@ from core.domain import CodedConcept  # noqa: E402
 from models.training.dicom_export import write_series  # noqa: E402
 from models.training.phantoms import make_3d_phantom  # noqa: E402
 from node.results.produce import OutputOptions, produce_results  # noqa: E402
-from pipelines.contract import (  # noqa: E402
-    ClassificationOutput,
-    LabelSpec,
-    ModelRun,
-    PipelineResult,
-    SegmentationOutput,
-    SourceSeries,
-)
-from pipelines.findings import FindingContext, segment_findings_and_map  # noqa: E402
-from pipelines.preprocess.decode import decode_series  # noqa: E402
-from pipelines.spec import SeverityRules  # noqa: E402
+from pipelines.contract import ClassificationOutput, ModelRun, PipelineResult  # noqa: E402
+from tests.node.results.labelled import lesion_result  # noqa: E402
 
 TARGET_S = 1.0
-LESION = LabelSpec(
-    1,
-    "lesion",
-    CodedConcept("49755003", "SCT", "Morphologically abnormal structure"),
-    CodedConcept("52988006", "SCT", "Lesion"),
-    (255, 0, 0),
-)
 
 
 def _lesion_masks(shape: tuple[int, int, int], spacing: Sequence[float], count: int, seed: int):
@@ -119,51 +102,26 @@ def make_study(
     paths = write_series(
         type(phantom)(volume, mask, 1, [], phantom.spacing_mm), folder, patient_id="BENCH-21"
     )
-    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    decoded = decode_series(
-        SourceSeries(str(first.SeriesInstanceUID), "CT", str(first.SOPClassUID), tuple(paths))
-    )
-    by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
-    sources: list[Dataset] = [
-        pydicom.dcmread(by_uid[f.sop_instance_uid]) for f in decoded.source_frames
-    ]
-    # the label map in the decoded (slice-normal) order: match each decoded slice to its file
-    order = [paths.index(by_uid[f.sop_instance_uid]) for f in decoded.source_frames]
-    label_map = mask[order]
-    ctx = FindingContext(
-        str(first.StudyInstanceUID), "demo-3d", "1.0.0", decoded.values,
-        decoded.pixel_spacing_mm, decoded.slice_spacing_mm, True, decoded.intensity_unit,
-        SeverityRules(),
-    )  # fmt: skip
-    found, finding_map = segment_findings_and_map(ctx, label_map, (LESION,))
-    if len(found) != findings:
-        raise RuntimeError(f"{len(found)} findings made, {findings} wanted")
-    result = PipelineResult(
-        pipeline_name="demo-3d",
-        pipeline_version="1.0.0",
-        study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=str(first.SeriesInstanceUID),
-        modality="CT",
-        source_frames=decoded.source_frames,
-        pixel_spacing_mm=decoded.pixel_spacing_mm,
-        slice_thickness_mm=decoded.slice_thickness_mm,
+    sources, result = lesion_result(
+        paths,
+        mask,
+        "CT",
         model_runs=(
             ModelRun("segmentation", "demo-seg3d-unet", "1.0.0", "monai", 0.5, "auto", "cpu",
                      "ab" * 32, "2.25.1111", 2.0),
             ModelRun("segmentation", "demo-seg3d-segresnet", "1.0.0", "monai", 0.5, "auto", "cpu",
                      "cd" * 32, "2.25.2222", 2.0),
         ),
-        segmentation=SegmentationOutput((LESION,), label_map, None, {}, finding_map),
         classification=ClassificationOutput(
             ("normal", "abnormal"), (0.03, 0.97), 0.5, "abnormal", {},
             (CodedConcept("17621005", "SCT", "Normal"),
              CodedConcept("263654008", "SCT", "Abnormal")),
             "segmentation",
-        ),  # fmt: skip
-        findings=tuple(found),
-        processing_seconds=1.0,
+        ),
         created_at="2026-12-06T01:00:00+00:00",
     )  # fmt: skip
+    if len(result.findings) != findings:
+        raise RuntimeError(f"{len(result.findings)} findings made, {findings} wanted")
     return sources, result
 
 

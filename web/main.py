@@ -41,6 +41,7 @@ from web.routes import (
     metrics,
     predict,
     review,
+    review_images,
     send_results,
     studies,
     study_admin,
@@ -109,7 +110,8 @@ def ensure_first_admin(db: Database) -> str | None:
 
 def _include_routers(app: FastAPI) -> None:
     # uploads before studies: /studies/{study_uid} would otherwise take /studies/upload
-    for module in (auth, dashboard, uploads, studies, review, admin, api, predict, hooks):
+    first = (auth, dashboard, uploads, studies, review, review_images, admin, api, predict, hooks)
+    for module in first:
         app.include_router(module.router)
     for module in (jobs, metrics, admin_accounts, study_admin, worklist, admin_config, exports):
         app.include_router(module.router)

@@ -23,12 +23,12 @@ from models.registry import ModelRegistry
 from pipelines.contract import StudyInput
 from pipelines.pipeline import Pipeline
 from pipelines.preprocess.decode import decode_series
+from tests.pipelines.bundles import bundle_card, bundle_parser, monai_reference, write_bundle
 from tests.pipelines.ct_series import PLANES, labels_by_position, write_ct_series
 from tests.pipelines.test_pipeline import config
 
 pytestmark = pytest.mark.slow
 
-BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
 SPLEEN = {
     "value": 1,
     "name": "spleen",
@@ -37,66 +37,30 @@ SPLEEN = {
 }
 
 
-def _parser(bundle: Path, reader: bool) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    parser["device"] = "$torch.device('cpu')"
-    if reader:
-        parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
-    return parser
-
-
 def _reference(bundle: Path, folder: Path, network: torch.nn.Module, discrete: bool) -> np.ndarray:
     """MONAI's own run of the bundle on the DICOM folder: (channels, i, j, k) on the source grid."""
-    parser = _parser(bundle, reader=True)
-    post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
-    if not discrete:
-        post = [t for t in post if t["_target_"] != "AsDiscreted"]
-    parser["postprocessing"]["transforms"] = post
-    preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    postprocessing = parser.get_parsed_content("postprocessing")
-    data = preprocessing({"image": str(folder)})
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None], network)[0]
-    return np.asarray(postprocessing(data)["pred"])
+    return monai_reference(bundle_parser(bundle), folder, network, discrete)
 
 
 @pytest.fixture(scope="module")
 def spleen_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     root = tmp_path_factory.mktemp("bundles")
-    bundle = root / "spleen" / "spleen_ct_segmentation"
-    shutil.copytree(BUNDLES / "spleen_ct_segmentation", bundle)
-    parser = _parser(bundle, reader=False)
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def").eval()
-    series = write_ct_series(root / "calibration", "axial-head-first")
-    data = parser.get_parsed_content("preprocessing")({"image": str(series.files[0].parent)})
-    with torch.no_grad():  # shift the spleen logit so about half the field says "spleen"
-        logits = parser.get_parsed_content("inferer")(data["image"][None], network)
-        last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
-        last.bias[1] -= float((logits[0, 1] - logits[0, 0]).median())
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": "spleen-bundle",
-            "version": "0.2.0",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "labels": [SPLEEN],
-            "device_uid": "2.25.99001",
-            "disclaimer": "test bundle with random weights",
-        }
-    )
-    write_card(card, root / "spleen" / "card.yaml")
+
+    def half_spleen(network: torch.nn.Module, parser: Any) -> None:
+        series = write_ct_series(root / "calibration", "axial-head-first")
+        data = parser.get_parsed_content("preprocessing")({"image": str(series.files[0].parent)})
+        with torch.no_grad():  # shift the spleen logit so about half the field says "spleen"
+            logits = parser.get_parsed_content("inferer")(data["image"][None], network)
+            last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+            last.bias[1] -= float((logits[0, 1] - logits[0, 0]).median())
+
+    card = {
+        "name": "spleen-bundle",
+        "version": "0.2.0",
+        "labels": [SPLEEN],
+        "device_uid": "2.25.99001",
+    }
+    network = write_bundle(root, "spleen", "spleen_ct_segmentation", card, tune=half_spleen)
     return root, network
 
 
@@ -201,19 +165,13 @@ def test_card_labels_must_be_the_bundles_channel_def(
 ) -> None:
     root, _ = spleen_bundle
     bundle = root / "spleen" / "spleen_ct_segmentation"
-    card = ModelCard.model_validate(
-        {
-            "name": "wrong-labels",
-            "version": "1",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "labels": [{**SPLEEN, "name": "liver"}],
-            "device_uid": "2.25.99002",
-        }
+    card = bundle_card(
+        bundle,
+        name="wrong-labels",
+        version="1",
+        labels=[{**SPLEEN, "name": "liver"}],
+        device_uid="2.25.99002",
+        disclaimer="",
     )
     with pytest.raises(ModelLoadError, match="channel_def"):
         load_model(card, "cpu")

@@ -11,93 +11,29 @@ SegResNet in ``test_monai_bundle_wholebody.py``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import shutil
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from models.card import ModelCard, write_card
-from models.loaders import weights_digest
 from pipelines.contract import SourceSeries, StudyInput
+from tests.memory import rss_peak
+from tests.pipelines.bundles import CHEAP_105_UNET, low_resolution, write_bundle
 
 pytestmark = pytest.mark.slow
 
-BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
 NAME = "wholeBody_ct_segmentation"
 SHAPE = (96, 256, 256)
-CHEAP_NETWORK = {
-    "_target_": "UNet",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 105,
-    "channels": [8, 16],
-    "strides": [2],
-    "num_res_units": 0,
-}
+CHEAP_NETWORK = {"_target_": "UNet", **CHEAP_105_UNET}
 
 
 def write_cheap_wholebody(root: Path) -> None:
     """``root/wholebody`` with the card, the bundle (low-resolution mode, cheap network, seeded
     random weights) and nothing else."""
-    from monai.bundle import ConfigParser
-
-    bundle = root / "wholebody" / NAME
-    shutil.copytree(BUNDLES / NAME, bundle)
-    config_path = bundle / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["displayable_configs"]["highres"] = False
-    config["network_def"] = CHEAP_NETWORK
-    config_path.write_text(json.dumps(config, indent=1))
-    parser = ConfigParser()
-    parser.read_config(str(config_path))
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": "wholebody",
-            "version": "0.2.5",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "device_uid": "2.25.99017",
-            "disclaimer": "test bundle with random weights",
-        }
-    )
-    write_card(card, root / "wholebody" / "card.yaml")
-
-
-def _peak_mb(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(RSS peak while ``fn`` runs, in MB, and what it returned)."""
-    import psutil
-
-    process = psutil.Process()
-    peak = [process.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    value = fn()
-    stop.set()
-    sampler.join()
-    return peak[0] / 2**20, value
+    card = {"version": "0.2.5", "device_uid": "2.25.99017"}
+    write_bundle(root, "wholebody", NAME, card, edit_config=low_resolution(CHEAP_NETWORK))
 
 
 def _node_over_bare(models_dir: str, series: SourceSeries) -> tuple[float, str, int]:
@@ -119,13 +55,13 @@ def _node_over_bare(models_dir: str, series: SourceSeries) -> tuple[float, str, 
         with torch.no_grad():
             bundle.inferer(image[None], bundle.network)
 
-    bare_mb, _ = _peak_mb(bare)
-    node_mb, result = _peak_mb(
-        lambda: pipeline.run(StudyInput(study_instance_uid="1.2.3", series=(series,)))
-    )
+    with rss_peak() as bare_rss:
+        bare()
+    with rss_peak() as node_rss:
+        result = pipeline.run(StudyInput(study_instance_uid="1.2.3", series=(series,)))
     assert result.segmentation is not None
     label_map = result.segmentation.label_map
-    return node_mb - bare_mb, str(label_map.dtype), int(np.unique(label_map).size)
+    return node_rss.peak_mb - bare_rss.peak_mb, str(label_map.dtype), int(np.unique(label_map).size)
 
 
 def test_105_channel_bundle_never_holds_all_channels_at_source_resolution(

@@ -11,7 +11,6 @@ shipped TotalSegmentator map, all anatomy. MONAI's reference reads the DICOM ser
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,22 @@ import numpy as np
 import pytest
 import torch
 
-from models.card import ModelCard, read_card, write_card
-from models.loaders import load_model, weights_digest
+from models.card import read_card
+from models.loaders import load_model
 from models.registry import ModelRegistry
 from pipelines.contract import StudyInput
 from pipelines.pipeline import Pipeline
+from tests.pipelines.bundles import bundle_parser, monai_reference, write_bundle
 from tests.pipelines.ct_series import write_ct_series
 from tests.pipelines.test_pipeline import config
 
 pytestmark = pytest.mark.slow
 
-BUNDLES = Path(__file__).resolve().parents[1] / "data" / "monai_bundles"
 NAME = "wholeBody_ct_segmentation"
 
 
 def _parser(bundle: Path) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    parser["device"] = "$torch.device('cpu')"
+    parser = bundle_parser(bundle)
     parser["inferer"]["device"] = "$torch.device('cpu')"
     return parser
 
@@ -47,51 +41,22 @@ def _parser(bundle: Path) -> Any:
 @pytest.fixture(scope="module")
 def wholebody(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     root = tmp_path_factory.mktemp("bundles")
-    bundle = root / "wholebody" / NAME
-    shutil.copytree(BUNDLES / NAME, bundle)
-    torch.manual_seed(0)
-    network = _parser(bundle).get_parsed_content("network_def").eval()
-    with torch.no_grad():  # sharper random logits: the arg-max varies voxel to voxel region
-        last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
-        last.weight.mul_(20.0)
-    (bundle / "models").mkdir()
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    card = ModelCard.model_validate(
-        {
-            "name": "wholebody",
-            "version": "0.2.5",
-            "task": "segmentation",
-            "framework": "monai",
-            "architecture": "bundle",
-            "weights": str(bundle),
-            "sha256": weights_digest(bundle),
-            "input": {"dims": 3, "spatial_size": [96, 96, 96]},
-            "device_uid": "2.25.99016",
-            "disclaimer": "test bundle with random weights",
-        }
-    )
-    write_card(card, root / "wholebody" / "card.yaml")
-    return root, network
+
+    def sharpen(network: torch.nn.Module, _: Any) -> None:
+        with torch.no_grad():  # sharper random logits: the arg-max varies voxel to voxel region
+            last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+            last.weight.mul_(20.0)
+
+    card = {"version": "0.2.5", "device_uid": "2.25.99016"}
+    return root, write_bundle(root, "wholebody", NAME, card, tune=sharpen)
 
 
 def _reference(bundle: Path, folder: Path, network: torch.nn.Module) -> tuple[np.ndarray, ...]:
     """MONAI's own run on the DICOM folder: (label map, probabilities) as (…, i, j, k)."""
-    out = []
-    for discrete in (True, False):
-        parser = _parser(bundle)
-        parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
-        post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
-        if not discrete:
-            post = [t for t in post if t["_target_"] != "AsDiscreted"]
-        parser["postprocessing"]["transforms"] = post
-        preprocessing = parser.get_parsed_content("preprocessing")
-        inferer = parser.get_parsed_content("inferer")
-        postprocessing = parser.get_parsed_content("postprocessing")
-        data = preprocessing({"image": str(folder)})
-        with torch.no_grad():
-            data["pred"] = inferer(data["image"][None], network)[0]
-        out.append(np.asarray(postprocessing(data)["pred"]))
-    return out[0][0], out[1]
+    labels, probabilities = (
+        monai_reference(_parser(bundle), folder, network, discrete) for discrete in (True, False)
+    )
+    return labels[0], probabilities
 
 
 def test_card_without_labels_takes_coded_anatomy_from_channel_def(

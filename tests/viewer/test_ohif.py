@@ -23,57 +23,30 @@ Screenshots are kept in the test's folder (and in PACSNODE_VIEWER_ARTEFACTS when
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from pathlib import Path
 
 import highdicom as hd
-import httpx
 import pytest
 
 from node.results.produce import OutputOptions, produce_results
 from node.results.sr import FREEHAND_TRACKING_PREFIX
 from pipelines.contract import Finding
-from tests.conftest import free_port
 from tests.node.results.factories import MR_SERIES_DIR, make_result, mr_series
-from tests.orthanc.harness import DICOMWEB_PLUGIN, ORTHANC_BIN, running_orthanc
-from tests.viewer.ohif import ohif_dist, serving_ohif
+from tests.viewer.ohif_browser import (
+    artefacts_dir,
+    console_errors,
+    need_ohif,
+    ohif_on_orthanc,
+    skip_tour,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-
-
-def _need() -> Path:
-    for tool in ("chromium", "chromedriver"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-    if ORTHANC_BIN is None or not DICOMWEB_PLUGIN.is_file():
-        pytest.skip("Orthanc with its DICOMweb plugin not installed")
-    dist = ohif_dist()
-    if dist is None:
-        pytest.skip("OHIF app not available (npm pack @ohif/app failed)")
-    return dist
-
-
-def _browser():  # type: ignore[no-untyped-def]
-    options = Options()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
-        "--window-size=1600,1000",
-        "--disable-dev-shm-usage",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
 def _js(driver, script: str, *args: object) -> object:  # type: ignore[no-untyped-def]
@@ -142,7 +115,7 @@ def _next_measurement(driver, expected_sop: str) -> None:  # type: ignore[no-unt
     )
     assert arrows, "the SR viewport has no measurement navigation"
     arrows[-1].click()  # "next" is the right-hand one
-    assert _wait_until(lambda: _current_sop(driver) == expected_sop), (
+    assert wait_until(lambda: _current_sop(driver) == expected_sop), (
         f"the next measurement's image {expected_sop} is not shown: {_current_sop(driver)}"
     )
 
@@ -179,18 +152,15 @@ def _show_image(driver, sop_uids: list[str], inside: bool) -> None:  # type: ign
 def _open_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]
     """Open the study in OHIF and the SR in its viewport (double-click), as a reader would."""
     driver.get(viewer_url)
-    sr_item = _wait_until(lambda: driver.find_elements(By.XPATH, _SR_SERIES), 120)
+    sr_item = wait_until(lambda: driver.find_elements(By.XPATH, _SR_SERIES), 120)
     assert sr_item, "the SR series is not listed"
     # OHIF's onboarding tour can pop up just after the list appears and swallow the double-click
     # (the viewport then stays on the images): dismiss it and double-click again, as a reader
     # would, until the SR viewport draws its measurements or asks to track them
     for _ in range(4):
-        for label in ("Skip all", "Confirm and hide"):
-            for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{label}']"):
-                with contextlib.suppress(Exception):  # a tour step already gone
-                    el.click()
+        skip_tour(driver)
         ActionChains(driver).double_click(sr_item[0]).perform()
-        if _wait_until(lambda: _drawn_text(driver) or _hydrate_buttons(driver), 20):
+        if wait_until(lambda: _drawn_text(driver) or _hydrate_buttons(driver), 20):
             return
         sr_item = driver.find_elements(By.XPATH, _SR_SERIES) or sr_item
 
@@ -205,7 +175,7 @@ def _hydrate_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def
     SR viewport the prompt is gone for good (there is no other button for SR), so the study is
     opened afresh, as a reader's next session."""
     _open_sr(driver, viewer_url)
-    yes = _wait_until(
+    yes = wait_until(
         lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"), 90
     )
     assert yes, "OHIF did not offer to track the SR's measurements"
@@ -224,7 +194,7 @@ def _open_measurements_panel(driver) -> None:  # type: ignore[no-untyped-def]
 def _panel_rows(driver, at_least: int) -> list[str]:  # type: ignore[no-untyped-def]
     """The Measurements panel's rows as the page shows them ("1\nlesion-1\n762 mm²...")."""
     _open_measurements_panel(driver)
-    rows = _wait_until(
+    rows = wait_until(
         lambda: (
             len(found := [r.text for r in driver.find_elements(
                 By.CSS_SELECTOR, "[data-cy='trackedMeasurements-panel'] [data-cy='data-row']"
@@ -258,25 +228,9 @@ def _tracked(driver) -> list[dict]:  # type: ignore[no-untyped-def]
     """))  # fmt: skip
 
 
-def _tour_message(message: str) -> bool:
-    """OHIF's onboarding tour (Shepherd) logs errors when its steps' elements are not there yet;
-    the tour is OHIF's own, not about the data shown."""
-    return "advanceOn" in message or "Shepherd step" in message
-
-
-def _wait_until(check, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.5)
-        value = check()
-    return value
-
-
 def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
-    dist = _need()
-    artefacts = Path(os.environ.get("PACSNODE_VIEWER_ARTEFACTS", tmp_path))
-    artefacts.mkdir(parents=True, exist_ok=True)
+    dist = need_ohif()
+    artefacts = artefacts_dir(tmp_path)
     sources = mr_series()
     result = make_result(sources)
     objects = produce_results(result, sources, OutputOptions(), tmp_path / "results")
@@ -289,157 +243,136 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
         f.tracking_id: [result.source_frames[i].sop_instance_uid for i in f.frame_indices]
         for f in result.findings
     }
-    with running_orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
-        files = sorted(MR_SERIES_DIR.glob("*.dcm"))
-        files += [o.path for o in objects if o.kind.value in ("seg", "sr")]
-        for path in files:
-            httpx.post(f"{orthanc.url}/instances", content=path.read_bytes(), timeout=30)
-        with serving_ohif(dist, orthanc.url, free_port()) as url:
-            driver = _browser()
-            try:
-                viewer = f"{url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
-                _open_sr(driver, viewer)
-                _wait_for(driver, [_area(result.findings[0])])
+    files = sorted(MR_SERIES_DIR.glob("*.dcm"))
+    files += [o.path for o in objects if o.kind.value in ("seg", "sr")]
+    last_shot = artefacts / "ohif-last.png"
+    with ohif_on_orthanc(dist, tmp_path / "orthanc", files, last_shot) as (driver, url):
+        viewer = f"{url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
+        _open_sr(driver, viewer)
+        _wait_for(driver, [_area(result.findings[0])])
 
-                # listed: each finding once, each of its values once
-                listed = _listed(driver)
-                for finding in result.findings:
-                    own = [m for m in listed if m["uid"] == finding.tracking_uid]
-                    assert len(own) == 1, listed
-                    names = [label.split(":")[0] for label in own[0]["labels"]]
-                    assert len(names) == len(set(names)), own[0]["labels"]
-                    # the outline's Tracking Identifier names Cornerstone's tool, then the finding
-                    assert own[0]["id"] == f"{FREEHAND_TRACKING_PREFIX}:{finding.tracking_id}"
-                    assert _area(finding) in own[0]["labels"]
-                finding_uids = {f.tracking_uid for f in result.findings}
-                boxes = [m for m in listed if m["uid"] not in finding_uids]
-                assert all(not m["labels"] for m in boxes), f"a box repeats values: {listed}"
+        # listed: each finding once, each of its values once
+        listed = _listed(driver)
+        for finding in result.findings:
+            own = [m for m in listed if m["uid"] == finding.tracking_uid]
+            assert len(own) == 1, listed
+            names = [label.split(":")[0] for label in own[0]["labels"]]
+            assert len(names) == len(set(names)), own[0]["labels"]
+            # the outline's Tracking Identifier names Cornerstone's tool, then the finding
+            assert own[0]["id"] == f"{FREEHAND_TRACKING_PREFIX}:{finding.tracking_id}"
+            assert _area(finding) in own[0]["labels"]
+        finding_uids = {f.tracking_uid for f in result.findings}
+        boxes = [m for m in listed if m["uid"] not in finding_uids]
+        assert all(not m["labels"] for m in boxes), f"a box repeats values: {listed}"
 
-                # selecting each finding's measurement (OHIF starts on the first, > goes to the
-                # next) jumps to its key slice and draws its own values, each once
-                key_sop = {}
-                selected = 0
-                for finding in result.findings:
-                    index = next(
-                        i for i, m in enumerate(listed) if m["uid"] == finding.tracking_uid
-                    )
-                    while selected < index:
-                        selected += 1
-                        _next_measurement(driver, listed[selected]["sop"])
-                    key = result.source_frames[result.key_index_of(finding)].sop_instance_uid
-                    assert listed[index]["sop"] == key == _current_sop(driver), finding
-                    own = _wait_for(driver, [_area(finding)], uid=finding.tracking_uid)
-                    assert own.count("Area:") == 1, own
-                    if finding.measurements.volume_mm3 is not None:
-                        assert f"Volume: {finding.measurements.volume_mm3:.2f} mm3" in own, own
-                    key_sop[finding.tracking_id] = key
-                    driver.save_screenshot(str(artefacts / f"ohif-{finding.tracking_id}.png"))
+        # selecting each finding's measurement (OHIF starts on the first, > goes to the
+        # next) jumps to its key slice and draws its own values, each once
+        key_sop = {}
+        selected = 0
+        for finding in result.findings:
+            index = next(i for i, m in enumerate(listed) if m["uid"] == finding.tracking_uid)
+            while selected < index:
+                selected += 1
+                _next_measurement(driver, listed[selected]["sop"])
+            key = result.source_frames[result.key_index_of(finding)].sop_instance_uid
+            assert listed[index]["sop"] == key == _current_sop(driver), finding
+            own = _wait_for(driver, [_area(finding)], uid=finding.tracking_uid)
+            assert own.count("Area:") == 1, own
+            if finding.measurements.volume_mm3 is not None:
+                assert f"Volume: {finding.measurements.volume_mm3:.2f} mm3" in own, own
+            key_sop[finding.tracking_id] = key
+            driver.save_screenshot(str(artefacts / f"ohif-{finding.tracking_id}.png"))
 
-                # "Yes" to OHIF's "continue tracking measurements?": the SR is hydrated into
-                # the Measurements panel, one row per finding labelled with its tracking ID
-                _hydrate_sr(driver, viewer)
-                rows = _panel_rows(driver, len(result.findings))
-                driver.save_screenshot(str(artefacts / "ohif-measurements.png"))
-                tracked = _tracked(driver)
-                for finding in result.findings:
-                    mine = [r for r in rows if r.split("\n")[1] == finding.tracking_id]
-                    assert len(mine) == 1, rows
-                    own_tool = [m for m in tracked if m["label"] == finding.tracking_id]
-                    assert len(own_tool) == 1, tracked
-                    assert own_tool[0]["tool"] == "PlanarFreehandROI", own_tool
-                    assert own_tool[0]["sop"] == key_sop[finding.tracking_id], own_tool
-                    assert own_tool[0]["points"] >= 3, own_tool  # its outline, not a point
+        # "Yes" to OHIF's "continue tracking measurements?": the SR is hydrated into
+        # the Measurements panel, one row per finding labelled with its tracking ID
+        _hydrate_sr(driver, viewer)
+        rows = _panel_rows(driver, len(result.findings))
+        driver.save_screenshot(str(artefacts / "ohif-measurements.png"))
+        tracked = _tracked(driver)
+        for finding in result.findings:
+            mine = [r for r in rows if r.split("\n")[1] == finding.tracking_id]
+            assert len(mine) == 1, rows
+            own_tool = [m for m in tracked if m["label"] == finding.tracking_id]
+            assert len(own_tool) == 1, tracked
+            assert own_tool[0]["tool"] == "PlanarFreehandROI", own_tool
+            assert own_tool[0]["sop"] == key_sop[finding.tracking_id], own_tool
+            assert own_tool[0]["points"] >= 3, own_tool  # its outline, not a point
 
-                seg_item = driver.find_element(By.XPATH, "//*[contains(text(), 'SEG (AI)')]")
-                ActionChains(driver).double_click(seg_item).perform()
-                # OHIF asks "Do you want to open this Segmentation?"
-                yes = _wait_until(
-                    lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"),
-                    60,
-                )
-                assert yes, "OHIF did not offer to open the segmentation"
-                yes[0].click()
-                panel = _wait_until(
-                    lambda: driver.find_elements(
-                        By.CSS_SELECTOR, "[data-cy='panelSegmentation-btn']"
-                    ),
-                    60,
-                )
-                with contextlib.suppress(Exception):  # already open
-                    panel[0].click()
-                # the segmentation panel lists one segment per finding, named by its tracking ID
-                listed_rows = "\n".join(
-                    f"{n}\n{f.tracking_id}" for n, f in enumerate(result.findings, start=1)
-                )
-                body = _wait_until(
-                    lambda: (
-                        listed_rows in (b := driver.find_element(By.TAG_NAME, "body").text) and b
-                    ),
-                    60,
-                )
-                driver.save_screenshot(str(artefacts / "ohif-seg.png"))
-                assert body, driver.find_element(By.TAG_NAME, "body").text
-                assert _wait_until(lambda: _js(driver, "return ss.getSegmentations().length;"))
+        seg_item = driver.find_element(By.XPATH, "//*[contains(text(), 'SEG (AI)')]")
+        ActionChains(driver).double_click(seg_item).perform()
+        # OHIF asks "Do you want to open this Segmentation?"
+        yes = wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='yes-hydrate-btn']"),
+            60,
+        )
+        assert yes, "OHIF did not offer to open the segmentation"
+        yes[0].click()
+        panel = wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy='panelSegmentation-btn']"),
+            60,
+        )
+        with contextlib.suppress(Exception):  # already open
+            panel[0].click()
+        # the segmentation panel lists one segment per finding, named by its tracking ID
+        listed_rows = "\n".join(
+            f"{n}\n{f.tracking_id}" for n, f in enumerate(result.findings, start=1)
+        )
+        body = wait_until(
+            lambda: listed_rows in (b := driver.find_element(By.TAG_NAME, "body").text) and b,
+            60,
+        )
+        driver.save_screenshot(str(artefacts / "ohif-seg.png"))
+        assert body, driver.find_element(By.TAG_NAME, "body").text
+        assert wait_until(lambda: _js(driver, "return ss.getSegmentations().length;"))
 
-                # clicking a segment row selects that finding's segment and jumps to its slices
-                for finding in result.findings:
-                    number = segment_of[finding.tracking_id]
-                    _show_image(driver, frames_of[finding.tracking_id], inside=False)
-                    assert number not in _segment_state(driver)["present"]
-                    row = driver.find_element(
-                        By.XPATH, f"//span[normalize-space(text())='{finding.tracking_id}']"
-                    )
+        # clicking a segment row selects that finding's segment and jumps to its slices
+        for finding in result.findings:
+            number = segment_of[finding.tracking_id]
+            _show_image(driver, frames_of[finding.tracking_id], inside=False)
+            assert number not in _segment_state(driver)["present"]
+            row = driver.find_element(
+                By.XPATH, f"//span[normalize-space(text())='{finding.tracking_id}']"
+            )
 
-                    def jumped(number: int = number, finding: Finding = finding) -> object:
-                        st = _segment_state(driver)
-                        ok = st["active"] == number and st["sop"] in frames_of[finding.tracking_id]
-                        return ok and st
+            def jumped(number: int = number, finding: Finding = finding) -> object:
+                st = _segment_state(driver)
+                ok = st["active"] == number and st["sop"] in frames_of[finding.tracking_id]
+                return ok and st
 
-                    row.click()
-                    # on a loaded machine OHIF can take the click before the scrolled viewport
-                    # settles and then not jump; a second click is what a user would do
-                    state = _wait_until(jumped, 15) or (row.click(), _wait_until(jumped))[1]
-                    assert state, f"{finding.tracking_id}: {_segment_state(driver)}"
-                    assert number in state["present"], state
-                    _render(driver)
-                    driver.save_screenshot(str(artefacts / f"ohif-seg-{finding.tracking_id}.png"))
-                    # the key slice its measurement jumped to shows its own segment
-                    _show_image(driver, [key_sop[finding.tracking_id]], inside=True)
-                    shown = _segment_state(driver)
-                    assert shown["sop"] == key_sop[finding.tracking_id], shown
-                    assert number in shown["present"], shown
+            row.click()
+            # on a loaded machine OHIF can take the click before the scrolled viewport
+            # settles and then not jump; a second click is what a user would do
+            state = wait_until(jumped, 15) or (row.click(), wait_until(jumped))[1]
+            assert state, f"{finding.tracking_id}: {_segment_state(driver)}"
+            assert number in state["present"], state
+            _render(driver)
+            driver.save_screenshot(str(artefacts / f"ohif-seg-{finding.tracking_id}.png"))
+            # the key slice its measurement jumped to shows its own segment
+            _show_image(driver, [key_sop[finding.tracking_id]], inside=True)
+            shown = _segment_state(driver)
+            assert shown["sop"] == key_sop[finding.tracking_id], shown
+            assert number in shown["present"], shown
 
-                # selecting each finding's row in the Measurements panel jumps to its key slice,
-                # where its own segment is present
-                _open_measurements_panel(driver)
-                for finding in result.findings:
-                    number = segment_of[finding.tracking_id]
-                    key = key_sop[finding.tracking_id]
-                    _show_image(driver, [key], inside=False)
-                    row = _wait_until(lambda f=finding: _panel_row(driver, f.tracking_id))
-                    assert row, f"no row {finding.tracking_id}: {_panel_rows(driver, 0)}"
-                    row.click()
-                    assert _wait_until(lambda key=key: _current_sop(driver) == key), (
-                        f"{finding.tracking_id}: row jumped to {_current_sop(driver)}, not {key}"
-                    )
-                    shown = _wait_until(
-                        lambda number=number: (
-                            number in (st := _segment_state(driver))["present"] and st
-                        ),
-                        20,
-                    )
-                    assert shown, f"{finding.tracking_id}: {_segment_state(driver)}"
-                    _render(driver)
-                    driver.save_screenshot(
-                        str(artefacts / f"ohif-measurement-{finding.tracking_id}.png")
-                    )
+        # selecting each finding's row in the Measurements panel jumps to its key slice,
+        # where its own segment is present
+        _open_measurements_panel(driver)
+        for finding in result.findings:
+            number = segment_of[finding.tracking_id]
+            key = key_sop[finding.tracking_id]
+            _show_image(driver, [key], inside=False)
+            row = wait_until(lambda f=finding: _panel_row(driver, f.tracking_id))
+            assert row, f"no row {finding.tracking_id}: {_panel_rows(driver, 0)}"
+            row.click()
+            assert wait_until(lambda key=key: _current_sop(driver) == key), (
+                f"{finding.tracking_id}: row jumped to {_current_sop(driver)}, not {key}"
+            )
+            shown = wait_until(
+                lambda number=number: number in (st := _segment_state(driver))["present"] and st,
+                20,
+            )
+            assert shown, f"{finding.tracking_id}: {_segment_state(driver)}"
+            _render(driver)
+            driver.save_screenshot(str(artefacts / f"ohif-measurement-{finding.tracking_id}.png"))
 
-                errors = [
-                    e["message"]
-                    for e in driver.get_log("browser")
-                    if e["level"] == "SEVERE" and not _tour_message(e["message"])
-                ]
-                assert errors == [], errors
-            finally:
-                driver.save_screenshot(str(artefacts / "ohif-last.png"))
-                driver.quit()
+        errors = console_errors(driver)
+        assert errors == [], errors

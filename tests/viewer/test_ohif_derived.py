@@ -19,24 +19,26 @@ Screenshots are kept in the test's folder (and in PACSNODE_VIEWER_ARTEFACTS when
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pydicom
 import pytest
 
 from core.domain import ArtifactKind
-from tests.conftest import free_port
 from tests.node.results.demo_runs import DemoRun, phantom_study, run_demo
-from tests.orthanc.harness import running_orthanc
-from tests.viewer.ohif import serving_ohif
-from tests.viewer.test_ohif import _browser, _need, _tour_message, _wait_until
+from tests.viewer.ohif_browser import (
+    artefacts_dir,
+    console_errors,
+    need_ohif,
+    ohif_on_orthanc,
+    skip_tour,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
+pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -63,30 +65,23 @@ def _open_series(driver, label: str, opened) -> object:  # type: ignore[no-untyp
     OHIF has laid out the study (a double-click before that is undone by its hanging
     protocol), and wait for ``opened()``; on a loaded machine a second double-click may be
     needed, as for a user."""
-    ready = _wait_until(lambda: driver.execute_script(
+    ready = wait_until(lambda: driver.execute_script(
         "const e = window.cornerstone && cornerstone.getRenderingEngines()[0];"
         "const vp = e && e.getViewports()[0];"
         "return Boolean(vp && vp.getCurrentImageId && vp.getCurrentImageId());"
     ), 120)  # fmt: skip
     assert ready, f"OHIF shows no image: {driver.find_element(By.TAG_NAME, 'body').text}"
-    _skip_tour(driver)
+    skip_tour(driver)
     for _ in range(2):
-        item = _wait_until(
+        item = wait_until(
             lambda: driver.find_elements(By.XPATH, f"//*[contains(text(), '{label}')]")
         )
         assert item, f"no series {label!r}: {driver.find_element(By.TAG_NAME, 'body').text}"
         ActionChains(driver).double_click(item[0]).perform()
-        state = _wait_until(opened, 60)
+        state = wait_until(opened, 60)
         if state:
             return state
     return None
-
-
-def _skip_tour(driver) -> None:  # type: ignore[no-untyped-def]
-    for text in ("Skip all", "Confirm and hide"):
-        for el in driver.find_elements(By.XPATH, f"//*[normalize-space()='{text}']"):
-            with contextlib.suppress(Exception):  # a tour step already gone
-                el.click()
 
 
 def _shown(driver) -> dict:  # type: ignore[no-untyped-def]
@@ -120,16 +115,15 @@ def _check_derived(driver, run: DemoRun, shots: Path, name: str) -> None:  # typ
         next(o.path for o in derived if o.sop_instance_uid == state["current"])
     )
     np.testing.assert_array_equal(np.asarray(state["pixels"]), stored.pixel_array.ravel())
-    canvas = _wait_until(lambda: (c := _canvas(driver))["lit"] > 0.1 and c, 30)
+    canvas = wait_until(lambda: (c := _canvas(driver))["lit"] > 0.1 and c, 30)
     driver.save_screenshot(str(shots / f"ohif-{name}-derived.png"))
     assert canvas, f"{name}: the derived image is not drawn: {_canvas(driver)}"
     assert canvas["coloured"] < 0.01, canvas  # a grey image (what makes the map's colour count)
 
 
 def test_derived_series_and_parametric_map_load_in_ohif(tmp_path: Path) -> None:
-    dist = _need()
-    shots = Path(os.environ.get("PACSNODE_VIEWER_ARTEFACTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
+    dist = need_ohif()
+    shots = artefacts_dir(tmp_path)
     cr = phantom_study(tmp_path / "cr", "CR")
     ct = phantom_study(tmp_path / "ct", "CT")
     reports = {"pdf": True, "sr": True}
@@ -140,69 +134,55 @@ def test_derived_series_and_parametric_map_load_in_ohif(tmp_path: Path) -> None:
     explained = run_demo("demo-2d", cr, tmp_path / "b")
     explanation = explained.result.explanation
     assert explanation is not None and explained.of_kind(ArtifactKind.PMAP)
-    with running_orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
-        files = [*cr, *ct] + [o.path for r in [*runs.values(), explained] for o in r.objects]
-        for path in files:
-            stored = httpx.post(f"{orthanc.url}/instances", content=path.read_bytes(), timeout=30)
-            stored.raise_for_status()
-        with serving_ohif(dist, orthanc.url, free_port()) as url:
-            driver = _browser()
-            try:
-                for name, run in runs.items():
-                    driver.get(f"{url}/viewer?StudyInstanceUIDs={run.result.study_instance_uid}")
-                    _check_derived(driver, run, shots, name)
+    files = [*cr, *ct] + [o.path for r in [*runs.values(), explained] for o in r.objects]
+    last_shot = shots / "ohif-derived-last.png"
+    with ohif_on_orthanc(dist, tmp_path / "orthanc", files, last_shot) as (driver, url):
+        for name, run in runs.items():
+            driver.get(f"{url}/viewer?StudyInstanceUIDs={run.result.study_instance_uid}")
+            _check_derived(driver, run, shots, name)
 
-                # the CR study lists the derived series and the map, as OHIF's PMAP series
-                driver.get(f"{url}/viewer?StudyInstanceUIDs={explained.result.study_instance_uid}")
-                listed = [
-                    "CR\ndemo-enhance-2d v1.0.0 denoised (AI)",
-                    "PMAP\ndemo-2d v1.0.0 explanation map (AI)",
-                ]
-                body = _wait_until(
-                    lambda: all(t in (b := driver.find_element(By.TAG_NAME, "body").text)
-                                for t in listed) and b,
-                    90,
-                )  # fmt: skip
-                assert body, driver.find_element(By.TAG_NAME, "body").text
-                pmap = _open_series(
-                    driver,
-                    "explanation map (AI)",
-                    lambda: driver.execute_script(_VIEWPORT + """
-                        const ds = services.displaySetService.getActiveDisplaySets()
-                            .find(d => d.Modality === 'PMAP');
-                        if (!ds || !ds.isLoaded) return null;
-                        const volume = cornerstone.cache.getVolume(ds.displaySetInstanceUID);
-                        const onView = vp.getActors().map(a => a.referencedId);
-                        return volume && onView.includes(ds.displaySetInstanceUID) && {
-                            dims: volume.dimensions, source: ds.referencedSeriesInstanceUID,
-                            actors: onView, own: ds.displaySetInstanceUID,
-                            under: ds.referencedVolumeId,
-                            values: Array.from(volume.voxelManager.getCompleteScalarDataArray())};
-                    """),
-                )  # fmt: skip
-                driver.save_screenshot(str(shots / "ohif-pmap.png"))
-                assert pmap, driver.find_element(By.TAG_NAME, "body").text
-                # over its source radiograph, both in the viewport
-                assert pmap["source"] == str(explained.sources[0].SeriesInstanceUID)
-                assert sorted(pmap["actors"]) == sorted([pmap["own"], pmap["under"]]), pmap[
-                    "actors"
-                ]
-                rows, columns = explanation.maps.shape[1:]
-                assert pmap["dims"] == [columns, rows, 1], pmap["dims"]
-                # the node's map at the same pixels (OHIF shows the values x100)
-                held = np.asarray(pmap["values"], dtype=np.float32).reshape(rows, columns) / 100
-                np.testing.assert_allclose(held, explanation.maps[0], atol=1e-5)
-                # drawn in colour over the grey radiograph
-                canvas = _wait_until(lambda: (c := _canvas(driver))["coloured"] > 0.1 and c, 30)
-                driver.save_screenshot(str(shots / "ohif-pmap.png"))
-                assert canvas, f"the map is not drawn in colour: {_canvas(driver)}"
+        # the CR study lists the derived series and the map, as OHIF's PMAP series
+        driver.get(f"{url}/viewer?StudyInstanceUIDs={explained.result.study_instance_uid}")
+        listed = [
+            "CR\ndemo-enhance-2d v1.0.0 denoised (AI)",
+            "PMAP\ndemo-2d v1.0.0 explanation map (AI)",
+        ]
+        body = wait_until(
+            lambda: all(t in (b := driver.find_element(By.TAG_NAME, "body").text)
+                        for t in listed) and b,
+            90,
+        )  # fmt: skip
+        assert body, driver.find_element(By.TAG_NAME, "body").text
+        pmap = _open_series(
+            driver,
+            "explanation map (AI)",
+            lambda: driver.execute_script(_VIEWPORT + """
+                const ds = services.displaySetService.getActiveDisplaySets()
+                    .find(d => d.Modality === 'PMAP');
+                if (!ds || !ds.isLoaded) return null;
+                const volume = cornerstone.cache.getVolume(ds.displaySetInstanceUID);
+                const onView = vp.getActors().map(a => a.referencedId);
+                return volume && onView.includes(ds.displaySetInstanceUID) && {
+                    dims: volume.dimensions, source: ds.referencedSeriesInstanceUID,
+                    actors: onView, own: ds.displaySetInstanceUID,
+                    under: ds.referencedVolumeId,
+                    values: Array.from(volume.voxelManager.getCompleteScalarDataArray())};
+            """),
+        )  # fmt: skip
+        driver.save_screenshot(str(shots / "ohif-pmap.png"))
+        assert pmap, driver.find_element(By.TAG_NAME, "body").text
+        # over its source radiograph, both in the viewport
+        assert pmap["source"] == str(explained.sources[0].SeriesInstanceUID)
+        assert sorted(pmap["actors"]) == sorted([pmap["own"], pmap["under"]]), pmap["actors"]
+        rows, columns = explanation.maps.shape[1:]
+        assert pmap["dims"] == [columns, rows, 1], pmap["dims"]
+        # the node's map at the same pixels (OHIF shows the values x100)
+        held = np.asarray(pmap["values"], dtype=np.float32).reshape(rows, columns) / 100
+        np.testing.assert_allclose(held, explanation.maps[0], atol=1e-5)
+        # drawn in colour over the grey radiograph
+        canvas = wait_until(lambda: (c := _canvas(driver))["coloured"] > 0.1 and c, 30)
+        driver.save_screenshot(str(shots / "ohif-pmap.png"))
+        assert canvas, f"the map is not drawn in colour: {_canvas(driver)}"
 
-                errors = [
-                    e["message"]
-                    for e in driver.get_log("browser")
-                    if e["level"] == "SEVERE" and not _tour_message(e["message"])
-                ]
-                assert errors == [], errors
-            finally:
-                driver.save_screenshot(str(shots / "ohif-derived-last.png"))
-                driver.quit()
+        errors = console_errors(driver)
+        assert errors == [], errors

@@ -51,6 +51,59 @@ def _viewer_pixels(driver: object) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")).astype(int)
 
 
+def _review_without_overlays(
+    driver: object, base: str, job_id: int, hide: tuple[str, ...] = ("toggle-mask", "toggle-labels")
+) -> np.ndarray:
+    """Log in as a radiologist, open the job's review with the ``hide`` toggles switched off, so
+    that only what a test switches on next changes the pixels; the viewer's pixels then."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _login(driver, base, "radiologist1")
+    driver.get(f"{base}/review/{job_id}")  # type: ignore[attr-defined]
+    WebDriverWait(driver, 30).until(_frame_ready)
+    for toggle in hide:
+        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
+    return _viewer_pixels(driver)
+
+
+def _toggle_map_on(driver: object, kind: str) -> None:
+    """Switch the ``kind`` map (explanation, anomaly) on: its image shows once it has loaded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = driver.find_element(By.ID, f"{kind}-image")  # type: ignore[attr-defined]
+    assert not image.is_displayed()
+    driver.find_element(By.ID, f"toggle-{kind}").click()  # type: ignore[attr-defined]
+    assert image.is_displayed()
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script(
+            f"var i=document.getElementById('{kind}-image');"
+            "return i.complete && i.naturalWidth === 256;"
+        )
+    )
+
+
+def _opacity(driver: object, percent: int) -> None:
+    driver.execute_script(  # type: ignore[attr-defined]
+        "var s=document.getElementById('opacity-slider');"
+        f"s.value='{percent}';s.dispatchEvent(new Event('input'));"
+    )
+
+
+def _fade_and_key_off(driver: object, kind: str, key: str, before: np.ndarray) -> None:
+    """The opacity slider at 0 % shows the frame alone; at 50 %, ``key`` switches the map off and
+    the frame is back as ``before``."""
+    from selenium.webdriver.common.by import By
+
+    _opacity(driver, 0)
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+    _opacity(driver, 50)
+    driver.find_element(By.TAG_NAME, "body").send_keys(key)  # type: ignore[attr-defined]
+    assert not driver.find_element(By.ID, f"{kind}-image").is_displayed()  # type: ignore[attr-defined]
+    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+
+
 def test_zoom_finding_click_heatmap_and_window(
     server: tuple[str, Console, ProcessedStudy], browser: object
 ) -> None:
@@ -223,9 +276,6 @@ def test_explanation_toggle_and_key_show_the_map_with_the_opacity_slider(
     slider fades it, switching it off restores the frame."""
     from dataclasses import replace
 
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     from node.results.store import load_result, save_result
     from tests.node.results.factories import explanation_for
 
@@ -235,39 +285,11 @@ def test_explanation_toggle_and_key_show_the_map_with_the_opacity_slider(
     assert result.segmentation is not None
     explained = replace(result, explanation=explanation_for(result.segmentation.label_map))
     save_result(explained, directory)
-    driver = browser
-    wait = WebDriverWait(driver, 30)
-    _login(driver, base, "radiologist1")
-    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
-    wait.until(_frame_ready)
-    for toggle in ("toggle-mask", "toggle-labels"):  # only the explanation changes the pixels
-        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
-    before = _viewer_pixels(driver)
-    image = driver.find_element(By.ID, "explanation-image")  # type: ignore[attr-defined]
-    assert not image.is_displayed()
-    driver.find_element(By.ID, "toggle-explanation").click()  # type: ignore[attr-defined]
-    assert image.is_displayed()
-    wait.until(
-        lambda d: d.execute_script(
-            "var i=document.getElementById('explanation-image');"
-            "return i.complete && i.naturalWidth === 256;"
-        )
-    )
-    shown = _viewer_pixels(driver)
+    before = _review_without_overlays(browser, base, study.job_id)  # only the map changes pixels
+    _toggle_map_on(browser, "explanation")
+    shown = _viewer_pixels(browser)
     assert (np.abs(shown - before).sum(axis=2) > 30).sum() > 1000
-    # the opacity slider fades it too (0 %: the frame alone)
-    driver.execute_script(  # type: ignore[attr-defined]
-        "var s=document.getElementById('opacity-slider');s.value='0';"
-        "s.dispatchEvent(new Event('input'));"
-    )
-    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
-    driver.execute_script(  # type: ignore[attr-defined]
-        "var s=document.getElementById('opacity-slider');s.value='50';"
-        "s.dispatchEvent(new Event('input'));"
-    )
-    driver.find_element(By.TAG_NAME, "body").send_keys("e")  # type: ignore[attr-defined]
-    assert not image.is_displayed()
-    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+    _fade_and_key_off(browser, "explanation", "e", before)
 
 
 def test_anomaly_map_toggle_and_key_show_the_map_with_the_opacity_slider(
@@ -276,9 +298,6 @@ def test_anomaly_map_toggle_and_key_show_the_map_with_the_opacity_slider(
     """A result with an anomaly map: the toggle (and key y) put it on screen where the map is
     above the threshold, the opacity slider fades it, switching it off restores the frame."""
     from dataclasses import replace
-
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from node.results.store import load_result, save_result
     from pipelines.contract import AnomalyOutput
@@ -292,43 +311,16 @@ def test_anomaly_map_toggle_and_key_show_the_map_with_the_opacity_slider(
     anomaly_map[KEY_SLICE, : rows // 3, : cols // 3] = 12.5  # above the threshold, top left
     anomaly = AnomalyOutput(12.5, 9.0, 95.0, (12.5,) * frames, map=anomaly_map)
     save_result(replace(result, anomaly=anomaly), directory)
-    driver = browser
-    wait = WebDriverWait(driver, 30)
-    _login(driver, base, "radiologist1")
-    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
-    wait.until(_frame_ready)
-    for toggle in ("toggle-mask", "toggle-labels"):  # only the anomaly map changes the pixels
-        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
-    before = _viewer_pixels(driver)
-    image = driver.find_element(By.ID, "anomaly-image")  # type: ignore[attr-defined]
-    assert not image.is_displayed()
-    driver.find_element(By.ID, "toggle-anomaly").click()  # type: ignore[attr-defined]
-    assert image.is_displayed()
-    wait.until(
-        lambda d: d.execute_script(
-            "var i=document.getElementById('anomaly-image');"
-            "return i.complete && i.naturalWidth === 256;"
-        )
-    )
-    shown = _viewer_pixels(driver)
+    before = _review_without_overlays(browser, base, study.job_id)  # only the map changes pixels
+    _toggle_map_on(browser, "anomaly")
+    shown = _viewer_pixels(browser)
     changed = np.abs(shown - before).sum(axis=2) > 30
     h, w = changed.shape
     assert changed[: h // 3 - 4, : w // 3 - 4].mean() > 0.9  # the anomalous corner, reddened
     assert changed[h // 2 :, w // 2 :].mean() < 0.01  # the normal rest untouched
     top_left = (shown - before)[: h // 3 - 4, : w // 3 - 4]
     assert top_left[..., 0].mean() > top_left[..., 2].mean() + 20  # red, not blue
-    driver.execute_script(  # type: ignore[attr-defined]
-        "var s=document.getElementById('opacity-slider');s.value='0';"
-        "s.dispatchEvent(new Event('input'));"
-    )
-    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
-    driver.execute_script(  # type: ignore[attr-defined]
-        "var s=document.getElementById('opacity-slider');s.value='50';"
-        "s.dispatchEvent(new Event('input'));"
-    )
-    driver.find_element(By.TAG_NAME, "body").send_keys("y")  # type: ignore[attr-defined]
-    assert not image.is_displayed()
-    assert np.abs(_viewer_pixels(driver) - before).sum(axis=2).max() < 30
+    _fade_and_key_off(browser, "anomaly", "y", before)
 
 
 def test_denoised_switch_and_key_d_show_the_denoised_copy(
@@ -345,12 +337,8 @@ def test_denoised_switch_and_key_d_show_the_denoised_copy(
     add_denoised_copy(console, study, KEY_SLICE)
     driver = browser
     wait = WebDriverWait(driver, 30)
-    _login(driver, base, "radiologist1")
-    driver.get(f"{base}/review/{study.job_id}")  # type: ignore[attr-defined]
-    wait.until(_frame_ready)
-    for toggle in ("toggle-mask", "toggle-labels", "toggle-boxes"):  # the image alone
-        driver.find_element(By.ID, toggle).click()  # type: ignore[attr-defined]
-    before = _viewer_pixels(driver)
+    hide = ("toggle-mask", "toggle-labels", "toggle-boxes")  # the image alone
+    before = _review_without_overlays(driver, base, study.job_id, hide)
 
     def shown(kind: str) -> object:
         return lambda d: (

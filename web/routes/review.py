@@ -1,10 +1,7 @@
 """The review page (source frames, mask overlay, heat map, explanation map, boxes, findings) and the
-review actions.
-
-The viewer (``web/static/review.js``) zooms and pans in the browser; window/level is the server's:
-each frame PNG is rendered under the ``window`` query parameter by the one windowing
-implementation (:mod:`pipelines.preprocess.display`). Next/previous study follow the review
-worklist's order under the filters the reviewer came with (carried in the query string).
+review actions; the page's images (frame PNGs under a window, masks, maps) are served by
+:mod:`web.routes.review_images`. Next/previous study follow the review worklist's order under the
+filters the reviewer came with (carried in the query string).
 
 Approving releases the job's held deliveries. Rejecting cancels every delivery not yet sent and,
 for results a destination already stored, queues an IHE IOCM rejection note to it; the page says
@@ -14,37 +11,22 @@ recorded as a Review row (naming the reviewer) and/or an audit event in the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import numpy as np
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from core.config import Settings
 from core.domain import ReviewState
 from node.db.orm import Job
-from node.db.repositories import audit, instances, worklist
+from node.db.repositories import audit, worklist
 from node.db.repositories import deliveries as delivery_repo
 from node.db.repositories import jobs as job_repo
-from node.db.repositories import studies as study_repo
 from node.dispatch.rejection import RejectionPreview
-from pipelines.preprocess.display import WINDOW_PRESETS, WindowChoice, parse_window
+from pipelines.preprocess.display import WINDOW_PRESETS
 from web.deps import Reader, Reviewer, RowId, SessionDep, StateDep, verify_csrf
 from web.enhancement_views import denoised_files, denoiser_quality
-from web.imaging import (
-    RenderError,
-    SegMasks,
-    read_seg_masks,
-    render_frame,
-    render_heatmap_png,
-    render_mask_png,
-)
 from web.integrations import (
     preview_rejection,
     reject_results,
@@ -55,8 +37,6 @@ from web.integrations import (
 from web.pages import flash, redirect, render
 from web.result_views import (
     anomaly_map,
-    artifact_file,
-    data_file,
     explanation,
     finding_views,
     heatmap,
@@ -64,72 +44,12 @@ from web.result_views import (
     review_data,
     review_result,
 )
+from web.review_frames import job_or_404, seg_masks, source_frames
 from web.routes.worklist import WorklistQuery
 
 router = APIRouter(
     tags=["console: review"], dependencies=[Depends(verify_csrf)], include_in_schema=False
 )
-MAX_FRAMES = 2000
-PNG_HEADERS = {"Cache-Control": "private, max-age=300"}
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    path: str  # relative to data_dir
-    sop_instance_uid: str
-    frame: int  # 0-based within the instance
-
-
-def _job_or_404(session: Session, job_id: int) -> Job:
-    job = job_repo.get_job(session, job_id)
-    if job is None:
-        raise HTTPException(404, f"No job {job_id}")
-    return job
-
-
-def _source_series_uid(session: Session, job: Job, data: dict[str, Any]) -> str | None:
-    uid = data.get("series_instance_uid")
-    if isinstance(uid, str) and uid:
-        return uid
-    study = study_repo.get_study(session, job.study.study_instance_uid, with_results=True)
-    image_series = [
-        s for s in (study.series if study else []) if s.modality not in ("SEG", "SR", "PR")
-    ]
-    return (
-        max(image_series, key=lambda s: s.instance_count).series_instance_uid
-        if image_series
-        else None
-    )
-
-
-def source_frames(session: Session, job: Job, data: dict[str, Any]) -> list[FrameRef]:
-    uid = _source_series_uid(session, job, data)
-    if uid is None:
-        return []
-    frames: list[FrameRef] = []
-    for inst in instances.instances_of_series(session, uid):
-        for f in range(max(inst.number_of_frames, 1)):
-            frames.append(FrameRef(inst.path, inst.sop_instance_uid, f))
-            if len(frames) >= MAX_FRAMES:
-                return frames
-    return frames
-
-
-@lru_cache(maxsize=16)
-def _seg_cached(path: str, mtime_ns: int, shown: tuple[tuple[str, int], ...]) -> SegMasks:
-    return read_seg_masks(Path(path), shown)
-
-
-def _seg_masks(state: StateDep, job: Job, frames: list[FrameRef]) -> SegMasks | None:
-    shown = tuple((f.sop_instance_uid, f.frame) for f in frames)
-    for artifact in job.artifacts:
-        if artifact.kind == "seg":
-            try:
-                path = artifact_file(state.settings, artifact)
-                return _seg_cached(str(path), path.stat().st_mtime_ns, shown)
-            except (FileNotFoundError, RenderError):
-                return None
-    return None
 
 
 def _boxes_by_frame(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
@@ -161,11 +81,11 @@ def review_page(
     flt: WorklistQuery,
     sort: WorklistSortQuery = "newest",
 ) -> Response:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     loaded = review_result(state.settings, job)
     data = loaded[1] if loaded else review_data(state.settings, job)
     frames = source_frames(session, job, data)
-    masks = _seg_masks(state, job, frames)
+    masks = seg_masks(state, job, frames)
     frame_index = {(f.sop_instance_uid, f.frame): i for i, f in enumerate(frames)}
     result_keys = result_frame_keys(data.get("source_frames") or [])
     boxes: list[dict[str, Any]] = []
@@ -233,55 +153,6 @@ def review_page(
     )
 
 
-def _frames_or_404(
-    session: Session, state: StateDep, job: Job, index: int
-) -> tuple[list[FrameRef], FrameRef]:
-    """The frames the review page shows, and the ``index``-th of them."""
-    frames = source_frames(session, job, review_data(state.settings, job))
-    if not 0 <= index < len(frames):
-        raise HTTPException(404, f"frame {index} out of range (0-{len(frames) - 1})")
-    return frames, frames[index]
-
-
-def _window(window: Annotated[str, Query(max_length=40)] = "file") -> WindowChoice:
-    """The ``window`` query parameter: file, auto, lung, soft, bone, or center,width (400 else)."""
-    try:
-        return parse_window(window)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from exc
-
-
-@router.get("/review/{job_id}/frames/{index}.png")
-def frame_png(
-    session: SessionDep,
-    state: StateDep,
-    user: Reader,
-    job_id: RowId,
-    index: int,
-    window: Annotated[WindowChoice, Depends(_window)],
-) -> Response:
-    """One source frame under ``window``; the window applied (centre,width in modality units)
-    comes back in ``X-Window`` for the viewer to start a window/level drag from."""
-    _, ref = _frames_or_404(session, state, _job_or_404(session, job_id), index)
-    try:
-        path = data_file(state.settings, ref.path)
-    except FileNotFoundError as exc:
-        raise HTTPException(422, f"cannot render this frame: {exc}") from exc
-    return _frame_response(path, ref.frame, window)
-
-
-def _frame_response(path: Path, frame: int, window: WindowChoice) -> Response:
-    """A frame PNG with the window applied in ``X-Window``; 422 when it cannot be shown."""
-    try:
-        png, applied = render_frame(path, frame, window)
-    except (RenderError, FileNotFoundError) as exc:
-        raise HTTPException(422, f"cannot render this frame: {exc}") from exc
-    headers = dict(PNG_HEADERS)
-    if applied is not None:
-        headers["X-Window"] = applied.text()
-    return Response(png, media_type="image/png", headers=headers)
-
-
 def _explanation_title(data: dict[str, Any]) -> str:
     """ "Grad-CAM for abnormal" for the toggle's tooltip; "" without an explanation."""
     info = data.get("explanation")
@@ -297,103 +168,6 @@ def _anomaly_title(data: dict[str, Any]) -> str:
     if not isinstance(info, dict):
         return ""
     return f"anomaly map: red at or above the threshold {float(info['threshold']):.3g}"
-
-
-@router.get("/review/{job_id}/denoised/{index}.png")
-def denoised_png(
-    session: SessionDep,
-    state: StateDep,
-    user: Reader,
-    job_id: RowId,
-    index: int,
-    window: Annotated[WindowChoice, Depends(_window)],
-) -> Response:
-    """One shown frame's denoised copy (the enhancement's derived instance) under ``window``,
-    like :func:`frame_png`; 404 when the job made no denoised copy of that frame's image."""
-    job = _job_or_404(session, job_id)
-    _, ref = _frames_or_404(session, state, job, index)
-    path = denoised_files(state.settings, job).get(ref.sop_instance_uid)
-    if path is None:
-        raise HTTPException(404, "this job made no denoised copy of this image")
-    return _frame_response(path, ref.frame, window)
-
-
-MapLoader = Callable[[Settings, Job], np.ndarray | None]
-
-
-def _map_png(
-    session: SessionDep, state: StateDep, job_id: int, index: int, load: MapLoader, missing: str
-) -> Response:
-    """One shown frame of one of the job's per-frame maps as a colour PNG; 404 with ``missing``
-    when the pipeline made no such map (one route shape for heat map, explanation, anomaly)."""
-    job = _job_or_404(session, job_id)
-    frames, ref = _frames_or_404(session, state, job, index)
-    try:
-        values = load(state.settings, job)
-    except FileNotFoundError as exc:
-        raise HTTPException(404, "this job's result is not on disk") from exc
-    if values is None:
-        raise HTTPException(404, missing)
-    return _colour_map_png(state, job, ref, values)
-
-
-@router.get("/review/{job_id}/anomaly/{index}.png")
-def anomaly_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
-) -> Response:
-    """The anomaly map for one shown frame in the heat map's colours, scaled as the overlay
-    series shows it (red: at or above the calibrated threshold); 404 when there is none."""
-    return _map_png(
-        session, state, job_id, index, anomaly_map, "this job's pipeline made no anomaly map"
-    )
-
-
-@router.get("/review/{job_id}/heatmap/{index}.png")
-def heatmap_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
-) -> Response:
-    """The ensemble's probability for one shown frame as a colour map (transparent where the
-    probability is negligible); a frame outside the result's frames is fully transparent."""
-    return _map_png(
-        session, state, job_id, index, heatmap, "this job's pipeline produced no probabilities"
-    )
-
-
-@router.get("/review/{job_id}/explanation/{index}.png")
-def explanation_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
-) -> Response:
-    """The classification's explanation (Grad-CAM & co., 0..1) for one shown frame, in the heat
-    map's colours; 404 when the pipeline made no explanation."""
-    return _map_png(
-        session, state, job_id, index, explanation, "this job's pipeline made no explanation"
-    )
-
-
-def _colour_map_png(state: StateDep, job: Job, ref: FrameRef, heat: np.ndarray) -> Response:
-    """One shown frame of a (result frames, rows, cols) uint8 map as the heat map's RGBA PNG;
-    fully transparent for a frame the result does not cover."""
-    keys = result_frame_keys(review_data(state.settings, job).get("source_frames") or [])
-    plane = None
-    key = (ref.sop_instance_uid, ref.frame)
-    if key in keys and keys.index(key) < heat.shape[0]:
-        plane = heat[keys.index(key)]
-    png = render_heatmap_png(plane, (int(heat.shape[1]), int(heat.shape[2])))
-    return Response(png, media_type="image/png", headers=PNG_HEADERS)
-
-
-@router.get("/review/{job_id}/masks/{index}.png")
-def mask_png(
-    session: SessionDep, state: StateDep, user: Reader, job_id: RowId, index: int
-) -> Response:
-    job = _job_or_404(session, job_id)
-    frames, ref = _frames_or_404(session, state, job, index)
-    masks = _seg_masks(state, job, frames)
-    if masks is None:
-        raise HTTPException(404, "this job has no segmentation")
-    plane = masks.frames.get((ref.sop_instance_uid, ref.frame))
-    png = render_mask_png(plane, (masks.rows, masks.columns), max(masks.segment_labels, default=1))
-    return Response(png, media_type="image/png", headers=PNG_HEADERS)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -459,7 +233,7 @@ def approve(
     flt: WorklistQuery,
     sort: WorklistSortQuery = "newest",
 ) -> Response:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.APPROVED, "")
     released = release_held(session, job, user.username)
     flash(request, f"Approved; {released} held delivery(ies) released.")
@@ -479,7 +253,7 @@ def reject(
 ) -> Response:
     if not reason.strip():
         raise HTTPException(400, "A rejection needs a reason.")
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     _decide(session, job, user, ReviewState.REJECTED, reason.strip())
     outcome = reject_results(session, state.settings, job, user.username, reason.strip())
     message = f"Rejected; {outcome.cancelled} unsent delivery(ies) cancelled."
@@ -498,7 +272,7 @@ def comment(
     job_id: RowId,
     text: Annotated[str, Form(min_length=1, max_length=4000)],
 ) -> Response:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     job_repo.add_review(session, job, user.user_id, "comment", text.strip())
     audit.record(
         session,
@@ -514,7 +288,7 @@ def comment(
 
 @router.post("/jobs/{job_id}/rerun")
 def rerun(request: Request, session: SessionDep, user: Reviewer, job_id: RowId) -> Response:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     queued = requeue_job(session, job.id, user.username)
     if not queued:
         raise HTTPException(409, f"the job is {job.state}; only a finished job can be re-run")

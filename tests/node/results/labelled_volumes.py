@@ -10,21 +10,17 @@ real anatomy with lesions of real shapes and sizes.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from core.dicom_uids import deterministic_uid
-from pipelines.contract import PipelineResult, SegmentationOutput, SourceSeries
-from pipelines.findings import FindingContext, segment_findings_and_map
-from pipelines.preprocess.decode import decode_series
-from pipelines.spec import SeverityRules
+from pipelines.contract import PipelineResult
 from tests.conftest import SHARED_DATA
-from tests.node.results.factories import LESION, _model_runs
+from tests.node.results.factories import LESION
+from tests.node.results.labelled import lesion_result
 
 LABELLED_DIR = SHARED_DATA / "labelled-volumes"
 VOLUMES = {  # name -> (image file, label file)
@@ -94,34 +90,4 @@ def write_volume(name: str, folder: Path) -> tuple[list[Path], np.ndarray]:
 def labelled_result(name: str, folder: Path) -> tuple[list[Dataset], PipelineResult]:
     """Sources (in the decoded, stacked order) and a result whose findings are the labels."""
     paths, label = write_volume(name, folder)
-    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    decoded = decode_series(
-        SourceSeries(str(first.SeriesInstanceUID), "MR", str(first.SOPClassUID), tuple(paths))
-    )
-    by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): i
-              for i, p in enumerate(paths)}  # fmt: skip
-    order = [by_uid[f.sop_instance_uid] for f in decoded.source_frames]
-    label_map = label[order].astype(np.uint8) * LESION.value
-    ctx = FindingContext(
-        str(first.StudyInstanceUID), "demo-3d", "1.0.0", decoded.values,
-        decoded.pixel_spacing_mm, decoded.slice_spacing_mm, True, decoded.intensity_unit,
-        SeverityRules(),
-    )  # fmt: skip
-    findings, finding_map = segment_findings_and_map(ctx, label_map, (LESION,))
-    result = PipelineResult(
-        pipeline_name="demo-3d",
-        pipeline_version="1.0.0",
-        study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=str(first.SeriesInstanceUID),
-        modality="MR",
-        source_frames=decoded.source_frames,
-        pixel_spacing_mm=decoded.pixel_spacing_mm,
-        slice_thickness_mm=decoded.slice_thickness_mm,
-        model_runs=_model_runs(),
-        segmentation=SegmentationOutput((LESION,), label_map, None, {}, finding_map),
-        findings=tuple(findings),
-        processing_seconds=1.0,
-        created_at="2024-05-06T07:08:09+00:00",
-    )
-    sources = [pydicom.dcmread(paths[i]) for i in order]
-    return sources, replace(result)
+    return lesion_result(paths, label.astype(np.uint8) * LESION.value, "MR")
