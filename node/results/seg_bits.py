@@ -35,7 +35,8 @@ def cited_instances(dataset: Dataset) -> set[str]:
     for study in dataset.get("StudiesContainingOtherReferencedInstancesSequence", []):
         for series in study.get("ReferencedSeriesSequence", []):
             cited.update(
-                str(i.ReferencedSOPInstanceUID) for i in series.get("ReferencedInstanceSequence", [])
+                str(i.ReferencedSOPInstanceUID)
+                for i in series.get("ReferencedInstanceSequence", [])
             )
     return cited
 
@@ -62,7 +63,9 @@ def binary_label_maps(dataset: Dataset, frames: Sequence[SourceFrameKey]) -> np.
     highest where segments overlap, 0 where none is), read from a BINARY SEG's bits; ``None``
     when the SEG is not the plain case this reads (see the module's docstring)."""
     meta = getattr(dataset, "file_meta", None)
-    syntax = UID(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+    syntax = (
+        UID(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+    )
     if syntax is None or syntax.is_compressed or not syntax.is_little_endian:
         return None
     if int(dataset.get("BitsAllocated", 0)) != 1 or "PixelData" not in dataset:

@@ -79,11 +79,13 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     they are. Same ``.npz`` format: ``np.load`` reads either, entry by entry. Written to a
     temporary name, then renamed."""
     tmp = path.with_name(path.name + ".tmp.npz")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=1) as archive:
+    with zipfile.ZipFile(
+        tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=1
+    ) as archive:
         for name, value in arrays.items():
             array = np.ascontiguousarray(value)
             entry: str | zipfile.ZipInfo = f"{name}.npy"  # by name: the archive's deflate
-            if not _worth_deflating(memoryview(array.reshape(-1).view(np.uint8))):
+            if not _worth_deflating(array.reshape(-1).view(np.uint8).data):
                 entry = zipfile.ZipInfo(f"{name}.npy", time.localtime()[:6])  # ZIP_STORED
             with archive.open(entry, "w", force_zip64=True) as handle:
                 np.lib.format.write_array(handle, array, allow_pickle=False)

@@ -74,7 +74,9 @@ def validate_seg(
         dataset = pydicom.dcmread(io.BytesIO(data))
         _common(kind, dataset, result)
         if dataset.get("SegmentationType") != seg_type:
-            raise ResultValidationError(kind, f"type {dataset.get('SegmentationType')}, wanted {seg_type}")
+            raise ResultValidationError(
+                kind, f"type {dataset.get('SegmentationType')}, wanted {seg_type}"
+            )
         wanted = set(built.finding_segments.values() or built.segment_numbers.values())
         described = {int(d.SegmentNumber) for d in dataset.get("SegmentSequence", [])}
         if described != wanted:

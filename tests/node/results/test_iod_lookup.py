@@ -31,7 +31,9 @@ RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"
         ("NumberOfFrames", RETIRED_US, None),
     ],
 )
-def test_same_answer_as_highdicoms_scan(attribute: str, sop_class: str, exclude: list | None) -> None:
+def test_same_answer_as_highdicoms_scan(
+    attribute: str, sop_class: str, exclude: list | None
+) -> None:
     expected = iod_lookup._ORIGINAL(attribute, sop_class, exclude)
     assert iod_lookup.is_attribute_in_iod(attribute, sop_class, exclude) is expected
     assert iod_lookup.is_attribute_in_iod(attribute, sop_class, exclude) is expected  # remembered

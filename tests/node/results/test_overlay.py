@@ -97,7 +97,9 @@ def test_the_key_frame_has_most_mask_pixels_first_on_ties_else_a_box_else_the_mi
     label_map[1, :2, :3] = 1  # 6 pixels
     label_map[3, :3, :2] = 2  # 6 pixels, another label: a tie, the first frame wins
     label_map[4, 0, :5] = 1  # 5 pixels
-    with_mask = dataclasses.replace(result, segmentation=dataclasses.replace(seg, label_map=label_map))
+    with_mask = dataclasses.replace(
+        result, segmentation=dataclasses.replace(seg, label_map=label_map)
+    )
     assert key_frame_index(with_mask) == 1
     label_map[3, 3, 0] = 1
     assert key_frame_index(with_mask) == 3
