@@ -1,8 +1,8 @@
 """The gate before dispatch: every object is re-read from its bytes and checked.
 
 A builder returning is not enough: what leaves the node is the encoded file, so each object is
-written to bytes, parsed back (highdicom.seg.segread / highdicom.sr.srread / pydicom) and compared
-with what it was meant to say.
+written to bytes, parsed back (pydicom, a plain BINARY SEG's pixels unpacked from its bits, other
+SEGs and Parametric Maps by highdicom) and compared with what it was meant to say.
 """
 
 from __future__ import annotations
