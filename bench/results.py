@@ -174,10 +174,14 @@ def stage_timer() -> Iterator[dict[str, float]]:
 
 
 def node_run(sources: list[Dataset], result: PipelineResult, out: Path) -> tuple[float, dict]:
+    """Wall seconds of one ``produce_results`` and seconds per stage; the process CPU seconds
+    are in the stages as ``cpu``: on a machine shared with other work they move far less than
+    the wall time (``produce_results`` runs on one thread)."""
     with stage_timer() as spent:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         produced = produce_results(result, sources, DEMO_3D, out)
         total = time.perf_counter() - started
+        spent["cpu"] = time.process_time() - cpu
     kinds = sorted(p.kind.value for p in produced)
     if kinds != ["overlay", "pdf", "seg", "sr"]:
         raise RuntimeError(f"produced {kinds}")
@@ -326,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, seconds in peer_spent.items():
             stages[f"peer {name}"].append(seconds)
         print(
-            f"run {run + 1}: produce_results {total:.3f} s, highdicom {peer_total:.3f} s",
+            f"run {run + 1}: produce_results {total:.3f} s (CPU {spent['cpu']:.3f} s), "
+            f"highdicom {peer_total:.3f} s",
             flush=True,
         )
     node_s, peer_s = statistics.median(totals["node"]), statistics.median(totals["peer"])
@@ -337,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| stage | seconds |\n|---|---|")
     for name in sorted(stages, key=lambda n: (n.startswith("peer"), n)):
-        print(f"| {name} | {statistics.median(stages[name]):.3f} |")
+        if name != "cpu":
+            print(f"| {name} | {statistics.median(stages[name]):.3f} |")
     verdict = "meets" if node_s < TARGET_S else "MISSES"
     print(f"| **produce_results total** | **{node_s:.3f}** ({verdict} target {TARGET_S:.1f} s) |")
+    print(f"| produce_results, process CPU | {statistics.median(stages['cpu']):.3f} |")
     print(f"| **highdicom SEG + SR by hand** | **{peer_s:.3f}** |")
     print(f"ratio produce_results / highdicom by hand: {node_s / peer_s:.2f}")
     return 0

@@ -300,7 +300,9 @@ class Worker:
         sources = self._load_sources(result, instances)
         out_dir = self.settings.job_results_dir(claimed.job_id)  # a key, never a peer's UID
         out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         save_result(result, out_dir)
+        lines.append(f"result saved for review in {time.perf_counter() - t0:.2f} s")
         t0 = time.perf_counter()
         produced = self._producer(
             result,

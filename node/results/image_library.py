@@ -166,15 +166,50 @@ def _frame_of_reference(uid: str, items: _Items) -> bytes:
     )
 
 
-def _image_head(image: Dataset) -> bytes:
+def _built_image_head(sop_instance_uid: str, sop_class_uid: str) -> bytes:
     return _encode_head(
         hd.sr.ImageContentItem(
             name=_SOURCE,
-            referenced_sop_instance_uid=image.SOPInstanceUID,
-            referenced_sop_class_uid=image.SOPClassUID,
+            referenced_sop_instance_uid=sop_instance_uid,
+            referenced_sop_class_uid=sop_class_uid,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
+
+
+def _uid_element(element: int, uid: str) -> bytes:
+    """A UI element of group 0008 as pydicom writes it: explicit VR, padded with a NUL to even."""
+    value = uid.encode("ascii")
+    value += b"\0" * (len(value) % 2)
+    return struct.pack("<HH", 0x0008, element) + b"UI" + struct.pack("<H", len(value)) + value
+
+
+def _referenced_sop(sop_instance_uid: str, sop_class_uid: str) -> bytes:
+    """(0008,1199) Referenced SOP Sequence of one item, the first element of an IMAGE item."""
+    item = _uid_element(0x1150, sop_class_uid) + _uid_element(0x1155, sop_instance_uid)
+    item = _ITEM + struct.pack("<I", len(item)) + item
+    return b"\x08\x00\x99\x11SQ\x00\x00" + struct.pack("<I", len(item)) + item
+
+
+def _image_head_rest(sop_instance_uid: str, sop_class_uid: str) -> bytes | None:
+    """What follows the Referenced SOP Sequence in highdicom's IMAGE item (relationship, value
+    type, concept name: the same for every image), from the item built and encoded for one
+    image; None when its encoding does not start with :func:`_referenced_sop` as computed."""
+    built = _built_image_head(sop_instance_uid, sop_class_uid)
+    reference = _referenced_sop(sop_instance_uid, sop_class_uid)
+    return built[len(reference) :] if built.startswith(reference) else None
+
+
+def _image_head(image: Dataset, rest: dict[str, bytes | None]) -> bytes:
+    """The IMAGE item's head: built by highdicom and encoded by pydicom for the first image of
+    each SOP class, then the same bytes with each image's own reference (~0.4 ms an image less)."""
+    uid, sop_class = str(image.SOPInstanceUID), str(image.SOPClassUID)
+    if sop_class not in rest:
+        rest[sop_class] = _image_head_rest(uid, sop_class)
+    tail = rest[sop_class]
+    if tail is None:  # not as expected: every image the slow way
+        return _built_image_head(uid, sop_class)
+    return _referenced_sop(uid, sop_class) + tail
 
 
 @lru_cache(maxsize=2)
@@ -192,6 +227,7 @@ def encode_library(sources: Sequence[Dataset]) -> bytes | None:
     it can describe (one left out, with a warning, where highdicom would raise); ``None`` when
     it can describe none of them."""
     items = _Items()
+    heads: dict[str, bytes | None] = {}
     groups: dict[tuple[str, ...], list[bytes]] = {}
     for image in sources:
         try:
@@ -203,7 +239,7 @@ def encode_library(sources: Sequence[Dataset]) -> bytes | None:
             )
             continue
         key = (modality.value, modality.scheme_designator, str(image.get("FrameOfReferenceUID")))
-        groups.setdefault(key, []).append(_item(_image_head(image), descriptors))
+        groups.setdefault(key, []).append(_item(_image_head(image, heads), descriptors))
     if not groups:
         return None
     # one group per modality and frame of reference, as highdicom groups them; highdicom means to

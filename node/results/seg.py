@@ -217,7 +217,10 @@ def _per_finding(
         lookup = np.zeros(int(seg.finding_map.max()) + 1, expected.dtype)
         for number, finding in enumerate(findings, start=1):
             lookup[finding.component] = number
-        expected = lookup[seg.finding_map]
+        if np.array_equal(lookup, np.arange(lookup.size)):  # components are 1..N in order
+            expected = seg.finding_map.astype(expected.dtype)  # a copy, 5x faster than a lookup
+        else:
+            expected = lookup[seg.finding_map]
     else:  # a result without a finding map: each finding's label inside its box
         for number, finding in enumerate(findings, start=1):
             expected[finding_mask(result, finding) & (expected == 0)] = number

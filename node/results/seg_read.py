@@ -1,9 +1,10 @@
 """Reading a DICOM Segmentation back as label maps on its source frames, with highdicom.
 
-The one SEG reader of the node: the results validator re-reads every SEG before it may leave,
-and the console shows the SEG it will send. Both ask highdicom for the pixels of given source
-instances (or frames of a multi-frame source), so frame order, shared functional groups, omitted
-empty frames and bit packing are highdicom's business, not ours.
+The node's general SEG reader: the console shows the SEG it will send, and the results validator
+re-reads a SEG with it where the SEG is not the plain BINARY case it unpacks from the bits itself
+(``node.results.seg_bits``). Both ask highdicom for the pixels of given source instances (or
+frames of a multi-frame source), so frame order, shared functional groups, omitted empty frames
+and bit packing are highdicom's business, not ours.
 """
 
 from __future__ import annotations

@@ -21,10 +21,12 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from core.timezones import dicom_offset
+from node.results.iod_lookup import install as install_iod_lookup
 from node.results.retired_classes import register as register_retired_classes
 from pipelines.contract import PipelineResult
 
 register_retired_classes()  # sources of retired SOP classes (old US, NM) are copied from too
+install_iod_lookup()  # highdicom's IOD attribute scans, once per question
 
 # Type-2 patient/study attributes every composite object must carry (may be empty).
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (

@@ -1,8 +1,8 @@
 """The gate before dispatch: every object is re-read from its bytes and checked.
 
 A builder returning is not enough: what leaves the node is the encoded file, so each object is
-written to bytes, parsed back (highdicom.seg.segread / highdicom.sr.srread / pydicom) and compared
-with what it was meant to say.
+written to bytes, parsed back (pydicom, a plain BINARY SEG's pixels unpacked from its bits, other
+SEGs and Parametric Maps by highdicom) and compared with what it was meant to say.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from core.domain import ArtifactKind
 from node.results.seg import BuiltSegmentation
+from node.results.seg_bits import binary_label_maps, cited_instances
 from node.results.seg_read import label_maps, referenced_instances
 from pipelines.contract import PipelineResult
 
@@ -64,27 +65,55 @@ def validate_seg(
     data: bytes, result: PipelineResult, built: BuiltSegmentation, seg_type: str
 ) -> None:
     """Re-read the SEG: its type, its segments, and (BINARY) every pixel of every segment where
-    it was meant to be: the re-read segment-number map equals the one it was built from."""
+    it was meant to be: the re-read segment-number map equals the one it was built from.
+
+    The pixels of a plain BINARY SEG are read from its bits (``node.results.seg_bits``); any
+    other SEG, and one those bits do not describe plainly, is read by highdicom's ``segread``."""
     kind = ArtifactKind.SEG
     try:
-        seg = hd.seg.segread(io.BytesIO(data))
-    except (ValueError, AttributeError, TypeError, KeyError) as exc:
-        raise ResultValidationError(kind, f"unreadable: {exc}") from exc
-    _common(kind, seg, result)
-    if seg.SegmentationType != seg_type:
-        raise ResultValidationError(kind, f"type {seg.SegmentationType}, wanted {seg_type}")
-    wanted = set(built.finding_segments.values() or built.segment_numbers.values())
-    described = {int(d.SegmentNumber) for d in seg.SegmentSequence}
-    if described != wanted:
-        raise ResultValidationError(kind, f"segments {described} != {wanted}")
-    if seg_type == "BINARY":
-        got = _segment_map(seg, result, built.expected.shape)
-        if not np.array_equal(got, built.expected):  # one pass; name a segment only on failure
-            differ = np.unique(
-                np.concatenate([got[got != built.expected], built.expected[got != built.expected]])
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        _common(kind, dataset, result)
+        if dataset.get("SegmentationType") != seg_type:
+            raise ResultValidationError(
+                kind, f"type {dataset.get('SegmentationType')}, wanted {seg_type}"
             )
-            number = int(differ[differ > 0][0]) if (differ > 0).any() else 0
-            raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
+        wanted = set(built.finding_segments.values() or built.segment_numbers.values())
+        described = {int(d.SegmentNumber) for d in dataset.get("SegmentSequence", [])}
+        if described != wanted:
+            raise ResultValidationError(kind, f"segments {described} != {wanted}")
+        if seg_type != "BINARY":
+            _segread(data)  # FRACTIONAL: readable by highdicom; the pixels are not compared
+            return
+        keys = [(f.sop_instance_uid, f.frame_number or None) for f in result.source_frames]
+        _no_unknown_sources(cited_instances(dataset), result)
+        got = binary_label_maps(dataset, keys)
+    except ResultValidationError:
+        raise
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError, OSError) as exc:
+        raise ResultValidationError(kind, f"unreadable: {exc}") from exc
+    if got is None:
+        got = _segment_map(_segread(data), result, built.expected.shape)
+    if got.shape != built.expected.shape:
+        raise ResultValidationError(kind, f"re-read shape {got.shape} != {built.expected.shape}")
+    if not np.array_equal(got, built.expected):  # one pass; name a segment only on failure
+        differ = np.unique(
+            np.concatenate([got[got != built.expected], built.expected[got != built.expected]])
+        )
+        number = int(differ[differ > 0][0]) if (differ > 0).any() else 0
+        raise ResultValidationError(kind, f"segment {number} mask differs after re-read")
+
+
+def _segread(data: bytes) -> hd.seg.Segmentation:
+    try:
+        return hd.seg.segread(io.BytesIO(data))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise ResultValidationError(ArtifactKind.SEG, f"unreadable: {exc}") from exc
+
+
+def _no_unknown_sources(cited: set[str], result: PipelineResult) -> None:
+    unknown = cited - {f.sop_instance_uid for f in result.source_frames}
+    if unknown:
+        raise ResultValidationError(ArtifactKind.SEG, f"cites unknown sources {sorted(unknown)}")
 
 
 def _segment_map(
@@ -92,9 +121,7 @@ def _segment_map(
 ) -> np.ndarray:
     """(source frames, rows, cols): the segment number of each pixel, re-read by highdicom
     (BINARY segments built from one map never overlap)."""
-    unknown = referenced_instances(seg) - {f.sop_instance_uid for f in result.source_frames}
-    if unknown:
-        raise ResultValidationError(ArtifactKind.SEG, f"cites unknown sources {sorted(unknown)}")
+    _no_unknown_sources(referenced_instances(seg), result)
     keys = [(f.sop_instance_uid, f.frame_number or None) for f in result.source_frames]
     try:
         maps = label_maps(seg, keys)

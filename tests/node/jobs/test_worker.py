@@ -6,6 +6,7 @@ real pipelines and writers are tested end to end in tests/e2e)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -148,6 +149,13 @@ def test_success_records_artifacts_deliveries_and_summary(
         job = s.scalar(select(Job))
         assert job is not None and job.state == "succeeded", job.error
         assert job.summary["finding_count"] == 0 and "attempt 1" in job.log
+        # where the job's time went: each stage with its seconds (bench/e2e.py reads them)
+        for stage in (
+            r"pipeline demo-3d v1\.2: [0-9.]+ s",
+            r"result saved for review in [0-9.]+ s",
+        ):
+            assert re.search(f"^{stage}$", job.log, re.M), job.log
+        assert re.search(r"^results: .* in [0-9.]+ s$", job.log, re.M), job.log
         job_id = job.id
         art = s.scalar(select(Artifact))
         assert art is not None and art.kind == "sr"

@@ -66,6 +66,18 @@ def test_library_is_highdicoms_byte_for_byte(kind: str) -> None:
     assert encode_library(cleaned) == _highdicom_library(cleaned)
 
 
+def test_image_references_of_odd_and_even_length_and_two_classes_are_highdicoms() -> None:
+    """Image items after the first of a SOP class reuse its encoding with their own reference:
+    UIDs of odd and even length (padded), and a second class in the same library."""
+    sources = synthetic_ct_series(4, 16)
+    for index, source in enumerate(sources):
+        source.SOPInstanceUID = "1.2.826.0.1.3680043.10.543." + "7" * (index + 1)
+    sources[3].SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # an MR image among the CTs
+    sources[3].Modality = "MR"
+    cleaned = clean_sources(sources)
+    assert encode_library(cleaned) == _highdicom_library(cleaned)
+
+
 def test_a_source_highdicom_cannot_describe_is_left_out() -> None:
     sources = synthetic_ct_series(3, 16)
     del sources[1].SliceThickness  # highdicom reads it as required on a CT

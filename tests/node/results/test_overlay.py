@@ -85,3 +85,27 @@ def test_overlay_of_a_ct_without_a_window_uses_the_soft_tissue_default(tmp_path:
     x0, y0, x1, y1 = mark.box
     mask[max(y0 - 3, 0) : y1 + 4, max(x0 - 3, 0) : x1 + 4] = False
     assert np.array_equal(pixels[mask], expected[mask])
+
+
+def test_the_key_frame_has_most_mask_pixels_first_on_ties_else_a_box_else_the_middle() -> None:
+    """The frame the overlay shows (and the SR and PDF cite)."""
+    sources = synthetic_ct_series(slices=5)
+    result = make_result(sources)
+    seg = result.segmentation
+    assert seg is not None
+    label_map = np.zeros((5, *seg.label_map.shape[1:]), np.uint8)
+    label_map[1, :2, :3] = 1  # 6 pixels
+    label_map[3, :3, :2] = 2  # 6 pixels, another label: a tie, the first frame wins
+    label_map[4, 0, :5] = 1  # 5 pixels
+    with_mask = dataclasses.replace(
+        result, segmentation=dataclasses.replace(seg, label_map=label_map)
+    )
+    assert key_frame_index(with_mask) == 1
+    label_map[3, 3, 0] = 1
+    assert key_frame_index(with_mask) == 3
+    empty = dataclasses.replace(seg, label_map=np.zeros_like(label_map))
+    no_mask = dataclasses.replace(result, segmentation=empty, detections=())
+    assert key_frame_index(no_mask) == len(result.source_frames) // 2
+    if result.detections:
+        boxed = dataclasses.replace(no_mask, detections=result.detections)
+        assert key_frame_index(boxed) == result.detections[0].frame_index

@@ -17,6 +17,8 @@ from scipy import ndimage
 
 from core.domain import ArtifactKind
 from node.results.produce import OutputOptions, produce_results
+from node.results.seg import SegOptions, build_segmentation
+from node.results.source import clean_sources
 from pipelines.contract import PipelineResult
 from pipelines.findings import FindingContext, segment_findings_and_map
 from pipelines.spec import SeverityRules
@@ -247,3 +249,22 @@ def test_planar_groups_carry_cornerstones_encoding(tmp_path: Path, volumetric: b
         )
         assert outline.get_measurements()  # area and circularity, each tied to the outline
     assert f"{result.findings[0].tracking_id} box" in by_label
+
+
+@pytest.mark.parametrize("order", ["as found", "reversed"])
+def test_segment_n_is_exactly_the_nth_findings_component(order: str) -> None:
+    """Whatever order the findings come in (components 1..N in order take a faster path), the
+    SEG's segment N holds the pixels of the N-th finding's component and nothing else."""
+    sources = synthetic_ct_series(slices=4)
+    result = _result_with_components(sources, volumetric=True)
+    if order == "reversed":
+        result = replace(result, findings=result.findings[::-1])
+    built = build_segmentation(result, clean_sources(sources), SegOptions())
+    assert built is not None and result.segmentation is not None
+    finding_map = result.segmentation.finding_map
+    assert finding_map is not None
+    expected = np.zeros(finding_map.shape, np.uint16)
+    for number, finding in enumerate(result.findings, start=1):
+        expected[finding_map == finding.component] = number
+    np.testing.assert_array_equal(built.expected, expected)
+    assert built.finding_segments == {f.tracking_uid: n for n, f in enumerate(result.findings, 1)}
