@@ -126,23 +126,32 @@ class ModelGrid:
         """Source frames ``start:stop`` of :meth:`to_source` — (1, L, stop - start, rows, columns)
         — with only that slab at source resolution in memory.
 
-        The orientation only permutes and flips axes, so the slab is cut along the model grid axis
-        that holds the source frames (read from the two affines), resampled there
-        (:meth:`VolumeResampling.inverse_slab`), then permuted and flipped to storage order.
+        The orientation only permutes and flips axes, so the model-resolution maps are first put
+        back in storage order (frame, row, column; read from the two affines) and resampled there
+        (:meth:`VolumeResampling.inverse_slab`): the permutation and flips touch the model grid,
+        not the source-resolution slab (a flip of a 100 x 512² CT's probabilities cost more than
+        resampling them), and the slab comes out contiguous. Trilinear resampling with
+        ``align_corners=False`` is symmetric under a flip of both grids, so this is the same map
+        as resampling first, up to float rounding (~1e-7).
         """
         if self.orientation is None:
             return self.resampling.inverse_slab(maps, start, stop)
         assert self.affine is not None and self.source_affine is not None
         axes, flips = axis_map(self.source_affine, self.affine.numpy())
-        frame_axis = axes[2]  # view axes: 0 column, 1 row, 2 frame
-        length = self.resampling.source_shape[frame_axis]
-        if flips[2]:
-            start, stop = length - stop, length - start
-        slab = self.resampling.inverse_slab(maps, start, stop, axis=frame_axis)
-        # (1, L, o0, o1, o2) → (1, L, frame, row, column)
-        slab = slab.permute(0, 1, 2 + axes[2], 2 + axes[1], 2 + axes[0])
-        flipped = [d for d, view_axis in ((2, 2), (3, 1), (4, 0)) if flips[view_axis]]
-        return slab.flip(flipped) if flipped else slab
+        order = (axes[2], axes[1], axes[0])  # oriented grid axes of frame, row, column
+        flipped = [2 + axes[v] for v in range(3) if flips[v]]
+        if flipped:
+            maps = maps.flip(flipped)
+        stored = maps.permute(0, 1, *(2 + a for a in order))
+        resampling = self.resampling
+        in_storage = VolumeResampling(
+            source_shape=self.source_shape,
+            source_spacing=tuple(resampling.source_spacing[a] for a in order),  # type: ignore[arg-type]
+            target_spacing=None
+            if resampling.target_spacing is None
+            else tuple(resampling.target_spacing[a] for a in order),  # type: ignore[arg-type]
+        )
+        return in_storage.inverse_slab(stored, start, stop)
 
 
 def axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[bool]]:
@@ -182,11 +191,14 @@ def to_model_grid(
 
     # the labels of the RAS space the MetaTensor is in (MONAI's default, stated to pin it)
     orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
-    # a view in MONAI's (channel, column, row, frame) order: Orientation then permutes (and flips)
-    # it, so a volume already in the card's orientation is never copied in between
-    view = torch.from_numpy(images).permute(1, 3, 2, 0)
-    image = as_metatensor(view, affine_ras(series), series.series_instance_uid, True)
-    oriented: Any = orientation(image)  # a MetaTensor (typed as a plain Tensor by MONAI)
+    # MONAI's Orientation runs on a storage-less ("meta" device) tensor of the series' shape, in
+    # MONAI's (channel, column, row, frame) order: it records the oriented affine and the
+    # operation its inverse replays, without copying (and flipping) the source-resolution volume
+    source_affine = np.asarray(affine_ras(series), dtype=np.float64)
+    shell = torch.empty((images.shape[1], cols, rows, frames), device="meta")
+    oriented: Any = orientation(
+        as_metatensor(shell, source_affine, series.series_instance_uid, True)
+    )  # a MetaTensor (typed as a plain Tensor by MONAI)
     spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
     shape = tuple(int(n) for n in oriented.shape[1:])
     resampling = VolumeResampling(
@@ -201,7 +213,21 @@ def to_model_grid(
         affine=oriented.affine.clone(),
         meta=copy.copy(oriented.meta),
         applied_operations=copy.deepcopy(oriented.applied_operations),
-        source_affine=np.asarray(affine_ras(series), dtype=np.float64),
+        source_affine=source_affine,
     )
-    volume = resampling.forward(oriented.as_tensor().float().contiguous()[None])[0]
-    return volume, grid
+    # resampled in storage order, then permuted and flipped to the card's axes on the (smaller)
+    # model grid: the same volume as orienting first (resampling is symmetric under a flip of
+    # both grids; float rounding aside), without a flipped copy of the source volume
+    axes, flips = axis_map(source_affine, oriented.affine.numpy())
+    order = (axes[2], axes[1], axes[0])  # oriented grid axes of frame, row, column
+    in_storage = VolumeResampling(
+        source_shape=(frames, rows, cols),
+        source_spacing=tuple(float(spacing[a]) for a in order),  # type: ignore[arg-type]
+        target_spacing=None if pixdim is None else tuple(pixdim[a] for a in order),  # type: ignore[arg-type]
+    )
+    stored = torch.from_numpy(images).float().permute(1, 0, 2, 3)[None]  # (1, C, F, R, Cc)
+    volume = in_storage.forward(stored)[0]
+    # storage axis of each oriented axis: frame (0) on order[0], row (1) on order[1], ...
+    volume = volume.permute(0, *(1 + order.index(a) for a in range(3)))
+    flipped = [1 + axes[v] for v in range(3) if flips[v]]
+    return (volume.flip(flipped) if flipped else volume).contiguous(), grid
