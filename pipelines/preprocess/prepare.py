@@ -7,6 +7,7 @@ is checked, not assumed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,13 @@ from pipelines.preprocess.intensity import channels_image, normalise_channels
 from pipelines.preprocess.orientation import ModelGrid, model_grid, onto_model_grid
 from pipelines.spec import PreprocessingSpec
 from pipelines.stages import stage
+
+# a window runs on the voxels the down-sampling reads only when they are at most this fraction of
+# the volume: the cut (fancy indexing) and the gathered interpolation cost more per voxel than a
+# window and ``F.interpolate`` (100 x 512² CT at 0.625 mm, one core: at 5 mm 4 % of the voxels,
+# 0.011 s vs 0.017 s + the window; at 3 mm 18 %, 0.043 s vs 0.022 s + the window; at 1.5 mm 69 %,
+# 0.29 s vs 0.04 s + the window)
+READ_SUBSET_UP_TO = 0.1
 
 
 @dataclass
@@ -83,6 +91,11 @@ def prepare_3d(
     )
     pointwise = card_input.intensity.mode == "window" and not series.is_color
     read = grid.in_storage.read_indices() if pointwise else None
+    if (
+        read is not None
+        and math.prod(len(r) for r in read) > READ_SUBSET_UP_TO * series.values.size
+    ):
+        read = None  # cutting most of the volume out costs more than windowing all of it
     with stage("intensity"):
         images = channels_image(
             series if read is None else read_subset(series, read),

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from models.card import InputSpec
+from pipelines.preprocess import prepare
 from pipelines.preprocess.decode import DecodedSeries, FileWindow, decode_series
 from pipelines.preprocess.intensity import channels_image, normalise_channels
 from pipelines.preprocess.orientation import to_model_grid
 from pipelines.preprocess.prepare import prepare_3d
+from pipelines.preprocess.prepare import read_subset as prepare_read_subset
 from pipelines.spec import PreprocessingSpec
 from tests.pipelines.ct_series import write_ct_series
 
@@ -36,7 +38,7 @@ def _card(mode: str, axcodes: str) -> InputSpec:
             "dims": 3,
             "spatial_size": [16, 16, 16],
             "axcodes": axcodes,
-            "pixdim": [5.0, 4.0, 6.0],
+            "pixdim": [12.5, 10.0, 15.0],  # a few voxels in ten read along each axis
             "intensity": intensity,
         }
     )
@@ -46,9 +48,16 @@ def _card(mode: str, axcodes: str) -> InputSpec:
 @pytest.mark.parametrize("axcodes", ["RAS", "IPL"])
 @pytest.mark.parametrize("voi", ["model", "pipeline", "file", "monochrome1"])
 def test_windowed_input_is_the_whole_volume_windowed_then_resampled(
-    tmp_path: Path, layout: str, axcodes: str, voi: str
+    tmp_path: Path, layout: str, axcodes: str, voi: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     series = decode_series(write_ct_series(tmp_path, layout))
+    cut: list[tuple[np.ndarray, ...]] = []
+
+    def recorded(whole: DecodedSeries, read: tuple[np.ndarray, ...]) -> DecodedSeries:
+        cut.append(read)
+        return prepare_read_subset(whole, read)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prepare, "read_subset", recorded)
     preprocessing = PreprocessingSpec()
     if voi == "pipeline":
         preprocessing = PreprocessingSpec(voi="pipeline", window={"center": 60.0, "width": 300.0})
@@ -66,6 +75,7 @@ def test_windowed_input_is_the_whole_volume_windowed_then_resampled(
     # float32 interpolation weights computed two ways: ~1e-5 of the [0, 1] window (/ std)
     torch.testing.assert_close(prepared.volume, expected, atol=1e-4, rtol=0)
     assert float(prepared.volume.std()) > 0.1  # the anatomy is there, not a flat volume
+    assert len(cut) == 1 and np.prod([len(r) for r in cut[0]]) < 0.2 * series.values.size
 
 
 def test_percentiles_still_see_every_source_voxel(tmp_path: Path) -> None:
