@@ -106,6 +106,13 @@ class ModelGrid:
     # the series' own RAS affine, voxel (column, row, frame): with ``affine`` it says which model
     # grid axis holds the source frames (and rows, columns), and which way each runs
     source_affine: np.ndarray | None = None
+    # the same resampling in storage order (frame, row, column axes; ``resampling`` runs on the
+    # oriented axes): volumes are resampled in storage order and oriented on the model grid
+    storage: VolumeResampling | None = None
+
+    @property
+    def in_storage(self) -> VolumeResampling:
+        return self.storage if self.storage is not None else self.resampling
 
     def to_source(self, maps: torch.Tensor) -> torch.Tensor:
         """(1, L, *model grid) → (1, L, frames, rows, columns) on the source slices (trilinear)."""
@@ -126,23 +133,24 @@ class ModelGrid:
         """Source frames ``start:stop`` of :meth:`to_source` — (1, L, stop - start, rows, columns)
         — with only that slab at source resolution in memory.
 
-        The orientation only permutes and flips axes, so the slab is cut along the model grid axis
-        that holds the source frames (read from the two affines), resampled there
-        (:meth:`VolumeResampling.inverse_slab`), then permuted and flipped to storage order.
+        The orientation only permutes and flips axes, so the model-resolution maps are first put
+        back in storage order (frame, row, column; read from the two affines) and resampled there
+        (:meth:`VolumeResampling.inverse_slab`): the permutation and flips touch the model grid,
+        not the source-resolution slab (a flip of a 100 x 512² CT's probabilities cost more than
+        resampling them), and the slab comes out contiguous. Trilinear resampling with
+        ``align_corners=False`` is symmetric under a flip of both grids, so this is the same map
+        as resampling first, up to float rounding (~1e-7).
         """
         if self.orientation is None:
             return self.resampling.inverse_slab(maps, start, stop)
         assert self.affine is not None and self.source_affine is not None
         axes, flips = axis_map(self.source_affine, self.affine.numpy())
-        frame_axis = axes[2]  # view axes: 0 column, 1 row, 2 frame
-        length = self.resampling.source_shape[frame_axis]
-        if flips[2]:
-            start, stop = length - stop, length - start
-        slab = self.resampling.inverse_slab(maps, start, stop, axis=frame_axis)
-        # (1, L, o0, o1, o2) → (1, L, frame, row, column)
-        slab = slab.permute(0, 1, 2 + axes[2], 2 + axes[1], 2 + axes[0])
-        flipped = [d for d, view_axis in ((2, 2), (3, 1), (4, 0)) if flips[view_axis]]
-        return slab.flip(flipped) if flipped else slab
+        order = (axes[2], axes[1], axes[0])  # oriented grid axes of frame, row, column
+        flipped = [2 + axes[v] for v in range(3) if flips[v]]
+        if flipped:
+            maps = maps.flip(flipped)
+        stored = maps.permute(0, 1, *(2 + a for a in order))
+        return self.in_storage.inverse_slab(stored, start, stop)
 
 
 def axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[bool]]:
@@ -157,51 +165,102 @@ def axis_map(source: np.ndarray, oriented: np.ndarray) -> tuple[list[int], list[
     return axes, [bool(dots[i, axes[i]] < 0) for i in range(3)]
 
 
+def model_grid(
+    series: DecodedSeries,
+    axcodes: str | None,
+    pixdim: tuple[float, float, float] | None,
+) -> ModelGrid:
+    """The network's grid for ``series`` (``axcodes`` + ``pixdim``) and the way back.
+
+    MONAI's ``Orientation`` decides how the axes permute and flip to ``axcodes``; it runs on a
+    storage-less ("meta" device) tensor of the series' shape, in MONAI's (channel, column, row,
+    frame) order, so it records the oriented affine and the operation its inverse replays without
+    touching (or copying) a voxel. Without ``axcodes`` the grid is the storage order, not
+    resampled: a card that does not say how its network was trained gets what it always got.
+    """
+    frames, rows, cols = series.values.shape
+    if axcodes is None:
+        identity = VolumeResampling((frames, rows, cols), source_spacing(series), None)
+        return ModelGrid((frames, rows, cols), identity)
+    from monai.transforms import Orientation
+
+    # the labels of the RAS space the MetaTensor is in (MONAI's default, stated to pin it)
+    orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    source_affine = np.asarray(affine_ras(series), dtype=np.float64)
+    shell = torch.empty((1, cols, rows, frames), device="meta")
+    oriented: Any = orientation(
+        as_metatensor(shell, source_affine, series.series_instance_uid, True)
+    )  # a MetaTensor (typed as a plain Tensor by MONAI)
+    spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
+    shape = tuple(int(n) for n in oriented.shape[1:])
+    axes, _ = axis_map(source_affine, oriented.affine.numpy())
+    order = (axes[2], axes[1], axes[0])  # oriented grid axes of frame, row, column
+    return ModelGrid(
+        source_shape=(frames, rows, cols),
+        resampling=VolumeResampling(
+            source_shape=(shape[0], shape[1], shape[2]),
+            source_spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            target_spacing=pixdim,
+        ),
+        orientation=orientation,
+        affine=oriented.affine.clone(),
+        meta=copy.copy(oriented.meta),
+        applied_operations=copy.deepcopy(oriented.applied_operations),
+        source_affine=source_affine,
+        storage=VolumeResampling(
+            source_shape=(frames, rows, cols),
+            source_spacing=(
+                float(spacing[order[0]]),
+                float(spacing[order[1]]),
+                float(spacing[order[2]]),
+            ),
+            target_spacing=None
+            if pixdim is None
+            else (pixdim[order[0]], pixdim[order[1]], pixdim[order[2]]),
+        ),
+    )
+
+
+def onto_model_grid(
+    grid: ModelGrid,
+    images: np.ndarray,
+    read: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> torch.Tensor:
+    """(frames, C, rows, cols) images → (C, *model grid).
+
+    ``images`` may hold only the voxels the resampling reads (``read``:
+    :meth:`VolumeResampling.read_indices` of ``grid.in_storage``), so a window ran on those only.
+    The node's trilinear resampling — ``F.interpolate`` over the whole field of view, an order of
+    magnitude faster than MONAI's grid-sampling ``Spacing`` on a CT (3.3 s + 4.5 s vs
+    0.15 s + 0.6 s forward + back for 100 x 512² on one core), at a spacing within half a voxel's
+    worth of ``pixdim`` over the field of view — runs in storage order; the permutation and flips
+    to the card's axes then touch the (smaller) model grid: the same volume as orienting first
+    (resampling is symmetric under a flip of both grids; float rounding aside), without a
+    flipped copy of the source volume.
+    """
+    stored = torch.from_numpy(images).float().permute(1, 0, 2, 3)[None]  # (1, C, F, R, Cc)
+    resampling = grid.in_storage
+    volume = (
+        resampling.forward(stored) if read is None else resampling.forward_read(stored, read)
+    )[0]
+    if grid.orientation is None:
+        return volume.contiguous()
+    assert grid.affine is not None and grid.source_affine is not None
+    axes, flips = axis_map(grid.source_affine, grid.affine.numpy())
+    order = (axes[2], axes[1], axes[0])
+    # storage axis of each oriented axis: frame (0) on order[0], row (1) on order[1], ...
+    volume = volume.permute(0, *(1 + order.index(a) for a in range(3)))
+    flipped = [1 + axes[v] for v in range(3) if flips[v]]
+    return (volume.flip(flipped) if flipped else volume).contiguous()
+
+
 def to_model_grid(
     series: DecodedSeries,
     images: np.ndarray,
     axcodes: str | None,
     pixdim: tuple[float, float, float] | None,
 ) -> tuple[torch.Tensor, ModelGrid]:
-    """(frames, C, rows, cols) images of ``series`` → (C, *model grid) and the way back.
-
-    MONAI's ``Orientation`` permutes and flips the axes to ``axcodes`` (exact, no interpolation);
-    the node's trilinear :class:`VolumeResampling` then takes each axis to its ``pixdim`` —
-    ``F.interpolate`` over the whole field of view, an order of magnitude faster than MONAI's
-    grid-sampling ``Spacing`` on a CT (3.3 s + 4.5 s vs 0.15 s + 0.6 s forward + back for
-    100 x 512² on one core), at a spacing within half a voxel's worth of ``pixdim`` over the
-    field of view. Without ``axcodes`` the volume stays in storage order (frame, row, column),
-    not resampled: a card that does not say how its network was trained gets what it always got.
-    """
-    frames, rows, cols = series.values.shape
-    if axcodes is None:
-        volume = torch.from_numpy(np.ascontiguousarray(images.transpose(1, 0, 2, 3)))
-        identity = VolumeResampling((frames, rows, cols), source_spacing(series), None)
-        return volume, ModelGrid((frames, rows, cols), identity)
-    from monai.transforms import Orientation
-
-    # the labels of the RAS space the MetaTensor is in (MONAI's default, stated to pin it)
-    orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
-    # a view in MONAI's (channel, column, row, frame) order: Orientation then permutes (and flips)
-    # it, so a volume already in the card's orientation is never copied in between
-    view = torch.from_numpy(images).permute(1, 3, 2, 0)
-    image = as_metatensor(view, affine_ras(series), series.series_instance_uid, True)
-    oriented: Any = orientation(image)  # a MetaTensor (typed as a plain Tensor by MONAI)
-    spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
-    shape = tuple(int(n) for n in oriented.shape[1:])
-    resampling = VolumeResampling(
-        source_shape=(shape[0], shape[1], shape[2]),
-        source_spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        target_spacing=pixdim,
-    )
-    grid = ModelGrid(
-        source_shape=(frames, rows, cols),
-        resampling=resampling,
-        orientation=orientation,
-        affine=oriented.affine.clone(),
-        meta=copy.copy(oriented.meta),
-        applied_operations=copy.deepcopy(oriented.applied_operations),
-        source_affine=np.asarray(affine_ras(series), dtype=np.float64),
-    )
-    volume = resampling.forward(oriented.as_tensor().float().contiguous()[None])[0]
-    return volume, grid
+    """(frames, C, rows, cols) images of ``series`` → (C, *model grid) and the way back
+    (:func:`model_grid`, :func:`onto_model_grid`)."""
+    grid = model_grid(series, axcodes, pixdim)
+    return onto_model_grid(grid, images), grid

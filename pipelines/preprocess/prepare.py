@@ -7,7 +7,8 @@ is checked, not assumed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,16 @@ from pipelines.errors import PipelineInputError
 from pipelines.preprocess.decode import DecodedSeries
 from pipelines.preprocess.geometry import Letterbox
 from pipelines.preprocess.intensity import channels_image, normalise_channels
-from pipelines.preprocess.orientation import ModelGrid, to_model_grid
+from pipelines.preprocess.orientation import ModelGrid, model_grid, onto_model_grid
 from pipelines.spec import PreprocessingSpec
 from pipelines.stages import stage
+
+# a window runs on the voxels the down-sampling reads only when they are at most this fraction of
+# the volume: the cut (fancy indexing) and the gathered interpolation cost more per voxel than a
+# window and ``F.interpolate`` (100 x 512² CT at 0.625 mm, one core: at 5 mm 4 % of the voxels,
+# 0.011 s vs 0.017 s + the window; at 3 mm 18 %, 0.043 s vs 0.022 s + the window; at 1.5 mm 69 %,
+# 0.29 s vs 0.04 s + the window)
+READ_SUBSET_UP_TO = 0.1
 
 
 @dataclass
@@ -71,24 +79,54 @@ def prepare_3d(
     """The volume → (1, C, *grid) in the card's orientation at its spacing (when it names them).
 
     Intensity scaling runs on the source values (percentiles and z-scores see the acquired voxels,
-    not interpolated ones); the card's mean/std runs last, on the network's grid.
+    not interpolated ones); the card's mean/std runs last, on the network's grid. A window maps
+    each voxel on its own, so it runs only on the voxels the down-sampling reads
+    (:func:`read_subset`): the same values, for a fraction of the work.
     """
+    pixdim = card_input.pixdim
+    grid = model_grid(
+        series,
+        card_input.axcodes,
+        None if pixdim is None else (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])),
+    )
+    pointwise = card_input.intensity.mode == "window" and not series.is_color
+    read = grid.in_storage.read_indices() if pointwise else None
+    if (
+        read is not None
+        and math.prod(len(r) for r in read) > READ_SUBSET_UP_TO * series.values.size
+    ):
+        read = None  # cutting most of the volume out costs more than windowing all of it
     with stage("intensity"):
         images = channels_image(
-            series, card_input.intensity, preprocessing, int(card_input.channels), per_frame=False
+            series if read is None else read_subset(series, read),
+            card_input.intensity,
+            preprocessing,
+            int(card_input.channels),
+            per_frame=False,
         )
-    pixdim = card_input.pixdim
     with stage("resample"):
-        volume, grid = to_model_grid(
-            series,
-            images,
-            card_input.axcodes,
-            None if pixdim is None else (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])),
-        )
+        volume = onto_model_grid(grid, images, read)
         normalised = normalise_channels(
             volume[None].numpy(), card_input.intensity.mean, card_input.intensity.std
         )
     return Prepared3D(volume=torch.from_numpy(np.ascontiguousarray(normalised)), grid=grid)
+
+
+def read_subset(
+    series: DecodedSeries, read: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> DecodedSeries:
+    """``series`` cut to the (frame, row, column) indices ``read`` — what a window needs to see of
+    it: the values, the file windows and VOI LUT output of those frames (grey series only)."""
+    frames, rows, cols = read
+    cut = np.ix_(frames, rows, cols)
+    display = series.file_voi_display
+    return replace(
+        series,
+        values=series.values[cut],
+        file_windows=tuple(series.file_windows[i] for i in frames),
+        file_voi_display=None if display is None else display[cut],
+        source_frames=tuple(series.source_frames[i] for i in frames),
+    )
 
 
 class PreparedInputs:

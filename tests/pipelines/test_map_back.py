@@ -51,6 +51,53 @@ def test_3d_probabilities_counts_and_label_map_are_the_bare_models_on_the_source
     assert seg.member_pixel_counts[MODEL]["lesion"] == int(np.count_nonzero(passing))
 
 
+def _reference_on_source(model_registry: Any, study: StudyInput) -> np.ndarray:
+    """The lesion probability the way the node computed it before the model-grid shortcuts: the
+    window on every source voxel, MONAI's Orientation on the source volume, trilinear resampling,
+    the sliding window, and back by MONAI's recorded inverse and ``F.interpolate``."""
+    from monai.transforms import Orientation
+
+    from pipelines.preprocess.geometry import VolumeResampling
+    from pipelines.preprocess.intensity import channels_image, normalise_channels
+    from pipelines.preprocess.orientation import affine_ras, as_metatensor, model_grid
+
+    pipeline = Pipeline(config(3, {"segmentation": members((MODEL, 1.0))}, ["CT"]), model_registry)
+    decoded = pipeline.decode(study)
+    model = model_registry.get(MODEL, "cpu")
+    card = model.card.input
+    images = channels_image(decoded, card.intensity, PreprocessingSpec(), 1, per_frame=False)
+    orientation = Orientation(axcodes=card.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    view = torch.from_numpy(images).permute(1, 3, 2, 0)
+    oriented = orientation(as_metatensor(view, affine_ras(decoded), "s", True))
+    spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
+    shape = tuple(int(n) for n in oriented.shape[1:])
+    resampling = VolumeResampling(shape, tuple(float(s) for s in spacing), tuple(card.pixdim))  # type: ignore[arg-type]
+    volume = resampling.forward(oriented.as_tensor().float().contiguous()[None])
+    volume = torch.from_numpy(
+        normalise_channels(volume.numpy(), card.intensity.mean, card.intensity.std)
+    )
+    with torch.inference_mode():
+        out = sliding_window_inference(volume, tuple(card.spatial_size), 1, model.forward)
+    grid = model_grid(decoded, card.axcodes, tuple(card.pixdim))  # type: ignore[arg-type]
+    return grid.to_source(out[:, 1:].float())[0].numpy()
+
+
+def test_3d_label_map_and_counts_are_those_of_the_full_resolution_path(
+    model_registry: Any, ct_study: StudyInput
+) -> None:
+    """Windowing only the voxels the resampling reads, resampling before reorienting and
+    flipping on the model grid change float rounding only: the same voxels pass."""
+    cfg = config(3, {"segmentation": members((MODEL, 1.0))}, ["CT"])
+    seg = Pipeline(cfg, model_registry).run(ct_study).segmentation
+    assert seg is not None and seg.probabilities is not None
+    reference = _reference_on_source(model_registry, ct_study)
+    np.testing.assert_allclose(seg.probabilities, reference, atol=1e-4)
+    passing = reference[0] >= 0.5
+    assert passing.any() and not passing.all()
+    np.testing.assert_array_equal(seg.probabilities[0] >= 0.5, passing)
+    assert seg.member_pixel_counts[MODEL]["lesion"] == int(np.count_nonzero(passing))
+
+
 def test_stage_times_name_every_step_and_add_up_to_the_run(
     model_registry: Any, ct_study: StudyInput
 ) -> None:

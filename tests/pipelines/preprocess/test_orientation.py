@@ -89,3 +89,39 @@ def test_slabs_of_the_way_back_are_the_whole_way_back_cut(
     cuts = [0, 1, frames // 3, frames - 2, frames]
     slabs = [grid.to_source_slab(maps, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
     torch.testing.assert_close(torch.cat(slabs, dim=2), whole, atol=1e-5, rtol=0)
+
+
+def _oriented_then_resampled(
+    series: DecodedSeries, images: np.ndarray, axcodes: str, pixdim: tuple[float, float, float]
+) -> torch.Tensor:
+    """The model-grid volume as MONAI's Orientation on the source volume, then resampling, make
+    it: what :func:`to_model_grid` computes without flipping the source-resolution volume."""
+    from monai.transforms import Orientation
+
+    from pipelines.preprocess.geometry import VolumeResampling
+    from pipelines.preprocess.orientation import as_metatensor
+
+    orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    view = torch.from_numpy(images).permute(1, 3, 2, 0)
+    oriented = orientation(as_metatensor(view, affine_ras(series), "s", True))
+    spacing = np.linalg.norm(oriented.affine.numpy()[:3, :3], axis=0)
+    shape = tuple(int(n) for n in oriented.shape[1:])
+    resampling = VolumeResampling(shape, tuple(float(s) for s in spacing), pixdim)  # type: ignore[arg-type]
+    return resampling.forward(oriented.as_tensor().float().contiguous()[None])[0]
+
+
+@pytest.mark.parametrize("layout", ["axial-head-first", "axial-feet-first", "coronal", "sagittal"])
+@pytest.mark.parametrize("axcodes", ["RAS", "IPL", "PIR"])
+def test_resampling_before_reorienting_gives_the_oriented_resampled_volume(
+    tmp_path: Path, layout: str, axcodes: str
+) -> None:
+    series = decode_series(write_ct_series(tmp_path, layout))
+    images = _images(series)
+    pixdim = (5.0, 1.25, 6.0)
+    volume, grid = to_model_grid(series, images, axcodes, pixdim)
+    expected = _oriented_then_resampled(series, images, axcodes, pixdim)
+    assert volume.shape == expected.shape and volume.is_contiguous()
+    # HU values; PyTorch computes the interpolation weights in float32, so a flipped grid's
+    # weights agree to ~1e-6: a few thousandths of a HU apart, far below any window's resolution
+    torch.testing.assert_close(volume, expected, atol=1e-2, rtol=1e-4)
+    assert tuple(volume.shape[1:]) == grid.resampling.target_shape
