@@ -8,6 +8,8 @@ it is for MONOCHROME2 data. Colour sources give RGB, or luminance for one-channe
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -44,8 +46,78 @@ def simple_window(values: np.ndarray, center: float, width: float) -> np.ndarray
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
+COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many values are counted
+
+
+def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(values - min as int32, min) when every value is an integer and the range is modest.
+
+    Stored pixels are integers and CT's rescale (slope 1, integral intercept) keeps them so, which
+    makes order statistics a matter of counting. None for anything else (fractions, NaN, inf, huge
+    ranges, integers beyond float32's exact range): numpy's general path handles those.
+    """
+    if values.size == 0 or values.dtype.kind != "f":
+        return None
+    low, high = float(values.min()), float(values.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    if high - low >= COUNTED_SPAN or max(abs(low), abs(high)) >= 2**24:
+        return None
+    ints = values.astype(np.int32)
+    if not np.array_equal(ints.astype(values.dtype), values):
+        return None
+    ints -= int(low)
+    return ints, int(low)
+
+
+def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(values, q)`` (method "linear"), bit for bit, faster for integer images.
+
+    ``np.percentile`` partially sorts a copy (~3 ms a 512² slice: 0.25 s for a 100-slice CT
+    prepared slice-wise); for integer values the order statistics come from a histogram instead
+    (~0.5 ms a slice), and numpy's own interpolation turns them into percentiles.
+    """
+    counted = _integer_offsets(values)
+    if counted is None:
+        return np.asarray(np.percentile(values, q))
+    offsets, low = counted
+    below_or_at = np.cumsum(np.bincount(offsets.ravel()))
+
+    def order_statistics(ranks: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(below_or_at, ranks, side="right") + low).astype(values.dtype)
+
+    return _linear_quantiles(order_statistics, values.size, q)
+
+
+def _linear_quantiles(
+    order_statistics: Callable[[np.ndarray], np.ndarray], count: int, q: Sequence[float]
+) -> np.ndarray:
+    """numpy's "linear" quantile method (``numpy.lib._function_base_impl._quantile`` and
+    ``_lerp``, numpy 2), step for step, from the k-th smallest values (0-based ranks)."""
+    quantiles = np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    virtual = (count - 1) * quantiles
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= count - 1
+    previous[above] = -1
+    following[above] = -1
+    below = virtual < 0
+    previous[below] = 0
+    following[below] = 0
+    previous_index = previous.astype(np.intp)
+    following_index = following.astype(np.intp)
+    gamma = np.asarray(virtual - previous_index, dtype=virtual.dtype)
+    a = order_statistics(previous_index % count)
+    b = order_statistics(following_index % count)
+    diff_b_a = b - a
+    out = np.add(a, diff_b_a * gamma)
+    np.subtract(b, diff_b_a * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
+
+
 def percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    low, high = np.percentile(values, [lower, upper])
+    """[lower, upper] percentiles (:func:`percentiles`) → [0, 1]."""
+    low, high = percentiles(values, [lower, upper])
     if high <= low:
         return np.zeros_like(values, dtype=np.float32)
     out = values - low
@@ -96,7 +168,9 @@ def grey_image(
         )
     if out is None:
         if per_frame:
-            out = np.stack([_card_mapping(frame, intensity) for frame in values])
+            out = np.empty(values.shape, np.float32)
+            for index, frame in enumerate(values):
+                out[index] = _card_mapping(frame, intensity)
         else:
             out = _card_mapping(values, intensity)
     if series.photometric == "MONOCHROME1":

@@ -1,0 +1,69 @@
+"""Percentile scaling: the histogram path gives numpy's percentiles bit for bit, and is taken."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.preprocess import intensity
+from pipelines.preprocess.intensity import percentile_range, percentiles
+
+
+def _old_percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """The computation before the histogram path (np.percentile on every image)."""
+    low, high = np.percentile(values, [lower, upper])
+    if high <= low:
+        return np.zeros_like(values, dtype=np.float32)
+    out = values - low
+    out /= high - low
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def _images(rng: np.random.Generator) -> list[np.ndarray]:
+    ct = rng.integers(-1024, 3072, (64, 48)).astype(np.float32)  # slope 1, intercept -1024
+    return [
+        ct,
+        7.0 - 3.0 * rng.integers(0, 4096, (33, 17)).astype(np.float32),  # negative slope
+        rng.integers(0, 65536, (40, 40)).astype(np.float32),  # 16-bit CR
+        rng.integers(0, 3, (9, 11)).astype(np.float32),  # few distinct values
+        np.full((16, 16), -5.0, np.float32),  # constant slice
+        np.array([[42.0]], np.float32),  # one pixel
+        rng.normal(0.0, 100.0, (30, 30)).astype(np.float32),  # fractional: numpy's path
+        rng.integers(-100, 100, (20, 20)).astype(np.float64),  # float64 integers
+        np.where(rng.random((20, 20)) < 0.1, np.nan, ct[:20, :20]),  # NaN: numpy's path
+        np.array([[0.0, 2.0**25]], np.float32),  # beyond float32's exact integers
+    ]
+
+
+@pytest.mark.parametrize("q", [(0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (2.5, 97.5), (37.3, 61.9)])
+def test_percentiles_equal_numpy_bit_for_bit(q: tuple[float, float]) -> None:
+    rng = np.random.default_rng(21)
+    for image in _images(rng):
+        ours, theirs = percentiles(image, list(q)), np.percentile(image, list(q))
+        assert ours.dtype == theirs.dtype
+        np.testing.assert_array_equal(ours, theirs)
+        old, new = _old_percentile_range(image, *q), percentile_range(image, *q)
+        assert new.dtype == old.dtype == np.float32
+        np.testing.assert_array_equal(new, old)
+
+
+def test_percentiles_random_sizes_and_quantiles() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = int(rng.integers(1, 2000))
+        image = (rng.integers(-2000, 2000, size) * int(rng.choice([1, -1, 5]))).astype(np.float32)
+        q = [float(rng.uniform(0, 100)), float(rng.uniform(0, 100))]
+        np.testing.assert_array_equal(percentiles(image, q), np.percentile(image, q))
+
+
+def test_integer_images_are_counted_not_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CT and CR pixels (integers) never reach np.percentile's partial sort (~3 ms a slice)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("np.percentile called for an integer image")
+
+    ct = np.random.default_rng(1).integers(-1024, 3072, (4, 64, 64)).astype(np.float32)
+    expected = [_old_percentile_range(frame, 0.5, 99.5) for frame in ct]
+    monkeypatch.setattr(intensity.np, "percentile", refuse)
+    for frame, old in zip(ct, expected, strict=True):
+        np.testing.assert_array_equal(percentile_range(frame, 0.5, 99.5), old)
