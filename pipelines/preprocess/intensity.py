@@ -199,4 +199,6 @@ def normalise_channels(batch: np.ndarray, mean: list[float], std: list[float]) -
     m = np.asarray(mean if len(mean) == channels else mean[:1] * channels, dtype=np.float32)
     s = np.asarray(std if len(std) == channels else std[:1] * channels, dtype=np.float32)
     shape = (1, channels) + (1,) * (batch.ndim - 2)
-    return (batch - m.reshape(shape)) / s.reshape(shape)
+    out = batch - m.reshape(shape)  # the one new array; the division in place (same arithmetic)
+    out /= s.reshape(shape)
+    return out
