@@ -52,11 +52,11 @@ COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many value
 def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
     """(values - min as int32, min) when every value is an integer and the range is modest.
 
-    Stored pixels are integers and CT's rescale (slope 1, integral intercept) keeps them so, which
+    Stored pixels (integer arrays: the display path's frames without a rescale) are integers and CT's rescale (slope 1, integral intercept) keeps them so, which
     makes order statistics a matter of counting. None for anything else (fractions, NaN, inf, huge
     ranges, integers beyond float32's exact range): numpy's general path handles those.
     """
-    if values.size == 0 or values.dtype.kind != "f":
+    if values.size == 0 or values.dtype.kind not in "fiu":
         return None
     low, high = float(values.min()), float(values.max())
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -64,7 +64,7 @@ def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
     if high - low >= COUNTED_SPAN or max(abs(low), abs(high)) >= 2**24:
         return None
     ints = values.astype(np.int32)
-    if not np.array_equal(ints.astype(values.dtype), values):
+    if values.dtype.kind == "f" and not np.array_equal(ints.astype(values.dtype), values):
         return None
     ints -= int(low)
     return ints, int(low)

@@ -32,6 +32,8 @@ def _images(rng: np.random.Generator) -> list[np.ndarray]:
         rng.integers(-100, 100, (20, 20)).astype(np.float64),  # float64 integers
         np.where(rng.random((20, 20)) < 0.1, np.nan, ct[:20, :20]),  # NaN: numpy's path
         np.array([[0.0, 2.0**25]], np.float32),  # beyond float32's exact integers
+        rng.integers(0, 4096, (25, 31)).astype(np.uint16),  # stored pixels (display path)
+        rng.integers(-2000, 2000, (25, 31)).astype(np.int16),
     ]
 
 
