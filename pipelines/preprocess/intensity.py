@@ -38,12 +38,24 @@ def dicom_linear_window(values: np.ndarray, center: float, width: float) -> np.n
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def simple_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """center ± width/2 → [0, 1], the convention of model cards and training code."""
+def simple_window(
+    values: np.ndarray, center: float, width: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """center ± width/2 → [0, 1], the convention of model cards and training code.
+
+    ``out``: a float32 array to write the result to (a frame of the stacked result)."""
     low = center - width / 2.0
-    out = values - low  # the one new array; the rest in place (same arithmetic)
-    out /= width
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    scaled = values - low  # the one new array; the rest in place (same arithmetic)
+    scaled /= width
+    return _clipped(scaled, out)
+
+
+def _clipped(scaled: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``scaled`` clipped to [0, 1] as float32, into ``out`` when given: the clip writes there
+    and casts on the way (the values of clipping, then casting, without the second pass)."""
+    if out is None:
+        return np.clip(scaled, 0.0, 1.0, out=scaled).astype(np.float32, copy=False)
+    return np.clip(scaled, 0.0, 1.0, out=out, casting="unsafe")
 
 
 COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many values are counted
@@ -115,14 +127,20 @@ def _linear_quantiles(
     return out
 
 
-def percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """[lower, upper] percentiles (:func:`percentiles`) → [0, 1]."""
+def percentile_range(
+    values: np.ndarray, lower: float, upper: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """[lower, upper] percentiles (:func:`percentiles`) → [0, 1] (``out``: as
+    :func:`simple_window`)."""
     low, high = percentiles(values, [lower, upper])
     if high <= low:
-        return np.zeros_like(values, dtype=np.float32)
-    out = values - low
-    out /= high - low
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+        if out is None:
+            return np.zeros_like(values, dtype=np.float32)
+        out[...] = 0.0
+        return out
+    scaled = values - low
+    scaled /= high - low
+    return _clipped(scaled, out)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
@@ -130,13 +148,19 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return ((values - float(values.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def _card_mapping(values: np.ndarray, intensity: IntensityLike) -> np.ndarray:
+def _card_mapping(
+    values: np.ndarray, intensity: IntensityLike, out: np.ndarray | None = None
+) -> np.ndarray:
     if intensity.mode == "window":
         assert intensity.center is not None and intensity.width is not None
-        return simple_window(values, intensity.center, intensity.width)
+        return simple_window(values, intensity.center, intensity.width, out)
     if intensity.mode == "zscore":
-        return zscore(values)
-    return percentile_range(values, intensity.lower_percentile, intensity.upper_percentile)
+        scores = zscore(values)
+        if out is None:
+            return scores
+        out[...] = scores
+        return out
+    return percentile_range(values, intensity.lower_percentile, intensity.upper_percentile, out)
 
 
 def grey_image(
@@ -170,7 +194,7 @@ def grey_image(
         if per_frame:
             out = np.empty(values.shape, np.float32)
             for index, frame in enumerate(values):
-                out[index] = _card_mapping(frame, intensity)
+                _card_mapping(frame, intensity, out[index])
         else:
             out = _card_mapping(values, intensity)
     if series.photometric == "MONOCHROME1":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
 
 from pipelines.preprocess import intensity
 from pipelines.preprocess.intensity import percentile_range, percentiles
+from pipelines.spec import PreprocessingSpec
 
 
 def _old_percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
@@ -69,3 +73,44 @@ def test_integer_images_are_counted_not_sorted(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(intensity.np, "percentile", refuse)
     for frame, old in zip(ct, expected, strict=True):
         np.testing.assert_array_equal(percentile_range(frame, 0.5, 99.5), old)
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        SimpleNamespace(mode="percentile", lower_percentile=0.5, upper_percentile=99.5),
+        SimpleNamespace(mode="percentile", lower_percentile=0.0, upper_percentile=100.0),
+        SimpleNamespace(mode="window", center=40.0, width=400.0),
+        SimpleNamespace(mode="zscore"),
+    ],
+)
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_per_frame_images_equal_the_old_stacking(card: Any, photometric: str) -> None:
+    """Each frame written straight into the stacked result: the values of the old
+    ``np.stack`` of per-frame results (constant frames included)."""
+    rng = np.random.default_rng(5)
+    values = rng.integers(-1024, 3072, (4, 40, 30)).astype(np.float32)
+    values[2] = 7.0  # a constant frame
+    values[3] += rng.random((40, 30), dtype=np.float32)  # fractional: numpy's percentiles
+    series = SimpleNamespace(
+        values=values, is_color=False, photometric=photometric, file_voi_display=None
+    )
+    if card.mode == "window":
+        old = np.stack([_old_window(frame, card.center, card.width) for frame in values])
+    elif card.mode == "zscore":
+        old = np.stack([intensity.zscore(frame) for frame in values])
+    else:
+        lower, upper = card.lower_percentile, card.upper_percentile
+        old = np.stack([_old_percentile_range(frame, lower, upper) for frame in values])
+    if photometric == "MONOCHROME1":
+        old = -old if card.mode == "zscore" else 1.0 - old
+    new = intensity.grey_image(series, card, PreprocessingSpec(), per_frame=True)  # type: ignore[arg-type]
+    assert new.dtype == np.float32
+    np.testing.assert_array_equal(new, old.astype(np.float32))
+
+
+def _old_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    low = center - width / 2.0
+    out = values - low
+    out /= width
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
