@@ -59,6 +59,7 @@ def _clipped(scaled: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many values are counted
+_CHECK_CHUNK = 1 << 22  # values compared at a time when checking that they are integers
 
 
 def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -76,8 +77,12 @@ def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
     if high - low >= COUNTED_SPAN or max(abs(low), abs(high)) >= 2**24:
         return None
     ints = values.astype(np.int32)
-    if values.dtype.kind == "f" and not np.array_equal(ints.astype(values.dtype), values):
-        return None
+    if values.dtype.kind == "f":  # in chunks: no second volume-sized temporary
+        flat, flat_ints = values.reshape(-1), ints.reshape(-1)
+        for start in range(0, flat.size, _CHECK_CHUNK):
+            chunk = slice(start, start + _CHECK_CHUNK)
+            if not np.array_equal(flat_ints[chunk].astype(values.dtype), flat[chunk]):
+                return None
     ints -= int(low)
     return ints, int(low)
 

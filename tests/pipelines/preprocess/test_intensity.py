@@ -114,3 +114,15 @@ def _old_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     out = values - low
     out /= width
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def test_one_fraction_anywhere_takes_numpys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integer check runs in chunks; a fraction in the last one still counts."""
+    monkeypatch.setattr(intensity, "_CHECK_CHUNK", 64)
+    volume = np.random.default_rng(2).integers(-1024, 3072, (3, 20, 20)).astype(np.float32)
+    volume[-1, -1, -1] = 0.5
+    q = [0.5, 99.5]
+    np.testing.assert_array_equal(percentiles(volume, q), np.percentile(volume, q))
+    assert intensity._integer_offsets(volume) is None
+    volume[-1, -1, -1] = 1.0
+    assert intensity._integer_offsets(volume) is not None
