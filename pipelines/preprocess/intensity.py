@@ -44,30 +44,43 @@ def simple_window(
     """center ± width/2 → [0, 1], the convention of model cards and training code.
 
     ``out``: a float32 array to write the result to (a frame of the stacked result)."""
-    low = center - width / 2.0
-    scaled = values - low  # the one new array; the rest in place (same arithmetic)
-    scaled /= width
-    return _clipped(scaled, out)
+    return _unit_scaled(values, center - width / 2.0, width, out)
 
 
-def _clipped(scaled: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """``scaled`` clipped to [0, 1] as float32, into ``out`` when given: the clip writes there
-    and casts on the way (the values of clipping, then casting, without the second pass)."""
+def _unit_scaled(
+    values: np.ndarray, low: float, scale: float, out: np.ndarray | None
+) -> np.ndarray:
+    """``(values - low) / scale`` clipped to [0, 1] as float32, into ``out`` when given.
+
+    A volume goes a frame at a time (the arithmetic stays in cache instead of three passes over
+    a volume-sized temporary); the clip writes into the float32 result and casts on the way.
+    Element by element the arithmetic is the one of the whole array at once (same operands,
+    same types), so the values are too.
+    """
     if out is None:
-        return np.clip(scaled, 0.0, 1.0, out=scaled).astype(np.float32, copy=False)
+        out = np.empty(values.shape, np.float32)
+    if values.ndim == 3:
+        for frame, frame_out in zip(values, out, strict=True):
+            _unit_scaled(frame, low, scale, frame_out)
+        return out
+    scaled = values - low  # the one new array; the rest in place
+    scaled /= scale
     return np.clip(scaled, 0.0, 1.0, out=out, casting="unsafe")
 
 
 COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many values are counted
-_CHECK_CHUNK = 1 << 22  # values compared at a time when checking that they are integers
+_CHUNK = 1 << 18  # values converted, checked and counted at a time (a 512² slice)
 
 
-def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """(values - min as int32, min) when every value is an integer and the range is modest.
+def _integer_histogram(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(counts of min, min + 1, ..., max; min) when every value is an integer and the range is
+    modest.
 
-    Stored pixels (integer arrays: the display path's frames without a rescale) are integers and CT's rescale (slope 1, integral intercept) keeps them so, which
-    makes order statistics a matter of counting. None for anything else (fractions, NaN, inf, huge
-    ranges, integers beyond float32's exact range): numpy's general path handles those.
+    Stored pixels (integer arrays: the display path's frames without a rescale) are integers and
+    CT's rescale (slope 1, integral intercept) keeps them so, which makes order statistics a
+    matter of counting. Counted a chunk at a time (cache-sized, no volume-sized copy). None for
+    anything else (fractions, NaN, inf, huge ranges, integers beyond float32's exact range):
+    numpy's general path handles those.
     """
     if values.size == 0 or values.dtype.kind not in "fiu":
         return None
@@ -76,15 +89,16 @@ def _integer_offsets(values: np.ndarray) -> tuple[np.ndarray, int] | None:
         return None
     if high - low >= COUNTED_SPAN or max(abs(low), abs(high)) >= 2**24:
         return None
-    ints = values.astype(np.int32)
-    if values.dtype.kind == "f":  # in chunks: no second volume-sized temporary
-        flat, flat_ints = values.reshape(-1), ints.reshape(-1)
-        for start in range(0, flat.size, _CHECK_CHUNK):
-            chunk = slice(start, start + _CHECK_CHUNK)
-            if not np.array_equal(flat_ints[chunk].astype(values.dtype), flat[chunk]):
-                return None
-    ints -= int(low)
-    return ints, int(low)
+    flat = values.reshape(-1)
+    counts = np.zeros(int(high) - int(low) + 1, np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        ints = chunk.astype(np.int32)
+        if values.dtype.kind == "f" and not np.array_equal(ints.astype(values.dtype), chunk):
+            return None
+        ints -= int(low)
+        counts += np.bincount(ints, minlength=counts.size)
+    return counts, int(low)
 
 
 def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
@@ -94,11 +108,11 @@ def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
     prepared slice-wise); for integer values the order statistics come from a histogram instead
     (~0.5 ms a slice), and numpy's own interpolation turns them into percentiles.
     """
-    counted = _integer_offsets(values)
+    counted = _integer_histogram(values)
     if counted is None:
         return np.asarray(np.percentile(values, q))
-    offsets, low = counted
-    below_or_at = np.cumsum(np.bincount(offsets.ravel()))
+    counts, low = counted
+    below_or_at = np.cumsum(counts)
 
     def order_statistics(ranks: np.ndarray) -> np.ndarray:
         return (np.searchsorted(below_or_at, ranks, side="right") + low).astype(values.dtype)
@@ -143,9 +157,7 @@ def percentile_range(
             return np.zeros_like(values, dtype=np.float32)
         out[...] = 0.0
         return out
-    scaled = values - low
-    scaled /= high - low
-    return _clipped(scaled, out)
+    return _unit_scaled(values, low, high - low, out)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

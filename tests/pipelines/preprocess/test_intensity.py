@@ -117,12 +117,35 @@ def _old_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def test_one_fraction_anywhere_takes_numpys_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The integer check runs in chunks; a fraction in the last one still counts."""
-    monkeypatch.setattr(intensity, "_CHECK_CHUNK", 64)
+    """Values are checked and counted in chunks; a fraction in the last one still counts."""
+    monkeypatch.setattr(intensity, "_CHUNK", 64)
     volume = np.random.default_rng(2).integers(-1024, 3072, (3, 20, 20)).astype(np.float32)
     volume[-1, -1, -1] = 0.5
     q = [0.5, 99.5]
     np.testing.assert_array_equal(percentiles(volume, q), np.percentile(volume, q))
-    assert intensity._integer_offsets(volume) is None
+    assert intensity._integer_histogram(volume) is None
     volume[-1, -1, -1] = 1.0
-    assert intensity._integer_offsets(volume) is not None
+    assert intensity._integer_histogram(volume) is not None
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        SimpleNamespace(mode="percentile", lower_percentile=0.5, upper_percentile=99.5),
+        SimpleNamespace(mode="window", center=40.0, width=400.0),
+    ],
+)
+def test_volume_scaled_frame_by_frame_equals_the_whole_array_at_once(card: Any) -> None:
+    """3D inputs: statistics over the volume, the arithmetic a frame at a time, same values."""
+    values = np.random.default_rng(6).integers(-1024, 3072, (5, 24, 32)).astype(np.float32)
+    values[4] += 0.25  # fractional voxels: numpy's percentiles
+    series = SimpleNamespace(
+        values=values, is_color=False, photometric="MONOCHROME2", file_voi_display=None
+    )
+    if card.mode == "window":
+        old = _old_window(values, card.center, card.width)
+    else:
+        old = _old_percentile_range(values, card.lower_percentile, card.upper_percentile)
+    new = intensity.grey_image(series, card, PreprocessingSpec(), per_frame=False)  # type: ignore[arg-type]
+    assert new.dtype == np.float32
+    np.testing.assert_array_equal(new, old)
