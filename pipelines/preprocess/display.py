@@ -29,6 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from pipelines.preprocess.frame_luts import frame_lut_view
+from pipelines.preprocess.intensity import percentiles
 from pipelines.preprocess.jpeg_repair import register as register_jpeg_repair
 
 register_jpeg_repair()  # sequential JPEG with malformed scan headers (see the module)
@@ -145,7 +146,7 @@ def _voi_output_range(view: Dataset) -> tuple[float, float]:
 def _auto_window(values: np.ndarray) -> tuple[np.ndarray, Window]:
     if not values.size:
         return np.zeros(values.shape), Window(0.0, 1.0)
-    low, high = (float(v) for v in np.percentile(values, AUTO_WINDOW_PERCENTILES))
+    low, high = (float(v) for v in percentiles(values, AUTO_WINDOW_PERCENTILES))
     unit = np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
     return unit, Window((low + high) / 2.0, max(high - low, 1.0))
 

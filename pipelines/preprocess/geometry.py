@@ -104,6 +104,8 @@ class Letterbox:
         if (rh, rw) != tuple(images.shape[-2:]):
             kwargs = {"align_corners": False} if mode == "bilinear" else {}
             images = F.interpolate(images, size=(rh, rw), mode=mode, **kwargs)
+        if (rh, rw) == (th, tw):  # nothing to pad (a square image for a square model)
+            return images
         return F.pad(images, (left, tw - rw - left, top, th - rh - top))
 
     def inverse(self, maps: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

@@ -8,6 +8,8 @@ it is for MONOCHROME2 data. Colour sources give RGB, or luminance for one-channe
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -36,21 +38,126 @@ def dicom_linear_window(values: np.ndarray, center: float, width: float) -> np.n
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def simple_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """center ± width/2 → [0, 1], the convention of model cards and training code."""
-    low = center - width / 2.0
-    out = values - low  # the one new array; the rest in place (same arithmetic)
-    out /= width
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+def simple_window(
+    values: np.ndarray, center: float, width: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """center ± width/2 → [0, 1], the convention of model cards and training code.
+
+    ``out``: a float32 array to write the result to (a frame of the stacked result)."""
+    return _unit_scaled(values, center - width / 2.0, width, out)
 
 
-def percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    low, high = np.percentile(values, [lower, upper])
+def _unit_scaled(
+    values: np.ndarray, low: float, scale: float, out: np.ndarray | None
+) -> np.ndarray:
+    """``(values - low) / scale`` clipped to [0, 1] as float32, into ``out`` when given.
+
+    A volume goes a frame at a time (the arithmetic stays in cache instead of three passes over
+    a volume-sized temporary); the clip writes into the float32 result and casts on the way.
+    Element by element the arithmetic is the one of the whole array at once (same operands,
+    same types), so the values are too.
+    """
+    if out is None:
+        out = np.empty(values.shape, np.float32)
+    if values.ndim == 3:
+        for frame, frame_out in zip(values, out, strict=True):
+            _unit_scaled(frame, low, scale, frame_out)
+        return out
+    scaled = values - low  # the one new array; the rest in place
+    scaled /= scale
+    return np.clip(scaled, 0.0, 1.0, out=out, casting="unsafe")
+
+
+COUNTED_SPAN = 1 << 20  # integer-valued images spanning at most this many values are counted
+_CHUNK = 1 << 18  # values converted, checked and counted at a time (a 512² slice)
+
+
+def _integer_histogram(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(counts of min, min + 1, ..., max; min) when every value is an integer and the range is
+    modest.
+
+    Stored pixels (integer arrays: the display path's frames without a rescale) are integers and
+    CT's rescale (slope 1, integral intercept) keeps them so, which makes order statistics a
+    matter of counting. Counted a chunk at a time (cache-sized, no volume-sized copy). None for
+    anything else (fractions, NaN, inf, huge ranges, integers beyond float32's exact range):
+    numpy's general path handles those.
+    """
+    if values.size == 0 or values.dtype.kind not in "fiu":
+        return None
+    low, high = float(values.min()), float(values.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    if high - low >= COUNTED_SPAN or max(abs(low), abs(high)) >= 2**24:
+        return None
+    flat = values.reshape(-1)
+    counts = np.zeros(int(high) - int(low) + 1, np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        ints = chunk.astype(np.int32)
+        if values.dtype.kind == "f" and not np.array_equal(ints.astype(values.dtype), chunk):
+            return None
+        ints -= int(low)
+        counts += np.bincount(ints, minlength=counts.size)
+    return counts, int(low)
+
+
+def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(values, q)`` (method "linear"), bit for bit, faster for integer images.
+
+    ``np.percentile`` partially sorts a copy (~3 ms a 512² slice: 0.25 s for a 100-slice CT
+    prepared slice-wise); for integer values the order statistics come from a histogram instead
+    (~0.5 ms a slice), and numpy's own interpolation turns them into percentiles.
+    """
+    counted = _integer_histogram(values)
+    if counted is None:
+        return np.asarray(np.percentile(values, q))
+    counts, low = counted
+    below_or_at = np.cumsum(counts)
+
+    def order_statistics(ranks: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(below_or_at, ranks, side="right") + low).astype(values.dtype)
+
+    return _linear_quantiles(order_statistics, values.size, q)
+
+
+def _linear_quantiles(
+    order_statistics: Callable[[np.ndarray], np.ndarray], count: int, q: Sequence[float]
+) -> np.ndarray:
+    """numpy's "linear" quantile method (``numpy.lib._function_base_impl._quantile`` and
+    ``_lerp``, numpy 2), step for step, from the k-th smallest values (0-based ranks)."""
+    quantiles = np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    virtual = (count - 1) * quantiles
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= count - 1
+    previous[above] = -1
+    following[above] = -1
+    below = virtual < 0
+    previous[below] = 0
+    following[below] = 0
+    previous_index = previous.astype(np.intp)
+    following_index = following.astype(np.intp)
+    gamma = np.asarray(virtual - previous_index, dtype=virtual.dtype)
+    a = order_statistics(previous_index % count)
+    b = order_statistics(following_index % count)
+    diff_b_a = b - a
+    out = np.add(a, diff_b_a * gamma)
+    np.subtract(b, diff_b_a * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
+
+
+def percentile_range(
+    values: np.ndarray, lower: float, upper: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """[lower, upper] percentiles (:func:`percentiles`) → [0, 1] (``out``: as
+    :func:`simple_window`)."""
+    low, high = percentiles(values, [lower, upper])
     if high <= low:
-        return np.zeros_like(values, dtype=np.float32)
-    out = values - low
-    out /= high - low
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+        if out is None:
+            return np.zeros_like(values, dtype=np.float32)
+        out[...] = 0.0
+        return out
+    return _unit_scaled(values, low, high - low, out)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
@@ -58,13 +165,19 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return ((values - float(values.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def _card_mapping(values: np.ndarray, intensity: IntensityLike) -> np.ndarray:
+def _card_mapping(
+    values: np.ndarray, intensity: IntensityLike, out: np.ndarray | None = None
+) -> np.ndarray:
     if intensity.mode == "window":
         assert intensity.center is not None and intensity.width is not None
-        return simple_window(values, intensity.center, intensity.width)
+        return simple_window(values, intensity.center, intensity.width, out)
     if intensity.mode == "zscore":
-        return zscore(values)
-    return percentile_range(values, intensity.lower_percentile, intensity.upper_percentile)
+        scores = zscore(values)
+        if out is None:
+            return scores
+        out[...] = scores
+        return out
+    return percentile_range(values, intensity.lower_percentile, intensity.upper_percentile, out)
 
 
 def grey_image(
@@ -96,7 +209,9 @@ def grey_image(
         )
     if out is None:
         if per_frame:
-            out = np.stack([_card_mapping(frame, intensity) for frame in values])
+            out = np.empty(values.shape, np.float32)
+            for index, frame in enumerate(values):
+                _card_mapping(frame, intensity, out[index])
         else:
             out = _card_mapping(values, intensity)
     if series.photometric == "MONOCHROME1":
@@ -125,4 +240,6 @@ def normalise_channels(batch: np.ndarray, mean: list[float], std: list[float]) -
     m = np.asarray(mean if len(mean) == channels else mean[:1] * channels, dtype=np.float32)
     s = np.asarray(std if len(std) == channels else std[:1] * channels, dtype=np.float32)
     shape = (1, channels) + (1,) * (batch.ndim - 2)
-    return (batch - m.reshape(shape)) / s.reshape(shape)
+    out = batch - m.reshape(shape)  # the one new array; the division in place (same arithmetic)
+    out /= s.reshape(shape)
+    return out

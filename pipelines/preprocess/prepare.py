@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,15 @@ class Prepared2D:
     """Every frame letterboxed to the model size: a batch and its way back."""
 
     batch: torch.Tensor  # (frames, C, H, W) normalised (card mean/std)
-    unit_images: np.ndarray  # (frames, H, W) or (frames, H, W, 3) in [0, 1], for detectors
+    unit: np.ndarray  # (frames, C, H, W) before the card's mean/std
     letterbox: Letterbox
+
+    @cached_property
+    def unit_images(self) -> np.ndarray:
+        """(frames, H, W) or (frames, H, W, 3) in [0, 1], for detectors: made when one asks
+        (a copy of every frame that segmentation and classification never read)."""
+        unit = self.unit[:, 0] if self.unit.shape[1] == 1 else self.unit.transpose(0, 2, 3, 1)
+        return np.clip(unit, 0.0, 1.0)
 
 
 @dataclass
@@ -60,16 +68,10 @@ def prepare_2d(
         )
     with stage("resample"):
         letterbox = Letterbox(series.shape, (size[0], size[1]))
-        unit = letterbox.forward(torch.from_numpy(images))
-        unit_np = unit.numpy()
-        unit_images = unit_np[:, 0] if unit_np.shape[1] == 1 else unit_np.transpose(0, 2, 3, 1)
-        normalised = normalise_channels(
-            unit_np, card_input.intensity.mean, card_input.intensity.std
-        )
+        unit = letterbox.forward(torch.from_numpy(images)).numpy()
+        normalised = normalise_channels(unit, card_input.intensity.mean, card_input.intensity.std)
     return Prepared2D(
-        batch=torch.from_numpy(np.ascontiguousarray(normalised)),
-        unit_images=np.clip(unit_images, 0.0, 1.0),
-        letterbox=letterbox,
+        batch=torch.from_numpy(np.ascontiguousarray(normalised)), unit=unit, letterbox=letterbox
     )
 
 

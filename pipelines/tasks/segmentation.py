@@ -119,6 +119,9 @@ def member_probabilities(
             _check_channels(member, probs.shape[1])
             with stage("map back"):
                 source = prepared.letterbox.inverse(probs[:, 1:]).numpy()  # (b, L, rows, cols)
+                if out is None and source.shape[0] == frames:  # one batch: no second copy
+                    out = np.ascontiguousarray(source.transpose(1, 0, 2, 3), dtype=np.float32)
+                    continue
                 if out is None:
                     out = np.empty((source.shape[1], frames, rows, cols), dtype=np.float32)
                 out[:, start : start + source.shape[0]] = source.transpose(1, 0, 2, 3)
