@@ -29,8 +29,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from pipelines.preprocess.frame_luts import frame_lut_view
-from pipelines.preprocess.intensity import percentiles
 from pipelines.preprocess.jpeg_repair import register as register_jpeg_repair
+from pipelines.preprocess.percentiles import percentiles
 
 register_jpeg_repair()  # sequential JPEG with malformed scan headers (see the module)
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines.preprocess import intensity
+from pipelines.preprocess import percentiles as percentiles_module
 from pipelines.preprocess.intensity import percentile_range, percentiles
 from pipelines.spec import PreprocessingSpec
 
@@ -118,14 +119,14 @@ def _old_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
 
 def test_one_fraction_anywhere_takes_numpys_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Values are checked and counted in chunks; a fraction in the last one still counts."""
-    monkeypatch.setattr(intensity, "_CHUNK", 64)
+    monkeypatch.setattr(percentiles_module, "_CHUNK", 64)
     volume = np.random.default_rng(2).integers(-1024, 3072, (3, 20, 20)).astype(np.float32)
     volume[-1, -1, -1] = 0.5
     q = [0.5, 99.5]
     np.testing.assert_array_equal(percentiles(volume, q), np.percentile(volume, q))
-    assert intensity._integer_histogram(volume) is None
+    assert percentiles_module._integer_histogram(volume) is None
     volume[-1, -1, -1] = 1.0
-    assert intensity._integer_histogram(volume) is not None
+    assert percentiles_module._integer_histogram(volume) is not None
 
 
 @pytest.mark.parametrize(
