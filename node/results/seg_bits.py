@@ -72,6 +72,8 @@ def binary_label_maps(dataset: Dataset, frames: Sequence[SourceFrameKey]) -> np.
         return None
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     items = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    if not _pixel_measures_complete(dataset, items):
+        return None
     count = int(dataset.get("NumberOfFrames", 1) or 1)
     position = {key: index for index, key in enumerate(frames)}
     placed: list[tuple[int, int]] = []  # (source frame index, segment number) per SEG frame
@@ -92,3 +94,18 @@ def binary_label_maps(dataset: Dataset, frames: Sequence[SourceFrameKey]) -> np.
     for frame, (index, number) in enumerate(placed):
         np.maximum(out[index], bits[frame] * out.dtype.type(number), out=out[index])
     return out
+
+
+def _pixel_measures_complete(dataset: Dataset, items: Sequence[Dataset]) -> bool:
+    """Whether every Pixel Measures item carries SliceThickness and PixelSpacing.
+
+    highdicom's ``segread`` refuses a SEG whose Pixel Measures lacks SliceThickness (made from a
+    CT without it, e.g. pydicom's ``explicit_VR-UN.dcm``), and so did this gate before it read
+    the bits itself; such a SEG goes to highdicom, which refuses it as before
+    (``tests/node/results/test_conformance_sweep.py``)."""
+    groups = [*(dataset.get("SharedFunctionalGroupsSequence") or []), *items]
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence") or []:
+            if "SliceThickness" not in measures or "PixelSpacing" not in measures:
+                return False
+    return True
