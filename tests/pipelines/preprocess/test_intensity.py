@@ -1,4 +1,4 @@
-"""Percentile scaling: the histogram path gives numpy's percentiles bit for bit, and is taken."""
+"""Intensity scaling for models: percentile range, window and z-score, frame by frame or whole."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipelines.preprocess import intensity
-from pipelines.preprocess import percentiles as percentiles_module
-from pipelines.preprocess.intensity import percentile_range, percentiles
+from pipelines.preprocess.intensity import percentile_range
 from pipelines.spec import PreprocessingSpec
+from tests.pipelines.preprocess.test_percentiles import QUANTILES, sample_images
 
 
 def _old_percentile_range(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
@@ -24,56 +24,13 @@ def _old_percentile_range(values: np.ndarray, lower: float, upper: float) -> np.
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def _images(rng: np.random.Generator) -> list[np.ndarray]:
-    ct = rng.integers(-1024, 3072, (64, 48)).astype(np.float32)  # slope 1, intercept -1024
-    return [
-        ct,
-        7.0 - 3.0 * rng.integers(0, 4096, (33, 17)).astype(np.float32),  # negative slope
-        rng.integers(0, 65536, (40, 40)).astype(np.float32),  # 16-bit CR
-        rng.integers(0, 3, (9, 11)).astype(np.float32),  # few distinct values
-        np.full((16, 16), -5.0, np.float32),  # constant slice
-        np.array([[42.0]], np.float32),  # one pixel
-        rng.normal(0.0, 100.0, (30, 30)).astype(np.float32),  # fractional: numpy's path
-        rng.integers(-100, 100, (20, 20)).astype(np.float64),  # float64 integers
-        np.where(rng.random((20, 20)) < 0.1, np.nan, ct[:20, :20]),  # NaN: numpy's path
-        np.array([[0.0, 2.0**25]], np.float32),  # beyond float32's exact integers
-        rng.integers(0, 4096, (25, 31)).astype(np.uint16),  # stored pixels (display path)
-        rng.integers(-2000, 2000, (25, 31)).astype(np.int16),
-    ]
-
-
-@pytest.mark.parametrize("q", [(0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (2.5, 97.5), (37.3, 61.9)])
-def test_percentiles_equal_numpy_bit_for_bit(q: tuple[float, float]) -> None:
-    rng = np.random.default_rng(21)
-    for image in _images(rng):
-        ours, theirs = percentiles(image, list(q)), np.percentile(image, list(q))
-        assert ours.dtype == theirs.dtype
-        np.testing.assert_array_equal(ours, theirs)
+@pytest.mark.parametrize("q", QUANTILES)
+def test_percentile_range_equals_the_old_computation(q: tuple[float, float]) -> None:
+    """The unit scaling on counted percentiles: the values np.percentile's scaling gave."""
+    for image in sample_images(np.random.default_rng(21)):
         old, new = _old_percentile_range(image, *q), percentile_range(image, *q)
         assert new.dtype == old.dtype == np.float32
         np.testing.assert_array_equal(new, old)
-
-
-def test_percentiles_random_sizes_and_quantiles() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        size = int(rng.integers(1, 2000))
-        image = (rng.integers(-2000, 2000, size) * int(rng.choice([1, -1, 5]))).astype(np.float32)
-        q = [float(rng.uniform(0, 100)), float(rng.uniform(0, 100))]
-        np.testing.assert_array_equal(percentiles(image, q), np.percentile(image, q))
-
-
-def test_integer_images_are_counted_not_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CT and CR pixels (integers) never reach np.percentile's partial sort (~3 ms a slice)."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("np.percentile called for an integer image")
-
-    ct = np.random.default_rng(1).integers(-1024, 3072, (4, 64, 64)).astype(np.float32)
-    expected = [_old_percentile_range(frame, 0.5, 99.5) for frame in ct]
-    monkeypatch.setattr(intensity.np, "percentile", refuse)
-    for frame, old in zip(ct, expected, strict=True):
-        np.testing.assert_array_equal(percentile_range(frame, 0.5, 99.5), old)
 
 
 @pytest.mark.parametrize(
@@ -115,18 +72,6 @@ def _old_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     out = values - low
     out /= width
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
-
-
-def test_one_fraction_anywhere_takes_numpys_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Values are checked and counted in chunks; a fraction in the last one still counts."""
-    monkeypatch.setattr(percentiles_module, "_CHUNK", 64)
-    volume = np.random.default_rng(2).integers(-1024, 3072, (3, 20, 20)).astype(np.float32)
-    volume[-1, -1, -1] = 0.5
-    q = [0.5, 99.5]
-    np.testing.assert_array_equal(percentiles(volume, q), np.percentile(volume, q))
-    assert percentiles_module._integer_histogram(volume) is None
-    volume[-1, -1, -1] = 1.0
-    assert percentiles_module._integer_histogram(volume) is not None
 
 
 @pytest.mark.parametrize(
