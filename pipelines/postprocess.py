@@ -34,16 +34,39 @@ def connectivity(volumetric: bool) -> np.ndarray:
     return structure
 
 
+Box = tuple[slice, slice, slice]
+
+
 @dataclass(frozen=True)
 class Components:
     """The connected components of one label's mask, numbered 1..count in ``ndimage.label`` order.
 
     ``volumetric`` records the connectivity they were found with (see :func:`connectivity`).
+    ``labels`` covers ``box`` of the mask (None: all of it), every component inside it: the
+    labels of a few lesions are a small crop, not a second volume-sized array to fill, copy and
+    scan again when measuring them.
     """
 
     labels: np.ndarray  # (F, H, W) unsigned ints, 0 = not this label
     count: int
     volumetric: bool
+    box: Box | None = None
+
+    def region(self) -> Box:
+        """Where ``labels`` lie in the mask."""
+        if self.box is not None:
+            return self.box
+        return (
+            slice(0, self.labels.shape[0]),
+            slice(0, self.labels.shape[1]),
+            slice(0, self.labels.shape[2]),
+        )
+
+    def whole(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The labels on the whole (F, H, W) mask of ``shape`` (a volume-sized copy: tests)."""
+        out = np.zeros(shape, self.labels.dtype)
+        out[self.region()] = self.labels
+        return out
 
 
 def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
@@ -325,19 +348,34 @@ def clean_label_map(
             if wanted:
                 found[value] = Components(np.zeros((0, 0, 0), np.uint8), 0, volumetric)
             continue
+        box = _with_margin(box, raw.shape)
         mask = raw[box] == value
         cleaned, components = _clean(mask, spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
         del mask
         region = out[box]
         if value > 1 and (overlap := cleaned & (region != 0)).any():
             cleaned &= ~overlap  # later labels never overwrite a cleaned earlier one
-        elif wanted:
-            whole = np.zeros(raw.shape, components.labels.dtype)
-            whole[box] = components.labels
-            found[value] = Components(whole, components.count, volumetric)
+        elif wanted:  # its labels stay a crop of the label map (see Components)
+            found[value] = Components(components.labels, components.count, volumetric, box)
         del components
-        region[cleaned] = value  # disjoint from ``out``'s labels by now
+        if value == 1:  # nothing is written yet: a copy, not a masked assignment
+            np.copyto(region, cleaned)
+        else:
+            region[cleaned] = value  # disjoint from ``out``'s labels by now
     return out, found
+
+
+def _with_margin(box: tuple[slice, ...], shape: tuple[int, ...]) -> Box:
+    """``box`` grown by a pixel of rows and columns (within the image): its components' crop
+    then holds the background ring a component's outline is traced with, as on the whole map,
+    so measuring the crop gives what measuring the whole map gives, to the last bit (the outline
+    points keep their coordinates)."""
+    frames, rows, cols = box
+    return (
+        frames,
+        slice(max(rows.start - 1, 0), min(rows.stop + 1, shape[1])),
+        slice(max(cols.start - 1, 0), min(cols.stop + 1, shape[2])),
+    )
 
 
 def postprocess_label_map(
