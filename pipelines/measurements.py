@@ -167,11 +167,13 @@ def _frame_statistics(
     maxima = np.full(count + 1, -np.inf)
     for f in range(frames_box.start, frames_box.stop):
         flat = labels[f, rows_box, cols_box].ravel()
-        where = np.flatnonzero(flat)
-        if where.size == 0:
+        labelled = int(np.count_nonzero(flat))  # far cheaper than locating them
+        if labelled == 0:
             continue
         frame_values = values[f, rows_box, cols_box].ravel()
-        if 2 * where.size < flat.size:
+        sparse = 2 * labelled < flat.size
+        if sparse:
+            where = np.flatnonzero(flat)
             ids = flat[where].astype(np.intp)
             inside = frame_values[where].astype(np.float64)
         else:  # mostly labelled: all of it, background under label 0
@@ -179,9 +181,9 @@ def _frame_statistics(
             inside = frame_values.astype(np.float64)
         sums += np.bincount(ids, weights=inside, minlength=count + 1)
         if count == 1:
-            per_frame[1, f] = where.size
-            dense = ids.size > where.size
-            top = inside.max(initial=-np.inf, where=ids != 0) if dense else inside.max()
+            per_frame[1, f] = labelled
+            full = sparse or labelled == flat.size
+            top = inside.max() if full else inside.max(initial=-np.inf, where=flat != 0)
             maxima[1] = np.maximum(maxima[1], top)  # NaN propagates, as np.maximum.at does
         else:
             per_frame[:, f] = np.bincount(ids, minlength=count + 1)

@@ -80,7 +80,7 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
     one-frame volumes: 26-connectivity within a frame is 8-connectivity, and cc3d's 2D
     8-connected labelling finds the same components but numbers them differently.
     """
-    if volumetric:
+    if volumetric or mask.shape[0] == 1:  # one frame (a radiograph): 8-connected as it is
         return _cc3d(mask)
     labels = np.zeros(mask.shape, dtype=np.uint32)
     count = 0
@@ -89,7 +89,8 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
         if frame_count:
             frame = labels[index : index + 1]
             frame[...] = frame_labels
-            frame[frame_labels > 0] += np.uint32(count)
+            if count:  # numbered on from the earlier frames' components
+                frame[frame_labels > 0] += np.uint32(count)
             count += frame_count
     return labels, count
 

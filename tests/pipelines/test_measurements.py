@@ -345,7 +345,7 @@ def previous_measure_labels(
 
 def noisy_masks(rng: np.random.Generator, volumetric: bool) -> list[np.ndarray]:
     """What random weights give: smoothed noise thresholded into many components (with holes,
-    touching the borders), one component filling nearly everything, and sparse specks."""
+    touching the borders), one component filling nearly or exactly everything, sparse specks."""
     from scipy import ndimage
 
     shape = (7, 48, 56) if volumetric else (1, 96, 80)
@@ -353,7 +353,8 @@ def noisy_masks(rng: np.random.Generator, volumetric: bool) -> list[np.ndarray]:
     huge = np.ones(shape, bool)
     huge[:, 20:23, 30:33] = False  # a hole in every frame
     huge[0, 0, :5] = False
-    return [smooth > 0.52, smooth > 0.47, huge, rng.random(shape) < 0.03]
+    full = np.ones(shape, bool)  # every pixel: frames read whole, nothing to leave out
+    return [smooth > 0.52, smooth > 0.47, huge, full, rng.random(shape) < 0.03]
 
 
 @pytest.mark.parametrize("volumetric", [False, True])
