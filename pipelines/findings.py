@@ -102,12 +102,16 @@ def segment_findings_and_map(
             lookup[index] = len(findings) + number
         if int(lookup.max()) > np.iinfo(finding_map.dtype).max:
             finding_map = finding_map.astype(np.uint32)
-        # a frame at a time (small index temporaries); lookup[0] is 0, and no other label's
-        # findings lie under this label's pixels, so adding writes exactly this label's numbers
-        table = lookup.astype(finding_map.dtype)
+        # lookup[0] is 0, and no other label's findings lie under this label's pixels, so
+        # adding writes exactly this label's numbers
         region = finding_map[box]
-        for frame, frame_labels in zip(region, found.labels, strict=True):
-            frame += table[frame_labels]
+        if np.array_equal(lookup, np.arange(found.count + 1)):  # numbers are the labels (one
+            # component, first label): no lookup, whose index conversion costs several times more
+            np.add(region, found.labels, out=region, casting="unsafe")  # they fit (checked above)
+        else:  # a frame at a time: small index temporaries
+            table = lookup.astype(finding_map.dtype)
+            for frame, frame_labels in zip(region, found.labels, strict=True):
+                frame += table[frame_labels]
         for number, (_, (m, frame_indices)) in enumerate(ordered, start=1):
             tracking_id = f"{label.name}-{number}"
             findings.append(

@@ -282,7 +282,10 @@ def _clean(
     renumber = np.zeros(count + 1, dtype=dtype)
     renumber[1:][keep] = np.arange(1, kept + 1, dtype=dtype)
     kept_labels = np.zeros(mask.shape, dtype=dtype)
-    kept_labels[box] = _lookup(renumber, labels)
+    if kept == count:  # all kept: the numbers stay (a cast copy, no lookup)
+        kept_labels[box] = labels
+    else:
+        kept_labels[box] = _lookup(renumber, labels)
     del labels
     if kept < count:
         mask[box] = kept_labels[box] > 0
