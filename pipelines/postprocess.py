@@ -338,7 +338,19 @@ def clean_label_map(
     overlap may split a component, and a caller must label the map itself). Only the values in
     ``components_of`` (all when None) are returned: each holds a volume-sized array, and a
     104-organ model's anatomy labels never need them.
+
+    A single label's 0/1 map is cleaned in place and returned as the cleaned map: no
+    volume-sized comparison, copy or fresh zeroed map (whose first writes page-fault).
     """
+    if labels == 1 and raw.dtype == label_map_dtype(1) and int(raw.max(initial=0)) <= 1:
+        return raw, _clean_in_place(
+            raw,
+            spec,
+            volumetric,
+            pixel_area_mm2,
+            voxel_volume_mm3,
+            components_of is None or 1 in components_of,
+        )
     out = np.zeros(raw.shape, dtype=label_map_dtype(labels))
     found: dict[int, Components] = {}
     # each label is cleaned inside the box of its pixels (one pass finds every box): components,
@@ -367,6 +379,26 @@ def clean_label_map(
         else:
             region[cleaned] = value  # disjoint from ``out``'s labels by now
     return out, found
+
+
+def _clean_in_place(
+    raw: np.ndarray,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+    wanted: bool,
+) -> dict[int, Components]:
+    """:func:`clean_label_map` of a one-label 0/1 uint8 map, in place (its bytes are the bools
+    of ``raw == 1``); label 1's components if ``wanted``."""
+    box = foreground_box(raw)
+    if box is None:
+        return {1: Components(np.zeros((0, 0, 0), np.uint8), 0, volumetric)} if wanted else {}
+    box = _with_margin(box, raw.shape)
+    _, components = _clean(raw[box].view(bool), spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
+    if not wanted:
+        return {}
+    return {1: Components(components.labels, components.count, volumetric, box)}
 
 
 def _with_margin(box: tuple[slice, ...], shape: tuple[int, ...]) -> Box:
