@@ -219,7 +219,10 @@ def fill_holes_per_frame(mask: np.ndarray) -> None:
 
 
 def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume)."""
+    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume;
+    one component's is its set pixels, counted without the bincount's index conversion)."""
+    if count == 1:
+        return np.array([np.count_nonzero(labels)], np.int64)
     flat = labels.reshape(-1)
     sizes = np.zeros(count + 1, np.int64)
     for start in range(0, flat.size, _CHUNK):
@@ -336,8 +339,8 @@ def clean_label_map(
     Returns the cleaned map and each label value's components, where they are exactly those of
     ``label_map == value``: when no earlier label claimed any of its cleaned pixels (else the
     overlap may split a component, and a caller must label the map itself). Only the values in
-    ``components_of`` (all when None) are returned: each holds a volume-sized array, and a
-    104-organ model's anatomy labels never need them.
+    ``components_of`` (all when None) are returned: each holds labels over its value's box (up
+    to a volume), and a 104-organ model's anatomy labels never need them.
 
     A single label's 0/1 map is cleaned in place and returned as the cleaned map: no
     volume-sized comparison, copy or fresh zeroed map (whose first writes page-fault).
