@@ -82,14 +82,17 @@ def segment_findings_and_map(
             found = label_components(label_map == label.value, ctx.volumetric)
         if found.count == 0:
             continue
+        box = found.region()  # the components' labels are a crop of the map (see Components)
         measured = measure_labels(
             found.labels,
             found.count,
-            ctx.values,
+            ctx.values[box],
             ctx.pixel_spacing_mm,
             ctx.slice_spacing_mm,
             ctx.volumetric,
             ctx.intensity_unit,
+            offset=(box[0].start, box[1].start, box[2].start),
+            image_shape=(label_map.shape[1], label_map.shape[2]),
         )
         ordered = sorted(  # (frame, row, col) of the box corner
             enumerate(measured, start=1), key=lambda item: item[1][0].bbox[:3]
@@ -99,8 +102,16 @@ def segment_findings_and_map(
             lookup[index] = len(findings) + number
         if int(lookup.max()) > np.iinfo(finding_map.dtype).max:
             finding_map = finding_map.astype(np.uint32)
-        where = found.labels > 0
-        finding_map[where] = lookup[found.labels[where]]
+        # lookup[0] is 0, and no other label's findings lie under this label's pixels, so
+        # adding writes exactly this label's numbers
+        region = finding_map[box]
+        if np.array_equal(lookup, np.arange(found.count + 1)):  # numbers are the labels (one
+            # component, first label): no lookup, whose index conversion costs several times more
+            np.add(region, found.labels, out=region, casting="unsafe")  # they fit (checked above)
+        else:  # a frame at a time: small index temporaries
+            table = lookup.astype(finding_map.dtype)
+            for frame, frame_labels in zip(region, found.labels, strict=True):
+                frame += table[frame_labels]
         for number, (_, (m, frame_indices)) in enumerate(ordered, start=1):
             tracking_id = f"{label.name}-{number}"
             findings.append(

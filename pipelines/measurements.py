@@ -84,33 +84,10 @@ def measure_labels(
     around = foreground_box(labels)
     if around is None:
         raise ValueError("cannot measure an empty component (label 1)")
-    starts = [axis.start for axis in around]
-    found = ndimage.find_objects(labels[around], max_label=count)
-    missing = next((i for i, box in enumerate(found, start=1) if box is None), None)
-    if missing is not None:
-        raise ValueError(f"cannot measure an empty component (label {missing})")
-    boxes = [
-        tuple(
-            slice(axis.start + start, axis.stop + start)
-            for axis, start in zip(box, starts, strict=True)
-        )
-        for box in found
-        if box is not None
-    ]
-    frames_box, rows_box, cols_box = around  # visit only what some component touches
-    per_frame = np.zeros((count + 1, labels.shape[0]), np.int64)
-    sums = np.zeros(count + 1, np.float64)
-    maxima = np.full(count + 1, -np.inf)
-    for f in range(frames_box.start, frames_box.stop):
-        flat = labels[f, rows_box, cols_box].ravel()
-        where = np.flatnonzero(flat)
-        if where.size == 0:
-            continue
-        ids = flat[where].astype(np.intp)
-        inside = values[f, rows_box, cols_box].ravel()[where].astype(np.float64)
-        per_frame[:, f] = np.bincount(ids, minlength=count + 1)
-        sums += np.bincount(ids, weights=inside, minlength=count + 1)
-        np.maximum.at(maxima, ids, inside)
+    # a lone component's box is the box around all: no find_objects pass (an organ, or a
+    # random-weight model's one huge component, fills much of the volume)
+    boxes = [around] if count == 1 else _component_boxes(labels, count, around)
+    per_frame, sums, maxima = _frame_statistics(labels, count, values, around)
     spacing = pixel_spacing_mm or (1.0, 1.0)
     rows_total, cols_total = image_shape or (labels.shape[1], labels.shape[2])
     image_pixels = rows_total * cols_total
@@ -150,3 +127,65 @@ def measure_labels(
         frames = tuple(int(f) + offset[0] for f in np.flatnonzero(counts))
         results.append((measurements, frames))
     return results
+
+
+def _component_boxes(
+    labels: np.ndarray, count: int, around: tuple[slice, slice, slice]
+) -> list[tuple[slice, ...]]:
+    """Each component's box (``find_objects`` inside ``around``, shifted back); an error for a
+    component number with no pixels."""
+    found = ndimage.find_objects(labels[around], max_label=count)
+    missing = next((i for i, box in enumerate(found, start=1) if box is None), None)
+    if missing is not None:
+        raise ValueError(f"cannot measure an empty component (label {missing})")
+    starts = [axis.start for axis in around]
+    return [
+        tuple(
+            slice(axis.start + start, axis.stop + start)
+            for axis, start in zip(box, starts, strict=True)
+        )
+        for box in found
+        if box is not None
+    ]
+
+
+def _frame_statistics(
+    labels: np.ndarray, count: int, values: np.ndarray, around: tuple[slice, slice, slice]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component: pixel count per frame ((count + 1, F)), value sum and maximum (row 0 is
+    background or unused).
+
+    A frame at least half labelled is taken whole (its background counted as label 0, ignored):
+    gathering its labelled pixels first would cost more than it saves. Sums are ``bincount``'s
+    sequential float64 sums per frame, added frame by frame, whichever way a frame is read, so
+    the mean does not depend on it. One component needs no ``np.maximum.at`` (slow) and no
+    count pass: its pixels are the frame's set pixels.
+    """
+    frames_box, rows_box, cols_box = around  # visit only what some component touches
+    per_frame = np.zeros((count + 1, labels.shape[0]), np.int64)
+    sums = np.zeros(count + 1, np.float64)
+    maxima = np.full(count + 1, -np.inf)
+    for f in range(frames_box.start, frames_box.stop):
+        flat = labels[f, rows_box, cols_box].ravel()
+        labelled = int(np.count_nonzero(flat))  # far cheaper than locating them
+        if labelled == 0:
+            continue
+        frame_values = values[f, rows_box, cols_box].ravel()
+        sparse = 2 * labelled < flat.size
+        if sparse:
+            where = np.flatnonzero(flat)
+            ids = flat[where].astype(np.intp)
+            inside = frame_values[where].astype(np.float64)
+        else:  # mostly labelled: all of it, background under label 0
+            ids = flat.astype(np.intp)
+            inside = frame_values.astype(np.float64)
+        sums += np.bincount(ids, weights=inside, minlength=count + 1)
+        if count == 1:
+            per_frame[1, f] = labelled
+            full = sparse or labelled == flat.size
+            top = inside.max() if full else inside.max(initial=-np.inf, where=flat != 0)
+            maxima[1] = np.maximum(maxima[1], top)  # NaN propagates, as np.maximum.at does
+        else:
+            per_frame[:, f] = np.bincount(ids, minlength=count + 1)
+            np.maximum.at(maxima, ids, inside)
+    return per_frame, sums, maxima

@@ -34,16 +34,39 @@ def connectivity(volumetric: bool) -> np.ndarray:
     return structure
 
 
+Box = tuple[slice, slice, slice]
+
+
 @dataclass(frozen=True)
 class Components:
     """The connected components of one label's mask, numbered 1..count in ``ndimage.label`` order.
 
     ``volumetric`` records the connectivity they were found with (see :func:`connectivity`).
+    ``labels`` covers ``box`` of the mask (None: all of it), every component inside it: the
+    labels of a few lesions are a small crop, not a second volume-sized array to fill, copy and
+    scan again when measuring them.
     """
 
     labels: np.ndarray  # (F, H, W) unsigned ints, 0 = not this label
     count: int
     volumetric: bool
+    box: Box | None = None
+
+    def region(self) -> Box:
+        """Where ``labels`` lie in the mask."""
+        if self.box is not None:
+            return self.box
+        return (
+            slice(0, self.labels.shape[0]),
+            slice(0, self.labels.shape[1]),
+            slice(0, self.labels.shape[2]),
+        )
+
+    def whole(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The labels on the whole (F, H, W) mask of ``shape`` (a volume-sized copy: tests)."""
+        out = np.zeros(shape, self.labels.dtype)
+        out[self.region()] = self.labels
+        return out
 
 
 def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
@@ -57,7 +80,7 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
     one-frame volumes: 26-connectivity within a frame is 8-connectivity, and cc3d's 2D
     8-connected labelling finds the same components but numbers them differently.
     """
-    if volumetric:
+    if volumetric or mask.shape[0] == 1:  # one frame (a radiograph): 8-connected as it is
         return _cc3d(mask)
     labels = np.zeros(mask.shape, dtype=np.uint32)
     count = 0
@@ -66,7 +89,8 @@ def _label(mask: np.ndarray, volumetric: bool) -> tuple[np.ndarray, int]:
         if frame_count:
             frame = labels[index : index + 1]
             frame[...] = frame_labels
-            frame[frame_labels > 0] += np.uint32(count)
+            if count:  # numbered on from the earlier frames' components
+                frame[frame_labels > 0] += np.uint32(count)
             count += frame_count
     return labels, count
 
@@ -195,7 +219,10 @@ def fill_holes_per_frame(mask: np.ndarray) -> None:
 
 
 def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume)."""
+    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume;
+    one component's is its set pixels, counted without the bincount's index conversion)."""
+    if count == 1:
+        return np.array([np.count_nonzero(labels)], np.int64)
     flat = labels.reshape(-1)
     sizes = np.zeros(count + 1, np.int64)
     for start in range(0, flat.size, _CHUNK):
@@ -258,7 +285,10 @@ def _clean(
     renumber = np.zeros(count + 1, dtype=dtype)
     renumber[1:][keep] = np.arange(1, kept + 1, dtype=dtype)
     kept_labels = np.zeros(mask.shape, dtype=dtype)
-    kept_labels[box] = _lookup(renumber, labels)
+    if kept == count:  # all kept: the numbers stay (a cast copy, no lookup)
+        kept_labels[box] = labels
+    else:
+        kept_labels[box] = _lookup(renumber, labels)
     del labels
     if kept < count:
         mask[box] = kept_labels[box] > 0
@@ -309,9 +339,21 @@ def clean_label_map(
     Returns the cleaned map and each label value's components, where they are exactly those of
     ``label_map == value``: when no earlier label claimed any of its cleaned pixels (else the
     overlap may split a component, and a caller must label the map itself). Only the values in
-    ``components_of`` (all when None) are returned: each holds a volume-sized array, and a
-    104-organ model's anatomy labels never need them.
+    ``components_of`` (all when None) are returned: each holds labels over its value's box (up
+    to a volume), and a 104-organ model's anatomy labels never need them.
+
+    A single label's 0/1 map is cleaned in place and returned as the cleaned map: no
+    volume-sized comparison, copy or fresh zeroed map (whose first writes page-fault).
     """
+    if labels == 1 and raw.dtype == label_map_dtype(1) and int(raw.max(initial=0)) <= 1:
+        return raw, _clean_in_place(
+            raw,
+            spec,
+            volumetric,
+            pixel_area_mm2,
+            voxel_volume_mm3,
+            components_of is None or 1 in components_of,
+        )
     out = np.zeros(raw.shape, dtype=label_map_dtype(labels))
     found: dict[int, Components] = {}
     # each label is cleaned inside the box of its pixels (one pass finds every box): components,
@@ -325,19 +367,54 @@ def clean_label_map(
             if wanted:
                 found[value] = Components(np.zeros((0, 0, 0), np.uint8), 0, volumetric)
             continue
+        box = _with_margin(box, raw.shape)
         mask = raw[box] == value
         cleaned, components = _clean(mask, spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
         del mask
         region = out[box]
         if value > 1 and (overlap := cleaned & (region != 0)).any():
             cleaned &= ~overlap  # later labels never overwrite a cleaned earlier one
-        elif wanted:
-            whole = np.zeros(raw.shape, components.labels.dtype)
-            whole[box] = components.labels
-            found[value] = Components(whole, components.count, volumetric)
+        elif wanted:  # its labels stay a crop of the label map (see Components)
+            found[value] = Components(components.labels, components.count, volumetric, box)
         del components
-        region[cleaned] = value  # disjoint from ``out``'s labels by now
+        if value == 1:  # nothing is written yet: a copy, not a masked assignment
+            np.copyto(region, cleaned)
+        else:
+            region[cleaned] = value  # disjoint from ``out``'s labels by now
     return out, found
+
+
+def _clean_in_place(
+    raw: np.ndarray,
+    spec: PostprocessSpec,
+    volumetric: bool,
+    pixel_area_mm2: float | None,
+    voxel_volume_mm3: float | None,
+    wanted: bool,
+) -> dict[int, Components]:
+    """:func:`clean_label_map` of a one-label 0/1 uint8 map, in place (its bytes are the bools
+    of ``raw == 1``); label 1's components if ``wanted``."""
+    box = foreground_box(raw)
+    if box is None:
+        return {1: Components(np.zeros((0, 0, 0), np.uint8), 0, volumetric)} if wanted else {}
+    box = _with_margin(box, raw.shape)
+    _, components = _clean(raw[box].view(bool), spec, volumetric, pixel_area_mm2, voxel_volume_mm3)
+    if not wanted:
+        return {}
+    return {1: Components(components.labels, components.count, volumetric, box)}
+
+
+def _with_margin(box: tuple[slice, ...], shape: tuple[int, ...]) -> Box:
+    """``box`` grown by a pixel of rows and columns (within the image): its components' crop
+    then holds the background ring a component's outline is traced with, as on the whole map,
+    so measuring the crop gives what measuring the whole map gives, to the last bit (the outline
+    points keep their coordinates)."""
+    frames, rows, cols = box
+    return (
+        frames,
+        slice(max(rows.start - 1, 0), min(rows.stop + 1, shape[1])),
+        slice(max(cols.start - 1, 0), min(cols.stop + 1, shape[2])),
+    )
 
 
 def postprocess_label_map(

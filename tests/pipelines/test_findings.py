@@ -88,3 +88,70 @@ def test_components_from_post_processing_give_the_same_findings(volumetric: bool
 def test_tracking_uids_use_the_one_scheme() -> None:
     uid = tracking_uid("1.2.3", "demo-2d", "1.0.0", "lesion-2")
     assert uid == deterministic_uid("pacsnode-tracking", "1.2.3", "demo-2d", "1.0.0", "lesion-2")
+
+
+def _previous_findings_map(
+    ctx: FindingContext, label_map: np.ndarray, labels: tuple[LabelSpec, ...]
+) -> tuple[list[tuple[object, ...]], np.ndarray]:
+    """The previous way: each label's components labelled on the whole map, measured there by
+    the previous ``measure_labels``, numbered in box order into a whole-map finding map."""
+    from scipy import ndimage
+
+    from pipelines.postprocess import connectivity
+    from tests.pipelines.test_measurements import previous_measure_labels
+
+    found: list[tuple[object, ...]] = []
+    finding_map = np.zeros(label_map.shape, np.uint16)
+    for label in labels:
+        components, count = ndimage.label(
+            label_map == label.value, structure=connectivity(ctx.volumetric)
+        )
+        if count == 0:
+            continue
+        measured = previous_measure_labels(
+            components,
+            count,
+            ctx.values,
+            ctx.pixel_spacing_mm,
+            ctx.slice_spacing_mm,
+            ctx.volumetric,
+            ctx.intensity_unit,
+        )
+        ordered = sorted(enumerate(measured, start=1), key=lambda item: item[1][0].bbox[:3])
+        for index, (m, frames) in ordered:
+            found.append((label.value, m, frames))
+            finding_map[components == index] = len(found)
+    return found, finding_map
+
+
+@pytest.mark.parametrize("volumetric", [False, True])
+def test_findings_from_cropped_components_equal_the_whole_map_way(volumetric: bool) -> None:
+    """Post-processing hands on each label's components as a crop of the map: the findings,
+    their measurements (to the last bit: the outline keeps its coordinates) and the finding map
+    are those of labelling and measuring the whole map, for noisy masks of two labels with many
+    components, holes, one huge component and components on the image border."""
+    from pipelines.findings import segment_findings_and_map
+    from pipelines.postprocess import clean_label_map
+    from pipelines.spec import PostprocessSpec
+    from tests.pipelines.test_measurements import noisy_masks
+
+    rng = np.random.default_rng(4)
+    second = LabelSpec(2, "other", LESION.category, LESION.type)
+    masks = noisy_masks(rng, volumetric)
+    for first, other in zip(masks, masks[1:] + masks[:1], strict=True):
+        raw = np.where(first, 1, np.where(other, 2, 0)).astype(np.uint8)
+        raw = np.pad(raw, ((0, 0), (3, 2), (4, 1)))  # labels' boxes inside the image
+        for spec in (PostprocessSpec(min_component_pixels=3), PostprocessSpec(fill_holes=False)):
+            label_map, components = clean_label_map(raw.copy(), 2, spec, volumetric, 0.25, 0.5)
+            values = rng.normal(0.0, 100.0, label_map.shape).astype(np.float32)
+            # spacings whose products round: the outline's coordinates must be the same ones
+            ctx = replace(_ctx(values, volumetric), pixel_spacing_mm=(0.7, 0.6))
+            findings, finding_map = segment_findings_and_map(
+                ctx, label_map, (LESION, second), components
+            )
+            expected, expected_map = _previous_findings_map(ctx, label_map, (LESION, second))
+            assert [(f.segment_number, f.measurements, f.frame_indices) for f in findings] == (
+                expected
+            )
+            assert np.array_equal(finding_map, expected_map)
+            assert len(findings) > 0

@@ -181,7 +181,11 @@ def test_clean_mask_and_label_map_match_the_plain_computation() -> None:
         assert 1 in components
         for value, found in components.items():
             labels, count = ndimage.label(label_map == value, structure=connectivity(volumetric))
-            assert found.count == count and np.array_equal(found.labels, labels)
+            assert found.count == count
+            assert np.array_equal(found.whole(label_map.shape), labels)
+            box = found.region()  # every component lies inside the crop
+            assert int(np.count_nonzero(found.labels)) == int(np.count_nonzero(labels))
+            assert np.array_equal(found.labels, labels[box])
             assert found.volumetric is volumetric
 
 
