@@ -30,6 +30,7 @@ from pipelines.preprocess.geometry import (
     sort_key_along_normal,
 )
 from pipelines.preprocess.jpeg_repair import register as register_jpeg_repair
+from pipelines.preprocess.plain_image import read_plain_image
 
 register_jpeg_repair()  # sequential JPEG with malformed scan headers (see the module)
 MULTIFRAME_MIN = 2
@@ -149,7 +150,12 @@ def _window_of(source: Dataset | None) -> FileWindow | None:
     center, width = source.WindowCenter, source.WindowWidth
     center = center[0] if isinstance(center, pydicom.multival.MultiValue) else center
     width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
-    return FileWindow(float(center), float(width)) if float(width) > 0 else None
+    return _file_window(float(center), float(width))
+
+
+def _file_window(center: float, width: float) -> FileWindow | None:
+    """The file's window, unless its width is not positive (then there is none to use)."""
+    return FileWindow(center, width) if width > 0 else None
 
 
 def _linear_rescale(view: Dataset) -> tuple[float, float] | None:
@@ -257,9 +263,7 @@ _GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 def native_pixels(ds: Dataset, n_frames: int) -> np.ndarray | None:
     """(frames, rows, cols) stored values of native little-endian grey pixel data, or None.
 
-    What ``ds.pixel_array`` gives for these files, bit for bit — the dtype from Bits Allocated
-    and Pixel Representation, the unused high bits shifted out (sign-extended for signed data)
-    when Bits Stored < Bits Allocated, as pydicom's default ``correct_unused_bits`` does — but
+    What ``ds.pixel_array`` gives for these files, bit for bit (:func:`stored_values`), but
     without pydicom's per-file decoder set-up, which reads and validates a dozen attributes and
     was half the cost of decoding a 100-slice CT. None (use pydicom) for anything else: colour,
     1-bit, float, big endian, compressed, or a Pixel Data shorter than its frames.
@@ -275,16 +279,34 @@ def native_pixels(ds: Dataset, n_frames: int) -> np.ndarray | None:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         return None
-    if samples != 1 or photometric not in _GREY or allocated not in (8, 16, 32):
+    if samples != 1 or photometric not in _GREY:
         return None
-    if not 0 < stored <= allocated:
+    data = ds.PixelData
+    return stored_values(data, 0, len(data), (n_frames, rows, cols), allocated, stored, signed)
+
+
+def stored_values(
+    data: bytes,
+    offset: int,
+    length: int,
+    shape: tuple[int, int, int],
+    allocated: int,
+    stored: int,
+    signed: bool,
+) -> np.ndarray | None:
+    """(frames, rows, cols) grey stored values from native little-endian Pixel Data (``length``
+    bytes of ``data`` at ``offset``), as pydicom's ``pixel_array`` gives them: the dtype from
+    Bits Allocated and Pixel Representation, the unused high bits shifted out (sign-extended for
+    signed data) when Bits Stored < Bits Allocated, as its default ``correct_unused_bits`` does.
+    None for 1-bit or odd sizes, or a Pixel Data shorter than its frames (pydicom says what is
+    wrong)."""
+    if allocated not in (8, 16, 32) or not 0 < stored <= allocated:
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
-    count = n_frames * rows * cols
-    data = ds.PixelData
-    if len(data) < count * dtype.itemsize:
-        return None  # pydicom names what is wrong
-    pixels = np.frombuffer(data, dtype=dtype, count=count).reshape(n_frames, rows, cols)
+    count = shape[0] * shape[1] * shape[2]
+    if length < count * dtype.itemsize:
+        return None
+    pixels = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
     if stored < allocated:
         shift = allocated - stored
         pixels = np.left_shift(pixels, shift)
@@ -388,6 +410,46 @@ def _frames_of(path: Path) -> tuple[Dataset, list[_Frame]]:
     return ds, frames
 
 
+def _plain_frame(path: Path) -> _Frame | None:
+    """The frame of a plain single-frame native grey image, read without pydicom
+    (:mod:`.plain_image`): what :func:`_frames_of` gives for it, at a fraction of the cost;
+    None for any other file (decode it with :func:`_frames_of`)."""
+    image = read_plain_image(path)
+    if image is None:
+        return None
+    pixels = stored_values(
+        image.data,
+        image.pixel_offset,
+        image.pixel_length,
+        (1, image.rows, image.columns),
+        image.bits_allocated,
+        image.bits_stored,
+        image.signed,
+    )
+    if pixels is None:
+        return None
+    position, orientation = image.position, image.orientation
+    return _Frame(
+        values=None,
+        raw=pixels[0],
+        rescale=image.rescale,
+        rgb=None,
+        source=SourceFrame(
+            sop_class_uid=image.sop_class_uid,
+            sop_instance_uid=image.sop_instance_uid,
+            series_instance_uid=image.series_instance_uid,
+            frame_number=None,
+            instance_number=image.instance_number,
+            series_number=image.series_number,
+            position_mm=_position_along_normal(position, orientation),
+        ),
+        window=None if image.window is None else _file_window(*image.window),
+        voi_display=None,
+        position=position,
+        orientation=orientation,
+    )
+
+
 def decode_series(series: SourceSeries, allow_subset: bool = False) -> DecodedSeries:
     """Decode every file of ``series``; frames with positions are ordered along the normal.
 
@@ -399,7 +461,12 @@ def decode_series(series: SourceSeries, allow_subset: bool = False) -> DecodedSe
         raise PipelineInputError(f"series {series.series_instance_uid}: no files")
     frames: list[_Frame] = []
     first: Dataset | None = None
-    for path in series.files:
+    for index, path in enumerate(series.files):
+        # the first file through pydicom: the series' attributes are read from its dataset
+        plain = _plain_frame(Path(path)) if index else None
+        if plain is not None:
+            frames.append(plain)
+            continue
         ds, file_frames = _frames_of(Path(path))
         frames.extend(file_frames)
         if first is None:
