@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
-from pipelines.preprocess.geometry import Letterbox, VolumeResampling, orientation_label
+from pipelines.preprocess.geometry import (
+    Letterbox,
+    VolumeResampling,
+    orientation_label,
+    resize_bilinear,
+)
 
 
 def _disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
@@ -65,3 +71,26 @@ def test_orientation_labels() -> None:
     assert orientation_label((0, 1, 0, 0, 0, -1)) == "SAGITTAL"
     assert orientation_label((1, 0, 0, 0, 0.984755, 0.173861)) == "AXIAL"  # a 10 degree tilt
     assert orientation_label((1, 0, 0, 0, 0.7071, 0.7071)) == "OBLIQUE"
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((100, 1, 64, 64), (512, 512)),  # a CT's probabilities back to 512²
+        ((3, 2, 30, 17), (100, 61)),  # two labels, odd sizes
+        ((1, 1, 5, 5), (3, 2)),  # down-sampling
+    ],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_bilinear_resize_is_f_interpolate_bit_for_bit(
+    shape: tuple[int, int, int, int], size: tuple[int, int], layout: str
+) -> None:
+    """The way back to the source resolution (into numpy-allocated memory on the CPU) gives
+    F.interpolate's values exactly, whatever the input's memory layout."""
+    images = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    if layout == "transposed":
+        images = images.transpose(2, 3)
+    expected = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    resized = resize_bilinear(images, size)
+    assert resized.dtype == torch.float32 and resized.shape == expected.shape
+    assert torch.equal(resized, expected)
