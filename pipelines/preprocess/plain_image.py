@@ -18,6 +18,7 @@ decimal, or a tag with another VR than the standard's.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 UNDEFINED = 0xFFFFFFFF
+HEAD_BYTES = 16384  # read first: the header of a CT or MR slice is 1-6 KB
 MAX_DEPTH = 16  # nested undefined-length sequences walked before handing the file to pydicom
 
 # explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
@@ -87,6 +89,18 @@ class _NotPlain(Exception):
     """The file is not one this reader answers for (pydicom reads it)."""
 
 
+class _ReadMore(_NotPlain):
+    """The elements go on past the bytes read so far."""
+
+
+_DECLINED = (_NotPlain, struct.error, ValueError, IndexError, UnicodeDecodeError, RecursionError)
+
+
+def _past(data: bytes, size: int) -> _NotPlain:
+    """What to raise for an element that runs past ``data``: read more, unless it is the file."""
+    return _ReadMore() if len(data) < size else _NotPlain()
+
+
 @dataclass(frozen=True)
 class PlainImage:
     """The values :mod:`.decode` reads of one plain image, as pydicom would give them."""
@@ -105,24 +119,47 @@ class PlainImage:
     window: tuple[float, float] | None  # first centre and width, when the file has both
     position: tuple[float, ...] | None  # 3 numbers
     orientation: tuple[float, ...] | None  # 6 numbers
-    data: bytes  # the whole file: the pixel data is data[pixel_offset:pixel_offset+pixel_length]
-    pixel_offset: int
+    path: Path
+    pixel_offset: int  # where the Pixel Data's value starts in the file
     pixel_length: int
+
+    def pixel_bytes(self, count: int) -> bytes:
+        """The first ``count`` bytes of the Pixel Data, read from the file (OSError if it
+        cannot be read; fewer bytes if it became shorter)."""
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self.pixel_offset)
+            return handle.read(min(count, self.pixel_length))
 
 
 def read_plain_image(path: Path) -> PlainImage | None:
-    """The values of a single-frame native little-endian grey image, or None (use pydicom)."""
+    """The values of a single-frame native little-endian grey image, or None (use pydicom).
+
+    Only the header is read (the first ``HEAD_BYTES``; the whole file when its elements do not
+    end with the pixel data there): the pixels are read where they are converted
+    (``pixel_offset``), so a series' pixel bytes are never all in memory at once.
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(HEAD_BYTES)
+            if len(data) < size:
+                try:
+                    return _plain(data, size, path)
+                except (_ReadMore, struct.error):  # a longer header, or elements after the pixels
+                    handle.seek(0)
+                    data = handle.read()
+                except _DECLINED:
+                    return None
     except OSError:
         return None  # pydicom names the problem
     try:
-        return _plain(data)
-    except (_NotPlain, struct.error, ValueError, IndexError, UnicodeDecodeError, RecursionError):
+        return _plain(data, size, path)
+    except _DECLINED:
         return None
 
 
-def _plain(data: bytes) -> PlainImage:
+def _plain(data: bytes, size: int, path: Path) -> PlainImage:
+    """``data``: the file's first bytes (all of them when ``len(data) == size``)."""
     if data[128:132] != b"DICM":
         raise _NotPlain
     syntax, pos = _file_meta(data, 132)
@@ -135,10 +172,12 @@ def _plain(data: bytes) -> PlainImage:
         if looks_explicit == implicit:  # pydicom would switch the VR encoding: let it
             raise _NotPlain
     found: dict[int, tuple[int, int]] = {}
-    _, pixels = _walk(data, pos, implicit, found)
-    if pixels is None:
+    end, pixels = _walk(data, pos, implicit, found, size)
+    if end < size:
+        raise _past(data, size)  # elements after the pixel data, not in ``data``
+    if pixels is None or end != size:
         raise _NotPlain
-    return _image(data, found, pixels)
+    return _image(data, found, pixels, path)
 
 
 def _file_meta(data: bytes, pos: int) -> tuple[str, int]:
@@ -170,12 +209,14 @@ def _walk(
     pos: int,
     implicit: bool,
     found: dict[int, tuple[int, int]] | None,
+    size: int,
     depth: int = 0,
 ) -> tuple[int, tuple[int, int] | None]:
-    """Walk a dataset's elements from ``pos``: the top level (``found`` given) to the end of the
-    file, recording where the wanted values are, then (end, the pixel data's (offset, length));
-    an undefined-length item's (``found`` None) to its delimiter, then (past it, None). Raises
-    :class:`_NotPlain` for what it does not read as pydicom would."""
+    """Walk a dataset's elements from ``pos``: the top level (``found`` given) to the end of
+    ``data``, recording where the wanted values are, then (where it stopped, the pixel data's
+    (offset, length)) — the pixel data may run past ``data`` to the file's ``size``; an
+    undefined-length item's (``found`` None) to its delimiter, then (past it, None). Raises
+    :class:`_NotPlain` for what it does not read as pydicom would, or that is not in ``data``."""
     end = len(data)
     pixels: tuple[int, int] | None = None
     while pos < end:
@@ -204,28 +245,30 @@ def _walk(
             # a sequence (encapsulated pixel data, and UN holding implicit VR: pydicom's)
             if tag == _PIXEL_DATA or (vr is not None and vr != b"SQ") or depth >= MAX_DEPTH:
                 raise _NotPlain
-            pos = _skip_sequence(data, pos, implicit, depth + 1)
+            pos = _skip_sequence(data, pos, implicit, size, depth + 1)
+            continue
+        if found is not None and tag == _PIXEL_DATA:
+            if (vr is not None and vr not in (b"OB", b"OW")) or pos + length > size:
+                raise _NotPlain  # truncated
+            pixels = (pos, length)
+            pos += length
             continue
         if pos + length > end:
-            raise _NotPlain  # truncated
+            raise _past(data, size)
         if found is not None:
             if tag in _NOT_PLAIN:
                 raise _NotPlain
-            if tag == _PIXEL_DATA:
-                if vr is not None and vr not in (b"OB", b"OW"):
-                    raise _NotPlain
-                pixels = (pos, length)
-            elif tag in _WANTED:
+            if tag in _WANTED:
                 if vr is not None and vr != _WANTED[tag]:
                     raise _NotPlain
                 found[tag] = (pos, length)
         pos += length
     if found is None:
-        raise _NotPlain  # an item without its delimiter
+        raise _past(data, size)  # an item without its delimiter (yet)
     return pos, pixels
 
 
-def _skip_sequence(data: bytes, pos: int, implicit: bool, depth: int) -> int:
+def _skip_sequence(data: bytes, pos: int, implicit: bool, size: int, depth: int) -> int:
     """Past an undefined-length sequence: its items (each walked when of undefined length)
     and its delimiter."""
     while True:
@@ -237,14 +280,16 @@ def _skip_sequence(data: bytes, pos: int, implicit: bool, depth: int) -> int:
         if tag != _ITEM:
             raise _NotPlain
         if length == UNDEFINED:
-            pos = _walk(data, pos, implicit, None, depth)[0]
+            pos = _walk(data, pos, implicit, None, size, depth)[0]
         elif pos + length > len(data):
-            raise _NotPlain
+            raise _past(data, size)
         else:
             pos += length
 
 
-def _image(data: bytes, found: dict[int, tuple[int, int]], pixels: tuple[int, int]) -> PlainImage:
+def _image(
+    data: bytes, found: dict[int, tuple[int, int]], pixels: tuple[int, int], path: Path
+) -> PlainImage:
     def raw(tag: int) -> bytes | None:
         where = found.get(tag)
         return None if where is None else data[where[0] : where[0] + where[1]]
@@ -285,7 +330,7 @@ def _image(data: bytes, found: dict[int, tuple[int, int]], pixels: tuple[int, in
         window=window,
         position=_vector(raw(0x00200032), 3),
         orientation=_vector(raw(0x00200037), 6),
-        data=data,
+        path=Path(path),
         pixel_offset=pixels[0],
         pixel_length=pixels[1],
     )

@@ -78,7 +78,8 @@ def _plain_or_same(path: Path) -> bool:
     full = _full(path)
     assert not isinstance(full, Exception), f"pydicom refuses {path.name}: {full}"
     assert len(full) == 1
-    _assert_same(plain, full[0])
+    assert plain.raw is None and plain.plain is not None  # the pixels are read when stacked
+    _assert_same(dataclasses.replace(plain, raw=plain.stored(), plain=None), full[0])
     return True
 
 
@@ -354,3 +355,14 @@ def test_a_broken_file_is_refused_with_pydicoms_reason(tmp_path: Path) -> None:
         assert decode._plain_frame(broken) is None
         with pytest.raises(PipelineInputError, match="cannot decode pixel data"):
             decode.decode_series(SourceSeries("s", "CT", "x", (good, broken)))
+
+
+def test_a_file_cut_short_after_its_header_was_read_is_an_input_error(tmp_path: Path) -> None:
+    """The pixels are read when the volume is stacked: a file that lost them by then is refused
+    by name, not decoded from whatever is left."""
+    path = _write(tmp_path, "cut", {}, [], ExplicitVRLittleEndian)
+    frame = decode._plain_frame(path)
+    assert frame is not None
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(PipelineInputError, match=path.name):
+        frame.stored()
