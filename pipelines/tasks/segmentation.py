@@ -279,7 +279,7 @@ def run_segmentation(
                 else:
                     total += probs
             assert total is not None
-            label_map[start:stop] = threshold_labels(total, names, spec, exclusive)
+            threshold_labels(total, names, spec, exclusive, out=label_map[start:stop])
             if count_from_map:
                 counts[members[0].name][names[0]] += int(np.count_nonzero(label_map[start:stop]))
             if adopt:

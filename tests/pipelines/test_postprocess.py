@@ -268,3 +268,23 @@ def test_exclusive_labels_honour_an_explicit_label_threshold() -> None:
     assert ((strict == 2) <= (plain == 2)).all()
     assert (probs[1][strict == 2] >= 0.9).all()
     assert (strict == 2).sum() < (plain == 2).sum()
+
+
+def test_threshold_into_a_slab_of_the_label_map_equals_the_returned_map() -> None:
+    """Writing the label map slab by slab (``out``) gives what thresholding returns, for one
+    label (compared straight into the map, values at and around the threshold), several and
+    mutually exclusive ones; nothing outside the slab is touched."""
+    rng = np.random.default_rng(4)
+    half = np.float32(0.5)
+    for names, exclusive in ((["a"], False), (["a", "b", "c"], False), (["a", "b"], True)):
+        probs = rng.random((len(names), 6, 8, 9), dtype=np.float32)
+        probs /= max(1.0, float(probs.sum(axis=0).max()))
+        probs[0, 0, 0, :3] = [np.nextafter(half, 0), half, np.nextafter(half, 1)]
+        spec = PostprocessSpec(label_thresholds={"b": 0.3})
+        label_map = np.full((10, 8, 9), 7, np.uint8)
+        written = threshold_labels(probs, names, spec, exclusive, out=label_map[2:8])
+        expected = threshold_labels(probs, names, spec, exclusive)
+        assert np.shares_memory(written, label_map)
+        np.testing.assert_array_equal(label_map[2:8], expected)
+        assert (label_map[:2] == 7).all() and (label_map[8:] == 7).all()
+    assert threshold_labels(probs[:1], ["a"], spec).tolist()[0][0][:3] == [0, 1, 1]
