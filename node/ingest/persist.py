@@ -8,8 +8,9 @@ disk watermark → write the bytes under the final name: a small received data s
 ``IncomingFile.in_memory``) straight to it with ``O_EXCL`` (``Spool.create_new``); anything else to
 a temp file given its final name with a hard link (``Spool.publish_new``: never replaces an existing
 file) — still in the association's thread, so concurrent associations write in parallel → submit
-to the *group committer* and ``fdatasync`` the file (name first, then sync: one journal commit
-carries data and name) → the committer commits. It has no thread of its own: a submitter that
+to the *group committer*, which has the directory fsynced by its ``DirSyncer`` thread while the
+association's thread ``fdatasync``s the file (name first, then sync: one journal commit carries
+data and name) → the committer commits. It has no thread of its own: a submitter that
 finds no commit running leads it (``GroupCommitter``), taking everything queued by concurrent
 associations, fsyncing each directory the group named files in once, and in one transaction
 inserting the rows and committing — one directory fsync per group and directory, and one commit
@@ -65,6 +66,7 @@ from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instance_appender import InstanceAppender
 from node.db.repositories.instances import NewInstance, upsert_instances
+from node.ingest.dir_sync import DirSync, DirSyncer
 from node.ingest.header import HeaderError, ParsedInstance, build_file_meta, parse_instance
 from node.ingest.spool import (
     IncomingFile,
@@ -104,6 +106,7 @@ class _Pending:
     final: Path | None = None  # already under its final name (``Spool.publish_new``)
     unsynced: Path | None = None  # its data still to be synced (``sync_data``), by its thread
     unsynced_fd: int | None = None  # or its open descriptor (``Spool.create_new``), closed then
+    dir_sync: DirSync | None = None  # its final name's directory sync, requested from ``DirSyncer``
     synced: threading.Event = field(default_factory=threading.Event)
     sync_error: OSError | None = None
 
@@ -523,10 +526,13 @@ class GroupCommitter:
     submit meanwhile queue and wait, and the leader that finishes hands the lead to the first of
     them, who commits all that queued while it waited. A lone association therefore commits
     its own instance in its own thread — no hand-off to a committer thread and back, which cost
-    ~20 futex calls and two thread wake-ups per instance (docs/performance.md §4) — while N busy
-    associations still share one directory fsync and one commit per group. The only wait: when a
-    group is smaller than the number of instances being written at that moment (``writing``),
-    the leader waits up to ``JOIN_WAIT_S`` for them — never when one association is alone.
+    ~14 futex calls and two thread wake-ups per instance (docs/performance.md §4) — while N busy
+    associations still share one directory fsync and one commit per group. Only the directory
+    fsync leaves the thread (``DirSyncer``, requested as soon as the file is named), so that it
+    overlaps the file's ``fdatasync`` instead of paying a second device flush after it. The only
+    wait: when a group is smaller than the number of instances being written at that moment
+    (``writing``), the leader waits up to ``JOIN_WAIT_S`` for them — never when one association
+    is alone.
     """
 
     def __init__(
@@ -547,9 +553,12 @@ class GroupCommitter:
         self.appender = InstanceAppender(db)  # the steady state's rows, without the ORM
         # the flock only serves several receiver processes sharing one SQLite file
         self._turns = _WriterTurns(db) if processes > 1 else contextlib.nullcontext()
+        self._dir_syncer: DirSyncer | None = None
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
+        if self.settings.fsync:  # looked up per call: tests watch ``spool.fsync_dir``
+            self._dir_syncer = DirSyncer(lambda directory: self.spool.sync_dirs([directory]))
         self.running = True
         _committers[id(self.db)] = self
         return self
@@ -566,6 +575,8 @@ class GroupCommitter:
         """Queue an instance whose ``writing_started`` was called, sync its data (while a running
         leader fsyncs its group's directories), then commit its group as leader or wait for the
         leader that does; its outcome."""
+        if self._dir_syncer is not None and pending.final is not None:
+            pending.dir_sync = self._dir_syncer.request(pending.final.parent)
         with self._lock:
             self._queue.append(pending)
             self.writing -= 1
@@ -619,6 +630,8 @@ class GroupCommitter:
                     break
             time.sleep(0.005)
         self.appender.close()
+        if self._dir_syncer is not None:
+            self._dir_syncer.stop()
         if isinstance(self._turns, _WriterTurns):
             self._turns.close()
 
@@ -640,19 +653,30 @@ class GroupCommitter:
                          StoreStatus.SUCCESS) for p in batch]  # fmt: skip
 
     def _sync_group(self, batch: list[_Pending]) -> dict[int, PersistOutcome]:
-        """Before any row of the group commits: fsync each directory it named files in, once,
-        while the associations' threads sync the files' data; wait for those. The failures, by
-        position in ``batch`` (their files discarded: never acknowledged)."""
+        """Before any row of the group commits: each directory it named files in synced after the
+        names (by the ``DirSyncer`` while the associations' threads synced the files' data, else
+        here, once per directory); wait for all. The failures, by position in ``batch`` (their
+        files discarded: never acknowledged)."""
+        failed: dict[int, PersistOutcome] = {}
         try:
-            self.spool.sync_dirs(p.final.parent for p in batch if p.final is not None)
+            self.spool.sync_dirs(p.final.parent for p in batch
+                                 if p.final is not None and p.dir_sync is None)  # fmt: skip
         except OSError as exc:
             for pending in batch:
                 pending.synced.wait()
+                if pending.dir_sync is not None:
+                    pending.dir_sync.wait()
             log.error("cannot sync the spool directories of %d instances: %s", len(batch), exc)
             return {i: _discard_failed(self.spool, p, exc) for i, p in enumerate(batch)}
-        for pending in batch:
+        for index, pending in enumerate(batch):
             pending.synced.wait()
-        return dict(_sync_failures(self.spool, batch))
+            dir_error = pending.dir_sync.wait() if pending.dir_sync is not None else None
+            error = pending.sync_error or dir_error
+            if error is not None:
+                log.error("cannot sync instance %s: %s", pending.item.header.sop_instance_uid,
+                          error)  # fmt: skip
+                failed[index] = _discard_failed(self.spool, pending, error)
+        return failed
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
