@@ -43,16 +43,28 @@ class DirSyncer:
     def __init__(self, fsync_dir: Callable[[Path], None]) -> None:
         self._fsync_dir = fsync_dir
         self._queue: queue.SimpleQueue[DirSync | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="pacsnode-dir-sync", daemon=True)
         self._thread.start()
 
     def request(self, directory: Path) -> DirSync:
+        """Ask for an fsync of ``directory``; once stopped, it is done here and now."""
         request = DirSync(directory)
-        self._queue.put(request)
+        with self._lock:
+            if not self._closed:
+                self._queue.put(request)
+                return request
+        self._sync([request])  # a handler that raced with ``stop`` still gets its sync
         return request
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
+        """Sync what was requested, then end the thread; later requests sync in the caller."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:

@@ -47,3 +47,13 @@ def test_a_failed_sync_is_reported_to_every_request_for_that_directory(tmp_path:
     finally:
         syncer.stop()
     assert [e is not None for e in errors] == [True, False, True]
+
+
+def test_a_request_after_stop_is_synced_in_the_caller(tmp_path: Path) -> None:
+    """A handler racing with the receiver's shutdown must not wait for a thread that is gone."""
+    calls: list[Path] = []
+    syncer = DirSyncer(calls.append)
+    syncer.stop()
+    request = syncer.request(tmp_path)
+    assert request.done.is_set() and request.wait() is None
+    assert calls == [tmp_path]
