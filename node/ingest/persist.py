@@ -12,10 +12,9 @@ to the *group committer*, which has the directory fsynced by its ``DirSyncer`` t
 association's thread ``fdatasync``s the file (name first, then sync: one journal commit carries
 data and name) → the committer commits. It has no thread of its own: a submitter that
 finds no commit running leads it (``GroupCommitter``), taking everything queued by concurrent
-associations, fsyncing each directory the group named files in once, and in one transaction
-inserting the rows and committing — one directory fsync per group and directory, and one commit
-(one WAL fsync) per group instead of per instance; a lone association does all this in its own
-thread. The steady state (every instance of a series that already has a row) is written by
+associations, waiting for their data and directory syncs, and in one transaction inserting the
+rows and committing — one directory fsync per syncer round and directory, and one commit (one WAL
+fsync) per group instead of per instance; a lone association does all this in its own thread. The steady state (every instance of a series that already has a row) is written by
 ``InstanceAppender`` on a persistent DBAPI connection; everything else by ``upsert_instances``. A
 file whose final name was taken (a duplicate, or a crash's leftover) waits under a temp name and is
 renamed over it by the committer only when its row is new, and discarded for a duplicate. The file
