@@ -4,20 +4,24 @@
 success status sent to a modality means the instance survives a crash or power cut.
 
 Order of work: parse the header (no pixel decoding; structure checked, see ``header``) → check the
-disk watermark → write the bytes as received to a temp file and ``fdatasync`` it (a streamed C-STORE
-data set: give it its final name first, then sync it, so one journal commit carries data and name)
-→ give it its final name with a hard link (``Spool.publish_new``: never replaces an existing file),
-still in the association's thread, so concurrent associations sync in parallel → hand the instance
-to the *group committer* → wait. The committer takes everything queued by concurrent associations,
-fsyncs each directory the group named files in once, and in one transaction inserts the rows and
-commits — one directory fsync per group and directory, and one commit (one WAL fsync) per group
-instead of per instance. The steady state (every instance of a series that already has a row) is
-written by ``InstanceAppender`` on a persistent DBAPI connection; everything else by
-``upsert_instances``. A temp file whose final name was taken (a duplicate, or a crash's leftover) is
+disk watermark → write the bytes under the final name: a small received data set (held in memory,
+``IncomingFile.in_memory``) straight to it with ``O_EXCL`` (``Spool.create_new``); anything else to
+a temp file given its final name with a hard link (``Spool.publish_new``: never replaces an existing
+file) — still in the association's thread, so concurrent associations write in parallel → submit
+to the *group committer*, which has the directory fsynced by its ``DirSyncer`` thread while the
+association's thread ``fdatasync``s the file (name first, then sync: one journal commit carries
+data and name) → the committer commits. It has no thread of its own: a submitter that
+finds no commit running leads it (``GroupCommitter``), taking everything queued by concurrent
+associations, waiting for their data and directory syncs, and in one transaction inserting the
+rows and committing — one directory fsync per syncer round and directory, and one commit (one WAL
+fsync) per group instead of per instance; a lone association does all this in its own thread. The steady state (every instance of a series that already has a row) is written by
+``InstanceAppender`` on a persistent DBAPI connection; everything else by ``upsert_instances``. A
+file whose final name was taken (a duplicate, or a crash's leftover) waits under a temp name and is
 renamed over it by the committer only when its row is new, and discarded for a duplicate. The file
 and its name are durable before the row commits, so a row never points at a missing file, and the
 success status goes back only after that commit; a crash in between leaves at most an
-unreferenced file that the sender's retry replaces (docs/performance.md §4).
+unreferenced (possibly partial) file under the final name that the sender's retry replaces
+(docs/performance.md §4).
 
 Duplicates: an instance whose SOP Instance UID already has a row is acknowledged with SUCCESS and
 ``duplicate=True``; the first copy's file and row are kept and no count changes (Orthanc's default,
@@ -28,25 +32,26 @@ processes racing on the same new UID on PostgreSQL is the one case where the lat
 Without a running committer for the database (import, upload, tests) the same batch code runs
 inline in the caller's thread with a batch of one.
 
-``persist_received`` is the same path for a C-STORE data set that was streamed to a spool temp
-file as it arrived (``spool.IncomingFile``): the header is read in place (mmap), checked against
-the command's UIDs, and the temp file gets its final name — no copy of the bytes in memory.
+``persist_received`` is the same path for a C-STORE data set received by ``spool.IncomingFile``:
+held in memory up to ``HEAD_BYTES`` (written once, straight to its final name), streamed to a
+spool temp file beyond (its header read in place through mmap, the temp file linked to its final
+name — no copy of the bytes in memory); either way the header is checked against the command's
+UIDs first.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import logging
 import mmap
 import os
-import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,7 @@ from node.db.engine import Database
 from node.db.orm import Instance
 from node.db.repositories.instance_appender import InstanceAppender
 from node.db.repositories.instances import NewInstance, upsert_instances
+from node.ingest.dir_sync import DirSync, DirSyncer
 from node.ingest.header import HeaderError, ParsedInstance, build_file_meta, parse_instance
 from node.ingest.spool import (
     IncomingFile,
@@ -94,16 +100,22 @@ class PersistOutcome:
 class _Pending:
     item: NewInstance
     temp: Path
-    future: Future[PersistOutcome] | None = None
+    outcome: PersistOutcome | None = None  # set by the leader that committed it
+    wake: threading.Event = field(default_factory=threading.Event)  # outcome set, or lead handed on
     final: Path | None = None  # already under its final name (``Spool.publish_new``)
     unsynced: Path | None = None  # its data still to be synced (``sync_data``), by its thread
+    unsynced_fd: int | None = None  # or its open descriptor (``Spool.create_new``), closed then
+    dir_sync: DirSync | None = None  # its final name's directory sync, requested from ``DirSyncer``
     synced: threading.Event = field(default_factory=threading.Event)
     sync_error: OSError | None = None
 
     def sync_data(self, spool: Spool) -> None:
         """Make the file's data durable (when ``unsynced``); record a failure, never raise."""
         try:
-            if self.unsynced is not None:
+            if self.unsynced_fd is not None:
+                fd, self.unsynced_fd = self.unsynced_fd, None
+                spool.sync_fd(fd)
+            elif self.unsynced is not None:
                 spool.sync_file(self.unsynced)
         except OSError as exc:
             self.sync_error = exc
@@ -328,10 +340,22 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
 def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
                       assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
     """Give the streamed file its final name (the committer decides when taken); its data is
-    synced by ``_Pending.sync_data`` while the committer fsyncs the directory (the two overlap)."""
+    synced by ``_Pending.sync_data`` while a leader fsyncs the directory (the two overlap). A data
+    set held in memory is written straight to its final name when that is free."""
+    size = incoming.prefix_length + incoming.size
     try:
         incoming.finish(sync=False)
         spool.ensure_parent(relative)
+        if incoming.in_memory:
+            created = spool.create_new(relative, incoming.chunks())
+            if created is None:  # taken (a duplicate, or a leftover): a synced temp beside it
+                temp, _ = spool.write_temp(relative, incoming.chunks())
+                incoming.discard()
+                return _Pending(NewInstance(header, assoc, relative, size), temp)
+            path, fd = created
+            incoming.discard()
+            return _Pending(NewInstance(header, assoc, relative, size), path, final=path,
+                            unsynced_fd=fd)  # fmt: skip
         final = spool.publish_new(incoming.path, relative)
     except OSError as exc:
         incoming.discard()
@@ -339,7 +363,6 @@ def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, heade
         log.error("cannot write instance %s from %s: %s", header.sop_instance_uid, who, exc)
         status = StoreStatus.OUT_OF_RESOURCES if full else StoreStatus.PROCESSING_FAILURE
         return _outcome(header.sop_instance_uid, header.study_instance_uid, status, reason=str(exc))
-    size = incoming.prefix_length + incoming.size
     return _Pending(NewInstance(header, assoc, relative, size), incoming.path, final=final,
                     unsynced=final if final is not None else incoming.path)  # fmt: skip
 
@@ -495,100 +518,121 @@ class _WriterTurns:
 
 
 class GroupCommitter:
-    """One thread per process and database that commits what concurrent handlers queued.
+    """Commits what concurrent handlers submit, in groups, in the submitting threads themselves.
 
-    While one batch commits, the next one accumulates, so a single association pays one commit
-    per instance and N busy associations share commits. The only wait: when a batch is smaller
-    than the number of instances being written at that moment (``writing``), the committer waits
-    up to ``JOIN_WAIT_S`` for them — never when one association is alone.
+    No thread of its own (flat combining): a handler that submits while no commit is running
+    becomes the *leader* and commits everything queued, its own instance included; handlers that
+    submit meanwhile queue and wait, and the leader that finishes hands the lead to the first of
+    them, who commits all that queued while it waited. A lone association therefore commits
+    its own instance in its own thread — no hand-off to a committer thread and back, which cost
+    ~14 futex calls and two thread wake-ups per instance (docs/performance.md §4) — while N busy
+    associations still share one directory fsync and one commit per group. Only the directory
+    fsync leaves the thread (``DirSyncer``, requested as soon as the file is named), so that it
+    overlaps the file's ``fdatasync`` instead of paying a second device flush after it. The only
+    wait: when a group is smaller than the number of instances being written at that moment
+    (``writing``), the leader waits up to ``JOIN_WAIT_S`` for them — never when one association
+    is alone.
     """
 
-    def __init__(self, db: Database, settings: Settings, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, max_batch: int = MAX_BATCH, *, processes: int = 1
+    ) -> None:
         self.db = db
         self.settings = settings
         self.spool = spool_for(settings)
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="pacsnode-group-commit", daemon=True)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # a leader waiting for writers to join
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._leading = False  # a handler is committing (only it touches the appender)
         self.running = False
         self.batches = 0
         self.committed = 0
         self.writing = 0  # instances between header check and submit (their files being written)
-        self._writing_lock = threading.Lock()
         self.appender = InstanceAppender(db)  # the steady state's rows, without the ORM
-        self._turns = _WriterTurns(db)
+        # the flock only serves several receiver processes sharing one SQLite file
+        self._turns = _WriterTurns(db) if processes > 1 else contextlib.nullcontext()
+        self._dir_syncer: DirSyncer | None = None
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
+        if self.settings.fsync:  # looked up per call: tests watch ``spool.fsync_dir``
+            self._dir_syncer = DirSyncer(lambda directory: self.spool.sync_dirs([directory]))
         self.running = True
         _committers[id(self.db)] = self
-        self._thread.start()
         return self
 
     def writing_started(self) -> None:
-        with self._writing_lock:
+        with self._lock:
             self.writing += 1
 
     def writing_ended(self) -> None:
-        with self._writing_lock:
+        with self._lock:
             self.writing -= 1
 
     def submit(self, pending: _Pending) -> PersistOutcome:
-        """Queue an instance whose ``writing_started`` was called, sync its data while the
-        committer fsyncs the group's directories, and wait for its outcome."""
-        pending.future = Future()
-        self._queue.put(pending)
-        self.writing_ended()  # after the put, so a committer waiting for this instance gets it
+        """Queue an instance whose ``writing_started`` was called, sync its data (while a running
+        leader fsyncs its group's directories), then commit its group as leader or wait for the
+        leader that does; its outcome."""
+        if self._dir_syncer is not None and pending.final is not None:
+            pending.dir_sync = self._dir_syncer.request(pending.final.parent)
+        with self._lock:
+            self._queue.append(pending)
+            self.writing -= 1
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                self._arrived.notify()
         pending.sync_data(self.spool)
-        return pending.future.result()
+        if not lead:
+            pending.wake.wait()  # committed by a leader, or handed the lead
+            if pending.outcome is not None:
+                return pending.outcome
+        self._lead(pending)
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def _lead(self, own: _Pending) -> None:
+        """Commit queued groups until ``own`` has its outcome, then hand the lead on."""
+        try:
+            while own.outcome is None:
+                self._commit(self._take_batch())
+        finally:
+            with self._lock:
+                if self._queue:  # it waits in ``submit``: its thread leads next
+                    self._queue[0].wake.set()
+                else:
+                    self._leading = False
+
+    def _take_batch(self) -> list[_Pending]:
+        """The queued instances, up to ``max_batch``; while fewer than are being written, wait up
+        to ``JOIN_WAIT_S`` for those to join."""
+        deadline = time.monotonic() + JOIN_WAIT_S
+        with self._lock:
+            while len(self._queue) < self.max_batch and self.writing > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._arrived.wait(remaining):
+                    break
+            count = min(len(self._queue), self.max_batch)
+            return [self._queue.popleft() for _ in range(count)]
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Commit what is queued, then end the thread."""
+        """Refuse new submissions (callers commit inline), let a running commit finish, close."""
         if _committers.get(id(self.db)) is self:
             del _committers[id(self.db)]
-        if self.running:
-            self.running = False
-            self._queue.put(None)
-            self._thread.join(timeout)
-        leftovers: list[_Pending] = []
-        while True:  # a handler that raced with stop() still gets its answer
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                leftovers.append(item)
-        if leftovers:
-            self._commit(leftovers)
-        self.appender.close()
-        self._turns.close()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            deadline = time.monotonic() + JOIN_WAIT_S
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    # another association is writing its file right now: a moment's wait lets
-                    # it join this commit instead of paying for the next one alone
-                    remaining = deadline - time.monotonic()
-                    if self.writing <= 0 or remaining <= 0:
-                        break
-                    try:
-                        nxt = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if nxt is None:
-                    stopping = True
+        self.running = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._leading:
                     break
-                batch.append(nxt)
-            self._commit(batch)
+            time.sleep(0.005)
+        self.appender.close()
+        if self._dir_syncer is not None:
+            self._dir_syncer.stop()
+        if isinstance(self._turns, _WriterTurns):
+            self._turns.close()
 
     def _append(self, batch: list[_Pending]) -> list[PersistOutcome] | None:
         """The steady state (every instance named, of a known series; see ``InstanceAppender``):
@@ -608,19 +652,30 @@ class GroupCommitter:
                          StoreStatus.SUCCESS) for p in batch]  # fmt: skip
 
     def _sync_group(self, batch: list[_Pending]) -> dict[int, PersistOutcome]:
-        """Before any row of the group commits: fsync each directory it named files in, once,
-        while the associations' threads sync the files' data; wait for those. The failures, by
-        position in ``batch`` (their files discarded: never acknowledged)."""
+        """Before any row of the group commits: each directory it named files in synced after the
+        names (by the ``DirSyncer`` while the associations' threads synced the files' data, else
+        here, once per directory); wait for all. The failures, by position in ``batch`` (their
+        files discarded: never acknowledged)."""
+        failed: dict[int, PersistOutcome] = {}
         try:
-            self.spool.sync_dirs(p.final.parent for p in batch if p.final is not None)
+            self.spool.sync_dirs(p.final.parent for p in batch
+                                 if p.final is not None and p.dir_sync is None)  # fmt: skip
         except OSError as exc:
             for pending in batch:
                 pending.synced.wait()
+                if pending.dir_sync is not None:
+                    pending.dir_sync.wait()
             log.error("cannot sync the spool directories of %d instances: %s", len(batch), exc)
             return {i: _discard_failed(self.spool, p, exc) for i, p in enumerate(batch)}
-        for pending in batch:
+        for index, pending in enumerate(batch):
             pending.synced.wait()
-        return dict(_sync_failures(self.spool, batch))
+            dir_error = pending.dir_sync.wait() if pending.dir_sync is not None else None
+            error = pending.sync_error or dir_error
+            if error is not None:
+                log.error("cannot sync instance %s: %s", pending.item.header.sop_instance_uid,
+                          error)  # fmt: skip
+                failed[index] = _discard_failed(self.spool, pending, error)
+        return failed
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -644,5 +699,5 @@ class GroupCommitter:
         self.batches += 1
         self.committed += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
-            assert pending.future is not None
-            pending.future.set_result(outcome)
+            pending.outcome = outcome
+            pending.wake.set()

@@ -195,7 +195,9 @@ class ReceiverHandle:
 def start_receiver(settings: Settings, db: Database, *, reuse_port: bool = False) -> ReceiverHandle:
     """Start listening (non-blocking) on ``settings.dicom_host``/``dicom_port`` (0: any free)."""
     configure_mappers()  # once, here: not ~0.3 s inside the first instance's commit
-    committer = GroupCommitter(db, settings).start()
+    # receivers of one pool (``reuse_port``) take turns on SQLite; a lone one needs no flock
+    processes = settings.receiver_processes if reuse_port else 1
+    committer = GroupCommitter(db, settings, processes=processes).start()
     try:
         server = _Server(settings, db, tls_context(settings), reuse_port)
     except OSError:  # port taken, bad TLS files: leave nothing running behind

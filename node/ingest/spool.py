@@ -9,9 +9,11 @@ carries both; a crash between leaves a name without a row, which the retry repla
 UIDs come from the network: anything that is not a plain UID is replaced by a hash so a hostile UID
 can never escape the spool.
 
-A C-STORE data set is streamed: :class:`IncomingFile` writes each fragment to a temp file under
-``spool/.incoming`` as it arrives (memory stays flat whatever the size); once complete it is
-read in place through ``mmap``, given its final name and then synced.
+A C-STORE data set is streamed: :class:`IncomingFile` holds it in memory while it fits
+``HEAD_BYTES`` (then it is written once, straight to its final name with ``O_EXCL`` when that is
+free: ``Spool.create_new``), and beyond writes each fragment to a temp file under
+``spool/.incoming`` as it arrives (memory stays bounded whatever the size); once complete that file
+is read in place through ``mmap``, given its final name and then synced.
 """
 
 from __future__ import annotations
@@ -125,9 +127,7 @@ class Spool:
         directory = self._incoming
         self._ensure_dir(directory)
         owner = temp_owner()  # the stale-file clean-up judges only this host's files
-        name = (
-            f".in{next(_incoming_names)}.{owner}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
-        )
+        name = f".in{next(_incoming_names)}.{owner}.{_pid()}.{threading.get_ident()}{TEMP_SUFFIX}"
         return IncomingFile(directory / name, prefix, self.fsync)
 
     def write_temp(self, relative: str, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int]:
@@ -183,6 +183,45 @@ class Spool:
             raise
         return final
 
+    def create_new(
+        self, relative: str, chunks: Iterable[bytes | memoryview]
+    ) -> tuple[Path, int] | None:
+        """Write ``chunks`` straight to the final name when it is free (``O_EXCL``): no temp name,
+        link or unlink for a data set already in memory. Returns (final path, open descriptor, not
+        yet synced: ``sync_fd`` syncs and closes it), or None when the name is taken (the caller
+        then writes a temp file and the committer decides). A failed write removes the file.
+
+        Crash safety: a crash before the row commits leaves a possibly partial file under the
+        final name without a row — never acknowledged, and what a crash between link and commit
+        left before: the sender's retry finds the name taken, and the committer renames the retry
+        over it because its row is new (``commit_batch``)."""
+        final = self.data_dir / relative
+        try:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return None
+        try:
+            views = [memoryview(chunk).cast("B") for chunk in chunks]
+            done = os.writev(fd, views)  # one call for file meta and data set
+            for view in views:
+                skip, done = min(done, len(view)), done - min(done, len(view))
+                view = view[skip:]
+                while view:  # a short write (disk filling up): the rest, or the error
+                    view = view[os.write(fd, view) :]
+        except OSError:
+            os.close(fd)
+            _unlink_quietly(final)
+            raise
+        return final, fd
+
+    def sync_fd(self, fd: int) -> None:
+        """``fdatasync`` (when durable) and close a descriptor from ``create_new``."""
+        try:
+            if self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
     def sync_dirs(self, directories: Iterable[Path]) -> None:
         """fsync each distinct directory once (a commit group's new names, before its commit)."""
         if self.fsync:
@@ -206,27 +245,36 @@ class Spool:
 
 
 class IncomingFile:
-    """A data set being received, written fragment by fragment to a temp file.
+    """A data set being received: kept in memory while it fits ``HEAD_BYTES``, else written
+    fragment by fragment to a temp file.
 
     Life: ``write`` as fragments come → ``mapped`` to read it in place → ``finish`` (close, with
-    or without fdatasync) → the spool publishes ``path``; or ``discard`` at any point.
+    or without fdatasync) → the spool publishes ``path`` (or, for a data set still in memory,
+    writes ``chunks`` straight to the final name: ``Spool.create_new``); or ``discard`` at any point.
 
-    A data set of at most ``HEAD_BYTES`` is also kept in memory as it is written, so ``mapped``
-    reads it from there: for small instances (most of a DX, SR or per-frame stream) opening and
-    mapping the file again cost more than the copy (docs/performance.md §4)."""
+    A data set of at most ``HEAD_BYTES`` never touches the temp file: for small instances (most of
+    a DX, SR or per-frame stream) a temp file, its link to the final name and its unlink cost more
+    than holding the bytes (docs/performance.md §4). Past that size the temp file is created and
+    what was held is written first, so memory stays bounded whatever the size."""
 
     def __init__(self, path: Path, prefix: bytes, fsync: bool) -> None:
         self.path = path
         self.prefix_length = len(prefix)
         self.size = 0  # data set bytes written, the prefix not counted
         self._fsync = fsync
+        self._prefix = prefix
         self._head: bytearray | None = bytearray()  # the data set while it fits HEAD_BYTES
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            self._write_all(memoryview(prefix))
-        except OSError:
-            self.discard()
-            raise
+        self._fd: int | None = None  # the temp file, once the data set outgrew memory
+
+    @property
+    def in_memory(self) -> bool:
+        """The whole data set is held in memory (no temp file exists)."""
+        return self._head is not None
+
+    def chunks(self) -> tuple[bytes, memoryview]:
+        """Prefix and data set, for a data set ``in_memory``."""
+        assert self._head is not None
+        return self._prefix, memoryview(self._head)
 
     def _write_all(self, view: memoryview) -> None:
         assert self._fd is not None
@@ -236,17 +284,22 @@ class IncomingFile:
     def write(self, data: bytes | memoryview) -> None:
         """Append a fragment; an OSError (disk full) leaves the file for ``discard``."""
         view = memoryview(data).cast("B")
+        if self._head is not None:
+            if self.size + len(view) <= HEAD_BYTES:
+                self._head += view
+                self.size += len(view)
+                return
+            held, self._head = self._head, None  # large: to the temp file, read back by ``mapped``
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._write_all(memoryview(self._prefix))
+            self._write_all(memoryview(held))
         self._write_all(view)
         self.size += len(view)
-        if self._head is not None:
-            if self.size <= HEAD_BYTES:
-                self._head += view
-            else:
-                self._head = None  # large: read back from the file (``mapped``)
 
     def finish(self, *, sync: bool = True) -> None:
-        """Close the descriptor (idempotent), first making the content durable unless ``sync`` is
-        False: the receiver syncs the file once it has its final name (``Spool.sync_file``)."""
+        """Close the temp file's descriptor (idempotent), first making the content durable unless
+        ``sync`` is False: the receiver syncs the file once it has its final name
+        (``Spool.sync_file``). Nothing to do for a data set held in memory."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -276,12 +329,21 @@ class IncomingFile:
                 mapping.close()
 
     def discard(self) -> None:
-        self._head = None
+        held, self._head = self._head, None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-        _unlink_quietly(self.path)
+        if held is None:  # the temp file may exist (a data set held in memory never made one)
+            _unlink_quietly(self.path)
+
+
+_PID = [os.getpid()]  # this process's id without a system call per instance
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _pid() -> int:
+    return _PID[0]
 
 
 def temp_owner(host: str | None = None, boot_id: str | None = None) -> str:

@@ -12,9 +12,11 @@ instances of one series cover both commit paths: the first creates the study and
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -24,7 +26,7 @@ from sqlalchemy import select
 
 from core.config import Settings
 from node.db.engine import Database
-from node.db.orm import Instance
+from node.db.orm import Instance, Series, Study
 from node.ingest import spool as spool_module
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance, stored_files
@@ -116,3 +118,70 @@ def test_failed_directory_sync_is_never_acknowledged(
     assert statuses[0] == 0x0000 and statuses[1] != 0x0000
     assert len(_committed(db)) == 1
     assert len(stored_files(settings)) == 1  # the unacknowledged file is gone
+
+
+def test_received_copy_replaces_a_leftover_at_its_final_name(
+    db: Database, settings: Settings, receiver_on: StartReceiver
+) -> None:
+    """A small data set is written straight to its final name; a crash there leaves a partial file
+    with no row, never acknowledged. The sender's retry must replace it, not be called a
+    duplicate, and leave no temp file behind."""
+    handle = receiver_on(db)
+    raw = make_instance()
+    statuses: list[int] = []
+    _send(handle.port, [raw], lambda _sop, status: statuses.append(status))
+    [path] = stored_files(settings)
+    stored = path.read_bytes()
+    with db.write() as session:  # the lost commit: the row is gone, a half file stays
+        session.execute(Instance.__table__.delete())
+        session.execute(Series.__table__.delete())
+        session.execute(Study.__table__.delete())
+    path.write_bytes(stored[:100])
+    _send(handle.port, [raw], lambda _sop, status: statuses.append(status))
+    assert statuses == [0x0000, 0x0000]
+    assert path.read_bytes() == stored
+    assert len(_committed(db)) == 1
+    assert [p.name for p in settings.spool_dir.rglob("*") if p.is_file()] == [path.name]
+
+
+def test_received_duplicate_keeps_the_first_copy(
+    db: Database, settings: Settings, receiver_on: StartReceiver
+) -> None:
+    handle = receiver_on(db)
+    sop = generate_uid()
+    first = make_instance(sop_uid=sop, patient_name="First^Copy")
+    second = make_instance(sop_uid=sop, patient_name="Second^Copy")
+    statuses: list[int] = []
+    _send(handle.port, [first, second], lambda _sop, status: statuses.append(status))
+    assert statuses == [0x0000, 0x0000]
+    [path] = stored_files(settings)
+    assert pydicom.dcmread(path).PatientName == "First^Copy"
+    assert [p.name for p in settings.spool_dir.rglob("*") if p.is_file()] == [path.name]
+
+
+def test_one_association_commits_in_its_own_thread(
+    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one association nobody else writes: its instances are synced and committed in its
+    own thread, with no hand-off to a committer thread and back (two wake-ups per instance)."""
+    handle = receiver_on(db)
+    study, series = generate_uid(), generate_uid()
+    raws = [make_instance(study_uid=study, series_uid=series, instance_number=i) for i in range(3)]
+    threads: list[tuple[str, int]] = []
+    real_fdatasync, appender = os.fdatasync, handle.committer.appender
+    real_append = appender.append
+
+    def fdatasync(fd: int) -> None:
+        threads.append(("sync", threading.get_ident()))
+        real_fdatasync(fd)
+
+    def append(items: Any) -> bool:
+        threads.append(("commit", threading.get_ident()))
+        return real_append(items)
+
+    monkeypatch.setattr(spool_module.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(appender, "append", append)
+    _send(handle.port, raws, lambda _sop, status: None)
+    assert {kind for kind, _ in threads} == {"sync", "commit"}
+    assert len({ident for _, ident in threads}) == 1, "the commit ran in another thread"
+    assert not [t for t in threading.enumerate() if "commit" in t.name]

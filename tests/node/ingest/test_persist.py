@@ -210,3 +210,18 @@ def test_receiver_commits_are_durable_on_sqlite(sqlite_db: Database, settings: S
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     finally:
         committer.stop()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_only_a_receiver_pool_takes_turns_on_a_file_lock(
+    sqlite_db: Database, settings: Settings, processes: int
+) -> None:
+    """Several receiver processes on one SQLite file take turns on a flock; a lone one has nobody
+    to take turns with and pays no lock calls per commit."""
+    committer = GroupCommitter(sqlite_db, settings, processes=processes).start()
+    try:
+        assert persist_instance(sqlite_db, settings, make_instance(), SENDER).ok
+    finally:
+        committer.stop()
+    locks = list(settings.data_dir.glob("*-receivers.lock"))
+    assert len(locks) == (1 if processes > 1 else 0)

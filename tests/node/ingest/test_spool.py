@@ -88,8 +88,8 @@ def test_temp_files_carry_their_owner(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [0, 1000, HEAD_BYTES, HEAD_BYTES + 1])
 def test_incoming_file_reads_back_what_was_written(tmp_path: Path, size: int) -> None:
-    """Small data sets are read from memory, larger ones from the file: the same bytes either way,
-    and the file on disk holds prefix + data set."""
+    """Small data sets are held in memory (no temp file at all), larger ones go to the file: the
+    same bytes either way, prefix + data set."""
     data = bytes(i % 251 for i in range(size))
     incoming = Spool(tmp_path, fsync=False).open_incoming(b"META")
     for start in range(0, size, 4096):  # fragment by fragment, as P-DATA arrives
@@ -97,7 +97,13 @@ def test_incoming_file_reads_back_what_was_written(tmp_path: Path, size: int) ->
     with incoming.mapped() as view:
         assert bytes(view) == data
     incoming.finish(sync=False)
-    assert incoming.path.read_bytes() == b"META" + data
+    if size <= HEAD_BYTES:
+        assert incoming.in_memory and not incoming.path.exists()
+        assert b"".join(incoming.chunks()) == b"META" + data
+    else:
+        assert incoming.path.read_bytes() == b"META" + data
+    incoming.discard()
+    assert not incoming.path.exists()
 
 
 def test_small_data_set_is_not_read_back_from_the_file(
