@@ -118,3 +118,20 @@ def wait_until(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
         time.sleep(0.5)
         value = check()
     return value
+
+
+def open_page_until(
+    driver: Any, url: str, check: Callable[[], Any], timeout_s: float = 90.0
+) -> Any:
+    """Open ``url`` and wait for ``check()``; a page still blank at the timeout is loaded once
+    more. Under load OHIF now and then leaves the page empty after a switch of study (no text at
+    all: the viewer never started), which a reload cures; a viewer that shows the page but not
+    what ``check`` wants still fails."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    value = wait_until(check, timeout_s)
+    if not value and not driver.find_element(By.TAG_NAME, "body").text.strip():
+        driver.get(url)
+        value = wait_until(check, timeout_s)
+    return value

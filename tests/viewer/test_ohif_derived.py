@@ -32,6 +32,7 @@ from tests.viewer.ohif_browser import (
     console_errors,
     need_ohif,
     ohif_on_orthanc,
+    open_page_until,
     skip_tour,
     wait_until,
 )
@@ -142,15 +143,15 @@ def test_derived_series_and_parametric_map_load_in_ohif(tmp_path: Path) -> None:
             _check_derived(driver, run, shots, name)
 
         # the CR study lists the derived series and the map, as OHIF's PMAP series
-        driver.get(f"{url}/viewer?StudyInstanceUIDs={explained.result.study_instance_uid}")
         listed = [
             "CR\ndemo-enhance-2d v1.0.0 denoised (AI)",
             "PMAP\ndemo-2d v1.0.0 explanation map (AI)",
         ]
-        body = wait_until(
+        body = open_page_until(
+            driver,
+            f"{url}/viewer?StudyInstanceUIDs={explained.result.study_instance_uid}",
             lambda: all(t in (b := driver.find_element(By.TAG_NAME, "body").text)
                         for t in listed) and b,
-            90,
         )  # fmt: skip
         assert body, driver.find_element(By.TAG_NAME, "body").text
         pmap = _open_series(
