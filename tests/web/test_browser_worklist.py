@@ -17,13 +17,18 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def test_worklist_filter_review_and_live_badge(
     server: tuple[str, Console, ProcessedStudy], browser: object
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base, console, study = server
     driver = browser
-    wait = WebDriverWait(driver, 30)
+    # the rows are swapped in by the filter's request: a check that reads the old element as it
+    # goes ("Node with given id does not belong to the document") tries again, as for stale ones
+    wait = WebDriverWait(
+        driver, 30, ignored_exceptions=(StaleElementReferenceException, WebDriverException)
+    )
     driver.get(base + "/")  # type: ignore[attr-defined]
     wait.until(ec.presence_of_element_located((By.ID, "username"))).send_keys("admin1")
     driver.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
