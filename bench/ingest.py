@@ -12,6 +12,14 @@ layer (docs/performance.md). Every receiver gets a fresh, empty storage per run.
 storescp also get ``TCP_NODELAY=1`` (pacsnode sets it on its sockets itself); without it DCMTK-based
 receivers stall ~40 ms per response on delayed ACKs (``--receivers-nagle`` shows that).
 
+Storage is removed only when the whole run ends, never between runs: on ext4 without a journal
+(this machine's disk) the kernel will not reuse an inode deleted in the last 60-360 s and scans
+past every such inode to create a file (``recently_deleted()`` in ``fs/ext4/ialloc.c``), so after a
+run's thousands of deletions each file the next run created cost 0.2-0.5 ms instead of ~0.01 ms —
+more than the rest of a small instance's work, and a different amount for whichever receiver ran
+next. The footer prints the cost of creating a file, probed before the first run and after the
+last; a probe over 50 us means recent deletions (another run's, within ~6 minutes) slowed this one.
+
     .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
     .venv/bin/python bench/ingest.py --quick --repeat 1 --only pacsnode-1 pynetdicom
@@ -336,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
         sides = {"a": 512, "b": 64}
         sizes = {c: write_corpus(corpora[c], counts[c], sides[c]) for c in args.corpora}
+        probes = [create_probe_us(base / "probe-before")]
         receivers = {label: factory for label, factory, _ in chosen.values()}
         scenarios = [(c, a, True) for c in args.corpora for a in args.associations]
         if not args.quick and "a" in args.corpora:
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     PEAK_RSS_MB.clear()
                     with factory(workdir) as (port, aet):
                         elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
-                    shutil.rmtree(workdir, ignore_errors=True)
+                    # kept until the end: deleting now slows every file the next run creates
                     runs[name].append(elapsed)
                     rate = counts[corpus] / elapsed
                     rss = f"  peak RSS {PEAK_RSS_MB[0]:.0f} MB" if PEAK_RSS_MB else ""
@@ -362,20 +371,40 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(
                     Result(name, label, counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6)
                 )
-        print_table(results, counts, args.repeat)
+        probes.append(create_probe_us(base / "probe-after"))
+        print_table(results, counts, args.repeat, probes)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
-def print_table(results: list[Result], counts: dict[str, int], repeat: int) -> None:
+def create_probe_us(folder: Path, count: int = 300) -> float:
+    """Median microseconds to create (``O_EXCL``) and write a 9 KB file in a fresh ``folder``:
+    ~10 us on an idle ext4, 200+ us when many inodes were deleted in the last minutes (module doc).
+    The files stay (deleting them would slow the runs after)."""
+    folder.mkdir()
+    data = os.urandom(9000)
+    times = []
+    for index in range(count):
+        started = time.perf_counter()
+        fd = os.open(folder / f"{index:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def print_table(
+    results: list[Result], counts: dict[str, int], repeat: int, probes: list[float]
+) -> None:
     scenarios = list(dict.fromkeys(r.scenario for r in results))
     orthanc_rate = {r.scenario: r.rate for r in results if r.receiver.startswith("Orthanc")}
     receivers = "with" if RECEIVER_ENV.get("TCP_NODELAY") else "without"
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; corpus (a): "
           f"{counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
           f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
-          f"median of {repeat} runs\n")  # fmt: skip
+          f"median of {repeat} runs; file create probe {probes[0]:.0f} us before, "
+          f"{probes[-1]:.0f} us after{' (slowed by recent deletions)' if max(probes) > 50 else ''}\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
     print("|---|---|---|---|---|")
     for scenario in scenarios:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -144,6 +145,25 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class UnsyncedFile(Base):
+    """The bytes of a small received instance whose file is not yet synced to disk.
+
+    Committed in the transaction that records the instance, so one database commit makes both
+    durable (one device flush per commit group instead of a file flush, a directory flush and a
+    commit flush per instance); the file itself is synced in bulk later and this row deleted
+    (``node.ingest.write_ahead``). After a crash, a file that lost its bytes is written again
+    from here. Deleting the instance deletes the row (a deleted study is never brought back).
+    """
+
+    __tablename__ = "unsynced_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # commit order: what a bulk sync covered
+    sop_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("instances.sop_instance_uid", ondelete="CASCADE"), unique=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # the whole file, as written
 
 
 class Job(Base):

@@ -74,6 +74,11 @@ from node.ingest.spool import (
     check_free_space,
     relative_path,
 )
+from node.ingest.write_ahead import (
+    WRITE_AHEAD_BYTES,
+    BulkSyncer,
+    recover_unsynced,
+)
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -108,6 +113,8 @@ class _Pending:
     dir_sync: DirSync | None = None  # its final name's directory sync, requested from ``DirSyncer``
     synced: threading.Event = field(default_factory=threading.Event)
     sync_error: OSError | None = None
+    data: bytes | None = None  # the whole file, when small enough for write-ahead
+    deferred: bool = False  # not synced: its bytes go into its commit (``write_ahead``)
 
     def sync_data(self, spool: Spool) -> None:
         """Make the file's data durable (when ``unsynced``); record a failure, never raise."""
@@ -347,15 +354,18 @@ def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, heade
         incoming.finish(sync=False)
         spool.ensure_parent(relative)
         if incoming.in_memory:
-            created = spool.create_new(relative, incoming.chunks())
+            # a small one's bytes may go into its commit instead of a sync (``write_ahead``)
+            data = b"".join(incoming.chunks()) if size <= WRITE_AHEAD_BYTES else None
+            chunks = [data] if data is not None else incoming.chunks()
+            created = spool.create_new(relative, chunks)
             if created is None:  # taken (a duplicate, or a leftover): a synced temp beside it
-                temp, _ = spool.write_temp(relative, incoming.chunks())
+                temp, _ = spool.write_temp(relative, chunks)
                 incoming.discard()
                 return _Pending(NewInstance(header, assoc, relative, size), temp)
             path, fd = created
             incoming.discard()
             return _Pending(NewInstance(header, assoc, relative, size), path, final=path,
-                            unsynced_fd=fd)  # fmt: skip
+                            unsynced_fd=fd, data=data)  # fmt: skip
         final = spool.publish_new(incoming.path, relative)
     except OSError as exc:
         incoming.discard()
@@ -553,11 +563,14 @@ class GroupCommitter:
         # the flock only serves several receiver processes sharing one SQLite file
         self._turns = _WriterTurns(db) if processes > 1 else contextlib.nullcontext()
         self._dir_syncer: DirSyncer | None = None
+        self.bulk_syncer: BulkSyncer | None = None  # durable: small files' bytes in the commit
 
     def start(self) -> GroupCommitter:
         _make_sqlite_durable(self.db, self.settings)
         if self.settings.fsync:  # looked up per call: tests watch ``spool.fsync_dir``
             self._dir_syncer = DirSyncer(lambda directory: self.spool.sync_dirs([directory]))
+            recover_unsynced(self.db, self.spool)  # a crash's unsynced files, before any new one
+            self.bulk_syncer = BulkSyncer(self.db, self.spool).start()
         self.running = True
         _committers[id(self.db)] = self
         return self
@@ -574,7 +587,13 @@ class GroupCommitter:
         """Queue an instance whose ``writing_started`` was called, sync its data (while a running
         leader fsyncs its group's directories), then commit its group as leader or wait for the
         leader that does; its outcome."""
-        if self._dir_syncer is not None and pending.final is not None:
+        if (
+            self.bulk_syncer is not None
+            and pending.data is not None
+            and pending.unsynced_fd is not None
+        ):
+            self._defer(pending)
+        elif self._dir_syncer is not None and pending.final is not None:
             pending.dir_sync = self._dir_syncer.request(pending.final.parent)
         with self._lock:
             self._queue.append(pending)
@@ -584,7 +603,10 @@ class GroupCommitter:
                 self._leading = True
             else:
                 self._arrived.notify()
-        pending.sync_data(self.spool)
+        if pending.deferred:  # its bytes go into the commit instead
+            pending.synced.set()
+        else:
+            pending.sync_data(self.spool)
         if not lead:
             pending.wake.wait()  # committed by a leader, or handed the lead
             if pending.outcome is not None:
@@ -592,6 +614,16 @@ class GroupCommitter:
         self._lead(pending)
         assert pending.outcome is not None
         return pending.outcome
+
+    @staticmethod
+    def _defer(pending: _Pending) -> None:
+        """No sync now: the file's bytes are committed with its row (``write_ahead``), and the
+        file synced in bulk later — unless its group takes the general path (``_sync_deferred``)."""
+        fd, pending.unsynced_fd = pending.unsynced_fd, None
+        assert fd is not None
+        os.close(fd)
+        pending.unsynced = pending.final
+        pending.deferred = True
 
     def _lead(self, own: _Pending) -> None:
         """Commit queued groups until ``own`` has its outcome, then hand the lead on."""
@@ -631,6 +663,8 @@ class GroupCommitter:
         self.appender.close()
         if self._dir_syncer is not None:
             self._dir_syncer.stop()
+        if self.bulk_syncer is not None:
+            self.bulk_syncer.stop()
         if isinstance(self._turns, _WriterTurns):
             self._turns.close()
 
@@ -640,14 +674,18 @@ class GroupCommitter:
         was written then)."""
         if any(p.final is None for p in batch):
             return None
+        unsynced = [(p.item.header.sop_instance_uid, p.data) for p in batch
+                    if p.deferred and p.data is not None]  # fmt: skip
         try:
-            done = self.appender.append([p.item for p in batch])
+            done = self.appender.append([p.item for p in batch], unsynced)
         except Exception as exc:  # noqa: BLE001 - any driver's error: the general path decides
             log.warning("fast commit of %d instances failed (%s); using the general path",
                         len(batch), exc)  # fmt: skip
             return None
         if not done:
             return None
+        if unsynced and self.bulk_syncer is not None:
+            self.bulk_syncer.committed(sum(len(data) for _, data in unsynced))
         return [_outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
                          StoreStatus.SUCCESS) for p in batch]  # fmt: skip
 
@@ -659,7 +697,8 @@ class GroupCommitter:
         failed: dict[int, PersistOutcome] = {}
         try:
             self.spool.sync_dirs(p.final.parent for p in batch
-                                 if p.final is not None and p.dir_sync is None)  # fmt: skip
+                                 if p.final is not None and p.dir_sync is None
+                                 and not p.deferred)  # fmt: skip
         except OSError as exc:
             for pending in batch:
                 pending.synced.wait()
@@ -677,18 +716,39 @@ class GroupCommitter:
                 failed[index] = _discard_failed(self.spool, pending, error)
         return failed
 
+    def _sync_deferred(self, batch: list[_Pending]) -> dict[int, PersistOutcome]:
+        """The general path commits no file bytes: sync the deferred files of ``batch`` and their
+        directories now. The failures, by position (their files discarded)."""
+        deferred = [(i, p) for i, p in enumerate(batch) if p.deferred]
+        for _, pending in deferred:
+            pending.deferred = False
+            pending.sync_data(self.spool)
+        failed = {i: _discard_failed(self.spool, p, p.sync_error)
+                  for i, p in deferred if p.sync_error is not None}  # fmt: skip
+        try:
+            self.spool.sync_dirs(p.final.parent for i, p in deferred
+                                 if i not in failed and p.final is not None)  # fmt: skip
+        except OSError as exc:
+            log.error("cannot sync the spool directories of %d instances: %s", len(deferred), exc)
+            failed.update({i: _discard_failed(self.spool, p, exc) for i, p in deferred})
+        return failed
+
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            failed = self._sync_group(batch)
-            durable = [p for i, p in enumerate(batch) if i not in failed]
-            written: list[PersistOutcome] = []
+            outcome_of: dict[int, PersistOutcome] = self._sync_group(batch)  # the failures
+            durable = [i for i in range(len(batch)) if i not in outcome_of]
             if durable:
                 with self._turns:
-                    appended = self._append(durable)
-                    written = appended if appended is not None else commit_batch(
-                        self.db, self.settings, self.spool, durable, dirs_synced=True)  # fmt: skip
-            done = iter(written)
-            outcomes = [failed[i] if i in failed else next(done) for i in range(len(batch))]
+                    written = self._append([batch[i] for i in durable])
+                    if written is None:  # the general path: the deferred files synced first
+                        late = self._sync_deferred([batch[i] for i in durable])
+                        outcome_of.update((durable[j], o) for j, o in late.items())
+                        durable = [i for j, i in enumerate(durable) if j not in late]
+                        rest = [batch[i] for i in durable]
+                        written = commit_batch(self.db, self.settings, self.spool, rest,
+                                               dirs_synced=True) if rest else []  # fmt: skip
+                outcome_of.update(zip(durable, written, strict=True))
+            outcomes = [outcome_of[i] for i in range(len(batch))]
         except Exception as exc:  # noqa: BLE001 - thread boundary: never leave a handler waiting
             log.exception("group commit failed unexpectedly")
             outcomes = [

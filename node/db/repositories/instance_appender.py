@@ -45,6 +45,8 @@ _COUNT_STUDY = (
     "modalities = ? WHERE id = ?"
 )
 
+_UNSYNCED = "INSERT INTO unsynced_files (sop_instance_uid, data) VALUES (?, ?)"
+
 
 class InstanceAppender:
     """One persistent DBAPI connection that appends instance rows in groups (one per committer)."""
@@ -72,10 +74,14 @@ class InstanceAppender:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def append(self, items: Sequence[NewInstance]) -> bool:
-        """Record ``items`` (their files already durable) and commit; True when done. False when
-        the group is not the steady state: nothing was written. A database error rolls back and
-        propagates."""
+    def append(
+        self, items: Sequence[NewInstance], unsynced: Sequence[tuple[str, bytes]] = ()
+    ) -> bool:
+        """Record ``items`` and commit; True when done. False when the group is not the steady
+        state: nothing was written. A database error rolls back and propagates.
+
+        Files are durable already, except those in ``unsynced`` ((SOP Instance UID, the file's
+        bytes)), whose bytes are committed with their rows (``node.ingest.write_ahead``)."""
         if not items:
             return False
         conn = self._connection()
@@ -85,6 +91,8 @@ class InstanceAppender:
             if not self.postgres:
                 cursor.execute("BEGIN IMMEDIATE")
             done = self._write(cursor, items)
+            if done and unsynced:
+                cursor.executemany(self._sql(_UNSYNCED), list(unsynced))
             if done:
                 conn.commit() if self.postgres else cursor.execute("COMMIT")
                 self.appended += 1

@@ -1,12 +1,11 @@
 """0x0000 goes back only once the file, its name and its row are durable; the row last.
 
-The receiver shares fsyncs across a commit group (each file's data synced in its association's
-thread while the committer fsyncs each directory of the group once, then one commit), so these
-tests watch the syncs themselves: every acknowledged instance's data was synced under its final
-name, and its directory fsynced with the name in it, both while its row was still uncommitted,
-and the row was committed before the sender got the status. Three
-instances of one series cover both commit paths: the first creates the study and series
-(``upsert_instances``), the others are the steady state (``InstanceAppender``).
+The receiver shares fsyncs across a commit group. An instance that starts a series (the general
+path, ``upsert_instances``) has its data synced under its final name and its directory fsynced
+with the name in it, both while its row is still uncommitted. A small instance of a known series
+(the steady state, ``InstanceAppender``) is not synced on its own: its bytes are committed in the
+same transaction as its row (``node.ingest.write_ahead``), so one commit makes both durable, and
+the spool is synced in bulk later. These tests watch the syncs and the committed bytes.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ from sqlalchemy import select
 
 from core.config import Settings
 from node.db.engine import Database
-from node.db.orm import Instance, Series, Study
+from node.db.orm import Instance, Series, Study, UnsyncedFile
 from node.ingest import spool as spool_module
+from node.ingest import write_ahead
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance, stored_files
 
@@ -72,32 +72,51 @@ def _send(port: int, raws: list[bytes], after_each: Callable[[str, int], None]) 
         assoc.release()
 
 
+def _committed_bytes(db: Database) -> dict[str, bytes]:
+    with db.read() as session:
+        return dict(session.execute(select(UnsyncedFile.sop_instance_uid, UnsyncedFile.data)).all())
+
+
 def test_success_is_sent_after_file_name_and_row_are_durable(
     db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)  # no bulk sync during the test
     handle = receiver_on(db)
     events = _watch_syncs(monkeypatch, db)
     study, series = generate_uid(), generate_uid()
     raws = [make_instance(study_uid=study, series_uid=series, instance_number=i) for i in range(3)]
     acked: list[str] = []
+    bytes_at_ack: dict[str, bytes] = {}
 
     def check_on_ack(sop: str, status: int) -> None:
         assert status == 0x0000
         assert sop in _committed(db), "success sent before the row was committed"
+        bytes_at_ack.update(_committed_bytes(db))
         acked.append(sop)
 
     _send(handle.port, raws, check_on_ack)
     assert handle.committer.appender.appended >= 1  # the steady-state path was exercised
     files = {p.stem: p for p in stored_files(settings)}
-    for sop in acked:
-        final = files[sop]
-        assert any(e[0] == "data" and e[1] == str(final) and sop not in e[2] for e in events), (
-            f"{sop}: its data was not synced under its final name before its commit"
+    first, *steady = acked
+    final = files[first]  # the general path: file and name synced before the commit
+    assert any(e[0] == "data" and e[1] == str(final) and first not in e[2] for e in events), (
+        f"{first}: its data was not synced under its final name before its commit"
+    )
+    assert any(e[0] == "dir" and e[1] == str(final.parent) and first not in e[2]
+               and final.name in e[3] for e in events), (
+        f"{first}: its directory was not synced with its name in it before its commit"
+    )  # fmt: skip
+    for sop in steady:  # the steady state: the file's bytes committed with the row
+        assert bytes_at_ack.get(sop) == files[sop].read_bytes(), (
+            f"{sop}: acknowledged without its bytes committed with its row"
         )
-        assert any(e[0] == "dir" and e[1] == str(final.parent) and sop not in e[2]
-                   and final.name in e[3] for e in events), (
-            f"{sop}: its directory was not synced with its name in it before its commit"
-        )  # fmt: skip
+        assert not any(e[0] == "data" and e[1] == str(files[sop]) for e in events), (
+            f"{sop}: synced on its own although its bytes were in the commit"
+        )
+    assert set(_committed_bytes(db)) == set(steady)
+    assert handle.committer.bulk_syncer is not None
+    assert handle.committer.bulk_syncer.sync_now() == len(steady)  # synced in bulk, rows gone
+    assert _committed_bytes(db) == {}
 
 
 def test_failed_directory_sync_is_never_acknowledged(
@@ -114,7 +133,8 @@ def test_failed_directory_sync_is_never_acknowledged(
         raise OSError(5, "Input/output error", str(path))
 
     monkeypatch.setattr(spool_module, "fsync_dir", broken)
-    _send(handle.port, raws[1:], lambda _sop, status: statuses.append(status))
+    other_series = make_instance(study_uid=study, series_uid=generate_uid())  # the general path
+    _send(handle.port, [other_series], lambda _sop, status: statuses.append(status))
     assert statuses[0] == 0x0000 and statuses[1] != 0x0000
     assert len(_committed(db)) == 1
     assert len(stored_files(settings)) == 1  # the unacknowledged file is gone
@@ -175,9 +195,9 @@ def test_one_association_commits_in_its_own_thread(
         threads.append(("sync", threading.get_ident()))
         real_fdatasync(fd)
 
-    def append(items: Any) -> bool:
+    def append(items: Any, *unsynced: Any) -> bool:
         threads.append(("commit", threading.get_ident()))
-        return real_append(items)
+        return real_append(items, *unsynced)
 
     monkeypatch.setattr(spool_module.os, "fdatasync", fdatasync)
     monkeypatch.setattr(appender, "append", append)

@@ -1,0 +1,184 @@
+"""Small received instances: their bytes committed with their rows, their files synced in bulk.
+
+A durable small instance used to cost three device flushes before its success status: its file's
+``fdatasync``, its directory's fsync and the database commit. For a 64x64 image that was most of
+the receiver's time at one association (docs/performance.md §4). Here a data set of at most
+``WRITE_AHEAD_BYTES`` is written to its final name *without* a sync and its bytes are inserted
+(table ``unsynced_files``) in the same transaction as its instance row, so the group's one commit
+makes both durable: a database write-ahead log for the file. ``BulkSyncer`` then syncs the file
+system once a second (``syncfs``: every file written since, one flush) and deletes the rows it
+covered. ``recover_unsynced`` runs when a receiver starts: each row still there names a file that
+may have lost its bytes in a crash, and any file that differs is written again from the row.
+
+The promise is unchanged — 0x0000 only once the bytes and the row survive a power cut — and a
+deleted instance is never brought back: its ``unsynced_files`` row goes with it (foreign key,
+``ON DELETE CASCADE``), so recovery finds nothing to restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+
+from node.db.engine import Database
+from node.db.orm import Instance, UnsyncedFile
+from node.ingest.spool import Spool, fsync_dir
+
+log = logging.getLogger(__name__)
+
+WRITE_AHEAD_BYTES = 64 << 10  # data sets up to this size go through the commit (a few pages)
+SYNC_INTERVAL_S = 1.0  # how long a file may stay unsynced (its bytes are in the database)
+SYNC_BYTES = 32 << 20  # or until this many bytes wait, whichever comes first
+_RECOVER_CHUNK = 200
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every dirty file and directory of the file system holding ``path`` (``syncfs``):
+    one call for all the files written since the last one. Raises OSError when it fails."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None:  # not Linux: sync everything
+            os.sync()
+        elif syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path))
+    finally:
+        os.close(fd)
+
+
+class BulkSyncer:
+    """Syncs the spool's file system every ``interval_s`` (sooner past ``max_bytes``) while
+    write-ahead rows wait, then deletes the rows that sync covered. Its own thread: a committer
+    never waits for it."""
+
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        interval_s: float | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.interval_s = SYNC_INTERVAL_S if interval_s is None else interval_s
+        self.max_bytes = SYNC_BYTES if max_bytes is None else max_bytes
+        self.syncs = 0  # bulk syncs done (tests, stats)
+        self._lock = threading.Lock()
+        self._waiting_bytes = 0
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> BulkSyncer:
+        self._thread = threading.Thread(target=self._run, name="bulk-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def committed(self, nbytes: int) -> None:
+        """A commit added ``nbytes`` of write-ahead rows."""
+        with self._lock:
+            self._waiting_bytes += nbytes
+            if self._waiting_bytes >= self.max_bytes:
+                self._due.set()
+
+    def stop(self, final_sync: bool = True) -> None:
+        """Stop the thread and sync what is left: a clean stop leaves no rows behind (tests pass
+        ``final_sync=False`` for a power cut)."""
+        self._stopping = True
+        self._due.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if final_sync:
+            self.sync_now()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._due.wait(self.interval_s)
+            self._due.clear()
+            if self._stopping:
+                return
+            with self._lock:
+                waiting = self._waiting_bytes
+            if waiting:
+                self.sync_now()
+
+    def sync_now(self) -> int:
+        """Sync the file system, then delete the rows committed before it began; the number of
+        rows deleted (0 when the sync failed: the rows stay, and recovery still has them)."""
+        with self._lock:
+            self._waiting_bytes = 0
+        try:
+            with self.db.read() as session:
+                last = session.scalar(select(func.max(UnsyncedFile.id)))
+            if last is None:
+                return 0
+            # every row up to ``last`` was committed after its file was written: the sync covers it
+            sync_filesystem(self.spool.data_dir)
+            with self.db.write() as session:
+                deleted = session.execute(delete(UnsyncedFile).where(UnsyncedFile.id <= last))
+            self.syncs += 1
+            return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a thread: log, keep the rows, try again later
+            log.error("bulk sync of the spool failed (rows kept for recovery): %s", exc)
+            return 0
+
+
+def recover_unsynced(db: Database, spool: Spool) -> int:
+    """After an unclean stop: write again, from its committed bytes, every file that a crash may
+    have left short or empty; then sync and clear the rows. The number of files rewritten.
+
+    Runs before a receiver accepts associations. Several receiver processes may run it at once:
+    each rewrite is a synced temp file renamed over the name, the same bytes either way."""
+    restored = 0
+    last = 0
+    directories: set[Path] = set()
+    while True:
+        with db.read() as session:
+            rows = session.execute(
+                select(UnsyncedFile.id, Instance.path, UnsyncedFile.data)
+                .join(Instance, Instance.sop_instance_uid == UnsyncedFile.sop_instance_uid)
+                .where(UnsyncedFile.id > last)
+                .order_by(UnsyncedFile.id)
+                .limit(_RECOVER_CHUNK)
+            ).all()
+        if not rows:
+            break
+        for row_id, relative, data in rows:
+            last = row_id
+            final = spool.data_dir / relative
+            if _holds(final, data):
+                continue
+            temp, _ = spool.write_temp(relative, [data])  # synced
+            os.replace(temp, final)
+            directories.add(final.parent)
+            restored += 1
+    for directory in directories:
+        fsync_dir(directory)
+    with db.read() as session:
+        anything = session.scalar(select(func.max(UnsyncedFile.id)))
+    if anything is not None:
+        sync_filesystem(spool.data_dir)
+        with db.write() as session:
+            session.execute(delete(UnsyncedFile).where(UnsyncedFile.id <= anything))
+    if restored:
+        log.warning("restored %d received file(s) from the database after an unclean stop",
+                    restored)  # fmt: skip
+    return restored
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` has exactly ``data``."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == len(data):
+            return path.read_bytes() == data
+    return False
