@@ -18,7 +18,8 @@ past every such inode to create a file (``recently_deleted()`` in ``fs/ext4/iall
 run's thousands of deletions each file the next run created cost 0.2-0.5 ms instead of ~0.01 ms —
 more than the rest of a small instance's work, and a different amount for whichever receiver ran
 next. The footer prints the cost of creating a file, probed before the first run and after the
-last; a probe over 50 us means recent deletions (another run's, within ~6 minutes) slowed this one.
+last; over 50 us before the first run means recent deletions (another run's, within ~6 minutes)
+slowed this one. (After the last run it is often higher anyway: gigabytes of CT written back.)
 
     .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
@@ -403,8 +404,9 @@ def print_table(
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; corpus (a): "
           f"{counts['a']} CT 512x512 16-bit; (b): {counts['b']} 64x64; sender storescu "
           f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
-          f"median of {repeat} runs; file create probe {probes[0]:.0f} us before, "
-          f"{probes[-1]:.0f} us after{' (slowed by recent deletions)' if max(probes) > 50 else ''}\n")  # fmt: skip
+          f"median of {repeat} runs; file create probe {probes[0]:.0f} us before the first run, "
+          f"{probes[-1]:.0f} us after the last"
+          f"{' (slowed by recent deletions: rerun later)' if probes[0] > 50 else ''}\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
     print("|---|---|---|---|---|")
     for scenario in scenarios:

@@ -11,12 +11,14 @@ per instance are the total count divided by the instances sent.
 
 (``.venv/bin`` last in ``PATH``: pynetdicom's ``storescu`` there would shadow DCMTK's.) Compare
 two trees by running each tree's copy back to back, several times: single runs drift with load.
+Each run's corpus and storage stay under ``var/receiver-cpu/`` (remove it when done): deleting
+them would slow the files the next run creates (``bench/ingest.py``'s docstring), and the line
+printed ends with the cost of creating a file just before the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,19 +40,19 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--strace", type=Path, default=None, metavar="FILE")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="receiver-cpu-"))
+    runs = ingest.PROJECT_ROOT / "var" / "receiver-cpu"
+    runs.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))  # kept: see the module doc
     corpus = workdir / "b"
     corpus.mkdir()
     ingest.write_corpus(corpus, args.count, 64)
-    try:
-        seconds, before, after = _measure(workdir, corpus, args)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    probe = ingest.create_probe_us(workdir / "probe")
+    seconds, before, after = _measure(workdir, corpus, args)
     user = (after.user - before.user) / args.count * 1e3
     system = (after.system - before.system) / args.count * 1e3
     print(f"{args.associations} assoc: {args.count / seconds:.1f} instances/s, receiver CPU "
           f"{user + system:.3f} ms/instance (user {user:.3f}, sys {system:.3f}), "
-          f"load average {psutil.getloadavg()[0]:.2f}")  # fmt: skip
+          f"load average {psutil.getloadavg()[0]:.2f}, file create {probe:.0f} us")  # fmt: skip
 
 
 def _measure(workdir: Path, corpus: Path, args: argparse.Namespace) -> tuple[float, Any, Any]:

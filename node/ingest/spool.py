@@ -5,7 +5,9 @@ relative to the data directory, so the data directory can move). A file is writt
 name and fdatasynced, then gets its final name (hard link, or rename over a leftover); the
 committer fsyncs the directory before the row commits, so once the name is durable the file is
 complete. (A received data set is synced right after its link instead, so that one journal commit
-carries both; a crash between leaves a name without a row, which the retry replaces.)
+carries both; a crash between leaves a name without a row, which the retry replaces. A small one
+of a known series is not synced at all until the bulk sync: its bytes are committed with its row,
+see ``write_ahead``.)
 UIDs come from the network: anything that is not a plain UID is replaced by a hash so a hostile UID
 can never escape the spool.
 
