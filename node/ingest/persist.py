@@ -15,7 +15,7 @@ finds no commit running leads it (``GroupCommitter``), taking everything queued 
 associations, waiting for their data and directory syncs, and in one transaction inserting the
 rows and committing — one directory fsync per syncer round and directory, and one commit (one WAL
 fsync) per group instead of per instance; a lone association does all this in its own thread.
-A small data set (``WRITE_AHEAD_BYTES``) of a known series skips its own data and directory syncs:
+A small data set (setting ``write_ahead_kb``) of a known series skips its own data and directory syncs:
 its bytes are inserted with its row, so the group's commit makes both durable, and the spool is
 synced in bulk later (``write_ahead``: one flush per group instead of three per instance over one
 association; a crash's emptied files are rewritten from the rows at the next start). The steady
@@ -78,11 +78,7 @@ from node.ingest.spool import (
     check_free_space,
     relative_path,
 )
-from node.ingest.write_ahead import (
-    WRITE_AHEAD_BYTES,
-    BulkSyncer,
-    recover_unsynced,
-)
+from node.ingest.write_ahead import BulkSyncer, recover_unsynced
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -304,7 +300,8 @@ def persist_received(
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
     return _stage_and_commit(db, settings,
-                             lambda: _publish_received(spool, incoming, relative, header, assoc, who))  # fmt: skip
+                             lambda: _publish_received(spool, incoming, relative, header, assoc, who,
+                                                       settings.write_ahead_kb << 10))  # fmt: skip
 
 
 def _mismatch(header: InstanceHeader, sop_class_uid: str, sop_instance_uid: str) -> str:
@@ -349,7 +346,8 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
 
 
 def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, header: InstanceHeader,
-                      assoc: Association, who: str) -> _Pending | PersistOutcome:  # fmt: skip
+                      assoc: Association, who: str,
+                      write_ahead_bytes: int) -> _Pending | PersistOutcome:  # fmt: skip
     """Give the streamed file its final name (the committer decides when taken); its data is
     synced by ``_Pending.sync_data`` while a leader fsyncs the directory (the two overlap). A data
     set held in memory is written straight to its final name when that is free."""
@@ -359,7 +357,7 @@ def _publish_received(spool: Spool, incoming: IncomingFile, relative: str, heade
         spool.ensure_parent(relative)
         if incoming.in_memory:
             # a small one's bytes may go into its commit instead of a sync (``write_ahead``)
-            data = b"".join(incoming.chunks()) if size <= WRITE_AHEAD_BYTES else None
+            data = b"".join(incoming.chunks()) if size <= write_ahead_bytes else None
             chunks = [data] if data is not None else incoming.chunks()
             created = spool.create_new(relative, chunks)
             if created is None:  # taken (a duplicate, or a leftover): a synced temp beside it

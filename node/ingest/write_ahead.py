@@ -3,7 +3,7 @@
 A durable small instance used to cost three device flushes before its success status: its file's
 ``fdatasync``, its directory's fsync and the database commit. For a 64x64 image that was most of
 the receiver's time at one association (docs/performance.md §4). Here a data set of at most
-``WRITE_AHEAD_BYTES`` is written to its final name *without* a sync and its bytes are inserted
+``write_ahead_kb`` (setting, 64 KiB by default) is written to its final name *without* a sync and its bytes are inserted
 (table ``unsynced_files``) in the same transaction as its instance row, so the group's one commit
 makes both durable: a database write-ahead log for the file. ``BulkSyncer`` then syncs the file
 system once a second (``syncfs``: every file written since, one flush) and deletes the rows it
@@ -33,7 +33,6 @@ from node.ingest.spool import Spool, fsync_dir
 
 log = logging.getLogger(__name__)
 
-WRITE_AHEAD_BYTES = 64 << 10  # data sets up to this size go through the commit (a few pages)
 SYNC_INTERVAL_S = 1.0  # how long a file may stay unsynced (its bytes are in the database)
 SYNC_BYTES = 32 << 20  # or until this many bytes wait, whichever comes first
 _RECOVER_CHUNK = 200

@@ -17,6 +17,7 @@ from sqlalchemy import delete
 from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Study
+from node.ingest import spool as spool_module
 from node.ingest import write_ahead
 from node.ingest.scp import ReceiverHandle
 from tests.node.ingest.conftest import StartReceiver
@@ -90,3 +91,20 @@ def test_the_bulk_sync_clears_the_rows_on_its_own(
         time.sleep(0.05)
     assert _committed_bytes(db) == {}
     assert handle.committer.bulk_syncer is not None and handle.committer.bulk_syncer.syncs >= 1
+
+
+def test_write_ahead_off_flushes_every_file_on_its_own(
+    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_sync_fd = spool_module.Spool.sync_fd
+
+    def sync_fd(spool: spool_module.Spool, fd: int) -> None:
+        synced.append(fd)
+        real_sync_fd(spool, fd)
+
+    monkeypatch.setattr(spool_module.Spool, "sync_fd", sync_fd)
+    handle = receiver_on(db, settings.model_copy(update={"write_ahead_kb": 0}))
+    _receive_series(handle, 3)
+    assert _committed_bytes(db) == {}
+    assert len(synced) == 3  # each file's own flush, the steady state's too
