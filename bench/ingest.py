@@ -20,6 +20,9 @@ more than the rest of a small instance's work, and a different amount for whiche
 next. The footer prints the cost of creating a file, probed before the first run and after the
 last; over 50 us before the first run means recent deletions (another run's, within ~6 minutes)
 slowed this one. (After the last run it is often higher anyway: gigabytes of CT written back.)
+For the same reason every run starts with nothing left to write back (``sync`` after writing the
+corpora and after each run, outside the timing): a receiver that does not flush (storescp) would
+otherwise leave ~250 MB of CT in the page cache for the next receiver's run to write back.
 
     .venv/bin/python bench/ingest.py            # full run, median of 3 runs each (~20 minutes)
     .venv/bin/python bench/ingest.py --quick    # small run
@@ -345,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         corpora = {"a": base / "corpus-ct", "b": base / "corpus-64"}
         sides = {"a": 512, "b": 64}
         sizes = {c: write_corpus(corpora[c], counts[c], sides[c]) for c in args.corpora}
+        os.sync()  # the corpora's dirty pages written back before the first run, not during it
         probes = [create_probe_us(base / "probe-before")]
         receivers = {label: factory for label, factory, _ in chosen.values()}
         scenarios = [(c, a, True) for c in args.corpora for a in args.associations]
@@ -362,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                     PEAK_RSS_MB.clear()
                     with factory(workdir) as (port, aet):
                         elapsed = send(corpora[corpus], port, aet, assocs, nodelay)
-                    # kept until the end: deleting now slows every file the next run creates
+                    # kept until the end: deleting now slows every file the next run creates;
+                    # written back now, not during the next receiver's run (storescp never syncs)
+                    os.sync()
                     runs[name].append(elapsed)
                     rate = counts[corpus] / elapsed
                     rss = f"  peak RSS {PEAK_RSS_MB[0]:.0f} MB" if PEAK_RSS_MB else ""
