@@ -15,12 +15,13 @@ finds no commit running leads it (``GroupCommitter``), taking everything queued 
 associations, waiting for their data and directory syncs, and in one transaction inserting the
 rows and committing — one directory fsync per syncer round and directory, and one commit (one WAL
 fsync) per group instead of per instance; a lone association does all this in its own thread.
-A small data set (setting ``write_ahead_kb``) of a known series skips its own data and directory syncs:
-its bytes are inserted with its row, so the group's commit makes both durable, and the spool is
-synced in bulk later (``write_ahead``: one flush per group instead of three per instance over one
-association; a crash's emptied files are rewritten from the rows at the next start). The steady
-state (every instance of a series that already has a row) is written by ``InstanceAppender`` on a
-persistent DBAPI connection; everything else by ``upsert_instances``. A file whose final name was taken (a duplicate, or a crash's leftover) waits under a temp name and is
+A small data set (setting ``write_ahead_kb``) of a known series skips its own data and directory
+syncs: its bytes are inserted with its row, so the group's commit makes both durable, and the
+spool is synced in bulk later (``write_ahead``: one flush per group instead of three per instance
+over one association; a crash's emptied files are rewritten from the rows at the next start). The
+steady state (every instance of a series that already has a row) is written by
+``InstanceAppender`` on a persistent DBAPI connection; everything else by ``upsert_instances``. A
+file whose final name was taken (a duplicate, or a crash's leftover) waits under a temp name and is
 renamed over it by the committer only when its row is new, and discarded for a duplicate. The file
 and its name are durable before the row commits, so a row never points at a missing file, and the
 success status goes back only after that commit; a crash in between leaves at most an
@@ -299,9 +300,10 @@ def persist_received(
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
+    write_ahead_bytes = settings.write_ahead_kb << 10
     return _stage_and_commit(db, settings,
-                             lambda: _publish_received(spool, incoming, relative, header, assoc, who,
-                                                       settings.write_ahead_kb << 10))  # fmt: skip
+                             lambda: _publish_received(spool, incoming, relative, header, assoc,
+                                                       who, write_ahead_bytes))  # fmt: skip
 
 
 def _mismatch(header: InstanceHeader, sop_class_uid: str, sop_instance_uid: str) -> str:

@@ -3,9 +3,10 @@
 A durable small instance used to cost three device flushes before its success status: its file's
 ``fdatasync``, its directory's fsync and the database commit. For a 64x64 image that was most of
 the receiver's time at one association (docs/performance.md §4). Here a data set of at most
-``write_ahead_kb`` (setting, 64 KiB by default) is written to its final name *without* a sync and its bytes are inserted
-(table ``unsynced_files``) in the same transaction as its instance row, so the group's one commit
-makes both durable: a database write-ahead log for the file. ``BulkSyncer`` then syncs the file
+``write_ahead_kb`` (setting, 64 KiB by default) of a series already recorded is written to its
+final name *without* a sync, and its bytes are inserted (table ``unsynced_files``) in the same
+transaction as its instance row, so the group's one commit makes both durable: a database
+write-ahead log for the file. ``BulkSyncer`` then syncs the file
 system once a second (``syncfs``: every file written since, one flush) and deletes the rows it
 covered. ``recover_unsynced`` runs when a receiver starts: each row still there names a file that
 may have lost its bytes in a crash, and any file that differs is written again from the row.
