@@ -134,12 +134,16 @@ class BulkSyncer:
 
 
 def recover_unsynced(db: Database, spool: Spool) -> int:
-    """After an unclean stop: write again, from its committed bytes, every file that a crash may
-    have left short or empty; then sync and clear the rows. The number of files rewritten.
+    """After an unclean stop: write again, from its committed bytes, every file still waiting for
+    the bulk sync, then clear those rows. The number of files a crash had damaged (they differed).
 
-    Runs before a receiver accepts associations. Several receiver processes may run it at once:
-    each rewrite is a synced temp file renamed over the name, the same bytes either way."""
-    restored = 0
+    Every file is rewritten (a synced temp file renamed over the name, its directory fsynced), not
+    only those that differ: one that reads back right may still sit unsynced in a page cache —
+    another host's, when the spool is shared. Only the rows rewritten here are deleted; a row a
+    running receiver commits meanwhile stays for its own bulk sync. Runs before a receiver accepts
+    associations; several may run it at once (the same bytes either way). After a crash there
+    are at most a second's worth of small files."""
+    damaged = 0
     last = 0
     directories: set[Path] = set()
     while True:
@@ -156,24 +160,19 @@ def recover_unsynced(db: Database, spool: Spool) -> int:
         for row_id, relative, data in rows:
             last = row_id
             final = spool.data_dir / relative
-            if _holds(final, data):
-                continue
+            damaged += not _holds(final, data)
             temp, _ = spool.write_temp(relative, [data])  # synced
             os.replace(temp, final)
             directories.add(final.parent)
-            restored += 1
     for directory in directories:
         fsync_dir(directory)
-    with db.read() as session:
-        anything = session.scalar(select(func.max(UnsyncedFile.id)))
-    if anything is not None:
-        sync_filesystem(spool.data_dir)
+    if last:
         with db.write() as session:
-            session.execute(delete(UnsyncedFile).where(UnsyncedFile.id <= anything))
-    if restored:
+            session.execute(delete(UnsyncedFile).where(UnsyncedFile.id <= last))
+    if damaged:
         log.warning("restored %d received file(s) from the database after an unclean stop",
-                    restored)  # fmt: skip
-    return restored
+                    damaged)  # fmt: skip
+    return damaged
 
 
 def _holds(path: Path, data: bytes) -> bool:

@@ -53,7 +53,11 @@ def _received_before_a_power_cut(
 
 
 def test_files_a_crash_emptied_are_written_again_at_start(
-    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+    db: Database,
+    settings: Settings,
+    receiver_on: StartReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     unsynced = _received_before_a_power_cut(db, receiver_on, monkeypatch, 4)
     files = {p.stem: p for p in stored_files(settings)}
@@ -64,6 +68,7 @@ def test_files_a_crash_emptied_are_written_again_at_start(
     receiver_on(db)  # a receiver starting again restores them before it listens
     for sop, data in unsynced.items():
         assert files[sop].read_bytes() == data, f"{sop}: acknowledged bytes lost"
+    assert "restored 3 received file(s)" in caplog.text  # the admin is told
     assert _committed_bytes(db) == {}  # synced and cleared
 
 
