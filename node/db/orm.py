@@ -164,6 +164,9 @@ class UnsyncedFile(Base):
         UID, ForeignKey("instances.sop_instance_uid", ondelete="CASCADE"), unique=True
     )
     data: Mapped[bytes] = mapped_column(LargeBinary)  # the whole file, as written
+    # whose page cache holds the file (``spool.temp_owner``: host and boot): only a bulk sync on
+    # that host covers it
+    writer: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Job(Base):

@@ -78,6 +78,7 @@ from node.ingest.spool import (
     Spool,
     check_free_space,
     relative_path,
+    temp_owner,
 )
 from node.ingest.write_ahead import BulkSyncer, recover_unsynced
 
@@ -678,7 +679,8 @@ class GroupCommitter:
         was written then)."""
         if any(p.final is None for p in batch):
             return None
-        unsynced = [(p.item.header.sop_instance_uid, p.data) for p in batch
+        writer = temp_owner()  # this host's page cache holds the files (``write_ahead``)
+        unsynced = [(p.item.header.sop_instance_uid, p.data, writer) for p in batch
                     if p.deferred and p.data is not None]  # fmt: skip
         try:
             done = self.appender.append([p.item for p in batch], unsynced)
@@ -689,7 +691,7 @@ class GroupCommitter:
         if not done:
             return None
         if unsynced and self.bulk_syncer is not None:
-            self.bulk_syncer.committed(sum(len(data) for _, data in unsynced))
+            self.bulk_syncer.committed(sum(len(data) for _, data, _ in unsynced))
         return [_outcome(p.item.header.sop_instance_uid, p.item.header.study_instance_uid,
                          StoreStatus.SUCCESS) for p in batch]  # fmt: skip
 

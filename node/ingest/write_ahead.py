@@ -30,7 +30,7 @@ from sqlalchemy import delete, func, select
 
 from node.db.engine import Database
 from node.db.orm import Instance, UnsyncedFile
-from node.ingest.spool import Spool, fsync_dir
+from node.ingest.spool import Spool, fsync_dir, temp_owner
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,22 @@ class BulkSyncer:
                 self.sync_now()
 
     def sync_now(self) -> int:
-        """Sync the file system, then delete the rows committed before it began; the number of
-        rows deleted (0 when the sync failed: the rows stay, and recovery still has them)."""
+        """Sync the file system, then delete this host's rows committed before it began; the
+        number of rows deleted (0 when the sync failed: the rows stay, and recovery still has
+        them). Another host's rows name files in that host's page cache (a shared spool): its own
+        bulk sync, or a receiver start after its crash, clears them."""
         with self._lock:
             self._waiting_bytes = 0
+        mine = UnsyncedFile.writer == temp_owner()
         try:
             with self.db.read() as session:
-                last = session.scalar(select(func.max(UnsyncedFile.id)))
+                last = session.scalar(select(func.max(UnsyncedFile.id)).where(mine))
             if last is None:
                 return 0
             # every row up to ``last`` was committed after its file was written: the sync covers it
             sync_filesystem(self.spool.data_dir)
             with self.db.write() as session:
-                deleted = session.execute(delete(UnsyncedFile).where(UnsyncedFile.id <= last))
+                deleted = session.execute(delete(UnsyncedFile).where(mine, UnsyncedFile.id <= last))
             self.syncs += 1
             return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a thread: log, keep the rows, try again later

@@ -45,7 +45,7 @@ _COUNT_STUDY = (
     "modalities = ? WHERE id = ?"
 )
 
-_UNSYNCED = "INSERT INTO unsynced_files (sop_instance_uid, data) VALUES (?, ?)"
+_UNSYNCED = "INSERT INTO unsynced_files (sop_instance_uid, data, writer) VALUES (?, ?, ?)"
 
 
 class InstanceAppender:
@@ -75,13 +75,13 @@ class InstanceAppender:
                 conn.close()
 
     def append(
-        self, items: Sequence[NewInstance], unsynced: Sequence[tuple[str, bytes]] = ()
+        self, items: Sequence[NewInstance], unsynced: Sequence[tuple[str, bytes, str]] = ()
     ) -> bool:
         """Record ``items`` and commit; True when done. False when the group is not the steady
         state: nothing was written. A database error rolls back and propagates.
 
         Files are durable already, except those in ``unsynced`` ((SOP Instance UID, the file's
-        bytes)), whose bytes are committed with their rows (``node.ingest.write_ahead``)."""
+        bytes, writer)), whose bytes are committed with their rows (``node.ingest.write_ahead``)."""
         if not items:
             return False
         conn = self._connection()

@@ -12,11 +12,11 @@ import time
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select, update
 
 from core.config import Settings
 from node.db.engine import Database
-from node.db.orm import Study
+from node.db.orm import Study, UnsyncedFile
 from node.ingest import spool as spool_module
 from node.ingest import write_ahead
 from node.ingest.scp import ReceiverHandle
@@ -113,3 +113,22 @@ def test_write_ahead_off_flushes_every_file_on_its_own(
     _receive_series(handle, 3)
     assert _committed_bytes(db) == {}
     assert len(synced) == 3  # each file's own flush, the steady state's too
+
+
+def test_the_bulk_sync_leaves_another_hosts_rows(
+    db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a spool several hosts share, a file another host wrote sits in that host's page cache:
+    this host's sync does not cover it, so its row stays (for that host, or a restart's
+    recovery)."""
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
+    handle = receiver_on(db)
+    _receive_series(handle, 3)
+    with db.write() as session:
+        first = session.scalar(select(func.min(UnsyncedFile.id)))
+        session.execute(
+            update(UnsyncedFile).where(UnsyncedFile.id == first).values(writer="h-other-host")
+        )
+    assert handle.committer.bulk_syncer is not None
+    assert handle.committer.bulk_syncer.sync_now() == 1
+    assert len(_committed_bytes(db)) == 1

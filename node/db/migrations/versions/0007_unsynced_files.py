@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.Column("writer", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
             ["sop_instance_uid"],
             ["instances.sop_instance_uid"],
