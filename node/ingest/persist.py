@@ -301,7 +301,8 @@ def persist_received(
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
-    write_ahead_bytes = settings.write_ahead_kb << 10
+    # no bulk sync without fsync: nothing to defer, so no copy of the bytes for the commit
+    write_ahead_bytes = settings.write_ahead_kb << 10 if settings.fsync else 0
     return _stage_and_commit(db, settings,
                              lambda: _publish_received(spool, incoming, relative, header, assoc,
                                                        who, write_ahead_bytes))  # fmt: skip

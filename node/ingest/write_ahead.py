@@ -61,17 +61,11 @@ class BulkSyncer:
     write-ahead rows wait, then deletes the rows that sync covered. Its own thread: a committer
     never waits for it."""
 
-    def __init__(
-        self,
-        db: Database,
-        spool: Spool,
-        interval_s: float | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
+    def __init__(self, db: Database, spool: Spool) -> None:
         self.db = db
         self.spool = spool
-        self.interval_s = SYNC_INTERVAL_S if interval_s is None else interval_s
-        self.max_bytes = SYNC_BYTES if max_bytes is None else max_bytes
+        self.interval_s = SYNC_INTERVAL_S  # read here: tests patch the module's values
+        self.max_bytes = SYNC_BYTES
         self.syncs = 0  # bulk syncs done (tests, stats)
         self._lock = threading.Lock()
         self._waiting_bytes = 0
@@ -133,6 +127,8 @@ class BulkSyncer:
             return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a thread: log, keep the rows, try again later
             log.error("bulk sync of the spool failed (rows kept for recovery): %s", exc)
+            with self._lock:  # the next round tries again, new commits or not
+                self._waiting_bytes = max(self._waiting_bytes, 1)
             return 0
 
 

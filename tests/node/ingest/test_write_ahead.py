@@ -9,6 +9,7 @@ receiver without its final sync and damaging the files the way a lost page cache
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -132,3 +133,26 @@ def test_the_bulk_sync_leaves_another_hosts_rows(
     assert handle.committer.bulk_syncer is not None
     assert handle.committer.bulk_syncer.sync_now() == 1
     assert len(_committed_bytes(db)) == 1
+
+
+def test_a_failed_bulk_sync_is_tried_again_without_new_commits(
+    db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_sync = write_ahead.sync_filesystem
+    failures: list[bool] = []
+
+    def failing_once(path: Path) -> None:
+        if not failures:
+            failures.append(True)
+            raise OSError(5, "Input/output error", str(path))
+        real_sync(path)
+
+    monkeypatch.setattr(write_ahead, "sync_filesystem", failing_once)
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 0.05)
+    handle = receiver_on(db)
+    _receive_series(handle, 3)  # then nothing more arrives
+    deadline = time.monotonic() + 10
+    while _committed_bytes(db) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert failures, "the sync never failed: the test did not test the retry"
+    assert _committed_bytes(db) == {}
