@@ -408,8 +408,9 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(500.0, ge=0)
     fsync: bool = True
     # received data sets up to this size have their bytes committed with their row instead of a
-    # file and directory flush of their own (node/ingest/write_ahead.py); 0: always flushed alone
-    write_ahead_kb: int = Field(64, ge=0, le=256)
+    # file and directory flush of their own (node/ingest/write_ahead.py); 0: always flushed alone;
+    # unset: 64 on SQLite, 0 on PostgreSQL (``write_ahead.write_ahead_limit`` says why)
+    write_ahead_kb: int | None = Field(None, ge=0, le=256)
 
     # web console
     web_host: str = "127.0.0.1"

@@ -18,6 +18,11 @@ from sqlalchemy import create_engine, text
 
 from core.config import Settings, load_settings
 from node.db.engine import Database
+from node.dispatch import reactor_guard
+
+# The tests' own pynetdicom senders stand in for modalities: pynetdicom's reactor race (a fast
+# receiver's C-STORE response lost, the sender stalled 30 s) is the sender's bug, not the node's.
+reactor_guard.install()
 
 POSTGRES_URL = os.environ.get(
     "PACSNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

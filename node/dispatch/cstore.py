@@ -31,10 +31,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from core.config import DestinationSettings
+from node.dispatch import reactor_guard
 from node.dispatch.sender import PingResult, SendOutcome, failed_all
 
 log = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug handlers cost CPU (docs/performance.md §5)
+reactor_guard.install()  # a fast peer's response is never lost to pynetdicom's reactor
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the warnings (coercion etc.)

@@ -80,7 +80,7 @@ from node.ingest.spool import (
     relative_path,
     temp_owner,
 )
-from node.ingest.write_ahead import BulkSyncer, recover_unsynced
+from node.ingest.write_ahead import BulkSyncer, recover_unsynced, write_ahead_limit
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -301,8 +301,7 @@ def persist_received(
     relative = relative_path(header.study_instance_uid, header.series_instance_uid,
                              header.sop_instance_uid)  # fmt: skip
     spool = spool_for(settings)
-    # no bulk sync without fsync: nothing to defer, so no copy of the bytes for the commit
-    write_ahead_bytes = settings.write_ahead_kb << 10 if settings.fsync else 0
+    write_ahead_bytes = write_ahead_limit(settings, db)
     return _stage_and_commit(db, settings,
                              lambda: _publish_received(spool, incoming, relative, header, assoc,
                                                        who, write_ahead_bytes))  # fmt: skip

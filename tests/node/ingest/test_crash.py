@@ -31,15 +31,17 @@ pytestmark = pytest.mark.slow
 COUNT, STUDIES, ASSOCIATIONS = 500, 5, 4
 
 
-def _start_receiver(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_receiver(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """The receiver as deployed; its log goes to ``log_path`` (a failure shows it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
     env.update({
         "PACSNODE_ENVIRONMENT": "test", "PACSNODE_DATA_DIR": str(data_dir),
         "PACSNODE_DICOM_HOST": "127.0.0.1", "PACSNODE_DICOM_PORT": str(port),
         "PACSNODE_MIN_FREE_DISK_MB": "0", "PACSNODE_LOG_LEVEL": "WARNING",
     })  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "app", "receiver"], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "app", "receiver"], cwd=PROJECT_ROOT,
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if (
@@ -53,14 +55,20 @@ def _start_receiver(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     raise AssertionError("receiver did not start")
 
 
+def _tail(log_path: Path, lines: int = 60) -> str:
+    """The end of the receiver's log, for a failure message."""
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def _send_all(
     port: int, files: dict[str, Path], acknowledged: dict[str, Path]
 ) -> list[threading.Thread]:
     sops = {path: sop for sop, path in files.items()}
     paths = list(files.values())
     lock = threading.Lock()
-    threads = [threading.Thread(target=send_files, args=(port, paths[i::ASSOCIATIONS], acknowledged, lock, sops),
-                                daemon=True) for i in range(ASSOCIATIONS)]  # fmt: skip
+    threads = [threading.Thread(target=send_files, daemon=True,
+                                args=(port, paths[i::ASSOCIATIONS], acknowledged, lock, sops, 10))
+               for i in range(ASSOCIATIONS)]  # fmt: skip
     for thread in threads:
         thread.start()
     return threads
@@ -73,7 +81,8 @@ def test_kill_9_loses_no_acknowledged_instance(
     data_dir, port = tmp_path / "data", free_port()
     data_dir.mkdir()
     files = write_instances(tmp_path / "send", COUNT, STUDIES)
-    receiver = _start_receiver(data_dir, port)
+    log_path = tmp_path / "receiver.log"
+    receiver = _start_receiver(data_dir, port, log_path)
     acknowledged: dict[str, Path] = {}
     threads = _send_all(port, files, acknowledged)
     deadline = time.monotonic() + 120
@@ -87,14 +96,14 @@ def test_kill_9_loses_no_acknowledged_instance(
     assert 0 < killed_at < COUNT, f"kill landed outside the transfer ({killed_at} acknowledged)"
 
     url = f"sqlite:///{data_dir / 'pacsnode.db'}"
-    receiver = _start_receiver(data_dir, port)  # recovery: the node starts on what it left
+    receiver = _start_receiver(data_dir, port, log_path)  # recovery: on what the kill left
     try:
         assert acknowledged_problems(url, data_dir, acknowledged) == []
         # the sender retries everything: duplicates are acknowledged, nothing is counted twice
         resent: dict[str, Path] = {}
         for thread in _send_all(port, files, resent):
             thread.join(300)
-        assert len(resent) == COUNT
+        assert len(resent) == COUNT, _tail(log_path)
     finally:
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(60)

@@ -34,6 +34,12 @@ from tests.node.ingest.helpers import CT_IMAGE_STORAGE, make_instance, stored_fi
 Events = list[tuple[str, str, frozenset[str], frozenset[str]]]
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Write-ahead on, on both databases (unset, it is off on PostgreSQL)."""
+    return settings.model_copy(update={"write_ahead_kb": 64})
+
+
 def _committed(db: Database) -> frozenset[str]:
     with db.read() as session:
         return frozenset(session.scalars(select(Instance.sop_instance_uid)))

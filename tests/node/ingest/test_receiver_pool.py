@@ -19,9 +19,11 @@ from tests.node.ingest.helpers import acknowledged_problems, write_instances
 
 
 def send_files(port: int, files: list[Path], acknowledged: dict[str, Path], lock: threading.Lock,
-               sops: dict[Path, str]) -> None:  # fmt: skip
-    """One association sending ``files``; records each SOP that got a success status."""
+               sops: dict[Path, str], dimse_timeout: float = 30) -> None:  # fmt: skip
+    """One association sending ``files``; records each SOP that got a success status. A killed
+    receiver leaves the sender waiting ``dimse_timeout`` for the response that never comes."""
     ae = AE(ae_title="POOLSCU")
+    ae.dimse_timeout = dimse_timeout
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
     if not assoc.is_established:

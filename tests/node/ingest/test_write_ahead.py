@@ -26,6 +26,12 @@ from tests.node.ingest.helpers import make_instance, stored_files
 from tests.node.ingest.test_durability import _committed_bytes, _send
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Write-ahead on, on both databases (unset, it is off on PostgreSQL)."""
+    return settings.model_copy(update={"write_ahead_kb": 64})
+
+
 def _receive_series(handle: ReceiverHandle, count: int) -> None:
     study, series = generate_uid(), generate_uid()
     raws = [make_instance(study_uid=study, series_uid=series, instance_number=i)
@@ -114,6 +120,17 @@ def test_write_ahead_off_flushes_every_file_on_its_own(
     _receive_series(handle, 3)
     assert _committed_bytes(db) == {}
     assert len(synced) == 3  # each file's own flush, the steady state's too
+
+
+def test_unset_it_is_on_for_sqlite_and_off_for_postgresql(
+    db: Database, settings: Settings, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL measured no faster with it, and it would put image bytes in the server's WAL
+    and on every standby: unset, only SQLite commits small files' bytes."""
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
+    handle = receiver_on(db, settings.model_copy(update={"write_ahead_kb": None}))
+    _receive_series(handle, 3)
+    assert len(_committed_bytes(db)) == (2 if db.sqlite else 0)  # the first took the general path
 
 
 def test_the_bulk_sync_leaves_another_hosts_rows(
