@@ -220,8 +220,8 @@ def setting_default(dotted: str) -> Any:
 
 
 def _same_value(text: str, value: Any) -> bool:
-    if value is None:  # a setting whose default depends on something else (the row says what)
-        return text == "unset"
+    if value is None:  # YAML's null, as in the README: the row says what it means
+        return text == "null"
     if isinstance(value, bool):
         return text.lower() == str(value).lower()
     if isinstance(value, int | float):
