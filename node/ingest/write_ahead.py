@@ -4,13 +4,12 @@ A durable small instance used to cost three device flushes before its success st
 ``fdatasync``, its directory's fsync and the database commit. For a 64x64 image that was most of
 the receiver's time at one association (docs/performance.md §4). Here a data set of at most
 ``write_ahead_kb`` (setting; unset, 64 KiB on SQLite and off on PostgreSQL: ``write_ahead_limit``)
-of a series already recorded is written to its
-final name *without* a sync, and its bytes are inserted (table ``unsynced_files``) in the same
-transaction as its instance row, so the group's one commit makes both durable: a database
-write-ahead log for the file. ``BulkSyncer`` then syncs the file
-system once a second (``syncfs``: every file written since, one flush) and deletes the rows it
-covered. ``recover_unsynced`` runs when a receiver starts: each row still there names a file that
-may have lost its bytes in a crash, and any file that differs is written again from the row.
+of a series already recorded is written to its final name *without* a sync, and its bytes are
+inserted (table ``unsynced_files``) in the same transaction as its instance row, so the group's
+one commit makes both durable: a database write-ahead log for the file. ``BulkSyncer`` then syncs
+the file system once a second (``syncfs``: every file written since, one flush) and deletes the
+rows it covered. ``recover_unsynced`` runs when a receiver starts: each row still there names a
+file that may have lost its bytes in a crash, and every such file is written again from the row.
 
 The promise is unchanged — 0x0000 only once the bytes and the row survive a power cut — and a
 deleted instance is never brought back: its ``unsynced_files`` row goes with it (foreign key,

@@ -109,7 +109,7 @@ def test_delivery_in_the_race_sends_the_whole_batch(
 
     def associate_in_race(self: CStoreSender, contexts: list) -> Association | None:
         assoc = real_associate(self, contexts)
-        if assoc is not None and contexts[0].abstract_syntax == CTImageStorage:
+        if assoc is not None:
             _race_next_store(assoc)
         return assoc
 

@@ -66,8 +66,8 @@ def _send_all(
     sops = {path: sop for sop, path in files.items()}
     paths = list(files.values())
     lock = threading.Lock()
-    threads = [threading.Thread(target=send_files, daemon=True,
-                                args=(port, paths[i::ASSOCIATIONS], acknowledged, lock, sops, 10))
+    threads = [threading.Thread(target=send_files, daemon=True, kwargs={"dimse_timeout": 10},
+                                args=(port, paths[i::ASSOCIATIONS], acknowledged, lock, sops))
                for i in range(ASSOCIATIONS)]  # fmt: skip
     for thread in threads:
         thread.start()
