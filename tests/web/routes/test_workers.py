@@ -127,7 +127,9 @@ def test_health_flags_the_queue_no_live_worker_consumes(
         worker.terminate()
 
 
-def test_health_is_ok_when_every_queue_has_a_live_worker(two_queues: Console) -> None:
+def test_health_is_ok_when_every_queue_has_a_live_worker(two_queues: Console, later: Clock) -> None:
+    """The console's clock stays at the beats (``later``): a slow first request on a loaded
+    machine must not age them past their 1 s staleness."""
     _beat(two_queues.db, "cpu1@hostA", ["cpu", "deliveries"], ["cpu"])
     _beat(two_queues.db, "gpu1@hostB", ["gpu"], ["cpu", "cuda:0"])
     body = two_queues.client().get("/api/health").json()
