@@ -5,8 +5,9 @@ DICOM files. "bare" is the model alone on an already prepared tensor (for 3D: MO
 window on it); "node" is ``Pipeline.run`` on the DICOM files (decode, VOI, resample, inference,
 inverse mapping, post-processing, measurements, findings). Overhead = node / bare - 1; the target
 is < 10 %, measured on process CPU time (robust to other load on a shared machine), wall time is
-shown too. Peak memory is the RSS peak above the level after the models loaded (sampled, each
-case in a fresh process).
+shown too. Bare and node are timed in turns in one process: a model's own speed drifts by 10-15 %
+from one process to the next, the size of the target. Peak memory is the RSS peak of the first
+run above the level after the models loaded (sampled, each of bare and node in a fresh process).
 
     .venv/bin/python bench/inference.py             # full (several minutes on 2 cores)
     .venv/bin/python bench/inference.py --quick     # smaller volume, one repeat
@@ -53,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 from models.card import ModelCard, sha256_file, write_card  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
 from pipelines.contract import SourceSeries, StudyInput  # noqa: E402
+from pipelines.label_statistics import warm_up  # noqa: E402
 from pipelines.pipeline import Pipeline  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
@@ -311,6 +313,7 @@ class Timing:
     peak_mb: float  # RSS peak above the level after the models were loaded
     findings: int = 0  # node only: findings in the result
     stages: dict[str, float] | None = None  # node with --breakdown: stage times of the fastest run
+    paired: Timing | None = None  # node only: the bare model timed in turns with it (run_case)
 
 
 @dataclass(frozen=True)
@@ -397,48 +400,77 @@ def run_case(
     threads: int,
     breakdown: bool = False,
 ) -> Timing:
-    """In a fresh process: load models, then time ``mode`` ("bare" | "node") and sample memory.
+    """In a fresh process: load models, sample the memory of ``mode``'s ("bare" | "node") first
+    (warm-up) run, then time it ``repeat`` times.
 
-    ``breakdown``: also collect the node's stage times (:mod:`pipelines.stages`) of each run."""
+    "node" also times the bare model, in turns with the node in this same process
+    (``Timing.paired``): the model's own speed drifts by 10-15 % from one process to the next
+    (seen as the node's inference stage running that much slower or faster than the bare model
+    in a separate process), which is the size of the 10 % ensemble target; side by side in one
+    process the drift cancels out. The bare call's tensors are prepared after the node's memory
+    was sampled, so they do not count in it. ``breakdown``: also collect the node's stage times
+    (:mod:`pipelines.stages`) of each run."""
     if threads:
         torch.set_num_threads(threads)
     registry = ModelRegistry(Path(models_dir))
-    if mode == "node":
-        modality = study.series[0].modality
-        pipeline = Pipeline(pipeline_config(case.dims, case.tasks, modality), registry)
-        pipeline.members()  # load the models before the baseline
 
-        def fn() -> Any:
-            return pipeline.run(study)
-    else:
+    def bare_fn() -> Callable[[], Any]:
         segmentation = pipeline_config(
             case.dims, case.tasks, study.series[0].modality
         ).tasks.segmentation
         calls = [bare_call(registry, study, kind, name, segmentation) for kind, name in case.bare]
+        return lambda: [call() for call in calls]
 
-        def fn() -> Any:
-            return [call() for call in calls]
-
+    if mode != "node":
+        bare = bare_fn()
+        with rss_peak() as rss:
+            bare()  # warm-up: memory only
+        return _time(bare, repeat, rss.rise_mb)
+    modality = study.series[0].modality
+    pipeline = Pipeline(pipeline_config(case.dims, case.tasks, modality), registry)
+    pipeline.members()  # load the models before the baseline
+    warm_up()  # and numba's kernel, loaded once per process as the models are (~130 MB)
     with rss_peak() as rss:
-        warm = fn()  # warm-up (counted for memory, not for time)
-        times, cpu_times, stages = [], [], []
-        for _ in range(repeat):
-            with collect_stages() if breakdown and mode == "node" else _nothing() as collected:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                fn()
-                times.append(time.perf_counter() - start)
-                cpu_times.append(time.process_time() - cpu_start)
-            stages.append({**(collected or {}), "total": times[-1]})
-    findings = len(warm.findings) if mode == "node" else 0
-    fastest = stages[times.index(min(times))] if breakdown and mode == "node" else None
+        warm = pipeline.run(study)  # warm-up (counted for memory, not for time)
+    bare = bare_fn()
+    bare()  # its warm-up
+    node_runs: list[tuple[float, float, dict[str, float]]] = []
+    bare_runs: list[tuple[float, float]] = []
+    for turn in range(repeat):  # alternate which goes first: neither always runs on a warm cache
+        for which in ("node", "bare") if turn % 2 == 0 else ("bare", "node"):
+            if which == "bare":
+                bare_runs.append(_timed(bare))
+                continue
+            with collect_stages() if breakdown else _nothing() as collected:
+                wall, cpu = _timed(lambda: pipeline.run(study))
+            node_runs.append((wall, cpu, {**(collected or {}), "total": wall}))
+    times = [wall for wall, _, _ in node_runs]
+    fastest = node_runs[times.index(min(times))][2] if breakdown else None
     return Timing(
         min(times),
         statistics.median(times),
-        min(cpu_times),
+        min(cpu for _, cpu, _ in node_runs),
         rss.rise_mb,
-        findings,
+        len(warm.findings),
         fastest,
+        paired=_summary(bare_runs, float("nan")),
     )
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _time(fn: Callable[[], Any], repeat: int, peak_mb: float) -> Timing:
+    return _summary([_timed(fn) for _ in range(repeat)], peak_mb)
+
+
+def _summary(runs: list[tuple[float, float]], peak_mb: float) -> Timing:
+    times = [wall for wall, _ in runs]
+    return Timing(min(times), statistics.median(times), min(cpu for _, cpu in runs), peak_mb)
 
 
 @contextlib.contextmanager
@@ -626,18 +658,22 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, str, Timing, Timing]] = []
         for case in selected:
             study, study_name = studies[case.study]
-            common = (study, str(models_dir), args.repeat, args.threads)
-            bare = in_child(case, "bare", *common)
-            node = in_child(case, "node", *common, args.breakdown)
+            # the bare model's memory alone, in its own process; its times are taken in turns
+            # with the node's (run_case)
+            bare = in_child(case, "bare", study, str(models_dir), 1, args.threads)
+            node = in_child(
+                case, "node", study, str(models_dir), args.repeat, args.threads, args.breakdown
+            )
             rows.append((case.label, study_name, bare, node))
             print(f"  done: {case.label} on {study_name}", file=sys.stderr, flush=True)
 
     threads = args.threads or torch.get_num_threads()
     print(
         f"\ntorch {torch.__version__}, CPU, {threads} threads; fastest of {args.repeat} runs "
-        f"(wall median in brackets). Overhead = node CPU time / bare CPU time - 1 (CPU time is "
-        f"not inflated by other load on a shared machine). Memory = RSS peak above the "
-        f"loaded-model baseline."
+        f"(wall median in brackets), bare and node in turns in one process. Overhead = node CPU "
+        f"time / bare CPU time - 1 (CPU time is not inflated by other load on a shared machine). "
+        f"Memory = RSS peak of the first run above the loaded-model baseline, each in its own "
+        f"process."
     )
     header = (
         f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
@@ -646,7 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
-    for label, study_name, plain, node in rows:
+    for label, study_name, alone, node in rows:
+        assert node.paired is not None
+        plain = replace(node.paired, peak_mb=alone.peak_mb)  # times beside the node's
         cpu = plain.cpu_seconds
         overhead = node.cpu_seconds / cpu - 1 if cpu else float("nan")
         print(

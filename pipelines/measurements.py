@@ -13,9 +13,9 @@ import math
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from pipelines.contract import Measurements
+from pipelines.label_statistics import label_statistics
 from pipelines.postprocess import foreground_box
 
 
@@ -71,37 +71,41 @@ def measure_labels(
 ) -> list[tuple[Measurements, tuple[int, ...]]]:
     """Components 1..``count`` of a (F, H, W) label array: measurements and frame indices each.
 
-    Counts, per-frame counts, sums and maxima of all components come from one pass per frame over
-    that frame's labelled pixels (``bincount``), not from a pass per component: a noisy mask has
-    a hundred components. Memory stays at one frame's worth, whatever the volume.
+    Counts, per-frame counts, sums, maxima and boxes of all components come from one pass over
+    the box around them (:func:`label_statistics`), not from a pass per component: a noisy mask
+    has a hundred components.
     """
     if labels.shape != values.shape:
         raise ValueError(f"labels {labels.shape} and image {values.shape} differ in shape")
     if count == 0:
         return []
-    # find the components' boxes inside the box around all of them: a trained model's lesions
-    # fill a few thousand voxels of a 26 M voxel CT, and find_objects visits what it is given
+    # only the box around all components is visited: a trained model's lesions fill a few
+    # thousand voxels of a 26 M voxel CT
     around = foreground_box(labels)
     if around is None:
         raise ValueError("cannot measure an empty component (label 1)")
-    # a lone component's box is the box around all: no find_objects pass (an organ, or a
-    # random-weight model's one huge component, fills much of the volume)
-    boxes = [around] if count == 1 else _component_boxes(labels, count, around)
-    per_frame, sums, maxima = _frame_statistics(labels, count, values, around)
+    stats = label_statistics(labels[around], values[around], count)
+    missing = np.flatnonzero(stats.upper[1:, 0] < 0)
+    if missing.size:
+        raise ValueError(f"cannot measure an empty component (label {int(missing[0]) + 1})")
+    starts = np.array([axis.start for axis in around], np.int64)
+    lower = stats.lower + starts  # in ``labels``
+    upper = stats.upper + starts
     spacing = pixel_spacing_mm or (1.0, 1.0)
     rows_total, cols_total = image_shape or (labels.shape[1], labels.shape[2])
     image_pixels = rows_total * cols_total
     with_volume = volumetric and pixel_spacing_mm is not None and bool(slice_spacing_mm)
     results = []
-    for index, box in enumerate(boxes, start=1):
-        counts = per_frame[index]
+    for index in range(1, count + 1):
+        counts = stats.per_frame[index]
         pixel_count = int(counts.sum())
         largest = int(np.argmax(counts))
         largest_count = int(counts[largest])
+        first, last = lower[index], upper[index]
         # the largest cross-section, padded by a pixel so its outline sees the background
-        rows = slice(max(box[1].start - 1, 0), box[1].stop + 1)
-        cols = slice(max(box[2].start - 1, 0), box[2].stop + 1)
-        cross_section = labels[largest, rows, cols] == index
+        rows = slice(max(int(first[1]) - 1, 0), int(last[1]) + 2)
+        cols = slice(max(int(first[2]) - 1, 0), int(last[2]) + 2)
+        cross_section = labels[largest + around[0].start, rows, cols] == index
         measurements = Measurements(
             area_mm2=float(largest_count * spacing[0] * spacing[1]) if pixel_spacing_mm else None,
             area_pct=100.0 * largest_count / image_pixels,
@@ -110,82 +114,20 @@ def measure_labels(
                 if with_volume
                 else None
             ),
-            mean_intensity=float(sums[index] / pixel_count),
-            max_intensity=float(maxima[index]),
+            mean_intensity=float(stats.sums[index] / pixel_count),
+            max_intensity=float(stats.maxima[index]),
             intensity_unit=intensity_unit,
             circularity=_circularity(cross_section, largest_count, spacing),
             pixel_count=pixel_count,
             bbox=(
-                box[0].start + offset[0],
-                box[1].start + offset[1],
-                box[2].start + offset[2],
-                box[0].stop - 1 + offset[0],
-                box[1].stop - 1 + offset[1],
-                box[2].stop - 1 + offset[2],
+                int(first[0]) + offset[0],
+                int(first[1]) + offset[1],
+                int(first[2]) + offset[2],
+                int(last[0]) + offset[0],
+                int(last[1]) + offset[1],
+                int(last[2]) + offset[2],
             ),
         )
-        frames = tuple(int(f) + offset[0] for f in np.flatnonzero(counts))
+        frames = tuple(int(f) + around[0].start + offset[0] for f in np.flatnonzero(counts))
         results.append((measurements, frames))
     return results
-
-
-def _component_boxes(
-    labels: np.ndarray, count: int, around: tuple[slice, slice, slice]
-) -> list[tuple[slice, ...]]:
-    """Each component's box (``find_objects`` inside ``around``, shifted back); an error for a
-    component number with no pixels."""
-    found = ndimage.find_objects(labels[around], max_label=count)
-    missing = next((i for i, box in enumerate(found, start=1) if box is None), None)
-    if missing is not None:
-        raise ValueError(f"cannot measure an empty component (label {missing})")
-    starts = [axis.start for axis in around]
-    return [
-        tuple(
-            slice(axis.start + start, axis.stop + start)
-            for axis, start in zip(box, starts, strict=True)
-        )
-        for box in found
-        if box is not None
-    ]
-
-
-def _frame_statistics(
-    labels: np.ndarray, count: int, values: np.ndarray, around: tuple[slice, slice, slice]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per component: pixel count per frame ((count + 1, F)), value sum and maximum (row 0 is
-    background or unused).
-
-    A frame at least half labelled is taken whole (its background counted as label 0, ignored):
-    gathering its labelled pixels first would cost more than it saves. Sums are ``bincount``'s
-    sequential float64 sums per frame, added frame by frame, whichever way a frame is read, so
-    the mean does not depend on it. One component needs no ``np.maximum.at`` (slow) and no
-    count pass: its pixels are the frame's set pixels.
-    """
-    frames_box, rows_box, cols_box = around  # visit only what some component touches
-    per_frame = np.zeros((count + 1, labels.shape[0]), np.int64)
-    sums = np.zeros(count + 1, np.float64)
-    maxima = np.full(count + 1, -np.inf)
-    for f in range(frames_box.start, frames_box.stop):
-        flat = labels[f, rows_box, cols_box].ravel()
-        labelled = int(np.count_nonzero(flat))  # far cheaper than locating them
-        if labelled == 0:
-            continue
-        frame_values = values[f, rows_box, cols_box].ravel()
-        sparse = 2 * labelled < flat.size
-        if sparse:
-            where = np.flatnonzero(flat)
-            ids = flat[where].astype(np.intp)
-            inside = frame_values[where].astype(np.float64)
-        else:  # mostly labelled: all of it, background under label 0
-            ids = flat.astype(np.intp)
-            inside = frame_values.astype(np.float64)
-        sums += np.bincount(ids, weights=inside, minlength=count + 1)
-        if count == 1:
-            per_frame[1, f] = labelled
-            full = sparse or labelled == flat.size
-            top = inside.max() if full else inside.max(initial=-np.inf, where=flat != 0)
-            maxima[1] = np.maximum(maxima[1], top)  # NaN propagates, as np.maximum.at does
-        else:
-            per_frame[:, f] = np.bincount(ids, minlength=count + 1)
-            np.maximum.at(maxima, ids, inside)
-    return per_frame, sums, maxima
