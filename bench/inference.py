@@ -400,8 +400,8 @@ def run_case(
     threads: int,
     breakdown: bool = False,
 ) -> Timing:
-    """In a fresh process: load models, sample the memory of ``mode``'s ("bare" | "node") first
-    (warm-up) run, then time it ``repeat`` times.
+    """In a fresh process: load models and sample the memory of ``mode``'s ("bare" | "node")
+    first (warm-up) run; "node" then times itself ``repeat`` times.
 
     "node" also times the bare model, in turns with the node in this same process
     (``Timing.paired``): the model's own speed drifts by 10-15 % from one process to the next
@@ -421,11 +421,11 @@ def run_case(
         calls = [bare_call(registry, study, kind, name, segmentation) for kind, name in case.bare]
         return lambda: [call() for call in calls]
 
-    if mode != "node":
+    if mode != "node":  # the bare model's memory alone; its times come from "node"
         bare = bare_fn()
         with rss_peak() as rss:
-            bare()  # warm-up: memory only
-        return _time(bare, repeat, rss.rise_mb)
+            bare()
+        return Timing(float("nan"), float("nan"), float("nan"), rss.rise_mb)
     modality = study.series[0].modality
     pipeline = Pipeline(pipeline_config(case.dims, case.tasks, modality), registry)
     pipeline.members()  # load the models before the baseline
@@ -462,10 +462,6 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - start, time.process_time() - cpu_start
-
-
-def _time(fn: Callable[[], Any], repeat: int, peak_mb: float) -> Timing:
-    return _summary([_timed(fn) for _ in range(repeat)], peak_mb)
 
 
 def _summary(runs: list[tuple[float, float]], peak_mb: float) -> Timing:
@@ -660,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             study, study_name = studies[case.study]
             # the bare model's memory alone, in its own process; its times are taken in turns
             # with the node's (run_case)
-            bare = in_child(case, "bare", study, str(models_dir), 1, args.threads)
+            bare = in_child(case, "bare", study, str(models_dir), 0, args.threads)
             node = in_child(
                 case, "node", study, str(models_dir), args.repeat, args.threads, args.breakdown
             )
