@@ -21,6 +21,7 @@ from node.db.repositories import model_status
 from node.dispatch.delivery_plan import plan_deliveries
 from node.jobs.worker import Worker, default_worker_id
 from node.results.produce import produce_results
+from pipelines.pipeline import warm_up_kernels
 from pipelines.registry import PipelineRegistry
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def build_worker(settings: Settings, db: Database, worker_id: str | None = None)
         len(pipelines.names()) - len(problems),
         len(pipelines.names()),
     )
+    log.info("post-processing kernels ready in %.1f s", warm_up_kernels())
     return Worker(
         settings,
         db,

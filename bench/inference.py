@@ -67,8 +67,7 @@ sys.path.insert(0, str(ROOT))
 from models.card import ModelCard, sha256_file, write_card  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
 from pipelines.contract import SourceSeries, StudyInput  # noqa: E402
-from pipelines.label_statistics import warm_up  # noqa: E402
-from pipelines.pipeline import Pipeline  # noqa: E402
+from pipelines.pipeline import Pipeline, warm_up_kernels  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
 from pipelines.preprocess.prepare import prepare_2d, prepare_3d  # noqa: E402
 from pipelines.spec import PipelineConfig, PreprocessingSpec, SegmentationTask  # noqa: E402
@@ -429,7 +428,7 @@ def run_case(
     modality = study.series[0].modality
     pipeline = Pipeline(pipeline_config(case.dims, case.tasks, modality), registry)
     pipeline.members()  # load the models before the baseline
-    warm_up()  # and numba's kernel, loaded once per process as the models are (~130 MB)
+    warm_up_kernels()  # and numba's kernels, loaded once per process as the models are (~130 MB)
     with rss_peak() as rss:
         warm = pipeline.run(study)  # warm-up (counted for memory, not for time)
     bare = bare_fn()

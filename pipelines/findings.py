@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.dicom_uids import deterministic_uid
+from pipelines.component_numbers import paint_components
 from pipelines.contract import DetectionBox, Finding, LabelSpec, Measurements, Structure
 from pipelines.measurements import measure_labels
 from pipelines.postprocess import Components, label_components
@@ -102,16 +103,8 @@ def segment_findings_and_map(
             lookup[index] = len(findings) + number
         if int(lookup.max()) > np.iinfo(finding_map.dtype).max:
             finding_map = finding_map.astype(np.uint32)
-        # lookup[0] is 0, and no other label's findings lie under this label's pixels, so
-        # adding writes exactly this label's numbers
-        region = finding_map[box]
-        if np.array_equal(lookup, np.arange(found.count + 1)):  # numbers are the labels (one
-            # component, first label): no lookup, whose index conversion costs several times more
-            np.add(region, found.labels, out=region, casting="unsafe")  # they fit (checked above)
-        else:  # a frame at a time: small index temporaries
-            table = lookup.astype(finding_map.dtype)
-            for frame, frame_labels in zip(region, found.labels, strict=True):
-                frame += table[frame_labels]
+        # only this label's pixels are written: the numbers of earlier labels beside them stay
+        paint_components(found.labels, lookup.astype(finding_map.dtype), finding_map[box])
         for number, (_, (m, frame_indices)) in enumerate(ordered, start=1):
             tracking_id = f"{label.name}-{number}"
             findings.append(

@@ -12,10 +12,9 @@ within a frame (as ``bincount`` does) and the frames' sums are then added in fra
 mean does not depend on how a caller reads the volume. NaN values propagate to the maximum, as
 ``np.maximum`` does.
 
-The kernel is compiled by numba on first use (about a second per array type, then kept in numba's
-on-disk cache); importing this module does not import numba, so processes that never measure (the
-console, the receiver) do not load it. A process that does pays about 130 MB of RSS once (numba
-and LLVM: 65-69 MB to import, 62 MB more at the first call) and ~0.5 s on its first study
+The kernel is compiled by numba on first use (:mod:`pipelines.compiled`: about a second per array
+type, then kept in numba's on-disk cache). A process that measures pays about 130 MB of RSS once
+(numba and LLVM: 65-69 MB to import, 62 MB more at the first call) and ~0.5 s on its first study
 (1.2 s per array type while the cache is cold); :func:`warm_up` moves that to start-up.
 """
 
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from pipelines.compiled import compile_kernel
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,26 @@ def _statistics(
     for f in range(frames):
         n_touched = 0
         for r in range(rows):
-            for c in range(cols):
+            c = 0
+            while c < cols:  # a run of one label at a time: its box and count change once
                 label = labels[f, r, c]
                 if label == 0:
+                    c += 1
                     continue
                 if label < 0 or label > count:
                     return int(label)
-                value = np.float64(values[f, r, c])
+                start = c
+                total = frame_sums[label]  # added to in raster order, as before runs were seen
+                peak = maxima[label]
+                while c < cols and labels[f, r, c] == label:
+                    value = np.float64(values[f, r, c])
+                    total += value
+                    if value > peak or value != value:  # NaN stays, as in np.maximum
+                        peak = value
+                    c += 1
+                frame_sums[label] = total
+                maxima[label] = peak
+                per_frame[label, f] += c - start
                 if seen_in[label] != f:
                     seen_in[label] = f
                     touched[n_touched] = label
@@ -95,18 +109,14 @@ def _statistics(
                     if lower[label, 0] > f:
                         lower[label, 0] = f
                     upper[label, 0] = f
-                per_frame[label, f] += 1
-                frame_sums[label] += value
-                if value > maxima[label] or value != value:  # NaN stays, as in np.maximum
-                    maxima[label] = value
                 if r < lower[label, 1]:
                     lower[label, 1] = r
                 if r > upper[label, 1]:
                     upper[label, 1] = r
-                if c < lower[label, 2]:
-                    lower[label, 2] = c
-                if c > upper[label, 2]:
-                    upper[label, 2] = c
+                if start < lower[label, 2]:
+                    lower[label, 2] = start
+                if c - 1 > upper[label, 2]:
+                    upper[label, 2] = c - 1
         for i in range(n_touched):  # the frame's sums, added frame by frame (see module doc)
             label = touched[i]
             sums[label] += frame_sums[label]
@@ -116,14 +126,8 @@ def _statistics(
 
 @functools.cache
 def _kernel() -> Callable[..., int]:
-    """:func:`_statistics` compiled (cached on disk where numba finds a writable place, else
-    compiled once per process)."""
-    import numba
-
-    try:
-        return numba.njit(cache=True, nogil=True)(_statistics)  # type: ignore[no-any-return]
-    except RuntimeError:  # no writable cache location (a read-only install without a home)
-        return numba.njit(nogil=True)(_statistics)  # type: ignore[no-any-return]
+    """:func:`_statistics` compiled (once per process; see :mod:`pipelines.compiled`)."""
+    return compile_kernel(_statistics)
 
 
 @functools.cache

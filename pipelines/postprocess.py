@@ -5,9 +5,10 @@ inputs, so two radiographs of one series never merge into one "lesion".
 
 Volumes are large (a 512x512x100 CT is 26 M voxels) and a poor model's output has thousands of
 components, so each step is one pass over the volume, never one pass per component: holes are
-filled by a flood fill of each frame's outside, component sizes come from one ``bincount`` of the
-labels, and the labelling that decided which components stay is handed on (as
-:class:`Components`) so findings need not label the same mask again.
+filled by a flood fill of each frame's outside, component sizes come from one compiled pass over
+the labels and renumbering from one more (:mod:`pipelines.component_numbers`), and the labelling
+that decided which components stay is handed on (as :class:`Components`) so findings need not
+label the same mask again.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from pipelines.component_numbers import component_sizes, renumber_components
 from pipelines.spec import PostprocessSpec
-
-_CHUNK = 1 << 18  # elements per bincount/lookup pass: small (cache-sized) int64 temporaries
 
 
 def connectivity(volumetric: bool) -> np.ndarray:
@@ -230,27 +230,6 @@ def fill_holes_per_frame(mask: np.ndarray) -> None:
         box |= canvas[1:-1, 1:-1] == 0  # background the fill did not reach: holes
 
 
-def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Pixel count of components 1..count (``bincount`` in chunks: no int64 copy of a volume;
-    one component's is its set pixels, counted without the bincount's index conversion)."""
-    if count == 1:
-        return np.array([np.count_nonzero(labels)], np.int64)
-    flat = labels.reshape(-1)
-    sizes = np.zeros(count + 1, np.int64)
-    for start in range(0, flat.size, _CHUNK):
-        sizes += np.bincount(flat[start : start + _CHUNK], minlength=count + 1)
-    return sizes[1:]
-
-
-def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``table[labels]`` in chunks (bounded index temporaries), keeping ``labels``' shape."""
-    flat = labels.reshape(-1)
-    out = np.empty(flat.size, dtype=table.dtype)
-    for start in range(0, flat.size, _CHUNK):
-        np.take(table, flat[start : start + _CHUNK], out=out[start : start + _CHUNK])
-    return out.reshape(labels.shape)
-
-
 def _kept(
     sizes: np.ndarray,
     spec: PostprocessSpec,
@@ -299,11 +278,8 @@ def _clean(
     kept_labels = np.zeros(mask.shape, dtype=dtype)
     if kept == count:  # all kept: the numbers stay (a cast copy, no lookup)
         kept_labels[box] = labels
-    else:
-        kept_labels[box] = _lookup(renumber, labels)
-    del labels
-    if kept < count:
-        mask[box] = kept_labels[box] > 0
+    else:  # the kept labels and the mask without the removed components, in one pass
+        renumber_components(labels, renumber, kept_labels[box], mask[box])
     return mask, Components(kept_labels, kept, volumetric)
 
 

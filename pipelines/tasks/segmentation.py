@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.component_numbers import component_sizes
 from pipelines.contract import LabelSpec
 from pipelines.errors import PipelineModelError
 from pipelines.members import (
@@ -28,7 +29,7 @@ from pipelines.members import (
     run_per_device,
     same_labels,
 )
-from pipelines.postprocess import component_sizes, label_map_dtype, threshold_labels
+from pipelines.postprocess import label_map_dtype, threshold_labels
 from pipelines.preprocess.orientation import ModelGrid
 from pipelines.preprocess.prepare import PreparedInputs
 from pipelines.spec import PostprocessSpec, SegmentationTask

@@ -1,5 +1,5 @@
 """The wiring: the worker is assembled from the real stages, and only the processes that run it
-(``pacsnode worker`` and ``serve``, through ``app.worker``) pay for PyTorch."""
+(``pacsnode worker`` and ``serve``, through ``app.worker``) pay for PyTorch and numba."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from core.config import Settings
 from models.registry import ModelRegistry
 from node.db.engine import Database
 from node.results.produce import produce_results
+from pipelines import component_numbers, label_statistics
 from pipelines.registry import PipelineRegistry
 from tests.conftest import free_port
 from tests.processes import PROJECT_ROOT, node_env
@@ -31,7 +32,7 @@ from core.config import load_settings
 node = Node(load_settings(None), ("receiver", "dispatcher", "scheduler"))
 node.start()
 node.stop(grace_s=5)
-print(sorted(m for m in ("torch", "monai", "timm", "ultralytics") if m in sys.modules))
+print(sorted(m for m in ("torch", "monai", "timm", "ultralytics", "numba") if m in sys.modules))
 """
 
 
@@ -52,7 +53,12 @@ def test_receiver_dispatcher_scheduler_and_web_start_without_pytorch(tmp_path: P
 def test_worker_gets_the_pipelines_with_the_model_registry_and_the_real_producer(
     settings: Settings, db: Database
 ) -> None:
+    label_statistics.warm_up.cache_clear()
+    component_numbers.warm_up.cache_clear()
     worker = build_worker(settings, db, "w-wiring")
+    # the numba kernels are loaded before the first study, not during it
+    assert label_statistics.warm_up.cache_info().currsize == 1
+    assert component_numbers.warm_up.cache_info().currsize == 1
     assert isinstance(worker.pipelines, PipelineRegistry)
     assert isinstance(worker.pipelines.models, ModelRegistry)
     assert worker.pipelines.models.models_dir == settings.models_dir

@@ -75,29 +75,3 @@ def test_labels_outside_the_count_are_an_error() -> None:
         label_statistics(labels, np.zeros(labels.shape, np.float32), 2)
     with pytest.raises(ValueError, match="integers"):
         label_statistics(labels.astype(np.float32), np.zeros(labels.shape, np.float32), 2)
-
-
-def test_without_a_writable_cache_the_kernel_is_compiled_in_the_process(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A read-only install whose user has no home: numba cannot cache, measuring still works."""
-    import numba
-
-    from pipelines import label_statistics as module
-
-    real_njit = numba.njit
-
-    def njit(*args: object, cache: bool = False, **kwargs: object) -> object:
-        if cache:
-            raise RuntimeError("cannot cache function '_statistics': no locator available")
-        return real_njit(*args, **kwargs)
-
-    monkeypatch.setattr(numba, "njit", njit)
-    module._kernel.cache_clear()
-    try:
-        labels = np.zeros((1, 3, 3), np.uint8)
-        labels[0, 1, 1:] = 1
-        stats = label_statistics(labels, np.full(labels.shape, 2.5, np.float32), 1)
-        assert stats.per_frame[1].tolist() == [2] and stats.sums[1] == 5.0
-    finally:
-        module._kernel.cache_clear()
