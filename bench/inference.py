@@ -313,6 +313,8 @@ class Timing:
     findings: int = 0  # node only: findings in the result
     stages: dict[str, float] | None = None  # node with --breakdown: stage times of the fastest run
     paired: Timing | None = None  # node only: the bare model timed in turns with it (run_case)
+    # node only: node CPU / bare CPU - 1 of each turn (a node run and the bare run beside it)
+    turn_overheads: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -445,6 +447,11 @@ def run_case(
             node_runs.append((wall, cpu, {**(collected or {}), "total": wall}))
     times = [wall for wall, _, _ in node_runs]
     fastest = node_runs[times.index(min(times))][2] if breakdown else None
+    turns = tuple(
+        node_cpu / bare_cpu - 1
+        for (_, node_cpu, _), (_, bare_cpu) in zip(node_runs, bare_runs, strict=True)
+        if bare_cpu
+    )
     return Timing(
         min(times),
         statistics.median(times),
@@ -453,6 +460,7 @@ def run_case(
         len(warm.findings),
         fastest,
         paired=_summary(bare_runs, float("nan")),
+        turn_overheads=turns,
     )
 
 
@@ -666,14 +674,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\ntorch {torch.__version__}, CPU, {threads} threads; fastest of {args.repeat} runs "
         f"(wall median in brackets), bare and node in turns in one process. Overhead = node CPU "
-        f"time / bare CPU time - 1 (CPU time is not inflated by other load on a shared machine). "
-        f"Memory = RSS peak of the first run above the loaded-model baseline, each in its own "
-        f"process."
+        f"time / bare CPU time - 1 (CPU time is not inflated by other load on a shared machine) "
+        f"of the fastest runs; 'turns' = the median of each turn's own ratio (a node run against "
+        f"the bare run beside it: less moved by one disturbed run). Memory = RSS peak of the "
+        f"first run above the loaded-model baseline, each in its own process."
     )
     header = (
         f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "
-        f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'bare MB':>7} {'node MB':>7} "
-        f"{'findings':>8}"
+        f"{'bare cpu':>8} {'node cpu':>8} {'overhead':>8} {'turns':>8} {'bare MB':>7} "
+        f"{'node MB':>7} {'findings':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -682,11 +691,12 @@ def main(argv: list[str] | None = None) -> int:
         plain = replace(node.paired, peak_mb=alone.peak_mb)  # times beside the node's
         cpu = plain.cpu_seconds
         overhead = node.cpu_seconds / cpu - 1 if cpu else float("nan")
+        turns = statistics.median(node.turn_overheads) if node.turn_overheads else float("nan")
         print(
             f"{label:34} {study_name:16} {plain.seconds:7.3f} ({plain.median:6.3f}) "
             f"{node.seconds:7.3f} ({node.median:6.3f}) {plain.cpu_seconds:8.2f} "
-            f"{node.cpu_seconds:8.2f} {overhead:8.1%} {plain.peak_mb:7.0f} {node.peak_mb:7.0f} "
-            f"{node.findings:8d}"
+            f"{node.cpu_seconds:8.2f} {overhead:8.1%} {turns:8.1%} {plain.peak_mb:7.0f} "
+            f"{node.peak_mb:7.0f} {node.findings:8d}"
         )
     if args.breakdown:
         print_breakdown(rows)
