@@ -64,8 +64,8 @@ def _paint_checked(
 ) -> None:
     if labels.shape != out.shape or labels.ndim != 3:
         raise ValueError(f"labels {labels.shape} and out {out.shape} must be one (F, H, W)")
-    if table.size and int(table.max()) > np.iinfo(out.dtype).max:
-        raise ValueError(f"numbers up to {int(table.max())} do not fit {out.dtype}")
+    if table.size and not 0 <= int(table.min()) <= int(table.max()) <= np.iinfo(out.dtype).max:
+        raise ValueError(f"numbers {int(table.min())}..{int(table.max())} do not fit {out.dtype}")
     if table.size and table[0] != 0:
         raise ValueError("the table must map label 0 (no component) to 0")
     no_mask = np.zeros((0, 0, 0), bool)  # never indexed: with_mask is False

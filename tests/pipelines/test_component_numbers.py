@@ -103,5 +103,7 @@ def test_painting_refuses_numbers_the_map_cannot_hold_and_labels_outside_the_tab
     labels = np.array([[[0, 1, 2]]], np.uint8)
     with pytest.raises(ValueError, match="do not fit uint8"):
         paint_components(labels, np.array([0, 1, 300], np.uint16), np.zeros(labels.shape, np.uint8))
+    with pytest.raises(ValueError, match="numbers -1..1 do not fit uint16"):
+        paint_components(labels, np.array([0, -1, 1], np.int64), np.zeros(labels.shape, np.uint16))
     with pytest.raises(ValueError, match="label 2 is outside the numbering table"):
         paint_components(labels, np.array([0, 1], np.uint16), np.zeros(labels.shape, np.uint16))
