@@ -8,10 +8,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/pacsnode
 COPY pyproject.toml README.md ./
-COPY node ./node
-COPY pipelines ./pipelines
+COPY core ./core
 COPY models ./models
+COPY pipelines ./pipelines
+COPY node ./node
 COPY web ./web
+COPY app ./app
 RUN pip install --upgrade pip && pip install .
 RUN useradd --system --home /data pacsnode && mkdir -p /data && chown pacsnode /data
 USER pacsnode
