@@ -447,11 +447,7 @@ def run_case(
             node_runs.append((wall, cpu, {**(collected or {}), "total": wall}))
     times = [wall for wall, _, _ in node_runs]
     fastest = node_runs[times.index(min(times))][2] if breakdown else None
-    turns = tuple(
-        node_cpu / bare_cpu - 1
-        for (_, node_cpu, _), (_, bare_cpu) in zip(node_runs, bare_runs, strict=True)
-        if bare_cpu
-    )
+    turns = turn_overheads([cpu for _, cpu, _ in node_runs], [cpu for _, cpu in bare_runs])
     return Timing(
         min(times),
         statistics.median(times),
@@ -462,6 +458,13 @@ def run_case(
         paired=_summary(bare_runs, float("nan")),
         turn_overheads=turns,
     )
+
+
+def turn_overheads(node_cpu: list[float], bare_cpu: list[float]) -> tuple[float, ...]:
+    """Each turn's node CPU / bare CPU - 1: the node run against the bare run beside it (turn
+    ``i`` ran ``node_cpu[i]`` and ``bare_cpu[i]`` back to back); a bare run with no CPU time
+    gives no ratio."""
+    return tuple(node / bare - 1 for node, bare in zip(node_cpu, bare_cpu, strict=True) if bare)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
