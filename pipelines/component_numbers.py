@@ -62,6 +62,8 @@ def paint_components(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> 
 def _paint_checked(
     labels: np.ndarray, table: np.ndarray, out: np.ndarray, mask: np.ndarray | None
 ) -> None:
+    """Both entry points' checks, then the one kernel: numba does not check bounds, so a label
+    outside the table or a number the map cannot hold must be refused here, not written past."""
     if labels.shape != out.shape or labels.ndim != 3:
         raise ValueError(f"labels {labels.shape} and out {out.shape} must be one (F, H, W)")
     if table.size and not 0 <= int(table.min()) <= int(table.max()) <= np.iinfo(out.dtype).max:

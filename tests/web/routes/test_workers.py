@@ -98,7 +98,14 @@ def test_health_flags_the_queue_no_live_worker_consumes(
         "w1",
     ).start()
     try:
-        _wait_for(lambda: "w1@hostA" in str(client.get("/api/health").json()), 120, worker)
+
+        def serving_cpu() -> bool:
+            # the worker's model statuses name it before its first heartbeat (it loads the
+            # models and the post-processing kernels in between): wait for the queue itself
+            queues = client.get("/api/health").json()["queues"]
+            return any(q["name"] == "cpu" and "w1@hostA" in q["workers"] for q in queues)
+
+        _wait_for(serving_cpu, 120, worker)
         body = client.get("/api/health").json()
         queues = {q["name"]: q for q in body["queues"]}
         assert queues["cpu"]["workers"] == ["w1@hostA"] and queues["cpu"]["ok"]
