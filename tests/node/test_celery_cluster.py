@@ -126,6 +126,9 @@ def test_hosts_die_and_arrive_while_studies_stream_in(
     # the broker restarts; a third host joins late; the rest of the studies arrive
     broker.restart()
     cluster.worker("w3@hostC", "cpu")
+    # it takes work once ready (models and post-processing kernels loaded); studies sent before
+    # then can all go to hostB, and the spread asserted below would depend on start-up time
+    cluster.wait_ready("w3")
     for folder in folders[half:]:
         cstore(cluster.port, folder)
 

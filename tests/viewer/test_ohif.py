@@ -45,6 +45,7 @@ from tests.viewer.ohif_browser import (
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
 pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -147,6 +148,20 @@ def _show_image(driver, sop_uids: list[str], inside: bool) -> None:  # type: ign
     deadline = time.monotonic() + 20
     while (_current_sop(driver) in sop_uids) != inside and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def _click_fresh(driver, xpath: str) -> None:  # type: ignore[no-untyped-def]
+    """Click the element at ``xpath``, finding it again if OHIF re-rendered its panel between
+    the lookup and the click (selenium's "stale element reference"), as a user's second look
+    would."""
+    for attempt in range(3):
+        try:
+            driver.find_element(By.XPATH, xpath).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
 
 
 def _open_sr(driver, viewer_url: str) -> None:  # type: ignore[no-untyped-def]
@@ -330,19 +345,19 @@ def test_each_finding_is_listed_and_drawn_in_ohif(tmp_path: Path) -> None:
             number = segment_of[finding.tracking_id]
             _show_image(driver, frames_of[finding.tracking_id], inside=False)
             assert number not in _segment_state(driver)["present"]
-            row = driver.find_element(
-                By.XPATH, f"//span[normalize-space(text())='{finding.tracking_id}']"
-            )
+            row_xpath = f"//span[normalize-space(text())='{finding.tracking_id}']"
 
             def jumped(number: int = number, finding: Finding = finding) -> object:
                 st = _segment_state(driver)
                 ok = st["active"] == number and st["sop"] in frames_of[finding.tracking_id]
                 return ok and st
 
-            row.click()
+            _click_fresh(driver, row_xpath)
             # on a loaded machine OHIF can take the click before the scrolled viewport
             # settles and then not jump; a second click is what a user would do
-            state = wait_until(jumped, 15) or (row.click(), wait_until(jumped))[1]
+            state = (
+                wait_until(jumped, 15) or (_click_fresh(driver, row_xpath), wait_until(jumped))[1]
+            )
             assert state, f"{finding.tracking_id}: {_segment_state(driver)}"
             assert number in state["present"], state
             _render(driver)
