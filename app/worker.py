@@ -21,6 +21,7 @@ from node.db.repositories import model_status
 from node.dispatch.delivery_plan import plan_deliveries
 from node.jobs.worker import Worker, default_worker_id
 from node.results.produce import produce_results
+from pipelines.allocator import keep_freed_memory
 from pipelines.pipeline import warm_up_kernels
 from pipelines.registry import PipelineRegistry
 
@@ -34,6 +35,11 @@ def build_worker(settings: Settings, db: Database, worker_id: str | None = None)
     one warning per broken card or pipeline, the statuses stored for the console; the worker then
     serves the good ones (a job of a broken pipeline fails with the reason)."""
     worker_id = worker_id or default_worker_id()
+    if keep_freed_memory(settings.worker_malloc_keep_mb):
+        log.info(
+            "malloc keeps up to %d MB of freed memory for reuse (worker_malloc_keep_mb)",
+            settings.worker_malloc_keep_mb,
+        )
     store = model_status.recorder(db, worker_id)
 
     def on_status(status: ModelStatus) -> None:

@@ -64,8 +64,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.config import Settings  # noqa: E402
 from models.card import ModelCard, sha256_file, write_card  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.contract import SourceSeries, StudyInput  # noqa: E402
 from pipelines.pipeline import Pipeline, warm_up_kernels  # noqa: E402
 from pipelines.preprocess.decode import decode_series  # noqa: E402
@@ -89,6 +91,7 @@ CLASSES = [{**LESION, "name": "normal"}, {**LESION, "value": 2, "name": "abnorma
 WINDOW_12BIT = {"mode": "window", "center": 2047.5, "width": 4095.0}
 CT_WINDOW = {"mode": "window", "center": 40.0, "width": 400.0}
 SPLEEN_WINDOW = {"mode": "window", "center": 53.5, "width": 221.0}  # the bundle's -57..164 HU
+WORKER_MALLOC_KEEP_MB: int = Settings.model_fields["worker_malloc_keep_mb"].default
 SPLEEN_WINDOWS = {"sw_batch_size": 4, "sw_overlap": 0.5}  # the bundle's SlidingWindowInferer
 WHOLEBODY = ROOT / "tests/data/monai_bundles/wholeBody_ct_segmentation"
 WHOLEBODY_METADATA = WHOLEBODY / "configs/metadata.json"
@@ -400,6 +403,7 @@ def run_case(
     repeat: int,
     threads: int,
     breakdown: bool = False,
+    malloc_keep_mb: int = WORKER_MALLOC_KEEP_MB,
 ) -> Timing:
     """In a fresh process: load models and sample the memory of ``mode``'s ("bare" | "node")
     first (warm-up) run; "node" then times itself ``repeat`` times.
@@ -413,6 +417,8 @@ def run_case(
     (:mod:`pipelines.stages`) of each run."""
     if threads:
         torch.set_num_threads(threads)
+    # the allocator as a worker sets it (app.worker.build_worker), for bare and node alike
+    keep_freed_memory(malloc_keep_mb)
     registry = ModelRegistry(Path(models_dir))
 
     def bare_fn() -> Callable[[], Any]:
@@ -636,6 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TEXT",
         help="only the cases whose label contains TEXT (repeatable)",
     )
+    parser.add_argument(
+        "--malloc-keep-mb",
+        type=int,
+        default=WORKER_MALLOC_KEEP_MB,
+        help="freed memory each timed process keeps for reuse, as a worker's "
+        "worker_malloc_keep_mb does (default: the setting's default); 0: glibc's defaults",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.slices, args.repeat = 20, 1
@@ -666,9 +679,18 @@ def main(argv: list[str] | None = None) -> int:
             study, study_name = studies[case.study]
             # the bare model's memory alone, in its own process; its times are taken in turns
             # with the node's (run_case)
-            bare = in_child(case, "bare", study, str(models_dir), 0, args.threads)
+            bare = in_child(
+                case, "bare", study, str(models_dir), 0, args.threads, False, args.malloc_keep_mb
+            )
             node = in_child(
-                case, "node", study, str(models_dir), args.repeat, args.threads, args.breakdown
+                case,
+                "node",
+                study,
+                str(models_dir),
+                args.repeat,
+                args.threads,
+                args.breakdown,
+                args.malloc_keep_mb,
             )
             rows.append((case.label, study_name, bare, node))
             print(f"  done: {case.label} on {study_name}", file=sys.stderr, flush=True)
@@ -680,7 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         f"time / bare CPU time - 1 (CPU time is not inflated by other load on a shared machine) "
         f"of the fastest runs; 'turns' = the median of each turn's own ratio (a node run against "
         f"the bare run beside it: less moved by one disturbed run). Memory = RSS peak of the "
-        f"first run above the loaded-model baseline, each in its own process."
+        f"first run above the loaded-model baseline, each in its own process. malloc keeps "
+        f"{args.malloc_keep_mb} MB of freed memory for reuse in both, as a worker does "
+        f"(worker_malloc_keep_mb; 0: glibc's defaults)."
     )
     header = (
         f"{'model / ensemble':34} {'input':16} {'bare wall s':>16} {'node wall s':>16} "

@@ -428,6 +428,8 @@ class Settings(BaseSettings):
     pipelines_dir: Path = PROJECT_ROOT / "pipelines" / "definitions"
     models_dir: Path = PROJECT_ROOT / "models" / "cards"
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    # freed memory a worker keeps for reuse (glibc malloc thresholds); 0: the C library's own
+    worker_malloc_keep_mb: int = Field(512, ge=0)
     jobs: JobSettings = Field(default_factory=JobSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import app.worker as worker_module
 from app.runtime import Node
 from app.worker import build_worker
 from core.config import Settings
@@ -51,14 +52,17 @@ def test_receiver_dispatcher_scheduler_and_web_start_without_pytorch(tmp_path: P
 
 
 def test_worker_gets_the_pipelines_with_the_model_registry_and_the_real_producer(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    kept: list[int] = []  # the thresholds are process-wide: recorded here, applied in
+    monkeypatch.setattr(worker_module, "keep_freed_memory", kept.append)  # test_allocator
     label_statistics.warm_up.cache_clear()
     component_numbers.warm_up.cache_clear()
     worker = build_worker(settings, db, "w-wiring")
     # the numba kernels are loaded before the first study, not during it
     assert label_statistics.warm_up.cache_info().currsize == 1
     assert component_numbers.warm_up.cache_info().currsize == 1
+    assert kept == [settings.worker_malloc_keep_mb]  # malloc keeps freed memory for reuse
     assert isinstance(worker.pipelines, PipelineRegistry)
     assert isinstance(worker.pipelines.models, ModelRegistry)
     assert worker.pipelines.models.models_dir == settings.models_dir
