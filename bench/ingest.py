@@ -361,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(
                 args.repeat
             ):  # receivers interleaved, so a slow spell of the disk hits all
-                for name, factory in receivers.items():
-                    workdir = base / f"run-{len(results)}-{name[:8]}-{len(runs[name])}"
+                for number, (name, factory) in enumerate(receivers.items()):
+                    workdir = base / f"run-{len(results)}-receiver-{number}-{len(runs[name])}"
                     PEAK_RSS_MB.clear()
                     with factory(workdir) as (port, aet):
                         elapsed = send(corpora[corpus], port, aet, assocs, nodelay)

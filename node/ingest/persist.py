@@ -56,10 +56,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -148,7 +148,7 @@ def spool_for(settings: Settings) -> Spool:
         return spool
 
 
-def _make_sqlite_durable(db: Database, settings: Settings) -> None:
+def make_sqlite_durable(db: Database, settings: Settings) -> None:
     """SQLite in WAL mode with synchronous=NORMAL may lose the last commits on power loss; the
     receiver acknowledges instances only after a commit, so its connections use FULL."""
     if not (db.sqlite and settings.fsync) or db.engine in _durable_engines:
@@ -329,7 +329,7 @@ def _stage_and_commit(db: Database, settings: Settings, stage: Stage) -> Persist
         pending_or_outcome = stage()
         if isinstance(pending_or_outcome, PersistOutcome):
             return pending_or_outcome
-        _make_sqlite_durable(db, settings)
+        make_sqlite_durable(db, settings)
         spool = spool_for(settings)
         pending_or_outcome.sync_data(spool)
         failed = _sync_failures(spool, [pending_or_outcome])
@@ -505,7 +505,7 @@ def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pen
             spool.discard(pending.final)
 
 
-class _WriterTurns:
+class WriterTurns:
     """On SQLite, the committers of a receiver pool's processes take turns on a file lock.
 
     Without it they meet in SQLite's write lock, whose busy handler sleeps 1, 2, 5, 10 ... ms
@@ -532,6 +532,20 @@ class _WriterTurns:
             os.close(fd)
 
 
+class Appender(Protocol):
+    """What appends the steady state's rows: ``InstanceAppender`` here, or the receiver pool's
+    append service (``append_service.RemoteAppender``)."""
+
+    @property
+    def appended(self) -> int: ...
+
+    def append(
+        self, items: Sequence[NewInstance], unsynced: Sequence[tuple[str, bytes, str]] = ()
+    ) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class GroupCommitter:
     """Commits what concurrent handlers submit, in groups, in the submitting threads themselves.
 
@@ -550,7 +564,13 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, db: Database, settings: Settings, max_batch: int = MAX_BATCH, *, processes: int = 1
+        self,
+        db: Database,
+        settings: Settings,
+        max_batch: int = MAX_BATCH,
+        *,
+        processes: int = 1,
+        appender: Appender | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -564,14 +584,17 @@ class GroupCommitter:
         self.batches = 0
         self.committed = 0
         self.writing = 0  # instances between header check and submit (their files being written)
-        self.appender = InstanceAppender(db)  # the steady state's rows, without the ORM
+        # the steady state's rows, without the ORM (a pool on SQLite: by its append service)
+        self.appender: Appender = appender or InstanceAppender(db)
         # the flock only serves several receiver processes sharing one SQLite file
-        self._turns = _WriterTurns(db) if processes > 1 else contextlib.nullcontext()
+        self._turns = WriterTurns(db) if processes > 1 else contextlib.nullcontext()
+        # an appender given from outside (the append service's client) orders its own writes
+        self._append_turns = self._turns if appender is None else contextlib.nullcontext()
         self._dir_syncer: DirSyncer | None = None
         self.bulk_syncer: BulkSyncer | None = None  # durable: small files' bytes in the commit
 
     def start(self) -> GroupCommitter:
-        _make_sqlite_durable(self.db, self.settings)
+        make_sqlite_durable(self.db, self.settings)
         if self.settings.fsync:  # looked up per call: tests watch ``spool.fsync_dir``
             self._dir_syncer = DirSyncer(lambda directory: self.spool.sync_dirs([directory]))
             recover_unsynced(self.db, self.spool)  # a crash's unsynced files, before any new one
@@ -670,7 +693,7 @@ class GroupCommitter:
             self._dir_syncer.stop()
         if self.bulk_syncer is not None:
             self.bulk_syncer.stop()
-        if isinstance(self._turns, _WriterTurns):
+        if isinstance(self._turns, WriterTurns):
             self._turns.close()
 
     def _append(self, batch: list[_Pending]) -> list[PersistOutcome] | None:
@@ -744,13 +767,14 @@ class GroupCommitter:
             outcome_of: dict[int, PersistOutcome] = self._sync_group(batch)  # the failures
             durable = [i for i in range(len(batch)) if i not in outcome_of]
             if durable:
-                with self._turns:
+                with self._append_turns:
                     written = self._append([batch[i] for i in durable])
-                    if written is None:  # the general path: the deferred files synced first
-                        late = self._sync_deferred([batch[i] for i in durable])
-                        outcome_of.update((durable[j], o) for j, o in late.items())
-                        durable = [i for j, i in enumerate(durable) if j not in late]
-                        rest = [batch[i] for i in durable]
+                if written is None:  # the general path: the deferred files synced first
+                    late = self._sync_deferred([batch[i] for i in durable])
+                    outcome_of.update((durable[j], o) for j, o in late.items())
+                    durable = [i for j, i in enumerate(durable) if j not in late]
+                    rest = [batch[i] for i in durable]
+                    with self._turns:
                         written = commit_batch(self.db, self.settings, self.spool, rest,
                                                dirs_synced=True) if rest else []  # fmt: skip
                 outcome_of.update(zip(durable, written, strict=True))

@@ -1,9 +1,12 @@
-"""Several receiver processes on one port (SO_REUSEPORT): one pynetdicom process is CPU-bound at
-roughly one core, so the pool is how the receiver scales with associations (docs/performance.md §3).
+"""Several receiver processes on one port: one Python process is CPU-bound at roughly one core,
+so the pool is how the receiver scales with associations (docs/performance.md §3, §4).
 
-The kernel spreads new connections over the children. Each child owns its ``Database`` and group
-committer; they meet in the database (SQLite's write lock or PostgreSQL row locks). The parent
-holds a bound, non-listening socket on the port so a port 0 request resolves to one port for all.
+The parent binds and listens; every child accepts from that one socket, a less loaded child first
+(``scp._Server``), so associations spread evenly — the kernel's SO_REUSEPORT hash, used before,
+could put four associations in one process. Each child owns its ``Database`` and group committer.
+On PostgreSQL they meet in the database (row locks). On SQLite one more process, the append
+service (``append_service``), commits the steady-state rows of all of them, so that they do not
+take turns on one file's write lock and read each other's commits back into their caches.
 """
 
 from __future__ import annotations
@@ -16,31 +19,34 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from core.config import Settings
-from node.db.engine import Database
-from node.ingest.scp import start_receiver
+from node.db.engine import Database, is_sqlite
+from node.ingest.append_service import serve_appends
+from node.ingest.scp import LISTEN_BACKLOG, PoolSeat, start_receiver
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 
 
-def _child(settings: Settings, ready: Any, index: int) -> None:
+def _child(settings: Settings, ready: Any, seat: PoolSeat) -> None:
     """Child process entry: serve until SIGTERM, then finish running associations."""
     logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s receiver[{index}] %(name)s: %(message)s")  # fmt: skip
+                        format=f"%(asctime)s %(levelname)s receiver[{seat.index}] %(name)s: %(message)s")  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    seat.listener.setblocking(False)  # siblings race for each connection; the losers wait again
     db = Database(settings.effective_database_url)
     try:
-        handle = start_receiver(settings, db, reuse_port=True)
+        handle = start_receiver(settings, db, seat=seat)
     except OSError as exc:
-        ready.put((index, f"error: {exc}"))
+        ready.put((seat.index, f"error: {exc}"))
         raise
-    ready.put((index, "ready"))
+    ready.put((seat.index, "ready"))
     try:
         stop.wait()
     finally:
@@ -48,18 +54,37 @@ def _child(settings: Settings, ready: Any, index: int) -> None:
         db.dispose()
 
 
+def _append_service(settings: Settings, ready: Any, index: int, pipes: list[Connection]) -> None:
+    """Append service entry: its receivers stop first; it ends when the last one closed its
+    pipe (SIGTERM and SIGINT are ignored so that it outlives them)."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s append-service %(name)s: %(message)s")  # fmt: skip
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ready.put((index, "ready"))
+    serve_appends(settings, pipes)
+
+
 @dataclass
 class PoolHandle:
     port: int
-    processes: list[BaseProcess]
-    _reservation: socket.socket
+    processes: list[BaseProcess]  # the receivers
+    _listener: socket.socket
+    appender: BaseProcess | None = None  # the append service (SQLite)
+    _loads: Any = None  # each receiver's open connections (shared memory)
     _stopped: bool = field(default=False, init=False)
 
     def alive(self) -> int:
+        """Receiver processes alive (the append service not counted)."""
         return sum(1 for p in self.processes if p.is_alive())
 
+    def connections(self) -> list[int]:
+        """Open connections per receiver process, as each process last counted them."""
+        return list(self._loads) if self._loads is not None else []
+
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM every child (they stop accepting and drain), then kill stragglers."""
+        """SIGTERM every receiver (they stop accepting and drain), then kill stragglers; then
+        the append service, which leaves once every receiver closed its pipe."""
         if self._stopped:
             return
         self._stopped = True
@@ -67,47 +92,74 @@ class PoolHandle:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
         for process in self.processes:
-            process.join(timeout)
-            if process.is_alive():
-                log.warning(
-                    "receiver child %s did not stop in %.0f s; killing", process.pid, timeout
-                )
-                process.kill()
-                process.join(5)
-        self._reservation.close()
+            _join(process, timeout)
+        if self.appender is not None:
+            _join(self.appender, timeout)
+        self._listener.close()
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def _join(process: BaseProcess, timeout: float) -> None:
+    process.join(timeout)
+    if process.is_alive():
+        log.warning("%s (pid %s) did not stop in %.0f s; killing", process.name, process.pid,
+                    timeout)  # fmt: skip
+        process.kill()
+        process.join(5)
+
+
+def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
     return sock
 
 
 def start_receiver_pool(settings: Settings, processes: int | None = None) -> PoolHandle:
-    """Start ``settings.receiver_processes`` (or ``processes``) children on one port; wait until
-    every child listens. The database must already be migrated."""
+    """Start ``settings.receiver_processes`` (or ``processes``) children on one port, and on
+    SQLite the append service; wait until all are ready. The database must already be migrated."""
     count = processes or settings.receiver_processes
-    reservation = _reserve_port(settings.dicom_host, settings.dicom_port)
-    port = int(reservation.getsockname()[1])
+    listener = _listen(settings.dicom_host, settings.dicom_port)
+    port = int(listener.getsockname()[1])
     child_settings = settings.model_copy(update={"dicom_port": port})
     context = mp.get_context("spawn")
     ready = context.Queue()
+    loads = context.RawArray("i", count)
+    service_ends: list[Connection] = []
+    receiver_ends: list[Connection | None] = [None] * count
+    if count > 1 and is_sqlite(settings.effective_database_url):
+        for index in range(count):
+            receiver_ends[index], service_end = context.Pipe()
+            service_ends.append(service_end)
+    starting: list[BaseProcess] = []
     children: list[BaseProcess] = []
+    appender = None
+    if service_ends:
+        appender = context.Process(target=_append_service,
+                                   args=(child_settings, ready, count, service_ends),
+                                   name="pacsnode-append-service", daemon=True)  # fmt: skip
+        appender.start()
+        starting.append(appender)
     for index in range(count):
-        process = context.Process(target=_child, args=(child_settings, ready, index),
+        seat = PoolSeat(listener, loads, index, count, receiver_ends[index])
+        process = context.Process(target=_child, args=(child_settings, ready, seat),
                                   name=f"pacsnode-receiver-{index}", daemon=True)  # fmt: skip
         process.start()
         children.append(process)
-    handle = PoolHandle(port=port, processes=children, _reservation=reservation)
-    waiting = set(range(count))
+        starting.append(process)
+    for end in [*service_ends, *receiver_ends]:  # the children hold them now: EOF when they end
+        if end is not None:
+            end.close()
+    handle = PoolHandle(port=port, processes=children, _listener=listener, appender=appender,
+                        _loads=loads)  # fmt: skip
+    waiting = set(range(len(starting)))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while waiting:
         try:
             index, state = ready.get(timeout=0.2)
         except queue.Empty:
-            dead = [p.name for p in children if p.exitcode is not None]
+            dead = [p.name for p in starting if p.exitcode is not None]
             if dead or time.monotonic() > deadline:
                 handle.stop(5)
                 why = f"{', '.join(dead)} exited" if dead else "timed out"
@@ -117,5 +169,6 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
             handle.stop(5)
             raise RuntimeError(f"receiver child {index} failed: {state}")
         waiting.discard(index)
-    log.info("receiver pool: %d processes on port %d", count, port)
+    log.info("receiver pool: %d processes on port %d%s", count, port,
+             ", rows appended by one service process (SQLite)" if appender else "")  # fmt: skip
     return handle

@@ -20,18 +20,22 @@ client cannot stall accepts.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import socketserver
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as MultiprocessingConnection
 from typing import Any
 
 from sqlalchemy.orm import configure_mappers
 
 from core.config import CallerAllowEntry, Settings
 from node.db.engine import Database
+from node.db.repositories.instance_appender import InstanceAppender
+from node.ingest.append_service import RemoteAppender
 from node.ingest.association import Connection
 from node.ingest.association import caller_allowed as caller_allowed
 from node.ingest.contexts import SUPPORTED_CONTEXTS as SUPPORTED_CONTEXTS
@@ -43,45 +47,89 @@ from node.ingest.spool import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.2
+LISTEN_BACKLOG = 128
+BALANCE_WAIT_S = 0.05  # how long a pool process with more connections than a sibling lets it accept
+
+
+@dataclass
+class PoolSeat:
+    """A receiver's place in a pool (``receiver_pool``): the pool's listening socket, shared by
+    all its processes; every process's count of connections (``loads``, shared memory) and its
+    own ``index`` there; the pipe to the append service (SQLite), if any."""
+
+    listener: socket.socket
+    loads: Any  # multiprocessing RawArray of int, one per process
+    index: int
+    processes: int
+    appends: MultiprocessingConnection | None = None
 
 
 class _Server(socketserver.ThreadingTCPServer):
-    """Accept loop with one thread per connection, SO_REUSEPORT, off-thread TLS handshakes, a
-    bound on connections not yet associated, and the deadline watchdog."""
+    """Accept loop with one thread per connection, off-thread TLS handshakes, a bound on
+    connections not yet associated, and the deadline watchdog.
+
+    In a pool every process accepts from the one listening socket (non-blocking: the processes
+    that lose the race for a connection go back to waiting). A process holding more connections
+    than the least loaded one lets it win: it waits up to ``BALANCE_WAIT_S`` for a sibling to
+    accept, and takes the connection itself only if nobody did. Without that, four associations could all
+    land in one process, as they did with SO_REUSEPORT's hash (docs/performance.md §4)."""
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, settings: Settings, db: Database, ssl_context: ssl.SSLContext | None,
-                 reuse_port: bool) -> None:  # fmt: skip
+                 seat: PoolSeat | None) -> None:  # fmt: skip
         self.settings, self.db = settings, db
-        self.ssl_context, self.reuse_port = ssl_context, reuse_port
+        self.ssl_context, self.seat = ssl_context, seat
         self.allowed_callers: list[CallerAllowEntry] = list(settings.allowed_callers)
         self.active_associations: list[Connection] = []
         self.connections: set[Connection] = set()
         self.pending = 0
+        self.held = 0  # connections accepted and not yet closed (``seat.loads``)
         self._slots = threading.Lock()
         self._watch_stop = threading.Event()
         super().__init__(
-            (settings.dicom_host, settings.dicom_port), socketserver.BaseRequestHandler
+            (settings.dicom_host, settings.dicom_port),
+            socketserver.BaseRequestHandler,
+            bind_and_activate=seat is None,
         )
+        if seat is not None:  # the pool's socket, already listening
+            self.socket.close()
+            self.socket = seat.listener
+            self.server_address = seat.listener.getsockname()
         self._watchdog = threading.Thread(target=self._watch, name="pacsnode-dicom-deadlines",
                                           daemon=True)  # fmt: skip
         self._watchdog.start()
 
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
     def get_request(self) -> tuple[Any, Any]:
+        """Accept (``BlockingIOError`` when a pool sibling took the connection: the accept loop
+        ignores it), after letting a less loaded sibling go first."""
+        seat = self.seat
+        if seat is not None:
+            deadline = time.monotonic() + BALANCE_WAIT_S
+            while self.held > min(seat.loads) and time.monotonic() < deadline:
+                time.sleep(0.002)
+                if not select.select([self.socket], [], [], 0)[0]:
+                    raise BlockingIOError("a less loaded pool process took the connection")
         client, address = self.socket.accept()
+        self._count(+1)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Every accepted connection ends here (refused, served, or failed)."""
+        super().shutdown_request(request)
+        self._count(-1)
+
+    def _count(self, change: int) -> None:
+        with self._slots:
+            self.held += change
+            if self.seat is not None:
+                self.seat.loads[self.seat.index] = self.held
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Refuse (close) a connection while ``max_pending_connections`` have not associated."""
@@ -192,14 +240,21 @@ class ReceiverHandle:
         self.committer.stop(timeout)
 
 
-def start_receiver(settings: Settings, db: Database, *, reuse_port: bool = False) -> ReceiverHandle:
-    """Start listening (non-blocking) on ``settings.dicom_host``/``dicom_port`` (0: any free)."""
+def start_receiver(
+    settings: Settings, db: Database, *, seat: PoolSeat | None = None
+) -> ReceiverHandle:
+    """Start listening (non-blocking) on ``settings.dicom_host``/``dicom_port`` (0: any free), or
+    on the pool's socket (``seat``)."""
     configure_mappers()  # once, here: not ~0.3 s inside the first instance's commit
-    # receivers of one pool (``reuse_port``) take turns on SQLite; a lone one needs no flock
-    processes = settings.receiver_processes if reuse_port else 1
-    committer = GroupCommitter(db, settings, processes=processes).start()
+    # receivers of one pool take turns on SQLite (a lone one needs no flock), and send their
+    # steady-state rows to the pool's append service when it has one
+    processes = seat.processes if seat is not None else 1
+    appender = None
+    if seat is not None and seat.appends is not None:
+        appender = RemoteAppender(seat.appends, InstanceAppender(db))
+    committer = GroupCommitter(db, settings, processes=processes, appender=appender).start()
     try:
-        server = _Server(settings, db, tls_context(settings), reuse_port)
+        server = _Server(settings, db, tls_context(settings), seat)
     except OSError:  # port taken, bad TLS files: leave nothing running behind
         committer.stop()
         raise
@@ -222,11 +277,9 @@ def _clean_spool(settings: Settings) -> None:
         log.info("removed %d unacknowledged temp file(s) left by a stopped receiver", removed)
 
 
-def run_receiver_forever(
-    settings: Settings, db: Database, stop: threading.Event, *, reuse_port: bool = False
-) -> None:
+def run_receiver_forever(settings: Settings, db: Database, stop: threading.Event) -> None:
     """Serve until ``stop`` is set (the runtime sets it on SIGTERM), then stop gracefully."""
-    handle = start_receiver(settings, db, reuse_port=reuse_port)
+    handle = start_receiver(settings, db)
     try:
         stop.wait()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -71,3 +72,23 @@ def test_workdir_is_created_when_missing(tmp_path: Path) -> None:
     workdir = tmp_path / "does" / "not" / "exist"
     folder = ingest.bench_folder(workdir)
     assert folder.is_dir() and folder.parent == workdir
+
+
+@pytest.mark.integration
+def test_both_pacsnode_receivers_run_in_one_bench(tmp_path: Path) -> None:
+    """--only pacsnode-1 pacsnode-n: each receiver's run gets a folder of its own (both used to
+    be named after the receiver's first 8 letters, "pacsnode", and the second run failed)."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if p != venv_bin)  # DCMTK's storescu
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "ingest.py"), "--quick", "--repeat", "1", "--corpora", "b",
+         "--count", "8", "--associations", "1", "--only", "pacsnode-1", "pacsnode-n",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| (b) 1 assoc")]
+    assert [row.split("|")[2].strip() for row in rows] == [
+        "pacsnode (1 process, durable)",
+        "pacsnode (2 processes, durable)",
+    ]

@@ -1,8 +1,13 @@
-"""Several receiver processes on one port (SO_REUSEPORT) store into one database."""
+"""Several receiver processes on one port store into one database: associations spread evenly
+over the processes, and on SQLite the append service commits their rows (or, when it is gone,
+each receiver its own)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,8 +46,13 @@ def send_files(port: int, files: list[Path], acknowledged: dict[str, Path], lock
             assoc.release()
 
 
+@pytest.mark.parametrize("service", ["running", "killed"])
 def test_two_processes_share_the_port(
-    sqlite_db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_db: Database,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    service: str,
 ) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     files = write_instances(tmp_path / "send", count=40, studies=2)
@@ -50,6 +60,11 @@ def test_two_processes_share_the_port(
     pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
     try:
         assert pool.alive() == 2
+        assert pool.appender is not None and pool.appender.is_alive()  # SQLite: the service runs
+        if service == "killed":  # each receiver must notice and commit its own rows
+            assert pool.appender.pid is not None
+            os.kill(pool.appender.pid, signal.SIGKILL)
+            pool.appender.join(10)
         acknowledged: dict[str, Path] = {}
         lock = threading.Lock()
         paths = list(files.values())
@@ -67,3 +82,27 @@ def test_two_processes_share_the_port(
     with sqlite_db.read() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 40
         assert sorted(s.instance_count for s in session.scalars(select(Study))) == [20, 20]
+
+
+def test_associations_spread_evenly_over_the_processes(
+    sqlite_db: Database, settings: Settings
+) -> None:
+    """Eight associations, two processes: four each (SO_REUSEPORT's hash, used before, put all
+    four associations of a benchmark run in one process in some runs)."""
+    pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
+    held = []
+    try:
+        for _ in range(8):
+            ae = AE(ae_title="POOLSCU")
+            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            assoc = ae.associate("127.0.0.1", pool.port, ae_title="PACSNODE")
+            assert assoc.is_established
+            held.append(assoc)
+        deadline = time.monotonic() + 10
+        while sum(pool.connections()) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.connections() == [4, 4]
+    finally:
+        for assoc in held:
+            assoc.release()
+        pool.stop(timeout=10)
