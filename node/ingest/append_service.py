@@ -20,7 +20,7 @@ what the service committed before it died as the duplicate it is (``upsert_insta
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -46,9 +46,12 @@ class RemoteAppender:
     Only a group's leader calls ``append`` (``GroupCommitter``), so one pipe per process is
     never used by two threads at once."""
 
-    def __init__(self, pipe: Connection, local: InstanceAppender) -> None:
+    def __init__(
+        self, pipe: Connection, local: InstanceAppender, alone: Callable[[], bool] = lambda: False
+    ) -> None:
         self._pipe: Connection | None = pipe
         self._local = local
+        self._alone = alone
         self._turns = WriterTurns(local.db)  # for the local appends, with the other receivers
         self.remote_groups = 0  # groups the service committed for this receiver
 
@@ -58,8 +61,13 @@ class RemoteAppender:
 
     def append(self, items: Sequence[NewInstance], unsynced: Unsynced = ()) -> bool:
         """As ``InstanceAppender.append``; raises when the service failed or is gone (the
-        caller then takes the general path for this group)."""
-        if self._pipe is None:
+        caller then takes the general path for this group).
+
+        While no other receiver of the pool holds a connection (``alone``), the rows are
+        appended here: nobody else writes, so nothing empties this connection's cache, and the
+        round trip to the service would only add its latency (over one association a 2-process
+        pool received 921/s through the service against 1,200/s for one process)."""
+        if self._pipe is None or self._alone():
             with self._turns:
                 return self._local.append(items, unsynced)
         try:

@@ -63,6 +63,10 @@ class PoolSeat:
     processes: int
     appends: MultiprocessingConnection | None = None
 
+    def alone(self) -> bool:
+        """No other process of the pool holds a connection."""
+        return sum(self.loads) == self.loads[self.index]
+
 
 class _Server(socketserver.ThreadingTCPServer):
     """Accept loop with one thread per connection, off-thread TLS handshakes, a bound on
@@ -251,7 +255,7 @@ def start_receiver(
     processes = seat.processes if seat is not None else 1
     appender = None
     if seat is not None and seat.appends is not None:
-        appender = RemoteAppender(seat.appends, InstanceAppender(db))
+        appender = RemoteAppender(seat.appends, InstanceAppender(db), seat.alone)
     committer = GroupCommitter(db, settings, processes=processes, appender=appender).start()
     try:
         server = _Server(settings, db, tls_context(settings), seat)
