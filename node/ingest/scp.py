@@ -117,11 +117,11 @@ class _Server(socketserver.ThreadingTCPServer):
                 if not select.select([self.socket], [], [], 0)[0]:
                     raise BlockingIOError("a less loaded pool process took the connection")
         client, address = self.socket.accept()
-        self._count(+1)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
+        self._count(+1)  # from here on the accept loop ends it with ``shutdown_request``
         return client, address
 
     def shutdown_request(self, request: Any) -> None:
