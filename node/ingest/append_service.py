@@ -3,13 +3,15 @@
 Why: receiver processes that each commit to one SQLite file meet in its write lock (taken in
 turns, ``persist.WriterTurns``), and every commit by one process makes the others' connections
 throw their page cache away and read the tables again. Measured on the 2-core development machine
-(docs/performance.md §4): two processes sharing one file received corpus (b) over four
+(docs/performance.md §3): two processes sharing one file received corpus (b) over four
 associations no faster than one process, while the same two processes, each given a database of
 its own, were about a third faster. So with ``receiver_processes`` > 1 on SQLite, the pool starts
 this service: the receivers keep everything else — files, their syncs, grouping their own
 associations, and the general path (new series, duplicates, late arrivals: ``commit_batch``) —
 and send ``InstanceAppender.append``'s arguments here over a pipe. The service merges the groups
-that arrive together into one transaction on its one connection, whose cache stays warm.
+that arrive together into one transaction on its one connection, whose cache stays warm. On
+that machine this brought a 2-process pool level with one process over four associations (it had
+fallen behind it), not past it: the processes then wait on the service's round trips (§3).
 
 The promise is unchanged: a receiver answers 0x0000 only after the service replied that the
 commit (``synchronous=FULL``) is done. When the service is gone, each receiver says so once and

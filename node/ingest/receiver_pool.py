@@ -1,5 +1,5 @@
 """Several receiver processes on one port: one Python process is CPU-bound at roughly one core,
-so the pool is how the receiver scales with associations (docs/performance.md §3, §4).
+so the pool is how the receiver scales with associations (docs/performance.md §3).
 
 The parent binds and listens; every child accepts from that one socket, a less loaded child first
 (``scp._Server``), so associations spread evenly — the kernel's SO_REUSEPORT hash, used before,

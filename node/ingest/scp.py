@@ -75,8 +75,9 @@ class _Server(socketserver.ThreadingTCPServer):
     In a pool every process accepts from the one listening socket (non-blocking: the processes
     that lose the race for a connection go back to waiting). A process holding more connections
     than the least loaded one lets it win: it waits up to ``BALANCE_WAIT_S`` for a sibling to
-    accept, and takes the connection itself only if nobody did. Without that, four associations could all
-    land in one process, as they did with SO_REUSEPORT's hash (docs/performance.md §4)."""
+    accept, and takes the connection itself only if nobody did. Without that, four associations
+    could all land in one process, as they did with SO_REUSEPORT's hash (docs/performance.md
+    §3)."""
 
     daemon_threads = True
     allow_reuse_address = True
