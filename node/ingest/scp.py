@@ -113,9 +113,11 @@ class _Server(socketserver.ThreadingTCPServer):
         seat = self.seat
         if seat is not None:
             deadline = time.monotonic() + BALANCE_WAIT_S
+            waiting = select.poll()  # not select(): no limit on the descriptor's number
+            waiting.register(self.socket, select.POLLIN)
             while self.held > min(seat.loads) and time.monotonic() < deadline:
                 time.sleep(0.002)
-                if not select.select([self.socket], [], [], 0)[0]:
+                if not waiting.poll(0):
                     raise BlockingIOError("a less loaded pool process took the connection")
         client, address = self.socket.accept()
         if self.ssl_context:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from core.config import Settings, TLSSettings
 from node.db.engine import Database
 from node.db.orm import Instance
+from node.ingest.receiver_pool import start_receiver_pool
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import make_instance, needs_dcmtk, run_dcmtk
 
@@ -122,3 +123,23 @@ def test_a_slow_tls_handshake_is_closed_at_the_association_deadline(
             assert time.monotonic() - start < 5, "the node let the handshake drip on"
         took = time.monotonic() - start
     assert took < 1.0 + 1.5
+
+
+def test_a_receiver_pool_serves_tls(
+    sqlite_db: Database, settings: Settings, pki: Path, tmp_path: Path
+) -> None:
+    """Each process of a pool wraps the connections it accepts from the pool's one socket."""
+    tls = _tls_settings(settings, pki, require_client_cert=True)
+    pool = start_receiver_pool(tls.model_copy(update={"receiver_processes": 2}))
+    client = ["+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")]
+    try:
+        for index in range(3):
+            instance = tmp_path / f"{index}.dcm"
+            instance.write_bytes(make_instance())
+            store = run_dcmtk("storescu", *client, "-aec", "PACSNODE", "127.0.0.1",
+                              str(pool.port), str(instance))  # fmt: skip
+            assert store.returncode == 0, store.stderr
+    finally:
+        pool.stop(timeout=10)
+    with sqlite_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 3
