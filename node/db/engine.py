@@ -29,7 +29,11 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs."""
+    """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs.
+
+    ``hide_parameters``: a database error's text, which callers log, would otherwise carry the
+    statement's values — patient names, IDs and birth dates — into the node's logs."""
+    kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
