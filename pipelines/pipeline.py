@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pipelines import component_numbers, label_statistics
+from pipelines import component_numbers, label_statistics, measurements
 from pipelines.contract import (
     AnomalyOutput,
     ClassificationOutput,
@@ -59,6 +59,7 @@ def warm_up_kernels() -> float:
     started = time.perf_counter()
     label_statistics.warm_up()
     component_numbers.warm_up()
+    measurements.warm_up()
     return time.perf_counter() - started
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
 from core.config import Settings
 from node.db.engine import Database
@@ -123,7 +122,6 @@ def serve_appends(settings: Settings, pipes: list[Connection]) -> None:
 def _answer(appender: InstanceAppender, requests: list[tuple[Connection, Request]]) -> None:
     """Requests that arrived together in one transaction; when that one is refused (one group
     is not the steady state) or fails, each on its own."""
-    replies: list[Any]
     if len(requests) > 1:
         items = [item for _, (group, _) in requests for item in group]
         unsynced = [row for _, (_, rows) in requests for row in rows]
@@ -134,7 +132,7 @@ def _answer(appender: InstanceAppender, requests: list[tuple[Connection, Request
         except Exception as exc:  # noqa: BLE001 - any driver's error: retried one by one
             log.warning("merged append of %d groups failed (%s); appending each alone",
                         len(requests), exc)  # fmt: skip
-    replies = []
+    replies: list[bool | str] = []
     for _, (group, rows) in requests:
         try:
             replies.append(appender.append(group, rows))
@@ -143,7 +141,7 @@ def _answer(appender: InstanceAppender, requests: list[tuple[Connection, Request
     _reply(requests, replies)
 
 
-def _reply(requests: list[tuple[Connection, Request]], replies: list[Any]) -> None:
+def _reply(requests: list[tuple[Connection, Request]], replies: Sequence[bool | str]) -> None:
     for (pipe, _), reply in zip(requests, replies, strict=True):
         try:
             pipe.send(reply)

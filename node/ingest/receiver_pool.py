@@ -142,7 +142,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         appender.start()
         starting.append(appender)
     for index in range(count):
-        seat = PoolSeat(listener, loads, index, count, receiver_ends[index])
+        seat = PoolSeat(listener, loads, index, receiver_ends[index])
         process = context.Process(target=_child, args=(child_settings, ready, seat),
                                   name=f"pacsnode-receiver-{index}", daemon=True)  # fmt: skip
         process.start()

@@ -60,8 +60,11 @@ class PoolSeat:
     listener: socket.socket
     loads: Any  # multiprocessing RawArray of int, one per process
     index: int
-    processes: int
     appends: MultiprocessingConnection | None = None
+
+    @property
+    def processes(self) -> int:
+        return len(self.loads)
 
     def alone(self) -> bool:
         """No other process of the pool holds a connection."""

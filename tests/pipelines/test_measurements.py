@@ -189,6 +189,30 @@ def test_perimeter_matches_the_step_by_step_reference() -> None:
         assert perimeter_mm(mask, spacing) == _reference_perimeter(mask, spacing)
 
 
+def test_long_outlines_and_strided_masks_keep_the_reference_perimeter() -> None:
+    """Outlines of tens to hundreds of corners (numpy's pairwise sum adds them in blocks of 8
+    and halves above 128) and masks that are strided views of a larger array."""
+    from scipy import ndimage
+
+    from pipelines.measurements import perimeter_mm
+
+    rng = np.random.default_rng(7)
+    corners = []
+    for size in (40, 120, 400):
+        field = ndimage.gaussian_filter(rng.random((size, size)), size / 40)
+        mask = field > np.median(field)
+        for view in (mask, mask[::2, 1::3], mask.T):
+            spacing = (float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.2, 2.0)))
+            assert perimeter_mm(view, spacing) == _reference_perimeter(view, spacing)
+        import cv2
+
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        )
+        corners += [len(cv2.approxPolyDP(c, 1.0, True)) for c in contours if len(c) >= 3]
+    assert max(corners) > 128 and any(8 <= n <= 128 for n in corners)
+
+
 def test_measuring_all_components_at_once_equals_measuring_each_alone() -> None:
     from scipy import ndimage
 
