@@ -37,7 +37,6 @@ from node.ingest.scp import ReceiverHandle, start_receiver
 from node.jobs import queue
 from node.jobs.outbox import Outbox
 from node.leader import LeaderLock
-from node.overrides import REFRESH_S, settings_refresher
 from node.scheduler import build_scheduler
 from pipelines.spec import PipelineConfig, load_pipeline_configs
 
@@ -106,9 +105,7 @@ class Node:
             if s.receiver_processes > 1:
                 self._receiver = start_receiver_pool(s)
             else:
-                receiver = start_receiver(s, self.db)
-                self._receiver = receiver
-                self._spawn("allowlist", lambda stop: self._follow_allowlist(receiver, stop))
+                self._receiver = start_receiver(s, self.db)
             log.info("DICOM listener %s on %s:%s", s.ae_title, s.dicom_host, s.dicom_port)
         # a stop signal during start-up (handlers are installed before start) starts nothing more
         if "scheduler" in self.stages and not self.stop_event.is_set():
@@ -207,15 +204,6 @@ class Node:
             Outbox(self.db, publisher, queue_lookup(configs)),
             DeliveryOutbox(self.db, publisher, self.settings.dispatch.queue),
         )
-
-    def _follow_allowlist(self, receiver: ReceiverHandle, stop: threading.Event) -> None:
-        """Apply the AE allowlist an admin edits in the console to new associations."""
-        current = settings_refresher(self.settings, self.db)
-        while not stop.wait(REFRESH_S):
-            try:
-                receiver.server.allowed_callers = list(current.get().allowed_callers)
-            except Exception:  # noqa: BLE001 - keep the listener on its last allowlist
-                log.warning("could not refresh the AE allowlist", exc_info=True)
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)

@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -30,6 +31,8 @@ from node.ingest.scp import LISTEN_BACKLOG, PoolSeat, start_receiver
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
+SUPERVISE_S = 0.5  # how often the parent looks for a receiver process that died
+RESTART_BACKOFF_S = 5.0  # at most one restart per process slot in this time (a crash loop)
 
 
 def _child(settings: Settings, ready: Any, seat: PoolSeat) -> None:
@@ -67,12 +70,47 @@ def _append_service(settings: Settings, ready: Any, index: int, pipes: list[Conn
 
 @dataclass
 class PoolHandle:
+    """The running pool. A receiver process that dies (killed for memory, a crash in a C
+    extension) is started again in its slot by a supervising thread: without it the pool would
+    lose capacity, and with every process gone the node would stop receiving while its console
+    still answered. The new process appends its own rows (under the pool's file lock on SQLite):
+    the append service cannot be handed a new pipe, and receivers already fall back to this when
+    the service is gone."""
+
     port: int
-    processes: list[BaseProcess]  # the receivers
+    processes: list[BaseProcess]  # the receivers, by slot
     _listener: socket.socket
     appender: BaseProcess | None = None  # the append service (SQLite)
     _loads: Any = None  # each receiver's open connections (shared memory)
+    _start: Callable[[int], BaseProcess] | None = None  # a receiver process for a slot, started
+    restarts: int = 0  # receiver processes started again after they died
     _stopped: bool = field(default=False, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _ended: threading.Event = field(default_factory=threading.Event, init=False)
+    _supervisor: threading.Thread | None = field(default=None, init=False)
+
+    def supervise(self) -> None:
+        """Start the thread that starts dead receivers again (until ``stop``)."""
+        self._supervisor = threading.Thread(target=self._supervise, name="pacsnode-pool-supervisor",
+                                            daemon=True)  # fmt: skip
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        restarted_at = [-RESTART_BACKOFF_S] * len(self.processes)
+        while not self._ended.wait(SUPERVISE_S):
+            for index, process in enumerate(self.processes):
+                if process.is_alive() or time.monotonic() - restarted_at[index] < RESTART_BACKOFF_S:
+                    continue
+                with self._lock:
+                    if self._stopped or self._start is None:
+                        return
+                    log.error("receiver process %d (pid %s) ended with exit code %s; starting "
+                              "another in its place", index, process.pid, process.exitcode)  # fmt: skip
+                    if self._loads is not None:  # its connections died with it
+                        self._loads[index] = 0
+                    self.processes[index] = self._start(index)
+                    self.restarts += 1
+                restarted_at[index] = time.monotonic()
 
     def alive(self) -> int:
         """Receiver processes alive (the append service not counted)."""
@@ -85,9 +123,13 @@ class PoolHandle:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM every receiver (they stop accepting and drain), then kill stragglers; then
         the append service, which leaves once every receiver closed its pipe."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._lock:  # no process is started again from here on
+            if self._stopped:
+                return
+            self._stopped = True
+        self._ended.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
         for process in self.processes:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
@@ -141,18 +183,23 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
                                    name="pacsnode-append-service", daemon=True)  # fmt: skip
         appender.start()
         starting.append(appender)
-    for index in range(count):
-        seat = PoolSeat(listener, loads, index, receiver_ends[index])
+
+    def start_child(index: int, appends: Connection | None = None) -> BaseProcess:
+        seat = PoolSeat(listener, loads, index, appends)
         process = context.Process(target=_child, args=(child_settings, ready, seat),
                                   name=f"pacsnode-receiver-{index}", daemon=True)  # fmt: skip
         process.start()
+        return process
+
+    for index in range(count):
+        process = start_child(index, receiver_ends[index])
         children.append(process)
         starting.append(process)
     for end in [*service_ends, *receiver_ends]:  # the children hold them now: EOF when they end
         if end is not None:
             end.close()
     handle = PoolHandle(port=port, processes=children, _listener=listener, appender=appender,
-                        _loads=loads)  # fmt: skip
+                        _loads=loads, _start=start_child)  # fmt: skip
     waiting = set(range(len(starting)))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while waiting:
@@ -169,6 +216,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
             handle.stop(5)
             raise RuntimeError(f"receiver child {index} failed: {state}")
         waiting.discard(index)
+    handle.supervise()
     log.info("receiver pool: %d processes on port %d%s", count, port,
              ", rows appended by one service process (SQLite)" if appender else "")  # fmt: skip
     return handle

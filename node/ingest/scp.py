@@ -44,6 +44,7 @@ from node.ingest.contexts import negotiate_contexts as negotiate_contexts
 from node.ingest.contexts import supported_contexts as supported_contexts
 from node.ingest.persist import GroupCommitter
 from node.ingest.spool import remove_stale_temp_files
+from node.overrides import REFRESH_S, Refreshing, settings_refresher
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.2
@@ -226,6 +227,7 @@ class ReceiverHandle:
     port: int
     server: _Server
     committer: GroupCommitter
+    stopping: threading.Event = field(default_factory=threading.Event)  # ends the allowlist thread
     _stopped: bool = field(default=False, init=False)
 
     @property
@@ -236,6 +238,7 @@ class ReceiverHandle:
         if self._stopped:
             return
         self._stopped = True
+        self.stopping.set()
         self.server.shutdown()  # stops the accept loop ...
         self.server.server_close()  # ... and closes the listening socket: new connections refused
         deadline = time.monotonic() + timeout
@@ -262,12 +265,19 @@ def start_receiver(
     appender = None
     if seat is not None and seat.appends is not None:
         appender = RemoteAppender(seat.appends, InstanceAppender(db), seat.alone)
+    # the console's allowlist (database) from the first association on, not the YAML's alone
+    allowlist = settings_refresher(settings, db)
+    allowed = list(allowlist.get().allowed_callers)
     committer = GroupCommitter(db, settings, processes=processes, appender=appender).start()
     try:
         server = _Server(settings, db, tls_context(settings), seat)
     except OSError:  # port taken, bad TLS files: leave nothing running behind
         committer.stop()
         raise
+    server.allowed_callers = allowed
+    handle = ReceiverHandle(port=int(server.server_address[1]), server=server, committer=committer)
+    threading.Thread(target=_follow_allowlist, args=(server, allowlist, handle.stopping),
+                     name="pacsnode-allowlist", daemon=True).start()  # fmt: skip
     threading.Thread(
         target=_clean_spool, args=(settings,), name="pacsnode-spool-clean", daemon=True
     ).start()
@@ -275,10 +285,21 @@ def start_receiver(
         target=server.serve_forever, name="pacsnode-dicom-accept", daemon=True
     )
     thread.start()
-    port = int(server.server_address[1])
-    log.info("DICOM receiver %s listening on %s:%d%s", settings.ae_title, settings.dicom_host, port,
-             " (TLS)" if settings.tls else "")  # fmt: skip
-    return ReceiverHandle(port=port, server=server, committer=committer)
+    log.info("DICOM receiver %s listening on %s:%d%s", settings.ae_title, settings.dicom_host,
+             handle.port, " (TLS)" if settings.tls else "")  # fmt: skip
+    return handle
+
+
+def _follow_allowlist(
+    server: _Server, allowlist: Refreshing[Settings], stop: threading.Event
+) -> None:
+    """Apply the AE allowlist an admin edits in the console to new associations, in every
+    receiver process (a pool's too), within ``REFRESH_S`` of the edit."""
+    while not stop.wait(REFRESH_S):
+        try:
+            server.allowed_callers = list(allowlist.get().allowed_callers)
+        except Exception:  # noqa: BLE001 - keep the listener on its last allowlist
+            log.warning("could not refresh the AE allowlist", exc_info=True)
 
 
 def _clean_spool(settings: Settings) -> None:

@@ -19,8 +19,11 @@ from sqlalchemy import func, select
 from core.config import Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
+from node.db.repositories import config_overrides
+from node.db.repositories.config_overrides import ALLOWLIST_OVERRIDE_KEY
 from node.ingest.receiver_pool import start_receiver_pool
-from tests.node.ingest.helpers import acknowledged_problems, write_instances
+from node.overrides import REFRESH_S
+from tests.node.ingest.helpers import acknowledged_problems, run_dcmtk, write_instances
 
 
 def send_files(port: int, files: list[Path], acknowledged: dict[str, Path], lock: threading.Lock,
@@ -106,3 +109,80 @@ def test_associations_spread_evenly_over_the_processes(
         for assoc in held:
             assoc.release()
         pool.stop(timeout=10)
+
+
+def _echo(port: int, calling: str) -> bool:
+    return run_dcmtk("echoscu", "-aet", calling, "-aec", "PACSNODE", "127.0.0.1", str(port),
+                     timeout=30).returncode == 0  # fmt: skip
+
+
+def test_every_process_follows_the_allowlist_an_admin_edits(
+    sqlite_db: Database, settings: Settings
+) -> None:
+    """The console's allowlist (stored in the database, not in the YAML) holds from the first
+    association, and an edit reaches every process of the pool without a restart."""
+    with sqlite_db.write() as session:
+        config_overrides.set_override(session, ALLOWLIST_OVERRIDE_KEY,
+                                      {"entries": [{"ae_title": "GOODMOD"}]}, "admin")  # fmt: skip
+    pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
+    try:
+        # several tries: each association may land on either process
+        assert not any(_echo(pool.port, "BADMOD") for _ in range(4))
+        assert all(_echo(pool.port, "GOODMOD") for _ in range(4))
+        with sqlite_db.write() as session:
+            config_overrides.set_override(session, ALLOWLIST_OVERRIDE_KEY,
+                                          {"entries": [{"ae_title": "NEWMOD"}]}, "admin")  # fmt: skip
+        time.sleep(REFRESH_S * 2 + 1)
+        assert not any(_echo(pool.port, "GOODMOD") for _ in range(6))
+        assert all(_echo(pool.port, "NEWMOD") for _ in range(6))
+    finally:
+        pool.stop(timeout=10)
+
+
+def test_a_receiver_process_that_dies_is_started_again(
+    sqlite_db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver killed while it held an association is replaced in its slot, its stale
+    connection count cleared, and the pool then stores everything sent to it (the new process
+    appends its own rows beside the append service)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
+    held = []
+    try:
+        for _ in range(2):  # one association in each process
+            ae = AE(ae_title="POOLSCU")
+            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            held.append(ae.associate("127.0.0.1", pool.port, ae_title="PACSNODE"))
+        deadline = time.monotonic() + 10
+        while pool.connections() != [1, 1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.connections() == [1, 1]
+        victim = pool.processes[0]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (pool.restarts == 0 or pool.alive() < 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pool.restarts == 1 and pool.alive() == 2
+        assert pool.processes[0].pid != victim.pid
+        assert pool.connections() == [0, 1]  # the dead process's association is not counted
+        files = write_instances(tmp_path / "send", count=16, studies=2)
+        sops = {path: sop for sop, path in files.items()}
+        acknowledged: dict[str, Path] = {}
+        lock = threading.Lock()
+        paths = list(files.values())
+        threads = [threading.Thread(target=send_files, args=(pool.port, paths[i::4], acknowledged, lock, sops))
+                   for i in range(4)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.abort()
+        pool.stop(timeout=10)
+    assert pool.alive() == 0
+    assert len(acknowledged) == 16
+    with sqlite_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 16

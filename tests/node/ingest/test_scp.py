@@ -25,6 +25,8 @@ from sqlalchemy import func, select
 from core.config import CallerAllowEntry, Settings
 from node.db.engine import Database
 from node.db.orm import Instance, Study
+from node.db.repositories import config_overrides
+from node.db.repositories.config_overrides import ALLOWLIST_OVERRIDE_KEY
 from node.ingest.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, parse_instance
 from node.ingest.scp import ReceiverHandle
 from tests.conftest import SHARED_DATA, free_port
@@ -125,6 +127,21 @@ def test_calling_ae_allowlist(
         result = run_dcmtk("echoscu", "-aet", title, "-aec", "PACSNODE", "127.0.0.1", port)
         assert result.returncode != 0
         assert "Calling AE Title Not Recognized" in result.stderr
+
+
+def test_the_console_allowlist_holds_from_the_first_association(
+    receiver_on: StartReceiver, sqlite_db: Database
+) -> None:
+    """An allowlist an admin saved in the console (a database row; the YAML allows everyone)
+    applies as soon as the receiver listens, not one refresh later."""
+    with sqlite_db.write() as session:
+        config_overrides.set_override(session, ALLOWLIST_OVERRIDE_KEY,
+                                      {"entries": [{"ae_title": "GOODMOD"}]}, "admin")  # fmt: skip
+    port = str(receiver_on(sqlite_db).port)
+    refused = run_dcmtk("echoscu", "-aet", "BADMOD", "-aec", "PACSNODE", "127.0.0.1", port)
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    allowed = run_dcmtk("echoscu", "-aet", "GOODMOD", "-aec", "PACSNODE", "127.0.0.1", port)
+    assert allowed.returncode == 0, allowed.stderr
 
 
 @pytest.mark.parametrize(("name", "flag"), COMPRESSED)
