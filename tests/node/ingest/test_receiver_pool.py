@@ -49,6 +49,22 @@ def send_files(port: int, files: list[Path], acknowledged: dict[str, Path], lock
             assoc.release()
 
 
+def send_over_four(port: int, files: dict[str, Path]) -> dict[str, Path]:
+    """``files`` (SOP Instance UID → path) sent over four associations at once; the SOPs
+    acknowledged with success."""
+    sops = {path: sop for sop, path in files.items()}
+    acknowledged: dict[str, Path] = {}
+    lock = threading.Lock()
+    paths = list(files.values())
+    threads = [threading.Thread(target=send_files, args=(port, paths[i::4], acknowledged, lock, sops))
+               for i in range(4)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return acknowledged
+
+
 @pytest.mark.parametrize("service", ["running", "killed"])
 def test_two_processes_share_the_port(
     sqlite_db: Database,
@@ -59,7 +75,6 @@ def test_two_processes_share_the_port(
 ) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     files = write_instances(tmp_path / "send", count=40, studies=2)
-    sops = {path: sop for sop, path in files.items()}
     pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
     try:
         assert pool.alive() == 2
@@ -68,15 +83,7 @@ def test_two_processes_share_the_port(
             assert pool.appender.pid is not None
             os.kill(pool.appender.pid, signal.SIGKILL)
             pool.appender.join(10)
-        acknowledged: dict[str, Path] = {}
-        lock = threading.Lock()
-        paths = list(files.values())
-        threads = [threading.Thread(target=send_files, args=(pool.port, paths[i::4], acknowledged, lock, sops))
-                   for i in range(4)]  # fmt: skip
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        acknowledged = send_over_four(pool.port, files)
     finally:
         pool.stop(timeout=10)
     assert pool.alive() == 0
@@ -167,16 +174,7 @@ def test_a_receiver_process_that_dies_is_started_again(
         assert pool.processes[0].pid != victim.pid
         assert pool.connections() == [0, 1]  # the dead process's association is not counted
         files = write_instances(tmp_path / "send", count=16, studies=2)
-        sops = {path: sop for sop, path in files.items()}
-        acknowledged: dict[str, Path] = {}
-        lock = threading.Lock()
-        paths = list(files.values())
-        threads = [threading.Thread(target=send_files, args=(pool.port, paths[i::4], acknowledged, lock, sops))
-                   for i in range(4)]  # fmt: skip
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        acknowledged = send_over_four(pool.port, files)
     finally:
         for assoc in held:
             if assoc.is_established:
