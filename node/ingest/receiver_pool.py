@@ -71,11 +71,11 @@ def _append_service(settings: Settings, ready: Any, index: int, pipes: list[Conn
 @dataclass
 class PoolHandle:
     """The running pool. A receiver process that dies (killed for memory, a crash in a C
-    extension) is started again in its slot by a supervising thread: without it the pool would
-    lose capacity, and with every process gone the node would stop receiving while its console
-    still answered. The new process appends its own rows (under the pool's file lock on SQLite):
-    the append service cannot be handed a new pipe, and receivers already fall back to this when
-    the service is gone."""
+    extension: any end but a clean exit) is started again in its slot by a supervising thread:
+    without it the pool would lose capacity, and with every process gone the node would stop
+    receiving while its console still answered. The new process appends its own rows (under the
+    pool's file lock on SQLite): the append service cannot be handed a new pipe, and receivers
+    already fall back to this when the service is gone."""
 
     port: int
     processes: list[BaseProcess]  # the receivers, by slot
@@ -99,7 +99,11 @@ class PoolHandle:
         restarted_at = [-RESTART_BACKOFF_S] * len(self.processes)
         while not self._ended.wait(SUPERVISE_S):
             for index, process in enumerate(self.processes):
-                if process.is_alive() or time.monotonic() - restarted_at[index] < RESTART_BACKOFF_S:
+                # exit code 0: it was asked to stop (a Ctrl-C reaches the whole process group
+                # before the parent's ``stop``), not a death to repair
+                if process.is_alive() or process.exitcode == 0:
+                    continue
+                if time.monotonic() - restarted_at[index] < RESTART_BACKOFF_S:
                     continue
                 with self._lock:
                     if self._stopped or self._start is None:

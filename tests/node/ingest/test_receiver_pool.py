@@ -21,7 +21,7 @@ from node.db.engine import Database
 from node.db.orm import Instance, Study
 from node.db.repositories import config_overrides
 from node.db.repositories.config_overrides import ALLOWLIST_OVERRIDE_KEY
-from node.ingest.receiver_pool import start_receiver_pool
+from node.ingest.receiver_pool import SUPERVISE_S, start_receiver_pool
 from node.overrides import REFRESH_S
 from tests.node.ingest.helpers import acknowledged_problems, run_dcmtk, write_instances
 
@@ -151,7 +151,7 @@ def test_a_receiver_process_that_dies_is_started_again(
 ) -> None:
     """A receiver killed while it held an association is replaced in its slot, its stale
     connection count cleared, and the pool then stores everything sent to it (the new process
-    appends its own rows beside the append service)."""
+    appends its own rows beside the append service). One that stopped cleanly is left alone."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
     held = []
@@ -175,6 +175,15 @@ def test_a_receiver_process_that_dies_is_started_again(
         assert pool.connections() == [0, 1]  # the dead process's association is not counted
         files = write_instances(tmp_path / "send", count=16, studies=2)
         acknowledged = send_over_four(pool.port, files)
+        for assoc in held:  # a stopping receiver waits for its open associations
+            assoc.release()
+        stopped = pool.processes[1]  # asked to stop (a Ctrl-C reaches every process): not replaced
+        assert stopped.pid is not None
+        os.kill(stopped.pid, signal.SIGTERM)
+        stopped.join(10)
+        assert stopped.exitcode == 0
+        time.sleep(SUPERVISE_S * 3)
+        assert pool.restarts == 1 and pool.alive() == 1
     finally:
         for assoc in held:
             if assoc.is_established:
