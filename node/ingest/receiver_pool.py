@@ -105,6 +105,7 @@ class PoolHandle:
                     continue
                 if time.monotonic() - restarted_at[index] < RESTART_BACKOFF_S:
                     continue
+                restarted_at[index] = time.monotonic()
                 with self._lock:
                     if self._stopped or self._start is None:
                         return
@@ -112,9 +113,13 @@ class PoolHandle:
                               "another in its place", index, process.pid, process.exitcode)  # fmt: skip
                     if self._loads is not None:  # its connections died with it
                         self._loads[index] = 0
-                    self.processes[index] = self._start(index)
+                    try:
+                        self.processes[index] = self._start(index)
+                    except Exception:  # noqa: BLE001 - out of memory or descriptors: try again
+                        log.exception("could not start receiver process %d; trying again in "
+                                      "%.0f s", index, RESTART_BACKOFF_S)  # fmt: skip
+                        continue
                     self.restarts += 1
-                restarted_at[index] = time.monotonic()
 
     def alive(self) -> int:
         """Receiver processes alive (the append service not counted)."""

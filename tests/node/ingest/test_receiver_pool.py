@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -21,7 +23,8 @@ from node.db.engine import Database
 from node.db.orm import Instance, Study
 from node.db.repositories import config_overrides
 from node.db.repositories.config_overrides import ALLOWLIST_OVERRIDE_KEY
-from node.ingest.receiver_pool import SUPERVISE_S, start_receiver_pool
+from node.ingest import receiver_pool
+from node.ingest.receiver_pool import SUPERVISE_S, PoolHandle, start_receiver_pool
 from node.overrides import REFRESH_S
 from tests.node.ingest.helpers import acknowledged_problems, run_dcmtk, write_instances
 
@@ -193,3 +196,48 @@ def test_a_receiver_process_that_dies_is_started_again(
     assert len(acknowledged) == 16
     with sqlite_db.read() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 16
+
+
+class _Process:
+    """A process slot's stand-in for the supervisor's bookkeeping (the real deaths are above)."""
+
+    def __init__(self, pid: int, alive: bool) -> None:
+        self.pid, self.alive = pid, alive
+        self.exitcode = None if alive else -9
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def terminate(self) -> None:
+        self.alive, self.exitcode = False, -15
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_failed_restart_is_logged_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starting the replacement can fail (no memory, no descriptors left): the supervisor logs it
+    and tries again after its back-off instead of ending."""
+    monkeypatch.setattr(receiver_pool, "SUPERVISE_S", 0.02)
+    monkeypatch.setattr(receiver_pool, "RESTART_BACKOFF_S", 0.1)
+    tries: list[int] = []
+
+    def start(index: int) -> Any:
+        tries.append(index)
+        if len(tries) == 1:
+            raise OSError(24, "Too many open files")
+        return _Process(200, alive=True)
+
+    dead: list[Any] = [_Process(100, alive=False)]
+    pool = PoolHandle(port=0, processes=dead, _listener=socket.socket(),
+                      _loads=[1], _start=start)  # fmt: skip
+    pool.supervise()
+    deadline = time.monotonic() + 5
+    while pool.restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pool.stop(timeout=1)
+    assert tries == [0, 0] and pool.restarts == 1
+    assert "could not start receiver process 0" in caplog.text
+    assert pool._loads == [0]
