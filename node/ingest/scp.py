@@ -103,10 +103,14 @@ class _Server(socketserver.ThreadingTCPServer):
             socketserver.BaseRequestHandler,
             bind_and_activate=seat is None,
         )
+        # is a connection still waiting on the pool's socket (poll, not select(): no limit on
+        # the descriptor's number); registered once, asked on every accept
+        self._backlog = select.poll()
         if seat is not None:  # the pool's socket, already listening
             self.socket.close()
             self.socket = seat.listener
             self.server_address = seat.listener.getsockname()
+            self._backlog.register(self.socket, select.POLLIN)
         self._watchdog = threading.Thread(target=self._watch, name="pacsnode-dicom-deadlines",
                                           daemon=True)  # fmt: skip
         self._watchdog.start()
@@ -117,11 +121,9 @@ class _Server(socketserver.ThreadingTCPServer):
         seat = self.seat
         if seat is not None:
             deadline = time.monotonic() + BALANCE_WAIT_S
-            waiting = select.poll()  # not select(): no limit on the descriptor's number
-            waiting.register(self.socket, select.POLLIN)
             while self.held > min(seat.loads) and time.monotonic() < deadline:
                 time.sleep(0.002)
-                if not waiting.poll(0):
+                if not self._backlog.poll(0):
                     raise BlockingIOError("a less loaded pool process took the connection")
         client, address = self.socket.accept()
         if self.ssl_context:
