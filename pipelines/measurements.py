@@ -125,10 +125,9 @@ def measure_labels(
     starts = np.array([axis.start for axis in around], np.int64)
     # whole columns at once, then Python numbers: a noisy mask has a hundred components, and
     # numpy's per-call cost on each one's row was a third of measuring them
-    lower = (stats.lower + starts + np.array(offset, np.int64)).tolist()  # in the caller's frame
-    upper = (stats.upper + starts + np.array(offset, np.int64)).tolist()
-    crop_lower = (stats.lower + starts).tolist()  # in ``labels``
-    crop_upper = (stats.upper + starts).tolist()
+    lower, upper = stats.lower + starts, stats.upper + starts  # in ``labels``
+    boxes = (np.hstack((lower, upper)) + np.tile(np.array(offset, np.int64), 2)).tolist()
+    crop_lower, crop_upper = lower.tolist(), upper.tolist()
     pixel_counts = stats.per_frame.sum(axis=1).tolist()
     largest_frames = stats.per_frame.argmax(axis=1)
     largest_counts = np.take_along_axis(stats.per_frame, largest_frames[:, None], 1)[:, 0].tolist()
@@ -167,7 +166,7 @@ def measure_labels(
             intensity_unit=intensity_unit,
             circularity=_circularity(cross_section, largest_count, spacing),
             pixel_count=pixel_count,
-            bbox=(*lower[index], *upper[index]),
+            bbox=tuple(boxes[index]),  # in the caller's frame
         )
         results.append((measurements, tuple(frame_lists[index].tolist())))
     return results
