@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,20 @@ def test_every_process_follows_the_allowlist_an_admin_edits(
         pool.stop(timeout=10)
 
 
+def kill_and_wait_for_restart(pool: PoolHandle, index: int) -> BaseProcess:
+    """SIGKILL the receiver in slot ``index``; wait (up to 15 s) until the pool has a first
+    restart and all its processes alive. The killed process."""
+    victim = pool.processes[index]
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (
+        pool.restarts == 0 or pool.alive() < len(pool.processes)
+    ) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return victim
+
+
 def test_a_receiver_process_that_dies_is_started_again(
     sqlite_db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,12 +181,7 @@ def test_a_receiver_process_that_dies_is_started_again(
         while pool.connections() != [1, 1] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert pool.connections() == [1, 1]
-        victim = pool.processes[0]
-        assert victim.pid is not None
-        os.kill(victim.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while (pool.restarts == 0 or pool.alive() < 2) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        victim = kill_and_wait_for_restart(pool, 0)
         assert pool.restarts == 1 and pool.alive() == 2
         assert pool.processes[0].pid != victim.pid
         assert pool.connections() == [0, 1]  # the dead process's association is not counted
@@ -198,46 +207,31 @@ def test_a_receiver_process_that_dies_is_started_again(
         assert session.scalar(select(func.count()).select_from(Instance)) == 16
 
 
-class _Process:
-    """A process slot's stand-in for the supervisor's bookkeeping (the real deaths are above)."""
-
-    def __init__(self, pid: int, alive: bool) -> None:
-        self.pid, self.alive = pid, alive
-        self.exitcode = None if alive else -9
-
-    def is_alive(self) -> bool:
-        return self.alive
-
-    def terminate(self) -> None:
-        self.alive, self.exitcode = False, -15
-
-    def join(self, timeout: float | None = None) -> None:
-        pass
-
-
 def test_a_failed_restart_is_logged_and_tried_again(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    sqlite_db: Database,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Starting the replacement can fail (no memory, no descriptors left): the supervisor logs it
     and tries again after its back-off instead of ending."""
-    monkeypatch.setattr(receiver_pool, "SUPERVISE_S", 0.02)
-    monkeypatch.setattr(receiver_pool, "RESTART_BACKOFF_S", 0.1)
-    tries: list[int] = []
+    monkeypatch.setattr(receiver_pool, "RESTART_BACKOFF_S", 0.5)
+    pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
+    try:
+        start = pool._start
+        assert start is not None
+        tries: list[int] = []
 
-    def start(index: int) -> Any:
-        tries.append(index)
-        if len(tries) == 1:
-            raise OSError(24, "Too many open files")
-        return _Process(200, alive=True)
+        def first_start_fails(index: int) -> Any:
+            tries.append(index)
+            if len(tries) == 1:
+                raise OSError(24, "Too many open files")
+            return start(index)
 
-    dead: list[Any] = [_Process(100, alive=False)]
-    pool = PoolHandle(port=0, processes=dead, _listener=socket.socket(),
-                      _loads=[1], _start=start)  # fmt: skip
-    pool.supervise()
-    deadline = time.monotonic() + 5
-    while pool.restarts == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    pool.stop(timeout=1)
-    assert tries == [0, 0] and pool.restarts == 1
-    assert "could not start receiver process 0" in caplog.text
-    assert pool._loads == [0]
+        pool._start = first_start_fails
+        kill_and_wait_for_restart(pool, 0)
+        assert tries == [0, 0] and pool.restarts == 1 and pool.alive() == 2
+        assert "could not start receiver process 0" in caplog.text
+        assert _echo(pool.port, "POOLSCU")
+    finally:
+        pool.stop(timeout=10)
