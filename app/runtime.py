@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import Settings
 from node.db.engine import Database, open_database
+from node.db.repositories.workers import RECEIVER
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import DeliveryOutbox
 from node.heartbeat import Heartbeat, Registration
@@ -98,6 +99,7 @@ class Node:
         self._queues = queues
         self._devices = tuple(devices)
         self._heartbeat: Heartbeat | None = None
+        self._receiver_heartbeat: Heartbeat | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -132,8 +134,18 @@ class Node:
 
     def _register(self) -> None:
         """The worker registry row of this process, when it runs a local worker or dispatcher:
-        the queues it serves (``*`` for a worker of every pipeline) and its devices."""
+        the queues it serves (``*`` for a worker of every pipeline) and its devices. A receiver
+        has a row of its own (engine ``receiver``), beaten only while it answers."""
         s = self.settings
+        receiver = self._receiver
+        if receiver is not None and not self.stop_event.is_set():
+            name = f"{socket.gethostname()}:{os.getpid()}:{s.dicom_port}"
+            self._receiver_heartbeat = Heartbeat(
+                self.db,
+                Registration(name, RECEIVER, ()),
+                s.jobs.heartbeat_s,
+                serving=lambda: receiver.answering,
+            ).start()
         queues: list[str] = []
         if s.jobs.engine != "celery" and not self.stop_event.is_set():
             if self._worker is not None:  # a local worker runs pipelines, never deliveries
@@ -212,6 +224,8 @@ class Node:
 
     def stop(self, grace_s: float = 30.0) -> None:
         self.stop_event.set()
+        if self._receiver_heartbeat is not None:  # a clean stop is not a receiver gone silent
+            self._receiver_heartbeat.stop()
         if self._receiver is not None:
             self._receiver.stop()
         for thread in self._threads:  # the scheduler's leader thread shuts the scheduler down

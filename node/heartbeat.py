@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.db.engine import Database
 from node.db.orm import utcnow
 from node.db.repositories import workers as registry
+from node.db.repositories.workers import RECEIVER
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,25 @@ class Registration:
 
 class Heartbeat:
     """``start`` beats once at once (so the row exists before work is taken), then every
-    ``interval_s`` on a thread; ``stop`` ends the thread and removes the row."""
+    ``interval_s`` on a thread; ``stop`` ends the thread and removes the row.
 
-    def __init__(self, db: Database, registration: Registration, interval_s: float) -> None:
+    ``serving``: asked before each beat; while it says False no beat is written, so the row goes
+    stale as a dead process's would (the process lives, what it is registered for does not)."""
+
+    def __init__(
+        self,
+        db: Database,
+        registration: Registration,
+        interval_s: float,
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
         self.db = db
         self.registration = registration
         self.interval_s = interval_s
+        self.serving = serving
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._skipping = False
 
     def beat(self) -> None:
         r = self.registration
@@ -69,7 +81,8 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
         log.info(
-            "worker %s registered: queues %s, devices %s",
+            "%s %s registered: queues %s, devices %s",
+            "receiver" if self.registration.engine == RECEIVER else "worker",
             self.registration.name,
             ",".join(self.registration.queues) or "-",
             ",".join(self.registration.devices) or "-",
@@ -78,10 +91,25 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.serving is not None and not self._still_serving():
+                continue
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - thread boundary: a missed beat is retried
                 log.warning("worker heartbeat failed; retrying", exc_info=True)
+
+    def _still_serving(self) -> bool:
+        """``serving()``, with one log line when it turns False and one when it is True again."""
+        assert self.serving is not None
+        serving = self.serving()
+        if serving == self._skipping:
+            self._skipping = not serving
+            name = self.registration.name
+            if serving:
+                log.info("%s serves again: heartbeat resumed", name)
+            else:
+                log.error("%s no longer serves: heartbeat withheld (health reports it)", name)
+        return serving
 
     def stop(self) -> None:
         self._stop.set()

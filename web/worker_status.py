@@ -3,12 +3,14 @@ page report, and the devices the admin may give a model (those some live worker 
 
 Queues in use are those of the enabled pipelines (with the console's overrides) and, when any
 destination is configured, the delivery queue; the workers are the live rows of the worker
-registry (``node.db.repositories.workers``), each refreshed by its process's heartbeat.
+registry (``node.db.repositories.workers``), each refreshed by its process's heartbeat. The
+DICOM receivers' rows in the same registry (engine ``receiver``) are kept apart: they consume no
+queue, and health reports when none of them answers any more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -34,6 +36,11 @@ class QueueStatus:
 class WorkerStatus:
     workers: list[WorkerView]
     queues: list[QueueStatus]
+    receivers: list[WorkerView] = field(default_factory=list)
+
+    @property
+    def receiver_problem(self) -> str | None:
+        return registry.receivers_problem(self.receivers)
 
     @property
     def problems(self) -> list[str]:
@@ -48,6 +55,8 @@ class WorkerStatus:
 
 def worker_status(settings: Settings, session: Session, now: datetime) -> WorkerStatus:
     views = registry.workers(session, now, settings.jobs.stale_after_s)
+    receivers = [w for w in views if w.engine == registry.RECEIVER]
+    views = [w for w in views if w.engine != registry.RECEIVER]
     try:
         configs = pipeline_configs(settings, session)
     except ConfigError:  # a broken definition is reported elsewhere; workers are still listed
@@ -68,4 +77,4 @@ def worker_status(settings: Settings, session: Session, now: datetime) -> Worker
         )
         for queue, names in consumers.items()
     ]
-    return WorkerStatus(views, queues)
+    return WorkerStatus(views, queues, receivers)

@@ -125,6 +125,12 @@ class PoolHandle:
         """Receiver processes alive (the append service not counted)."""
         return sum(1 for p in self.processes if p.is_alive())
 
+    @property
+    def answering(self) -> bool:
+        """Some receiver process lives to answer (the receiver heartbeat's check: the parent's
+        socket accepts connections into its backlog even when none does)."""
+        return not self._stopped and self.alive() > 0
+
     def connections(self) -> list[int]:
         """Open connections per receiver process, as each process last counted them."""
         return list(self._loads) if self._loads is not None else []

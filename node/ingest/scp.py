@@ -230,11 +230,17 @@ class ReceiverHandle:
     server: _Server
     committer: GroupCommitter
     stopping: threading.Event = field(default_factory=threading.Event)  # ends the allowlist thread
+    accepting: threading.Thread | None = None  # the accept loop's thread
     _stopped: bool = field(default=False, init=False)
 
     @property
     def active_associations(self) -> int:
         return len(self.server.active_associations)
+
+    @property
+    def answering(self) -> bool:
+        """The accept loop runs (the receiver heartbeat's check)."""
+        return not self._stopped and self.accepting is not None and self.accepting.is_alive()
 
     def stop(self, timeout: float = 30) -> None:
         if self._stopped:
@@ -287,6 +293,7 @@ def start_receiver(
         target=server.serve_forever, name="pacsnode-dicom-accept", daemon=True
     )
     thread.start()
+    handle.accepting = thread
     log.info("DICOM receiver %s listening on %s:%d%s", settings.ae_title, settings.dicom_host,
              handle.port, " (TLS)" if settings.tls else "")  # fmt: skip
     return handle

@@ -3,7 +3,9 @@
 Machine clients authenticate with ``Authorization: Bearer <token>`` (scope ``read``); a logged-in
 browser session works too. ``/api/health`` is open so that monitors need no credentials; it names
 models, devices and the queues in use with their live workers (status "degraded" and a problem
-"queue gpu has no worker" when none consumes one), but no patient data.
+"queue gpu has no worker" when none consumes one), and the DICOM receivers' heartbeats ("no DICOM
+receiver is answering" when none beats: a pool's port accepts connections even with every
+process gone), but no patient data.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ class QueueOut(BaseModel):
     ok: bool = Field(description="false: no live worker takes this queue's work")
 
 
+class ReceiverOut(BaseModel):
+    name: str = Field(description="host:pid of the process running the receiver")
+    host: str
+    pid: int
+    live: bool = Field(description="false: no receiver process of it answered lately")
+    last_seen_at: datetime
+
+
 class HealthOut(BaseModel):
     status: str = Field(description='"ok", or "degraded" with the reasons in problems')
     problems: list[str]
@@ -75,6 +85,11 @@ class HealthOut(BaseModel):
     )
     queues: list[QueueOut] = Field(
         description="queues in use (enabled pipelines', the delivery queue) and their workers"
+    )
+    receivers: list[ReceiverOut] = Field(
+        default_factory=list,
+        description="DICOM receivers as their heartbeats say (a pool beats while one of its "
+        "processes lives); none live: the problem 'no DICOM receiver is answering'",
     )
 
 
@@ -262,10 +277,18 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
     problems = [] if database == "ok" else [f"database {database}"]
     problems += [f"pipeline {name}: {reason}" for name, reason in sorted(broken.items())]
     queues: list[QueueOut] = []
+    receivers: list[ReceiverOut] = []
     if database == "ok":
         status = worker_status(state.settings, session, state.clock())
         problems += status.problems
+        if status.receiver_problem is not None:
+            problems.append(status.receiver_problem)
         queues = [QueueOut(**asdict(q), ok=q.ok) for q in status.queues]
+        receivers = [
+            ReceiverOut(name=r.name, host=r.host, pid=r.pid, live=r.live,
+                        last_seen_at=r.last_seen_at)
+            for r in status.receivers
+        ]  # fmt: skip
     return HealthOut(
         status="degraded" if problems else "ok",
         problems=problems,
@@ -275,6 +298,7 @@ def health(session: SessionDep, state: StateDep) -> HealthOut:
         models=models,
         pipeline_problems=broken,
         queues=queues,
+        receivers=receivers,
     )
 
 

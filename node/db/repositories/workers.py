@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from node.db.orm import WorkerProcess
 
 ANY_QUEUE = "*"  # a local-engine worker started without --queues runs every pipeline
+RECEIVER = "receiver"  # the engine of a DICOM receiver's row: it serves no queue
 FORGET_AFTER = timedelta(days=1)  # a dead worker's row is shown as stale this long, then dropped
 
 
@@ -84,6 +85,20 @@ def workers(session: Session, now: datetime, stale_after_s: float) -> list[Worke
         for r in rows
     ]
     return sorted(views, key=lambda w: (not w.live, w.name))
+
+
+def receivers_problem(views: Iterable[WorkerView]) -> str | None:
+    """The problem health reports when receivers have registered and none of them still beats
+    (each withholds its beat while no process of it answers); None while one does, or when no
+    receiver ever registered (a console-only deployment)."""
+    rows = [w for w in views if w.engine == RECEIVER]
+    if not rows or any(w.live for w in rows):
+        return None
+    last = max(rows, key=lambda w: w.last_seen_at)
+    return (
+        f"no DICOM receiver is answering (last seen {last.last_seen_at:%Y-%m-%d %H:%M:%S} UTC,"
+        f" {last.name})"
+    )
 
 
 def live_devices(views: Iterable[WorkerView]) -> list[str]:

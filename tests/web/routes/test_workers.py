@@ -1,12 +1,16 @@
 """Workers as the console sees them: ``/api/health`` flags each queue in use that no live worker
 consumes, the jobs page warns about it and lists the workers, and a model's device can be set only
 to one a live worker has. A real ``pacsnode worker`` process provides the heartbeat in the first
-test; the others write registry rows and move the console's clock past their staleness."""
+test; the others write registry rows and move the console's clock past their staleness. Health
+also reports a DICOM receiver pool none of whose processes is left to answer (a real pool)."""
 
 from __future__ import annotations
 
 import html
+import os
 import re
+import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +21,12 @@ from core.config import Settings, load_settings
 from node.db.engine import Database
 from node.db.orm import utcnow
 from node.db.repositories import workers as registry
+from node.heartbeat import Heartbeat, Registration
+from node.ingest import receiver_pool
+from node.ingest.receiver_pool import start_receiver_pool
 from tests.cluster import pipelines_dir
 from tests.conftest import free_port
+from tests.node.ingest.helpers import run_dcmtk
 from tests.processes import NodeProcess, node_env
 from tests.web.conftest import Clock, Console, csrf_of, make_console
 
@@ -202,3 +210,71 @@ def test_model_device_is_chosen_from_live_workers_devices(
         },
     )
     assert other.status_code == 400  # another model may not be moved to the vanished GPU
+
+
+def _receiver_problems(console: Console) -> tuple[list[str], list[dict[str, object]]]:
+    body = console.client().get("/api/health").json()
+    return [p for p in body["problems"] if "receiver" in p], body["receivers"]
+
+
+def _until(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``check`` held (polled every 0.1 s); TimeoutError past ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_health_reports_a_receiver_pool_with_no_process_left(
+    two_queues: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's parent holds the listening socket, so a TCP connect succeeds even when every
+    receiver process is gone and no association is answered. The receiver's heartbeat is
+    withheld while no process lives: health turns degraded within the staleness, and ok again
+    once the supervisor has started a process."""
+    monkeypatch.setattr(receiver_pool, "RESTART_BACKOFF_S", 0.5)
+    settings = two_queues.settings.model_copy(update={"receiver_processes": 2})
+    pool = start_receiver_pool(settings)
+    name = f"hostA:1:{pool.port}"
+    beat = Heartbeat(two_queues.db, Registration(name, registry.RECEIVER, ()), HEARTBEAT_S,
+                     serving=lambda: pool.answering).start()  # fmt: skip
+    try:
+        problems, receivers = _receiver_problems(two_queues)
+        assert problems == [] and [(r["name"], r["live"]) for r in receivers] == [(name, True)]
+        # the jobs page lists workers only: a receiver consumes no queue
+        page = two_queues.login("radiologist1").get("/jobs").text
+        assert f'data-worker="{name}"' not in page
+        start = pool._start
+        assert start is not None
+        failing = [True]
+
+        def start_unless_failing(index: int) -> object:
+            if failing[0]:
+                raise OSError(24, "Too many open files")
+            return start(index)
+
+        pool._start = start_unless_failing  # type: ignore[assignment]
+        for process in list(pool.processes):
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGKILL)
+        stale_s = _until(lambda: bool(_receiver_problems(two_queues)[0]), 30)
+        problems, receivers = _receiver_problems(two_queues)
+        assert problems and problems[0].startswith("no DICOM receiver is answering (last seen ")
+        assert name in problems[0] and receivers[0]["live"] is False
+        assert two_queues.client().get("/api/health").json()["status"] == "degraded"
+        assert stale_s < HEARTBEAT_S * (STALE_AFTER_BEATS + 1) + 3
+        with socket.create_connection(("127.0.0.1", pool.port), timeout=2):
+            pass  # the port still accepts: what the TCP probe ("listener") sees
+        refused = run_dcmtk("echoscu", "-to", "3", "-ta", "3", "-aec", "PACSNODE", "127.0.0.1",
+                            str(pool.port), timeout=30)  # fmt: skip
+        assert refused.returncode != 0  # and nobody answers an association
+        failing[0] = False
+        _until(lambda: not _receiver_problems(two_queues)[0], 30)
+        assert pool.alive() == 2 and _receiver_problems(two_queues)[1][0]["live"] is True
+    finally:
+        beat.stop()
+        pool.stop(timeout=10)
+    # a clean stop removes the row: no problem is left behind
+    assert _receiver_problems(two_queues) == ([], [])

@@ -75,3 +75,26 @@ def test_rows_of_workers_gone_for_a_day_are_forgotten(db: Database) -> None:
     _beat(db, "new@host", ["cpu"], ["cpu"])
     with db.read() as session:
         assert [w.name for w in registry.workers(session, utcnow(), 15)] == ["new@host"]
+
+
+def test_receivers_are_a_problem_only_when_none_of_them_beats(db: Database) -> None:
+    """A receiver restarted under a new pid leaves its old row stale beside a live one: fine.
+    Workers and a console-only node (no receiver row) are never a receiver problem."""
+
+    def problem() -> str | None:
+        with db.read() as session:
+            return registry.receivers_problem(registry.workers(session, utcnow(), 15))
+
+    _beat(db, "cpu1@hostA", ["cpu"], ["cpu"], ago_s=60)
+    assert problem() is None
+    with db.write() as session:
+        for name, ago_s in (("hostA:10:11112", 120), ("hostA:20:11112", 60)):
+            registry.beat(session, name=name, host="hostA", engine=registry.RECEIVER, queues=(),
+                          devices=(), pid=1, now=utcnow() - timedelta(seconds=ago_s))  # fmt: skip
+    found = problem()
+    assert found is not None and found.startswith("no DICOM receiver is answering (last seen ")
+    assert found.endswith(", hostA:20:11112)")  # the last one seen
+    with db.write() as session:
+        registry.beat(session, name="hostA:30:11112", host="hostA", engine=registry.RECEIVER,
+                      queues=(), devices=(), pid=1, now=utcnow())  # fmt: skip
+    assert problem() is None
