@@ -243,9 +243,9 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
     try:
         problems, receivers = _receiver_problems(two_queues)
         assert problems == [] and [(r["name"], r["live"]) for r in receivers] == [(name, True)]
-        # the jobs page lists workers only: a receiver consumes no queue
+        # the jobs page lists workers only (a receiver consumes no queue), and no warning
         page = two_queues.login("radiologist1").get("/jobs").text
-        assert f'data-worker="{name}"' not in page
+        assert f'data-worker="{name}"' not in page and "receiver-warning" not in page
         start = pool._start
         assert start is not None
         failing = [True]
@@ -265,6 +265,9 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
         assert name in problems[0] and receivers[0]["live"] is False
         assert two_queues.client().get("/api/health").json()["status"] == "degraded"
         assert stale_s < HEARTBEAT_S * (STALE_AFTER_BEATS + 1) + 3
+        page = two_queues.login("admin1").get("/jobs").text  # the console says so too
+        assert re.search(r'class="flash warning receiver-warning">no DICOM receiver is answering',
+                         html.unescape(page))  # fmt: skip
         with socket.create_connection(("127.0.0.1", pool.port), timeout=2):
             pass  # the port still accepts: what the TCP probe ("listener") sees
         refused = run_dcmtk("echoscu", "-to", "3", "-ta", "3", "-aec", "PACSNODE", "127.0.0.1",
@@ -273,6 +276,7 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
         failing[0] = False
         _until(lambda: not _receiver_problems(two_queues)[0], 30)
         assert pool.alive() == 2 and _receiver_problems(two_queues)[1][0]["live"] is True
+        assert "receiver-warning" not in two_queues.login("admin1").get("/jobs").text
     finally:
         beat.stop()
         pool.stop(timeout=10)
