@@ -16,7 +16,10 @@ fallen behind it), not past it: the processes then wait on the service's round t
 The promise is unchanged: a receiver answers 0x0000 only after the service replied that the
 commit (``synchronous=FULL``) is done. When the service is gone, each receiver says so once and
 appends its rows itself from then on; the group in flight takes the general path, which records
-what the service committed before it died as the duplicate it is (``upsert_instances``).
+what the service committed before it died as the duplicate it is (``upsert_instances``). A
+receiver the pool starts again after one died is given a new pipe (its service end passed as a
+file descriptor over the pool's ``attach`` socket), and the service stays up while the pool may
+still start receivers, even with none left for the moment.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import recv_handle
 
 from core.config import Settings
 from node.db.engine import Database
@@ -93,19 +97,33 @@ class RemoteAppender:
         self._turns.close()
 
 
-def serve_appends(settings: Settings, pipes: list[Connection]) -> None:
-    """The service's loop: until every receiver closed its pipe, answer each request with True
-    (committed), False (not the steady state: nothing written) or an error text."""
+def serve_appends(
+    settings: Settings, pipes: list[Connection], attach: Connection | None = None
+) -> None:
+    """The service's loop: until every receiver closed its pipe (and the pool closed
+    ``attach``), answer each request with True (committed), False (not the steady state: nothing
+    written) or an error text.
+
+    ``attach``: the pool's socket over which it hands the service end of a new pipe (a file
+    descriptor) for a receiver it started again after one died, so the new process appends
+    through the service as the one before it did."""
     db = Database(settings.effective_database_url)
     make_sqlite_durable(db, settings)
     appender = InstanceAppender(db)
     turns = WriterTurns(db)
     live = list(pipes)
     try:
-        while live:
+        while live or attach is not None:
             requests: list[tuple[Connection, Request]] = []
-            for pipe in wait(live):
+            for pipe in wait([*live, attach] if attach is not None else live):
                 assert isinstance(pipe, Connection)
+                if pipe is attach:
+                    try:
+                        live.append(Connection(recv_handle(attach)))
+                        log.info("a restarted receiver's pipe attached (%d receivers)", len(live))
+                    except (OSError, EOFError):  # the pool is stopping: no more receivers
+                        attach = None
+                    continue
                 try:
                     requests.append((pipe, pipe.recv()))
                 except (OSError, EOFError):  # that receiver stopped

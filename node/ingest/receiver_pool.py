@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import send_handle
 from typing import Any
 
 from core.config import Settings
@@ -57,15 +58,18 @@ def _child(settings: Settings, ready: Any, seat: PoolSeat) -> None:
         db.dispose()
 
 
-def _append_service(settings: Settings, ready: Any, index: int, pipes: list[Connection]) -> None:
+def _append_service(
+    settings: Settings, ready: Any, index: int, pipes: list[Connection], attach: Connection
+) -> None:
     """Append service entry: its receivers stop first; it ends when the last one closed its
-    pipe (SIGTERM and SIGINT are ignored so that it outlives them)."""
+    pipe and the pool closed ``attach`` (SIGTERM and SIGINT are ignored so that it outlives
+    them)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s append-service %(name)s: %(message)s")  # fmt: skip
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ready.put((index, "ready"))
-    serve_appends(settings, pipes)
+    serve_appends(settings, pipes, attach)
 
 
 @dataclass
@@ -73,9 +77,9 @@ class PoolHandle:
     """The running pool. A receiver process that dies (killed for memory, a crash in a C
     extension: any end but a clean exit) is started again in its slot by a supervising thread:
     without it the pool would lose capacity, and with every process gone the node would stop
-    receiving while its console still answered. The new process appends its own rows (under the
-    pool's file lock on SQLite): the append service cannot be handed a new pipe, and receivers
-    already fall back to this when the service is gone."""
+    receiving while its console still answered. On SQLite the new process gets a new pipe to
+    the append service (its service end handed over ``_attach``); where the service is gone, it
+    appends its own rows under the pool's file lock, as receivers already do then."""
 
     port: int
     processes: list[BaseProcess]  # the receivers, by slot
@@ -83,6 +87,7 @@ class PoolHandle:
     appender: BaseProcess | None = None  # the append service (SQLite)
     _loads: Any = None  # each receiver's open connections (shared memory)
     _start: Callable[[int], BaseProcess] | None = None  # a receiver process for a slot, started
+    _attach: Connection | None = None  # hands the append service a restarted receiver's pipe
     restarts: int = 0  # receiver processes started again after they died
     _stopped: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -150,6 +155,8 @@ class PoolHandle:
                 process.terminate()
         for process in self.processes:
             _join(process, timeout)
+        if self._attach is not None:  # no more receivers: the service leaves after the last
+            self._attach.close()
         if self.appender is not None:
             _join(self.appender, timeout)
         self._listener.close()
@@ -162,6 +169,27 @@ def _join(process: BaseProcess, timeout: float) -> None:
                     timeout)  # fmt: skip
         process.kill()
         process.join(5)
+
+
+def _service_pipe(
+    context: Any, attach: Connection | None, service: BaseProcess | None
+) -> Connection | None:
+    """A new pipe to the append service for a receiver started again, its service end handed
+    over ``attach``; None where there is no service or it is gone (the receiver then appends
+    its own rows)."""
+    if attach is None or service is None or not service.is_alive() or service.pid is None:
+        return None
+    receiver_end, service_end = context.Pipe()
+    try:
+        send_handle(attach, service_end.fileno(), service.pid)
+    except OSError as exc:
+        log.warning("append service cannot take a new pipe (%s): the restarted receiver appends "
+                    "its own rows", exc)  # fmt: skip
+        receiver_end.close()
+        return None
+    finally:
+        service_end.close()  # the service has its own copy (or none)
+    return receiver_end
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -192,11 +220,14 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
     starting: list[BaseProcess] = []
     children: list[BaseProcess] = []
     appender = None
+    attach: Connection | None = None
     if service_ends:
+        attach, service_attach = context.Pipe()  # duplex: a Unix socket pair, which passes fds
         appender = context.Process(target=_append_service,
-                                   args=(child_settings, ready, count, service_ends),
+                                   args=(child_settings, ready, count, service_ends, service_attach),
                                    name="pacsnode-append-service", daemon=True)  # fmt: skip
         appender.start()
+        service_attach.close()
         starting.append(appender)
 
     def start_child(index: int, appends: Connection | None = None) -> BaseProcess:
@@ -206,6 +237,14 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         process.start()
         return process
 
+    def restart_child(index: int) -> BaseProcess:
+        appends = _service_pipe(context, attach, appender)
+        try:
+            return start_child(index, appends)
+        finally:
+            if appends is not None:  # the child holds it now
+                appends.close()
+
     for index in range(count):
         process = start_child(index, receiver_ends[index])
         children.append(process)
@@ -214,7 +253,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         if end is not None:
             end.close()
     handle = PoolHandle(port=port, processes=children, _listener=listener, appender=appender,
-                        _loads=loads, _start=start_child)  # fmt: skip
+                        _loads=loads, _start=restart_child, _attach=attach)  # fmt: skip
     waiting = set(range(len(starting)))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while waiting:

@@ -164,11 +164,15 @@ def kill_and_wait_for_restart(pool: PoolHandle, index: int) -> BaseProcess:
 
 
 def test_a_receiver_process_that_dies_is_started_again(
-    sqlite_db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_db: Database,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """A receiver killed while it held an association is replaced in its slot, its stale
-    connection count cleared, and the pool then stores everything sent to it (the new process
-    appends its own rows beside the append service). One that stopped cleanly is left alone."""
+    connection count cleared, and the pool then stores everything sent to it, the new process
+    through a new pipe to the append service. One that stopped cleanly is left alone."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     pool = start_receiver_pool(settings.model_copy(update={"receiver_processes": 2}))
     held = []
@@ -187,6 +191,9 @@ def test_a_receiver_process_that_dies_is_started_again(
         assert pool.connections() == [0, 1]  # the dead process's association is not counted
         files = write_instances(tmp_path / "send", count=16, studies=2)
         acknowledged = send_over_four(pool.port, files)
+        logged = capfd.readouterr().err  # the children's and the service's log lines
+        assert "a restarted receiver's pipe attached" in logged
+        assert "append service gone" not in logged and "appends its own rows" not in logged
         for assoc in held:  # a stopping receiver waits for its open associations
             assoc.release()
         stopped = pool.processes[1]  # asked to stop (a Ctrl-C reaches every process): not replaced

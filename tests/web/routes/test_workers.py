@@ -276,6 +276,8 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
         failing[0] = False
         _until(lambda: not _receiver_problems(two_queues)[0], 30)
         assert pool.alive() == 2 and _receiver_problems(two_queues)[1][0]["live"] is True
+        # the append service outlived its receivers: the new ones append through it again
+        assert pool.appender is not None and pool.appender.is_alive()
         assert "receiver-warning" not in two_queues.login("admin1").get("/jobs").text
     finally:
         beat.stop()
