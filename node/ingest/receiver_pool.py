@@ -86,6 +86,8 @@ class PoolHandle:
     _listener: socket.socket
     appender: BaseProcess | None = None  # the append service (SQLite)
     _loads: Any = None  # each receiver's open connections (shared memory)
+    _associations: Any = None  # each receiver's associations (shared memory)
+    _pending: Any = None  # each receiver's connections not associated yet (shared memory)
     _start: Callable[[int], BaseProcess] | None = None  # a receiver process for a slot, started
     _attach: Connection | None = None  # hands the append service a restarted receiver's pipe
     restarts: int = 0  # receiver processes started again after they died
@@ -116,8 +118,10 @@ class PoolHandle:
                         return
                     log.error("receiver process %d (pid %s) ended with exit code %s; starting "
                               "another in its place", index, process.pid, process.exitcode)  # fmt: skip
-                    if self._loads is not None:  # its connections died with it
-                        self._loads[index] = 0
+                    # its connections died with it: not counted against the limits any more
+                    for counts in (self._loads, self._associations, self._pending):
+                        if counts is not None:
+                            counts[index] = 0
                     try:
                         self.processes[index] = self._start(index)
                     except Exception:  # noqa: BLE001 - out of memory or descriptors: try again
@@ -139,6 +143,15 @@ class PoolHandle:
     def connections(self) -> list[int]:
         """Open connections per receiver process, as each process last counted them."""
         return list(self._loads) if self._loads is not None else []
+
+    def associations(self) -> list[int]:
+        """Associations per receiver process (their sum is held to ``max_associations``)."""
+        return list(self._associations) if self._associations is not None else []
+
+    def pending(self) -> list[int]:
+        """Connections not associated yet per receiver process (their sum is held to
+        ``max_pending_connections``)."""
+        return list(self._pending) if self._pending is not None else []
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM every receiver (they stop accepting and drain), then kill stragglers; then
@@ -211,6 +224,8 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
     context = mp.get_context("spawn")
     ready = context.Queue()
     loads = context.RawArray("i", count)
+    associations = context.RawArray("i", count)
+    pending = context.RawArray("i", count)
     service_ends: list[Connection] = []
     receiver_ends: list[Connection | None] = [None] * count
     if count > 1 and is_sqlite(settings.effective_database_url):
@@ -231,7 +246,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         starting.append(appender)
 
     def start_child(index: int, appends: Connection | None = None) -> BaseProcess:
-        seat = PoolSeat(listener, loads, index, appends)
+        seat = PoolSeat(listener, loads, index, appends, associations, pending)
         process = context.Process(target=_child, args=(child_settings, ready, seat),
                                   name=f"pacsnode-receiver-{index}", daemon=True)  # fmt: skip
         process.start()
@@ -253,7 +268,8 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         if end is not None:
             end.close()
     handle = PoolHandle(port=port, processes=children, _listener=listener, appender=appender,
-                        _loads=loads, _start=restart_child, _attach=attach)  # fmt: skip
+                        _loads=loads, _associations=associations, _pending=pending,
+                        _start=restart_child, _attach=attach)  # fmt: skip
     waiting = set(range(len(starting)))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while waiting:

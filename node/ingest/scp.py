@@ -55,13 +55,17 @@ BALANCE_WAIT_S = 0.05  # how long a pool process with more connections than a si
 @dataclass
 class PoolSeat:
     """A receiver's place in a pool (``receiver_pool``): the pool's listening socket, shared by
-    all its processes; every process's count of connections (``loads``, shared memory) and its
-    own ``index`` there; the pipe to the append service (SQLite), if any."""
+    all its processes; every process's count of connections (``loads``), of associations and of
+    connections not associated yet (``max_associations`` and ``max_pending_connections`` hold
+    for the pool, not per process), all shared memory, and its own ``index`` there; the pipe to
+    the append service (SQLite), if any."""
 
     listener: socket.socket
     loads: Any  # multiprocessing RawArray of int, one per process
     index: int
     appends: MultiprocessingConnection | None = None
+    associations: Any = None  # multiprocessing RawArray of int, one per process
+    pending: Any = None  # multiprocessing RawArray of int, one per process
 
     @property
     def processes(self) -> int:
@@ -70,6 +74,21 @@ class PoolSeat:
     def alone(self) -> bool:
         """No other process of the pool holds a connection."""
         return sum(self.loads) == self.loads[self.index]
+
+
+def admit(counts: Any, index: int, limit: int) -> bool:
+    """Raise process ``index``'s count in ``counts`` (one per pool process, shared memory) unless
+    the pool's total would pass ``limit``.
+
+    Each process writes only its own count and checks the sum after raising it: two processes
+    admitting at the same moment may both refuse at the limit (a sender retries a transient
+    rejection) but never both accept past it, and no lock is shared that a killed process could
+    leave held."""
+    counts[index] += 1
+    if sum(counts) > limit:
+        counts[index] -= 1
+        return False
+    return True
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -145,14 +164,27 @@ class _Server(socketserver.ThreadingTCPServer):
                 self.seat.loads[self.seat.index] = self.held
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close) a connection while ``max_pending_connections`` have not associated."""
+        """Refuse (close) a connection while ``max_pending_connections`` have not associated (in
+        a pool: in all its processes together)."""
+        limit = self.settings.max_pending_connections
         with self._slots:
-            if self.pending >= self.settings.max_pending_connections:
+            seat = self.seat
+            if self.pending >= limit or (
+                seat is not None
+                and seat.pending is not None
+                and not admit(seat.pending, seat.index, limit)
+            ):
                 log.warning("connection from %s closed: already %d connections negotiating",
                             client_address[0], self.pending)  # fmt: skip
                 return False
             self.pending += 1
             return True
+
+    def _not_pending(self) -> None:
+        """One connection less negotiating (the caller holds ``_slots``)."""
+        self.pending -= 1
+        if self.seat is not None and self.seat.pending is not None:
+            self.seat.pending[self.seat.index] -= 1
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: socket options, then the association (TLS handshake
@@ -162,7 +194,7 @@ class _Server(socketserver.ThreadingTCPServer):
             conn = Connection(self, request, client_address)
         except OSError as exc:
             with self._slots:
-                self.pending -= 1
+                self._not_pending()
             log.warning("connection from %s dropped before association: %s", client_address, exc)
             return
         with self._slots:
@@ -181,11 +213,21 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._slots:
             if conn.pending:
                 conn.pending = False
-                self.pending -= 1
+                self._not_pending()
 
     def take_slot(self, conn: Connection) -> bool:
+        """An association slot under ``max_associations``: of this process, and in a pool of
+        all its processes together (:func:`admit`)."""
+        limit = self.settings.max_associations
         with self._slots:
-            if len(self.active_associations) >= self.settings.max_associations:
+            if len(self.active_associations) >= limit:
+                return False
+            seat = self.seat
+            if (
+                seat is not None
+                and seat.associations is not None
+                and not admit(seat.associations, seat.index, limit)
+            ):
                 return False
             self.active_associations.append(conn)
             return True
@@ -194,6 +236,8 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._slots:
             if conn in self.active_associations:
                 self.active_associations.remove(conn)
+                if self.seat is not None and self.seat.associations is not None:
+                    self.seat.associations[self.seat.index] -= 1
 
     def _watch(self) -> None:
         """Close every connection past its deadline, a few times a second."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -121,6 +122,74 @@ def test_associations_spread_evenly_over_the_processes(
         pool.stop(timeout=10)
 
 
+def _associate(port: int) -> Any:
+    ae = AE(ae_title="POOLSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title="PACSNODE")
+
+
+def _until(check: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(check())
+
+
+def test_max_associations_holds_for_the_whole_pool(sqlite_db: Database, settings: Settings) -> None:
+    """``max_associations`` is the node's limit, however many processes receive: with 2 per
+    process before, a 2-process pool took 4. The third association is refused transiently
+    (local limit exceeded) while two are open in different processes, and accepted once one
+    of them is released."""
+    pool = start_receiver_pool(
+        settings.model_copy(update={"receiver_processes": 2, "max_associations": 2})
+    )
+    held = []
+    try:
+        held = [_associate(pool.port) for _ in range(2)]
+        assert all(a.is_established for a in held)
+        assert _until(lambda: pool.associations() == [1, 1]), pool.associations()
+        for _ in range(3):  # whichever process takes the connection refuses it
+            refused = _associate(pool.port)
+            assert refused.is_rejected and not refused.is_established
+        assert pool.associations() == [1, 1]
+        held.pop().release()
+        assert _until(lambda: sum(pool.associations()) == 1), pool.associations()
+        again = _associate(pool.port)
+        assert again.is_established
+        held.append(again)
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+        pool.stop(timeout=10)
+
+
+def test_max_pending_connections_holds_for_the_whole_pool(
+    sqlite_db: Database, settings: Settings
+) -> None:
+    """Silent connections (no A-ASSOCIATE-RQ yet) count against ``max_pending_connections`` in
+    all processes together: a third one is closed at once, not held until the ACSE deadline."""
+    acse_s = 5.0
+    pool = start_receiver_pool(settings.model_copy(update={
+        "receiver_processes": 2, "max_pending_connections": 2, "acse_timeout_s": acse_s}))  # fmt: skip
+    silent = []
+    try:
+        silent = [socket.create_connection(("127.0.0.1", pool.port)) for _ in range(2)]
+        assert _until(lambda: pool.pending() == [1, 1]), pool.pending()
+        with socket.create_connection(("127.0.0.1", pool.port), timeout=acse_s + 5) as third:
+            start = time.monotonic()
+            assert third.recv(1) == b""
+            assert time.monotonic() - start < acse_s / 2  # closed at once
+        for sock in silent:
+            sock.close()
+        assert _until(lambda: sum(pool.pending()) == 0), pool.pending()
+        assert _echo(pool.port, "AFTER")  # the slots came back
+    finally:
+        for sock in silent:
+            sock.close()
+        pool.stop(timeout=10)
+
+
 def _echo(port: int, calling: str) -> bool:
     return run_dcmtk("echoscu", "-aet", calling, "-aec", "PACSNODE", "127.0.0.1", str(port),
                      timeout=30).returncode == 0  # fmt: skip
@@ -189,6 +258,7 @@ def test_a_receiver_process_that_dies_is_started_again(
         assert pool.restarts == 1 and pool.alive() == 2
         assert pool.processes[0].pid != victim.pid
         assert pool.connections() == [0, 1]  # the dead process's association is not counted
+        assert pool.associations() == [0, 1]  # nor held against max_associations
         files = write_instances(tmp_path / "send", count=16, studies=2)
         acknowledged = send_over_four(pool.port, files)
         logged = capfd.readouterr().err  # the children's and the service's log lines
