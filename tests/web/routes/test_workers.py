@@ -265,6 +265,7 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
         assert name in problems[0] and receivers[0]["live"] is False
         assert two_queues.client().get("/api/health").json()["status"] == "degraded"
         assert stale_s < HEARTBEAT_S * (STALE_AFTER_BEATS + 1) + 3
+        print(f"no receiver answering: flagged {stale_s:.1f} s after both processes were killed")
         page = two_queues.login("admin1").get("/jobs").text  # the console says so too
         assert re.search(r'class="flash warning receiver-warning">no DICOM receiver is answering',
                          html.unescape(page))  # fmt: skip
@@ -274,7 +275,8 @@ def test_health_reports_a_receiver_pool_with_no_process_left(
                             str(pool.port), timeout=30)  # fmt: skip
         assert refused.returncode != 0  # and nobody answers an association
         failing[0] = False
-        _until(lambda: not _receiver_problems(two_queues)[0], 30)
+        cleared_s = _until(lambda: not _receiver_problems(two_queues)[0], 30)
+        print(f"cleared {cleared_s:.1f} s after restarts were allowed again")
         assert pool.alive() == 2 and _receiver_problems(two_queues)[1][0]["live"] is True
         # the append service outlived its receivers: the new ones append through it again
         assert pool.appender is not None and pool.appender.is_alive()
