@@ -47,10 +47,21 @@ def _shared_data() -> Path:
 SHARED_DATA = _shared_data()
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave out in this test process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, never one this process handed out before: the kernel can
+    give two calls in a row the same ephemeral port, and an Orthanc fixture that asked for a
+    DICOM and an HTTP port once got one port for both and could not start."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no port left that this test process has not handed out already")
 
 
 def _postgres_available() -> bool:

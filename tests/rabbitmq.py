@@ -11,19 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import free_port
+
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def available() -> bool:
@@ -35,9 +30,9 @@ class PrivateRabbitMQ:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.port = _free_port()
-        self.dist_port = _free_port()
-        self.epmd_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
         self.nodename = f"pacsnode{self.port}@localhost"
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
