@@ -174,8 +174,11 @@ class _Server(socketserver.ThreadingTCPServer):
                 and seat.pending is not None
                 and not admit(seat.pending, seat.index, limit)
             ):
-                log.warning("connection from %s closed: already %d connections negotiating",
-                            client_address[0], self.pending)  # fmt: skip
+                pool_counts = seat.pending if seat is not None else None
+                log.warning("connection from %s closed: already %d connections negotiating%s",
+                            client_address[0],
+                            self.pending if pool_counts is None else sum(pool_counts),
+                            "" if pool_counts is None else " in the receiver pool")  # fmt: skip
                 return False
             self.pending += 1
             return True

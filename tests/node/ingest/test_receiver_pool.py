@@ -165,7 +165,7 @@ def test_max_associations_holds_for_the_whole_pool(sqlite_db: Database, settings
 
 
 def test_max_pending_connections_holds_for_the_whole_pool(
-    sqlite_db: Database, settings: Settings
+    sqlite_db: Database, settings: Settings, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Silent connections (no A-ASSOCIATE-RQ yet) count against ``max_pending_connections`` in
     all processes together: a third one is closed at once, not held until the ACSE deadline."""
@@ -180,6 +180,8 @@ def test_max_pending_connections_holds_for_the_whole_pool(
             start = time.monotonic()
             assert third.recv(1) == b""
             assert time.monotonic() - start < acse_s / 2  # closed at once
+        logged = capfd.readouterr().err  # the refusing process's log line counts the pool's
+        assert "already 2 connections negotiating in the receiver pool" in logged
         for sock in silent:
             sock.close()
         assert _until(lambda: sum(pool.pending()) == 0), pool.pending()
