@@ -1,4 +1,5 @@
-"""bench/ingest.py: the pynetdicom baseline receiver stores for real, and --workdir is created."""
+"""bench/ingest.py: the pynetdicom baseline receiver stores for real, --workdir is created, and
+the first run waits for a disk that recent deletions slowed."""
 
 from __future__ import annotations
 
@@ -72,6 +73,27 @@ def test_workdir_is_created_when_missing(tmp_path: Path) -> None:
     workdir = tmp_path / "does" / "not" / "exist"
     folder = ingest.bench_folder(workdir)
     assert folder.is_dir() and folder.parent == workdir
+
+
+def test_the_first_run_waits_until_file_creation_is_fast_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probes of 467 and 120 us (deletions in the last minutes), then 20 us: the runs start after
+    the third probe, which the footer reports; with no time to wait, after the first."""
+    ingest = _load("ingest")
+    probes = iter([467.0, 120.0, 20.0])
+    folders: list[str] = []
+
+    def probe(folder: Path) -> float:
+        folders.append(folder.name)
+        return next(probes)
+
+    monkeypatch.setattr(ingest, "create_probe_us", probe)
+    monkeypatch.setattr(ingest, "SETTLE_EVERY_S", 0.01)
+    assert ingest.settled_probe_us(tmp_path, 60) == 20.0
+    assert folders == ["probe-before-0", "probe-before-1", "probe-before-2"]
+    probes = iter([467.0, 20.0])
+    assert ingest.settled_probe_us(tmp_path, 0) == 467.0  # --settle 0: no wait
 
 
 @pytest.mark.integration
