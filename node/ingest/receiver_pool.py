@@ -28,7 +28,7 @@ from typing import Any
 from core.config import Settings
 from node.db.engine import Database, is_sqlite
 from node.ingest.append_service import serve_appends
-from node.ingest.scp import LISTEN_BACKLOG, PoolSeat, start_receiver
+from node.ingest.scp import LISTEN_BACKLOG, PoolCounts, PoolSeat, start_receiver
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -85,9 +85,7 @@ class PoolHandle:
     processes: list[BaseProcess]  # the receivers, by slot
     _listener: socket.socket
     appender: BaseProcess | None = None  # the append service (SQLite)
-    _loads: Any = None  # each receiver's open connections (shared memory)
-    _associations: Any = None  # each receiver's associations (shared memory)
-    _pending: Any = None  # each receiver's connections not associated yet (shared memory)
+    _counts: PoolCounts | None = None  # each receiver's connections (shared memory)
     _start: Callable[[int], BaseProcess] | None = None  # a receiver process for a slot, started
     _attach: Connection | None = None  # hands the append service a restarted receiver's pipe
     restarts: int = 0  # receiver processes started again after they died
@@ -118,10 +116,8 @@ class PoolHandle:
                         return
                     log.error("receiver process %d (pid %s) ended with exit code %s; starting "
                               "another in its place", index, process.pid, process.exitcode)  # fmt: skip
-                    # its connections died with it: not counted against the limits any more
-                    for counts in (self._loads, self._associations, self._pending):
-                        if counts is not None:
-                            counts[index] = 0
+                    if self._counts is not None:
+                        self._counts.clear(index)
                     try:
                         self.processes[index] = self._start(index)
                     except Exception:  # noqa: BLE001 - out of memory or descriptors: try again
@@ -142,16 +138,16 @@ class PoolHandle:
 
     def connections(self) -> list[int]:
         """Open connections per receiver process, as each process last counted them."""
-        return list(self._loads) if self._loads is not None else []
+        return list(self._counts.connections) if self._counts is not None else []
 
     def associations(self) -> list[int]:
         """Associations per receiver process (their sum is held to ``max_associations``)."""
-        return list(self._associations) if self._associations is not None else []
+        return list(self._counts.associations) if self._counts is not None else []
 
     def pending(self) -> list[int]:
         """Connections not associated yet per receiver process (their sum is held to
         ``max_pending_connections``)."""
-        return list(self._pending) if self._pending is not None else []
+        return list(self._counts.pending) if self._counts is not None else []
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM every receiver (they stop accepting and drain), then kill stragglers; then
@@ -223,9 +219,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
     child_settings = settings.model_copy(update={"dicom_port": port})
     context = mp.get_context("spawn")
     ready = context.Queue()
-    loads = context.RawArray("i", count)
-    associations = context.RawArray("i", count)
-    pending = context.RawArray("i", count)
+    counts = PoolCounts.shared(context, count)
     service_ends: list[Connection] = []
     receiver_ends: list[Connection | None] = [None] * count
     if count > 1 and is_sqlite(settings.effective_database_url):
@@ -246,7 +240,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         starting.append(appender)
 
     def start_child(index: int, appends: Connection | None = None) -> BaseProcess:
-        seat = PoolSeat(listener, loads, index, appends, associations, pending)
+        seat = PoolSeat(listener, counts, index, appends)
         process = context.Process(target=_child, args=(child_settings, ready, seat),
                                   name=f"pacsnode-receiver-{index}", daemon=True)  # fmt: skip
         process.start()
@@ -268,8 +262,7 @@ def start_receiver_pool(settings: Settings, processes: int | None = None) -> Poo
         if end is not None:
             end.close()
     handle = PoolHandle(port=port, processes=children, _listener=listener, appender=appender,
-                        _loads=loads, _associations=associations, _pending=pending,
-                        _start=restart_child, _attach=attach)  # fmt: skip
+                        _counts=counts, _start=restart_child, _attach=attach)  # fmt: skip
     waiting = set(range(len(starting)))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while waiting:

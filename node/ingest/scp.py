@@ -52,28 +52,47 @@ LISTEN_BACKLOG = 128
 BALANCE_WAIT_S = 0.05  # how long a pool process with more connections than a sibling lets it accept
 
 
+@dataclass(frozen=True)
+class PoolCounts:
+    """Each pool process's counts, in shared memory (a ``RawArray`` of int per kind, one slot
+    per process, each written only by its process): open connections (the even spread, and
+    whether a process is alone), associations and connections not associated yet
+    (``max_associations`` and ``max_pending_connections`` hold for the pool, :func:`admit`)."""
+
+    connections: Any
+    associations: Any
+    pending: Any
+
+    @classmethod
+    def shared(cls, context: Any, processes: int) -> PoolCounts:
+        """Zeroed counts for ``processes`` processes, from a multiprocessing ``context``."""
+        return cls(*(context.RawArray("i", processes) for _ in range(3)))
+
+    def clear(self, index: int) -> None:
+        """Process ``index`` died: its connections died with it, none counts any more."""
+        for counts in (self.connections, self.associations, self.pending):
+            counts[index] = 0
+
+
 @dataclass
 class PoolSeat:
     """A receiver's place in a pool (``receiver_pool``): the pool's listening socket, shared by
-    all its processes; every process's count of connections (``loads``), of associations and of
-    connections not associated yet (``max_associations`` and ``max_pending_connections`` hold
-    for the pool, not per process), all shared memory, and its own ``index`` there; the pipe to
-    the append service (SQLite), if any."""
+    all its processes; every process's counts and its own ``index`` there; the pipe to the
+    append service (SQLite), if any."""
 
     listener: socket.socket
-    loads: Any  # multiprocessing RawArray of int, one per process
+    counts: PoolCounts
     index: int
     appends: MultiprocessingConnection | None = None
-    associations: Any = None  # multiprocessing RawArray of int, one per process
-    pending: Any = None  # multiprocessing RawArray of int, one per process
 
     @property
     def processes(self) -> int:
-        return len(self.loads)
+        return len(self.counts.connections)
 
     def alone(self) -> bool:
         """No other process of the pool holds a connection."""
-        return sum(self.loads) == self.loads[self.index]
+        connections = self.counts.connections
+        return sum(connections) == connections[self.index]
 
 
 def admit(counts: Any, index: int, limit: int) -> bool:
@@ -114,7 +133,7 @@ class _Server(socketserver.ThreadingTCPServer):
         self.active_associations: list[Connection] = []
         self.connections: set[Connection] = set()
         self.pending = 0
-        self.held = 0  # connections accepted and not yet closed (``seat.loads``)
+        self.held = 0  # connections accepted and not yet closed (``seat.counts.connections``)
         self._slots = threading.Lock()
         self._watch_stop = threading.Event()
         super().__init__(
@@ -140,7 +159,7 @@ class _Server(socketserver.ThreadingTCPServer):
         seat = self.seat
         if seat is not None:
             deadline = time.monotonic() + BALANCE_WAIT_S
-            while self.held > min(seat.loads) and time.monotonic() < deadline:
+            while self.held > min(seat.counts.connections) and time.monotonic() < deadline:
                 time.sleep(0.002)
                 if not self._backlog.poll(0):
                     raise BlockingIOError("a less loaded pool process took the connection")
@@ -161,7 +180,7 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._slots:
             self.held += change
             if self.seat is not None:
-                self.seat.loads[self.seat.index] = self.held
+                self.seat.counts.connections[self.seat.index] = self.held
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Refuse (close) a connection while ``max_pending_connections`` have not associated (in
@@ -170,15 +189,12 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._slots:
             seat = self.seat
             if self.pending >= limit or (
-                seat is not None
-                and seat.pending is not None
-                and not admit(seat.pending, seat.index, limit)
+                seat is not None and not admit(seat.counts.pending, seat.index, limit)
             ):
-                pool_counts = seat.pending if seat is not None else None
                 log.warning("connection from %s closed: already %d connections negotiating%s",
                             client_address[0],
-                            self.pending if pool_counts is None else sum(pool_counts),
-                            "" if pool_counts is None else " in the receiver pool")  # fmt: skip
+                            self.pending if seat is None else sum(seat.counts.pending),
+                            "" if seat is None else " in the receiver pool")  # fmt: skip
                 return False
             self.pending += 1
             return True
@@ -186,8 +202,8 @@ class _Server(socketserver.ThreadingTCPServer):
     def _not_pending(self) -> None:
         """One connection less negotiating (the caller holds ``_slots``)."""
         self.pending -= 1
-        if self.seat is not None and self.seat.pending is not None:
-            self.seat.pending[self.seat.index] -= 1
+        if self.seat is not None:
+            self.seat.counts.pending[self.seat.index] -= 1
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: socket options, then the association (TLS handshake
@@ -226,11 +242,7 @@ class _Server(socketserver.ThreadingTCPServer):
             if len(self.active_associations) >= limit:
                 return False
             seat = self.seat
-            if (
-                seat is not None
-                and seat.associations is not None
-                and not admit(seat.associations, seat.index, limit)
-            ):
+            if seat is not None and not admit(seat.counts.associations, seat.index, limit):
                 return False
             self.active_associations.append(conn)
             return True
@@ -239,8 +251,8 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._slots:
             if conn in self.active_associations:
                 self.active_associations.remove(conn)
-                if self.seat is not None and self.seat.associations is not None:
-                    self.seat.associations[self.seat.index] -= 1
+                if self.seat is not None:
+                    self.seat.counts.associations[self.seat.index] -= 1
 
     def _watch(self) -> None:
         """Close every connection past its deadline, a few times a second."""
