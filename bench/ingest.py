@@ -24,6 +24,13 @@ So before the first run the benchmark probes every 15 s until the probe is under
 ``--settle`` seconds (default 420; 0 with ``--quick``): this benchmark run right after another one (whose folder was
 just deleted) probed 467 us and measured pacsnode over one association at 1.00x Orthanc, against
 1.45x two minutes earlier (2026-12-07).
+A full page cache slows writes too: once the memory is full of cached files, every page a
+receiver writes is first reclaimed from another file. After ~32 GB of earlier benchmark runs had
+filled this 24 GB machine's memory with cache, corpus (a) over 4 associations measured 536/s with
+1 receiver process and 423/s with 4 (receiver CPU 1.95 and 3.21 ms per instance); with the cache
+dropped (``sync; echo 1 > /proc/sys/vm/drop_caches``), 518/s and 628/s (1.63, 1.75 ms;
+``bench/receiver_cpu.py``, 2026-12-07). So the footer prints the memory free before the first
+run; under ``LOW_FREE_GB`` it says so.
 For the same reason every run starts with nothing left to write back (``sync`` after writing the
 corpora and after each run, outside the timing): a receiver that does not flush (storescp) would
 otherwise leave ~250 MB of CT in the page cache for the next receiver's run to write back.
@@ -56,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pynetdicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sync()  # the corpora's dirty pages written back before the first run, not during it
         settle_s = args.settle if args.settle is not None else 0.0 if args.quick else 420.0
         probes = [settled_probe_us(base, settle_s)]
+        free_gb = free_memory_gb()
         receivers = {label: factory for label, factory, _ in chosen.values()}
         scenarios = [(c, a, True) for c in args.corpora for a in args.associations]
         if not args.quick and "a" in args.corpora:
@@ -389,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     Result(name, label, counts[corpus] / elapsed, sizes[corpus] / elapsed / 1e6)
                 )
         probes.append(create_probe_us(base / "probe-after"))
-        print_table(results, counts, args.repeat, probes)
+        print_table(results, counts, args.repeat, probes, free_gb)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
@@ -429,8 +438,28 @@ def create_probe_us(folder: Path, count: int = 300) -> float:
     return statistics.median(times) * 1e6
 
 
+def free_memory_gb() -> float:
+    """Memory neither used nor caching files, in GB (``MemFree``)."""
+    return psutil.virtual_memory().free / 1e9
+
+
+def memory_note(free_gb: float) -> str:
+    """The footer's words on the memory free before the first run (module doc)."""
+    full = " (page cache full: writes wait for reclaim; drop caches or rerun later)"
+    return (
+        f"{free_gb:.1f} GB free memory before the first run{full if free_gb < LOW_FREE_GB else ''}"
+    )
+
+
+LOW_FREE_GB = 4.0  # under this, the page cache is about full: the runs pay for its reclaim
+
+
 def print_table(
-    results: list[Result], counts: dict[str, int], repeat: int, probes: list[float]
+    results: list[Result],
+    counts: dict[str, int],
+    repeat: int,
+    probes: list[float],
+    free_gb: float,
 ) -> None:
     scenarios = list(dict.fromkeys(r.scenario for r in results))
     orthanc_rate = {r.scenario: r.rate for r in results if r.receiver.startswith("Orthanc")}
@@ -440,7 +469,8 @@ def print_table(
           f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
           f"median of {repeat} runs; file create probe {probes[0]:.0f} us before the first run, "
           f"{probes[-1]:.0f} us after the last"
-          f"{' (slowed by recent deletions: rerun later)' if probes[0] > 50 else ''}\n")  # fmt: skip
+          f"{' (slowed by recent deletions: rerun later)' if probes[0] > 50 else ''}; "
+          f"{memory_note(free_gb)}\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
     print("|---|---|---|---|---|")
     for scenario in scenarios:

@@ -114,3 +114,11 @@ def test_both_pacsnode_receivers_run_in_one_bench(tmp_path: Path) -> None:
         "pacsnode (1 process, durable)",
         "pacsnode (2 processes, durable)",
     ]
+
+
+def test_the_footer_flags_a_full_page_cache() -> None:
+    """Writes into a full page cache wait for reclaim (the module doc: 423/s against 628/s)."""
+    ingest = _load("ingest")
+    assert ingest.memory_note(19.0) == "19.0 GB free memory before the first run"
+    assert "page cache full" in ingest.memory_note(ingest.LOW_FREE_GB - 0.1)
+    assert ingest.free_memory_gb() > 0
