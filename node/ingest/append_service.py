@@ -11,7 +11,8 @@ associations, and the general path (new series, duplicates, late arrivals: ``com
 and send ``InstanceAppender.append``'s arguments here over a pipe. The service merges the groups
 that arrive together into one transaction on its one connection, whose cache stays warm. On
 that machine this brought a 2-process pool level with one process over four associations (it had
-fallen behind it), not past it: the processes then wait on the service's round trips (§3).
+fallen behind it), not past it: the processes then wait on the service's round trips (§3). With a
+process per association (4) the pool went past one process, whose threads contend for the GIL.
 
 The promise is unchanged: a receiver answers 0x0000 only after the service replied that the
 commit (``synchronous=FULL``) is done. When the service is gone, each receiver says so once and
