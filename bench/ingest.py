@@ -20,10 +20,10 @@ more than the rest of a small instance's work, and a different amount for whiche
 next. The footer prints the cost of creating a file, probed before the first run and after the
 last; over 50 us before the first run means recent deletions (another run's, within ~6 minutes)
 slowed this one. (After the last run it is often higher anyway: gigabytes of CT written back.)
-So before the first run the benchmark probes every 15 s until the probe is under 50 us, for up to
-``--settle`` seconds (default 420; 0 with ``--quick``): this benchmark run right after another one (whose folder was
-just deleted) probed 467 us and measured pacsnode over one association at 1.00x Orthanc, against
-1.45x two minutes earlier (2026-12-07).
+So before the first run the benchmark probes every 15 s until the probe is under 50 us, for up
+to ``--settle`` seconds (default 420; 0 with ``--quick``): this benchmark run right after another
+one (whose folder was just deleted) probed 467 us and measured pacsnode over one association at
+1.00x Orthanc, against 1.45x two minutes earlier (2026-12-07).
 A full page cache slows writes too: once the memory is full of cached files, every page a
 receiver writes is first reclaimed from another file. After ~32 GB of earlier benchmark runs had
 filled this 24 GB machine's memory with cache, corpus (a) over 4 associations measured 536/s with
@@ -51,7 +51,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,14 +73,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from core.config import load_settings  # noqa: E402
 from node.db.engine import Database  # noqa: E402
 from node.ingest.receiver_pool import start_receiver_pool  # noqa: E402
+from tests.conftest import free_port  # noqa: E402 - never one port for Orthanc's DICOM and HTTP
 
 ASSOCIATION_SPLIT = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_corpus(folder: Path, count: int, size: int) -> int:
@@ -469,7 +463,7 @@ def print_table(
           f"with TCP_NODELAY=1 unless 'Nagle on'; Orthanc/storescp {receivers} TCP_NODELAY=1; "
           f"median of {repeat} runs; file create probe {probes[0]:.0f} us before the first run, "
           f"{probes[-1]:.0f} us after the last"
-          f"{' (slowed by recent deletions: rerun later)' if probes[0] > 50 else ''}; "
+          f"{' (slowed by recent deletions: rerun later)' if probes[0] > SETTLED_US else ''}; "
           f"{memory_note(free_gb)}\n")  # fmt: skip
     print("| scenario | receiver | instances/s | MB/s | vs Orthanc |")
     print("|---|---|---|---|---|")

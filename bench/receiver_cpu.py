@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import resource
 import signal
 import statistics
@@ -61,6 +60,7 @@ class Run:
     sender_ms: float  # storescu CPU per instance
     busy_cores: float  # the machine's non-idle cores (not idle, not waiting for I/O) meanwhile
     iowait_cores: float  # cores idle with I/O outstanding
+    busy_ms: float  # the machine's busy CPU per instance
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     free_gb = ingest.free_memory_gb()
     durable = not args.no_fsync
     receivers: dict[str, Callable[[Path], Any]] = {
-        f"pacsnode ({n} process{'es' if n > 1 else ''})": functools.partial(
-            _node, n=n, durable=durable
+        f"pacsnode ({n} process{'es' if n > 1 else ''})": (
+            lambda w, n=n: ingest.pacsnode(w, n, durable)
         )
         for n in args.processes
     }
@@ -102,18 +102,18 @@ def main(argv: list[str] | None = None) -> None:
             folder = workdir / f"{round_}-{index}"
             trace = args.strace if round_ == 0 and index == 0 else None
             with start(folder) as (port, aet):
-                results[name].append(measure(corpus, port, aet, args.associations, trace))
+                results[name].append(
+                    measure(corpus, args.count, port, aet, args.associations, trace)
+                )
     print_table(results, args, probe, free_gb)
 
 
-def _node(workdir: Path, *, n: int, durable: bool) -> Any:
-    return ingest.pacsnode(workdir, n, durable)
-
-
-def measure(corpus: Path, port: int, aet: str, associations: int, trace: Path | None) -> Run:
-    """Send the corpus to a started receiver (every process this one started is the receiver's)."""
+def measure(
+    corpus: Path, count: int, port: int, aet: str, associations: int, trace: Path | None
+) -> Run:
+    """Send the ``count`` instances of ``corpus`` to a started receiver (every process this one
+    started is the receiver's)."""
     processes = psutil.Process().children(recursive=True)
-    count = sum(1 for _ in corpus.rglob("*.dcm"))
     with _strace([p.pid for p in processes], trace):
         before = [_cpu(p) for p in processes]
         sender_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,14 +129,15 @@ def measure(corpus: Path, port: int, aet: str, associations: int, trace: Path | 
               + sender_after.ru_stime - sender_before.ru_stime)  # fmt: skip
     idle = machine_after.idle - machine_before.idle
     iowait = getattr(machine_after, "iowait", 0.0) - getattr(machine_before, "iowait", 0.0)
-    total = sum(machine_after) - sum(machine_before)
+    busy = sum(machine_after) - sum(machine_before) - idle - iowait
     return Run(
         rate=count / seconds,
         receiver_ms=(user + system) * per,
         receiver_sys_ms=system * per,
         sender_ms=sender * per,
-        busy_cores=(total - idle - iowait) / seconds,
+        busy_cores=busy / seconds,
         iowait_cores=iowait / seconds,
+        busy_ms=busy * per,
     )
 
 
@@ -178,21 +179,16 @@ def print_table(
         median = {
             f: statistics.median(getattr(r, f) for r in runs) for f in Run.__dataclass_fields__
         }
-        busy_ms = busy_ms_per_instance(runs)
         ratio = f"{median['rate'] / peer:5.2f}x" if peer else "     -"
         print(f"{name:<24} {median['rate']:8.1f} {ratio:>6} {median['receiver_ms']:8.3f} "
               f"{median['receiver_sys_ms']:7.3f} {median['sender_ms']:8.3f} "
-              f"{median['busy_cores']:10.2f} {median['iowait_cores']:7.2f} {busy_ms:8.3f} "
-              f"{cores / busy_ms * 1e3:10.0f}")  # fmt: skip
+              f"{median['busy_cores']:10.2f} {median['iowait_cores']:7.2f} {median['busy_ms']:8.3f} "
+              f"{cores / median['busy_ms'] * 1e3:10.0f}")  # fmt: skip
     print(f"recv/send ms: receiver's and sender's CPU per instance; busy ms: the machine's busy "
           f"CPU per instance; ceiling: the rate at which that fills all {cores} cores. Load "
           f"average {psutil.getloadavg()[0]:.2f}, file create {probe:.0f} us before the first "
-          f"run (over 50 us: recent deletions slow the run); {ingest.memory_note(free_gb)}")  # fmt: skip
-
-
-def busy_ms_per_instance(runs: list[Run]) -> float:
-    """The machine's busy CPU per instance (ms), median over the runs."""
-    return statistics.median(r.busy_cores / r.rate * 1e3 for r in runs)
+          f"run (over {ingest.SETTLED_US:.0f} us: recent deletions slow the run); "
+          f"{ingest.memory_note(free_gb)}")  # fmt: skip
 
 
 if __name__ == "__main__":
