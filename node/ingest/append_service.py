@@ -1,7 +1,7 @@
 """One process appends the steady-state rows of a receiver pool on SQLite.
 
 Why: receiver processes that each commit to one SQLite file meet in its write lock (taken in
-turns, ``persist.WriterTurns``), and every commit by one process makes the others' connections
+turns, ``writer_turns.WriterTurns``), and every commit by one process makes the others' connections
 throw their page cache away and read the tables again. Measured on the 2-core development machine
 (docs/performance.md §3): two processes sharing one file received corpus (b) over four
 associations no faster than one process, while the same two processes, each given a database of
@@ -34,7 +34,8 @@ from core.config import Settings
 from node.db.engine import Database
 from node.db.repositories.instance_appender import InstanceAppender
 from node.db.repositories.instances import NewInstance
-from node.ingest.persist import WriterTurns, make_sqlite_durable
+from node.ingest.persist import make_sqlite_durable
+from node.ingest.writer_turns import WriterTurns
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import fcntl
 import logging
 import mmap
 import os
@@ -81,6 +80,7 @@ from node.ingest.spool import (
     temp_owner,
 )
 from node.ingest.write_ahead import BulkSyncer, recover_unsynced, write_ahead_limit
+from node.ingest.writer_turns import WriterTurns
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
@@ -505,33 +505,6 @@ def _discard_linked_duplicates(session: Any, spool: Spool, duplicates: list[_Pen
             spool.discard(pending.final)
 
 
-class WriterTurns:
-    """On SQLite, the committers of a receiver pool's processes take turns on a file lock.
-
-    Without it they meet in SQLite's write lock, whose busy handler sleeps 1, 2, 5, 10 ... ms
-    between tries: a committer that finds the other one writing loses several commits' time. A
-    ``flock`` wakes the waiter as soon as the lock is free. PostgreSQL needs none (row locks)."""
-
-    def __init__(self, db: Database) -> None:
-        self._fd: int | None = None
-        path = db.engine.url.database if db.sqlite else None
-        if path and path != ":memory:":
-            self._fd = os.open(f"{path}-receivers.lock", os.O_RDWR | os.O_CREAT, 0o644)
-
-    def __enter__(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
 class Appender(Protocol):
     """What appends the steady state's rows: ``InstanceAppender`` here, or the receiver pool's
     append service (``append_service.RemoteAppender``)."""
@@ -586,8 +559,11 @@ class GroupCommitter:
         self.writing = 0  # instances between header check and submit (their files being written)
         # the steady state's rows, without the ORM (a pool on SQLite: by its append service)
         self.appender: Appender = appender or InstanceAppender(db)
-        # the flock only serves several receiver processes sharing one SQLite file
-        self._turns = WriterTurns(db) if processes > 1 else contextlib.nullcontext()
+        # the flock serves several receiver processes sharing one SQLite file, and the bulk
+        # sync's deletes, which take turns with the commits (durable writes only)
+        self._turns = (
+            WriterTurns(db) if processes > 1 or settings.fsync else contextlib.nullcontext()
+        )
         # an appender given from outside (the append service's client) orders its own writes
         self._append_turns = self._turns if appender is None else contextlib.nullcontext()
         self._dir_syncer: DirSyncer | None = None

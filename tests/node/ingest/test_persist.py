@@ -212,16 +212,18 @@ def test_receiver_commits_are_durable_on_sqlite(sqlite_db: Database, settings: S
         committer.stop()
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_only_a_receiver_pool_takes_turns_on_a_file_lock(
-    sqlite_db: Database, settings: Settings, processes: int
+@pytest.mark.parametrize(("processes", "fsync"), [(1, False), (1, True), (2, False)])
+def test_commits_take_turns_on_a_file_lock_only_with_someone_to_take_turns_with(
+    sqlite_db: Database, settings: Settings, processes: int, fsync: bool
 ) -> None:
-    """Several receiver processes on one SQLite file take turns on a flock; a lone one has nobody
-    to take turns with and pays no lock calls per commit."""
+    """Several receiver processes on one SQLite file take turns on a flock, and so do a durable
+    receiver's commits and its bulk sync's deletes; a lone receiver without fsync has nobody to
+    take turns with and pays no lock calls per commit."""
+    settings = settings.model_copy(update={"fsync": fsync})
     committer = GroupCommitter(sqlite_db, settings, processes=processes).start()
     try:
         assert persist_instance(sqlite_db, settings, make_instance(), SENDER).ok
     finally:
         committer.stop()
     locks = list(settings.data_dir.glob("*-receivers.lock"))
-    assert len(locks) == (1 if processes > 1 else 0)
+    assert len(locks) == (1 if processes > 1 or fsync else 0)

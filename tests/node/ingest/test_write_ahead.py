@@ -8,12 +8,13 @@ receiver without its final sync and damaging the files the way a lost page cache
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 
 from core.config import Settings
 from node.db.engine import Database
@@ -21,6 +22,7 @@ from node.db.orm import Study, UnsyncedFile
 from node.ingest import spool as spool_module
 from node.ingest import write_ahead
 from node.ingest.scp import ReceiverHandle
+from node.ingest.writer_turns import WriterTurns
 from tests.node.ingest.conftest import StartReceiver
 from tests.node.ingest.helpers import make_instance, stored_files
 from tests.node.ingest.test_durability import _committed_bytes, _send
@@ -173,3 +175,76 @@ def test_a_failed_bulk_sync_is_tried_again_without_new_commits(
         time.sleep(0.05)
     assert failures, "the sync never failed: the test did not test the retry"
     assert _committed_bytes(db) == {}
+
+
+def test_the_bulk_sync_deletes_in_short_transactions(
+    db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second's rows deleted at once held SQLite's write lock for 35-55 ms, and every commit
+    waited meanwhile: the rows go ``DELETE_CHUNK`` at a time."""
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(write_ahead, "DELETE_CHUNK", 2)
+    handle = receiver_on(db)
+    _receive_series(handle, 6)  # 5 rows: the first of the series took the general path
+    deletes: list[int] = []
+
+    def count(_conn, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("DELETE FROM UNSYNCED_FILES"):
+            deletes.append(cursor.rowcount)
+
+    event.listen(db.engine, "after_cursor_execute", count)
+    try:
+        assert handle.committer.bulk_syncer is not None
+        assert handle.committer.bulk_syncer.sync_now() == 5
+    finally:
+        event.remove(db.engine, "after_cursor_execute", count)
+    assert deletes == [2, 2, 1]
+    assert _committed_bytes(db) == {}
+
+
+def test_the_bulk_sync_keeps_the_rows_committed_while_it_syncs(
+    db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row committed after the sync began names a file the sync may have missed: it stays."""
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(write_ahead, "DELETE_CHUNK", 2)
+    handle = receiver_on(db)
+    _receive_series(handle, 4)
+    before = set(_committed_bytes(db))
+    real_sync = write_ahead.sync_filesystem
+
+    def receiving_meanwhile(path: Path) -> None:
+        real_sync(path)
+        _receive_series(handle, 3)  # a new series: its first instance takes the general path
+
+    monkeypatch.setattr(write_ahead, "sync_filesystem", receiving_meanwhile)
+    assert handle.committer.bulk_syncer is not None
+    assert handle.committer.bulk_syncer.sync_now() == len(before) == 3
+    left = set(_committed_bytes(db))
+    assert len(left) == 2 and not left & before
+
+
+def test_the_bulk_sync_takes_turns_with_the_commits(
+    db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the delete waits for a committer's turn (and a committer for the delete's), on
+    a file lock that wakes the waiter at once, not in SQLite's sleeping busy handler."""
+    if not db.sqlite:
+        pytest.skip("PostgreSQL takes row locks: no turns")
+    monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
+    handle = receiver_on(db)
+    _receive_series(handle, 3)
+    syncer = handle.committer.bulk_syncer
+    assert syncer is not None
+    turn = WriterTurns(db)
+    deleted: list[int] = []
+    try:
+        with turn:  # a committer's turn
+            worker = threading.Thread(target=lambda: deleted.append(syncer.sync_now()))
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive() and len(_committed_bytes(db)) == 2  # waiting for the turn
+        worker.join(10)
+    finally:
+        turn.close()
+    assert deleted == [2] and _committed_bytes(db) == {}
