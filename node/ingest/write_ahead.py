@@ -158,7 +158,7 @@ class BulkSyncer:
         between chunks for them.
 
         Why: a second's rows (~1,000 at one association) deleted in one transaction held
-        SQLite's write lock for 35-55 ms (each row's page rewritten, its overflow pages freed),
+        SQLite's write lock for 35-90 ms (each row's page rewritten, its overflow pages freed),
         and a commit meanwhile waited that long, sleeping in SQLite's busy handler (1, 2, 5, 10
         ... ms between tries) past the end: the receiver's slowest acknowledgements. A committer
         now waits for one chunk, woken as soon as it ends (docs/performance.md §4)."""
