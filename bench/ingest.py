@@ -432,6 +432,9 @@ def create_probe_us(folder: Path, count: int = 300) -> float:
     return statistics.median(times) * 1e6
 
 
+LOW_FREE_GB = 4.0  # under this, the page cache is about full: the runs pay for its reclaim
+
+
 def free_memory_gb() -> float:
     """Memory neither used nor caching files, in GB (``MemFree``)."""
     return psutil.virtual_memory().free / 1e9
@@ -443,9 +446,6 @@ def memory_note(free_gb: float) -> str:
     return (
         f"{free_gb:.1f} GB free memory before the first run{full if free_gb < LOW_FREE_GB else ''}"
     )
-
-
-LOW_FREE_GB = 4.0  # under this, the page cache is about full: the runs pay for its reclaim
 
 
 def print_table(

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 
 from core.config import Settings
 from node.db.engine import Database
@@ -143,7 +143,7 @@ class BulkSyncer:
                 return 0
             # every row up to ``last`` was committed after its file was written: the sync covers it
             sync_filesystem(self.spool.data_dir)
-            deleted = self._delete_covered(last)
+            deleted = self._delete_covered(mine, last)
             self.syncs += 1
             return deleted
         except Exception as exc:  # noqa: BLE001 - a thread: log, keep the rows, try again later
@@ -152,8 +152,8 @@ class BulkSyncer:
                 self._waiting_bytes = max(self._waiting_bytes, 1)
             return 0
 
-    def _delete_covered(self, last: int) -> int:
-        """Delete this host's rows up to ``last``, ``DELETE_CHUNK`` rows per transaction, each
+    def _delete_covered(self, mine: ColumnElement[bool], last: int) -> int:
+        """Delete this host's rows (``mine``) up to ``last``, ``DELETE_CHUNK`` rows per transaction, each
         on a turn it takes with the receiver's committers (``WriterTurns``), and as long again
         between chunks for them.
 
@@ -162,7 +162,6 @@ class BulkSyncer:
         and a commit meanwhile waited that long, sleeping in SQLite's busy handler (1, 2, 5, 10
         ... ms between tries) past the end: the receiver's slowest acknowledgements. A committer
         now waits for one chunk, woken as soon as it ends (docs/performance.md §4)."""
-        mine = UnsyncedFile.writer == temp_owner()
         with self.db.read() as session:
             ids = session.scalars(
                 select(UnsyncedFile.id)
