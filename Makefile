@@ -8,6 +8,11 @@ APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools pixelm
 	default-jre-headless chromium chromium-driver poppler-utils docker-compose \
 	fonts-dejavu-core fonts-droid-fallback rabbitmq-server
 PYTEST_ARGS ?=
+# `make test` leaves out the tests marked slow (60 % of the suite's time here: peers restarted,
+# processes killed, browsers, whole bundles) so the loop stays short; `make test SLOW=1` runs the
+# full set, as .ci/run does.
+SLOW ?=
+PYTEST_MARKS := $(if $(SLOW),,-m "not slow")
 
 .PHONY: run test venv system-deps broker lint bench clean
 
@@ -45,7 +50,7 @@ broker:
 	fi
 
 test: system-deps venv broker
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_MARKS) $(PYTEST_ARGS)
 
 LINTED := core models pipelines node web app tests bench orthanc
 

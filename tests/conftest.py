@@ -150,3 +150,14 @@ def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         min_free_disk_mb=0,
         timezone="UTC",  # dates in pages and results do not depend on the machine's zone
     )
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Say what `make test` left out and how to run it, so a short run is not taken for the suite."""
+    left_out = len(terminalreporter.stats.get("deselected", []))
+    if left_out and "not slow" in (config.option.markexpr or ""):
+        terminalreporter.write_line(
+            f"{left_out} tests marked slow were left out: `make test SLOW=1` (as .ci/run) runs them"
+        )

@@ -54,6 +54,7 @@ def test_sigterm_lets_the_running_association_finish(tmp_path: Path) -> None:
         proc.kill()
 
 
+@pytest.mark.slow
 def test_serve_runs_every_stage_and_stops_on_sigterm(tmp_path: Path) -> None:
     port, web = free_port(), free_port()
     url = f"sqlite:///{tmp_path / 'data' / 'db.sqlite'}"

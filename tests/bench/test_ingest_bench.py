@@ -96,6 +96,7 @@ def test_the_first_run_waits_until_file_creation_is_fast_again(
     assert ingest.settled_probe_us(tmp_path, 0) == 467.0  # --settle 0: no wait
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_both_pacsnode_receivers_run_in_one_bench(tmp_path: Path) -> None:
     """--only pacsnode-1 pacsnode-n: each receiver's run gets a folder of its own (both used to

@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_cpu_budget_of_the_node_and_orthanc(tmp_path: Path) -> None:
     """Every receiver's row (two pool sizes and Orthanc) carries a rate, the receiver's and the

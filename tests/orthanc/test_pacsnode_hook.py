@@ -90,6 +90,7 @@ def orthanc(tmp_path: Path, hook_port: int) -> Iterator[OrthancProcess]:
     process.stop()
 
 
+@pytest.mark.slow
 def test_stable_study_is_posted_with_the_secret(orthanc: OrthancProcess, hook_port: int) -> None:
     recorder = Recorder(hook_port)
     try:
@@ -102,6 +103,7 @@ def test_stable_study_is_posted_with_the_secret(orthanc: OrthancProcess, hook_po
         recorder.close()
 
 
+@pytest.mark.slow
 def test_node_down_then_up_the_post_is_retried(orthanc: OrthancProcess, hook_port: int) -> None:
     study_id = upload_one(orthanc)  # nobody listens on the hook port yet
     time.sleep(4)  # stable after 2 s, first attempt(s) fail

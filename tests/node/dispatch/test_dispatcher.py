@@ -174,6 +174,7 @@ def test_two_dispatchers_never_send_the_same_delivery(
     assert len(claims) == 12 and set(claims.values()) == {1}
 
 
+@pytest.mark.slow
 def test_a_hanging_destination_does_not_stall_the_others(
     db: Database, settings: Settings, tmp_path: Path, results: dict[ArtifactKind, MadeObject]
 ) -> None:
@@ -248,6 +249,7 @@ def test_unreachable_dicom_peer_fails_after_max_attempts(
         assert all("unreachable" in d.last_error for d in failed)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_orthanc_down_then_back_gets_every_object_exactly_once(
     db: Database,

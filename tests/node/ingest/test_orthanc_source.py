@@ -76,6 +76,7 @@ def test_pull_persists_every_instance_and_requests_completion(
     assert counts(db, study_uid)[0] == 5
 
 
+@pytest.mark.slow
 def test_failed_pull_stays_queued_and_is_retried(
     sqlite_db: Database, settings: Settings, orthanc: OrthancProcess
 ) -> None:
@@ -99,6 +100,7 @@ def test_failed_pull_stays_queued_and_is_retried(
     assert counts(sqlite_db, study_uid)[:2] == (3, True)
 
 
+@pytest.mark.slow
 def test_polling_follows_changes_from_the_cursor(
     sqlite_db: Database, settings: Settings, orthanc: OrthancProcess
 ) -> None:

@@ -197,6 +197,7 @@ def _echo(port: int, calling: str) -> bool:
                      timeout=30).returncode == 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_every_process_follows_the_allowlist_an_admin_edits(
     sqlite_db: Database, settings: Settings
 ) -> None:
@@ -234,6 +235,7 @@ def kill_and_wait_for_restart(pool: PoolHandle, index: int) -> BaseProcess:
     return victim
 
 
+@pytest.mark.slow
 def test_a_receiver_process_that_dies_is_started_again(
     sqlite_db: Database,
     settings: Settings,

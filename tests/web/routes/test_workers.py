@@ -227,6 +227,7 @@ def _until(check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_health_reports_a_receiver_pool_with_no_process_left(
     two_queues: Console, monkeypatch: pytest.MonkeyPatch
 ) -> None:
