@@ -16,9 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pytest_command(*make_args: str) -> str:
-    """The pytest line ``make test`` would run (``make -n``: printed, nothing run)."""
+    """The pytest line ``make test`` would run (``make -n``: printed, nothing run). Without the
+    variables a ``make test SLOW=1`` running this test passes down to every make below it."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SLOW"}
+    }
     printed = subprocess.run(
-        ["make", "-n", "test", *make_args], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "-n", "test", *make_args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     lines = [line for line in printed.splitlines() if "/pytest" in line]
     assert len(lines) == 1, printed
