@@ -156,7 +156,13 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     """Say what `make test` left out and how to run it, so a short run is not taken for the suite."""
-    left_out = len(terminalreporter.stats.get("deselected", []))
+    # only those deselected for their slow mark: ``-m "not slow and not browser"`` or ``-k`` may
+    # leave out others too
+    left_out = sum(
+        1
+        for item in terminalreporter.stats.get("deselected", [])
+        if item.get_closest_marker("slow")
+    )
     if left_out and "not slow" in (config.option.markexpr or ""):
         terminalreporter.write_line(
             f"{left_out} tests marked slow were left out: `make test SLOW=1` (as .ci/run) runs them"

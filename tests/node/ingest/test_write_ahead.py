@@ -180,7 +180,7 @@ def test_a_failed_bulk_sync_is_tried_again_without_new_commits(
 def test_the_bulk_sync_deletes_in_short_transactions(
     db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second's rows deleted at once held SQLite's write lock for 35-55 ms, and every commit
+    """A second's rows deleted at once held SQLite's write lock for 35-90 ms, and every commit
     waited meanwhile: the rows go ``DELETE_CHUNK`` at a time."""
     monkeypatch.setattr(write_ahead, "SYNC_INTERVAL_S", 3600.0)
     monkeypatch.setattr(write_ahead, "DELETE_CHUNK", 2)
