@@ -38,7 +38,8 @@ def test_cpu_budget_of_the_node_and_orthanc(tmp_path: Path) -> None:
     node = rows["pacsnode (1 process)"]
     orthanc = rows["Orthanc 1.10"]
     for rate, _, recv, system, send, busy, busy_ms, ceiling in rows.values():
-        assert rate > 0 and 0 < system <= recv and send > 0 and busy > 0
+        # system CPU is counted in 10 ms clock ticks: 40 instances can read 0 (seen in CI)
+        assert rate > 0 and 0 <= system <= recv and recv > 0 and send > 0 and busy > 0
         assert ceiling == pytest.approx((os.cpu_count() or 1) / busy_ms * 1e3, rel=0.01, abs=1)
     assert orthanc[1] == "1.00x"
     assert "GB free memory before the first run" in lines[5]
