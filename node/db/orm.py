@@ -158,6 +158,9 @@ class UnsyncedFile(Base):
     """
 
     __tablename__ = "unsynced_files"
+    # Never reuse a number: the bulk sync deletes the rows up to the highest it saw before it
+    # synced, and SQLite would give a row committed later the number of a deleted newest one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)  # commit order: what a bulk sync covered
     sop_instance_uid: Mapped[str] = mapped_column(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -52,5 +54,37 @@ def test_sessions_migration_keeps_users_and_drops_the_lockout_columns(database_u
         assert {"web_sessions", "auth_throttle"} <= set(inspect(conn).get_table_names())
         command.downgrade(cfg, "0001")
         assert conn.execute(text("SELECT failed_logins FROM users")).scalar_one() == 0
+        conn.commit()
+    engine.dispose()
+
+
+def test_unsynced_files_keep_their_rows_and_never_reuse_a_number(data_dir: Path) -> None:
+    """0007 -> head on SQLite with a file's bytes waiting for the bulk sync: the row survives the
+    table's rebuild, and a number once given is not given again after its row is deleted (the
+    bulk sync relies on it; PostgreSQL's sequence never reuses one, and 0008 leaves it alone)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from node.db.engine import alembic_config
+
+    url = f"sqlite:///{data_dir / 'pacsnode.db'}"
+    engine = create_engine(url)  # foreign keys not enforced: no instance rows needed
+    insert = text(
+        "INSERT INTO unsynced_files (sop_instance_uid, data, writer) VALUES (:uid, :data, 'h')"
+    )
+    with engine.connect() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007_unsynced_files")
+        conn.execute(insert, {"uid": "1.2.3", "data": b"waiting"})
+        command.upgrade(cfg, "head")
+        rows = conn.execute(text("SELECT id, sop_instance_uid, data FROM unsynced_files")).all()
+        assert [(r[1], r[2]) for r in rows] == [("1.2.3", b"waiting")]
+        newest = conn.execute(insert, {"uid": "1.2.4", "data": b"b"}).lastrowid
+        conn.execute(text("DELETE FROM unsynced_files WHERE sop_instance_uid = '1.2.4'"))
+        again = conn.execute(insert, {"uid": "1.2.5", "data": b"c"}).lastrowid
+        assert again > newest > rows[0][0]
+        command.downgrade(cfg, "0007_unsynced_files")
+        assert conn.execute(text("SELECT count(*) FROM unsynced_files")).scalar_one() == 2
         conn.commit()
     engine.dispose()
