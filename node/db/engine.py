@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
@@ -121,10 +121,44 @@ def migrate(url: str, engine: Engine | None = None) -> None:
     if engine is None:
         command.upgrade(cfg, "head")
         return
-    with engine.connect() as conn:
+    with schema_change(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-        conn.commit()
+
+
+@contextmanager
+def schema_change(engine: Engine) -> Iterator[Connection]:
+    """A connection for Alembic commands, committed when the block ends and rolled back on error.
+
+    On SQLite: the write lock from the start (processes starting together take turns, and the
+    later ones find the head), and foreign keys off, as SQLite's table rebuilds need, checked
+    before the commit. A rebuild (copy, drop, rename) of a table others reference with ON DELETE
+    CASCADE would, with them on, delete the referencing rows at the drop. SQLite ignores the
+    pragma inside a transaction, so it is set on the bare connection before a transaction begins,
+    and set back before the connection returns to the pool."""
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            yield conn
+            conn.commit()
+            return
+        conn = conn.execution_options(sqlite_write=True)
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield conn
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(
+                    f"the schema change left {len(broken)} rows referencing rows that do not "
+                    f"exist (first: {tuple(broken[0])}); nothing was changed"
+                )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            driver.execute("PRAGMA foreign_keys=ON")
 
 
 def open_database(settings: Settings) -> Database:

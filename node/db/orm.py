@@ -70,6 +70,11 @@ class Base(DeclarativeBase):
 
 class Study(Base):
     __tablename__ = "studies"
+    # Numbers are never reused (AUTOINCREMENT on SQLite; PostgreSQL's sequences never reuse
+    # one). SQLite would number a new row one past the highest left: after the newest study was
+    # deleted, the next patient's study, job, result and delivery took its numbers, and a review
+    # page still open on the deleted job approved the next patient's (migration 0009).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -176,7 +181,10 @@ class Job(Base):
     """One run of one pipeline over one study (per result version)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("study_pk", "pipeline_name", "result_version"),)
+    __table_args__ = (
+        UniqueConstraint("study_pk", "pipeline_name", "result_version"),
+        {"sqlite_autoincrement": True},  # see Study
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
@@ -211,6 +219,7 @@ class Artifact(Base):
     """A DICOM object (or export file) a job produced; kept on disk under the data directory."""
 
     __tablename__ = "artifacts"
+    __table_args__ = {"sqlite_autoincrement": True}  # see Study
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -231,7 +240,10 @@ class Artifact(Base):
 
 class Delivery(Base):
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("artifact_pk", "destination_name"),)
+    __table_args__ = (
+        UniqueConstraint("artifact_pk", "destination_name"),
+        {"sqlite_autoincrement": True},  # see Study
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     artifact_pk: Mapped[int] = mapped_column(

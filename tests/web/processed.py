@@ -48,6 +48,8 @@ class ProcessedStudy:
     job_id: int
     seg_path: Path
     frame_count: int
+    artifact_id: int  # the SEG's
+    delivery_id: int  # the SEG's, held for review
 
 
 def _lesion_mask(datasets: list[pydicom.Dataset]) -> np.ndarray:
@@ -267,6 +269,10 @@ def build_processed_study(
         )
         session.add(artifact)
         session.flush()
-        session.add(Delivery(artifact_pk=artifact.id, destination_name=destination, state="held"))
-        job_id = job.id
-    return ProcessedStudy(study_uid, series_uid, job_id, seg_path, len(datasets))
+        delivery = Delivery(artifact_pk=artifact.id, destination_name=destination, state="held")
+        session.add(delivery)
+        session.flush()
+        job_id, artifact_id, delivery_id = job.id, artifact.id, delivery.id
+    return ProcessedStudy(
+        study_uid, series_uid, job_id, seg_path, len(datasets), artifact_id, delivery_id
+    )

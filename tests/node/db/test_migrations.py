@@ -88,3 +88,117 @@ def test_unsynced_files_keep_their_rows_and_never_reuse_a_number(data_dir: Path)
         assert conn.execute(text("SELECT count(*) FROM unsynced_files")).scalar_one() == 2
         conn.commit()
     engine.dispose()
+
+
+def _add_patient(db: Database, uid: str) -> dict[str, int]:
+    """A study with a series, an instance, a job, its artifact, a delivery and a review."""
+    from node.db.orm import Artifact, Delivery, Job, Review, Study
+    from tests.node.jobs.rows import add_study
+
+    add_study(db, uid)
+    with db.write() as session:
+        study = session.query(Study).filter_by(study_instance_uid=uid).one()
+        job = Job(study_pk=study.id, pipeline_name="ct")
+        session.add(job)
+        session.flush()
+        artifact = Artifact(job_pk=job.id, kind="seg", sop_instance_uid=f"{uid}.2", path="s.dcm")
+        session.add(artifact)
+        session.flush()
+        delivery = Delivery(artifact_pk=artifact.id, destination_name="pacs")
+        session.add_all([delivery, Review(job_pk=job.id, decision="approved")])
+        session.flush()
+        return {"study": study.id, "job": job.id, "artifact": artifact.id, "delivery": delivery.id}
+
+
+def _row_counts(db: Database) -> dict[str, int]:
+    from sqlalchemy import text
+
+    tables = ("studies", "series", "instances", "jobs", "artifacts", "deliveries", "reviews")
+    with db.engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+
+REBUILT = ("studies", "jobs", "artifacts", "deliveries")
+
+
+def _schema(db: Database) -> dict[str, list[str]]:
+    """The SQL of the rebuilt tables and their indexes as SQLite keeps it, a sorted line per
+    column or constraint (a rebuild may list the constraints in another order)."""
+    from sqlalchemy import bindparam, text
+
+    query = text("SELECT name, sql FROM sqlite_master WHERE tbl_name IN :t AND sql IS NOT NULL")
+    with db.engine.connect() as conn:
+        rows = conn.execute(query.bindparams(bindparam("t", expanding=True)), {"t": REBUILT})
+        return {name: sorted(line.strip(" ,\t") for line in sql.splitlines()) for name, sql in rows}
+
+
+def _database_at_0008(url: str) -> Database:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from node.db.engine import alembic_config
+
+    bare = create_engine(url)
+    with bare.connect() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008_unsynced_autoincrement")
+        conn.commit()
+    bare.dispose()
+    return Database(url)  # the node's engine: foreign keys on
+
+
+def test_upgrading_keeps_patient_rows_and_numbers_are_never_given_twice(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """0008 -> head through the node's own engine (foreign keys on): rebuilding studies, jobs,
+    artifacts and deliveries deletes no series, instance, review or delivery (ON DELETE CASCADE
+    would at each table's drop), the tables come out as a fresh database's, and after the newest
+    study is deleted the next one gets new numbers throughout."""
+    from sqlalchemy import text
+
+    db = _database_at_0008(f"sqlite:///{data_dir / 'pacsnode.db'}")
+    first = _add_patient(db, "1.2.9")
+    newest = _add_patient(db, "1.2.10")
+    before = _row_counts(db)
+    db.migrate()
+    assert _row_counts(db) == before
+    with db.engine.connect() as conn:  # pooled connections enforce them again
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+        assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+    fresh = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh.migrate()
+    assert _schema(db) == _schema(fresh)  # indexes, unique and cascading references kept
+    fresh.dispose()
+    tables = [lines for name, lines in _schema(db).items() if name in REBUILT]
+    assert len(tables) == 4 and all(any("AUTOINCREMENT" in line for line in t) for t in tables)
+    with db.write() as session:  # the newest study goes, its job, artifact and delivery with it
+        session.execute(text("DELETE FROM studies WHERE id = :id"), {"id": newest["study"]})
+    assert _row_counts(db) == {table: 1 for table in before}
+    later = _add_patient(db, "1.2.11")
+    assert all(later[kind] > newest[kind] > first[kind] for kind in first)
+    db.dispose()
+
+
+def test_the_rebuild_refuses_to_run_with_foreign_keys_on(data_dir: Path) -> None:
+    """Through a connection that enforces foreign keys (an Alembic command on the node's engine,
+    in a transaction), 0009 stops with a message naming the way, before it deletes anything."""
+    import pytest
+    from alembic import command
+
+    from node.db.engine import alembic_config
+
+    url = f"sqlite:///{data_dir / 'pacsnode.db'}"
+    db = _database_at_0008(url)
+    _add_patient(db, "1.2.9")
+    before = _row_counts(db)
+    with db.engine.connect() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        with pytest.raises(RuntimeError, match="foreign keys off.*node.db.engine.migrate"):
+            command.upgrade(cfg, "head")
+        conn.rollback()
+    assert _row_counts(db) == before
+    db.migrate()  # the node's own way
+    assert _row_counts(db) == before
+    db.dispose()

@@ -277,18 +277,18 @@ def test_the_bulk_sync_takes_turns_with_the_commits(
 def test_rows_waiting_for_the_bulk_sync_survive_the_schema_upgrade(
     db: Database, receiver_on: StartReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Migration 0008 rebuilds ``unsynced_files`` on SQLite (AUTOINCREMENT) through the node's
-    own engine, foreign keys on: the rows of an unclean stop, the only copy of those files'
-    bytes, are still there for recovery afterwards."""
+    """Migrations 0008 and 0009 rebuild ``unsynced_files`` and ``studies`` on SQLite
+    (AUTOINCREMENT), down and up again through the node's own engine (``schema_change``): the
+    rows of an unclean stop, the only copy of those files' bytes, hang from their study by ON
+    DELETE CASCADE, and are still there for recovery afterwards."""
     from alembic import command
 
-    from node.db.engine import alembic_config
+    from node.db.engine import alembic_config, schema_change
 
     unsynced = _received_before_a_power_cut(db, receiver_on, monkeypatch, 3)
-    with db.engine.connect() as conn:
+    with schema_change(db.engine) as conn:
         cfg = alembic_config(db.url)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0007_unsynced_files")
         command.upgrade(cfg, "head")
-        conn.commit()
     assert _committed_bytes(db) == unsynced

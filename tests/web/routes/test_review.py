@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from node.db.orm import AuditEvent, Delivery, Review
+from node.db.orm import Artifact, AuditEvent, Delivery, Review
 from node.dispatch.dispatcher import Dispatcher
 from tests.web.conftest import Console, csrf_of
-from tests.web.processed import LESION_SLICES, ProcessedStudy
+from tests.web.processed import LESION_SLICES, ProcessedStudy, build_processed_study
 
 
 def _png(content: bytes) -> np.ndarray:
@@ -80,6 +80,42 @@ def test_approve_releases_held_delivery_which_is_then_sent(
     assert len(list(archive.rglob("*.dcm"))) == 1
     again = client.post(f"/review/{study.job_id}/approve", data={"csrf_token": token})
     assert again.status_code == 409
+
+
+def test_a_review_page_left_open_on_a_deleted_study_approves_nothing_later(
+    processed: tuple[Console, ProcessedStudy],
+) -> None:
+    """The admin deletes a study (sent for the wrong patient) while its review page is open; the
+    next study takes new numbers, so the stale page's "approve" finds nothing (404) instead of
+    approving the next patient's job, and its results, SEG and delivery are untouched."""
+    console, study = processed
+    radiologist = console.login("radiologist1")
+    stale = csrf_of(radiologist, f"/review/{study.job_id}")
+    admin = console.login("admin1")
+    csrf = csrf_of(admin, f"/studies/{study.study_uid}")
+    deleted = admin.post(
+        f"/studies/{study.study_uid}/delete", data={"csrf_token": csrf, "confirm": "yes"}
+    )
+    assert deleted.status_code == 303
+    with console.db.read() as session:
+        old_numbers = {
+            "artifact": {a for (a,) in session.query(Artifact.id).all()},
+            "delivery": {d for (d,) in session.query(Delivery.id).all()},
+        }
+    assert old_numbers == {"artifact": set(), "delivery": set()}  # all went with the study
+    again = build_processed_study(console.settings, console.db)  # the next study arrives
+    assert again.job_id > study.job_id
+    with console.db.read() as session:
+        artifact = session.query(Artifact).one()
+        delivery = session.query(Delivery).one()
+        assert artifact.id > study.artifact_id and delivery.id > study.delivery_id
+    response = radiologist.post(f"/review/{study.job_id}/approve", data={"csrf_token": stale})
+    assert response.status_code == 404
+    with console.db.read() as session:
+        assert [d.state for d in session.query(Delivery).all()] == ["held"]
+        assert session.query(Review).count() == 0
+    assert radiologist.get(f"/artifacts/{study.artifact_id}/download").status_code == 404
+    assert not console.settings.job_results_dir(study.job_id).exists()
 
 
 def test_reject_needs_a_reason_and_cancels_delivery(
