@@ -22,6 +22,7 @@ from core.config import Settings
 from node.db import notify
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x7061_6373_6E6F_6465  # PostgreSQL advisory lock key of schema changes
 
 
 def is_sqlite(url: str) -> bool:
@@ -128,35 +129,40 @@ def migrate(url: str, engine: Engine | None = None) -> None:
 
 @contextmanager
 def schema_change(engine: Engine) -> Iterator[Connection]:
-    """A connection for Alembic commands, committed when the block ends and rolled back on error.
+    """A connection for Alembic commands, in one transaction: committed when the block ends,
+    rolled back on error.
 
-    On SQLite: the write lock from the start (processes starting together take turns, and the
-    later ones find the head), and foreign keys off, as SQLite's table rebuilds need, checked
-    before the commit. A rebuild (copy, drop, rename) of a table others reference with ON DELETE
-    CASCADE would, with them on, delete the referencing rows at the drop. SQLite ignores the
-    pragma inside a transaction, so it is set on the bare connection before a transaction begins,
-    and set back before the connection returns to the pool."""
+    One transaction, begun before Alembic sees the connection (else, on SQLite, it commits after
+    each revision), and one process at a time: the receiver, worker and console start together,
+    each upgrading the schema, and a process that read the version before another's upgrade
+    committed would apply the same revisions again ("table already exists"). On SQLite the
+    transaction takes the write lock up front (``BEGIN IMMEDIATE``); on PostgreSQL it takes an
+    advisory lock. The later processes then find the head.
+
+    On SQLite, foreign keys are off, as its table rebuilds need, and checked before the commit:
+    a rebuild (copy, drop, rename) of a table others reference with ON DELETE CASCADE would,
+    with them on, delete the referencing rows at the drop. SQLite ignores the pragma inside a
+    transaction, so it is set on the bare connection before the transaction begins, and set back
+    before the connection returns to the pool."""
     with engine.connect() as conn:
         if engine.dialect.name != "sqlite":
-            yield conn
-            conn.commit()
+            with conn.begin():
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                yield conn
             return
         conn = conn.execution_options(sqlite_write=True)
         driver = conn.connection.driver_connection
         assert driver is not None
         driver.execute("PRAGMA foreign_keys=OFF")
         try:
-            yield conn
-            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                raise RuntimeError(
-                    f"the schema change left {len(broken)} rows referencing rows that do not "
-                    f"exist (first: {tuple(broken[0])}); nothing was changed"
-                )
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+            with conn.begin():
+                yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(
+                        f"the schema change left {len(broken)} rows referencing rows that do "
+                        f"not exist (first: {tuple(broken[0])}); nothing was changed"
+                    )
         finally:
             driver.execute("PRAGMA foreign_keys=ON")
 

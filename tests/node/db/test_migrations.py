@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -201,4 +202,46 @@ def test_the_rebuild_refuses_to_run_with_foreign_keys_on(data_dir: Path) -> None
     assert _row_counts(db) == before
     db.migrate()  # the node's own way
     assert _row_counts(db) == before
+    db.dispose()
+
+
+def _start_like_a_process(url: str, outcomes: Any) -> None:
+    """What each of the node's processes does first (in a child process)."""
+    try:
+        database = Database(url)
+        database.migrate()
+        database.dispose()
+        outcomes.put("ready")
+    except Exception as exc:  # noqa: BLE001 - the parent reports it
+        outcomes.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def test_processes_starting_together_each_find_the_schema_ready(database_url: str) -> None:
+    """The receiver, worker, dispatcher and console started at once on an empty database each
+    upgrade the schema: one does it, the others wait for it and find the head. Before, a
+    process that read the version while another upgraded applied the same revisions again
+    ("table already exists", "database is locked", a duplicate type on PostgreSQL)."""
+    import multiprocessing
+
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from node.db.engine import alembic_config
+
+    context = multiprocessing.get_context("spawn")
+    outcomes = context.Queue()
+    processes = [
+        context.Process(target=_start_like_a_process, args=(database_url, outcomes))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    results = sorted(outcomes.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert results == ["ready"] * 4
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    db = Database(database_url)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head,)]
     db.dispose()
