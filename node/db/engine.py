@@ -15,14 +15,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from node.db import notify
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-MIGRATION_LOCK = 0x7061_6373_6E6F_6465  # PostgreSQL advisory lock key of schema changes
+# PostgreSQL advisory lock of schema changes: this constant and the hash of the node's schema, as
+# node.leader's scheduler lock (one database may hold several nodes' schemas)
+MIGRATION_LOCK_KEY = 0x6D69_6772  # b"migr"
 
 
 def is_sqlite(url: str) -> bool:
@@ -147,7 +149,10 @@ def schema_change(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         if engine.dialect.name != "sqlite":
             with conn.begin():
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"),
+                    {"k": MIGRATION_LOCK_KEY},
+                )
                 yield conn
             return
         conn = conn.execution_options(sqlite_write=True)

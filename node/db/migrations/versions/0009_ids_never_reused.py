@@ -10,8 +10,8 @@ number.
 Each table is copied into one created anew (batch mode), its rows kept; SQLite's sequence starts
 at their highest number. The tables are referenced by others with ON DELETE CASCADE, and with
 foreign keys enforced SQLite's DROP TABLE deletes the referencing rows first: this revision runs
-only where they are not (``node.db.engine.migrate`` turns them off around the upgrade and checks
-every reference before it commits).
+only where they are not (``node.db.engine.schema_change``, which every upgrade by pacsnode goes
+through, turns them off and checks every reference before it commits).
 
 Revision ID: 0009_ids_never_reused
 Revises: 0008_unsynced_autoincrement
@@ -37,8 +37,8 @@ def _recreate(autoincrement: bool) -> None:
     if bind.exec_driver_sql("PRAGMA foreign_keys").scalar():
         raise RuntimeError(
             "migration 0009 must run with SQLite's foreign keys off: rebuilding 'studies' "
-            "would otherwise delete every series and job (ON DELETE CASCADE); upgrade through "
-            "pacsnode (node.db.engine.migrate), which turns them off for the upgrade"
+            "would otherwise delete every series and job (ON DELETE CASCADE); upgrade with "
+            "'pacsnode db upgrade' (node.db.engine.migrate), which turns them off for it"
         )
     for table in TABLES:
         with op.batch_alter_table(
