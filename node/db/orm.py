@@ -286,6 +286,9 @@ class AuditEvent(Base):
 
 class User(Base):
     __tablename__ = "users"
+    # never reused (see Study): a stale admin page's "make admin" or "reset link" for a deleted
+    # account acted on the next account created
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)

@@ -92,34 +92,60 @@ def test_unsynced_files_keep_their_rows_and_never_reuse_a_number(data_dir: Path)
 
 
 def _add_patient(db: Database, uid: str) -> dict[str, int]:
-    """A study with a series, an instance, a job, its artifact, a delivery and a review."""
-    from node.db.orm import Artifact, Delivery, Job, Review, Study
+    """A study with a series, an instance, a job, its artifact, a delivery, and a review by a
+    user who has an API token, a reset link and a console session."""
+    from node.db.orm import (
+        ApiToken,
+        Artifact,
+        Delivery,
+        Job,
+        PasswordResetToken,
+        Review,
+        Study,
+        User,
+        WebSession,
+        utcnow,
+    )
     from tests.node.jobs.rows import add_study
 
     add_study(db, uid)
     with db.write() as session:
         study = session.query(Study).filter_by(study_instance_uid=uid).one()
         job = Job(study_pk=study.id, pipeline_name="ct")
-        session.add(job)
+        user = User(username=f"r{uid}", password_hash="h", role="radiologist")
+        session.add_all([job, user])
         session.flush()
         artifact = Artifact(job_pk=job.id, kind="seg", sop_instance_uid=f"{uid}.2", path="s.dcm")
         session.add(artifact)
         session.flush()
         delivery = Delivery(artifact_pk=artifact.id, destination_name="pacs")
-        session.add_all([delivery, Review(job_pk=job.id, decision="approved")])
+        session.add_all([
+            delivery,
+            Review(job_pk=job.id, user_pk=user.id, decision="approved"),
+            ApiToken(user_pk=user.id, name="t", token_hash=f"a{uid}", scopes=["read"]),
+            PasswordResetToken(user_pk=user.id, token_hash=f"p{uid}", expires_at=utcnow()),
+            WebSession(token_hash=f"s{uid}", user_pk=user.id),
+        ])  # fmt: skip
         session.flush()
-        return {"study": study.id, "job": job.id, "artifact": artifact.id, "delivery": delivery.id}
+        return {
+            "study": study.id,
+            "job": job.id,
+            "artifact": artifact.id,
+            "delivery": delivery.id,
+            "user": user.id,
+        }
 
 
 def _row_counts(db: Database) -> dict[str, int]:
     from sqlalchemy import text
 
-    tables = ("studies", "series", "instances", "jobs", "artifacts", "deliveries", "reviews")
+    tables = ("studies", "series", "instances", "jobs", "artifacts", "deliveries", "reviews",
+              "users", "api_tokens", "password_reset_tokens", "web_sessions")  # fmt: skip
     with db.engine.connect() as conn:
         return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
 
 
-REBUILT = ("studies", "jobs", "artifacts", "deliveries")
+REBUILT = ("studies", "jobs", "artifacts", "deliveries", "users")
 
 
 def _schema(db: Database) -> dict[str, list[str]]:
@@ -153,9 +179,9 @@ def test_upgrading_keeps_patient_rows_and_numbers_are_never_given_twice(
     data_dir: Path, tmp_path: Path
 ) -> None:
     """0008 -> head through the node's own engine (foreign keys on): rebuilding studies, jobs,
-    artifacts and deliveries deletes no series, instance, review or delivery (ON DELETE CASCADE
-    would at each table's drop), the tables come out as a fresh database's, and after the newest
-    study is deleted the next one gets new numbers throughout."""
+    artifacts, deliveries and users deletes none of the rows that reference them (ON DELETE
+    CASCADE would at each table's drop), the tables come out as a fresh database's, and after
+    the newest study and account are deleted the next ones get new numbers throughout."""
     from sqlalchemy import text
 
     db = _database_at_0008(f"sqlite:///{data_dir / 'pacsnode.db'}")
@@ -172,9 +198,10 @@ def test_upgrading_keeps_patient_rows_and_numbers_are_never_given_twice(
     assert _schema(db) == _schema(fresh)  # indexes, unique and cascading references kept
     fresh.dispose()
     tables = [lines for name, lines in _schema(db).items() if name in REBUILT]
-    assert len(tables) == 4 and all(any("AUTOINCREMENT" in line for line in t) for t in tables)
-    with db.write() as session:  # the newest study goes, its job, artifact and delivery with it
+    assert len(tables) == 5 and all(any("AUTOINCREMENT" in line for line in t) for t in tables)
+    with db.write() as session:  # the newest study and account go, and what hangs from them
         session.execute(text("DELETE FROM studies WHERE id = :id"), {"id": newest["study"]})
+        session.execute(text("DELETE FROM users WHERE id = :id"), {"id": newest["user"]})
     assert _row_counts(db) == {table: 1 for table in before}
     later = _add_patient(db, "1.2.11")
     assert all(later[kind] > newest[kind] > first[kind] for kind in first)

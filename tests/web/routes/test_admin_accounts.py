@@ -106,3 +106,22 @@ def test_audit_csv_has_the_page_filters_and_is_spreadsheet_safe(console: Console
         total = session.query(AuditEvent).count()
     assert len(list(csv.reader(io.StringIO(admin.get("/admin/audit.csv").text)))) == total + 1
     assert 'href="/admin/audit.csv?actor=bob' in admin.get("/admin/audit?actor=bob").text
+
+
+def test_a_stale_page_for_a_deleted_account_changes_no_other(console: Console) -> None:
+    """An admin's users page still shows a deleted account; the next account created takes a
+    new number, so "make admin" from that page finds nothing (404) instead of promoting the
+    newcomer."""
+    admin = console.login("admin1")
+    csrf = csrf_of(admin, "/admin/users")
+    created = admin.post("/admin/users", data={"csrf_token": csrf, "username": "locum1"})
+    assert created.status_code == 303
+    stale = _id(console, "locum1")  # the newest account, as a page shows it
+    deleted = admin.post(f"/admin/users/{stale}/delete", data={"csrf_token": csrf})
+    assert deleted.status_code == 303 and _user(console, "locum1") is None
+    admin.post("/admin/users", data={"csrf_token": csrf, "username": "newcomer"})
+    assert _id(console, "newcomer") > stale
+    promoted = admin.post(f"/admin/users/{stale}/role", data={"csrf_token": csrf, "role": "admin"})
+    assert promoted.status_code == 404
+    newcomer = _user(console, "newcomer")
+    assert newcomer is not None and newcomer.role == "viewer"

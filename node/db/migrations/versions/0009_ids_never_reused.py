@@ -1,11 +1,12 @@
-"""studies, jobs, artifacts, deliveries: numbers never reused on SQLite (AUTOINCREMENT)
+"""studies, jobs, artifacts, deliveries, users: numbers never reused on SQLite (AUTOINCREMENT)
 
 Without AUTOINCREMENT, SQLite numbers a new row one past the highest row left. Deleting the
 newest study (an admin removing a study sent for the wrong patient) handed its study, job,
 artifact and delivery numbers to the next study that arrived: a review page still open on the
 deleted job approved the next patient's job, a bookmarked download fetched another patient's
-result, and the audit trail of "job 17" mixed two patients. PostgreSQL's sequences never reuse a
-number.
+result, and the audit trail of "job 17" mixed two patients. Likewise a stale admin page's "make
+admin" for a deleted account promoted the next account created. PostgreSQL's sequences never reuse
+a number.
 
 Each table is copied into one created anew (batch mode), its rows kept; SQLite's sequence starts
 at their highest number. The tables are referenced by others with ON DELETE CASCADE, and with
@@ -27,7 +28,7 @@ down_revision = "0008_unsynced_autoincrement"
 branch_labels = None
 depends_on = None
 
-TABLES = ("studies", "jobs", "artifacts", "deliveries")
+TABLES = ("studies", "jobs", "artifacts", "deliveries", "users")
 
 
 def _recreate(autoincrement: bool) -> None:
