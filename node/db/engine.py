@@ -111,22 +111,21 @@ class Database:
         self.engine.dispose()
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, connection: Connection | None = None) -> Config:
+    """Alembic's configuration; its commands run on ``connection`` when given (see
+    :func:`schema_change`), else on an engine of their own."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
     return cfg
 
 
-def migrate(url: str, engine: Engine | None = None) -> None:
+def migrate(url: str, engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; every entry point runs it)."""
-    cfg = alembic_config(url)
-    if engine is None:
-        command.upgrade(cfg, "head")
-        return
     with schema_change(engine) as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(alembic_config(url, conn), "head")
 
 
 @contextmanager

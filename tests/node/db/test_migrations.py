@@ -39,8 +39,7 @@ def test_sessions_migration_keeps_users_and_drops_the_lockout_columns(database_u
 
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        cfg = alembic_config(database_url)
-        cfg.attributes["connection"] = conn
+        cfg = alembic_config(database_url, conn)
         command.upgrade(cfg, "0001")
         conn.execute(
             text(
@@ -74,8 +73,7 @@ def test_unsynced_files_keep_their_rows_and_never_reuse_a_number(data_dir: Path)
         "INSERT INTO unsynced_files (sop_instance_uid, data, writer) VALUES (:uid, :data, 'h')"
     )
     with engine.connect() as conn:
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = conn
+        cfg = alembic_config(url, conn)
         command.upgrade(cfg, "0007_unsynced_files")
         conn.execute(insert, {"uid": "1.2.3", "data": b"waiting"})
         command.upgrade(cfg, "head")
@@ -160,19 +158,15 @@ def _schema(db: Database) -> dict[str, list[str]]:
 
 
 def _database_at_0008(url: str) -> Database:
+    """A database at revision 0008, on the node's engine (foreign keys on)."""
     from alembic import command
-    from sqlalchemy import create_engine
 
-    from node.db.engine import alembic_config
+    from node.db.engine import alembic_config, schema_change
 
-    bare = create_engine(url)
-    with bare.connect() as conn:
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0008_unsynced_autoincrement")
-        conn.commit()
-    bare.dispose()
-    return Database(url)  # the node's engine: foreign keys on
+    db = Database(url)
+    with schema_change(db.engine) as conn:
+        command.upgrade(alembic_config(url, conn), "0008_unsynced_autoincrement")
+    return db
 
 
 def test_upgrading_keeps_patient_rows_and_numbers_are_never_given_twice(
@@ -221,8 +215,7 @@ def test_the_rebuild_refuses_to_run_with_foreign_keys_on(data_dir: Path) -> None
     _add_patient(db, "1.2.9")
     before = _row_counts(db)
     with db.engine.connect() as conn:
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = conn
+        cfg = alembic_config(url, conn)
         with pytest.raises(RuntimeError, match="foreign keys off.*node.db.engine.migrate"):
             command.upgrade(cfg, "head")
         conn.rollback()

@@ -287,8 +287,7 @@ def test_rows_waiting_for_the_bulk_sync_survive_the_schema_upgrade(
 
     unsynced = _received_before_a_power_cut(db, receiver_on, monkeypatch, 3)
     with schema_change(db.engine) as conn:
-        cfg = alembic_config(db.url)
-        cfg.attributes["connection"] = conn
+        cfg = alembic_config(db.url, conn)
         command.downgrade(cfg, "0007_unsynced_files")
         command.upgrade(cfg, "head")
     assert _committed_bytes(db) == unsynced
